@@ -1,0 +1,149 @@
+"""One error hierarchy, with typed fields, and its wire form.
+
+A node turns a :class:`NexError` into a reply in exactly one place
+(``nex.node.control``); the client turns a reply back into the same class with
+:func:`from_reply`. The wire form is a JSON body ``{"error": {"code", "message"}}``
+plus the NATS micro headers ``Nats-Service-Error-Code`` and ``Nats-Service-Error``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+ERROR_HEADER = "Nats-Service-Error"
+
+
+class NexError(Exception):
+    """A failure with a wire code. Subclasses fix the code."""
+
+    code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+    def encode(self) -> tuple[bytes, dict[str, str]]:
+        """The reply payload and headers for this error."""
+        headers = {ERROR_CODE_HEADER: str(self.code), ERROR_HEADER: _header_safe(self.message)}
+        return json.dumps(self.body()).encode(), headers
+
+
+class BadRequest(NexError):
+    code = 400
+
+
+class Forbidden(NexError):
+    code = 403
+
+
+class NotFound(NexError):
+    code = 404
+
+
+class WorkloadNotFound(NotFound):
+    def __init__(self, workload_id: str) -> None:
+        super().__init__(f"no workload {workload_id!r}")
+        self.workload_id = workload_id
+
+
+class NodeNotFound(NotFound):
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"no node {node_id!r}")
+        self.node_id = node_id
+
+
+class ArtifactNotFound(NotFound):
+    def __init__(self, uri: str) -> None:
+        super().__init__(f"artifact not found: {uri}")
+        self.uri = uri
+
+
+class BadArtifact(BadRequest):
+    """The artifact exists but cannot run: wrong hash, wrong format, does not compile."""
+
+
+class HashMismatch(BadArtifact):
+    def __init__(self, uri: str, expected: str, actual: str) -> None:
+        super().__init__(f"sha256 of {uri} is {actual}, the deploy request says {expected}")
+        self.uri, self.expected, self.actual = uri, expected, actual
+
+
+class Conflict(NexError):
+    code = 409
+
+
+class TooManyRequests(NexError):
+    code = 429
+
+
+class Unavailable(NexError):
+    """No node answered, or a node is draining."""
+
+    code = 503
+
+
+class FunctionError(NexError):
+    """A function threw, timed out or ran out of memory; the function stays deployed."""
+
+    code = 500
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "kind": self.kind}}
+
+
+class InternalError(NexError):
+    code = 500
+
+
+_BY_CODE: dict[int, type[NexError]] = {
+    400: BadRequest,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    429: TooManyRequests,
+    503: Unavailable,
+}
+
+
+def _header_safe(message: str) -> str:
+    # Header values are one line of printable text.
+    return " ".join(message.split())[:512]
+
+
+def error_code(headers: Mapping[str, str] | None) -> int | None:
+    """The error code of a reply, or None when the reply is a success."""
+    if not headers or ERROR_CODE_HEADER not in headers:
+        return None
+    try:
+        return int(headers[ERROR_CODE_HEADER])
+    except ValueError:
+        return 500
+
+
+def from_reply(data: bytes, headers: Mapping[str, str] | None) -> NexError | None:
+    """The error a reply carries, or None for a success."""
+    code = error_code(headers)
+    if code is None:
+        return None
+    message = (headers or {}).get(ERROR_HEADER, "")
+    try:
+        detail = json.loads(data)["error"]
+        message = str(detail.get("message", message))
+        if "kind" in detail:
+            return FunctionError(message, str(detail["kind"]))
+    except (ValueError, KeyError, TypeError):
+        pass
+    cls = _BY_CODE.get(code, InternalError)
+    err = cls.__new__(cls)
+    NexError.__init__(err, message or f"error {code}")
+    err.code = code
+    return err

@@ -1,0 +1,73 @@
+"""Subjects of the control API and of the feeds.
+
+Control requests: ``$NEX.SVC.<ns>.control.<VERB>[.<target>]``.
+Feeds: ``$NEX.FEED.<ns>.logs.<workload>.<stream>`` and ``$NEX.FEED.<ns>.events.<TYPE>``.
+"""
+
+from __future__ import annotations
+
+import re
+
+SVC_PREFIX = "$NEX.SVC"
+FEED_PREFIX = "$NEX.FEED"
+DEFAULT_NAMESPACE = "default"
+
+# Tokens that become part of a subject: no dots, no wildcards, no whitespace.
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_TOKEN = re.compile(TOKEN_PATTERN)
+
+PING = "PING"
+INFO = "INFO"
+DEPLOY = "DEPLOY"
+UNDEPLOY = "UNDEPLOY"
+WPING = "WPING"
+LAMEDUCK = "LAMEDUCK"
+VERBS = (PING, INFO, DEPLOY, UNDEPLOY, WPING, LAMEDUCK)
+
+LOG_STREAMS = ("stdout", "stderr")
+
+
+def is_token(value: str) -> bool:
+    return bool(_TOKEN.match(value))
+
+
+def check_token(value: str, what: str) -> str:
+    if not is_token(value):
+        raise ValueError(f"invalid {what} {value!r}: use 1-64 letters, digits, '_' or '-'")
+    return value
+
+
+def control(namespace: str, verb: str, target: str | None = None) -> str:
+    """The subject of one control request; ``namespace`` may be ``*`` for a node's subscription."""
+    subject = f"{SVC_PREFIX}.{namespace}.control.{verb}"
+    return f"{subject}.{target}" if target else subject
+
+
+def namespace_of(subject: str) -> str:
+    """The namespace token of a ``$NEX.SVC`` or ``$NEX.FEED`` subject."""
+    parts = subject.split(".")
+    if len(parts) < 3 or parts[0] != "$NEX":
+        raise ValueError(f"not a Nex subject: {subject!r}")
+    return parts[2]
+
+
+def logs(namespace: str, workload_id: str, stream: str) -> str:
+    return f"{FEED_PREFIX}.{namespace}.logs.{workload_id}.{stream}"
+
+
+def logs_filter(namespace: str = "*", workload_id: str = "*") -> str:
+    return f"{FEED_PREFIX}.{namespace}.logs.{workload_id}.*"
+
+
+def events(namespace: str, event_type: str) -> str:
+    return f"{FEED_PREFIX}.{namespace}.events.{event_type}"
+
+
+def events_filter(namespace: str = "*") -> str:
+    return f"{FEED_PREFIX}.{namespace}.events.*"
+
+
+# JetStream names. The streams keep history for `nex logs` and `nex events`.
+LOGS_STREAM = "NEX_LOGS"
+EVENTS_STREAM = "NEX_EVENTS"
+ARTIFACT_BUCKET = "NEXCLIFILES"

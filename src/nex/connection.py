@@ -1,0 +1,82 @@
+"""How node, agents and CLI connect to NATS: one set of options, all nats-py supports."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    servers: list[str] = field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    creds: str | None = None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    nkey_seed_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("--user and --password go together")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+
+    @classmethod
+    def from_url(cls, url: str | None, **kwargs: Any) -> ConnectOptions:
+        url = url or os.environ.get("NATS_URL") or "nats://127.0.0.1:4222"
+        return cls(servers=[u.strip() for u in url.split(",") if u.strip()], **kwargs)
+
+    def with_name(self, name: str) -> ConnectOptions:
+        return ConnectOptions(**{**asdict(self), "name": name})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ConnectOptions:
+        return cls(**json.loads(text))
+
+    def _tls(self) -> ssl.SSLContext | None:
+        uses_tls = any(s.startswith("tls://") for s in self.servers)
+        if not (self.tls_ca or self.tls_cert or uses_tls):
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca)
+        if self.tls_cert:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``."""
+        args: dict[str, Any] = {"servers": self.servers}
+        if self.name:
+            args["name"] = self.name
+        if self.creds:
+            args["user_credentials"] = self.creds
+        if self.user is not None:
+            args["user"], args["password"] = self.user, self.password
+        if self.token:
+            args["token"] = self.token
+        if self.nkey_seed_file:
+            args["nkeys_seed"] = self.nkey_seed_file
+        tls = self._tls()
+        if tls:
+            args["tls"] = tls
+        return args
+
+
+async def connect(options: ConnectOptions, **extra: Any) -> Client:
+    """A connected client; raises ``ConnectionError``-like errors from nats-py on failure."""
+    kwargs = {"connect_timeout": 2, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
+    kwargs.update(options.kwargs())
+    kwargs.update(extra)
+    return await nats.connect(**kwargs)

@@ -1,0 +1,40 @@
+"""Process helpers shared by everything that starts a child process."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when the process that started it dies.
+
+    This is what keeps a SIGKILLed node from leaving orphans; the next node start
+    also sweeps what it recorded (see nex.node.supervisor).
+    """
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def new_group_dying_with_parent() -> None:
+    """preexec_fn for workloads: own process group, killed when the node dies."""
+    os.setpgid(0, 0)
+    die_with_parent()
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    return signal_group(pgid, 0)

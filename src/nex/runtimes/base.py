@@ -1,0 +1,128 @@
+"""The contract every runtime implements.
+
+A runtime runs one type of workload (native, javascript, ...). The supervisor is
+the only caller; the control service, feeds and placement never import a runtime.
+
+Contract, for every implementation:
+
+- ``prepare(spec)`` checks that the artifact can run (format, compile) without
+  starting anything; it raises :class:`nex.api.errors.BadArtifact` otherwise.
+- ``start(spec, logs)`` returns a :class:`Handle` only once the workload runs (a
+  process exists, a function is subscribed to its triggers). A failure raises and
+  leaves nothing behind.
+- ``wait(handle)`` returns the :class:`ExitResult` when the workload ends, on its
+  own or because it was stopped. Exit is data, never an exception.
+- ``stop(handle, grace)`` asks the workload to end (SIGTERM or equivalent), forces
+  it after ``grace`` seconds, and returns once it has ended. Stopping twice is harmless.
+- ``cleanup(handle)`` removes what a handle left behind by a node that died
+  (recorded handles are replayed on the next start). It must not need the process
+  that started the workload.
+- ``inspect(handle)`` returns what the runtime knows of a running workload.
+- ``close()`` stops everything the runtime itself started (agents).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from nex.api.models import ExitInfo, Lifecycle, Limits, Trigger, WorkloadType
+from nex.connection import ConnectOptions
+
+HANDLE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    lifecycles: frozenset[Lifecycle]
+    invocable: bool = False
+    sandboxed: bool = False
+
+
+@dataclass(frozen=True)
+class ExitResult:
+    exit_code: int | None = None
+    signal: int | None = None
+    oom_killed: bool = False
+    error: str | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.exit_code == 0 and self.error is None and not self.oom_killed
+
+    def info(self) -> ExitInfo:
+        return ExitInfo(**asdict(self))
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """What a runtime needs to run one workload, artifact already fetched and verified."""
+
+    id: str
+    name: str
+    namespace: str
+    type: WorkloadType
+    lifecycle: Lifecycle
+    artifact_path: Path
+    work_dir: Path
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    triggers: list[Trigger] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+
+    def queue_group(self, trigger: Trigger) -> str:
+        # Copies of a function (same namespace and name) on any node share one group.
+        return trigger.queue or f"nex.{self.namespace}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Handle:
+    """Versioned, serialisable state of a running workload, kept on disk by the supervisor."""
+
+    workload_id: str
+    type: WorkloadType
+    data: dict[str, Any]
+    version: int = HANDLE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "workload_id": self.workload_id,
+                "type": self.type.value, "data": self.data}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Handle:
+        return cls(workload_id=raw["workload_id"], type=WorkloadType(raw["type"]),
+                   data=dict(raw["data"]), version=int(raw["version"]))
+
+
+class LogSink(Protocol):
+    def __call__(self, stream: str, line: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """What the node gives every runtime."""
+
+    node_id: str
+    state_dir: Path
+    connect_options: ConnectOptions
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    type: WorkloadType
+    capabilities: Capabilities
+
+    async def prepare(self, spec: WorkloadSpec) -> None: ...
+
+    async def start(self, spec: WorkloadSpec, logs: LogSink) -> Handle: ...
+
+    async def wait(self, handle: Handle) -> ExitResult: ...
+
+    async def stop(self, handle: Handle, grace: float) -> None: ...
+
+    async def cleanup(self, handle: Handle) -> None: ...
+
+    def inspect(self, handle: Handle) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
