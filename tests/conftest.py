@@ -28,3 +28,34 @@ async def nc(connect_options: ConnectOptions):
     client = await connect(connect_options, max_reconnect_attempts=0)
     yield client
     await client.close()
+
+
+PROGRAMS = Path(__file__).parent / "programs"
+
+
+@pytest.fixture(scope="session")
+def programs(tmp_path_factory) -> dict[str, Path]:
+    """The C programs under tests/programs, built once as static 64-bit executables."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("programs")
+    built = {}
+    for source in sorted(PROGRAMS.glob("*.c")):
+        binary = out / source.stem
+        subprocess.run(["gcc", "-static", "-O1", "-o", str(binary), str(source)], check=True)
+        built[source.stem] = binary
+    return built
+
+
+@pytest.fixture
+async def node(nats_server: NatsServer, tmp_path: Path):
+    """A node in this test's event loop, on the test's nats-server."""
+    from nex.node.config import NodeConfig
+    from nex.node.node import Node
+
+    config = NodeConfig(server=nats_server.url, state_dir=tmp_path / "node", name="test-node",
+                        tags={"zone": "a"}, stop_grace_s=2.0, lameduck_s=0.2)
+    started = Node(config)
+    await started.start()
+    yield started
+    await started.shutdown()

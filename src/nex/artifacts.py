@@ -1,0 +1,96 @@
+"""Fetching artifacts and checking their sha256 before anything runs them.
+
+Artifacts are kept content-addressed in the node's cache: the file name is the
+verified sha256, so a second deploy of the same bytes costs no fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from nats.js import JetStreamContext
+from nats.js.errors import DigestMismatchError, NotFoundError
+
+from nex.api.errors import ArtifactNotFound, BadArtifact, BadRequest, HashMismatch
+from nex.api.models import Artifact
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_nats_uri(uri: str) -> tuple[str, str]:
+    """``nats://BUCKET/KEY`` → (bucket, key)."""
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, unquote(parsed.path.lstrip("/"))
+    if not bucket or not key:
+        raise BadRequest(f"artifact uri {uri!r} is not of the form nats://BUCKET/KEY")
+    return bucket, key
+
+
+class ArtifactCache:
+    def __init__(self, directory: Path, js: JetStreamContext) -> None:
+        self.directory = directory
+        self._js = js
+        directory.mkdir(parents=True, exist_ok=True)
+
+    async def fetch(self, artifact: Artifact) -> Path:
+        """The verified local copy of ``artifact``; raises ArtifactNotFound or HashMismatch."""
+        cached = self.directory / artifact.sha256
+        if cached.exists():
+            return cached
+        if artifact.uri.startswith("file://"):
+            data = await asyncio.to_thread(self._read_file, artifact.uri)
+        else:
+            data = await self._read_object(artifact.uri)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != artifact.sha256:
+            raise HashMismatch(artifact.uri, artifact.sha256, actual)
+        await asyncio.to_thread(self._store, cached, data)
+        return cached
+
+    @staticmethod
+    def _read_file(uri: str) -> bytes:
+        path = Path(unquote(urlparse(uri).path))
+        if not path.is_absolute():
+            raise BadRequest(f"artifact uri {uri!r} must name an absolute path")
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ArtifactNotFound(uri) from None
+        except PermissionError:
+            raise BadRequest(f"artifact {uri} is not readable by the node") from None
+
+    async def _read_object(self, uri: str) -> bytes:
+        bucket, key = parse_nats_uri(uri)
+        try:
+            store = await self._js.object_store(bucket)
+            result = await store.get(key)
+        except NotFoundError:
+            raise ArtifactNotFound(uri) from None
+        except DigestMismatchError:
+            raise BadArtifact(f"artifact {uri} is corrupt: its chunks do not match the stored digest") from None
+        return result.data or b""
+
+    def _store(self, target: Path, data: bytes) -> None:
+        # Write then rename, so a crash never leaves a half file under a verified name.
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".partial-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o555)
+            os.replace(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise

@@ -1,0 +1,493 @@
+"""The async Python client of the control API; the ``nex`` CLI is a thin shell over it.
+
+Every failure surfaces as a :class:`nex.api.errors.NexError`: an error reply from a
+node, a subject nobody answers (``NodeNotFound``, ``WorkloadNotFound``), a request
+that times out or a NATS server that cannot be reached (``Unavailable``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, AsyncIterator, BinaryIO, Callable, Iterable, Mapping, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from pydantic import BaseModel, ValidationError
+
+from nex.api import subjects
+from nex.api.errors import (
+    BadArtifact,
+    BadRequest,
+    InternalError,
+    NexError,
+    NodeNotFound,
+    NotFound,
+    Unavailable,
+    WorkloadNotFound,
+    from_reply,
+)
+from nex.api.events import CloudEvent
+from nex.api.models import (
+    Artifact,
+    DeployRequest,
+    LameDuckResponse,
+    Lifecycle,
+    Limits,
+    NodeInfo,
+    NodePing,
+    NodeState,
+    Trigger,
+    UndeployRequest,
+    UndeployResponse,
+    WorkloadPing,
+    WorkloadSummary,
+    WorkloadType,
+    describe_validation_error,
+)
+from nex.connection import ConnectOptions, connect
+
+__all__ = [
+    "LogLine", "NexClient", "Progress", "file_sha256", "guess_type", "workload_name_for",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""Called with (bytes done, bytes total) while an artifact uploads."""
+
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_GATHER_S = 0.5
+_HASH_CHUNK = 1 << 20
+_ELF_MAGIC = b"\x7fELF"
+_WASM_MAGIC = b"\0asm"
+_EXTENSIONS = {
+    ".js": WorkloadType.JAVASCRIPT, ".mjs": WorkloadType.JAVASCRIPT, ".cjs": WorkloadType.JAVASCRIPT,
+    ".wasm": WorkloadType.WASM,
+}
+# A failed first connect gives up after this many tries per server (nats-py loops
+# forever on -1); the same number bounds reconnects of a long `logs -f`.
+_CONNECT_ATTEMPTS = 2
+
+
+@dataclass(frozen=True)
+class LogLine:
+    workload_id: str
+    stream: str
+    data: bytes
+    time: datetime
+
+    @property
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+def guess_type(path: str | Path) -> WorkloadType:
+    """The workload type of a file: by magic number first, then by extension."""
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head == _ELF_MAGIC:
+        return WorkloadType.NATIVE
+    if head == _WASM_MAGIC:
+        return WorkloadType.WASM
+    found = _EXTENSIONS.get(path.suffix.lower())
+    if found is None:
+        raise BadRequest(f"cannot tell the workload type of {path}; pass --type")
+    return found
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def workload_name_for(path: str | Path) -> str:
+    """A valid workload name from a file name: ``hello world.js`` -> ``hello-world``."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(path).stem).strip("-")[:64]
+    return name or "workload"
+
+
+def _target(value: str, what: str) -> str:
+    # The target becomes a subject token; a '*' or '.' would address other nodes.
+    if not subjects.is_token(value):
+        raise BadRequest(f"invalid {what} {value!r}")
+    return value
+
+
+def _is_no_responders(msg: Msg) -> bool:
+    return bool(msg.headers) and msg.headers.get("Status") == "503" and not msg.data
+
+
+class _CountingReader(io.RawIOBase):
+    """A file wrapper that reports each read; object store put reads it in a worker thread."""
+
+    def __init__(self, file: BinaryIO, on_read: Callable[[int], None]) -> None:
+        super().__init__()
+        self._file = file
+        self._on_read = on_read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._file.readinto(buffer)
+        if n:
+            self._on_read(n)
+        return n
+
+
+class NexClient:
+    """Requests to the nodes of one namespace over a connected nats-py client."""
+
+    def __init__(self, nc: Client, namespace: str = subjects.DEFAULT_NAMESPACE, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.namespace = _target(namespace, "namespace")
+        self.timeout = timeout
+        self._owns_connection = False
+
+    @classmethod
+    async def connect(
+        cls, options: ConnectOptions, namespace: str = subjects.DEFAULT_NAMESPACE, timeout: float = 5.0
+    ) -> NexClient:
+        """Connect to NATS; the client closes the connection in :meth:`close`."""
+        _target(namespace, "namespace")
+        last_error: list[BaseException] = []
+
+        async def remember_error(exc: BaseException) -> None:
+            # Replaces nats-py's default callback, which logs a traceback.
+            last_error.append(exc)
+
+        where = ",".join(options.servers)
+        try:
+            nc = await connect(
+                options.with_name(options.name or "nex-client"), error_cb=remember_error,
+                max_reconnect_attempts=_CONNECT_ATTEMPTS, connect_timeout=max(1, round(timeout)),
+            )
+        except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+            cause = last_error[-1] if last_error else exc
+            raise Unavailable(f"cannot connect to NATS at {where}: {_describe(cause)}") from None
+        client = cls(nc, namespace, timeout)
+        client._owns_connection = True
+        return client
+
+    async def close(self) -> None:
+        if self._owns_connection and not self.nc.is_closed:
+            await self.nc.close()
+
+    async def __aenter__(self) -> NexClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- nodes -------------------------------------------------------------------------
+
+    async def ping(self, wait: float = DEFAULT_GATHER_S) -> list[NodePing]:
+        """Every node that answers within ``wait`` seconds."""
+        return await self._gather(subjects.PING, NodePing, wait)
+
+    async def ping_node(self, node_id: str) -> NodePing:
+        return await self._request(subjects.PING, _target(node_id, "node id"), NodePing, NodeNotFound)
+
+    async def node_info(self, node_id: str) -> NodeInfo:
+        return await self._request(subjects.INFO, _target(node_id, "node id"), NodeInfo, NodeNotFound)
+
+    async def lameduck(self, node_id: str) -> LameDuckResponse:
+        return await self._request(
+            subjects.LAMEDUCK, _target(node_id, "node id"), LameDuckResponse, NodeNotFound
+        )
+
+    async def pick_node(self, type: WorkloadType | str) -> str:
+        """The node with the fewest workloads among those that run ``type`` and take work."""
+        type = WorkloadType(type)
+        nodes = await self.ping()
+        if not nodes:
+            raise Unavailable(f"no node is running in namespace {self.namespace!r}")
+        taking_work = [n for n in nodes if n.state == NodeState.RUNNING]
+        if not taking_work:
+            raise Unavailable(f"every node in namespace {self.namespace!r} is in lame duck mode")
+        infos = await asyncio.gather(
+            *(self.node_info(n.node_id) for n in taking_work), return_exceptions=True
+        )
+        able: list[NodeInfo] = []
+        for info in infos:
+            if isinstance(info, NodeNotFound):
+                continue  # stopped between the ping and the info request
+            if isinstance(info, BaseException):
+                raise info
+            if type in info.runtimes:
+                able.append(info)
+        if not able:
+            raise Unavailable(f"no node in namespace {self.namespace!r} runs {type.value} workloads")
+        return min(able, key=lambda n: n.workload_count).node_id
+
+    # -- workloads ---------------------------------------------------------------------
+
+    async def deploy(self, node_id: str, request: DeployRequest) -> WorkloadSummary:
+        return await self._request(
+            subjects.DEPLOY, _target(node_id, "node id"), WorkloadSummary, NodeNotFound,
+            body=request.model_dump_json(exclude_none=True).encode(),
+        )
+
+    async def undeploy(self, workload_id: str, grace_ms: int | None = None) -> UndeployResponse:
+        body = UndeployRequest(grace_ms=grace_ms).model_dump_json(exclude_none=True).encode()
+        return await self._request(
+            subjects.UNDEPLOY, _target(workload_id, "workload id"), UndeployResponse, WorkloadNotFound,
+            body=body,
+        )
+
+    async def workloads(self, wait: float = DEFAULT_GATHER_S) -> list[WorkloadSummary]:
+        """Every workload of the namespace, on every node that answers within ``wait`` seconds."""
+        pings = await self._gather(subjects.WPING, WorkloadPing, wait)
+        return [w for ping in pings for w in ping.workloads]
+
+    async def workload_info(self, workload_id: str) -> WorkloadSummary:
+        _target(workload_id, "workload id")
+        ping = await self._request(subjects.WPING, workload_id, WorkloadPing, WorkloadNotFound)
+        for workload in ping.workloads:
+            if workload.id == workload_id:
+                return workload
+        raise WorkloadNotFound(workload_id)
+
+    # -- artifacts and devrun ----------------------------------------------------------
+
+    async def upload_artifact(
+        self, path: str | Path, key: str | None = None, progress: Progress | None = None
+    ) -> Artifact:
+        """Put a file into the artifact bucket; the key defaults to its sha256.
+
+        An object that already holds the same bytes under that key is not sent again.
+        """
+        sha256 = await asyncio.to_thread(file_sha256, path)
+        return await self._upload(Path(path), key or sha256, sha256, progress)
+
+    async def devrun(
+        self,
+        path: str | Path,
+        *,
+        type: WorkloadType | str | None = None,
+        name: str | None = None,
+        triggers: Iterable[str | Trigger] = (),
+        env: Mapping[str, str] | None = None,
+        argv: Iterable[str] = (),
+        lifecycle: Lifecycle | str | None = None,
+        limits: Limits | None = None,
+        node_id: str | None = None,
+        progress: Progress | None = None,
+    ) -> WorkloadSummary:
+        """Upload a local file and deploy it: the quickest way from a file to a workload.
+
+        The request is checked and a node chosen before anything is uploaded.
+        """
+        path = Path(path)
+        workload_type = WorkloadType(type) if type else await asyncio.to_thread(guess_type, path)
+        sha256 = await asyncio.to_thread(file_sha256, path)
+        try:
+            request = DeployRequest(
+                name=name or workload_name_for(path),
+                type=workload_type,
+                lifecycle=Lifecycle(lifecycle) if lifecycle else None,
+                artifact=Artifact(uri=self._artifact_uri(sha256), sha256=sha256),
+                namespace=self.namespace,
+                argv=list(argv),
+                env=dict(env or {}),
+                triggers=[t if isinstance(t, Trigger) else Trigger(subject=t) for t in triggers],
+                limits=limits or Limits(),
+            )
+        except ValidationError as exc:
+            raise BadRequest(describe_validation_error(exc)) from None
+        node = node_id or await self.pick_node(workload_type)
+        await self._upload(path, sha256, sha256, progress)
+        return await self.deploy(node, request)
+
+    # -- feeds -------------------------------------------------------------------------
+
+    async def logs(self, workload_id: str, follow: bool = False) -> AsyncIterator[LogLine]:
+        """The log lines of a workload kept in the logs stream, then new ones when ``follow``."""
+        filter_subject = subjects.logs_filter(self.namespace, _target(workload_id, "workload id"))
+        async for msg in self._stream(subjects.LOGS_STREAM, filter_subject, follow, "logs"):
+            tokens = msg.subject.split(".")
+            yield LogLine(
+                workload_id=tokens[-2], stream=tokens[-1], data=msg.data, time=msg.metadata.timestamp
+            )
+
+    async def events(
+        self, follow: bool = False, types: Iterable[str] | None = None
+    ) -> AsyncIterator[CloudEvent]:
+        """The events kept in the events stream, then new ones when ``follow``.
+
+        ``types`` are event type tokens (``workload_started``) or full CloudEvents types.
+        """
+        wanted = {t.rsplit(".", 1)[-1] for t in types or ()}
+        if len(wanted) == 1:
+            filter_subject = subjects.events(self.namespace, _target(next(iter(wanted)), "event type"))
+        else:
+            filter_subject = subjects.events_filter(self.namespace)
+        async for msg in self._stream(subjects.EVENTS_STREAM, filter_subject, follow, "events"):
+            if wanted and msg.subject.rsplit(".", 1)[-1] not in wanted:
+                continue
+            try:
+                yield CloudEvent.model_validate_json(msg.data)
+            except ValidationError as exc:
+                log.warning("skipped a malformed event on %s: %s", msg.subject, describe_validation_error(exc))
+
+    # -- functions ---------------------------------------------------------------------
+
+    async def invoke(self, subject: str, payload: bytes = b"", timeout: float | None = None) -> bytes:
+        """Call a function through one of its trigger subjects; returns the reply payload."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            msg = await self.nc.request(subject, payload, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise NotFound(f"no function is triggered by {subject!r}") from None
+        except nats.errors.TimeoutError:
+            raise Unavailable(f"no reply from {subject!r} within {timeout:g}s") from None
+        except nats.errors.BadSubjectError:
+            raise BadRequest(f"invalid subject {subject!r}") from None
+        error = from_reply(msg.data, msg.headers)
+        if error is not None:
+            raise error
+        return msg.data
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _subject(self, verb: str, target: str | None = None) -> str:
+        return subjects.control(self.namespace, verb, target)
+
+    async def _request(
+        self, verb: str, target: str, model: type[M], not_found: Callable[[str], NexError],
+        body: bytes = b"",
+    ) -> M:
+        subject = self._subject(verb, target)
+        try:
+            msg = await self.nc.request(subject, body, timeout=self.timeout)
+        except nats.errors.NoRespondersError:
+            raise not_found(target) from None
+        except nats.errors.TimeoutError:
+            raise Unavailable(f"no reply to {verb} {target} within {self.timeout:g}s") from None
+        return _decode(msg, model, subject)
+
+    async def _gather(self, verb: str, model: type[M], wait: float) -> list[M]:
+        """Scatter a request to every node and collect the replies that come within ``wait``."""
+        subject = self._subject(verb)
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            await self.nc.publish(subject, b"", reply=inbox)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            replies: list[M] = []
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=remaining)
+                except nats.errors.TimeoutError:
+                    break
+                if _is_no_responders(msg):
+                    break  # the server says at once that nothing listens: no node
+                replies.append(_decode(msg, model, subject))
+            return replies
+        finally:
+            await sub.unsubscribe()
+
+    def _artifact_uri(self, key: str) -> str:
+        return f"nats://{subjects.ARTIFACT_BUCKET}/{key}"
+
+    async def _upload(self, path: Path, key: str, sha256: str, progress: Progress | None) -> Artifact:
+        total = path.stat().st_size
+        artifact = Artifact(uri=self._artifact_uri(key), sha256=sha256)
+        expected_digest = "SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(sha256)).decode()
+        try:
+            store = await self._artifact_store()
+            try:
+                existing = await store.get_info(key)
+                if existing.digest == expected_digest and existing.size == total:
+                    if progress:
+                        progress(total, total)
+                    return artifact
+            except nats.js.errors.NotFoundError:
+                pass
+            loop = asyncio.get_running_loop()
+            done = 0
+
+            def on_read(n: int) -> None:
+                nonlocal done
+                done += n
+                if progress:
+                    loop.call_soon_threadsafe(progress, done, total)
+
+            with path.open("rb") as f:
+                info = await store.put(key, _CountingReader(f, on_read))
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+            raise Unavailable("JetStream is not enabled on this NATS server") from None
+        if info.digest != expected_digest:
+            raise BadArtifact(f"{path} changed while it was uploaded; try again")
+        return artifact
+
+    async def _artifact_store(self) -> Any:
+        js = self.nc.jetstream(timeout=self.timeout)
+        try:
+            return await js.object_store(subjects.ARTIFACT_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            return await js.create_object_store(subjects.ARTIFACT_BUCKET)
+
+    async def _stream(
+        self, stream: str, filter_subject: str, follow: bool, what: str
+    ) -> AsyncIterator[Msg]:
+        """The messages of a stream under a filter, oldest first; live ones too when ``follow``."""
+        js = self.nc.jetstream(timeout=self.timeout)
+        try:
+            info = await js.stream_info(stream, subjects_filter=filter_subject)
+        except nats.js.errors.NotFoundError:
+            raise NotFound(
+                f"there is no {what} stream ({stream}) yet: no Nex node has started on this NATS"
+            ) from None
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+            raise Unavailable("JetStream is not enabled on this NATS server") from None
+        if not follow and not any((info.state.subjects or {}).values()):
+            return
+        sub = await js.subscribe(
+            filter_subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=None if follow else self.timeout)
+                except nats.errors.TimeoutError:
+                    return  # history ended early: messages were removed while we read
+                yield msg
+                if not follow and msg.metadata.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+
+def _decode(msg: Msg, model: type[M], subject: str) -> M:
+    error = from_reply(msg.data, msg.headers)
+    if error is not None:
+        raise error
+    try:
+        return model.model_validate_json(msg.data)
+    except ValidationError as exc:
+        raise InternalError(f"unexpected reply to {subject}: {describe_validation_error(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, ConnectionRefusedError) or "Connect call failed" in text:
+        return "connection refused"
+    return text or type(exc).__name__

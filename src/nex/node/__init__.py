@@ -1,0 +1,1 @@
+"""The node daemon: control service, workload table, feeds and supervisor."""

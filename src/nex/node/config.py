@@ -1,0 +1,89 @@
+"""Node configuration: defaults, an optional TOML or JSON file, then command-line flags."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nex.api.models import describe_validation_error
+from nex.api.subjects import TOKEN_PATTERN
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def default_state_dir() -> Path:
+    return Path(platformdirs.user_data_dir("nex")) / "node"
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, pattern=TOKEN_PATTERN)
+    tags: dict[str, str] = Field(default_factory=dict)
+    state_dir: Path = Field(default_factory=default_state_dir)
+    server: str | None = Field(default=None, description="NATS URL(s); none: start an embedded server")
+    port: int = Field(default=4222, ge=0, le=65535, description="port of the embedded server")
+    creds: str | None = None
+    user: str | None = None
+    password: str | None = None
+    nkey: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    stop_grace_s: float = Field(default=5.0, ge=0, le=600)
+    lameduck_s: float = Field(default=10.0, ge=0, le=3600, description="lame duck period before exit")
+    heartbeat_s: float = Field(default=10.0, gt=0, le=3600)
+    logs_stream_bytes: int = Field(default=128 << 20, gt=0)
+    events_stream_bytes: int = Field(default=64 << 20, gt=0)
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_names(cls, tags: dict[str, str]) -> dict[str, str]:
+        for key in tags:
+            if not key or any(c in key for c in "=, "):
+                raise ValueError(f"invalid tag name {key!r}")
+        return tags
+
+
+def parse_tags(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` → dict; raises ConfigError on a pair without '='."""
+    tags: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"invalid tag {pair!r}: use key=value")
+        tags[key.strip()] = value.strip()
+    return tags
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
+    """File values, then every override that is not None."""
+    values = read_config_file(path) if path else {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a table/object at the top")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return NodeConfig.model_validate(values)
+    except ValidationError as exc:
+        where = f"config file {path}" if path else "configuration"
+        raise ConfigError(f"{where}: {describe_validation_error(exc).removeprefix('invalid request: ')}") from None

@@ -1,0 +1,166 @@
+"""The control service: decodes requests, calls the node, encodes replies.
+
+This is the one place where a :class:`NexError` becomes a wire error. Node-wide
+verbs are endpoints of a NATS micro service (so ``$SRV.PING/INFO/STATS`` see
+them); each workload gets its own ``UNDEPLOY.<id>`` and ``WPING.<id>``
+subscription in its namespace, so a request for an unknown workload, or for a
+workload of another namespace, finds no responder and NATS says so at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service, ServiceConfig
+from pydantic import BaseModel
+
+from nex import __version__
+from nex.api import subjects
+from nex.api.errors import BadRequest, InternalError, NexError
+from nex.api.models import (
+    LameDuckResponse, NodeInfo, NodePing, UndeployRequest, UndeployResponse, WorkloadPing,
+    DeployRequest, parse_request,
+)
+from nex.node.workloads import Workload
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "nex-node"
+
+Handler = Callable[[str, bytes], Awaitable[BaseModel]]
+
+
+class NodeFacade(Protocol):
+    """What the control service needs of the node."""
+
+    node_id: str
+
+    def ping(self, namespace: str) -> NodePing: ...
+
+    def info(self, namespace: str) -> NodeInfo: ...
+
+    def workload_ping(self, namespace: str, workload_id: str | None) -> WorkloadPing: ...
+
+    async def deploy(self, namespace: str, request: DeployRequest) -> Workload: ...
+
+    async def undeploy(self, namespace: str, workload_id: str, request: UndeployRequest) -> UndeployResponse: ...
+
+    async def lameduck(self) -> LameDuckResponse: ...
+
+
+async def answer(reply: Callable[[bytes, dict[str, str] | None], Awaitable[None]],
+                 subject: str, data: bytes, handler: Handler) -> None:
+    """Run a handler and send its model, or its error, as the reply."""
+    try:
+        namespace = subjects.namespace_of(subject)
+        if not subjects.is_token(namespace):
+            raise BadRequest(f"invalid namespace {namespace!r}")
+        result = await handler(namespace, data)
+        payload, headers = result.model_dump_json(exclude_none=True).encode(), None
+    except NexError as exc:
+        payload, headers = exc.encode()
+    except Exception as exc:  # a bug in the node: answer, log, keep serving
+        log.exception("control request on %s failed", subject)
+        payload, headers = InternalError(f"internal error: {type(exc).__name__}: {exc}").encode()
+    await reply(payload, headers)
+
+
+class ControlService:
+    def __init__(self, nc: Client, node: NodeFacade) -> None:
+        self._nc = nc
+        self._node = node
+        self._service: Service | None = None
+        self._workload_subs: dict[str, list[Subscription]] = {}
+
+    async def start(self) -> None:
+        node_id = self._node.node_id
+        self._service = await add_service(self._nc, ServiceConfig(
+            name=SERVICE_NAME, version=__version__, description="Nex node control API",
+            metadata={"node_id": node_id}, queue_group=f"nex-{node_id}",
+        ))
+        endpoints: list[tuple[str, str, Handler]] = [
+            ("ping", subjects.control("*", subjects.PING), self._ping),
+            ("ping-node", subjects.control("*", subjects.PING, node_id), self._ping),
+            ("info", subjects.control("*", subjects.INFO, node_id), self._info),
+            ("deploy", subjects.control("*", subjects.DEPLOY, node_id), self._deploy),
+            ("lameduck", subjects.control("*", subjects.LAMEDUCK, node_id), self._lameduck),
+            ("wping", subjects.control("*", subjects.WPING), self._wping_all),
+        ]
+        for name, subject, handler in endpoints:
+            await self._service.add_endpoint(EndpointConfig(
+                name=name, subject=subject, handler=self._micro_handler(handler),
+            ))
+        await self._nc.flush()
+
+    async def stop(self) -> None:
+        for subs in self._workload_subs.values():
+            for sub in subs:
+                await sub.unsubscribe()
+        self._workload_subs.clear()
+        if self._service is not None:
+            await self._service.stop()
+
+    @staticmethod
+    def _micro_handler(handler: Handler) -> Callable[[Request], Awaitable[None]]:
+        async def serve(request: Request) -> None:
+            await answer(request.respond, request.subject, request.data, handler)
+        return serve
+
+    def _msg_handler(self, handler: Handler) -> Callable[[Msg], Awaitable[None]]:
+        async def serve(msg: Msg) -> None:
+            if not msg.reply:
+                return
+
+            async def reply(payload: bytes, headers: dict[str, str] | None) -> None:
+                await self._nc.publish(msg.reply, payload, headers=headers)
+            await answer(reply, msg.subject, msg.data, handler)
+        return serve
+
+    # -- per-workload subjects ---------------------------------------------------
+
+    async def watch_workload(self, workload: Workload) -> None:
+        ns, wid = workload.namespace, workload.id
+
+        async def undeploy(namespace: str, data: bytes) -> UndeployResponse:
+            request = parse_request(UndeployRequest, data)
+            return await self._node.undeploy(namespace, wid, request)
+
+        async def wping(namespace: str, data: bytes) -> WorkloadPing:
+            return self._node.workload_ping(namespace, wid)
+
+        self._workload_subs[wid] = [
+            await self._nc.subscribe(subjects.control(ns, subjects.UNDEPLOY, wid), cb=self._msg_handler(undeploy)),
+            await self._nc.subscribe(subjects.control(ns, subjects.WPING, wid), cb=self._msg_handler(wping)),
+        ]
+
+    async def unwatch_workload(self, workload: Workload) -> None:
+        for sub in self._workload_subs.pop(workload.id, []):
+            await sub.unsubscribe()
+
+    # -- node-wide verbs -----------------------------------------------------------
+
+    async def _ping(self, namespace: str, data: bytes) -> NodePing:
+        return self._node.ping(namespace)
+
+    async def _info(self, namespace: str, data: bytes) -> NodeInfo:
+        return self._node.info(namespace)
+
+    async def _wping_all(self, namespace: str, data: bytes) -> WorkloadPing:
+        return self._node.workload_ping(namespace, None)
+
+    async def _deploy(self, namespace: str, data: bytes) -> BaseModel:
+        request = parse_request(DeployRequest, data)
+        if request.namespace is not None and request.namespace != namespace:
+            raise BadRequest(f"request namespace {request.namespace!r} differs from subject namespace {namespace!r}")
+        workload = await self._node.deploy(namespace, request)
+        return workload.summary()
+
+    async def _lameduck(self, namespace: str, data: bytes) -> LameDuckResponse:
+        return await self._node.lameduck()

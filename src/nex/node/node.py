@@ -1,0 +1,186 @@
+"""The node daemon: ties NATS, identity, supervisor, control service and feeds together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from contextlib import suppress
+
+from nats.aio.client import Client
+
+from nex import API_VERSION, __version__
+from nex.api.errors import NexError
+from nex.api.events import EventType
+from nex.api.models import (
+    DeployRequest, LameDuckResponse, NodeInfo, NodePing, NodeState, UndeployRequest,
+    UndeployResponse, WorkloadPing,
+)
+from nex.artifacts import ArtifactCache
+from nex.connection import ConnectOptions, connect
+from nex.natsserver import NatsServer
+from nex.node import identity
+from nex.node.config import NodeConfig
+from nex.node.control import ControlService
+from nex.node.feeds import Feeds
+from nex.node.resources import automatic_tags, resources
+from nex.node.supervisor import Supervisor
+from nex.node.workloads import Workload
+from nex.runtimes.base import RuntimeContext
+from nex.runtimes.registry import available_runtimes
+
+log = logging.getLogger(__name__)
+
+
+def connect_options(config: NodeConfig, server_url: str) -> ConnectOptions:
+    return ConnectOptions.from_url(
+        server_url, creds=config.creds, user=config.user, password=config.password,
+        nkey_seed_file=config.nkey, tls_cert=config.tls_cert, tls_key=config.tls_key,
+        tls_ca=config.tls_ca,
+    )
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir
+        self.keys = identity.load_or_create(self.state_dir)
+        self.node_id = identity.node_id(self.keys)
+        self.name = config.name or f"node-{self.node_id[:8].lower()}"
+        self.tags = {**automatic_tags(), **config.tags}
+        self.state = NodeState.RUNNING
+        self.started = time.monotonic()
+        self.embedded: NatsServer | None = None
+        self.server_url = config.server
+        self.nc: Client | None = None
+        self.supervisor: Supervisor | None = None
+        self.control: ControlService | None = None
+        self.feeds: Feeds | None = None
+        self._stop = asyncio.Event()
+        self._lameduck_task: asyncio.Task | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.server_url is None:
+            self.embedded = NatsServer(store_dir=self.state_dir / "jetstream", port=self.config.port)
+            await self.embedded.start()
+            self.server_url = self.embedded.url
+            log.info("embedded nats-server with JetStream listening on %s", self.server_url)
+        options = connect_options(self.config, self.server_url)
+        self.nc = await connect(options.with_name(f"nex-node {self.name}"))
+        self.feeds = Feeds(self.nc, self.node_id)
+        await self.feeds.ensure_streams(self.config.logs_stream_bytes, self.config.events_stream_bytes)
+        context = RuntimeContext(node_id=self.node_id, state_dir=self.state_dir,
+                                 connect_options=options)
+        self.supervisor = Supervisor(
+            self.node_id, self.state_dir, available_runtimes(context),
+            ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream()), self.feeds,
+            on_removed=self._workload_removed,
+        )
+        swept = await self.supervisor.sweep_leftovers()
+        if swept:
+            log.warning("cleaned up %d workload(s) left by a previous node that did not stop", swept)
+        self.control = ControlService(self.nc, self)
+        await self.control.start()
+        self.feeds.node_event(EventType.NODE_STARTED, self._ping_data())
+        await self.nc.flush()
+        log.info("node %s (%s) is up; node id %s", self.name, __version__, self.node_id)
+
+    async def run(self) -> None:
+        """Start, serve until SIGINT/SIGTERM or lame duck, then stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self.start()
+            heartbeat = asyncio.create_task(self._heartbeat())
+            await self._stop.wait()
+            heartbeat.cancel()
+        finally:
+            await self.shutdown()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        """Stop every workload, say so, drain, and stop the embedded server."""
+        self.state = NodeState.STOPPING
+        if self.supervisor is not None:
+            await self.supervisor.stop_all(self.config.stop_grace_s)
+            await self.supervisor.close()
+        if self.control is not None:
+            await self.control.stop()
+        if self.nc is not None and self.nc.is_connected:
+            self.feeds.node_event(EventType.NODE_STOPPED, self._ping_data())
+            with suppress(NexError, asyncio.TimeoutError, OSError):
+                await self.nc.flush(timeout=2)
+            await self.nc.drain()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        log.info("node %s stopped", self.name)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            self.feeds.node_event(EventType.HEARTBEAT, self._ping_data())
+
+    # -- what the control service asks ---------------------------------------------
+
+    def ping(self, namespace: str) -> NodePing:
+        return NodePing(
+            node_id=self.node_id, name=self.name, version=__version__, api_version=API_VERSION,
+            uptime_s=round(time.monotonic() - self.started, 3), state=self.state, tags=self.tags,
+            workload_count=len([w for w in self.supervisor.table.active() if w.namespace == namespace]),
+        )
+
+    def _ping_data(self) -> dict:
+        return self.ping("system").model_dump(mode="json", exclude={"workload_count"}) | {
+            "workload_count": len(self.supervisor.table.active()) if self.supervisor else 0,
+        }
+
+    def info(self, namespace: str) -> NodeInfo:
+        workloads = [self.supervisor.refresh(w).summary() for w in self.supervisor.table.in_namespace(namespace)]
+        return NodeInfo(
+            **self.ping(namespace).model_dump(), resources=resources(),
+            runtimes=self.supervisor.runtime_types, workloads=workloads,
+        )
+
+    def workload_ping(self, namespace: str, workload_id: str | None) -> WorkloadPing:
+        if workload_id is None:
+            found = self.supervisor.table.in_namespace(namespace)
+        else:
+            found = [self.supervisor.table.get(workload_id, namespace)]
+        return WorkloadPing(node_id=self.node_id,
+                            workloads=[self.supervisor.refresh(w).summary() for w in found])
+
+    async def deploy(self, namespace: str, request: DeployRequest) -> Workload:
+        workload = await self.supervisor.deploy(namespace, request)
+        await self.control.watch_workload(workload)
+        return workload
+
+    async def undeploy(self, namespace: str, workload_id: str, request: UndeployRequest) -> UndeployResponse:
+        grace = self.config.stop_grace_s if request.grace_ms is None else request.grace_ms / 1000
+        workload = await self.supervisor.undeploy(namespace, workload_id, grace)
+        return UndeployResponse(id=workload.id, node_id=self.node_id, state=workload.state,
+                                exit=workload.exit.info() if workload.exit else None)
+
+    async def lameduck(self) -> LameDuckResponse:
+        """Stop taking work; after the lame duck period, stop the workloads and exit."""
+        if self.state == NodeState.RUNNING:
+            self.state = NodeState.LAMEDUCK
+            self.supervisor.accepting = False
+            self.feeds.node_event(EventType.NODE_LAMEDUCK, self._ping_data())
+            self._lameduck_task = asyncio.create_task(self._leave_after(self.config.lameduck_s))
+        return LameDuckResponse(node_id=self.node_id, state=self.state)
+
+    async def _leave_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self._stop.set()
+
+    def _workload_removed(self, workload: Workload) -> None:
+        if self.control is not None:
+            asyncio.get_running_loop().create_task(self.control.unwatch_workload(workload))

@@ -1,0 +1,180 @@
+"""The supervisor: the one place that drives runtimes.
+
+It fetches and verifies artifacts, starts workloads through their runtime,
+watches them until they end, records handles on disk so a later node can clean
+up after a dead one, and reports every change as an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from nats.nuid import NUID
+
+from nex.api.errors import BadRequest, Conflict, NexError
+from nex.api.events import EventType
+from nex.api.models import DeployRequest, WorkloadState, WorkloadType
+from nex.artifacts import ArtifactCache
+from nex.node.feeds import Feeds
+from nex.node.workloads import Workload, WorkloadTable, utcnow
+from nex.runtimes.base import ExitResult, Handle, Runtime, WorkloadSpec
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        node_id: str,
+        state_dir: Path,
+        runtimes: dict[WorkloadType, Runtime],
+        artifacts: ArtifactCache,
+        feeds: Feeds,
+        on_removed: Callable[[Workload], None] = lambda w: None,
+    ) -> None:
+        self.node_id = node_id
+        self._runtimes = runtimes
+        self._artifacts = artifacts
+        self._feeds = feeds
+        self.table = WorkloadTable(on_remove=self._removed)
+        self._on_removed = on_removed
+        self._handles_dir = state_dir / "handles"
+        self._work_root = state_dir / "workloads"
+        self._handles_dir.mkdir(parents=True, exist_ok=True)
+        self._work_root.mkdir(parents=True, exist_ok=True)
+        self._nuid = NUID()
+        self.accepting = True
+
+    @property
+    def runtime_types(self) -> list[WorkloadType]:
+        return list(self._runtimes)
+
+    # -- deploy and undeploy -------------------------------------------------
+
+    async def deploy(self, namespace: str, request: DeployRequest) -> Workload:
+        if not self.accepting:
+            raise Conflict(f"node {self.node_id} is in lame duck mode and takes no new workloads")
+        runtime = self._runtimes.get(request.type)
+        if runtime is None:
+            raise BadRequest(f"this node does not run {request.type} workloads")
+        if request.lifecycle not in runtime.capabilities.lifecycles:
+            raise BadRequest(f"{request.type} workloads cannot have lifecycle {request.lifecycle}")
+        artifact_path = await self._artifacts.fetch(request.artifact)
+        workload_id = self._nuid.next().decode()
+        spec = WorkloadSpec(
+            id=workload_id, name=request.name, namespace=namespace, type=request.type,
+            lifecycle=request.lifecycle, artifact_path=artifact_path,
+            work_dir=self._work_root / workload_id, argv=list(request.argv), env=dict(request.env),
+            triggers=list(request.triggers), limits=request.limits,
+        )
+        await runtime.prepare(spec)
+        workload = Workload(id=workload_id, namespace=namespace, request=request, node_id=self.node_id)
+        self.table.add(workload)
+        try:
+            workload.handle = await runtime.start(spec, partial(self._feeds.log, namespace, workload_id))
+        except BaseException:
+            self.table.remove(workload_id)
+            raise
+        self._save_handle(workload.handle)
+        workload.state = WorkloadState.RUNNING
+        workload.stats = runtime.inspect(workload.handle)
+        workload.watcher = asyncio.create_task(self._watch(workload, runtime))
+        self._feeds.event(namespace, EventType.WORKLOAD_STARTED, self._event_data(workload), workload_id)
+        return workload
+
+    async def undeploy(self, namespace: str, workload_id: str, grace: float) -> Workload:
+        """Stop a running workload; a workload that has already ended is removed from the table."""
+        workload = self.table.get(workload_id, namespace)
+        if workload.ended:
+            self.table.remove(workload_id)
+            return workload
+        await self._stop(workload, grace)
+        return workload
+
+    async def _stop(self, workload: Workload, grace: float) -> None:
+        if workload.state == WorkloadState.RUNNING:
+            workload.state = WorkloadState.STOPPING
+            await self._runtimes[workload.request.type].stop(workload.handle, grace)
+        if workload.watcher is not None:
+            await asyncio.shield(workload.watcher)
+
+    async def stop_all(self, grace: float) -> None:
+        self.accepting = False
+        await asyncio.gather(*(self._stop(w, grace) for w in self.table.active()))
+
+    async def _watch(self, workload: Workload, runtime: Runtime) -> None:
+        try:
+            result = await runtime.wait(workload.handle)
+        except NexError as exc:
+            result = ExitResult(error=exc.message)
+        stopped_on_request = workload.state == WorkloadState.STOPPING
+        workload.exit = result
+        workload.stopped_at = utcnow()
+        workload.stats = {**workload.stats, "pid": None}
+        ok = stopped_on_request or result.success
+        workload.state = WorkloadState.STOPPED if ok else WorkloadState.FAILED
+        self._forget_handle(workload.id)
+        event_type = EventType.WORKLOAD_STOPPED if ok else EventType.WORKLOAD_FAILED
+        data = {**self._event_data(workload), **result.info().model_dump(), "requested": stopped_on_request}
+        self._feeds.event(workload.namespace, event_type, data, workload.id)
+
+    def _event_data(self, workload: Workload) -> dict:
+        return {
+            "workload_id": workload.id, "name": workload.request.name,
+            "namespace": workload.namespace, "type": workload.request.type.value,
+            "lifecycle": workload.request.lifecycle.value, "node_id": self.node_id,
+            "state": workload.state.value,
+        }
+
+    def _removed(self, workload: Workload) -> None:
+        shutil.rmtree(self._work_root / workload.id, ignore_errors=True)
+        self._on_removed(workload)
+
+    # -- inspection ------------------------------------------------------------
+
+    def refresh(self, workload: Workload) -> Workload:
+        if workload.handle is not None and not workload.ended:
+            workload.stats = self._runtimes[workload.request.type].inspect(workload.handle)
+        return workload
+
+    # -- handles on disk: what a node that dies leaves for the next one ----------
+
+    def _handle_path(self, workload_id: str) -> Path:
+        return self._handles_dir / f"{workload_id}.json"
+
+    def _save_handle(self, handle: Handle) -> None:
+        path = self._handle_path(handle.workload_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(handle.to_dict()))
+        tmp.replace(path)
+
+    def _forget_handle(self, workload_id: str) -> None:
+        self._handle_path(workload_id).unlink(missing_ok=True)
+
+    async def sweep_leftovers(self) -> int:
+        """Clean up after a node that died: every recorded handle is a workload nobody watches."""
+        swept = 0
+        for path in sorted(self._handles_dir.glob("*.json")):
+            try:
+                handle = Handle.from_dict(json.loads(path.read_text()))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("unreadable handle %s: %s", path.name, exc)
+                path.unlink(missing_ok=True)
+                continue
+            runtime = self._runtimes.get(handle.type)
+            if runtime is not None:
+                await runtime.cleanup(handle)
+            path.unlink(missing_ok=True)
+            shutil.rmtree(self._work_root / handle.workload_id, ignore_errors=True)
+            swept += 1
+        return swept
+
+    async def close(self) -> None:
+        for runtime in self._runtimes.values():
+            await runtime.close()

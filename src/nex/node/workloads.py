@@ -1,0 +1,88 @@
+"""The workload table: what this node runs, in which state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from nex.api.errors import WorkloadNotFound
+from nex.api.models import DeployRequest, WorkloadState, WorkloadSummary
+from nex.runtimes.base import ExitResult, Handle
+
+# Ended workloads stay listed (state, exit code) until removed or pushed out by newer ones.
+KEEP_ENDED = 200
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Workload:
+    id: str
+    namespace: str
+    request: DeployRequest
+    node_id: str
+    state: WorkloadState = WorkloadState.STARTING
+    started_at: datetime = field(default_factory=utcnow)
+    stopped_at: datetime | None = None
+    handle: Handle | None = None
+    exit: ExitResult | None = None
+    watcher: asyncio.Task | None = None
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.state in (WorkloadState.STOPPED, WorkloadState.FAILED)
+
+    def summary(self) -> WorkloadSummary:
+        request = self.request
+        return WorkloadSummary(
+            id=self.id, name=request.name, namespace=self.namespace, type=request.type,
+            lifecycle=request.lifecycle, state=self.state, node_id=self.node_id,
+            artifact=request.artifact, argv=request.argv, env_keys=sorted(request.env),
+            triggers=request.triggers, limits=request.limits, started_at=self.started_at,
+            stopped_at=self.stopped_at, pid=self.stats.get("pid"),
+            exit=self.exit.info() if self.exit else None,
+            invocations=self.stats.get("invocations"), errors=self.stats.get("errors"),
+        )
+
+
+class WorkloadTable:
+    def __init__(self, on_remove: Callable[[Workload], None] = lambda w: None) -> None:
+        self._by_id: dict[str, Workload] = {}
+        self._on_remove = on_remove
+
+    def add(self, workload: Workload) -> None:
+        self._by_id[workload.id] = workload
+        self._forget_oldest_ended()
+
+    def get(self, workload_id: str, namespace: str | None = None) -> Workload:
+        workload = self._by_id.get(workload_id)
+        if workload is None or (namespace is not None and workload.namespace != namespace):
+            raise WorkloadNotFound(workload_id)
+        return workload
+
+    def remove(self, workload_id: str) -> None:
+        workload = self._by_id.pop(workload_id, None)
+        if workload is not None:
+            self._on_remove(workload)
+
+    def __iter__(self) -> Iterator[Workload]:
+        return iter(list(self._by_id.values()))
+
+    def in_namespace(self, namespace: str) -> list[Workload]:
+        return [w for w in self if w.namespace == namespace]
+
+    def active(self) -> list[Workload]:
+        return [w for w in self if not w.ended]
+
+    def _forget_oldest_ended(self) -> None:
+        ended = [w for w in self._by_id.values() if w.ended]
+        overflow = len(ended) - KEEP_ENDED
+        if overflow > 0:
+            ended.sort(key=lambda w: w.stopped_at or w.started_at)
+            for workload in ended[:overflow]:
+                self.remove(workload.id)

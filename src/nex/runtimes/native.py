@@ -1,0 +1,173 @@
+"""Native workloads: a 64-bit Linux executable run as a supervised process.
+
+Each workload gets its own process group (so stop reaches every child it forks),
+a working dir under the node's state dir, only the environment of its deploy
+request (never the node's), and PR_SET_PDEATHSIG so that it dies with a
+SIGKILLed node. The handle records pid and start time, which lets the next node
+start kill what a dead node left without ever hitting a recycled pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from nex.api.errors import BadArtifact
+from nex.api.models import Lifecycle, WorkloadType
+from nex.procutil import group_alive, new_group_dying_with_parent, signal_group
+from nex.runtimes.base import Capabilities, ExitResult, Handle, LogSink, RuntimeContext, WorkloadSpec
+
+ELF_MAGIC = b"\x7fELF"
+_ELFCLASS64 = 2
+_ET_EXEC, _ET_DYN = 2, 3
+_EM_BY_ARCH = {"x86_64": 62, "aarch64": 183}
+MAX_LINE = 64 * 1024
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def check_elf(path: Path, machine: str | None = None) -> None:
+    """Raise BadArtifact unless ``path`` is a 64-bit executable for this machine."""
+    header = _head(path, 20)
+    if len(header) < 20 or header[:4] != ELF_MAGIC:
+        raise BadArtifact("native artifact is not an ELF executable")
+    if header[4] != _ELFCLASS64:
+        raise BadArtifact("native artifact is a 32-bit ELF; a 64-bit executable is needed")
+    e_type = int.from_bytes(header[16:18], "little")
+    if e_type not in (_ET_EXEC, _ET_DYN):
+        raise BadArtifact(f"native artifact is an ELF file of type {e_type}, not an executable")
+    arch = machine or os.uname().machine
+    e_machine = int.from_bytes(header[18:20], "little")
+    expected = _EM_BY_ARCH.get(arch)
+    if expected is not None and e_machine != expected:
+        raise BadArtifact(f"native artifact is built for ELF machine {e_machine}, this node is {arch}")
+
+
+def _head(path: Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: tells a process from a later one with the same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def process_rss_bytes(pid: int) -> int | None:
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+async def pump_lines(stream: asyncio.StreamReader, emit: LogSink, name: str) -> None:
+    """Forward a pipe line by line; a line longer than MAX_LINE is cut into pieces."""
+    while True:
+        try:
+            line = await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                emit(name, exc.partial)
+            return
+        except asyncio.LimitOverrunError as exc:
+            line = await stream.readexactly(exc.consumed)
+            emit(name, line)
+            continue
+        emit(name, line.rstrip(b"\n"))
+
+
+class _Running:
+    def __init__(self, process: asyncio.subprocess.Process, pumps: list[asyncio.Task]) -> None:
+        self.process = process
+        self.pumps = pumps
+        self.stop_requested = False
+
+
+class NativeRuntime:
+    type = WorkloadType.NATIVE
+    capabilities = Capabilities(lifecycles=frozenset({Lifecycle.SERVICE, Lifecycle.JOB}))
+
+    def __init__(self, context: RuntimeContext) -> None:
+        self._context = context
+        self._running: dict[str, _Running] = {}
+
+    async def prepare(self, spec: WorkloadSpec) -> None:
+        check_elf(spec.artifact_path)
+
+    def _environment(self, spec: WorkloadSpec) -> dict[str, str]:
+        env = {"PATH": BASE_PATH, "HOME": str(spec.work_dir)}
+        env.update(spec.env)
+        env.update({
+            "NEX_WORKLOAD_ID": spec.id, "NEX_WORKLOAD_NAME": spec.name,
+            "NEX_NAMESPACE": spec.namespace, "NEX_NODE_ID": self._context.node_id,
+        })
+        return env
+
+    async def start(self, spec: WorkloadSpec, logs: LogSink) -> Handle:
+        spec.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                spec.name, *spec.argv, executable=str(spec.artifact_path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, cwd=spec.work_dir, env=self._environment(spec),
+                preexec_fn=new_group_dying_with_parent, limit=MAX_LINE,
+            )
+        except OSError as exc:
+            raise BadArtifact(f"cannot execute native artifact: {exc.strerror or exc}") from None
+        pumps = [
+            asyncio.create_task(pump_lines(process.stdout, logs, "stdout")),
+            asyncio.create_task(pump_lines(process.stderr, logs, "stderr")),
+        ]
+        self._running[spec.id] = _Running(process, pumps)
+        data = {"pid": process.pid, "pgid": process.pid, "start_time": process_start_time(process.pid)}
+        return Handle(workload_id=spec.id, type=self.type, data=data)
+
+    async def wait(self, handle: Handle) -> ExitResult:
+        running = self._running[handle.workload_id]
+        code = await running.process.wait()
+        # Children of the workload live in its group; none may outlive it.
+        signal_group(handle.data["pgid"], signal.SIGKILL)
+        await asyncio.wait(running.pumps, timeout=2.0)
+        for pump in running.pumps:
+            pump.cancel()
+        self._running.pop(handle.workload_id, None)
+        if code < 0:
+            return ExitResult(signal=-code)
+        return ExitResult(exit_code=code)
+
+    async def stop(self, handle: Handle, grace: float) -> None:
+        running = self._running.get(handle.workload_id)
+        if running is None or running.process.returncode is not None:
+            return
+        running.stop_requested = True
+        pgid = handle.data["pgid"]
+        signal_group(pgid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(running.process.wait()), grace)
+        except asyncio.TimeoutError:
+            signal_group(pgid, signal.SIGKILL)
+            await running.process.wait()
+
+    async def cleanup(self, handle: Handle) -> None:
+        pid, pgid = handle.data.get("pid"), handle.data.get("pgid")
+        if not pgid:
+            return
+        current = process_start_time(pid) if pid else None
+        if current is not None and current != handle.data.get("start_time"):
+            return  # the pid now belongs to another process: not ours to kill
+        if group_alive(pgid):
+            signal_group(pgid, signal.SIGKILL)
+
+    def inspect(self, handle: Handle) -> dict[str, Any]:
+        pid = handle.data.get("pid")
+        return {"pid": pid, "rss_bytes": process_rss_bytes(pid) if pid else None}
+
+    async def close(self) -> None:
+        self._running.clear()
