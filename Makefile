@@ -3,10 +3,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTHON ?= python3
+# Debian packages the tests need: a C compiler and static libc build their native programs.
+TEST_DEBS := gcc libc6-dev
 
-.PHONY: run test bench schemas clean
+.PHONY: run test bench schemas system-deps clean
 
 $(PY):
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || $(MAKE) --no-print-directory system-deps DEBS=python3-venv
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
@@ -14,10 +17,19 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Installs the Debian packages in DEBS that are missing (as root; otherwise says what to install).
+system-deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else echo "missing Debian packages:$$missing (install them, or run as root)"; exit 1; fi; \
+	fi
+
 run: $(STAMP)
 	$(VENV)/bin/nex node up $(ARGS)
 
 test: $(STAMP)
+	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 schemas: $(STAMP)

@@ -27,6 +27,7 @@ from nex.node.feeds import Feeds
 from nex.node.resources import automatic_tags, resources
 from nex.node.supervisor import Supervisor
 from nex.node.workloads import Workload
+from nex.reaper import Reaper
 from nex.runtimes.base import RuntimeContext
 from nex.runtimes.registry import available_runtimes
 
@@ -59,6 +60,7 @@ class Node:
         self.feeds: Feeds | None = None
         self._stop = asyncio.Event()
         self._lameduck_task: asyncio.Task | None = None
+        self.reaper: Reaper | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -72,8 +74,9 @@ class Node:
         self.nc = await connect(options.with_name(f"nex-node {self.name}"))
         self.feeds = Feeds(self.nc, self.node_id)
         await self.feeds.ensure_streams(self.config.logs_stream_bytes, self.config.events_stream_bytes)
+        self.reaper = Reaper()
         context = RuntimeContext(node_id=self.node_id, state_dir=self.state_dir,
-                                 connect_options=options)
+                                 connect_options=options, guard=self.reaper)
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
             ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream()), self.feeds,
@@ -114,6 +117,8 @@ class Node:
             await self.supervisor.close()
         if self.control is not None:
             await self.control.stop()
+        if self.reaper is not None:
+            self.reaper.close()
         if self.nc is not None and self.nc.is_connected:
             self.feeds.node_event(EventType.NODE_STOPPED, self._ping_data())
             with suppress(NexError, asyncio.TimeoutError, OSError):

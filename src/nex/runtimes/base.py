@@ -99,6 +99,22 @@ class LogSink(Protocol):
     def __call__(self, stream: str, line: bytes) -> None: ...
 
 
+class ProcessGuard(Protocol):
+    """Kills the process groups it watches if the node dies (see nex.reaper)."""
+
+    def watch(self, pgid: int) -> None: ...
+
+    def release(self, pgid: int) -> None: ...
+
+
+class _NoGuard:
+    def watch(self, pgid: int) -> None:
+        pass
+
+    def release(self, pgid: int) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class RuntimeContext:
     """What the node gives every runtime."""
@@ -106,6 +122,7 @@ class RuntimeContext:
     node_id: str
     state_dir: Path
     connect_options: ConnectOptions
+    guard: ProcessGuard = field(default_factory=_NoGuard)
 
 
 @runtime_checkable

@@ -126,6 +126,7 @@ class NativeRuntime:
             asyncio.create_task(pump_lines(process.stderr, logs, "stderr")),
         ]
         self._running[spec.id] = _Running(process, pumps)
+        self._context.guard.watch(process.pid)
         data = {"pid": process.pid, "pgid": process.pid, "start_time": process_start_time(process.pid)}
         return Handle(workload_id=spec.id, type=self.type, data=data)
 
@@ -134,6 +135,7 @@ class NativeRuntime:
         code = await running.process.wait()
         # Children of the workload live in its group; none may outlive it.
         signal_group(handle.data["pgid"], signal.SIGKILL)
+        self._context.guard.release(handle.data["pgid"])
         await asyncio.wait(running.pumps, timeout=2.0)
         for pump in running.pumps:
             pump.cancel()

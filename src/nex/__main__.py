@@ -1,0 +1,3 @@
+from nex.cli import main
+
+main()

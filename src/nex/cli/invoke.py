@@ -1,0 +1,24 @@
+"""``nex invoke``: call a function through a trigger subject."""
+
+from __future__ import annotations
+
+import click
+
+from nex.cli.options import GlobalOptions, NexCommand, with_global_options
+from nex.cli.session import run
+
+
+@click.command("invoke", cls=NexCommand)
+@click.argument("subject")
+@click.argument("payload", required=False)
+@with_global_options
+def invoke(opts: GlobalOptions, subject: str, payload: str | None) -> None:
+    """Send PAYLOAD (or stdin with '-') to SUBJECT and print the reply as is."""
+    if payload == "-":
+        data = click.get_binary_stream("stdin").read()
+    else:
+        data = (payload or "").encode()
+    reply = run(opts, lambda client: client.invoke(subject, data, timeout=opts.timeout))
+    out = click.get_binary_stream("stdout")
+    out.write(reply)
+    out.flush()

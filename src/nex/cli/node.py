@@ -1,0 +1,96 @@
+"""``nex node``: list, inspect and drain nodes."""
+
+from __future__ import annotations
+
+import click
+
+from nex.api.models import NodeInfo, NodePing
+from nex.cli import output
+from nex.cli.options import GlobalOptions, NexGroupHelp, with_global_options
+from nex.cli.session import resolve_node, run
+from nex.client import NexClient
+
+
+@click.group(cls=NexGroupHelp)
+def node() -> None:
+    """List, inspect and drain the nodes of a namespace."""
+
+
+@node.command("ls")
+@with_global_options
+def node_ls(opts: GlobalOptions) -> None:
+    """List the nodes that answer a ping."""
+    nodes = sorted(run(opts, lambda client: client.ping()), key=lambda n: (n.name, n.node_id))
+    if opts.json:
+        output.print_json(nodes)
+        return
+    if not nodes:
+        output.stderr().print(f"no node answered in namespace {opts.namespace!r}")
+        return
+    output.table(
+        ["ID", "NAME", "VERSION", "STATE", "UPTIME", "WORKLOADS", "TAGS"],
+        [_ping_row(n) for n in nodes],
+    )
+
+
+@node.command("info")
+@click.argument("node_id", metavar="ID")
+@with_global_options
+def node_info(opts: GlobalOptions, node_id: str) -> None:
+    """Show a node's resources, runtimes and workloads (ID: a unique prefix is enough)."""
+
+    async def action(client: NexClient) -> NodeInfo:
+        return await client.node_info(await resolve_node(client, node_id))
+
+    info = run(opts, action)
+    if opts.json:
+        output.print_json(info)
+        return
+    gib = 1024**3
+    output.fields([
+        ("ID", info.node_id),
+        ("Name", info.name),
+        ("Version", f"{info.version} (API {info.api_version})"),
+        ("State", info.state.value),
+        ("Uptime", output.duration(info.uptime_s)),
+        ("Tags", _tags(info.tags)),
+        ("XKey", info.xkey),
+        ("Runtimes", ", ".join(r.value for r in info.runtimes)),
+        ("CPUs", info.resources.cpus),
+        ("Memory", f"{info.resources.memory_available_bytes / gib:.1f} GiB free "
+                   f"of {info.resources.memory_bytes / gib:.1f} GiB"),
+        ("Load (1m)", f"{info.resources.load_1m:.2f}"),
+        ("Workloads", info.workload_count),
+    ])
+    if info.workloads:
+        click.echo()
+        output.table(
+            ["ID", "NAME", "TYPE", "STATE", "AGE"],
+            [[w.id, w.name, w.type.value, w.state.value, output.age(w.started_at)]
+             for w in info.workloads],
+        )
+
+
+@node.command("lameduck")
+@click.argument("node_id", metavar="ID")
+@with_global_options
+def node_lameduck(opts: GlobalOptions, node_id: str) -> None:
+    """Put a node in lame duck mode: it takes no new work and drains."""
+
+    async def action(client: NexClient):
+        return await client.lameduck(await resolve_node(client, node_id))
+
+    reply = run(opts, action)
+    if opts.json:
+        output.print_json(reply)
+    else:
+        click.echo(f"node {reply.node_id} is {reply.state.value}")
+
+
+def _ping_row(n: NodePing) -> list[object]:
+    return [output.short(n.node_id), n.name, n.version, n.state.value,
+            output.duration(n.uptime_s), n.workload_count, _tags(n.tags)]
+
+
+def _tags(tags: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
