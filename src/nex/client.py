@@ -94,12 +94,12 @@ class LogLine:
 
 
 def guess_type(path: str | Path) -> WorkloadType:
-    """The workload type of a file: by its first bytes (ELF, #!, Wasm), then by extension."""
+    """The workload type of a file: by its first bytes (ELF, Wasm), then by extension."""
     path = Path(path)
     with path.open("rb") as f:
         head = f.read(4)
-    if head == _ELF_MAGIC or head.startswith(b"#!"):
-        return WorkloadType.NATIVE  # an executable, or a script the kernel runs through its #! line
+    if head == _ELF_MAGIC:
+        return WorkloadType.NATIVE
     if head == _WASM_MAGIC:
         return WorkloadType.WASM
     found = _EXTENSIONS.get(path.suffix.lower())

@@ -1,0 +1,109 @@
+"""Shared bench plumbing: a nats-server, a node process, a bare echo baseline, statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from nex.connection import ConnectOptions, connect
+from nex.natsserver import NatsServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary_us(samples_s: list[float]) -> dict[str, float]:
+    micro = [s * 1e6 for s in samples_s]
+    return {"p50_us": statistics.median(micro), "p99_us": percentile(micro, 0.99), "n": len(micro)}
+
+
+def build_static(source: str, out_dir: Path) -> Path:
+    binary = out_dir / Path(source).stem
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(binary), str(ROOT / source)], check=True)
+    return binary
+
+
+@asynccontextmanager
+async def nats_and_node(extra_node_args: list[str] | None = None):
+    """A nats-server on a free port and a `nex node up` process on it; yields (server, nc, node_id, node_pid)."""
+    with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
+        server = NatsServer(store_dir=Path(tmp) / "js", port=0)
+        await server.start()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nex", "node", "up", "--server", server.url,
+            "--state-dir", str(Path(tmp) / "node"), "--name", "bench", "--log-level", "warning",
+            *(extra_node_args or []), stdout=subprocess.DEVNULL,
+        )
+        nc = await connect(ConnectOptions(servers=[server.url]))
+        try:
+            node_id = None
+            for _ in range(200):
+                try:
+                    msg = await nc.request("$NEX.SVC.default.control.PING", b"", timeout=0.2)
+                    node_id = json.loads(msg.data)["node_id"]
+                    break
+                except Exception:  # node not up yet
+                    await asyncio.sleep(0.05)
+            if node_id is None:
+                raise RuntimeError("node did not come up")
+            yield server, nc, node_id, process.pid
+        finally:
+            await nc.close()
+            process.terminate()
+            await process.wait()
+            await server.stop()
+
+
+async def echo_responder(nc, subject: str):
+    """The baseline: the smallest nats-py responder there is."""
+    async def echo(msg):
+        await msg.respond(msg.data)
+    return await nc.subscribe(subject, cb=echo)
+
+
+async def timed_requests(nc, subject: str, payload: bytes, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        await nc.request(subject, payload, timeout=5)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def report(title: str, rows: dict) -> None:
+    print(f"\n## {title}")
+    for key, value in rows.items():
+        print(f"  {key:<40} {value:.2f}" if isinstance(value, float) else f"  {key:<40} {value}")

@@ -1,0 +1,133 @@
+"""The node <-> agent protocol: newline-delimited JSON, pure and I/O-free.
+
+The node writes requests to the agent's stdin; the agent writes replies and events
+to its stdout. Every request carries a ``seq``; the agent answers each one exactly
+once with ``{"seq": n, "ok": true, ...}`` or ``{"seq": n, "ok": false, "error": "..."}``,
+in any order. The agent also sends ``{"event": "ready"}`` once it is connected to NATS.
+
+Requests:
+
+- ``load``: run a function: subscribe to its triggers. Loading an id that is
+  already loaded is a no-op, so a node may safely repeat a load after an agent restart.
+- ``unload``: unsubscribe a function, let in-flight calls finish for up to
+  ``grace_ms``, free it. Unloading an unknown id succeeds.
+- ``stats``: counters of every loaded function.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+# error_kind of a failed reply
+BAD_ARTIFACT = "bad_artifact"
+INTERNAL = "internal"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TriggerSubscription(_Message):
+    subject: str
+    queue: str
+
+
+class Load(_Message):
+    op: Literal["load"] = "load"
+    seq: int = 0
+    workload_id: str
+    name: str
+    namespace: str
+    source: str
+    triggers: list[TriggerSubscription]
+    timeout_ms: int = Field(gt=0)
+    memory_bytes: int = Field(gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class Unload(_Message):
+    op: Literal["unload"] = "unload"
+    seq: int = 0
+    workload_id: str
+    grace_ms: int = Field(default=5000, ge=0)
+
+
+class Stats(_Message):
+    op: Literal["stats"] = "stats"
+    seq: int = 0
+
+
+Request = Annotated[Load | Unload | Stats, Field(discriminator="op")]
+
+
+class FunctionStats(_Message):
+    workload_id: str
+    invocations: int = 0
+    errors: int = 0
+    memory_bytes: int = 0
+
+
+class Reply(_Message):
+    seq: int
+    ok: bool
+    error: str | None = None
+    error_kind: str | None = None
+    functions: list[FunctionStats] | None = Field(default=None, description="stats replies")
+
+
+class Ready(_Message):
+    event: Literal["ready"] = "ready"
+
+
+AgentMessage = Reply | Ready
+
+_request_adapter: TypeAdapter[Load | Unload | Stats] = TypeAdapter(Request)
+_agent_message_adapter: TypeAdapter[Reply | Ready] = TypeAdapter(AgentMessage)
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid message."""
+
+
+def encode(message: _Message) -> bytes:
+    """One line, newline included."""
+    return message.model_dump_json(exclude_none=True).encode() + b"\n"
+
+
+def decode_request(line: bytes) -> Load | Unload | Stats:
+    try:
+        return _request_adapter.validate_json(line)
+    except ValueError as exc:
+        raise ProtocolError(f"bad request: {_first_line(exc)}") from None
+
+
+def decode_agent_message(line: bytes) -> Reply | Ready:
+    try:
+        return _agent_message_adapter.validate_json(line)
+    except ValueError as exc:
+        raise ProtocolError(f"bad agent message: {_first_line(exc)}") from None
+
+
+def request_seq(line: bytes) -> int | None:
+    """The seq of a request that failed to decode, so the agent can still answer it."""
+    try:
+        seq = TypeAdapter(dict).validate_json(line).get("seq")
+    except ValueError:
+        return None
+    return seq if isinstance(seq, int) else None
+
+
+def ok(seq: int, functions: list[FunctionStats] | None = None) -> Reply:
+    return Reply(seq=seq, ok=True, functions=functions)
+
+
+def failed(seq: int, error: str, kind: str = INTERNAL) -> Reply:
+    return Reply(seq=seq, ok=False, error=" ".join(error.split()), error_kind=kind)
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]
