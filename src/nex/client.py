@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import io
 import logging
-import re
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, AsyncIterator, BinaryIO, Callable, Iterable, Mapping, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -38,6 +36,8 @@ from nex.api.errors import (
     from_reply,
 )
 from nex.api.events import CloudEvent
+from nex.artifacts import sha256_file
+from nex.localfiles import CountingReader, guess_type, workload_name_for
 from nex.api.models import (
     Artifact,
     DeployRequest,
@@ -58,7 +58,7 @@ from nex.api.models import (
 from nex.connection import ConnectOptions, connect
 
 __all__ = [
-    "LogLine", "NexClient", "Progress", "file_sha256", "guess_type", "workload_name_for",
+    "LogLine", "NexClient", "Progress", "guess_type", "workload_name_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,13 +69,6 @@ Progress = Callable[[int, int], None]
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_GATHER_S = 0.5
-_HASH_CHUNK = 1 << 20
-_ELF_MAGIC = b"\x7fELF"
-_WASM_MAGIC = b"\0asm"
-_EXTENSIONS = {
-    ".js": WorkloadType.JAVASCRIPT, ".mjs": WorkloadType.JAVASCRIPT, ".cjs": WorkloadType.JAVASCRIPT,
-    ".wasm": WorkloadType.WASM,
-}
 # A failed first connect gives up after this many tries per server (nats-py loops
 # forever on -1); the same number bounds reconnects of a long `logs -f`.
 _CONNECT_ATTEMPTS = 2
@@ -93,35 +86,6 @@ class LogLine:
         return self.data.decode(errors="replace")
 
 
-def guess_type(path: str | Path) -> WorkloadType:
-    """The workload type of a file: by its first bytes (ELF, Wasm), then by extension."""
-    path = Path(path)
-    with path.open("rb") as f:
-        head = f.read(4)
-    if head == _ELF_MAGIC:
-        return WorkloadType.NATIVE
-    if head == _WASM_MAGIC:
-        return WorkloadType.WASM
-    found = _EXTENSIONS.get(path.suffix.lower())
-    if found is None:
-        raise BadRequest(f"cannot tell the workload type of {path}; pass --type")
-    return found
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def workload_name_for(path: str | Path) -> str:
-    """A valid workload name from a file name: ``hello world.js`` -> ``hello-world``."""
-    name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(path).stem).strip("-")[:64]
-    return name or "workload"
-
-
 def _target(value: str, what: str) -> str:
     # The target becomes a subject token; a '*' or '.' would address other nodes.
     if not subjects.is_token(value):
@@ -131,24 +95,6 @@ def _target(value: str, what: str) -> str:
 
 def _is_no_responders(msg: Msg) -> bool:
     return bool(msg.headers) and msg.headers.get("Status") == "503" and not msg.data
-
-
-class _CountingReader(io.RawIOBase):
-    """A file wrapper that reports each read; object store put reads it in a worker thread."""
-
-    def __init__(self, file: BinaryIO, on_read: Callable[[int], None]) -> None:
-        super().__init__()
-        self._file = file
-        self._on_read = on_read
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = self._file.readinto(buffer)
-        if n:
-            self._on_read(n)
-        return n
 
 
 class NexClient:
@@ -166,21 +112,27 @@ class NexClient:
     ) -> NexClient:
         """Connect to NATS; the client closes the connection in :meth:`close`."""
         _target(namespace, "namespace")
-        last_error: list[BaseException] = []
+        connect_errors: list[BaseException] = []
+        connected = False
 
-        async def remember_error(exc: BaseException) -> None:
-            # Replaces nats-py's default callback, which logs a traceback.
-            last_error.append(exc)
+        async def on_error(exc: BaseException) -> None:
+            # Instead of nats-py's default, which logs a traceback: while connecting the
+            # last error explains the failure; later ones (permissions...) are warnings.
+            if connected:
+                log.warning("nats: %s", _describe(exc))
+            else:
+                connect_errors.append(exc)
 
         where = ",".join(options.servers)
         try:
             nc = await connect(
-                options.with_name(options.name or "nex-client"), error_cb=remember_error,
+                options.with_name(options.name or "nex-client"), error_cb=on_error,
                 max_reconnect_attempts=_CONNECT_ATTEMPTS, connect_timeout=max(1, round(timeout)),
             )
         except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
-            cause = last_error[-1] if last_error else exc
+            cause = connect_errors[-1] if connect_errors else exc
             raise Unavailable(f"cannot connect to NATS at {where}: {_describe(cause)}") from None
+        connected = True
         client = cls(nc, namespace, timeout)
         client._owns_connection = True
         return client
@@ -273,8 +225,9 @@ class NexClient:
 
         An object that already holds the same bytes under that key is not sent again.
         """
-        sha256 = await asyncio.to_thread(file_sha256, path)
-        return await self._upload(Path(path), key or sha256, sha256, progress)
+        path = Path(path)
+        sha256 = await asyncio.to_thread(sha256_file, path)
+        return await self._upload(path, key or sha256, sha256, progress)
 
     async def devrun(
         self,
@@ -296,7 +249,7 @@ class NexClient:
         """
         path = Path(path)
         workload_type = WorkloadType(type) if type else await asyncio.to_thread(guess_type, path)
-        sha256 = await asyncio.to_thread(file_sha256, path)
+        sha256 = await asyncio.to_thread(sha256_file, path)
         try:
             request = DeployRequest(
                 name=name or workload_name_for(path),
@@ -320,11 +273,13 @@ class NexClient:
     async def logs(self, workload_id: str, follow: bool = False) -> AsyncIterator[LogLine]:
         """The log lines of a workload kept in the logs stream, then new ones when ``follow``."""
         filter_subject = subjects.logs_filter(self.namespace, _target(workload_id, "workload id"))
-        async for msg in self._stream(subjects.LOGS_STREAM, filter_subject, follow, "logs"):
-            tokens = msg.subject.split(".")
-            yield LogLine(
-                workload_id=tokens[-2], stream=tokens[-1], data=msg.data, time=msg.metadata.timestamp
-            )
+        messages = self._stream(subjects.LOGS_STREAM, filter_subject, follow, "logs")
+        async with aclosing(messages):
+            async for msg in messages:
+                tokens = msg.subject.split(".")
+                yield LogLine(
+                    workload_id=tokens[-2], stream=tokens[-1], data=msg.data, time=msg.metadata.timestamp
+                )
 
     async def events(
         self, follow: bool = False, types: Iterable[str] | None = None
@@ -338,13 +293,18 @@ class NexClient:
             filter_subject = subjects.events(self.namespace, _target(next(iter(wanted)), "event type"))
         else:
             filter_subject = subjects.events_filter(self.namespace)
-        async for msg in self._stream(subjects.EVENTS_STREAM, filter_subject, follow, "events"):
-            if wanted and msg.subject.rsplit(".", 1)[-1] not in wanted:
-                continue
-            try:
-                yield CloudEvent.model_validate_json(msg.data)
-            except ValidationError as exc:
-                log.warning("skipped a malformed event on %s: %s", msg.subject, describe_validation_error(exc))
+        messages = self._stream(subjects.EVENTS_STREAM, filter_subject, follow, "events")
+        async with aclosing(messages):
+            async for msg in messages:
+                if wanted and msg.subject.rsplit(".", 1)[-1] not in wanted:
+                    continue
+                try:
+                    event = CloudEvent.model_validate_json(msg.data)
+                except ValidationError as exc:
+                    log.warning("skipped a malformed event on %s: %s", msg.subject,
+                                describe_validation_error(exc))
+                    continue
+                yield event
 
     # -- functions ---------------------------------------------------------------------
 
@@ -421,6 +381,7 @@ class NexClient:
                     return artifact
             except nats.js.errors.NotFoundError:
                 pass
+            # store.put reads the file in a worker thread; progress hops back to the loop.
             loop = asyncio.get_running_loop()
             done = 0
 
@@ -431,7 +392,7 @@ class NexClient:
                     loop.call_soon_threadsafe(progress, done, total)
 
             with path.open("rb") as f:
-                info = await store.put(key, _CountingReader(f, on_read))
+                info = await store.put(key, CountingReader(f, on_read))
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
             raise Unavailable("JetStream is not enabled on this NATS server") from None
         if info.digest != expected_digest:
@@ -473,7 +434,9 @@ class NexClient:
                 if not follow and msg.metadata.num_pending == 0:
                     return
         finally:
-            await sub.unsubscribe()
+            # A generator left unfinished is closed late, maybe after the connection.
+            if not self.nc.is_closed:
+                await sub.unsubscribe()
 
 
 def _decode(msg: Msg, model: type[M], subject: str) -> M:

@@ -92,5 +92,5 @@ def devrun(
     output.fields([
         ("ID", summary.id),
         ("Node", summary.node_id),
-        *((("Trigger", t.subject) for t in summary.triggers)),
+        *(("Trigger", t.subject) for t in summary.triggers),
     ])

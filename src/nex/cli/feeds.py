@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 
 import click
 
 from nex.api.errors import WorkloadNotFound
+from nex.api.events import CloudEvent
 from nex.cli import output
 from nex.cli.options import GlobalOptions, NexCommand, with_global_options
 from nex.cli.session import resolve_workload, run
@@ -20,7 +22,7 @@ from nex.client import NexClient
 def logs(opts: GlobalOptions, workload_id: str, follow: bool) -> None:
     """Print a workload's log lines: stdout to stdout, stderr to stderr.
 
-    ID may be a unique prefix of a running workload's id, or the full id of one that ended.
+    ID: an id, or a unique prefix or name of a workload a node still lists.
     """
 
     async def action(client: NexClient) -> None:
@@ -28,14 +30,16 @@ def logs(opts: GlobalOptions, workload_id: str, follow: bool) -> None:
             full_id = await resolve_workload(client, workload_id)
         except WorkloadNotFound:
             full_id = workload_id  # ended: its lines may still be in the stream
-        async for line in client.logs(full_id, follow=follow):
-            if opts.json:
-                output.print_json_line({
-                    "workload_id": line.workload_id, "stream": line.stream,
-                    "time": line.time.isoformat(), "text": line.text,
-                })
-            else:
-                click.echo(line.text, err=line.stream == "stderr")
+        lines = client.logs(full_id, follow=follow)
+        async with aclosing(lines):
+            async for line in lines:
+                if opts.json:
+                    output.print_json_line({
+                        "workload_id": line.workload_id, "stream": line.stream,
+                        "time": line.time.isoformat(), "text": line.text,
+                    })
+                else:
+                    click.echo(line.text, err=line.stream == "stderr")
 
     run(opts, action)
 
@@ -49,14 +53,20 @@ def events(opts: GlobalOptions, follow: bool, types: tuple[str, ...]) -> None:
     """Print the events of the namespace (CloudEvents)."""
 
     async def action(client: NexClient) -> None:
-        async for event in client.events(follow=follow, types=types or None):
-            if opts.json:
-                click.echo(event.model_dump_json())
-            else:
-                click.echo(" ".join(filter(None, [
-                    event.time.isoformat(timespec="seconds"), event.event_type,
-                    output.short(event.source.removeprefix("nex/node/")), event.subject,
-                    json.dumps(event.data) if event.data else None,
-                ])))
+        stream = client.events(follow=follow, types=types or None)
+        async with aclosing(stream):
+            async for event in stream:
+                if opts.json:
+                    click.echo(event.model_dump_json())
+                else:
+                    click.echo(_event_line(event))
 
     run(opts, action)
+
+
+def _event_line(event: CloudEvent) -> str:
+    return " ".join(filter(None, [
+        event.time.isoformat(timespec="seconds"), event.event_type,
+        output.short(event.source.removeprefix("nex/node/")), event.subject,
+        json.dumps(event.data) if event.data else None,
+    ]))

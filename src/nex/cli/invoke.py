@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from nex.cli.options import GlobalOptions, NexCommand, with_global_options
@@ -15,10 +17,9 @@ from nex.cli.session import run
 def invoke(opts: GlobalOptions, subject: str, payload: str | None) -> None:
     """Send PAYLOAD (or stdin with '-') to SUBJECT and print the reply as is."""
     if payload == "-":
-        data = click.get_binary_stream("stdin").read()
+        data = sys.stdin.buffer.read()
     else:
         data = (payload or "").encode()
     reply = run(opts, lambda client: client.invoke(subject, data, timeout=opts.timeout))
-    out = click.get_binary_stream("stdout")
-    out.write(reply)
-    out.flush()
+    sys.stdout.buffer.write(reply)
+    sys.stdout.buffer.flush()

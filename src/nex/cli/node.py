@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nex.api.models import NodeInfo, NodePing
+from nex.api.models import LameDuckResponse, NodeInfo, NodePing, NodeState
 from nex.cli import output
 from nex.cli.options import GlobalOptions, NexGroupHelp, with_global_options
 from nex.cli.session import resolve_node, run
@@ -37,7 +37,7 @@ def node_ls(opts: GlobalOptions) -> None:
 @click.argument("node_id", metavar="ID")
 @with_global_options
 def node_info(opts: GlobalOptions, node_id: str) -> None:
-    """Show a node's resources, runtimes and workloads (ID: a unique prefix is enough)."""
+    """Show a node's resources, runtimes and workloads (ID: an id, a unique prefix or name)."""
 
     async def action(client: NexClient) -> NodeInfo:
         return await client.node_info(await resolve_node(client, node_id))
@@ -77,14 +77,15 @@ def node_info(opts: GlobalOptions, node_id: str) -> None:
 def node_lameduck(opts: GlobalOptions, node_id: str) -> None:
     """Put a node in lame duck mode: it takes no new work and drains."""
 
-    async def action(client: NexClient):
+    async def action(client: NexClient) -> LameDuckResponse:
         return await client.lameduck(await resolve_node(client, node_id))
 
     reply = run(opts, action)
     if opts.json:
         output.print_json(reply)
     else:
-        click.echo(f"node {reply.node_id} is {reply.state.value}")
+        state = "in lame duck mode" if reply.state == NodeState.LAMEDUCK else reply.state.value
+        click.echo(f"node {reply.node_id} is {state}")
 
 
 def _ping_row(n: NodePing) -> list[object]:
@@ -93,4 +94,4 @@ def _ping_row(n: NodePing) -> list[object]:
 
 
 def _tags(tags: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
+    return ", ".join(f"{k}={v}" for k, v in sorted(tags.items()))

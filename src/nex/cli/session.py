@@ -27,39 +27,49 @@ def run(opts: GlobalOptions, action: Callable[[NexClient], Awaitable[T]]) -> T:
     return asyncio.run(session())
 
 
-def resolve_prefix(given: str, candidates: Iterable[str], what: str) -> str:
-    """The one candidate equal to ``given`` or starting with it, docker-style.
+def resolve_id(given: str, entries: Iterable[tuple[str, str]], what: str) -> str:
+    """The id that ``given`` names, docker-style: an id, a unique name, or a unique id prefix.
 
-    Raises NotFound (NodeNotFound/WorkloadNotFound for those kinds) when none
-    matches and BadRequest when the prefix is too short or matches several.
+    ``entries`` are (id, name) pairs. Raises NotFound (NodeNotFound/WorkloadNotFound
+    for those kinds) when nothing matches and BadRequest when the prefix is too short
+    or several match.
     """
-    unique = sorted(set(candidates))
-    if given in unique:
+    entries = sorted(set(entries))
+    ids = [entry_id for entry_id, _ in entries]
+    if given in ids:
         return given
+    named = [entry_id for entry_id, name in entries if name == given]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise BadRequest(f"{len(named)} {what}s are named {given!r}: use an id ({_listed(named)})")
     if len(given) < MIN_PREFIX:
         raise BadRequest(f"{what} id {given!r} is too short: give at least {MIN_PREFIX} characters")
-    matches = [c for c in unique if c.startswith(given)]
+    matches = [entry_id for entry_id in ids if entry_id.startswith(given)]
     if len(matches) == 1:
         return matches[0]
-    if not matches:
-        if what == "node":
-            raise NodeNotFound(given)
-        if what == "workload":
-            raise WorkloadNotFound(given)
-        raise NotFound(f"no {what} {given!r}")
-    listed = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
-    raise BadRequest(f"{what} id prefix {given!r} is ambiguous: it matches {listed}")
+    if matches:
+        raise BadRequest(f"{what} id prefix {given!r} is ambiguous: it matches {_listed(matches)}")
+    if what == "node":
+        raise NodeNotFound(given)
+    if what == "workload":
+        raise WorkloadNotFound(given)
+    raise NotFound(f"no {what} {given!r}")
 
 
 async def resolve_node(client: NexClient, given: str) -> str:
     if len(given) == NODE_ID_LENGTH:
         return given
-    return resolve_prefix(given, (n.node_id for n in await client.ping()), "node")
+    return resolve_id(given, ((n.node_id, n.name) for n in await client.ping()), "node")
 
 
 async def resolve_workload(client: NexClient, given: str) -> str:
     try:
         return (await client.workload_info(given)).id
     except WorkloadNotFound:
-        pass  # not a full id: a prefix, or nothing
-    return resolve_prefix(given, (w.id for w in await client.workloads()), "workload")
+        pass  # not a full id: a name, a prefix, or nothing
+    return resolve_id(given, ((w.id, w.name) for w in await client.workloads()), "workload")
+
+
+def _listed(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")

@@ -39,7 +39,7 @@ def workload_ls(opts: GlobalOptions) -> None:
 @click.argument("workload_id", metavar="ID")
 @with_global_options
 def workload_info(opts: GlobalOptions, workload_id: str) -> None:
-    """Show one workload (ID: a unique prefix is enough)."""
+    """Show one workload (ID: an id, a unique prefix or name)."""
 
     async def action(client: NexClient) -> WorkloadSummary:
         return await client.workload_info(await resolve_workload(client, workload_id))

@@ -1,15 +1,22 @@
-// Installed in every QuickJS context before the function's own script.
-// Evaluates to setup(envJson), which defines the `console` and `env` globals and
-// returns lookup(name) for the three entry points the agent calls:
-//   bind(fn)                -> invoke(subject, payloadLatin1) -> encoded result
-//   settle()                -> the encoded result of the pending promise, or "p"
-//   logs()                  -> JSON of the console lines not yet taken
-// An encoded result is [ "L" + JSON(lines) + "\n" ] + tag + data, where tag is
-//   "s" text, "b" bytes as latin-1, "B" bytes as a JSON string (they hold NUL),
-//   "e" the message of a thrown error, "p" a promise not settled yet.
-// Strings cross the binding as NUL-terminated UTF-8, so a payload's 0x00 bytes
-// arrive as U+0100 (a Uint8Array store keeps the low byte) and results that hold
-// NUL go back JSON-escaped.
+"""The JavaScript installed in every QuickJS context before the function's own script.
+
+Evaluates to setup(envJson), which defines the `console` and `env` globals and
+returns lookup(name) for the entry points the agent calls:
+  bind(fn)   -> invoke(subject, payloadLatin1) -> encoded result
+  settle()   -> the encoded result of the pending promise, or "p"
+  caught()   -> the encoded description of the error the last call threw
+  logs()     -> JSON of the console lines not yet taken
+An encoded result is an optional "L" + JSON(console lines) + newline, then a tag
+and data. Tags: "s" text, "S" text as a JSON string (it holds NUL), "b" bytes as
+latin-1, "B" bytes as latin-1 in a JSON string, "e" a thrown error's message
+and stack, "x" an error was thrown (call caught()), "p" a promise not settled yet. Console lines are a flat list of
+stream (0 stdout, 1 stderr) and text pairs.
+Strings cross the binding as NUL-terminated UTF-8, so a payload's 0x00 bytes
+arrive as U+0100 (a Uint8Array store keeps the low byte) and results that hold
+NUL go back JSON-escaped.
+"""
+
+PRELUDE = r"""
 (function (envJson) {
   "use strict";
   const MAX_LINES = 1000;
@@ -75,18 +82,16 @@
   };
   const encode = (result) => {
     if (result === undefined || result === null) return "b";
-    if (typeof result === "string") return result.indexOf("\0") < 0 ? "s" + result : "B" + stringify(result);
+    if (typeof result === "string") return result.indexOf("\0") < 0 ? "s" + result : "S" + stringify(result);
     if (result instanceof Uint8Array) return encodeBytes(result);
     if (result instanceof ArrayBuffer) return encodeBytes(new Uint8Array(result));
     if (isView(result)) return encodeBytes(new Uint8Array(result.buffer, result.byteOffset, result.byteLength));
     const json = stringify(result);
     return json === undefined ? "b" : "s" + json;
   };
+  // Text of a thrown value: its message, a newline, its stack (the agent finds the line in it).
   const describe = (error) => {
-    if (error instanceof Error) {
-      const where = /<input>:(\d+)/.exec(error.stack || "");
-      return where ? `${error} (line ${where[1]})` : String(error);
-    }
+    if (error instanceof Error) return `${error}\n${error.stack || ""}`;
     if (typeof error === "string") return error;
     try {
       return stringify(error) ?? String(error);
@@ -94,10 +99,19 @@
       return String(error);
     }
   };
-  // Engine failures (out of memory, stack overflow) go up to the agent, which resets the context.
-  const isEngineError = (error) => error instanceof InternalError;
   const withLines = (encoded) => (lines.length || dropped ? "L" + stringify(takeLines()) + "\n" + encoded : encoded);
+  const encodeResult = (result) => {
+    try {
+      return encode(result);
+    } catch (error) {
+      return `ecannot encode the result: ${error}`;
+    }
+  };
 
+  // A catch block does no work beyond keeping the error: when the heap is full, any
+  // allocation there can crash the engine. The agent raises the memory limit, then
+  // calls caught() to describe it.
+  let caught;
   let pending = null;
 
   const bind = (fn) => {
@@ -109,29 +123,32 @@
       let result;
       try {
         result = fn(subject, toBytes(payload));
-        if (result instanceof Promise) {
-          pending = { done: false, encoded: "p" };
-          result.then(
-            (value) => { pending = { done: true, encoded: encode(value) }; },
-            (error) => {
-              if (isEngineError(error)) throw error;
-              pending = { done: true, encoded: "e" + describe(error) };
-            });
-          return withLines("p");
-        }
-        return withLines(encode(result));
       } catch (error) {
-        if (isEngineError(error)) throw error;
-        return withLines("e" + describe(error));
+        caught = error;
+        return "x";
       }
+      if (result instanceof Promise) {
+        pending = { done: false, encoded: "p" };
+        result.then(
+          (value) => { pending = { done: true, encoded: encodeResult(value) }; },
+          (error) => { caught = error; pending = { done: true, encoded: "x" }; });
+        return withLines("p");
+      }
+      return withLines(encodeResult(result));
     };
   };
   const settle = () => {
     const encoded = pending && pending.done ? pending.encoded : "p";
     if (encoded !== "p") pending = null;
-    return withLines(encoded);
+    return encoded === "x" ? encoded : withLines(encoded);
+  };
+  const describeCaught = () => {
+    const error = caught;
+    caught = undefined;
+    return withLines("e" + describe(error));
   };
   const logs = () => stringify(takeLines());
-  const entries = { bind, settle, logs };
+  const entries = { bind, settle, logs, caught: describeCaught };
   return (name) => entries[name];
 })
+"""

@@ -1,0 +1,153 @@
+"""One loaded function in the agent: its thread, its subscriptions, its counters.
+
+Messages are pipelined: the subscription callback queues a call on the function's
+thread and returns, and one task per function answers the calls in order. At most
+``MAX_IN_FLIGHT`` calls wait on the thread; past that the callback waits, and NATS
+buffers (and, past its limits, drops) what arrives, as for any slow subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+from nex.agent import protocol
+from nex.agent.events import EventFeed
+from nex.agent.sandbox import OUT_OF_MEMORY, FunctionConfig, Outcome, Sandbox
+from nex.agent.worker import ContextThread
+from nex.api import subjects
+from nex.api.errors import FunctionError
+from nex.api.events import EventType
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 64
+STATS_WAIT_S = 0.5
+
+
+class LoadedFunction:
+    """Subscribed to its triggers until :meth:`unload`."""
+
+    def __init__(self, nc: Client, events: EventFeed, spec: protocol.Load, thread: ContextThread,
+                 sandbox: Sandbox) -> None:
+        self.spec = spec
+        self.invocations = 0
+        self.errors = 0
+        self._nc = nc
+        self._events = events
+        self._thread = thread
+        self._sandbox = sandbox
+        self._memory_bytes = 0
+        self._subscriptions: list[Subscription] = []
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._in_flight: asyncio.Queue[tuple[Msg, asyncio.Future[Outcome]] | None] = asyncio.Queue()
+        self._answering = asyncio.create_task(self._answer(), name=f"answer {spec.workload_id}")
+        self._log_subjects = {stream: subjects.logs(spec.namespace, spec.workload_id, stream)
+                              for stream in subjects.LOG_STREAMS}
+
+    @classmethod
+    async def load(cls, nc: Client, events: EventFeed, spec: protocol.Load) -> LoadedFunction:
+        """Compile, subscribe, flush; raises CompileError for a bad script."""
+        config = FunctionConfig(source=spec.source, timeout_ms=spec.timeout_ms,
+                                memory_bytes=spec.memory_bytes, env=dict(spec.env))
+        thread = ContextThread(f"js-{spec.name}")
+        built = False
+        try:
+            sandbox = await thread.call(Sandbox, config)
+            built = True
+        finally:
+            if not built:
+                thread.stop()
+        function = cls(nc, events, spec, thread, sandbox)
+        subscribed = False
+        try:
+            await function._publish_logs(await thread.call(sandbox.startup_logs))
+            for trigger in spec.triggers:
+                function._subscriptions.append(
+                    await nc.subscribe(trigger.subject, queue=trigger.queue, cb=function._on_message))
+            # Answer load only once the server has the subscriptions: a request sent
+            # right after the deploy reply is then served.
+            await nc.flush()
+            subscribed = True
+        finally:
+            if not subscribed:
+                await function.unload(grace=0)
+        return function
+
+    async def stats(self) -> protocol.FunctionStats:
+        try:
+            # Queued behind in-flight calls; a busy function reports its last figure.
+            self._memory_bytes = await asyncio.wait_for(self._thread.call(self._sandbox.memory_used), STATS_WAIT_S)
+        except asyncio.TimeoutError:
+            pass
+        return protocol.FunctionStats(workload_id=self.spec.workload_id, invocations=self.invocations,
+                                      errors=self.errors, memory_bytes=self._memory_bytes)
+
+    async def unload(self, grace: float) -> None:
+        """Unsubscribe, answer the calls already taken for up to ``grace`` seconds, free the context."""
+        for subscription in self._subscriptions:
+            try:
+                await subscription.unsubscribe()
+            except NatsError as exc:
+                log.warning("unsubscribing %s from %s: %s", self.spec.workload_id, subscription.subject, exc)
+        self._subscriptions.clear()
+        self._in_flight.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._answering), grace)
+        except asyncio.TimeoutError:
+            log.warning("function %s: calls still running after %.1fs, not answered", self.spec.workload_id, grace)
+            self._answering.cancel()
+        self._thread.call(self._sandbox.close)
+        self._thread.stop()
+
+    async def _on_message(self, msg: Msg) -> None:
+        await self._slots.acquire()
+        self._in_flight.put_nowait((msg, self._thread.call(self._invoke, msg.subject, msg.data)))
+
+    def _invoke(self, subject: str, payload: bytes) -> Outcome:
+        # On the function's thread.
+        outcome = self._sandbox.invoke(subject, payload)
+        if outcome.error is not None and outcome.error.kind == OUT_OF_MEMORY:
+            self._thread.hand_over()
+        return outcome
+
+    async def _answer(self) -> None:
+        while (item := await self._in_flight.get()) is not None:
+            msg, pending = item
+            try:
+                outcome = await pending
+            except Exception as exc:  # a bug of the agent: answer, log and keep serving
+                log.exception("function %s: call failed in the agent", self.spec.workload_id)
+                outcome = Outcome(error=FunctionError(f"internal error of the javascript agent: {exc}"))
+            try:
+                await self._respond(msg, outcome)
+            except NatsError as exc:
+                log.warning("function %s: could not answer on %s: %s", self.spec.workload_id, msg.subject, exc)
+            finally:
+                self._slots.release()
+
+    async def _respond(self, msg: Msg, outcome: Outcome) -> None:
+        await self._publish_logs(outcome.logs)
+        self.invocations += 1
+        data = {"workload_id": self.spec.workload_id, "name": self.spec.name, "namespace": self.spec.namespace,
+                "subject": msg.subject, "duration_ms": outcome.duration_ms}
+        if outcome.error is None:
+            if msg.reply:
+                await self._nc.publish(msg.reply, outcome.data)
+            self._events.emit(self.spec.namespace, EventType.FUNCTION_INVOKED, self.spec.workload_id, data)
+            return
+        self.errors += 1
+        if msg.reply:
+            payload, headers = outcome.error.encode()
+            await self._nc.publish(msg.reply, payload, headers=headers)
+        data.update(error=outcome.error.message, kind=outcome.error.kind)
+        self._events.emit(self.spec.namespace, EventType.FUNCTION_FAILED, self.spec.workload_id, data)
+
+    async def _publish_logs(self, logs: list[tuple[str, str]]) -> None:
+        for stream, line in logs:
+            await self._nc.publish(self._log_subjects[stream], line.encode(errors="replace"))

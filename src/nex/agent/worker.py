@@ -1,0 +1,103 @@
+"""A thread that runs one function's jobs in order, for objects bound to their thread.
+
+A QuickJS context must only be called from the thread that created it, so each
+function gets one :class:`ContextThread`: the context is built, called and freed
+there, while the asyncio loop awaits results. A runaway function blocks only its
+own thread.
+
+Threads are daemons: a call stuck in JavaScript (up to its time limit) must not
+hold the agent's exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+# Set with threading.stack_size() by the agent. It must hold the JavaScript stack
+# (nex.agent.sandbox.JS_STACK_BYTES) plus the Python and C frames below it. Only the
+# pages a thread touches count in its RSS; this bounds the address space.
+THREAD_STACK_BYTES = 1024 * 1024
+
+
+class ContextThread:
+    """Runs jobs one at a time, in submission order, on a thread of its own.
+
+    ``hand_over()``, called from a job, moves the queue to a fresh thread after that
+    job ends. The agent uses it after a context ran out of memory: repeated
+    out-of-memory failures on one thread were measured to crash QuickJS (the
+    thread's allocator cache is left corrupt), failures on fresh threads did not.
+    """
+
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.name = name
+        self._loop = loop or asyncio.get_running_loop()
+        self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._generation = 0
+        self._hand_over = False
+        self._thread = self._spawn()
+
+    def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run ``fn(*args)`` on the thread; the future completes on the loop."""
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def hand_over(self) -> None:
+        """From a job: the jobs after this one run on a new thread."""
+        self._hand_over = True
+
+    def stop(self) -> None:
+        """End the thread once the jobs queued so far have run."""
+        self._jobs.put(None)
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread to end (blocking); False if it still runs after ``timeout``."""
+        while True:
+            thread = self._thread
+            thread.join(timeout)
+            if thread.is_alive():
+                return False
+            if self._thread is thread:
+                return True
+
+    def _spawn(self) -> threading.Thread:
+        self._generation += 1
+        thread = threading.Thread(target=self._run, name=f"{self.name}#{self._generation}", daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            try:
+                result = fn(*args)
+            except Exception as exc:  # handed to the awaiting coroutine
+                self._deliver(_set_exception, future, exc)
+            else:
+                self._deliver(_set_result, future, result)
+            if self._hand_over:
+                self._hand_over = False
+                self._thread = self._spawn()
+                return
+
+    def _deliver(self, setter: Callable[..., None], future: asyncio.Future[Any], value: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(setter, future, value)
+        except RuntimeError:
+            pass  # the loop is closed: the agent is exiting and nobody waits
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
