@@ -18,15 +18,22 @@ from nats.js.errors import BucketNotFoundError
 import nex.client
 from nex.api import subjects
 from nex.api.errors import (
-    BadRequest, FunctionError, NodeNotFound, NotFound, Unavailable, WorkloadNotFound,
+    BadRequest,
+    FunctionError,
+    NodeNotFound,
+    NotFound,
+    Unavailable,
+    WorkloadNotFound,
 )
 from nex.api.events import EventType, make_event
 from nex.api.models import NodeInfo, NodePing, Resources, WorkloadType
+from nex.artifacts import parse_nats_uri
 from nex.cli import cli
 from nex.cli.options import GlobalOptions
 from nex.cli.session import resolve_id
 from nex.client import NexClient, guess_type, workload_name_for
 from nex.connection import ConnectOptions
+from nex.natsserver import NatsServer
 
 NOWHERE = "nats://127.0.0.1:1"
 
@@ -272,7 +279,10 @@ async def test_pick_node_takes_the_least_busy_able_node(nc, client):
     with pytest.raises(Unavailable) as caught:
         await client.pick_node("wasm")
     assert "runs wasm" in caught.value.message
-    assert {n.node_id for n in await client.ping(wait=0.3)} == {"NBUSY", "NIDLE", "NJSONLY", "NDRAINING"}
+    started = time.monotonic()
+    nodes = await client.ping(wait=5.0, expected=4)
+    assert time.monotonic() - started < 1.0
+    assert {n.node_id for n in nodes} == {"NBUSY", "NIDLE", "NJSONLY", "NDRAINING"}
 
 
 async def test_devrun_checks_the_request_before_uploading(nc, client, tmp_path: Path):
@@ -309,14 +319,30 @@ async def test_upload_artifact_stores_the_file_under_its_sha256(nc, client, tmp_
 async def test_upload_artifact_with_key_and_again_unchanged(nc, client, tmp_path: Path):
     path = tmp_path / "hello.js"
     path.write_bytes(b"export default () => 'hi'")
-    first = await client.upload_artifact(path, key="hello.js")
+    first = await client.upload_artifact(path, key="hello world.js")
     seen: list[tuple[int, int]] = []
-    again = await client.upload_artifact(path, key="hello.js", progress=lambda d, t: seen.append((d, t)))
+    again = await client.upload_artifact(path, key="hello world.js", progress=lambda d, t: seen.append((d, t)))
     assert first == again
-    assert first.uri == f"nats://{subjects.ARTIFACT_BUCKET}/hello.js"
+    assert parse_nats_uri(first.uri) == (subjects.ARTIFACT_BUCKET, "hello world.js")  # as the node reads it
     assert seen == [(path.stat().st_size, path.stat().st_size)]
     store = await nc.jetstream().object_store(subjects.ARTIFACT_BUCKET)
-    assert (await store.get("hello.js")).data == path.read_bytes()
+    assert (await store.get("hello world.js")).data == path.read_bytes()
+
+
+async def test_without_jetstream_artifacts_and_feeds_say_so(tmp_path: Path):
+    server = NatsServer(store_dir=tmp_path / "js", port=0, jetstream=False)
+    await server.start()
+    path = tmp_path / "f.js"
+    path.write_text("x")
+    try:
+        async with await NexClient.connect(ConnectOptions(servers=[server.url])) as client:
+            with pytest.raises(Unavailable) as upload:
+                await client.upload_artifact(path)
+            with pytest.raises(Unavailable) as logs:
+                await anext(client.logs("w1"))
+    finally:
+        await server.stop()
+    assert upload.value.message == logs.value.message == "JetStream is not enabled on this NATS server"
 
 
 # -- feeds ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping, TypeVar
+from urllib.parse import quote
 
 import nats.errors
 import nats.js.errors
@@ -36,8 +37,6 @@ from nex.api.errors import (
     from_reply,
 )
 from nex.api.events import CloudEvent
-from nex.artifacts import sha256_file
-from nex.localfiles import CountingReader, guess_type, workload_name_for
 from nex.api.models import (
     Artifact,
     DeployRequest,
@@ -55,7 +54,9 @@ from nex.api.models import (
     WorkloadType,
     describe_validation_error,
 )
+from nex.artifacts import sha256_file
 from nex.connection import ConnectOptions, connect
+from nex.localfiles import CountingReader, guess_type, workload_name_for
 
 __all__ = [
     "LogLine", "NexClient", "Progress", "guess_type", "workload_name_for",
@@ -149,9 +150,9 @@ class NexClient:
 
     # -- nodes -------------------------------------------------------------------------
 
-    async def ping(self, wait: float = DEFAULT_GATHER_S) -> list[NodePing]:
-        """Every node that answers within ``wait`` seconds."""
-        return await self._gather(subjects.PING, NodePing, wait)
+    async def ping(self, wait: float = DEFAULT_GATHER_S, expected: int | None = None) -> list[NodePing]:
+        """Every node that answers within ``wait`` seconds (or as soon as ``expected`` have)."""
+        return await self._gather(subjects.PING, NodePing, wait, expected)
 
     async def ping_node(self, node_id: str) -> NodePing:
         return await self._request(subjects.PING, _target(node_id, "node id"), NodePing, NodeNotFound)
@@ -203,9 +204,12 @@ class NexClient:
             body=body,
         )
 
-    async def workloads(self, wait: float = DEFAULT_GATHER_S) -> list[WorkloadSummary]:
-        """Every workload of the namespace, on every node that answers within ``wait`` seconds."""
-        pings = await self._gather(subjects.WPING, WorkloadPing, wait)
+    async def workloads(
+        self, wait: float = DEFAULT_GATHER_S, expected_nodes: int | None = None
+    ) -> list[WorkloadSummary]:
+        """Every workload of the namespace, from every node that answers within ``wait``
+        seconds (or as soon as ``expected_nodes`` have)."""
+        pings = await self._gather(subjects.WPING, WorkloadPing, wait, expected_nodes)
         return [w for ping in pings for w in ping.workloads]
 
     async def workload_info(self, workload_id: str) -> WorkloadSummary:
@@ -342,7 +346,7 @@ class NexClient:
             raise Unavailable(f"no reply to {verb} {target} within {self.timeout:g}s") from None
         return _decode(msg, model, subject)
 
-    async def _gather(self, verb: str, model: type[M], wait: float) -> list[M]:
+    async def _gather(self, verb: str, model: type[M], wait: float, expected: int | None) -> list[M]:
         """Scatter a request to every node and collect the replies that come within ``wait``."""
         subject = self._subject(verb)
         inbox = self.nc.new_inbox()
@@ -352,7 +356,7 @@ class NexClient:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
             replies: list[M] = []
-            while (remaining := deadline - loop.time()) > 0:
+            while (remaining := deadline - loop.time()) > 0 and len(replies) != expected:
                 try:
                     msg = await sub.next_msg(timeout=remaining)
                 except nats.errors.TimeoutError:
@@ -365,7 +369,7 @@ class NexClient:
             await sub.unsubscribe()
 
     def _artifact_uri(self, key: str) -> str:
-        return f"nats://{subjects.ARTIFACT_BUCKET}/{key}"
+        return f"nats://{subjects.ARTIFACT_BUCKET}/{quote(key)}"
 
     async def _upload(self, path: Path, key: str, sha256: str, progress: Progress | None) -> Artifact:
         total = path.stat().st_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import ssl
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,8 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+
+log = logging.getLogger("nex.connection")
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,32 @@ class ConnectOptions:
         return args
 
 
-async def connect(options: ConnectOptions, **extra: Any) -> Client:
-    """A connected client; raises ``ConnectionError``-like errors from nats-py on failure."""
-    kwargs = {"connect_timeout": 2, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
+async def connect(options: ConnectOptions, connect_attempts: int = 3, **extra: Any) -> Client:
+    """A connected client: a few tries to connect at first, then reconnects for ever.
+
+    nats-py applies ``max_reconnect_attempts`` to the first connect too, so -1 would
+    retry an unreachable server for ever; the limit is lifted once connected.
+    """
+    kwargs: dict[str, Any] = {"connect_timeout": 2, "reconnect_time_wait": 0.5,
+                              "max_reconnect_attempts": connect_attempts,
+                              "error_cb": _log_error, "disconnected_cb": _log_disconnected,
+                              "reconnected_cb": _log_reconnected}
     kwargs.update(options.kwargs())
     kwargs.update(extra)
-    return await nats.connect(**kwargs)
+    nc = await nats.connect(**kwargs)
+    if "max_reconnect_attempts" not in extra:
+        nc.options["max_reconnect_attempts"] = -1
+    return nc
+
+
+async def _log_error(exc: Exception) -> None:
+    # nats-py's default prints a traceback for every failed connect attempt.
+    log.warning("NATS: %s", exc or type(exc).__name__)
+
+
+async def _log_disconnected() -> None:
+    log.warning("disconnected from NATS")
+
+
+async def _log_reconnected() -> None:
+    log.info("reconnected to NATS")

@@ -59,9 +59,6 @@ class NexGroup(NexGroupHelp):
 def cli(ctx: click.Context, opts: GlobalOptions) -> None:
     """Nex, the NATS execution engine: run functions and services on NATS."""
     ctx.obj = opts
-    # `node up` has its own connection options; the global ones given first become its defaults.
-    given = {name: getattr(opts, name) for name in _NODE_UP_OPTIONS if getattr(opts, name) is not None}
-    ctx.default_map = {"node": {"up": given}}
 
 
 cli.add_command(node)
@@ -71,9 +68,6 @@ cli.add_command(logs)
 cli.add_command(events)
 cli.add_command(invoke)
 node.add_command(node_up, "up")
-
-
-_NODE_UP_OPTIONS = ("server", "creds", "user", "password", "nkey", "tls_cert", "tls_key", "tls_ca")
 
 
 def main() -> NoReturn:

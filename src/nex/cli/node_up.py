@@ -11,27 +11,29 @@ import click
 from rich.console import Console
 from rich.logging import RichHandler
 
+from nats.errors import NoServersError
+
+from nex.cli.options import GlobalOptions, with_global_options
+from nex.cli.output import describe_error
 from nex.natsserver import NatsServerError
 from nex.node.config import ConfigError, load_config, parse_tags
 
 
 @click.command("up")
-@click.option("--server", "-s", envvar="NATS_URL", help="NATS URL(s); none: start an embedded nats-server")
 @click.option("--port", type=int, default=None, help="port of the embedded nats-server [default: 4222]")
-@click.option("--creds", type=click.Path(dir_okay=False), help="NATS credentials file")
-@click.option("--user", help="NATS user")
-@click.option("--password", help="NATS password")
-@click.option("--nkey", type=click.Path(dir_okay=False), help="file holding an nkey seed")
-@click.option("--tls-cert", type=click.Path(dir_okay=False), help="client certificate (PEM)")
-@click.option("--tls-key", type=click.Path(dir_okay=False), help="client key (PEM)")
-@click.option("--tls-ca", type=click.Path(dir_okay=False), help="CA bundle (PEM)")
 @click.option("--name", help="node name [default: from the node id]")
 @click.option("--tags", default=None, help="k=v,... tags added to the automatic ones")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="where the node keeps its state")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML or JSON config file")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def node_up(config_path: Path | None, tags: str | None, log_level: str, **flags: object) -> None:
-    """Run a node: take workloads over NATS until SIGINT or SIGTERM."""
+@with_global_options
+def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log_level: str,
+            **flags: object) -> None:
+    """Run a node: take workloads over NATS until SIGINT or SIGTERM.
+
+    With no --server (and no NATS_URL) the node starts an embedded nats-server
+    with JetStream on 127.0.0.1 and says where.
+    """
     from nex.node.node import Node
 
     logging.basicConfig(
@@ -40,12 +42,14 @@ def node_up(config_path: Path | None, tags: str | None, log_level: str, **flags:
     )
     try:
         overrides = dict(flags)
+        overrides.update(server=opts.server, creds=opts.creds, user=opts.user, password=opts.password,
+                         nkey=opts.nkey, tls_cert=opts.tls_cert, tls_key=opts.tls_key, tls_ca=opts.tls_ca)
         overrides["tags"] = parse_tags(tags) if tags else None
         config = load_config(config_path, overrides)
         asyncio.run(Node(config).run())
-    except (ConfigError, NatsServerError) as exc:
-        click.echo(f"nex: error: {exc}", err=True)
+    except NoServersError:
+        click.echo(f"nex: error: cannot connect to NATS at {config.server}", err=True)
         sys.exit(1)
-    except OSError as exc:
-        click.echo(f"nex: error: {exc}", err=True)
+    except (ConfigError, NatsServerError, OSError, asyncio.TimeoutError) as exc:
+        click.echo(f"nex: error: {describe_error(exc) or exc}", err=True)
         sys.exit(1)

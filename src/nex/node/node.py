@@ -126,7 +126,8 @@ class Node:
             await self.nc.drain()
         if self.embedded is not None:
             await self.embedded.stop()
-        log.info("node %s stopped", self.name)
+        if self.nc is not None:
+            log.info("node %s stopped", self.name)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-
-from nats.nuid import NUID
 
 from nex.api.errors import BadRequest, Conflict, NexError
 from nex.api.events import EventType
@@ -48,7 +47,6 @@ class Supervisor:
         self._work_root = state_dir / "workloads"
         self._handles_dir.mkdir(parents=True, exist_ok=True)
         self._work_root.mkdir(parents=True, exist_ok=True)
-        self._nuid = NUID()
         self.accepting = True
 
     @property
@@ -66,7 +64,8 @@ class Supervisor:
         if request.lifecycle not in runtime.capabilities.lifecycles:
             raise BadRequest(f"{request.type} workloads cannot have lifecycle {request.lifecycle}")
         artifact_path = await self._artifacts.fetch(request.artifact)
-        workload_id = self._nuid.next().decode()
+        # Random, not sequential: ids differ from their first characters, so prefixes work in the CLI.
+        workload_id = secrets.token_hex(10)
         spec = WorkloadSpec(
             id=workload_id, name=request.name, namespace=namespace, type=request.type,
             lifecycle=request.lifecycle, artifact_path=artifact_path,
