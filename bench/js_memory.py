@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from nex.agent import protocol
-from nex.agent.javascript import ENV_CONNECT, ENV_NODE_ID
+from nex.agent.protocol import ENV_CONNECT, ENV_NODE_ID
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
 from nex.runtimes.agent_process import AgentProcess
@@ -61,7 +61,8 @@ async def main(counts: list[int]) -> None:
                     assert all(r.ok for r in replies), [r.error for r in replies if not r.ok]
                     loaded = batch.stop
                 if loaded:  # each function has built its context and answered once
-                    answers = await asyncio.gather(*(nc.request(f"bench.fn{i}", b"", timeout=30) for i in range(loaded)))
+                    answers = await asyncio.gather(
+                        *(nc.request(f"bench.fn{i}", b"", timeout=30) for i in range(loaded)))
                     assert all(a.data.startswith(b"hello") for a in answers)
                 await asyncio.sleep(0.5)
                 rss = rss_mib(agent.pid)

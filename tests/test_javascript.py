@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from nex.agent import protocol
-from nex.agent.javascript import ENV_CONNECT, ENV_NODE_ID
+from nex.agent.protocol import ENV_CONNECT, ENV_NODE_ID
 from nex.api import subjects
 from nex.api.errors import ERROR_CODE_HEADER, BadArtifact, FunctionError, from_reply
 from nex.api.events import CloudEvent
@@ -329,3 +329,16 @@ def test_protocol_lines_round_trip():
     with pytest.raises(protocol.ProtocolError):
         protocol.decode_request(b'{"op": "launch", "seq": 9}')
     assert protocol.request_seq(b'{"op": "launch", "seq": 9}') == 9
+
+
+async def test_text_encoder_and_decoder_speak_utf8(deploy: Deploy, nc: Client):
+    _, subject = await deploy("""
+        (subject, payload) => {
+          const text = new TextDecoder().decode(payload);
+          const back = new TextEncoder().encode(text);
+          return {text, bytes: back.length, same: back.every((b, i) => b === payload[i]),
+                  broken: new TextDecoder("utf-8").decode(new Uint8Array([0x61, 0xff, 0xe2, 0x82]))};
+        }""")
+    payload = "héllo wörld ✓ 🚀".encode()
+    reply = json.loads((await request(nc, subject, payload)).data)
+    assert reply == {"text": "héllo wörld ✓ 🚀", "bytes": len(payload), "same": True, "broken": "a\ufffd\ufffd"}

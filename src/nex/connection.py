@@ -9,7 +9,6 @@ import ssl
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 
 log = logging.getLogger("nex.connection")
@@ -83,26 +82,25 @@ async def connect(options: ConnectOptions, connect_attempts: int = 3, **extra: A
     nats-py applies ``max_reconnect_attempts`` to the first connect too, so -1 would
     retry an unreachable server for ever; the limit is lifted once connected.
     """
+    nc = Client()
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py's default prints a traceback for every failed connect attempt.
+        log.warning("NATS: %s", exc or type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        if not (nc.is_closed or nc.is_draining):
+            log.warning("disconnected from NATS")
+
+    async def on_reconnected() -> None:
+        log.info("reconnected to NATS at %s", nc.connected_url.netloc if nc.connected_url else "?")
+
     kwargs: dict[str, Any] = {"connect_timeout": 2, "reconnect_time_wait": 0.5,
-                              "max_reconnect_attempts": connect_attempts,
-                              "error_cb": _log_error, "disconnected_cb": _log_disconnected,
-                              "reconnected_cb": _log_reconnected}
+                              "max_reconnect_attempts": connect_attempts, "error_cb": on_error,
+                              "disconnected_cb": on_disconnected, "reconnected_cb": on_reconnected}
     kwargs.update(options.kwargs())
     kwargs.update(extra)
-    nc = await nats.connect(**kwargs)
+    await nc.connect(**kwargs)
     if "max_reconnect_attempts" not in extra:
         nc.options["max_reconnect_attempts"] = -1
     return nc
-
-
-async def _log_error(exc: Exception) -> None:
-    # nats-py's default prints a traceback for every failed connect attempt.
-    log.warning("NATS: %s", exc or type(exc).__name__)
-
-
-async def _log_disconnected() -> None:
-    log.warning("disconnected from NATS")
-
-
-async def _log_reconnected() -> None:
-    log.info("reconnected to NATS")

@@ -26,14 +26,13 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from nex.agent import protocol
+from nex.agent.protocol import ENV_CONNECT, ENV_NODE_ID
 from nex.agent.events import EventFeed
 from nex.agent.function import LoadedFunction
 from nex.agent.sandbox import CompileError
 from nex.agent.worker import THREAD_STACK_BYTES
 from nex.connection import ConnectOptions, connect
 
-ENV_CONNECT = "NEX_AGENT_CONNECT"
-ENV_NODE_ID = "NEX_NODE_ID"
 EXIT_GRACE_S = 1.0  # for the calls in flight to be answered
 THREAD_JOIN_S = 0.2  # a thread still in a call after that ends with the process
 
@@ -64,19 +63,19 @@ class Agent:
         loading = self._functions.get(request.workload_id)
         if loading is None:  # a repeated load joins the first one
             loading = asyncio.create_task(LoadedFunction.load(self._nc, self._events, request))
+            loading.add_done_callback(lambda task: self._forget_failed(request.workload_id, task))
             self._functions[request.workload_id] = loading
         try:
             await asyncio.shield(loading)
         except CompileError as exc:
-            self._forget(request.workload_id, loading)
             return protocol.failed(request.seq, str(exc), protocol.BAD_ARTIFACT)
         except (NatsError, ValueError) as exc:
-            self._forget(request.workload_id, loading)
             return protocol.failed(request.seq, f"cannot subscribe: {exc}")
         return protocol.ok(request.seq)
 
-    def _forget(self, workload_id: str, loading: asyncio.Task[LoadedFunction]) -> None:
-        if self._functions.get(workload_id) is loading:
+    def _forget_failed(self, workload_id: str, loading: asyncio.Task[LoadedFunction]) -> None:
+        failed = loading.cancelled() or loading.exception() is not None
+        if failed and self._functions.get(workload_id) is loading:
             del self._functions[workload_id]
 
     async def _unload(self, workload_id: str, grace: float) -> None:
@@ -84,7 +83,7 @@ class Agent:
         if loading is None:
             return
         try:
-            function = await loading
+            function = await asyncio.shield(loading)
         except (CompileError, NatsError, ValueError):
             return  # never loaded; its load request reports why
         await function.unload(grace)
@@ -100,14 +99,21 @@ async def serve(options: ConnectOptions, node_id: str, requests: BinaryIO, repli
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    stop = asyncio.create_task(stopping.wait())
+    # nats-py retries the first connection for ever: SIGTERM must still end the agent.
+    connecting = asyncio.create_task(connect(options.with_name(f"nex-agent-javascript-{node_id}")))
+    await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():
+        connecting.cancel()
+        log.info("stopped before it connected to NATS")
+        return
+    nc = connecting.result()
     reader = asyncio.StreamReader(limit=protocol.MAX_LINE_BYTES)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), requests)
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, replies)
-    nc = await connect(options.with_name(f"nex-agent-javascript-{node_id}"))
     agent = Agent(nc, node_id)
     transport.write(protocol.encode(protocol.Ready()))
     reading = asyncio.create_task(_read_requests(reader, agent, transport.write))
-    stop = asyncio.create_task(stopping.wait())
     try:
         await asyncio.wait({reading, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -7,10 +7,11 @@ returns lookup(name) for the entry points the agent calls:
   caught()   -> the encoded description of the error the last call threw
   logs()     -> JSON of the console lines not yet taken
 An encoded result is an optional "L" + JSON(console lines) + newline, then a tag
-and data. Tags: "s" text, "S" text as a JSON string (it holds NUL), "b" bytes as
-latin-1, "B" bytes as latin-1 in a JSON string, "e" a thrown error's message
-and stack, "x" an error was thrown (call caught()), "p" a promise not settled yet. Console lines are a flat list of
-stream (0 stdout, 1 stderr) and text pairs.
+and data. Tags: "s" text; "S" text as a JSON string (it holds NUL); "b" bytes as
+latin-1; "B" bytes as latin-1 in a JSON string; "e" a thrown error's message and
+stack; "x" an error was thrown (call caught()); "p" a promise not settled yet.
+Console lines are a flat list of stream (0 stdout, 1 stderr) and text pairs.
+
 Strings cross the binding as NUL-terminated UTF-8, so a payload's 0x00 bytes
 arrive as U+0100 (a Uint8Array store keeps the low byte) and results that hold
 NUL go back JSON-escaped.
@@ -56,6 +57,73 @@ PRELUDE = r"""
   const frozen = { writable: false, configurable: false, enumerable: false };
   Object.defineProperty(globalThis, "console", { value: console, ...frozen });
   Object.defineProperty(globalThis, "env", { value: Object.freeze(JSON.parse(envJson)), ...frozen });
+
+  // TextEncoder and TextDecoder (UTF-8 only), as in browsers, Deno and Workers:
+  // QuickJS has neither, and every function that reads its payload as text needs them.
+  const utf8Encode = (text) => {
+    const out = [];
+    for (const ch of String(text)) {
+      let c = ch.codePointAt(0);
+      if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd;  // a lone surrogate
+      if (c < 0x80) out.push(c);
+      else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+      else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+      else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    }
+    return new Uint8Array(out);
+  };
+  const utf8Decode = (bytes) => {
+    const units = [];
+    let text = "";
+    const n = bytes.length;
+    for (let i = 0; i < n;) {
+      const b = bytes[i];
+      const need = b < 0x80 ? 0 : b >= 0xc2 && b < 0xe0 ? 1 : b >= 0xe0 && b < 0xf0 ? 2 : b >= 0xf0 && b < 0xf5 ? 3 : -1;
+      let c = 0xfffd, size = 1;
+      if (need === 0) c = b;
+      else if (need > 0) {
+        // An invalid or cut sequence becomes one U+FFFD for its longest valid prefix.
+        let value = b & (0x3f >> need), k = 1;
+        for (; k <= need && i + k < n && (bytes[i + k] & 0xc0) === 0x80; k++) value = (value << 6) | (bytes[i + k] & 63);
+        const min = need === 1 ? 0x80 : need === 2 ? 0x800 : 0x10000;
+        if (k <= need) size = k;
+        else if (value >= min && value <= 0x10ffff && (value < 0xd800 || value > 0xdfff)) {
+          c = value;
+          size = need + 1;
+        }
+      }
+      if (c >= 0x10000) units.push(0xd800 + ((c - 0x10000) >> 10), 0xdc00 + ((c - 0x10000) & 0x3ff));
+      else units.push(c);
+      i += size;
+      if (units.length >= 8192) { text += fromCharCode.apply(null, units); units.length = 0; }
+    }
+    return text + fromCharCode.apply(null, units);
+  };
+  const asBytes = (input) => {
+    if (input === undefined) return new Uint8Array(0);
+    if (input instanceof Uint8Array) return input;
+    if (input instanceof ArrayBuffer) return new Uint8Array(input);
+    if (isView(input)) return new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
+    throw new TypeError("TextDecoder.decode takes an ArrayBuffer or a typed array");
+  };
+  class TextEncoder {
+    get encoding() { return "utf-8"; }
+    encode(text = "") { return utf8Encode(text); }
+  }
+  class TextDecoder {
+    constructor(label = "utf-8") {
+      if (!/^(utf-?8|unicode-1-1-utf-8)$/i.test(String(label).trim())) {
+        throw new RangeError(`TextDecoder supports utf-8 only, not ${label}`);
+      }
+    }
+    get encoding() { return "utf-8"; }
+    decode(input) {
+      const bytes = asBytes(input);
+      return utf8Decode(bytes);
+    }
+  }
+  Object.defineProperty(globalThis, "TextEncoder", { value: TextEncoder, ...frozen });
+  Object.defineProperty(globalThis, "TextDecoder", { value: TextDecoder, ...frozen });
 
   const toBytes = (latin1) => {
     const n = latin1.length;

@@ -22,6 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
+# The environment of an agent process: its NATS ConnectOptions as JSON, its node's id.
+ENV_CONNECT = "NEX_AGENT_CONNECT"
+ENV_NODE_ID = "NEX_NODE_ID"
+
 # error_kind of a failed reply
 BAD_ARTIFACT = "bad_artifact"
 INTERNAL = "internal"

@@ -113,7 +113,7 @@ class Sandbox:
         text = payload.decode("latin-1")
         if "\0" in text:
             text = text.replace("\0", "\u0100")
-        encoded = self._invoke(subject, text)
+        encoded = self._text(self._invoke(subject, text))
         encoded = _split_logs(encoded, logs)
         if encoded == "p":
             encoded = self._settled(logs)
@@ -126,7 +126,7 @@ class Sandbox:
         # The heap may be full (that may be why it threw): describe the error with some room.
         self._context.set_memory_limit(self.config.memory_bytes + _DESCRIBE_HEADROOM_BYTES)
         try:
-            return _split_logs(self._caught(), logs)
+            return _split_logs(self._text(self._caught()), logs)
         finally:
             self._context.set_memory_limit(self.config.memory_bytes)
 
@@ -136,12 +136,18 @@ class Sandbox:
         while self._context.execute_pending_job():
             if time.perf_counter() > deadline:
                 raise _Failed(self._failure("InternalError: interrupted"))
-        encoded = _split_logs(self._settle(), logs)
+        encoded = _split_logs(self._text(self._settle()), logs)
         if encoded == "x":
             encoded = self._describe_caught(logs)
         if encoded == "p":
             raise _Failed(FunctionError("the function's promise never settled (there are no timers or I/O)"))
         return encoded
+
+    def _text(self, result: object) -> str:
+        # The prelude always returns a string; the binding gives None when it cannot read it.
+        if not isinstance(result, str):
+            raise _Failed(self._out_of_memory("out of memory"))
+        return result
 
     def _decode(self, encoded: str) -> bytes:
         tag, data = encoded[:1], encoded[1:]

@@ -78,7 +78,7 @@ class ContextThread:
             try:
                 result = fn(*args)
             except Exception as exc:  # handed to the awaiting coroutine
-                self._deliver(_set_exception, future, exc)
+                self._deliver(_set_exception, future, _detached(exc))
             else:
                 self._deliver(_set_result, future, result)
             if self._hand_over:
@@ -91,6 +91,13 @@ class ContextThread:
             self._loop.call_soon_threadsafe(setter, future, value)
         except RuntimeError:
             pass  # the loop is closed: the agent is exiting and nobody waits
+
+
+def _detached(exc: Exception) -> Exception:
+    # The traceback's frames may hold objects of this thread (a QuickJS context):
+    # drop them here, so they are not freed on the loop's thread.
+    exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+    return exc
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:

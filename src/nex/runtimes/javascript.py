@@ -11,17 +11,19 @@ functions survive an agent restart and their ``wait()`` does not complete (their
 state in JavaScript and their counters start over; a warning is logged and
 written to the function's stderr). The calls in flight in the dead agent get no
 reply. A function ends, with the error in its ExitResult, only if loading it again
-fails or the agent dies while loading it twice (a script that crashes the engine
-must not crash-loop the agent). An agent that dies within ``CRASH_WINDOW_S`` of its start is
-restarted after a delay that doubles each time, up to ``MAX_RESTART_DELAY_S``: the
-culprit of a crash during a call is unknown, and ending every function for it would
-let one bad function take the others down. If no agent can be started at all,
-every function ends with the error.
+fails, or if the agent dies twice while loading it (a script that crashes the
+engine must not crash-loop the agent). An agent that dies within
+``CRASH_WINDOW_S`` of its start is restarted after a delay that doubles each time,
+up to ``MAX_RESTART_DELAY_S``: the culprit of a crash during a call is unknown, and
+ending every function for it would let one bad function take the others down. If
+no agent can be started at all, every function ends with the error.
 
 Why an agent dies: beside bugs, the QuickJS of the ``quickjs`` package (2021-03-27)
 has use-after-free bugs when a context runs out of memory (upstream
-bellard/quickjs#533; fixed in quickjs-ng, PR #1472). Some allocation patterns
-crash the process after a few out-of-memory failures.
+bellard/quickjs#533; fixed in quickjs-ng, PR #1472): some allocation patterns
+crash the process after a few out-of-memory failures. Its JSON.stringify does not
+check its recursion either: a value nested some thousands of levels deep
+overflows the function thread's C stack.
 
 ``prepare()`` reads the script; compiling it happens in the agent, at ``start()``,
 which raises :class:`BadArtifact` with the engine's message. ``cleanup()`` has
@@ -42,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nex.agent import protocol
-from nex.agent.javascript import ENV_CONNECT, ENV_NODE_ID
+from nex.agent.protocol import ENV_CONNECT, ENV_NODE_ID
 from nex.api.errors import BadArtifact, InternalError, Unavailable
 from nex.api.models import DEFAULT_FUNCTION_MEMORY_MIB, DEFAULT_FUNCTION_TIMEOUT_MS, Lifecycle, WorkloadType
 from nex.runtimes.agent_process import AgentExited, AgentProcess, AgentStartError, describe_exit
