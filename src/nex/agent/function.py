@@ -22,7 +22,7 @@ from nex.agent.sandbox import OUT_OF_MEMORY, FunctionConfig, Outcome, Sandbox
 from nex.agent.worker import ContextThread
 from nex.api import subjects
 from nex.api.errors import FunctionError
-from nex.api.events import EventType
+from nex.api.events import EventEncoder, EventType
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class LoadedFunction:
     """Subscribed to its triggers until :meth:`unload`."""
 
     def __init__(self, nc: Client, events: EventFeed, spec: protocol.Load, thread: ContextThread,
-                 sandbox: Sandbox) -> None:
+                 sandbox: Sandbox, node_id: str) -> None:
         self.spec = spec
         self.invocations = 0
         self.errors = 0
@@ -47,11 +47,16 @@ class LoadedFunction:
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._in_flight: asyncio.Queue[tuple[Msg, asyncio.Future[Outcome]] | None] = asyncio.Queue()
         self._answering = asyncio.create_task(self._answer(), name=f"answer {spec.workload_id}")
+        static = {"workload_id": spec.workload_id, "name": spec.name, "namespace": spec.namespace}
+        self._invoked = (subjects.events(spec.namespace, EventType.FUNCTION_INVOKED.value),
+                         EventEncoder(EventType.FUNCTION_INVOKED, node_id, spec.workload_id, static))
+        self._failed = (subjects.events(spec.namespace, EventType.FUNCTION_FAILED.value),
+                        EventEncoder(EventType.FUNCTION_FAILED, node_id, spec.workload_id, static))
         self._log_subjects = {stream: subjects.logs(spec.namespace, spec.workload_id, stream)
                               for stream in subjects.LOG_STREAMS}
 
     @classmethod
-    async def load(cls, nc: Client, events: EventFeed, spec: protocol.Load) -> LoadedFunction:
+    async def load(cls, nc: Client, events: EventFeed, spec: protocol.Load, node_id: str) -> LoadedFunction:
         """Compile, subscribe, flush; raises CompileError for a bad script."""
         config = FunctionConfig(source=spec.source, timeout_ms=spec.timeout_ms,
                                 memory_bytes=spec.memory_bytes, env=dict(spec.env))
@@ -63,7 +68,7 @@ class LoadedFunction:
         finally:
             if not built:
                 thread.stop()
-        function = cls(nc, events, spec, thread, sandbox)
+        function = cls(nc, events, spec, thread, sandbox, node_id)
         subscribed = False
         try:
             await function._publish_logs(await thread.call(sandbox.startup_logs))
@@ -134,19 +139,18 @@ class LoadedFunction:
     async def _respond(self, msg: Msg, outcome: Outcome) -> None:
         await self._publish_logs(outcome.logs)
         self.invocations += 1
-        data = {"workload_id": self.spec.workload_id, "name": self.spec.name, "namespace": self.spec.namespace,
-                "subject": msg.subject, "duration_ms": outcome.duration_ms}
+        data = {"subject": msg.subject, "duration_ms": outcome.duration_ms}
         if outcome.error is None:
             if msg.reply:
                 await self._nc.publish(msg.reply, outcome.data)
-            self._events.emit(self.spec.namespace, EventType.FUNCTION_INVOKED, self.spec.workload_id, data)
+            self._events.emit(*self._invoked, data)
             return
         self.errors += 1
         if msg.reply:
             payload, headers = outcome.error.encode()
             await self._nc.publish(msg.reply, payload, headers=headers)
         data.update(error=outcome.error.message, kind=outcome.error.kind)
-        self._events.emit(self.spec.namespace, EventType.FUNCTION_FAILED, self.spec.workload_id, data)
+        self._events.emit(*self._failed, data)
 
     async def _publish_logs(self, logs: list[tuple[str, str]]) -> None:
         for stream, line in logs:

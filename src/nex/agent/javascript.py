@@ -44,7 +44,8 @@ class Agent:
 
     def __init__(self, nc: Client, node_id: str) -> None:
         self._nc = nc
-        self._events = EventFeed(nc, node_id)
+        self._node_id = node_id
+        self._events = EventFeed(nc)
         self._functions: dict[str, asyncio.Task[LoadedFunction]] = {}
 
     async def handle(self, request: protocol.Load | protocol.Unload | protocol.Stats) -> protocol.Reply:
@@ -62,7 +63,7 @@ class Agent:
     async def _load(self, request: protocol.Load) -> protocol.Reply:
         loading = self._functions.get(request.workload_id)
         if loading is None:  # a repeated load joins the first one
-            loading = asyncio.create_task(LoadedFunction.load(self._nc, self._events, request))
+            loading = asyncio.create_task(LoadedFunction.load(self._nc, self._events, request, self._node_id))
             loading.add_done_callback(lambda task: self._forget_failed(request.workload_id, task))
             self._functions[request.workload_id] = loading
         try:
