@@ -40,7 +40,8 @@ async def bare_spawn(binary: Path, count: int) -> list[float]:
     samples = []
     for _ in range(count):
         start = time.perf_counter()
-        process = await asyncio.create_subprocess_exec(str(binary), stdout=asyncio.subprocess.DEVNULL)
+        process = await asyncio.create_subprocess_exec(str(binary), stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.DEVNULL)
         samples.append(time.perf_counter() - start)
         process.terminate()
         await process.wait()
