@@ -143,3 +143,14 @@ async def test_lameduck_refuses_new_work_then_exits(node, nc, programs):
     assert code == 409 and "lame duck" in body["error"]["message"]
     code, ping = await control(nc, "PING", node.node_id)
     assert ping["state"] == "lameduck"
+
+
+async def test_javascript_that_does_not_compile_is_refused(node, nc, running, tmp_path):
+    script = tmp_path / "broken.js"
+    script.write_text("(subject, payload) => {\n  return 'a' +;\n}\n")
+    code, body = await control(nc, "DEPLOY", node.node_id, {
+        "name": "broken", "type": "javascript", "artifact": file_artifact(script),
+        "triggers": [{"subject": "broken.fn"}]})
+    assert code == 400 and "SyntaxError" in body["error"]["message"]
+    with pytest.raises(NoRespondersError):
+        await nc.request("broken.fn", b"", timeout=1)
