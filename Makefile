@@ -3,8 +3,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTHON ?= python3
-# Debian packages the tests need: a C compiler and static libc build their native programs.
-TEST_DEBS := gcc libc6-dev
+# Debian packages the tests need, by what needs them.
+NATIVE_DEBS  := gcc libc6-dev
+SANDBOX_DEBS :=
+WASM_DEBS    :=
+TEST_DEBS    := $(NATIVE_DEBS) $(SANDBOX_DEBS) $(WASM_DEBS)
 
 .PHONY: run test bench schemas system-deps clean
 

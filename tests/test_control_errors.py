@@ -43,7 +43,7 @@ async def deploy_raw(nc, node: Node, payload: bytes):
     (json.dumps({"name": "x", "type": "cobol", "artifact": {"uri": "file:///x", "sha256": "0" * 64}}).encode(),
      "type"),
     (json.dumps({"name": "x", "type": "native", "artifact": {"uri": "http://x", "sha256": "0" * 64}}).encode(),
-     "nats:// or file://"),
+     "nats://, file:// or oci://"),
     (json.dumps({"name": "x", "type": "javascript",
                  "artifact": {"uri": "file:///x", "sha256": "0" * 64}}).encode(), "trigger"),
     (json.dumps({"name": "x", "type": "native", "limits": {"memory_mib": -1},

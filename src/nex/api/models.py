@@ -55,18 +55,23 @@ class NodeState(StrEnum):
     STOPPING = "stopping"
 
 
+class NetworkMode(StrEnum):
+    NONE = "none"
+    HOST = "host"
+
+
 FUNCTION_TYPES = frozenset({WorkloadType.JAVASCRIPT, WorkloadType.WASM})
 
 
 class Artifact(Strict):
-    uri: str = Field(description="nats://BUCKET/KEY (JetStream Object Store) or file:///path")
-    sha256: Sha256
+    uri: str = Field(description="nats://BUCKET/KEY (JetStream Object Store), file:///path, or oci://host/repo:tag")
+    sha256: Sha256 = Field(description="of the file; for oci:// references, of the image manifest")
 
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, uri: str) -> str:
-        if not uri.startswith(("nats://", "file://")):
-            raise ValueError("artifact uri must start with nats:// or file://")
+        if not uri.startswith(("nats://", "file://", "oci://")):
+            raise ValueError("artifact uri must start with nats://, file:// or oci://")
         return uri
 
 
@@ -108,6 +113,8 @@ class DeployRequest(Strict):
     env: dict[str, str] = Field(default_factory=dict, max_length=256)
     triggers: list[Trigger] = Field(default_factory=list, max_length=64)
     limits: Limits = Field(default_factory=Limits)
+    network: NetworkMode | None = Field(
+        default=None, description="services: none (own empty network namespace) or host; default: the node's")
     description: str | None = Field(default=None, max_length=1024)
 
     @field_validator("env")
@@ -139,6 +146,14 @@ class ExitInfo(Strict):
     error: str | None = None
 
 
+class Usage(Strict):
+    """Resource use of a running workload, read from its cgroup or process."""
+
+    cpu_seconds: float | None = None
+    memory_bytes: int | None = None
+    pids: int | None = None
+
+
 class WorkloadSummary(Strict):
     id: str
     name: str
@@ -156,6 +171,7 @@ class WorkloadSummary(Strict):
     stopped_at: datetime | None = None
     pid: int | None = None
     exit: ExitInfo | None = None
+    usage: Usage | None = None
     invocations: int | None = Field(default=None, description="functions: calls answered")
     errors: int | None = Field(default=None, description="functions: calls that failed")
 
