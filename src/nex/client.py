@@ -131,7 +131,10 @@ class NexClient:
                 max_reconnect_attempts=_CONNECT_ATTEMPTS, connect_timeout=max(1, round(timeout)),
             )
         except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
-            cause = connect_errors[-1] if connect_errors else exc
+            # The server refuses bad credentials with -ERR and then closes: the refusal,
+            # not the reset that follows it, is what the user needs to read.
+            refusals = [e for e in connect_errors if isinstance(e, nats.errors.Error) and "authoriz" in str(e).lower()]
+            cause = refusals[-1] if refusals else connect_errors[-1] if connect_errors else exc
             raise Unavailable(f"cannot connect to NATS at {where}: {_describe(cause)}") from None
         connected = True
         client = cls(nc, namespace, timeout)
