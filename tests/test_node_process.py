@@ -18,7 +18,7 @@ async def start_node(*args: str, env: dict | None = None) -> asyncio.subprocess.
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nex", "node", "up", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **(env or {})}, start_new_session=True,
     )
 
 
@@ -127,22 +127,27 @@ async def test_config_file_sets_name_and_tags(nats_server, nc, tmp_path):
 
 
 async def test_embedded_server_starts_when_no_server_is_given(tmp_path):
-    from nex.connection import ConnectOptions, connect
+    from nex.connection import ConnectOptions
     from nex.natsserver import free_port
 
     port = free_port()
     process = await start_node("--port", str(port), "--state-dir", str(tmp_path / "s"), "--name", "solo",
                                env={"NATS_URL": ""})
-    try:
-        nc = await eventually(lambda: _try_connect(ConnectOptions(servers=[f"nats://127.0.0.1:{port}"])), 15, 0.1)
-        await wait_for_node(nc, "solo")
-        assert (await nc.jetstream().account_info()).streams >= 2, "the node made its feed streams"
-        await nc.close()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = (await asyncio.wait_for(process.communicate(), 15))[0].decode()
+    nc = await eventually(lambda: _try_connect(ConnectOptions(servers=[f"nats://127.0.0.1:{port}"])), 15, 0.1)
+    await wait_for_node(nc, "solo")
+    assert (await nc.jetstream().account_info()).streams >= 2, "the node made its feed streams"
+    stopped = await nc.subscribe("$NEX.FEED.system.events.node_stopped")
+    await nc.flush()
+    # Ctrl-C in a terminal signals the whole process group: the embedded server must
+    # outlive the node's own shutdown, so that the node can still say goodbye.
+    os.killpg(process.pid, signal.SIGINT)
+    goodbye = await stopped.next_msg(timeout=15)
+    assert json.loads(goodbye.data)["data"]["name"] == "solo"
+    output = (await asyncio.wait_for(process.communicate(), 15))[0].decode()
+    assert process.returncode == 0, output
     assert f"127.0.0.1:{port}" in output, "the node says where the embedded server listens"
     assert (tmp_path / "s" / "jetstream").is_dir()
+    await nc.close()
 
 
 async def _try_connect(options):

@@ -11,7 +11,7 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nex.procutil import die_with_parent
+from nex.procutil import new_group_dying_with_parent
 
 
 class NatsServerError(RuntimeError):
@@ -66,7 +66,9 @@ class NatsServer:
         args += self.extra_args
         self._process = await asyncio.create_subprocess_exec(
             *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            preexec_fn=die_with_parent,
+            # Its own process group: a Ctrl-C meant for the node must not stop the
+            # server before the node has stopped its workloads and said goodbye.
+            preexec_fn=new_group_dying_with_parent,
         )
         await self._wait_ready(timeout)
 

@@ -6,12 +6,11 @@ import asyncio
 import logging
 import signal
 import time
-from contextlib import suppress
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
 from nex import API_VERSION, __version__
-from nex.api.errors import NexError
 from nex.api.events import EventType
 from nex.api.models import (
     DeployRequest, LameDuckResponse, NodeInfo, NodePing, NodeState, UndeployRequest,
@@ -115,19 +114,29 @@ class Node:
         if self.supervisor is not None:
             await self.supervisor.stop_all(self.config.stop_grace_s)
             await self.supervisor.close()
-        if self.control is not None:
-            await self.control.stop()
         if self.reaper is not None:
             self.reaper.close()
-        if self.nc is not None and self.nc.is_connected:
-            self.feeds.node_event(EventType.NODE_STOPPED, self._ping_data())
-            with suppress(NexError, asyncio.TimeoutError, OSError):
-                await self.nc.flush(timeout=2)
-            await self.nc.drain()
+        if self.nc is not None:
+            await self._leave_nats()
         if self.embedded is not None:
             await self.embedded.stop()
         if self.nc is not None:
             log.info("node %s stopped", self.name)
+
+    async def _leave_nats(self) -> None:
+        """Say goodbye and drain; with NATS gone (it may have stopped first), just close."""
+        if not self.nc.is_connected:
+            await self.nc.close()
+            return
+        try:
+            if self.control is not None:
+                await self.control.stop()
+            self.feeds.node_event(EventType.NODE_STOPPED, self._ping_data())
+            await self.nc.flush(timeout=2)
+            await self.nc.drain()
+        except (NatsError, asyncio.TimeoutError) as exc:
+            log.warning("NATS went away while the node stopped: %s", exc)
+            await self.nc.close()
 
     async def _heartbeat(self) -> None:
         while True:
