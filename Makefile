@@ -5,9 +5,10 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 # Debian packages the tests need, by what needs them.
 NATIVE_DEBS  := gcc libc6-dev
-SANDBOX_DEBS :=
-WASM_DEBS    :=
-TEST_DEBS    := $(NATIVE_DEBS) $(SANDBOX_DEBS) $(WASM_DEBS)
+SANDBOX_DEBS := runc
+WASM_DEBS    := clang lld wasi-libc libclang-rt-14-dev-wasm32
+OCI_DEBS     := umoci skopeo docker-registry runc
+TEST_DEBS    := $(NATIVE_DEBS) $(SANDBOX_DEBS) $(WASM_DEBS) $(OCI_DEBS)
 
 .PHONY: run test bench schemas system-deps clean
 

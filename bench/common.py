@@ -36,14 +36,17 @@ def build_static(source: str, out_dir: Path) -> Path:
 
 
 @asynccontextmanager
-async def nats_and_node(extra_node_args: list[str] | None = None):
-    """A nats-server on a free port and a `nex node up` process on it; yields (server, nc, node_id, node_pid)."""
+async def nats_and_node(extra_node_args: list[str] | None = None, state_dir: Path | None = None):
+    """A nats-server on a free port and a `nex node up` process on it; yields (server, nc, node_id, node_pid).
+
+    The node's state dir is a temporary one unless ``state_dir`` is given.
+    """
     with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
         server = NatsServer(store_dir=Path(tmp) / "js", port=0)
         await server.start()
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nex", "node", "up", "--server", server.url,
-            "--state-dir", str(Path(tmp) / "node"), "--name", "bench", "--log-level", "warning",
+            "--state-dir", str(state_dir or Path(tmp) / "node"), "--name", "bench", "--log-level", "warning",
             *(extra_node_args or []), stdout=subprocess.DEVNULL,
         )
         nc = await connect(ConnectOptions(servers=[server.url]))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["js_roundtrip.py", "deploy_latency.py", "node_memory.py", "js_memory.py"]
+BENCHMARKS = ["js_roundtrip.py", "wasm_roundtrip.py", "deploy_latency.py", "node_memory.py", "js_memory.py", "sandbox_start.py", "oci_start.py"]
 
 if __name__ == "__main__":
     failed = 0

@@ -47,14 +47,31 @@ def programs(tmp_path_factory) -> dict[str, Path]:
     return built
 
 
+async def sandbox_verdict(state_dir: Path) -> str | None:
+    """None when this host can sandbox; otherwise why not (the reason a sandbox test skips with)."""
+    from nex.sandbox.runner import OciRunner
+
+    runner, reason = await OciRunner.probe(state_dir)
+    return None if runner is not None else reason
+
+
 @pytest.fixture
-async def node(nats_server: NatsServer, tmp_path: Path):
-    """A node in this test's event loop, on the test's nats-server."""
+async def node(nats_server: NatsServer, tmp_path: Path, request):
+    """A node in this test's event loop, on the test's nats-server.
+
+    Parametrize it indirectly with a sandbox mode (``auto`` by default); ``oci``
+    skips where this host cannot sandbox.
+    """
     from nex.node.config import NodeConfig
     from nex.node.node import Node
 
+    sandbox = getattr(request, "param", "auto")
+    if sandbox == "oci":
+        reason = await sandbox_verdict(tmp_path / "probe")
+        if reason is not None:
+            pytest.skip(f"this host cannot sandbox: {reason}")
     config = NodeConfig(server=nats_server.url, state_dir=tmp_path / "node", name="test-node",
-                        tags={"zone": "a"}, stop_grace_s=2.0, lameduck_s=0.2)
+                        tags={"zone": "a"}, stop_grace_s=2.0, lameduck_s=0.2, sandbox=sandbox)
     started = Node(config)
     await started.start()
     yield started

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from nex.api import subjects
-from nex.api.errors import error_code
+from nex.api.errors import FunctionError, error_code, from_reply
 
 
 def file_artifact(path: Path) -> dict[str, str]:
@@ -37,3 +39,56 @@ async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: f
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def collect(nc, subject: str) -> list:
+    """Every message on ``subject`` from now on, appended to the returned list as it arrives."""
+    received: list = []
+
+    async def on_msg(msg):
+        received.append(msg)
+    await nc.subscribe(subject, cb=on_msg)
+    return received
+
+
+async def start_node(*args: str, env: dict | None = None) -> asyncio.subprocess.Process:
+    """`nex node up ARGS` as a real process in a session of its own (so that a test can signal
+    its process group as a terminal would), its output (stdout and stderr) on one pipe."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nex", "node", "up", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})}, start_new_session=True,
+    )
+
+
+async def wait_for_node(nc, name: str, timeout: float = 15.0) -> dict:
+    """The PING reply of the node called ``name``, once it answers."""
+    async def found():
+        try:
+            msg = await nc.request("$NEX.SVC.default.control.PING", b"", timeout=0.3)
+        except Exception:  # nothing answers yet
+            return None
+        ping = json.loads(msg.data)
+        return ping if ping["name"] == name else None
+    return await eventually(found, timeout=timeout, interval=0.1)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def request(nc, subject: str, payload: bytes = b"", timeout: float = 5.0):
+    """A request to a function, as any NATS client sends it."""
+    return await nc.request(subject, payload, timeout=timeout)
+
+
+def function_error(msg):
+    """The FunctionError an error reply of a function carries; fails on a success."""
+    error = from_reply(msg.data, msg.headers)
+    assert isinstance(error, FunctionError), (msg.data, msg.headers)
+    return error

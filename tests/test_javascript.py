@@ -17,10 +17,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
+from helpers import function_error, request
 from nex.agent import protocol
 from nex.agent.protocol import ENV_CONNECT, ENV_NODE_ID
 from nex.api import subjects
-from nex.api.errors import ERROR_CODE_HEADER, BadArtifact, FunctionError, from_reply
+from nex.api.errors import ERROR_CODE_HEADER, BadArtifact
 from nex.api.events import CloudEvent
 from nex.api.models import Lifecycle, Limits, Trigger, WorkloadType
 from nex.connection import ConnectOptions
@@ -63,16 +64,6 @@ def deploy(runtime: JavaScriptRuntime, tmp_path: Path) -> Deploy:
         handle = await runtime.start(spec, lambda stream, line: None)
         return handle, spec.triggers[0].subject
     return deploy
-
-
-async def request(nc: Client, subject: str, payload: bytes = b"", timeout: float = 5.0) -> Msg:
-    return await nc.request(subject, payload, timeout=timeout)
-
-
-def function_error(msg: Msg) -> FunctionError:
-    error = from_reply(msg.data, msg.headers)
-    assert isinstance(error, FunctionError), (msg.data, msg.headers)
-    return error
 
 
 async def answers_again(nc: Client, subject: str, within: float) -> Msg:

@@ -6,10 +6,16 @@ import asyncio
 import os
 import signal
 
+import pytest
+
 from nex.api import subjects
 from nex.node.node import Node
 
-from helpers import control, eventually, file_artifact
+from helpers import collect, control, eventually, file_artifact
+
+
+# Every behaviour holds for plain processes and for sandboxed ones.
+both_modes = pytest.mark.parametrize("node", ["none", "oci"], indirect=True)
 
 
 def deploy_body(path, **extra):
@@ -18,15 +24,7 @@ def deploy_body(path, **extra):
     return body
 
 
-async def collect(nc, subject: str) -> list:
-    received: list = []
-
-    async def on_msg(msg):
-        received.append(msg)
-    await nc.subscribe(subject, cb=on_msg)
-    return received
-
-
+@both_modes
 async def test_service_runs_logs_and_stops(node: Node, nc, programs):
     logs = await collect(nc, subjects.logs_filter("default"))
     events = await collect(nc, subjects.events_filter("default"))
@@ -40,7 +38,9 @@ async def test_service_runs_logs_and_stops(node: Node, nc, programs):
 
     lines = lambda: [m.data for m in logs]  # noqa: E731
     await eventually(lambda: b"tick 2" in lines())
-    assert lines()[:3] == [b"started hello with 2 args", b"arg one", b"arg two"]
+    # Order holds within a stream; stdout and stderr are two pipes, read side by side.
+    stdout = [m.data for m in logs if m.subject.endswith(".stdout")]
+    assert stdout[:3] == [b"started hello with 2 args", b"arg one", b"arg two"]
     assert any(m.subject.endswith(".stderr") and m.data == b"a line on stderr" for m in logs)
 
     code, ping = await control(nc, "WPING", workload["id"])
@@ -55,6 +55,7 @@ async def test_service_runs_logs_and_stops(node: Node, nc, programs):
     assert types[:1] == ["workload_started"]
 
 
+@both_modes
 async def test_job_runs_to_completion_and_reports_exit_code(node: Node, nc, programs):
     events = await collect(nc, subjects.events_filter("default"))
     code, ok = await control(nc, "DEPLOY", node.node_id, deploy_body(
@@ -81,6 +82,7 @@ async def _ended(states):
     return None
 
 
+@both_modes
 async def test_stop_kills_a_group_that_ignores_sigterm(node: Node, nc, programs):
     node.config.stop_grace_s = 0.3
     code, workload = await control(nc, "DEPLOY", node.node_id, deploy_body(programs["stubborn"], name="stubborn"))
@@ -108,10 +110,11 @@ def _group_size(pgid: int) -> int:
     return count
 
 
-async def test_node_shutdown_stops_every_workload(nats_server, tmp_path, nc, programs):
+@pytest.mark.parametrize("sandbox", ["none", "auto"])
+async def test_node_shutdown_stops_every_workload(nats_server, tmp_path, nc, programs, sandbox):
     from nex.node.config import NodeConfig
 
-    node = Node(NodeConfig(server=nats_server.url, state_dir=tmp_path / "n", stop_grace_s=1))
+    node = Node(NodeConfig(server=nats_server.url, state_dir=tmp_path / "n", stop_grace_s=1, sandbox=sandbox))
     await node.start()
     stopped_events = await collect(nc, subjects.events_filter("system"))
     pids = []

@@ -6,39 +6,10 @@ import asyncio
 import json
 import os
 import signal
-import sys
-from pathlib import Path
 
 import pytest
 
-from helpers import control, eventually, file_artifact
-
-
-async def start_node(*args: str, env: dict | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nex", "node", "up", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, **(env or {})}, start_new_session=True,
-    )
-
-
-async def wait_for_node(nc, name: str, timeout: float = 15.0) -> dict:
-    async def found():
-        try:
-            msg = await nc.request("$NEX.SVC.default.control.PING", b"", timeout=0.3)
-        except Exception:  # nothing answers yet
-            return None
-        ping = json.loads(msg.data)
-        return ping if ping["name"] == name else None
-    return await eventually(found, timeout=timeout, interval=0.1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+from helpers import alive, control, eventually, file_artifact, start_node, wait_for_node
 
 
 async def test_node_keeps_its_identity_and_tags(nats_server, nc, tmp_path):
@@ -60,9 +31,10 @@ async def test_node_keeps_its_identity_and_tags(nats_server, nc, tmp_path):
     assert await asyncio.wait_for(process.wait(), 15) == 0
 
 
-async def test_sigkilled_node_leaves_no_process_behind(nats_server, nc, tmp_path, programs):
+@pytest.mark.parametrize("sandbox", ["none", "auto"])
+async def test_sigkilled_node_leaves_no_process_behind(nats_server, nc, tmp_path, programs, sandbox):
     state = tmp_path / "state"
-    args = ["--server", nats_server.url, "--state-dir", str(state), "--name", "doomed"]
+    args = ["--server", nats_server.url, "--state-dir", str(state), "--name", "doomed", "--sandbox", sandbox]
     process = await start_node(*args)
     ping = await wait_for_node(nc, "doomed")
     code, ticker = await control(nc, "DEPLOY", ping["node_id"], {

@@ -1,7 +1,9 @@
 """Fetching artifacts and checking their sha256 before anything runs them.
 
 Artifacts are kept content-addressed in the node's cache: the file name is the
-verified sha256, so a second deploy of the same bytes costs no fetch.
+verified sha256, so a second deploy of the same bytes costs no fetch. An
+``oci://`` registry reference is pulled as an OCI image layout directory, named by
+the digest of its manifest (see :mod:`nex.images.registry`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from nats.js.errors import DigestMismatchError, NotFoundError
 
 from nex.api.errors import ArtifactNotFound, BadArtifact, BadRequest, HashMismatch
 from nex.api.models import Artifact
+from nex.images.registry import pull as pull_image
 
 CHUNK = 1 << 20
 
@@ -43,6 +46,7 @@ class ArtifactCache:
     def __init__(self, directory: Path, js: JetStreamContext) -> None:
         self.directory = directory
         self._js = js
+        self._pulls: dict[str, asyncio.Lock] = {}
         directory.mkdir(parents=True, exist_ok=True)
 
     async def fetch(self, artifact: Artifact) -> Path:
@@ -50,6 +54,10 @@ class ArtifactCache:
         cached = self.directory / artifact.sha256
         if cached.exists():
             return cached
+        if artifact.uri.startswith("oci://"):
+            # Overlapping deploys of one image pull it once.
+            async with self._pulls.setdefault(artifact.sha256, asyncio.Lock()):
+                return cached if cached.exists() else await pull_image(artifact.uri, artifact.sha256, cached)
         if artifact.uri.startswith("file://"):
             data = await asyncio.to_thread(self._read_file, artifact.uri)
         else:

@@ -43,6 +43,7 @@ from nex.api.models import (
     LameDuckResponse,
     Lifecycle,
     Limits,
+    NetworkMode,
     NodeInfo,
     NodePing,
     NodeState,
@@ -56,6 +57,8 @@ from nex.api.models import (
 )
 from nex.artifacts import sha256_file
 from nex.connection import ConnectOptions, connect
+from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
+from nex.images.registry import manifest_digest
 from nex.localfiles import CountingReader, guess_type, workload_name_for
 
 __all__ = [
@@ -247,32 +250,48 @@ class NexClient:
         argv: Iterable[str] = (),
         lifecycle: Lifecycle | str | None = None,
         limits: Limits | None = None,
+        network: NetworkMode | str | None = None,
         node_id: str | None = None,
         progress: Progress | None = None,
     ) -> WorkloadSummary:
         """Upload a local file and deploy it: the quickest way from a file to a workload.
 
-        The request is checked and a node chosen before anything is uploaded.
+        ``path`` may also be an image reference ``oci://host/repo:tag``: nothing is
+        uploaded, the node pulls it, and its sha256 is the manifest digest the
+        registry gives now (resolved here with skopeo). The request is checked and a
+        node chosen before anything is uploaded.
         """
-        path = Path(path)
-        workload_type = WorkloadType(type) if type else await asyncio.to_thread(guess_type, path)
-        sha256 = await asyncio.to_thread(sha256_file, path)
+        is_reference = isinstance(path, str) and path.startswith(OCI_SCHEME)
+        if is_reference:
+            reference = parse_reference(path)
+            workload_type = WorkloadType(type or WorkloadType.OCI)
+            sha256 = (await manifest_digest(reference)).removeprefix("sha256:")
+            artifact = Artifact(uri=path, sha256=sha256)
+            default_name = workload_name_for(reference.repository.rsplit("/", 1)[-1])
+        else:
+            path = Path(path)
+            workload_type = WorkloadType(type) if type else await asyncio.to_thread(guess_type, path)
+            sha256 = await asyncio.to_thread(sha256_file, path)
+            artifact = Artifact(uri=self._artifact_uri(sha256), sha256=sha256)
+            default_name = workload_name_for(path)
         try:
             request = DeployRequest(
-                name=name or workload_name_for(path),
+                name=name or default_name,
                 type=workload_type,
                 lifecycle=Lifecycle(lifecycle) if lifecycle else None,
-                artifact=Artifact(uri=self._artifact_uri(sha256), sha256=sha256),
+                artifact=artifact,
                 namespace=self.namespace,
                 argv=list(argv),
                 env=dict(env or {}),
                 triggers=[t if isinstance(t, Trigger) else Trigger(subject=t) for t in triggers],
                 limits=limits or Limits(),
+                network=NetworkMode(network) if network else None,
             )
         except ValidationError as exc:
             raise BadRequest(describe_validation_error(exc)) from None
         node = node_id or await self.pick_node(workload_type)
-        await self._upload(path, sha256, sha256, progress)
+        if not is_reference:
+            await self._upload(Path(path), sha256, sha256, progress)
         return await self.deploy(node, request)
 
     # -- feeds -------------------------------------------------------------------------

@@ -104,3 +104,14 @@ async def connect(options: ConnectOptions, connect_attempts: int = 3, **extra: A
     if "max_reconnect_attempts" not in extra:
         nc.options["max_reconnect_attempts"] = -1
     return nc
+
+
+async def flush_subscriptions(nc: Client) -> None:
+    """Return once the server has every subscription made so far.
+
+    nats-py (2.16) writes flush()'s PING straight to the socket, possibly ahead of
+    SUBs its flusher task has not written yet, so one PONG proves nothing under
+    load. By the first PONG the flusher has run; the second PING follows the SUBs.
+    """
+    await nc.flush()
+    await nc.flush()

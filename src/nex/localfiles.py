@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import tarfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -19,7 +20,7 @@ _EXTENSIONS = {
 
 
 def guess_type(path: str | Path) -> WorkloadType:
-    """The workload type of a file: by its first bytes (ELF, Wasm), then by extension."""
+    """The workload type of a file: by its first bytes (ELF, Wasm), an OCI layout tarball, then by extension."""
     path = Path(path)
     with path.open("rb") as f:
         head = f.read(4)
@@ -27,10 +28,22 @@ def guess_type(path: str | Path) -> WorkloadType:
         return WorkloadType.NATIVE
     if head == _WASM_MAGIC:
         return WorkloadType.WASM
+    if is_image_layout_tarball(path):
+        return WorkloadType.OCI
     found = _EXTENSIONS.get(path.suffix.lower())
     if found is None:
         raise BadRequest(f"cannot tell the workload type of {path}; pass --type")
     return found
+
+
+def is_image_layout_tarball(path: Path) -> bool:
+    """A tar file with an ``oci-layout`` file at its top: an OCI image layout."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            # Iterating reads headers only, and stops at the marker.
+            return any(m.name.removeprefix("./") == "oci-layout" for m in tar)
+    except (tarfile.TarError, EOFError, OSError):
+        return False
 
 
 def workload_name_for(path: str | Path) -> str:

@@ -6,6 +6,11 @@ its own, and tells it through a pipe which process groups it runs (``+PGID`` and
 ``-PGID`` lines). When the pipe closes (the node exited or was SIGKILLed) the
 reaper sends SIGKILL to every group still listed, then exits.
 
+Sandboxed workloads are containers, whose processes are no child of the node:
+``+C<runtime>\t<root>\t<id>`` lists one, and the reaper removes what is still
+listed with ``<runtime> --root <root> delete --force <id>``, which kills every
+process of the container's cgroup and removes the cgroup.
+
 ``python -m nex.reaper`` is the reaper; :class:`Reaper` is the node's side.
 Standard library only, so the process stays small.
 """
@@ -42,6 +47,12 @@ class Reaper:
     def release(self, pgid: int) -> None:
         self._send(f"-{pgid}\n")
 
+    def watch_container(self, runtime: str, root: str, container_id: str) -> None:
+        self._send(f"+C{runtime}\t{root}\t{container_id}\n")
+
+    def release_container(self, runtime: str, root: str, container_id: str) -> None:
+        self._send(f"-C{runtime}\t{root}\t{container_id}\n")
+
     def close(self) -> None:
         """Clean shutdown: the reaper kills what is still listed (nothing, normally) and exits."""
         if self._process.stdin is not None and not self._process.stdin.closed:
@@ -61,16 +72,39 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     groups: set[int] = set()
+    containers: set[tuple[str, ...]] = set()
     for raw in sys.stdin.buffer:
-        line = raw.strip()
-        if line[:1] in (b"+", b"-") and line[1:].isdigit():
-            pgid = int(line[1:])
-            (groups.add if line[:1] == b"+" else groups.discard)(pgid)
+        line = raw.strip().decode(errors="replace")
+        sign, rest = line[:1], line[1:]
+        if sign not in ("+", "-"):
+            continue
+        if rest.isdigit():
+            (groups.add if sign == "+" else groups.discard)(int(rest))
+        elif rest.startswith("C") and rest.count("\t") == 2:
+            entry = tuple(rest[1:].split("\t"))
+            (containers.add if sign == "+" else containers.discard)(entry)
     for pgid in groups:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    _delete_containers(containers)
+
+
+def _delete_containers(containers: set[tuple[str, ...]]) -> None:
+    removing = []
+    for runtime, root, container_id in containers:
+        try:
+            removing.append(subprocess.Popen(
+                [runtime, "--root", root, "delete", "--force", container_id],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        except OSError:
+            pass
+    for process in removing:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 if __name__ == "__main__":

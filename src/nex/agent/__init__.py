@@ -1,1 +1,1 @@
-"""Agents: processes that run a node's functions (JavaScript today), spoken to over stdin/stdout."""
+"""Agents: processes that run a node's functions (JavaScript, WebAssembly), spoken to over stdin/stdout."""

@@ -18,11 +18,12 @@ from nats.errors import Error as NatsError
 
 from nex.agent import protocol
 from nex.agent.events import EventFeed
-from nex.agent.sandbox import OUT_OF_MEMORY, FunctionConfig, Outcome, Sandbox
+from nex.agent.engine import OUT_OF_MEMORY, Engine, Outcome, Sandbox
 from nex.agent.worker import ContextThread
 from nex.api import subjects
 from nex.api.errors import FunctionError
 from nex.api.events import EventEncoder, EventType
+from nex.connection import flush_subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,14 @@ class LoadedFunction:
     """Subscribed to its triggers until :meth:`unload`."""
 
     def __init__(self, nc: Client, events: EventFeed, spec: protocol.Load, thread: ContextThread,
-                 sandbox: Sandbox, node_id: str) -> None:
+                 engine: Engine, sandbox: Sandbox, node_id: str) -> None:
         self.spec = spec
         self.invocations = 0
         self.errors = 0
         self._nc = nc
         self._events = events
         self._thread = thread
+        self._engine = engine
         self._sandbox = sandbox
         self._memory_bytes = 0
         self._subscriptions: list[Subscription] = []
@@ -56,19 +58,18 @@ class LoadedFunction:
                               for stream in subjects.LOG_STREAMS}
 
     @classmethod
-    async def load(cls, nc: Client, events: EventFeed, spec: protocol.Load, node_id: str) -> LoadedFunction:
-        """Compile, subscribe, flush; raises CompileError for a bad script."""
-        config = FunctionConfig(source=spec.source, timeout_ms=spec.timeout_ms,
-                                memory_bytes=spec.memory_bytes, env=dict(spec.env))
-        thread = ContextThread(f"js-{spec.name}")
+    async def load(cls, nc: Client, events: EventFeed, engine: Engine, spec: protocol.Load,
+                   node_id: str) -> LoadedFunction:
+        """Compile, subscribe, flush; raises CompileError for an artifact that cannot run."""
+        thread = ContextThread(f"{engine.name}-{spec.name}")
         built = False
         try:
-            sandbox = await thread.call(Sandbox, config)
+            sandbox = await thread.call(engine.build, spec)
             built = True
         finally:
             if not built:
                 thread.stop()
-        function = cls(nc, events, spec, thread, sandbox, node_id)
+        function = cls(nc, events, spec, thread, engine, sandbox, node_id)
         subscribed = False
         try:
             await function._publish_logs(await thread.call(sandbox.startup_logs))
@@ -77,7 +78,7 @@ class LoadedFunction:
                     await nc.subscribe(trigger.subject, queue=trigger.queue, cb=function._on_message))
             # Answer load only once the server has the subscriptions: a request sent
             # right after the deploy reply is then served.
-            await nc.flush()
+            await flush_subscriptions(nc)
             subscribed = True
         finally:
             if not subscribed:
@@ -117,7 +118,8 @@ class LoadedFunction:
     def _invoke(self, subject: str, payload: bytes) -> Outcome:
         # On the function's thread.
         outcome = self._sandbox.invoke(subject, payload)
-        if outcome.error is not None and outcome.error.kind == OUT_OF_MEMORY:
+        if (outcome.error is not None and outcome.error.kind == OUT_OF_MEMORY
+                and self._engine.fresh_thread_after_out_of_memory):
             self._thread.hand_over()
         return outcome
 
@@ -128,7 +130,7 @@ class LoadedFunction:
                 outcome = await pending
             except Exception as exc:  # a bug of the agent: answer, log and keep serving
                 log.exception("function %s: call failed in the agent", self.spec.workload_id)
-                outcome = Outcome(error=FunctionError(f"internal error of the javascript agent: {exc}"))
+                outcome = Outcome(error=FunctionError(f"internal error of the {self._engine.name} agent: {exc}"))
             try:
                 await self._respond(msg, outcome)
             except NatsError as exc:

@@ -22,9 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
-# The environment of an agent process: its NATS ConnectOptions as JSON, its node's id.
+# The environment of an agent process: its NATS ConnectOptions as JSON, its node's id,
+# and (wasm) the directory where it keeps compiled modules.
 ENV_CONNECT = "NEX_AGENT_CONNECT"
 ENV_NODE_ID = "NEX_NODE_ID"
+ENV_CACHE_DIR = "NEX_AGENT_CACHE_DIR"
 
 # error_kind of a failed reply
 BAD_ARTIFACT = "bad_artifact"
@@ -46,7 +48,9 @@ class Load(_Message):
     workload_id: str
     name: str
     namespace: str
-    source: str
+    source: str = Field(default="", description="javascript: the script")
+    artifact_path: str | None = Field(default=None, description="wasm: the module file, on the agent's host")
+    artifact_sha256: str | None = Field(default=None, description="wasm: names the compiled module in the cache")
     triggers: list[TriggerSubscription]
     timeout_ms: int = Field(gt=0)
     memory_bytes: int = Field(gt=0)

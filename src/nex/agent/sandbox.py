@@ -19,12 +19,10 @@ from typing import Any
 
 import quickjs
 
+from nex.agent import protocol
+from nex.agent.engine import ERROR, OUT_OF_MEMORY, TIMEOUT, CompileError, Outcome
 from nex.agent.prelude import PRELUDE
 from nex.api.errors import FunctionError
-
-ERROR = "error"
-TIMEOUT = "timeout"
-OUT_OF_MEMORY = "out_of_memory"
 
 # JavaScript stack per context; the thread that runs it must be larger (see nex.agent.worker).
 JS_STACK_BYTES = 256 * 1024
@@ -43,18 +41,19 @@ class FunctionConfig:
     env: dict[str, str] = field(default_factory=dict)
 
 
-class CompileError(Exception):
-    """The script does not compile, or does not evaluate to a function. One line."""
+class QuickJsEngine:
+    """The :class:`nex.agent.engine.Engine` of the JavaScript agent: one QuickJS context per function."""
 
+    name = "javascript"
+    # Repeated out-of-memory failures on one thread were measured to crash QuickJS.
+    fresh_thread_after_out_of_memory = True
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one call produced: reply bytes or an error, and the console lines it wrote."""
+    def build(self, load: protocol.Load) -> Sandbox:
+        return Sandbox(FunctionConfig(source=load.source, timeout_ms=load.timeout_ms,
+                                      memory_bytes=load.memory_bytes, env=dict(load.env)))
 
-    data: bytes = b""
-    error: FunctionError | None = None
-    duration_ms: float = 0.0
-    logs: list[tuple[str, str]] = field(default_factory=list)
+    def close(self) -> None:
+        pass
 
 
 class Sandbox:

@@ -134,6 +134,8 @@ class DeployRequest(Strict):
             raise ValueError(f"a {self.type} workload cannot have lifecycle {self.lifecycle}")
         if self.lifecycle == Lifecycle.FUNCTION and not self.triggers:
             raise ValueError("a function needs at least one trigger subject")
+        if self.artifact.uri.startswith("oci://") and self.type != WorkloadType.OCI:
+            raise ValueError(f"an oci:// artifact is an image: deploy it as type oci, not {self.type}")
         return self
 
 

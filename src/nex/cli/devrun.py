@@ -8,9 +8,11 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from nex.api.models import Lifecycle, Limits, WorkloadSummary, WorkloadType
+from pydantic import ValidationError
+
+from nex.api.models import Lifecycle, Limits, NetworkMode, WorkloadSummary, WorkloadType, describe_validation_error
 from nex.cli import output
-from nex.cli.options import GlobalOptions, NexCommand, positive, with_global_options
+from nex.cli.options import GlobalOptions, NexCommand, global_options_except, positive
 from nex.cli.session import resolve_node, run
 from nex.client import NexClient
 
@@ -32,8 +34,15 @@ def parse_argv(value: str | None) -> list[str]:
         raise click.BadParameter(f"{value!r}: {exc}", param_hint="'--argv'") from None
 
 
+def file_or_reference(ctx: click.Context, param: click.Parameter, value: str) -> Path | str:
+    """An existing file, or an image reference ``oci://host/repo:tag`` left as it is."""
+    if value.startswith("oci://"):
+        return value
+    return click.Path(exists=True, dir_okay=False, path_type=Path).convert(value, param, ctx)
+
+
 @click.command("devrun", cls=NexCommand)
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", metavar="FILE|oci://HOST/REPO:TAG", callback=file_or_reference)
 @click.option("--type", "workload_type", type=click.Choice([t.value for t in WorkloadType]),
               help="workload type [default: guessed from the file]")
 @click.option("--trigger", "triggers", multiple=True, metavar="SUBJECT",
@@ -44,29 +53,44 @@ def parse_argv(value: str | None) -> list[str]:
 @click.option("--lifecycle", type=click.Choice([lc.value for lc in Lifecycle]),
               help="[default: function for javascript/wasm, service otherwise]")
 @click.option("--node", "node_id", metavar="ID", help="node to run on [default: the least busy]")
-@click.option("--memory", type=int, callback=positive, metavar="MIB", help="memory limit in MiB")
-@click.option("--timeout-ms", type=int, callback=positive, metavar="MS", help="function timeout")
-@with_global_options
+@click.option("--memory", type=int, callback=positive, metavar="MIB",
+              help="memory limit in MiB; a service over it is killed (out of memory)")
+@click.option("--cpus", type=float, callback=positive, metavar="N", help="CPU quota, in CPUs (0.5: half of one)")
+@click.option("--pids", type=int, callback=positive, metavar="N", help="most processes and threads at once")
+@click.option("--network", type=click.Choice([m.value for m in NetworkMode]),
+              help="services: none (loopback only) or host [default: the node's, none when sandboxed]")
+@click.option("--timeout", "--timeout-ms", "timeout_ms", type=int, callback=positive, metavar="MS",
+              help="function timeout in milliseconds (the request timeout goes before the command: "
+                   "nex --timeout S devrun ...)")
+@global_options_except("timeout")
 def devrun(
-    opts: GlobalOptions, file: Path, workload_type: str | None, triggers: tuple[str, ...],
+    opts: GlobalOptions, file: Path | str, workload_type: str | None, triggers: tuple[str, ...],
     env: tuple[str, ...], argv: str | None, name: str | None, lifecycle: str | None,
-    node_id: str | None, memory: int | None, timeout_ms: int | None,
+    node_id: str | None, memory: int | None, cpus: float | None, pids: int | None,
+    network: str | None, timeout_ms: int | None,
 ) -> None:
-    """Upload FILE and run it as a workload on a node.
+    """Upload FILE (or name an image) and run it as a workload on a node.
 
     \b
     nex devrun ./hello.js --trigger hello
     nex devrun ./server --argv '--port 8080' --env MODE=dev
+    nex devrun ./image.tar --argv serve             (an OCI image layout tarball)
+    nex devrun oci://127.0.0.1:5000/hello:1         (pulled by the node; nothing uploaded)
     """
     environment = parse_env(env)
     arguments = parse_argv(argv)
-    limits = Limits(memory_mib=memory, timeout_ms=timeout_ms)
+    try:
+        limits = Limits(memory_mib=memory, cpus=cpus, pids=pids, timeout_ms=timeout_ms)
+    except ValidationError as exc:
+        raise click.UsageError(describe_validation_error(exc).removeprefix("invalid request: ")) from None
     console = output.stderr()
     bar = Progress(
         TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         console=console, transient=True, disable=not console.is_terminal,
     )
-    task = bar.add_task(file.name, total=file.stat().st_size)
+    # An oci:// reference is pulled by the node: nothing to upload, the bar never starts.
+    size = file.stat().st_size if isinstance(file, Path) else None
+    task = bar.add_task(Path(str(file)).name, total=size)
 
     def on_progress(done: int, total: int) -> None:
         # Started on the first report, so the bar does not sit at 0% while a node is picked.
@@ -80,6 +104,7 @@ def devrun(
             return await client.devrun(
                 file, type=workload_type, name=name, triggers=triggers, env=environment,
                 argv=arguments, lifecycle=lifecycle, limits=limits, node_id=node, progress=on_progress,
+                network=network,
             )
         finally:
             bar.stop()

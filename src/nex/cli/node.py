@@ -65,8 +65,8 @@ def node_info(opts: GlobalOptions, node_id: str) -> None:
     if info.workloads:
         click.echo()
         output.table(
-            ["ID", "NAME", "TYPE", "STATE", "AGE"],
-            [[w.id, w.name, w.type.value, w.state.value, output.age(w.started_at)]
+            ["ID", "NAME", "TYPE", "STATE", "AGE", "USAGE"],
+            [[w.id, w.name, w.type.value, w.state.value, output.age(w.started_at), output.usage_text(w.usage)]
              for w in info.workloads],
         )
 

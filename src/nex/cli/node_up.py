@@ -17,6 +17,7 @@ from nex.cli.options import GlobalOptions, with_global_options
 from nex.cli.output import describe_error
 from nex.natsserver import NatsServerError
 from nex.node.config import ConfigError, load_config, parse_tags
+from nex.sandbox.runner import SandboxUnavailable
 
 
 @click.command("up")
@@ -25,6 +26,10 @@ from nex.node.config import ConfigError, load_config, parse_tags
 @click.option("--tags", default=None, help="k=v,... tags added to the automatic ones")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="where the node keeps its state")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML or JSON config file")
+@click.option("--sandbox", type=click.Choice(["auto", "oci", "none"]), default=None,
+              help="native workloads: auto = sandboxed by runc/crun when it works here, else plain "
+                   "processes (tagged nex.unsafe=true); oci = sandboxed or refuse to start; "
+                   "none = plain processes [default: auto]")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @with_global_options
 def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log_level: str,
@@ -50,6 +55,6 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
     except NoServersError:
         click.echo(f"nex: error: cannot connect to NATS at {config.server}", err=True)
         sys.exit(1)
-    except (ConfigError, NatsServerError, OSError, asyncio.TimeoutError) as exc:
+    except (ConfigError, NatsServerError, SandboxUnavailable, OSError, asyncio.TimeoutError) as exc:
         click.echo(f"nex: error: {describe_error(exc) or exc}", err=True)
         sys.exit(1)

@@ -104,25 +104,34 @@ def root_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def with_global_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """For a command: ``f(opts, ...)`` gets the root group's options merged with its own."""
+    return global_options_except()(f)
 
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        local = {name: kwargs.pop(_param_name(name)) for name in _FIELDS}
-        ctx = click.get_current_context()
-        base = ctx.find_object(GlobalOptions) or GlobalOptions()
-        return f(base.merged(local), *args, **kwargs)
 
-    return _attach(wrapper, root=False)
+def global_options_except(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Like :func:`with_global_options`, for a command that uses some option names itself
+    (``devrun --timeout`` is the function's timeout); those global options then go before the command."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            local = {name: kwargs.pop(_param_name(name)) for name in _FIELDS if name not in names}
+            ctx = click.get_current_context()
+            base = ctx.find_object(GlobalOptions) or GlobalOptions()
+            return f(base.merged(local), *args, **kwargs)
+
+        return _attach(wrapper, root=False, exclude=frozenset(names))
+
+    return decorate
 
 
 def _param_name(field: str) -> str:
     return "json_" if field == "json" else field
 
 
-def _attach(f: Callable[..., Any], root: bool) -> Callable[..., Any]:
+def _attach(f: Callable[..., Any], root: bool, exclude: frozenset[str] = frozenset()) -> Callable[..., Any]:
     params = getattr(f, "__click_params__", [])
     # click lists params in reverse order of decoration.
-    params.extend(reversed(_global_params(root)))
+    params.extend(reversed([p for p in _global_params(root) if p.name not in exclude]))
     f.__click_params__ = params  # type: ignore[attr-defined]
     return f
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nex.api.errors import FunctionError, NexError
-from nex.api.models import describe_validation_error
+from nex.api.models import Usage, describe_validation_error
 
 SHORT_ID = 12
 _PIPED_WIDTH = 4096
@@ -105,3 +105,17 @@ def describe_error(exc: BaseException) -> str | None:
     if isinstance(exc, ValueError):
         return str(exc)
     return None
+
+
+def usage_text(usage: Usage | None) -> str:
+    """``1.25s CPU, 3.4 MiB, 2 pids``; ``-`` when nothing was read."""
+    if usage is None:
+        return "-"
+    parts = []
+    if usage.cpu_seconds is not None:
+        parts.append(f"{usage.cpu_seconds:.2f}s CPU")
+    if usage.memory_bytes is not None:
+        parts.append(f"{usage.memory_bytes / (1 << 20):.1f} MiB")
+    if usage.pids is not None:
+        parts.append(f"{usage.pids} pids")
+    return ", ".join(parts) or "-"

@@ -67,6 +67,8 @@ def workload_info(opts: GlobalOptions, workload_id: str) -> None:
     limits = w.limits.model_dump(exclude_none=True)
     if limits:
         pairs.append(("Limits", ", ".join(f"{k}={v}" for k, v in limits.items())))
+    if w.usage is not None:
+        pairs.append(("Usage", output.usage_text(w.usage)))
     if w.invocations is not None:
         pairs.append(("Invocations", f"{w.invocations} ({w.errors or 0} failed)"))
     if w.exit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,12 @@ from nex.api.subjects import TOKEN_PATTERN
 
 class ConfigError(ValueError):
     pass
+
+
+class SandboxMode(StrEnum):
+    AUTO = "auto"  # the OCI runtime when it works here, else plain processes and a loud warning
+    OCI = "oci"  # the OCI runtime, or refuse to start
+    NONE = "none"  # plain processes
 
 
 def default_state_dir() -> Path:
@@ -42,6 +49,7 @@ class NodeConfig(BaseModel):
     heartbeat_s: float = Field(default=10.0, gt=0, le=3600)
     logs_stream_bytes: int = Field(default=128 << 20, gt=0)
     events_stream_bytes: int = Field(default=64 << 20, gt=0)
+    sandbox: SandboxMode = Field(default=SandboxMode.AUTO, description="how native workloads are isolated")
 
     @field_validator("tags")
     @classmethod

@@ -28,6 +28,7 @@ from nex.api.models import (
     LameDuckResponse, NodeInfo, NodePing, UndeployRequest, UndeployResponse, WorkloadPing,
     DeployRequest, parse_request,
 )
+from nex.connection import flush_subscriptions
 from nex.node.workloads import Workload
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class ControlService:
             await self._service.add_endpoint(EndpointConfig(
                 name=name, subject=subject, handler=self._micro_handler(handler),
             ))
-        await self._nc.flush()
+        await flush_subscriptions(self._nc)
 
     async def stop(self) -> None:
         for subs in self._workload_subs.values():
@@ -139,6 +140,8 @@ class ControlService:
             await self._nc.subscribe(subjects.control(ns, subjects.UNDEPLOY, wid), cb=self._msg_handler(undeploy)),
             await self._nc.subscribe(subjects.control(ns, subjects.WPING, wid), cb=self._msg_handler(wping)),
         ]
+        # The deploy reply goes out next: an UNDEPLOY sent right after it must find these.
+        await flush_subscriptions(self._nc)
 
     async def unwatch_workload(self, workload: Workload) -> None:
         for sub in self._workload_subs.pop(workload.id, []):

@@ -24,11 +24,13 @@ from nex.node.config import NodeConfig
 from nex.node.control import ControlService
 from nex.node.feeds import Feeds
 from nex.node.resources import automatic_tags, resources
+from nex.node.sandboxing import choose_sandbox, sweep_containers
 from nex.node.supervisor import Supervisor
 from nex.node.workloads import Workload
 from nex.reaper import Reaper
 from nex.runtimes.base import RuntimeContext
 from nex.runtimes.registry import available_runtimes
+from nex.sandbox.runner import OciRunner
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,14 @@ class Node:
         self._stop = asyncio.Event()
         self._lameduck_task: asyncio.Task | None = None
         self.reaper: Reaper | None = None
+        self.oci: OciRunner | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.reaper = Reaper()
+        self.oci, sandbox_tags = await choose_sandbox(self.config.sandbox, self.state_dir, self.reaper)
+        self.tags.update(sandbox_tags)
         if self.server_url is None:
             self.embedded = NatsServer(store_dir=self.state_dir / "jetstream", port=self.config.port)
             await self.embedded.start()
@@ -73,9 +79,8 @@ class Node:
         self.nc = await connect(options.with_name(f"nex-node {self.name}"))
         self.feeds = Feeds(self.nc, self.node_id)
         await self.feeds.ensure_streams(self.config.logs_stream_bytes, self.config.events_stream_bytes)
-        self.reaper = Reaper()
         context = RuntimeContext(node_id=self.node_id, state_dir=self.state_dir,
-                                 connect_options=options, guard=self.reaper)
+                                 connect_options=options, guard=self.reaper, oci=self.oci)
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
             ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream()), self.feeds,
@@ -84,6 +89,9 @@ class Node:
         swept = await self.supervisor.sweep_leftovers()
         if swept:
             log.warning("cleaned up %d workload(s) left by a previous node that did not stop", swept)
+        containers = await sweep_containers(self.oci, self.state_dir)
+        if containers:
+            log.warning("removed %d container(s) left by a previous node: %s", len(containers), ", ".join(containers))
         self.control = ControlService(self.nc, self)
         await self.control.start()
         self.feeds.node_event(EventType.NODE_STARTED, self._ping_data())
@@ -116,6 +124,8 @@ class Node:
             await self.supervisor.close()
         if self.reaper is not None:
             self.reaper.close()
+        if self.oci is not None:
+            self.oci.close()
         if self.nc is not None:
             await self._leave_nats()
         if self.embedded is not None:

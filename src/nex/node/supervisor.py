@@ -70,7 +70,7 @@ class Supervisor:
             id=workload_id, name=request.name, namespace=namespace, type=request.type,
             lifecycle=request.lifecycle, artifact_path=artifact_path,
             work_dir=self._work_root / workload_id, argv=list(request.argv), env=dict(request.env),
-            triggers=list(request.triggers), limits=request.limits,
+            triggers=list(request.triggers), limits=request.limits, network=request.network,
         )
         await runtime.prepare(spec)
         workload = Workload(id=workload_id, namespace=namespace, request=request, node_id=self.node_id)

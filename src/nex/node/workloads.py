@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from nex.api.errors import WorkloadNotFound
-from nex.api.models import DeployRequest, WorkloadState, WorkloadSummary
+from nex.api.models import DeployRequest, Usage, WorkloadState, WorkloadSummary
 from nex.runtimes.base import ExitResult, Handle
 
 # Ended workloads stay listed (state, exit code) until removed or pushed out by newer ones.
@@ -45,9 +45,16 @@ class Workload:
             artifact=request.artifact, argv=request.argv, env_keys=sorted(request.env),
             triggers=request.triggers, limits=request.limits, started_at=self.started_at,
             stopped_at=self.stopped_at, pid=self.stats.get("pid"),
-            exit=self.exit.info() if self.exit else None,
+            exit=self.exit.info() if self.exit else None, usage=self.usage(),
             invocations=self.stats.get("invocations"), errors=self.stats.get("errors"),
         )
+
+    def usage(self) -> Usage | None:
+        """What the runtime last read from the cgroup or process; None once it ended."""
+        if self.ended:
+            return None
+        values = {k: self.stats.get(k) for k in Usage.model_fields}
+        return Usage(**values) if any(v is not None for v in values.values()) else None
 
 
 class WorkloadTable:

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from nex.api.models import ExitInfo, Lifecycle, Limits, Trigger, WorkloadType
+from nex.api.models import ExitInfo, Lifecycle, Limits, NetworkMode, Trigger, WorkloadType
 from nex.connection import ConnectOptions
+
+if TYPE_CHECKING:
+    from nex.sandbox.runner import OciRunner
 
 HANDLE_VERSION = 1
 
@@ -70,6 +73,7 @@ class WorkloadSpec:
     env: dict[str, str] = field(default_factory=dict)
     triggers: list[Trigger] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
+    network: NetworkMode | None = None
 
     def queue_group(self, trigger: Trigger) -> str:
         # Copies of a function (same namespace and name) on any node share one group.
@@ -100,18 +104,30 @@ class LogSink(Protocol):
 
 
 class ProcessGuard(Protocol):
-    """Kills the process groups it watches if the node dies (see nex.reaper)."""
+    """Kills the process groups and containers it watches if the node dies (see nex.reaper)."""
 
     def watch(self, pgid: int) -> None: ...
 
     def release(self, pgid: int) -> None: ...
 
+    def watch_container(self, runtime: str, root: str, container_id: str) -> None: ...
 
-class _NoGuard:
+    def release_container(self, runtime: str, root: str, container_id: str) -> None: ...
+
+
+class NoGuard:
+    """A guard that watches nothing: for code run outside a node (tests, benchmarks)."""
+
     def watch(self, pgid: int) -> None:
         pass
 
     def release(self, pgid: int) -> None:
+        pass
+
+    def watch_container(self, runtime: str, root: str, container_id: str) -> None:
+        pass
+
+    def release_container(self, runtime: str, root: str, container_id: str) -> None:
         pass
 
 
@@ -122,7 +138,8 @@ class RuntimeContext:
     node_id: str
     state_dir: Path
     connect_options: ConnectOptions
-    guard: ProcessGuard = field(default_factory=_NoGuard)
+    guard: ProcessGuard = field(default_factory=NoGuard)
+    oci: OciRunner | None = None  # the node's detected OCI runtime; None: no sandbox
 
 
 @runtime_checkable

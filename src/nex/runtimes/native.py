@@ -15,8 +15,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from nex.api.errors import BadArtifact
-from nex.api.models import Lifecycle, WorkloadType
+from nex.api.errors import BadArtifact, BadRequest
+from nex.api.models import Lifecycle, NetworkMode, WorkloadType
 from nex.procutil import group_alive, new_group_dying_with_parent, signal_group
 from nex.runtimes.base import Capabilities, ExitResult, Handle, LogSink, RuntimeContext, WorkloadSpec
 
@@ -67,6 +67,26 @@ def process_rss_bytes(pid: int) -> int | None:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process (not its children)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def workload_environment(spec: WorkloadSpec, node_id: str, home: str) -> dict[str, str]:
+    """The deploy request's environment plus PATH, HOME and the NEX_* names; never the node's."""
+    env = {"PATH": BASE_PATH, "HOME": home}
+    env.update(spec.env)
+    env.update({
+        "NEX_WORKLOAD_ID": spec.id, "NEX_WORKLOAD_NAME": spec.name,
+        "NEX_NAMESPACE": spec.namespace, "NEX_NODE_ID": node_id,
+    })
+    return env
+
+
 async def pump_lines(stream: asyncio.StreamReader, emit: LogSink, name: str) -> None:
     """Forward a pipe line by line; a line longer than MAX_LINE is cut into pieces."""
     while True:
@@ -100,15 +120,9 @@ class NativeRuntime:
 
     async def prepare(self, spec: WorkloadSpec) -> None:
         check_elf(spec.artifact_path)
-
-    def _environment(self, spec: WorkloadSpec) -> dict[str, str]:
-        env = {"PATH": BASE_PATH, "HOME": str(spec.work_dir)}
-        env.update(spec.env)
-        env.update({
-            "NEX_WORKLOAD_ID": spec.id, "NEX_WORKLOAD_NAME": spec.name,
-            "NEX_NAMESPACE": spec.namespace, "NEX_NODE_ID": self._context.node_id,
-        })
-        return env
+        if spec.network == NetworkMode.NONE:
+            raise BadRequest("network none needs a sandbox, and this node runs native workloads "
+                             "as plain processes (nex node up --sandbox)")
 
     async def start(self, spec: WorkloadSpec, logs: LogSink) -> Handle:
         spec.work_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +130,8 @@ class NativeRuntime:
             process = await asyncio.create_subprocess_exec(
                 spec.name, *spec.argv, executable=str(spec.artifact_path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, cwd=spec.work_dir, env=self._environment(spec),
+                stderr=asyncio.subprocess.PIPE, cwd=spec.work_dir,
+                env=workload_environment(spec, self._context.node_id, str(spec.work_dir)),
                 preexec_fn=new_group_dying_with_parent, limit=MAX_LINE,
             )
         except OSError as exc:
@@ -169,7 +184,9 @@ class NativeRuntime:
 
     def inspect(self, handle: Handle) -> dict[str, Any]:
         pid = handle.data.get("pid")
-        return {"pid": pid, "rss_bytes": process_rss_bytes(pid) if pid else None}
+        if not pid:
+            return {"pid": None}
+        return {"pid": pid, "memory_bytes": process_rss_bytes(pid), "cpu_seconds": process_cpu_seconds(pid)}
 
     async def close(self) -> None:
         self._running.clear()

@@ -1,0 +1,32 @@
+"""The WebAssembly agent: ``python -m nex.agent.wasm`` (see :mod:`nex.agent.agent`).
+
+Besides the environment every agent gets, ``NEX_AGENT_CACHE_DIR`` names the
+directory of its compiled modules (:mod:`nex.agent.module_cache`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from nex.agent.agent import run
+from nex.agent.wasm_sandbox import WASM_STACK_BYTES, WasmEngine
+
+# wasmtime runs wasm on the calling thread's stack, up to WASM_STACK_BYTES, and
+# needs room below it for its own and Python's frames.
+THREAD_STACK_BYTES = 4 * WASM_STACK_BYTES
+
+
+def main() -> int:
+    code = run(WasmEngine.from_environment, THREAD_STACK_BYTES)
+    # wasmtime frees a call's WASI output streams on its own threads, through a
+    # Python callback: one that races the interpreter's finalization aborts the
+    # process. Everything is closed by now, so leave without finalizing.
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""Sandboxed native workloads: what they cannot see or do, their limits, and what they leave behind.
+
+Real runc, real cgroups, a static C probe (tests/programs/probe.c). Every test
+skips, saying why, on a host where no OCI runtime works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from nex.api import subjects
+from nex.node.node import Node
+from nex.sandbox import cgroups
+from nex.sandbox.bundle import HOST_ID_BASE, NOBODY
+from nex.sandbox.runner import OciRunner
+
+from helpers import alive, collect, control, eventually, file_artifact, start_node, wait_for_node
+
+sandboxed = pytest.mark.parametrize("node", ["oci"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+async def no_container_outlives_a_test(tmp_path):
+    """Even a failed test leaves nothing: sweep every runc root its nodes made."""
+    yield
+    for root in [r for r in tmp_path.rglob("runc") if r.is_dir()]:
+        runner = OciRunner.find(root.parent)
+        if runner is not None:
+            await runner.sweep()
+            shutil.rmtree(runner.bundles_dir, ignore_errors=True)
+
+
+def deploy_body(path: Path, name: str, **extra) -> dict:
+    return {"name": name, "type": "native", "artifact": file_artifact(path), **extra}
+
+
+async def run_job(node: Node, nc, body: dict) -> tuple[dict, list[str]]:
+    """Deploy a job, wait for its end: (the end event's data, its stdout lines)."""
+    logs = await collect(nc, subjects.logs_filter("default"))
+    events = await collect(nc, subjects.events_filter("default"))
+    code, workload = await control(nc, "DEPLOY", node.node_id, {**body, "lifecycle": "job"})
+    assert code is None, workload
+    ended = await eventually(lambda: [m for m in events if m.subject.rsplit(".", 1)[1] in
+                                      ("workload_stopped", "workload_failed")], timeout=15)
+    await nc.flush()
+    lines = [m.data.decode() for m in logs if m.subject.split(".")[-2] == workload["id"]
+             and m.subject.endswith("stdout")]
+    return json.loads(ended[0].data)["data"], lines
+
+
+def report(lines: list[str]) -> dict[str, str]:
+    return dict(line.split(" ", 1) if " " in line else (line, "") for line in lines)
+
+
+def container_left(workload_id: str) -> list[str]:
+    """What a container of this workload left on the host: cgroups, mounts, processes."""
+    path = f"/nex/nex-{workload_id}"
+    left = [str(cgroups.controller_dir(c, path)) for c in ("memory", "pids", "cpu", "cpuacct")
+            if cgroups.controller_dir(c, path) is not None and cgroups.controller_dir(c, path).exists()]
+    left += [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if workload_id in line]
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and workload_id in Path(f"/proc/{entry}/cmdline").read_text():
+                left.append(f"process {entry}")
+        except OSError:
+            pass
+    return left
+
+
+@sandboxed
+async def test_a_sandboxed_workload_sees_only_itself(node: Node, nc, programs):
+    secret = node.state_dir / "node.nk"
+    assert secret.exists()
+    result, lines = await run_job(node, nc, deploy_body(
+        programs["probe"], "probe", argv=["report", str(os.getpid()), str(secret), str(node.state_dir)]))
+    seen = report(lines)
+    assert "end" in seen, lines
+    assert result["exit_code"] == 0
+    assert seen["read_shadow"] == "No such file or directory", "host files are not in the rootfs"
+    assert f"{secret}  No such file or directory" in lines[lines.index(next(l for l in lines if "read_path" in l))]
+    assert seen["kill_node"] == "No such process", "host processes are invisible and out of reach"
+    assert seen["proc_pids"] == "1", "/proc shows the workload alone"
+    assert seen["write_root"] == "Read-only file system" and seen["write_bin"] == "Read-only file system"
+    assert seen["write_tmp"] == "ok", "/tmp is writable"
+    assert seen["unshare_user"] == "Operation not permitted", "seccomp denies new namespaces"
+    assert seen.get("unshare_user_i386", "Operation not permitted") == "Operation not permitted", \
+        "the filter covers the 32-bit ABI too"
+    assert seen["uid"] == str(NOBODY) and seen["gid"] == str(NOBODY)
+    assert seen["CapEff"] == "0000000000000000" and seen["CapBnd"] == "0000000000000000"
+    assert seen["NoNewPrivs"] == "1" and seen["Seccomp"] == "2"
+    assert seen["net_ifaces"] == "lo", "network none: loopback only"
+    assert seen["hostname"] == "probe"
+
+
+@sandboxed
+async def test_network_host_shares_the_hosts_interfaces(node: Node, nc, programs):
+    _, lines = await run_job(node, nc, deploy_body(programs["probe"], "probe", network="host", argv=["report"]))
+    interfaces = report(lines)["net_ifaces"].split()
+    host = [line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]]
+    assert sorted(interfaces) == sorted(host)
+
+
+@sandboxed
+async def test_stop_ends_every_process_and_leaves_nothing(node: Node, nc, programs):
+    node.config.stop_grace_s = 0.3
+    code, workload = await control(nc, "DEPLOY", node.node_id, deploy_body(programs["stubborn"], "stubborn"))
+    assert code is None, workload
+    pid = workload["pid"]
+    uid_line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("Uid:"))
+    assert uid_line.split()[1] == str(HOST_ID_BASE + NOBODY), "nobody inside is an unmapped uid outside"
+    procs = cgroups.controller_dir("pids", f"/nex/nex-{workload['id']}") / "cgroup.procs"
+    members = await eventually(lambda: len(procs.read_text().split()) == 2 and procs.read_text().split())
+
+    code, stopped = await control(nc, "UNDEPLOY", workload["id"])
+    assert code is None and stopped["exit"]["signal"] == signal.SIGKILL, "SIGTERM ignored, then SIGKILL"
+    assert not any(alive(int(p)) for p in members)
+    assert container_left(workload["id"]) == []
+    assert await node.oci.list_containers() == []
+
+
+@sandboxed
+async def test_a_crash_leaves_nothing(node: Node, nc, programs):
+    result, _ = await run_job(node, nc, deploy_body(programs["job"], "crash", argv=["3"]))
+    assert result["exit_code"] == 3 and result["state"] == "failed"
+    assert container_left(result["workload_id"]) == []
+    assert await node.oci.list_containers() == []
+    assert not any(node.oci.bundles_dir.iterdir()), "the bundle is removed"
+
+
+@sandboxed
+async def test_memory_over_the_limit_is_an_oom_kill(node: Node, nc, programs):
+    result, lines = await run_job(node, nc, deploy_body(
+        programs["probe"], "hog", argv=["hog", "256"], limits={"memory_mib": 32}))
+    assert result["oom_killed"] is True and result["signal"] == signal.SIGKILL
+    assert "out of memory" in result["error"] and result["state"] == "failed"
+    assert "hog done" not in lines
+
+
+@sandboxed
+async def test_a_fork_bomb_stops_at_the_pids_limit(node: Node, nc, programs):
+    logs = await collect(nc, subjects.logs_filter("default"))
+    code, workload = await control(nc, "DEPLOY", node.node_id, deploy_body(
+        programs["probe"], "bomb", argv=["forkbomb"], limits={"pids": 20}))
+    assert code is None, workload
+    line = await eventually(lambda: next((m.data.decode() for m in logs if m.data.startswith(b"forks ")), None),
+                            timeout=10)
+    forks = int(line.split()[1])
+    assert 10 <= forks < 20 and "Resource temporarily unavailable" in line
+    _, info = await control(nc, "INFO", node.node_id)
+    assert info["workloads"][0]["usage"]["pids"] == 20
+    code, stopped = await control(nc, "UNDEPLOY", workload["id"], {"grace_ms": 200})
+    assert code is None
+    assert container_left(workload["id"]) == []
+
+
+@sandboxed
+async def test_cpu_quota_holds_and_usage_shows_in_info(node: Node, nc, programs):
+    code, workload = await control(nc, "DEPLOY", node.node_id, deploy_body(
+        programs["probe"], "spin", argv=["spin"], limits={"cpus": 0.2, "memory_mib": 16}))
+    assert code is None, workload
+
+    async def usage():
+        _, info = await control(nc, "INFO", node.node_id)
+        return info["workloads"][0]["usage"]
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.3)
+    first, t0 = await usage(), loop.time()
+    await asyncio.sleep(1.2)
+    second, t1 = await usage(), loop.time()
+    share = (second["cpu_seconds"] - first["cpu_seconds"]) / (t1 - t0)
+    assert 0.05 < share < 0.3, f"a busy loop got {share:.2f} CPUs under a quota of 0.2"
+    assert 0 < second["memory_bytes"] < 16 << 20 and second["pids"] == 1
+    code, out = await control(nc, "WPING", workload["id"])
+    assert out["workloads"][0]["usage"]["cpu_seconds"] >= second["cpu_seconds"]
+    await control(nc, "UNDEPLOY", workload["id"], {"grace_ms": 100})
+
+
+# -- a node killed with SIGKILL, as a real `nex node up` process ------------------------------------
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def group_of(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError):
+            continue
+        if entry.isdigit() and int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture
+async def can_sandbox(tmp_path):
+    from conftest import sandbox_verdict
+
+    reason = await sandbox_verdict(tmp_path / "probe")
+    if reason is not None:
+        pytest.skip(f"this host cannot sandbox: {reason}")
+
+
+@pytest.mark.parametrize("reaper_dies_too", [False, True])
+async def test_a_sigkilled_node_leaves_no_container(nats_server, nc, tmp_path, programs, can_sandbox,
+                                                    reaper_dies_too):
+    state = tmp_path / "state"
+    args = ["--server", nats_server.url, "--state-dir", str(state), "--name", "doomed", "--sandbox", "oci"]
+    process = await start_node(*args)
+    ping = await wait_for_node(nc, "doomed")
+    assert ping["tags"]["nex.sandbox"] == "runc" or ping["tags"]["nex.sandbox"] == "crun"
+    workloads = []
+    for program in ("ticker", "stubborn"):
+        code, workload = await control(nc, "DEPLOY", ping["node_id"], deploy_body(programs[program], program))
+        assert code is None, workload
+        workloads.append(workload)
+    pids = [w["pid"] for w in workloads]
+    reaper = next(p for p in children(process.pid) if "nex.reaper" in Path(f"/proc/{p}/cmdline").read_text())
+
+    if reaper_dies_too:
+        os.kill(reaper, signal.SIGKILL)  # nothing is left to clean up but the next start
+    process.kill()
+    await process.wait()
+    if reaper_dies_too:
+        await asyncio.sleep(0.5)
+        assert all(alive(pid) for pid in pids), "without the reaper the containers outlive the node"
+    else:
+        await eventually(lambda: not any(alive(pid) for pid in pids))
+
+    process = await start_node(*args)
+    await wait_for_node(nc, "doomed")
+    await eventually(lambda: not any(alive(pid) for pid in pids))
+    for workload in workloads:
+        assert container_left(workload["id"]) == []
+    assert not list((state / "handles").glob("*.json"))
+    assert not (state / "runc").exists() or not [p for p in (state / "runc").iterdir()], "no runc state left"
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+# -- choosing the sandbox ---------------------------------------------------------------------------
+
+async def test_sandbox_oci_refuses_to_start_without_a_runtime(nats_server, tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    process = await start_node("--server", nats_server.url, "--state-dir", str(tmp_path / "s"),
+                               "--sandbox", "oci", env={"PATH": str(empty)})
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    text = output.decode()
+    assert process.returncode == 1
+    assert text.startswith("nex: error: --sandbox oci: no OCI runtime works") and "Traceback" not in text
+    assert len(text.strip().splitlines()) == 1
+
+
+async def test_auto_without_a_runtime_runs_plain_processes_tagged_unsafe(nats_server, tmp_path, monkeypatch,
+                                                                        nc, programs):
+    from nex.node.config import NodeConfig
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    node = Node(NodeConfig(server=nats_server.url, state_dir=tmp_path / "n", sandbox="auto"))
+    await node.start()
+    try:
+        assert node.oci is None and node.tags["nex.unsafe"] == "true"
+        _, ping = await control(nc, "PING", node.node_id)
+        assert ping["tags"]["nex.unsafe"] == "true"
+        code, error = await control(nc, "DEPLOY", node.node_id, deploy_body(programs["ticker"], "t", network="none"))
+        assert code == 400 and "sandbox" in error["error"]["message"]
+    finally:
+        await node.shutdown()
+
+
+@sandboxed
+async def test_a_sandboxed_node_says_so(node: Node, nc):
+    _, ping = await control(nc, "PING", node.node_id)
+    assert "nex.unsafe" not in ping["tags"] and ping["tags"]["nex.sandbox"] in ("runc", "crun")
+
+
+async def nex_cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nex", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode, out.decode(), err.decode()
+
+
+@sandboxed
+async def test_devrun_limits_reach_the_sandbox_and_usage_shows(node: Node, nc, nats_server, programs):
+    code, out, err = await nex_cli(
+        "devrun", str(programs["probe"]), "--argv", "spin", "--cpus", "0.5", "--pids", "8", "--memory", "32",
+        "--network", "none", "--timeout", "1500", "--json", "--server", nats_server.url)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["limits"] == {"memory_mib": 32, "cpus": 0.5, "pids": 8, "timeout_ms": 1500}
+    limit = cgroups.controller_dir("memory", f"/nex/nex-{summary['id']}") / "memory.limit_in_bytes"
+    if limit.parent.exists():  # cgroup v1
+        assert int(limit.read_text()) == 32 << 20
+
+    async def used():
+        code, out, _ = await nex_cli("workload", "info", summary["id"], "--json", "--server", nats_server.url)
+        usage = json.loads(out)["usage"] if code == 0 else None
+        return usage if usage and usage["cpu_seconds"] > 0.05 else None
+    usage = await eventually(used, timeout=10, interval=0.2)
+    assert usage["pids"] == 1 and usage["memory_bytes"] > 0
+    code, out, _ = await nex_cli("workload", "info", summary["id"], "--server", nats_server.url)
+    assert code == 0 and "s CPU" in out and "MiB" in out and "1 pids" in out, out
+    code, out, _ = await nex_cli("node", "info", node.node_id, "--server", nats_server.url)
+    assert code == 0 and "USAGE" in out and "CPU" in out, out
+    code, out, err = await nex_cli("workload", "stop", summary["id"], "--server", nats_server.url)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("before, after", [("none", "oci"), ("oci", "none")])
+async def test_a_node_cleans_up_after_a_dead_node_of_the_other_mode(nats_server, nc, tmp_path, programs,
+                                                                    can_sandbox, before, after):
+    """Node and reaper killed together; the next start, sandboxed or not, ends what they left."""
+    state = tmp_path / "state"
+    args = ["--server", nats_server.url, "--state-dir", str(state), "--name", "switch"]
+    process = await start_node(*args, "--sandbox", before)
+    ping = await wait_for_node(nc, "switch")
+    code, workload = await control(nc, "DEPLOY", ping["node_id"], deploy_body(programs["stubborn"], "stubborn"))
+    assert code is None, workload
+    # stubborn forks: its group is the workload (a plain leader dies with the node, its child does not).
+    group = await eventually(lambda: len(group_of(workload["pid"])) == 2 and group_of(workload["pid"]))
+    reaper = next(p for p in children(process.pid) if "nex.reaper" in Path(f"/proc/{p}/cmdline").read_text())
+    os.kill(reaper, signal.SIGKILL)
+    process.kill()
+    await process.wait()
+    try:
+        await asyncio.sleep(0.3)
+        assert any(alive(pid) for pid in group), "the workload outlived its node and reaper"
+
+        process = await start_node(*args, "--sandbox", after)
+        await wait_for_node(nc, "switch")
+        await eventually(lambda: not any(alive(pid) for pid in group))
+        assert container_left(workload["id"]) == []
+    finally:
+        for pid in filter(alive, group):  # a failed test leaves nothing running either
+            os.kill(pid, signal.SIGKILL)
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+async def test_the_config_file_sets_the_sandbox_mode(nats_server, nc, tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text(f'name = "plain"\nserver = "{nats_server.url}"\nsandbox = "none"\n')
+    process = await start_node("--config", str(path), "--state-dir", str(tmp_path / "s"))
+    ping = await wait_for_node(nc, "plain")
+    assert ping["tags"]["nex.unsafe"] == "true" and "nex.sandbox" not in ping["tags"]
+    process.send_signal(signal.SIGTERM)
+    output, _ = await asyncio.wait_for(process.communicate(), 15)
+    assert process.returncode == 0 and "UNSAFE" in output.decode()
+
+    path.write_text('sandbox = "maybe"\n')
+    process = await start_node("--config", str(path), "--state-dir", str(tmp_path / "s"))
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1 and "sandbox" in output.decode() and "Traceback" not in output.decode()
