@@ -14,7 +14,7 @@ import signal
 from typing import Sequence
 
 from nex.agent import protocol
-from nex.procutil import die_with_parent
+from nex.procutil import new_group_dying_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,11 @@ class AgentProcess:
     async def start(cls, argv: Sequence[str], env: dict[str, str], *, name: str,
                     ready_timeout: float) -> AgentProcess:
         """Start the process and return once it said ready; otherwise kill it and raise."""
+        # Its own process group: signals meant for the node's group (Ctrl-C, a service
+        # manager's SIGTERM) reach the node, which then unloads the functions in order.
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, preexec_fn=die_with_parent,
+            stderr=asyncio.subprocess.PIPE, env=env, preexec_fn=new_group_dying_with_parent,
             limit=protocol.MAX_LINE_BYTES,
         )
         agent = cls(process, name)
