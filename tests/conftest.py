@@ -10,6 +10,14 @@ from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
 
 
+@pytest.fixture(autouse=True)
+def nex_home(tmp_path: Path, monkeypatch) -> Path:
+    """The user's ~/.nex of this test (the CLI makes keys there): never the real home."""
+    home = tmp_path / "nexhome"
+    monkeypatch.setenv("NEX_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 async def nats_server(tmp_path: Path):
     server = NatsServer(store_dir=tmp_path / "jetstream", port=0)

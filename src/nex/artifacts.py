@@ -11,18 +11,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from nats.js import JetStreamContext
-from nats.js.errors import DigestMismatchError, NotFoundError
+from nats.js.errors import (
+    DigestMismatchError, InvalidBucketNameError, InvalidKeyError, InvalidObjectNameError, NotFoundError,
+)
 
 from nex.api.errors import ArtifactNotFound, BadArtifact, BadRequest, HashMismatch
 from nex.api.models import Artifact
+from nex.api.subjects import is_token
 from nex.images.registry import pull as pull_image
 
 CHUNK = 1 << 20
+PSEUDO_FILESYSTEMS = {("proc",), ("sys",), ("dev",)}
 
 
 def sha256_file(path: Path) -> str:
@@ -39,6 +44,8 @@ def parse_nats_uri(uri: str) -> tuple[str, str]:
     bucket, key = parsed.netloc, unquote(parsed.path.lstrip("/"))
     if not bucket or not key:
         raise BadRequest(f"artifact uri {uri!r} is not of the form nats://BUCKET/KEY")
+    if not is_token(bucket):
+        raise BadRequest(f"artifact uri {uri!r}: a bucket name is letters, digits, '_' and '-'")
     return bucket, key
 
 
@@ -74,11 +81,16 @@ class ArtifactCache:
         if not path.is_absolute():
             raise BadRequest(f"artifact uri {uri!r} must name an absolute path")
         try:
+            if not stat.S_ISREG(path.stat().st_mode) or path.resolve().parts[1:2] in PSEUDO_FILESYSTEMS:
+                # /dev/zero or a FIFO would never end or never answer; /proc files are not artifacts.
+                raise BadRequest(f"artifact {uri} is not a regular file")
             return path.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ArtifactNotFound(uri) from None
         except PermissionError:
             raise BadRequest(f"artifact {uri} is not readable by the node") from None
+        except (OSError, ValueError) as exc:  # EIO, ELOOP, ENAMETOOLONG, an embedded NUL ...
+            raise BadRequest(f"artifact {uri} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
 
     async def _read_object(self, uri: str) -> bytes:
         bucket, key = parse_nats_uri(uri)
@@ -89,6 +101,8 @@ class ArtifactCache:
             raise ArtifactNotFound(uri) from None
         except DigestMismatchError:
             raise BadArtifact(f"artifact {uri} is corrupt: its chunks do not match the stored digest") from None
+        except (InvalidBucketNameError, InvalidObjectNameError, InvalidKeyError) as exc:
+            raise BadRequest(f"artifact uri {uri!r} is not a valid object name: {exc}") from None
         return result.data or b""
 
     def _store(self, target: Path, data: bytes) -> None:

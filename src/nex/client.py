@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
-from nex.api import subjects
+from nex.api import claims, subjects
 from nex.api.errors import (
     BadArtifact,
     BadRequest,
@@ -60,6 +61,8 @@ from nex.connection import ConnectOptions, connect
 from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
 from nex.localfiles import CountingReader, guess_type, workload_name_for
+from nex.security.keystore import UserKeys
+from nex.security.xkeys import seal_env
 
 __all__ = [
     "LogLine", "NexClient", "Progress", "guess_type", "workload_name_for",
@@ -102,17 +105,24 @@ def _is_no_responders(msg: Msg) -> bool:
 
 
 class NexClient:
-    """Requests to the nodes of one namespace over a connected nats-py client."""
+    """Requests to the nodes of one namespace over a connected nats-py client.
 
-    def __init__(self, nc: Client, namespace: str = subjects.DEFAULT_NAMESPACE, timeout: float = 5.0) -> None:
+    With ``keys`` every DEPLOY and UNDEPLOY carries a claim signed by ``keys.issuer``,
+    and a deploy's env travels sealed to the target node's xkey (docs/security.md).
+    """
+
+    def __init__(self, nc: Client, namespace: str = subjects.DEFAULT_NAMESPACE, timeout: float = 5.0,
+                 keys: UserKeys | None = None) -> None:
         self.nc = nc
         self.namespace = _target(namespace, "namespace")
         self.timeout = timeout
+        self.keys = keys
         self._owns_connection = False
 
     @classmethod
     async def connect(
-        cls, options: ConnectOptions, namespace: str = subjects.DEFAULT_NAMESPACE, timeout: float = 5.0
+        cls, options: ConnectOptions, namespace: str = subjects.DEFAULT_NAMESPACE, timeout: float = 5.0,
+        keys: UserKeys | None = None,
     ) -> NexClient:
         """Connect to NATS; the client closes the connection in :meth:`close`."""
         _target(namespace, "namespace")
@@ -140,7 +150,7 @@ class NexClient:
             cause = refusals[-1] if refusals else connect_errors[-1] if connect_errors else exc
             raise Unavailable(f"cannot connect to NATS at {where}: {_describe(cause)}") from None
         connected = True
-        client = cls(nc, namespace, timeout)
+        client = cls(nc, namespace, timeout, keys)
         client._owns_connection = True
         return client
 
@@ -198,13 +208,36 @@ class NexClient:
     # -- workloads ---------------------------------------------------------------------
 
     async def deploy(self, node_id: str, request: DeployRequest) -> WorkloadSummary:
+        """Deploy on ``node_id``; with keys, env is sealed to that node and the request signed."""
+        _target(node_id, "node id")
+        if self.keys is not None:
+            request = await self._sealed_and_signed(node_id, request)
         return await self._request(
-            subjects.DEPLOY, _target(node_id, "node id"), WorkloadSummary, NodeNotFound,
+            subjects.DEPLOY, node_id, WorkloadSummary, NodeNotFound,
             body=request.model_dump_json(exclude_none=True).encode(),
         )
 
+    async def _sealed_and_signed(self, node_id: str, request: DeployRequest) -> DeployRequest:
+        update: dict[str, Any] = {}
+        if request.env:
+            node_xkey = (await self.ping_node(node_id)).xkey
+            if node_xkey is None:
+                raise Unavailable(f"node {node_id} publishes no xkey: cannot seal env to it")
+            update = {"env": {}, "sealed_env": seal_env(request.env, self.keys.xkey, node_xkey),
+                      "sender_xkey": self.keys.xkey.public}
+        claim = claims.deploy_claim(
+            self.keys.issuer_public, self.namespace, request.name, request.artifact.sha256, time.time(),
+            sealed_env=update.get("sealed_env"))
+        update["claim"] = claims.sign(claim, self.keys.issuer)
+        return request.model_copy(update=update)
+
     async def undeploy(self, workload_id: str, grace_ms: int | None = None) -> UndeployResponse:
-        body = UndeployRequest(grace_ms=grace_ms).model_dump_json(exclude_none=True).encode()
+        token = None
+        if self.keys is not None:
+            claim = claims.undeploy_claim(
+                self.keys.issuer_public, self.namespace, _target(workload_id, "workload id"), time.time())
+            token = claims.sign(claim, self.keys.issuer)
+        body = UndeployRequest(grace_ms=grace_ms, claim=token).model_dump_json(exclude_none=True).encode()
         return await self._request(
             subjects.UNDEPLOY, _target(workload_id, "workload id"), UndeployResponse, WorkloadNotFound,
             body=body,

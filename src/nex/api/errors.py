@@ -73,6 +73,63 @@ class HashMismatch(BadArtifact):
         self.uri, self.expected, self.actual = uri, expected, actual
 
 
+class ForbiddenTrigger(BadRequest):
+    def __init__(self, subject: str, reserved: str) -> None:
+        super().__init__(f"trigger subject {subject!r} overlaps {reserved!r}, which workloads may not subscribe to")
+        self.subject, self.reserved = subject, reserved
+
+
+class MalformedClaim(BadRequest):
+    """A claim that does not decode: not three base64url parts, not JSON, missing fields."""
+
+
+class SealedEnvError(BadRequest):
+    """A sealed environment that cannot be opened here; the message never holds its content."""
+
+
+class ClaimRejected(Forbidden):
+    """A well-formed claim this node does not accept. Subclasses say why."""
+
+
+class BadSignature(ClaimRejected):
+    def __init__(self) -> None:
+        super().__init__("the claim's signature does not verify against its issuer")
+
+
+class UntrustedIssuer(ClaimRejected):
+    def __init__(self, issuer: str) -> None:
+        super().__init__(f"issuer {issuer} is not trusted by this node")
+        self.issuer = issuer
+
+
+class ClaimRequired(ClaimRejected):
+    def __init__(self, verb: str) -> None:
+        super().__init__(f"this node trusts only signed requests: {verb} needs a claim")
+
+
+class ClaimExpired(ClaimRejected):
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the claim is not valid now: {detail}")
+
+
+class ClaimReplayed(ClaimRejected):
+    def __init__(self, jti: str) -> None:
+        super().__init__(f"claim {jti} was already used")
+        self.jti = jti
+
+
+class ClaimMismatch(ClaimRejected):
+    def __init__(self, field: str) -> None:
+        super().__init__(f"the claim does not match the request: {field} differs")
+        self.field = field
+
+
+class NotOwner(ClaimRejected):
+    def __init__(self, workload_id: str) -> None:
+        super().__init__(f"only the issuer that deployed workload {workload_id} or an admin may stop it")
+        self.workload_id = workload_id
+
+
 class Conflict(NexError):
     code = 409
 

@@ -28,6 +28,7 @@ class EventType(StrEnum):
     WORKLOAD_FAILED = "workload_failed"
     FUNCTION_INVOKED = "function_invoked"
     FUNCTION_FAILED = "function_failed"
+    REQUEST_REJECTED = "request_rejected"
 
 
 class CloudEvent(BaseModel):

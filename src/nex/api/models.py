@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nex.api.errors import BadRequest
-from nex.api.subjects import TOKEN_PATTERN, is_token
+from nex.api.subjects import RESERVED_SUBJECTS, TOKEN_PATTERN, first_overlap, is_token
 
 MAX_REQUEST_BYTES = 256 * 1024
 DEFAULT_FUNCTION_TIMEOUT_MS = 5000
@@ -89,6 +89,9 @@ class Trigger(Strict):
             raise ValueError(f"invalid subject {subject!r}")
         if any(">" in t and t != ">" for t in tokens) or (">" in tokens[:-1]):
             raise ValueError(f"invalid subject {subject!r}: '>' must be the last token")
+        reserved = first_overlap(subject, RESERVED_SUBJECTS)
+        if reserved is not None:
+            raise ValueError(f"trigger subject {subject!r} overlaps {reserved!r}, which workloads may not subscribe to")
         return subject
 
 
@@ -110,7 +113,16 @@ class DeployRequest(Strict):
     artifact: Artifact
     namespace: Token | None = Field(default=None, description="must match the subject's when given")
     argv: list[str] = Field(default_factory=list, max_length=256)
-    env: dict[str, str] = Field(default_factory=dict, max_length=256)
+    env: dict[str, str] = Field(
+        default_factory=dict, max_length=256,
+        description="plain environment: dev mode only; a node with trusted issuers refuses it (use sealed_env)")
+    sealed_env: str | None = Field(
+        default=None, max_length=192 * 1024,
+        description="base64 of the xkv1 box of the JSON env map, sealed to the node's xkey (docs/security.md)")
+    sender_xkey: str | None = Field(
+        default=None, pattern=r"^X[A-Z2-7]{55}$", description="the curve public key that sealed sealed_env")
+    claim: str | None = Field(
+        default=None, max_length=4096, description="signed claim, header.payload.signature (docs/security.md)")
     triggers: list[Trigger] = Field(default_factory=list, max_length=64)
     limits: Limits = Field(default_factory=Limits)
     network: NetworkMode | None = Field(
@@ -134,6 +146,8 @@ class DeployRequest(Strict):
             raise ValueError(f"a {self.type} workload cannot have lifecycle {self.lifecycle}")
         if self.lifecycle == Lifecycle.FUNCTION and not self.triggers:
             raise ValueError("a function needs at least one trigger subject")
+        if (self.sealed_env is None) != (self.sender_xkey is None):
+            raise ValueError("sealed_env and sender_xkey go together")
         if self.artifact.uri.startswith("oci://") and self.type != WorkloadType.OCI:
             raise ValueError(f"an oci:// artifact is an image: deploy it as type oci, not {self.type}")
         return self
@@ -169,6 +183,7 @@ class WorkloadSummary(Strict):
     env_keys: list[str] = Field(default_factory=list, description="names only; values are never returned")
     triggers: list[Trigger] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
+    issuer: str | None = Field(default=None, description="the account nkey that signed the deploy, if signed")
     started_at: datetime
     stopped_at: datetime | None = None
     pid: int | None = None
@@ -180,6 +195,8 @@ class WorkloadSummary(Strict):
 
 class UndeployRequest(Strict):
     grace_ms: int | None = Field(default=None, ge=0, le=10 * 60 * 1000)
+    claim: str | None = Field(
+        default=None, max_length=4096, description="signed claim, header.payload.signature (docs/security.md)")
 
 
 class NodePing(Strict):
@@ -191,6 +208,8 @@ class NodePing(Strict):
     state: NodeState
     tags: dict[str, str]
     xkey: str | None = Field(default=None, description="the node's curve25519 public key, if it has one")
+    dev_mode: bool = Field(
+        default=False, description="true: the node trusts no issuer list and accepts unsigned requests")
     workload_count: int
 
 

@@ -71,3 +71,27 @@ def events_filter(namespace: str = "*") -> str:
 LOGS_STREAM = "NEX_LOGS"
 EVENTS_STREAM = "NEX_EVENTS"
 ARTIFACT_BUCKET = "NEXCLIFILES"
+
+
+# Trigger subjects a workload may never subscribe to: the server's, JetStream's,
+# KV's, the Object Store's, Nex's own, service discovery and reply inboxes.
+RESERVED_SUBJECTS = ("$SYS.>", "$JS.>", "$KV.>", "$O.>", "$NEX.>", "$SRV.>", "_INBOX.>")
+
+
+def subjects_overlap(a: str, b: str) -> bool:
+    """Whether some concrete subject matches both patterns (``*`` and ``>`` on either side).
+
+    ``>`` matches one or more tokens, so ``foo.>`` does not overlap ``foo``.
+    """
+    left, right = a.split("."), b.split(".")
+    for i, (x, y) in enumerate(zip(left, right)):
+        if x == ">" or y == ">":
+            return True  # the other side has a token here, and '>' takes it and the rest
+        if x != y and x != "*" and y != "*":
+            return False
+    return len(left) == len(right)
+
+
+def first_overlap(subject: str, patterns: tuple[str, ...] | list[str]) -> str | None:
+    """The first of ``patterns`` that ``subject`` overlaps, or None."""
+    return next((p for p in patterns if subjects_overlap(subject, p)), None)

@@ -16,6 +16,7 @@ from nex import __version__
 from nex.cli.devrun import devrun
 from nex.cli.feeds import events, logs
 from nex.cli.invoke import invoke
+from nex.cli.keys import keys
 from nex.cli.node import node
 from nex.cli.node_up import node_up
 from nex.cli.options import GlobalOptions, NexGroupHelp, root_options
@@ -67,6 +68,7 @@ cli.add_command(devrun)
 cli.add_command(logs)
 cli.add_command(events)
 cli.add_command(invoke)
+cli.add_command(keys)
 node.add_command(node_up, "up")
 
 

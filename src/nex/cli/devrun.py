@@ -109,7 +109,7 @@ def devrun(
         finally:
             bar.stop()
 
-    summary = run(opts, action)
+    summary = run(opts, action, create_keys=True)
     if opts.json:
         output.print_json(summary)
         return

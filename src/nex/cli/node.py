@@ -55,6 +55,7 @@ def node_info(opts: GlobalOptions, node_id: str) -> None:
         ("Uptime", output.duration(info.uptime_s)),
         ("Tags", _tags(info.tags)),
         ("XKey", info.xkey),
+        ("Trust", "DEV MODE: unsigned deploys accepted" if info.dev_mode else "signed deploys of trusted issuers"),
         ("Runtimes", ", ".join(r.value for r in info.runtimes)),
         ("CPUs", info.resources.cpus),
         ("Memory", f"{info.resources.memory_available_bytes / gib:.1f} GiB free "

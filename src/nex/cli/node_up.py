@@ -30,10 +30,15 @@ from nex.sandbox.runner import SandboxUnavailable
               help="native workloads: auto = sandboxed by runc/crun when it works here, else plain "
                    "processes (tagged nex.unsafe=true); oci = sandboxed or refuse to start; "
                    "none = plain processes [default: auto]")
+@click.option("--trusted-issuer", "trusted_issuers", multiple=True, metavar="A...",
+              help="account nkey whose signed deploys run here (repeatable); none: dev mode, unsigned "
+                   "requests accepted")
+@click.option("--admin-issuer", "admin_issuers", multiple=True, metavar="A...",
+              help="account nkey that may also stop any workload (repeatable)")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @with_global_options
 def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log_level: str,
-            **flags: object) -> None:
+            trusted_issuers: tuple[str, ...], admin_issuers: tuple[str, ...], **flags: object) -> None:
     """Run a node: take workloads over NATS until SIGINT or SIGTERM.
 
     With no --server (and no NATS_URL) the node starts an embedded nats-server
@@ -50,6 +55,8 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
         overrides.update(server=opts.server, creds=opts.creds, user=opts.user, password=opts.password,
                          nkey=opts.nkey, tls_cert=opts.tls_cert, tls_key=opts.tls_key, tls_ca=opts.tls_ca)
         overrides["tags"] = parse_tags(tags) if tags else None
+        overrides["trusted_issuers"] = list(trusted_issuers) or None
+        overrides["admin_issuers"] = list(admin_issuers) or None
         config = load_config(config_path, overrides)
         asyncio.run(Node(config).run())
     except NoServersError:

@@ -8,6 +8,7 @@ from typing import Awaitable, Callable, Iterable, TypeVar
 from nex.api.errors import BadRequest, NodeNotFound, NotFound, WorkloadNotFound
 from nex.cli.options import GlobalOptions
 from nex.client import NexClient
+from nex.security.keystore import UserKeys
 
 T = TypeVar("T")
 
@@ -15,12 +16,18 @@ MIN_PREFIX = 4
 NODE_ID_LENGTH = 56  # an nkey public key
 
 
-def run(opts: GlobalOptions, action: Callable[[NexClient], Awaitable[T]]) -> T:
-    """Connect with ``opts``, run ``action(client)``, close; errors propagate to the group."""
+def run(opts: GlobalOptions, action: Callable[[NexClient], Awaitable[T]], create_keys: bool = False) -> T:
+    """Connect with ``opts``, run ``action(client)``, close; errors propagate to the group.
+
+    The client signs and seals with the user's keys in ``$NEX_HOME`` (``~/.nex``) when
+    they exist; ``create_keys`` makes them on first use.
+    """
     connect_options = opts.connect_options()
+    keys = UserKeys.load(create=create_keys)
 
     async def session() -> T:
-        client = await NexClient.connect(connect_options, namespace=opts.namespace, timeout=opts.timeout)
+        client = await NexClient.connect(connect_options, namespace=opts.namespace, timeout=opts.timeout,
+                                         keys=keys)
         async with client:
             return await action(client)
 

@@ -11,6 +11,7 @@ from typing import Any
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from nex.api.keys import PREFIX_ACCOUNT, KeyDecodeError, decode_public
 from nex.api.models import describe_validation_error
 from nex.api.subjects import TOKEN_PATTERN
 
@@ -50,6 +51,23 @@ class NodeConfig(BaseModel):
     logs_stream_bytes: int = Field(default=128 << 20, gt=0)
     events_stream_bytes: int = Field(default=64 << 20, gt=0)
     sandbox: SandboxMode = Field(default=SandboxMode.AUTO, description="how native workloads are isolated")
+    trusted_issuers: list[str] = Field(
+        default_factory=list, description="account nkeys (A...) whose signed requests run; empty: dev mode")
+    admin_issuers: list[str] = Field(
+        default_factory=list, description="account nkeys that may also stop any workload")
+    deny_triggers: list[str] = Field(
+        default_factory=list, description="subjects no trigger may overlap, besides the reserved ones")
+
+    @field_validator("trusted_issuers", "admin_issuers")
+    @classmethod
+    def _account_keys(cls, keys: list[str]) -> list[str]:
+        for index, key in enumerate(keys):
+            try:
+                decode_public(PREFIX_ACCOUNT, key)
+            except KeyDecodeError:
+                # Not echoed: a mistaken entry may be a seed.
+                raise ValueError(f"entry {index} is not an account public key (A...)") from None
+        return keys
 
     @field_validator("tags")
     @classmethod

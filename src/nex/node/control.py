@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -29,6 +29,7 @@ from nex.api.models import (
     DeployRequest, parse_request,
 )
 from nex.connection import flush_subscriptions
+from nex.node import audit
 from nex.node.workloads import Workload
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,19 @@ class NodeFacade(Protocol):
     async def lameduck(self) -> LameDuckResponse: ...
 
 
+Rejected = Callable[[str, dict[str, Any]], None]
+"""Told of each rejected request: (namespace of the feed, audit record). Must not block."""
+
+
 async def answer(reply: Callable[[bytes, dict[str, str] | None], Awaitable[None]],
-                 subject: str, data: bytes, handler: Handler) -> None:
-    """Run a handler and send its model, or its error, as the reply."""
+                 subject: str, data: bytes, handler: Handler, *,
+                 reply_to: str | None = None, on_rejected: Rejected | None = None) -> None:
+    """Run a handler and send its model, or its error, as the reply.
+
+    A refusal (400, 403, 404, 409, 429) is also told to ``on_rejected`` after the
+    reply has gone, with an audit record that holds no part of the body.
+    """
+    rejected: NexError | None = None
     try:
         namespace = subjects.namespace_of(subject)
         if not subjects.is_token(namespace):
@@ -67,16 +78,27 @@ async def answer(reply: Callable[[bytes, dict[str, str] | None], Awaitable[None]
         payload, headers = result.model_dump_json(exclude_none=True).encode(), None
     except NexError as exc:
         payload, headers = exc.encode()
+        rejected = exc if audit.is_rejection(exc) else None
     except Exception as exc:  # a bug in the node: answer, log, keep serving
         log.exception("control request on %s failed", subject)
         payload, headers = InternalError(f"internal error: {type(exc).__name__}: {exc}").encode()
     await reply(payload, headers)
+    if rejected is not None and on_rejected is not None:
+        _audit(on_rejected, subject, reply_to, data, rejected)
+
+
+def _audit(on_rejected: Rejected, subject: str, reply_to: str | None, data: bytes, error: NexError) -> None:
+    try:
+        on_rejected(audit.rejection_namespace(subject), audit.rejection_record(subject, reply_to, data, error))
+    except Exception:  # the audit trail failing must not take the control service with it
+        log.exception("audit event for a rejected request on %s not published", subject)
 
 
 class ControlService:
-    def __init__(self, nc: Client, node: NodeFacade) -> None:
+    def __init__(self, nc: Client, node: NodeFacade, on_rejected: Rejected | None = None) -> None:
         self._nc = nc
         self._node = node
+        self._on_rejected = on_rejected
         self._service: Service | None = None
         self._workload_subs: dict[str, list[Subscription]] = {}
 
@@ -108,10 +130,10 @@ class ControlService:
         if self._service is not None:
             await self._service.stop()
 
-    @staticmethod
-    def _micro_handler(handler: Handler) -> Callable[[Request], Awaitable[None]]:
+    def _micro_handler(self, handler: Handler) -> Callable[[Request], Awaitable[None]]:
         async def serve(request: Request) -> None:
-            await answer(request.respond, request.subject, request.data, handler)
+            await answer(request.respond, request.subject, request.data, handler,
+                         reply_to=_reply_subject(request), on_rejected=self._on_rejected)
         return serve
 
     def _msg_handler(self, handler: Handler) -> Callable[[Msg], Awaitable[None]]:
@@ -121,7 +143,8 @@ class ControlService:
 
             async def reply(payload: bytes, headers: dict[str, str] | None) -> None:
                 await self._nc.publish(msg.reply, payload, headers=headers)
-            await answer(reply, msg.subject, msg.data, handler)
+            await answer(reply, msg.subject, msg.data, handler,
+                         reply_to=msg.reply, on_rejected=self._on_rejected)
         return serve
 
     # -- per-workload subjects ---------------------------------------------------
@@ -167,3 +190,9 @@ class ControlService:
 
     async def _lameduck(self, namespace: str, data: bytes) -> LameDuckResponse:
         return await self._node.lameduck()
+
+
+def _reply_subject(request: Request) -> str | None:
+    # nats.micro's Request does not expose the reply subject; the audit record wants its inbox prefix.
+    msg = getattr(request, "_msg", None)
+    return getattr(msg, "reply", None)

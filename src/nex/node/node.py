@@ -11,7 +11,9 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from nex import API_VERSION, __version__
+from nex.api.errors import BadRequest, ForbiddenTrigger
 from nex.api.events import EventType
+from nex.api.subjects import first_overlap
 from nex.api.models import (
     DeployRequest, LameDuckResponse, NodeInfo, NodePing, NodeState, UndeployRequest,
     UndeployResponse, WorkloadPing,
@@ -27,6 +29,9 @@ from nex.node.resources import automatic_tags, resources
 from nex.node.sandboxing import choose_sandbox, sweep_containers
 from nex.node.supervisor import Supervisor
 from nex.node.workloads import Workload
+from nex.security.claims import ClaimPolicy
+from nex.security.keystore import NODE_XKEY_FILE, load_or_create_xkey
+from nex.security.xkeys import open_env
 from nex.reaper import Reaper
 from nex.runtimes.base import RuntimeContext
 from nex.runtimes.registry import available_runtimes
@@ -49,6 +54,8 @@ class Node:
         self.state_dir = config.state_dir
         self.keys = identity.load_or_create(self.state_dir)
         self.node_id = identity.node_id(self.keys)
+        self.xkey = load_or_create_xkey(self.state_dir / NODE_XKEY_FILE)
+        self.claims = ClaimPolicy(config.trusted_issuers, config.admin_issuers)
         self.name = config.name or f"node-{self.node_id[:8].lower()}"
         self.tags = {**automatic_tags(), **config.tags}
         self.state = NodeState.RUNNING
@@ -92,11 +99,16 @@ class Node:
         containers = await sweep_containers(self.oci, self.state_dir)
         if containers:
             log.warning("removed %d container(s) left by a previous node: %s", len(containers), ", ".join(containers))
-        self.control = ControlService(self.nc, self)
+        self.control = ControlService(self.nc, self, on_rejected=self._request_rejected)
         await self.control.start()
         self.feeds.node_event(EventType.NODE_STARTED, self._ping_data())
         await self.nc.flush()
-        log.info("node %s (%s) is up; node id %s", self.name, __version__, self.node_id)
+        log.info("node %s (%s) is up; node id %s, xkey %s", self.name, __version__, self.node_id, self.xkey.public)
+        if self.claims.dev_mode:
+            log.warning("DEV MODE: no trusted issuer is configured, so this node runs UNSIGNED deploys "
+                        "from anyone who can publish on $NEX.SVC.>; give --trusted-issuer to close it")
+        else:
+            log.info("trusting %d issuer(s), %d of them admin", len(self.claims.trusted), len(self.claims.admins))
 
     async def run(self) -> None:
         """Start, serve until SIGINT/SIGTERM or lame duck, then stop."""
@@ -159,6 +171,7 @@ class Node:
         return NodePing(
             node_id=self.node_id, name=self.name, version=__version__, api_version=API_VERSION,
             uptime_s=round(time.monotonic() - self.started, 3), state=self.state, tags=self.tags,
+            xkey=self.xkey.public, dev_mode=self.claims.dev_mode,
             workload_count=len([w for w in self.supervisor.table.active() if w.namespace == namespace]),
         )
 
@@ -183,11 +196,28 @@ class Node:
                             workloads=[self.supervisor.refresh(w).summary() for w in found])
 
     async def deploy(self, namespace: str, request: DeployRequest) -> Workload:
-        workload = await self.supervisor.deploy(namespace, request)
+        for trigger in request.triggers:
+            denied = first_overlap(trigger.subject, self.config.deny_triggers)
+            if denied is not None:
+                raise ForbiddenTrigger(trigger.subject, denied)
+        if request.env and not self.claims.dev_mode:
+            raise BadRequest("this node takes no plain env: seal it to the node's xkey (sealed_env)")
+        issuer = self.claims.check_deploy(namespace, request)
+        workload = await self.supervisor.deploy(namespace, self._opened(request))
+        workload.issuer = issuer
         await self.control.watch_workload(workload)
         return workload
 
+    def _opened(self, request: DeployRequest) -> DeployRequest:
+        """The request with its sealed env opened into ``env``: kept in memory only, never on disk."""
+        update: dict[str, object] = {"claim": None, "sealed_env": None, "sender_xkey": None}
+        if request.sealed_env is not None:
+            update["env"] = {**request.env, **open_env(request.sealed_env, request.sender_xkey, self.xkey)}
+        return request.model_copy(update=update)
+
     async def undeploy(self, namespace: str, workload_id: str, request: UndeployRequest) -> UndeployResponse:
+        owner = self.supervisor.table.get(workload_id, namespace).issuer
+        self.claims.check_undeploy(namespace, workload_id, owner, request.claim)
         grace = self.config.stop_grace_s if request.grace_ms is None else request.grace_ms / 1000
         workload = await self.supervisor.undeploy(namespace, workload_id, grace)
         return UndeployResponse(id=workload.id, node_id=self.node_id, state=workload.state,
@@ -205,6 +235,9 @@ class Node:
     async def _leave_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         self._stop.set()
+
+    def _request_rejected(self, namespace: str, record: dict) -> None:
+        self.feeds.event(namespace, EventType.REQUEST_REJECTED, record)
 
     def _workload_removed(self, workload: Workload) -> None:
         if self.control is not None:

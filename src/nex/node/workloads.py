@@ -32,6 +32,7 @@ class Workload:
     exit: ExitResult | None = None
     watcher: asyncio.Task | None = None
     stats: dict = field(default_factory=dict)
+    issuer: str | None = None  # who signed the deploy; only it (or an admin) may stop the workload
 
     @property
     def ended(self) -> bool:
@@ -43,7 +44,7 @@ class Workload:
             id=self.id, name=request.name, namespace=self.namespace, type=request.type,
             lifecycle=request.lifecycle, state=self.state, node_id=self.node_id,
             artifact=request.artifact, argv=request.argv, env_keys=sorted(request.env),
-            triggers=request.triggers, limits=request.limits, started_at=self.started_at,
+            triggers=request.triggers, limits=request.limits, issuer=self.issuer, started_at=self.started_at,
             stopped_at=self.stopped_at, pid=self.stats.get("pid"),
             exit=self.exit.info() if self.exit else None, usage=self.usage(),
             invocations=self.stats.get("invocations"), errors=self.stats.get("errors"),

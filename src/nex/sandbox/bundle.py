@@ -18,6 +18,7 @@ The sandbox every bundle describes:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,5 +167,9 @@ def write_bundle(spec: ContainerSpec, bundle_dir: Path) -> Path:
             # runc gives a tmpfs the mode of the directory it covers.
             mount_point.chmod(0o1777 if name == "tmp" else 0o755)
     path = bundle_dir / "config.json"
-    path.write_text(json.dumps(config(spec), indent=1))
+    # It holds the workload's environment, opened secrets included: owner-only.
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(config(spec), indent=1))
     return path

@@ -1,0 +1,1 @@
+"""Trust: issuer keys and claim checks, xkeys and sealed environments, key files."""
