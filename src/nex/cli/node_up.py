@@ -35,6 +35,14 @@ from nex.sandbox.runner import SandboxUnavailable
                    "requests accepted")
 @click.option("--admin-issuer", "admin_issuers", multiple=True, metavar="A...",
               help="account nkey that may also stop any workload (repeatable)")
+@click.option("--auth/--no-auth", "auth", default=None,
+              help="start the embedded nats-server in operator (JWT) mode: the node keeps the keys in "
+                   "its state dir and gives each workload its own scoped credentials [default: off]")
+@click.option("--account-seed", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="with --server on an operator-mode server: seed of the account (or of a signing key "
+                   "of it) to mint workload credentials with")
+@click.option("--account", default=None, metavar="A...",
+              help="the account's public key, when --account-seed is a signing key")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @with_global_options
 def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log_level: str,

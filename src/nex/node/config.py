@@ -45,6 +45,12 @@ class NodeConfig(BaseModel):
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    auth: bool = Field(default=False, description="start the embedded server in operator (JWT) mode")
+    account_seed: str | None = Field(
+        default=None, description="seed file of the NATS account (or a signing key of it) to mint "
+        "workload credentials with, on an external operator-mode server")
+    account: str | None = Field(default=None, description="the account's public key, when account_seed "
+                                "is a signing key")
     stop_grace_s: float = Field(default=5.0, ge=0, le=600)
     lameduck_s: float = Field(default=10.0, ge=0, le=3600, description="lame duck period before exit")
     heartbeat_s: float = Field(default=10.0, gt=0, le=3600)
@@ -68,6 +74,13 @@ class NodeConfig(BaseModel):
                 # Not echoed: a mistaken entry may be a seed.
                 raise ValueError(f"entry {index} is not an account public key (A...)") from None
         return keys
+
+    @field_validator("account")
+    @classmethod
+    def _account_key(cls, key: str | None) -> str | None:
+        if key is not None:
+            cls._account_keys([key])
+        return key
 
     @field_validator("tags")
     @classmethod

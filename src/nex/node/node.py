@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 import time
+from dataclasses import replace
+from pathlib import Path
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -31,6 +33,7 @@ from nex.node.supervisor import Supervisor
 from nex.node.workloads import Workload
 from nex.security.claims import ClaimPolicy
 from nex.security.keystore import NODE_XKEY_FILE, load_or_create_xkey
+from nex.security.natsauth import AccountSigner, EmbeddedAuth, WorkloadCredentials
 from nex.security.xkeys import open_env
 from nex.reaper import Reaper
 from nex.runtimes.base import RuntimeContext
@@ -70,6 +73,8 @@ class Node:
         self._lameduck_task: asyncio.Task | None = None
         self.reaper: Reaper | None = None
         self.oci: OciRunner | None = None
+        self.embedded_auth: EmbeddedAuth | None = None
+        self.credentials: WorkloadCredentials | None = None  # per-workload NATS users; None: no auth
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -77,17 +82,24 @@ class Node:
         self.reaper = Reaper()
         self.oci, sandbox_tags = await choose_sandbox(self.config.sandbox, self.state_dir, self.reaper)
         self.tags.update(sandbox_tags)
+        signer: AccountSigner | None = None
+        if self.config.auth and self.server_url is not None:
+            log.warning("--auth starts the embedded server with authentication; with --server it does "
+                        "nothing (give --account-seed to mint workload credentials)")
         if self.server_url is None:
-            self.embedded = NatsServer(store_dir=self.state_dir / "jetstream", port=self.config.port)
-            await self.embedded.start()
-            self.server_url = self.embedded.url
-            log.info("embedded nats-server with JetStream listening on %s", self.server_url)
+            signer = await self._start_embedded()
+        elif self.config.account_seed:
+            signer = AccountSigner.from_seed_file(Path(self.config.account_seed), self.config.account)
         options = connect_options(self.config, self.server_url)
+        if self.embedded is not None and signer is not None:
+            options = replace(options, creds=str(self.embedded_auth.node_creds(f"nex-node {self.name}")))
         self.nc = await connect(options.with_name(f"nex-node {self.name}"))
         self.feeds = Feeds(self.nc, self.node_id)
         await self.feeds.ensure_streams(self.config.logs_stream_bytes, self.config.events_stream_bytes)
+        self.credentials = WorkloadCredentials(signer, options.servers) if signer is not None else None
         context = RuntimeContext(node_id=self.node_id, state_dir=self.state_dir,
-                                 connect_options=options, guard=self.reaper, oci=self.oci)
+                                 connect_options=options, guard=self.reaper, oci=self.oci,
+                                 credentials=self.credentials)
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
             ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream()), self.feeds,
@@ -109,6 +121,22 @@ class Node:
                         "from anyone who can publish on $NEX.SVC.>; give --trusted-issuer to close it")
         else:
             log.info("trusting %d issuer(s), %d of them admin", len(self.claims.trusted), len(self.claims.admins))
+
+    async def _start_embedded(self) -> AccountSigner | None:
+        """Start the embedded server; with ``auth``, in operator mode, returning the account's signer."""
+        store = self.state_dir / "jetstream"
+        if not self.config.auth:
+            self.embedded = NatsServer(store_dir=store, port=self.config.port)
+        else:
+            self.embedded_auth = EmbeddedAuth(self.state_dir)
+            conf = self.embedded_auth.server_config(store)
+            self.embedded = NatsServer(store_dir=store, port=self.config.port, jetstream=False,
+                                       extra_args=["-c", str(conf)])
+        await self.embedded.start()
+        self.server_url = self.embedded.url
+        log.info("embedded nats-server with JetStream listening on %s%s", self.server_url,
+                 " (operator mode: every client needs credentials)" if self.config.auth else "")
+        return self.embedded_auth.signer if self.config.auth else None
 
     async def run(self) -> None:
         """Start, serve until SIGINT/SIGTERM or lame duck, then stop."""

@@ -32,6 +32,7 @@ from nex.connection import ConnectOptions
 
 if TYPE_CHECKING:
     from nex.sandbox.runner import OciRunner
+    from nex.security.natsauth import WorkloadCredentials
 
 HANDLE_VERSION = 1
 
@@ -140,6 +141,7 @@ class RuntimeContext:
     connect_options: ConnectOptions
     guard: ProcessGuard = field(default_factory=NoGuard)
     oci: OciRunner | None = None  # the node's detected OCI runtime; None: no sandbox
+    credentials: WorkloadCredentials | None = None  # mints each workload's NATS identity; None: no auth
 
 
 @runtime_checkable

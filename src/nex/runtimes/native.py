@@ -26,6 +26,7 @@ _ET_EXEC, _ET_DYN = 2, 3
 _EM_BY_ARCH = {"x86_64": 62, "aarch64": 183}
 MAX_LINE = 64 * 1024
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+CREDS_FILE = "nats.creds"
 
 
 def check_elf(path: Path, machine: str | None = None) -> None:
@@ -126,12 +127,14 @@ class NativeRuntime:
 
     async def start(self, spec: WorkloadSpec, logs: LogSink) -> Handle:
         spec.work_dir.mkdir(parents=True, exist_ok=True)
+        env = workload_environment(spec, self._context.node_id, str(spec.work_dir))
+        if self._context.credentials is not None:
+            env.update(self._context.credentials.file_environment(spec, spec.work_dir / CREDS_FILE))
         try:
             process = await asyncio.create_subprocess_exec(
                 spec.name, *spec.argv, executable=str(spec.artifact_path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, cwd=spec.work_dir,
-                env=workload_environment(spec, self._context.node_id, str(spec.work_dir)),
+                stderr=asyncio.subprocess.PIPE, cwd=spec.work_dir, env=env,
                 preexec_fn=new_group_dying_with_parent, limit=MAX_LINE,
             )
         except OSError as exc:

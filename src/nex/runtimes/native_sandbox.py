@@ -35,6 +35,8 @@ class SandboxedNativeRuntime(ContainerWorkloads):
     def _container(self, spec: WorkloadSpec, rootfs: Path) -> ContainerSpec:
         env = workload_environment(spec, self._context.node_id, SANDBOX_HOME)
         env["PATH"] = SANDBOX_PATH
+        if self._context.credentials is not None:
+            env.update(self._context.credentials.inline_environment(spec))
         return ContainerSpec(
             id=f"{ID_PREFIX}{spec.id}", rootfs=rootfs, args=[f"{SANDBOX_PATH}/{spec.name}", *spec.argv],
             env=env, cwd=SANDBOX_HOME, limits=spec.limits, network=spec.network or DEFAULT_NETWORK,

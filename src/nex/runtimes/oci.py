@@ -49,12 +49,12 @@ class OciRuntime(ContainerWorkloads):
 
     async def prepare(self, spec: WorkloadSpec) -> None:
         image = await self.images.get(spec.artifact_path)
-        self._container(spec, image)  # an image that cannot run fails the deploy here, as a 400
+        self._container(spec, image, {})  # an image that cannot run fails the deploy here, as a 400
         self._prepared[spec.id] = image
 
-    def _container(self, spec: WorkloadSpec, image: Image) -> ContainerSpec:
+    def _container(self, spec: WorkloadSpec, image: Image, nats_env: dict[str, str]) -> ContainerSpec:
         fixed = {"NEX_WORKLOAD_ID": spec.id, "NEX_WORKLOAD_NAME": spec.name,
-                 "NEX_NAMESPACE": spec.namespace, "NEX_NODE_ID": self._context.node_id}
+                 "NEX_NAMESPACE": spec.namespace, "NEX_NODE_ID": self._context.node_id, **nats_env}
         process = process_for(image.config, image.rootfs, spec.argv, spec.env, fixed)
         try:
             return ContainerSpec(
@@ -67,7 +67,8 @@ class OciRuntime(ContainerWorkloads):
 
     async def start(self, spec: WorkloadSpec, logs: LogSink) -> Handle:
         image = self._prepared.pop(spec.id, None) or await self.images.get(spec.artifact_path)
-        container = self._container(spec, image)
+        credentials = self._context.credentials
+        container = self._container(spec, image, credentials.inline_environment(spec) if credentials else {})
         data = await self.start_container(container, spec.id, logs)
         return Handle(workload_id=spec.id, type=self.type,
                       data={**data, "image": image.digest, "sandbox": self._runner.name})

@@ -1,0 +1,164 @@
+"""NATS identities the node mints: its own, for an embedded server in operator mode, and one per workload.
+
+Keys live in the node's state dir (``nats/``, mode 0700; seeds 0600, written once):
+an operator, a system account and the application account the node and every
+workload connect to. The embedded server gets a config with the operator JWT and a
+memory resolver preloaded with both account JWTs. A node on an external
+operator-mode server gets only the account seed (or a signing key of it) through
+its config, and mints workload users with it.
+
+What a workload may do is :func:`workload_permissions`; docs/security.md explains it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import nkeys
+
+from nex.api import natsjwt
+from nex.api.models import Trigger
+
+if TYPE_CHECKING:
+    from nex.runtimes.base import WorkloadSpec
+
+AUTH_DIR = "nats"
+RESERVED = ["$NEX.>", "$SYS.>", "$JS.>", "$KV.>", "$O.>", "$SRV.>"]
+
+
+def app_subjects(namespace: str) -> str:
+    """The subject space a namespace's workloads share: ``nex.<ns>.>``."""
+    return f"nex.{namespace}.>"
+
+
+def inbox_prefix(workload_id: str) -> str:
+    """A workload's own reply inbox prefix; clients are told it in NATS_INBOX_PREFIX."""
+    return f"_INBOX.{workload_id}"
+
+
+def workload_permissions(namespace: str, workload_id: str, triggers: list[Trigger]) -> natsjwt.Permissions:
+    subjects = [app_subjects(namespace), *dict.fromkeys(t.subject for t in triggers)]
+    return natsjwt.Permissions(
+        pub_allow=subjects, pub_deny=list(RESERVED),
+        sub_allow=[*subjects, f"{inbox_prefix(workload_id)}.>"], sub_deny=list(RESERVED),
+        responses=1,
+    )
+
+
+def _seed(path: Path, prefix: int) -> nkeys.KeyPair:
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(nkeys.encode_seed(os.urandom(32), prefix))
+    return nkeys.from_seed(path.read_bytes().strip())
+
+
+def _new_user() -> tuple[str, str]:
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    return nkeys.from_seed(seed).public_key.decode(), seed.decode()
+
+
+@dataclass
+class AccountSigner:
+    """Mints user creds for one account: with its own key or one of its signing keys."""
+
+    key: nkeys.KeyPair
+    account: str  # the account's public key (A...)
+
+    @classmethod
+    def from_seed_file(cls, path: Path, account: str | None = None) -> AccountSigner:
+        key = nkeys.from_seed(Path(path).read_bytes().strip())
+        return cls(key, account or key.public_key.decode())
+
+    def mint_user(self, name: str, permissions: natsjwt.Permissions | None = None) -> tuple[str, str]:
+        """A new user: its JWT and its seed."""
+        public, seed = _new_user()
+        issuer_account = self.account if self.account != self.key.public_key.decode() else None
+        claims = natsjwt.user_claims(public, name, permissions, issuer_account=issuer_account)
+        return natsjwt.encode(claims, self.key), seed
+
+    def mint(self, name: str, permissions: natsjwt.Permissions | None = None) -> str:
+        """A creds file's text for a new user."""
+        return natsjwt.creds_file(*self.mint_user(name, permissions))
+
+
+class EmbeddedAuth:
+    """Operator, system account and app account of an embedded server, kept in the state dir."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / AUTH_DIR
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.operator = _seed(self.dir / "operator.nk", nkeys.PREFIX_BYTE_OPERATOR)
+        self.system = _seed(self.dir / "system.nk", nkeys.PREFIX_BYTE_ACCOUNT)
+        self.account = _seed(self.dir / "account.nk", nkeys.PREFIX_BYTE_ACCOUNT)
+        self.signer = AccountSigner(self.account, self.account.public_key.decode())
+
+    def server_config(self, store_dir: Path) -> Path:
+        """Write the nats-server config (operator mode, memory resolver) and return its path."""
+        system = self.system.public_key.decode()
+        operator = natsjwt.encode(natsjwt.operator_claims(
+            self.operator.public_key.decode(), "nex", system), self.operator)
+        accounts = {
+            system: natsjwt.encode(natsjwt.account_claims(system, "SYS", jetstream=False), self.operator),
+            self.signer.account: natsjwt.encode(
+                natsjwt.account_claims(self.signer.account, "NEX"), self.operator),
+        }
+        preload = "\n".join(f"  {key}: {json.dumps(token)}" for key, token in accounts.items())
+        text = (f"operator: {json.dumps(operator)}\nsystem_account: {system}\n"
+                f"jetstream {{ store_dir: {json.dumps(str(store_dir))} }}\n"
+                f"resolver: MEMORY\nresolver_preload: {{\n{preload}\n}}\n")
+        path = self.dir / "server.conf"
+        write_private(path, text)
+        return path
+
+    def node_creds(self, name: str) -> Path:
+        """The node's own user: every subject of the app account."""
+        path = self.dir / "node.creds"
+        write_private(path, self.signer.mint(name))
+        return path
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``text``, created with ``mode`` (never readable by others meanwhile)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+@dataclass
+class WorkloadCredentials:
+    """Gives each workload its own NATS user, scoped by :func:`workload_permissions`.
+
+    A plain process gets a creds file (mode 0400) in its working dir and its path in
+    ``NATS_CREDS``; a container gets the JWT and seed in ``NATS_JWT`` and
+    ``NATS_NKEY_SEED`` (its environment reaches it the way sealed env values do).
+    Both get ``NATS_URL`` and ``NATS_INBOX_PREFIX``. The deploy's env cannot override them.
+    """
+
+    signer: AccountSigner
+    servers: list[str]
+
+    def _user(self, spec: WorkloadSpec) -> tuple[str, str]:
+        return self.signer.mint_user(f"{spec.namespace}.{spec.name}.{spec.id}",
+                                     workload_permissions(spec.namespace, spec.id, spec.triggers))
+
+    def _common(self, spec: WorkloadSpec) -> dict[str, str]:
+        return {"NATS_URL": ",".join(self.servers), "NATS_INBOX_PREFIX": inbox_prefix(spec.id)}
+
+    def file_environment(self, spec: WorkloadSpec, path: Path) -> dict[str, str]:
+        """Write the workload's creds file at ``path`` and return its environment."""
+        write_private(path, natsjwt.creds_file(*self._user(spec)), mode=0o400)
+        return {**self._common(spec), "NATS_CREDS": str(path)}
+
+    def inline_environment(self, spec: WorkloadSpec) -> dict[str, str]:
+        jwt, seed = self._user(spec)
+        return {**self._common(spec), "NATS_JWT": jwt, "NATS_NKEY_SEED": seed}
