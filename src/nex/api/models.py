@@ -95,6 +95,38 @@ class Trigger(Strict):
         return subject
 
 
+class Health(StrEnum):
+    UNKNOWN = "unknown"  # not checked yet (or starting)
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+class HealthCheck(Strict):
+    """How the node checks a running workload. Neither ``tcp`` nor ``nats``: the process is alive
+    (a function: loaded in its agent)."""
+
+    tcp: int | None = Field(default=None, ge=1, le=65535, description="a TCP port on 127.0.0.1 that must accept")
+    nats: str | None = Field(default=None, min_length=1, max_length=256,
+                             description="a subject whose request must get a reply without an error header")
+    interval_ms: int = Field(default=1000, ge=50, le=10 * 60 * 1000)
+    timeout_ms: int = Field(default=1000, ge=10, le=60 * 1000)
+    failures: int = Field(default=3, ge=1, le=100, description="consecutive failures before unhealthy")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HealthCheck:
+        if self.tcp is not None and self.nats is not None:
+            raise ValueError("a health check is tcp or nats, not both")
+        return self
+
+
+class AppRef(Strict):
+    """Marks a workload as a replica of a desired-state app (docs/operations.md)."""
+
+    name: Token = Field(description="the app")
+    revision: str = Field(pattern=r"^[0-9a-f]{12}$",
+                          description="hash of the app workload's template the replica was made from")
+
+
 class Limits(Strict):
     memory_mib: int | None = Field(default=None, gt=0, le=1024 * 1024)
     cpus: float | None = Field(default=None, gt=0, le=1024)
@@ -127,6 +159,8 @@ class DeployRequest(Strict):
     limits: Limits = Field(default_factory=Limits)
     network: NetworkMode | None = Field(
         default=None, description="services: none (own empty network namespace) or host; default: the node's")
+    health: HealthCheck | None = Field(default=None, description="default: the process is alive")
+    app: AppRef | None = Field(default=None, description="set by the reconciler on the replicas of an app")
     description: str | None = Field(default=None, max_length=1024)
 
     @field_validator("env")
@@ -191,6 +225,8 @@ class WorkloadSummary(Strict):
     usage: Usage | None = None
     invocations: int | None = Field(default=None, description="functions: calls answered")
     errors: int | None = Field(default=None, description="functions: calls that failed")
+    health: Health | None = Field(default=None, description="of a running workload")
+    app: AppRef | None = None
 
 
 class UndeployRequest(Strict):
@@ -243,6 +279,60 @@ class UndeployResponse(Strict):
     exit: ExitInfo | None = None
 
 
+class AuctionRequest(Strict):
+    """Who could run this? Every node answers: a bid, or why it declines."""
+
+    type: WorkloadType
+    lifecycle: Lifecycle | None = None
+    tags: dict[str, str] = Field(default_factory=dict, max_length=64,
+                                 description="the node must have every one (nex.os, nex.arch... included)")
+    memory_mib: int | None = Field(default=None, gt=0, le=1024 * 1024, description="memory the workload needs")
+    exclude_nodes: list[str] = Field(default_factory=list, max_length=1024, description="node ids not to bid")
+
+
+class Bid(Strict):
+    bid_id: Token = Field(description="deploy to $NEX.SVC.<ns>.control.DEPLOY.<bid_id> before it expires")
+    node_id: str
+    name: str
+    tags: dict[str, str]
+    xkey: str | None = Field(default=None, description="the node's curve25519 key: seal env to it")
+    score: float = Field(description="higher is better: free memory and CPU, fewer workloads")
+    expires_in_ms: int
+    resources: Resources
+    workload_count: int
+
+
+class AuctionReply(Strict):
+    node_id: str
+    bid: Bid | None = None
+    declined: str | None = Field(default=None, description="why this node cannot take the workload")
+
+
+class ReplicaRecord(Strict):
+    """One workload as the node registry lists it: small, so a node with many stays small."""
+
+    id: str
+    name: str
+    namespace: str
+    type: WorkloadType
+    lifecycle: Lifecycle
+    state: WorkloadState
+    health: Health | None = None
+    app: AppRef | None = None
+    started_at: datetime
+    exit_code: int | None = None
+
+
+class NodeRecord(Strict):
+    """A node's entry in the NEX_NODES bucket, rewritten every registry interval and on each change."""
+
+    node: NodePing
+    resources: Resources
+    runtimes: list[WorkloadType]
+    workloads: list[ReplicaRecord]
+    seq: int = Field(ge=0, description="grows with every write of this node process")
+
+
 class ErrorDetail(Strict):
     code: int
     message: str
@@ -273,7 +363,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 __all__ = [
-    "Artifact", "DeployRequest", "ErrorResponse", "ExitInfo", "Lifecycle", "LameDuckResponse",
+    "AppRef", "Artifact", "AuctionReply", "AuctionRequest", "Bid", "DeployRequest", "Health", "HealthCheck",
+    "NodeRecord", "ReplicaRecord", "ErrorResponse", "ExitInfo", "Lifecycle", "LameDuckResponse",
     "Limits", "NodeInfo", "NodePing", "NodeState", "Resources", "Trigger", "UndeployRequest",
     "UndeployResponse", "WorkloadPing", "WorkloadState", "WorkloadSummary", "WorkloadType",
     "is_token", "parse_request",

@@ -22,7 +22,8 @@ DEPLOY = "DEPLOY"
 UNDEPLOY = "UNDEPLOY"
 WPING = "WPING"
 LAMEDUCK = "LAMEDUCK"
-VERBS = (PING, INFO, DEPLOY, UNDEPLOY, WPING, LAMEDUCK)
+AUCTION = "AUCTION"
+VERBS = (PING, INFO, AUCTION, DEPLOY, UNDEPLOY, WPING, LAMEDUCK)
 
 LOG_STREAMS = ("stdout", "stderr")
 
@@ -71,6 +72,20 @@ def events_filter(namespace: str = "*") -> str:
 LOGS_STREAM = "NEX_LOGS"
 EVENTS_STREAM = "NEX_EVENTS"
 ARTIFACT_BUCKET = "NEXCLIFILES"
+
+# JetStream KV buckets of the fleet (docs/operations.md).
+NODES_BUCKET = "NEX_NODES"  # key <node id>: NodeRecord; the bucket's TTL declares silent nodes gone
+APPS_BUCKET = "NEX_APPS"  # key app.<ns>.<name>: AppRecord; key status.<ns>.<name>: AppStatus
+LEASES_BUCKET = "NEX_LEASES"  # key reconciler: ReconcilerLease; the bucket's TTL is the lease time
+RECONCILER_LEASE_KEY = "reconciler"
+
+
+def app_key(namespace: str, name: str) -> str:
+    return f"app.{namespace}.{name}"
+
+
+def app_status_key(namespace: str, name: str) -> str:
+    return f"status.{namespace}.{name}"
 
 
 # Trigger subjects a workload may never subscribe to: the server's, JetStream's,

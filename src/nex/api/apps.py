@@ -1,0 +1,194 @@
+"""Desired state: apps, the records the fleet keeps of them, and the reconciler's lease.
+
+An app is what ``nex apply -f app.yaml`` stores: workloads with replicas,
+placement, restart policy, health check and update strategy. The reconciler
+(one at a time across the fleet) keeps the running replicas equal to it.
+No I/O here: the models, their validation and the revision hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from nex.api.models import (
+    Artifact, HealthCheck, Lifecycle, Limits, NetworkMode, Strict, Token, Trigger, WorkloadType,
+    FUNCTION_TYPES,
+)
+from nex.api.subjects import DEFAULT_NAMESPACE
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``1s``, ``500ms``, ``2m``, ``1h`` or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '1s', '500ms', '2m'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    else:
+        raise ValueError(f"invalid duration {value!r}: use a number of seconds or '1s', '500ms', '2m', '1h'")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=7 * 24 * 3600)]
+
+
+class RestartPolicyKind(StrEnum):
+    ALWAYS = "always"  # services: start again whatever the exit
+    ON_FAILURE = "on-failure"  # start again after a failure (non-zero exit, signal, unhealthy)
+    NEVER = "never"
+
+
+class RestartPolicy(Strict):
+    policy: RestartPolicyKind = RestartPolicyKind.ON_FAILURE
+    max_retries: int = Field(default=5, ge=0, le=10_000, description="restarts of one replica slot in a row")
+    backoff: Duration = Field(default=1.0, description="wait before the first restart; doubles each time")
+    max_backoff: Duration = Field(default=60.0, description="the longest wait between restarts")
+
+
+class Placement(Strict):
+    tags: dict[str, str] = Field(default_factory=dict, max_length=64, description="a node must have every one")
+    spread: str | None = Field(default=None, min_length=1, max_length=64,
+                               description="a tag name: replicas are spread evenly over its values")
+
+
+class UpdateStrategy(Strict):
+    max_unavailable: int = Field(default=1, ge=0, le=1000)
+    max_surge: int = Field(default=1, ge=0, le=1000)
+    health_deadline: Duration = Field(default=30.0, gt=0,
+                                      description="a new replica not healthy by then fails the update")
+    auto_rollback: bool = Field(default=True, description="go back to the last good template on failure")
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> UpdateStrategy:
+        if self.max_unavailable == 0 and self.max_surge == 0:
+            raise ValueError("max_unavailable and max_surge cannot both be 0: the update could never start")
+        return self
+
+
+class AppWorkload(Strict):
+    """One workload of an app and how many replicas of it should run."""
+
+    name: Token
+    type: WorkloadType
+    lifecycle: Lifecycle | None = None
+    artifact: Artifact
+    argv: list[str] = Field(default_factory=list, max_length=256)
+    sealed_env: str | None = Field(default=None, max_length=192 * 1024,
+                                   description="the env, sealed to the fleet xkey (never stored in the clear)")
+    sender_xkey: str | None = Field(default=None, pattern=r"^X[A-Z2-7]{55}$")
+    env_keys: list[str] = Field(default_factory=list, description="names of the sealed variables")
+    triggers: list[Trigger] = Field(default_factory=list, max_length=64)
+    limits: Limits = Field(default_factory=Limits)
+    network: NetworkMode | None = None
+    replicas: int = Field(default=1, ge=0, le=10_000)
+    placement: Placement = Field(default_factory=Placement)
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    health: HealthCheck | None = None
+    update: UpdateStrategy = Field(default_factory=UpdateStrategy)
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> AppWorkload:
+        is_function_type = self.type in FUNCTION_TYPES
+        if self.lifecycle is None:
+            self.lifecycle = Lifecycle.FUNCTION if is_function_type else Lifecycle.SERVICE
+        if is_function_type != (self.lifecycle == Lifecycle.FUNCTION):
+            raise ValueError(f"a {self.type} workload cannot have lifecycle {self.lifecycle}")
+        if self.lifecycle == Lifecycle.FUNCTION and not self.triggers:
+            raise ValueError("a function needs at least one trigger subject")
+        if (self.sealed_env is None) != (self.sender_xkey is None):
+            raise ValueError("sealed_env and sender_xkey go together")
+        return self
+
+    def revision(self) -> str:
+        """Hash of what a replica is made from; replicas, placement, restart and update excluded,
+        so scaling or moving never replaces a running replica."""
+        template = self.model_dump_json(
+            include={"type", "lifecycle", "artifact", "argv", "sealed_env", "triggers", "limits", "network",
+                     "health"})
+        return hashlib.sha256(template.encode()).hexdigest()[:12]
+
+
+class AppSpec(Strict):
+    name: Token
+    namespace: Token = DEFAULT_NAMESPACE
+    workloads: list[AppWorkload] = Field(min_length=1, max_length=256)
+
+    @field_validator("workloads")
+    @classmethod
+    def _unique_names(cls, workloads: list[AppWorkload]) -> list[AppWorkload]:
+        seen: set[str] = set()
+        for workload in workloads:
+            if workload.name in seen:
+                raise ValueError(f"two workloads are named {workload.name!r}")
+            seen.add(workload.name)
+        return workloads
+
+    def workload(self, name: str) -> AppWorkload | None:
+        return next((w for w in self.workloads if w.name == name), None)
+
+
+class AppRecord(Strict):
+    """What ``nex apply`` stores under ``app.<ns>.<name>`` in NEX_APPS."""
+
+    spec: AppSpec
+    version: int = Field(ge=1, description="1 on the first apply, +1 on every change")
+    applied_at: datetime
+    applied_by: str | None = Field(default=None, description="issuer public key of whoever applied it")
+    previous: AppSpec | None = Field(default=None, description="the last spec that ran healthy: the rollback")
+
+
+class RolloutState(StrEnum):
+    STABLE = "stable"  # every replica runs the current template
+    ROLLING = "rolling"  # replacing replicas with the current template
+    ROLLED_BACK = "rolled_back"  # the new template failed; the previous one was restored
+    FAILED = "failed"  # the new template failed and there was nothing to go back to
+
+
+class WorkloadRollout(Strict):
+    name: str
+    revision: str
+    state: RolloutState = RolloutState.STABLE
+    message: str | None = None
+    restarts: int = Field(default=0, ge=0, description="replicas started again after a failure or loss")
+
+
+class AppStatus(Strict):
+    """What the reconciler writes under ``status.<ns>.<name>``: what it did, not what runs
+    (``nex app status`` reads what runs from NEX_NODES)."""
+
+    name: str
+    namespace: str
+    version: int = Field(description="the AppRecord version this status is about")
+    reconciled_at: datetime
+    reconciler: str = Field(description="node id of the reconciler")
+    workloads: list[WorkloadRollout] = Field(default_factory=list)
+    events: list[str] = Field(default_factory=list, max_length=50, description="the last actions, newest last")
+
+
+class ReconcilerLease(Strict):
+    """The value of ``reconciler`` in NEX_LEASES: who reconciles, and the fleet key to seal app env to."""
+
+    holder: str = Field(description="node id")
+    name: str
+    fleet_issuer: str | None = Field(default=None, description="account key the reconciler signs deploys with")
+    fleet_xkey: str | None = Field(default=None, description="seal app env to this curve key")
+    acquired_at: datetime
+
+
+__all__ = [
+    "AppRecord", "AppSpec", "AppStatus", "AppWorkload", "Duration", "Placement", "ReconcilerLease",
+    "RestartPolicy", "RestartPolicyKind", "RolloutState", "UpdateStrategy", "WorkloadRollout",
+    "parse_duration",
+]
