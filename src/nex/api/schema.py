@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from nex.api import models
+from nex.api import apps, models
 from nex.api.events import CloudEvent
 
 SCHEMA_MODELS = {
@@ -18,6 +18,13 @@ SCHEMA_MODELS = {
     "node-info": models.NodeInfo,
     "workload-ping": models.WorkloadPing,
     "lameduck-response": models.LameDuckResponse,
+    "auction-request": models.AuctionRequest,
+    "auction-reply": models.AuctionReply,
+    "node-record": models.NodeRecord,
+    "app-spec": apps.AppSpec,
+    "app-record": apps.AppRecord,
+    "app-status": apps.AppStatus,
+    "reconciler-lease": apps.ReconcilerLease,
     "error": models.ErrorResponse,
     "event": CloudEvent,
 }
