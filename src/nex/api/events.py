@@ -26,9 +26,17 @@ class EventType(StrEnum):
     WORKLOAD_STARTED = "workload_started"
     WORKLOAD_STOPPED = "workload_stopped"
     WORKLOAD_FAILED = "workload_failed"
+    WORKLOAD_HEALTH = "workload_health"
     FUNCTION_INVOKED = "function_invoked"
     FUNCTION_FAILED = "function_failed"
     REQUEST_REJECTED = "request_rejected"
+    APP_APPLIED = "app_applied"
+    APP_DELETED = "app_deleted"
+    REPLICA_PLACED = "replica_placed"
+    REPLICA_STOPPED = "replica_stopped"
+    ROLLOUT_COMPLETED = "rollout_completed"
+    ROLLOUT_ROLLED_BACK = "rollout_rolled_back"
+    RECONCILER_ELECTED = "reconciler_elected"
 
 
 class CloudEvent(BaseModel):

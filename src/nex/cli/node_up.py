@@ -43,6 +43,12 @@ from nex.sandbox.runner import SandboxUnavailable
                    "of it) to mint workload credentials with")
 @click.option("--account", default=None, metavar="A...",
               help="the account's public key, when --account-seed is a signing key")
+@click.option("--replicas", type=click.IntRange(1, 5), default=None,
+              help="JetStream replicas of the streams and buckets the node creates [default: 1]")
+@click.option("--no-reconciler", "reconciler", flag_value=False, default=None,
+              help="never act as the fleet's reconciler")
+@click.option("--fleet-keys", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="directory of the fleet's issuer and xkey, the same on every node that may reconcile")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @with_global_options
 def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log_level: str,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nex.api.keys import PREFIX_ACCOUNT, KeyDecodeError, decode_public
 from nex.api.models import describe_validation_error
@@ -63,6 +63,26 @@ class NodeConfig(BaseModel):
         default_factory=list, description="account nkeys that may also stop any workload")
     deny_triggers: list[str] = Field(
         default_factory=list, description="subjects no trigger may overlap, besides the reserved ones")
+    # -- the fleet (docs/operations.md) --
+    replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas of the streams and buckets "
+                          "Nex creates (3 on a cluster of 3 or more servers)")
+    registry_interval_s: float = Field(default=2.0, gt=0, le=600,
+                                       description="how often the node rewrites its NEX_NODES entry")
+    node_timeout_s: float = Field(default=6.0, gt=0, le=3600,
+                                  description="TTL of NEX_NODES entries: a node silent this long is gone")
+    bid_ttl_s: float = Field(default=10.0, gt=0, le=600, description="how long an unused bid holds")
+    reconciler: bool = Field(default=True, description="stand for the fleet's reconciler lease")
+    reconcile_interval_s: float = Field(default=1.0, gt=0, le=600)
+    lease_s: float = Field(default=5.0, gt=0, le=600, description="TTL of the reconciler lease")
+    fleet_keys: Path | None = Field(
+        default=None, description="directory with the fleet's issuer.nk and xkey.xk, the same on every node "
+        "that may reconcile; default: <state_dir>/fleet, created on first use")
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> NodeConfig:
+        if self.node_timeout_s < 2 * self.registry_interval_s:
+            raise ValueError("node_timeout_s must be at least twice registry_interval_s")
+        return self
 
     @field_validator("trusted_issuers", "admin_issuers")
     @classmethod
