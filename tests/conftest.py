@@ -9,6 +9,9 @@ import pytest
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
 
+# The fleet fixtures: a 3-server cluster, a leaf server, nodes as processes (tests/fleet_fixtures.py).
+pytest_plugins = ["fleet_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def nex_home(tmp_path: Path, monkeypatch) -> Path:

@@ -146,7 +146,7 @@ class Target:
 
     def _has_responder(self, verb: str, target: str | None, namespace: str) -> bool:
         if target is None:
-            return verb in (subjects.PING, subjects.WPING)
+            return verb in (subjects.PING, subjects.WPING, subjects.AUCTION)
         if target == self.node_id:
             return verb in (subjects.PING, subjects.INFO, subjects.DEPLOY, subjects.LAMEDUCK)
         return target == self.canary_id and namespace == "default" and verb in (subjects.UNDEPLOY, subjects.WPING)
@@ -182,11 +182,13 @@ def undeploy_would_succeed(payload: bytes) -> bool:
 
 async def test_node_verbs_answer_any_body(target: Target):
     @FUZZ
-    @given(verb=st.sampled_from([subjects.PING, subjects.INFO, subjects.DEPLOY, subjects.WPING]),
+    @given(verb=st.sampled_from([subjects.PING, subjects.INFO, subjects.DEPLOY, subjects.WPING, subjects.AUCTION]),
            addressed=st.booleans(), payload=bodies)
     def fuzz(verb: str, addressed: bool, payload: bytes) -> None:
         if verb == subjects.WPING:
             node_target = target.canary_id if addressed else None
+        elif verb == subjects.AUCTION:
+            node_target = None  # every node answers; a bid that follows from a valid body expires unused
         else:
             node_target = target.node_id if addressed or verb != subjects.PING else None
         target.send(verb, node_target, payload)
@@ -234,5 +236,6 @@ async def test_lameduck_last_answers_any_body(target: Target):
 
 
 def test_strategies_cover_every_verb_the_node_answers():
-    fuzzed = {subjects.PING, subjects.INFO, subjects.DEPLOY, subjects.WPING, subjects.UNDEPLOY, subjects.LAMEDUCK}
+    fuzzed = {subjects.PING, subjects.INFO, subjects.DEPLOY, subjects.WPING, subjects.UNDEPLOY, subjects.LAMEDUCK,
+              subjects.AUCTION}
     assert fuzzed == set(subjects.VERBS)

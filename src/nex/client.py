@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import random
 import time
+from collections import Counter
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +31,8 @@ from nex.api import claims, subjects
 from nex.api.errors import (
     BadArtifact,
     BadRequest,
+    BidNotFound,
+    Conflict,
     InternalError,
     NexError,
     NodeNotFound,
@@ -40,6 +44,9 @@ from nex.api.errors import (
 from nex.api.events import CloudEvent
 from nex.api.models import (
     Artifact,
+    AuctionReply,
+    AuctionRequest,
+    Bid,
     DeployRequest,
     LameDuckResponse,
     Lifecycle,
@@ -65,7 +72,7 @@ from nex.security.keystore import UserKeys
 from nex.security.xkeys import seal_env
 
 __all__ = [
-    "LogLine", "NexClient", "Progress", "guess_type", "workload_name_for",
+    "LogLine", "NexClient", "Progress", "constraints_of", "guess_type", "rank_bids", "workload_name_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -118,6 +125,7 @@ class NexClient:
         self.timeout = timeout
         self.keys = keys
         self._owns_connection = False
+        self._placing: Counter[str] = Counter()  # node id -> placements of this client under way there
 
     @classmethod
     async def connect(
@@ -182,7 +190,10 @@ class NexClient:
         )
 
     async def pick_node(self, type: WorkloadType | str) -> str:
-        """The node with the fewest workloads among those that run ``type`` and take work."""
+        """The node with the fewest workloads among those that run ``type`` and take work.
+
+        Placement goes by auction (:meth:`place`); this is for a caller that wants a node id
+        from PING and INFO alone."""
         type = WorkloadType(type)
         nodes = await self.ping()
         if not nodes:
@@ -205,24 +216,95 @@ class NexClient:
             raise Unavailable(f"no node in namespace {self.namespace!r} runs {type.value} workloads")
         return min(able, key=lambda n: n.workload_count).node_id
 
+    # -- placement ---------------------------------------------------------------------
+
+    async def auction(self, request: AuctionRequest, wait: float = DEFAULT_GATHER_S,
+                      expected: int | None = None) -> list[AuctionReply]:
+        """Every node's answer to an auction, a bid or a decline, within ``wait`` seconds
+        (or as soon as ``expected`` nodes have answered)."""
+        body = request.model_dump_json(exclude_none=True).encode()
+        return await self._gather(subjects.AUCTION, AuctionReply, wait, expected, body)
+
+    async def live_node_count(self) -> int | None:
+        """How many nodes the NEX_NODES registry lists now; None without a registry (or an empty one)."""
+        js = self.nc.jetstream(timeout=self.timeout)
+        try:
+            kv = await js.key_value(subjects.NODES_BUCKET)
+            return len(await kv.keys()) or None
+        except nats.js.errors.NoKeysError:
+            return None
+        except (nats.js.errors.BucketNotFoundError, nats.errors.NoRespondersError,
+                nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+            return None  # no registry (or no JetStream): the auction waits its whole window
+
+    async def place(self, request: DeployRequest, constraints: AuctionRequest | None = None,
+                    wait: float = DEFAULT_GATHER_S, expected: int | None = None) -> WorkloadSummary:
+        """Deploy on the node with the best bid; ``constraints`` default to the request's type,
+        lifecycle and memory limit. Raises :class:`Unavailable` naming each node's reason
+        when no node bids."""
+        bids = await self._bids(constraints or constraints_of(request), wait, expected)
+        return await self._deploy_to_best(bids, request)
+
+    async def _bids(self, constraints: AuctionRequest, wait: float, expected: int | None) -> list[Bid]:
+        """The bids of an auction; Unavailable, with every decline, when there is none."""
+        if expected is None:
+            expected = await self.live_node_count()
+        replies = await self.auction(constraints, wait, expected)
+        if not replies:
+            raise Unavailable(f"no node is running in namespace {self.namespace!r}")
+        bids = [r.bid for r in replies if r.bid is not None]
+        if not bids:
+            reasons = "; ".join(sorted(r.declined or f"node {r.node_id} made no bid" for r in replies))
+            raise Unavailable(f"no node can take the workload: {reasons}")
+        return bids
+
+    async def _deploy_to_best(self, bids: list[Bid], request: DeployRequest) -> WorkloadSummary:
+        """Deploy through the best bid that still holds; a bid that expired or a node gone
+        lame duck meanwhile passes the turn to the next bid.
+
+        The placements this client has under way count against their nodes' bids (as
+        workloads would), so a burst of concurrent placements spreads at once.
+        """
+        last: NexError | None = None
+        for bid in rank_bids(bids, self._placing):
+            self._placing[bid.node_id] += 1  # before any await: the next placement sees it
+            try:
+                return await self.deploy(bid.bid_id, request, xkey=bid.xkey)
+            except (BidNotFound, Conflict) as exc:  # not e.g. a missing artifact: any node would say so
+                last = exc
+            finally:
+                self._placing[bid.node_id] -= 1
+                if self._placing[bid.node_id] <= 0:
+                    del self._placing[bid.node_id]
+        assert last is not None
+        raise last
+
     # -- workloads ---------------------------------------------------------------------
 
-    async def deploy(self, node_id: str, request: DeployRequest) -> WorkloadSummary:
-        """Deploy on ``node_id``; with keys, env is sealed to that node and the request signed."""
-        _target(node_id, "node id")
+    async def deploy(self, target: str, request: DeployRequest, xkey: str | None = None) -> WorkloadSummary:
+        """Deploy on ``target``, a node id or the id of a bid the node made in an auction.
+
+        With keys, the request is signed and env sealed to ``xkey`` (the target node's
+        key; looked up with a PING when not given).
+        """
+        _target(target, "node or bid id")
         if self.keys is not None:
-            request = await self._sealed_and_signed(node_id, request)
+            request = await self._sealed_and_signed(target, request, xkey)
         return await self._request(
-            subjects.DEPLOY, node_id, WorkloadSummary, NodeNotFound,
+            subjects.DEPLOY, target, WorkloadSummary, _deploy_target_not_found,
             body=request.model_dump_json(exclude_none=True).encode(),
         )
 
-    async def _sealed_and_signed(self, node_id: str, request: DeployRequest) -> DeployRequest:
+    async def _sealed_and_signed(self, target: str, request: DeployRequest, xkey: str | None) -> DeployRequest:
         update: dict[str, Any] = {}
         if request.env:
-            node_xkey = (await self.ping_node(node_id)).xkey
+            node_xkey = xkey
             if node_xkey is None:
-                raise Unavailable(f"node {node_id} publishes no xkey: cannot seal env to it")
+                if not _is_node_id(target):
+                    raise BadRequest(f"cannot seal env for bid {target}: give the xkey of the bid")
+                node_xkey = (await self.ping_node(target)).xkey
+            if node_xkey is None:
+                raise Unavailable(f"node {target} publishes no xkey: cannot seal env to it")
             update = {"env": {}, "sealed_env": seal_env(request.env, self.keys.xkey, node_xkey),
                       "sender_xkey": self.keys.xkey.public}
         claim = claims.deploy_claim(
@@ -285,15 +367,19 @@ class NexClient:
         limits: Limits | None = None,
         network: NetworkMode | str | None = None,
         node_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
         progress: Progress | None = None,
     ) -> WorkloadSummary:
         """Upload a local file and deploy it: the quickest way from a file to a workload.
 
         ``path`` may also be an image reference ``oci://host/repo:tag``: nothing is
         uploaded, the node pulls it, and its sha256 is the manifest digest the
-        registry gives now (resolved here with skopeo). The request is checked and a
-        node chosen before anything is uploaded.
+        registry gives now (resolved here with skopeo). Without ``node_id`` the node is
+        placed by auction, among the nodes that have every one of ``tags``. The request
+        is checked and the auction held before anything is uploaded.
         """
+        if node_id is not None and tags:
+            raise BadRequest("give a node or placement tags, not both")
         is_reference = isinstance(path, str) and path.startswith(OCI_SCHEME)
         if is_reference:
             reference = parse_reference(path)
@@ -322,10 +408,22 @@ class NexClient:
             )
         except ValidationError as exc:
             raise BadRequest(describe_validation_error(exc)) from None
-        node = node_id or await self.pick_node(workload_type)
+        if node_id is not None:
+            if not is_reference:
+                await self._upload(Path(path), sha256, sha256, progress)
+            return await self.deploy(node_id, request)
+        try:
+            constraints = AuctionRequest(type=request.type, lifecycle=request.lifecycle, tags=dict(tags or {}),
+                                         memory_mib=request.limits.memory_mib)
+        except ValidationError as exc:
+            raise BadRequest(describe_validation_error(exc)) from None
+        bids = await self._bids(constraints, DEFAULT_GATHER_S, None)
         if not is_reference:
             await self._upload(Path(path), sha256, sha256, progress)
-        return await self.deploy(node, request)
+        try:
+            return await self._deploy_to_best(bids, request)
+        except BidNotFound:  # the upload outlasted the bids: hold the auction again
+            return await self.place(request, constraints)
 
     # -- feeds -------------------------------------------------------------------------
 
@@ -401,13 +499,14 @@ class NexClient:
             raise Unavailable(f"no reply to {verb} {target} within {self.timeout:g}s") from None
         return _decode(msg, model, subject)
 
-    async def _gather(self, verb: str, model: type[M], wait: float, expected: int | None) -> list[M]:
+    async def _gather(self, verb: str, model: type[M], wait: float, expected: int | None,
+                      body: bytes = b"") -> list[M]:
         """Scatter a request to every node and collect the replies that come within ``wait``."""
         subject = self._subject(verb)
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         try:
-            await self.nc.publish(subject, b"", reply=inbox)
+            await self.nc.publish(subject, body, reply=inbox)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
             replies: list[M] = []
@@ -496,6 +595,44 @@ class NexClient:
             # A generator left unfinished is closed late, maybe after the connection.
             if not self.nc.is_closed:
                 await sub.unsubscribe()
+
+
+def constraints_of(request: DeployRequest) -> AuctionRequest:
+    """The auction a deploy request implies: its type, lifecycle and memory limit."""
+    return AuctionRequest(type=request.type, lifecycle=request.lifecycle, memory_mib=request.limits.memory_mib)
+
+
+WORKLOAD_POINTS = 0.3
+"""What one more workload takes off a node's score (nex.node.bids): a placement of this client
+under way on a node counts that much against the node's next bids."""
+
+SCORE_TIE = 0.1
+"""Bids this close to the best count as equal (less than one workload apart): one of them is
+taken at random, so that equal nodes share the work instead of one taking all of it."""
+
+
+def rank_bids(bids: list[Bid], placing: Mapping[str, int] | None = None) -> list[Bid]:
+    """Best first, each score lowered by the placements under way on its node (``placing``);
+    among bids within :data:`SCORE_TIE` of the best, a random order."""
+    if not bids:
+        return []
+    placing = placing or {}
+    scored = [(b.score - WORKLOAD_POINTS * placing.get(b.node_id, 0), b) for b in bids]
+    random.shuffle(scored)  # ties in a random order; the sort below is stable
+    best = max(s for s, _ in scored)
+    scored.sort(key=lambda sb: (best - sb[0] > SCORE_TIE, -sb[0] if best - sb[0] > SCORE_TIE else 0))
+    return [b for _, b in scored]
+
+
+def _is_node_id(target: str) -> bool:
+    # A node id is a node nkey: 56 characters starting with N; a bid id is a short random token.
+    return len(target) == 56 and target.startswith("N")
+
+
+def _deploy_target_not_found(target: str) -> NexError:
+    if _is_node_id(target):
+        return NodeNotFound(target)
+    return BidNotFound(target)
 
 
 def _decode(msg: Msg, model: type[M], subject: str) -> M:

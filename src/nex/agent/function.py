@@ -4,6 +4,11 @@ Messages are pipelined: the subscription callback queues a call on the function'
 thread and returns, and one task per function answers the calls in order. At most
 ``MAX_IN_FLIGHT`` calls wait on the thread; past that the callback waits, and NATS
 buffers (and, past its limits, drops) what arrives, as for any slow subscriber.
+
+Unloading drains: the subscriptions are unsubscribed, and every message the
+server delivered before it saw the unsubscribe is still answered. With copies of
+a function in one queue group, undeploying one of them loses no call: what the
+server routed to it is answered by it, and the rest goes to the others.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class LoadedFunction:
         self._sandbox = sandbox
         self._memory_bytes = 0
         self._subscriptions: list[Subscription] = []
+        self._unloaded = False  # past the grace period of unload: what still arrives is dropped
+        self._late_drains: set[asyncio.Future] = set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._in_flight: asyncio.Queue[tuple[Msg, asyncio.Future[Outcome]] | None] = asyncio.Queue()
         self._answering = asyncio.create_task(self._answer(), name=f"answer {spec.workload_id}")
@@ -95,24 +102,54 @@ class LoadedFunction:
                                       errors=self.errors, memory_bytes=self._memory_bytes)
 
     async def unload(self, grace: float) -> None:
-        """Unsubscribe, answer the calls already taken for up to ``grace`` seconds, free the context."""
-        for subscription in self._subscriptions:
-            try:
-                await subscription.unsubscribe()
-            except NatsError as exc:
-                log.warning("unsubscribing %s from %s: %s", self.spec.workload_id, subscription.subject, exc)
-        self._subscriptions.clear()
+        """Drain the subscriptions and answer every call they delivered, for up to ``grace`` seconds
+        in all; then free the context. Calls still unanswered by then get no reply."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        await self._drain_subscriptions(grace)
         self._in_flight.put_nowait(None)
         try:
-            await asyncio.wait_for(asyncio.shield(self._answering), grace)
+            await asyncio.wait_for(asyncio.shield(self._answering), max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:
             log.warning("function %s: calls still running after %.1fs, not answered", self.spec.workload_id, grace)
             self._answering.cancel()
+        self._unloaded = True
+        self._slots.release()  # a message may wait for a slot that no answer frees any more
         self._thread.call(self._sandbox.close)
         self._thread.stop()
 
+    async def _drain_subscriptions(self, grace: float) -> None:
+        """Unsubscribe, and hand on what the server sent before it saw that (nats-py's drain)."""
+        subscriptions, self._subscriptions = self._subscriptions, []
+        if grace <= 0:
+            for subscription in subscriptions:
+                try:
+                    await subscription.unsubscribe()
+                except NatsError as exc:
+                    log.warning("unsubscribing %s from %s: %s", self.spec.workload_id, subscription.subject, exc)
+            return
+        drains = [asyncio.ensure_future(subscription.drain()) for subscription in subscriptions]
+        if not drains:
+            return
+        done, pending = await asyncio.wait(drains, timeout=grace)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("draining %s: %s", self.spec.workload_id, task.exception())
+        if pending:
+            # Let them finish in the background: from now on _on_message drops what is left.
+            log.warning("function %s: messages still queued after %.1fs, dropped", self.spec.workload_id, grace)
+            self._unloaded = True
+            self._late_drains = pending  # held: the loop keeps only weak references to tasks
+            for task in pending:
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
     async def _on_message(self, msg: Msg) -> None:
+        if self._unloaded:
+            return
         await self._slots.acquire()
+        if self._unloaded:
+            self._slots.release()  # wakes the next message waiting for a slot, which is dropped too
+            return
         self._in_flight.put_nowait((msg, self._thread.call(self._invoke, msg.subject, msg.data)))
 
     def _invoke(self, subject: str, payload: bytes) -> Outcome:

@@ -57,10 +57,24 @@ class NodeNotFound(NotFound):
         self.node_id = node_id
 
 
+class BidNotFound(NotFound):
+    """A DEPLOY to a bid nobody holds any more: it expired, was used, or never was."""
+
+    def __init__(self, bid_id: str) -> None:
+        super().__init__(f"bid {bid_id!r} expired or already used")
+        self.bid_id = bid_id
+
+
 class ArtifactNotFound(NotFound):
     def __init__(self, uri: str) -> None:
         super().__init__(f"artifact not found: {uri}")
         self.uri = uri
+
+
+class AppNotFound(NotFound):
+    def __init__(self, namespace: str, name: str) -> None:
+        super().__init__(f"no app {name!r} in namespace {namespace!r}")
+        self.namespace, self.name = namespace, name
 
 
 class BadArtifact(BadRequest):

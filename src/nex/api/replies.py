@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from nex.api import subjects
 from nex.api.errors import ERROR_CODE_HEADER, ERROR_HEADER
 from nex.api.models import (
-    ErrorResponse, LameDuckResponse, NodeInfo, NodePing, UndeployResponse, WorkloadPing, WorkloadSummary,
+    AuctionReply, ErrorResponse, LameDuckResponse, NodeInfo, NodePing, UndeployResponse, WorkloadPing, WorkloadSummary,
 )
 
 SUCCESS_MODELS: dict[str, type[BaseModel]] = {
@@ -24,6 +24,7 @@ SUCCESS_MODELS: dict[str, type[BaseModel]] = {
     subjects.UNDEPLOY: UndeployResponse,
     subjects.WPING: WorkloadPing,
     subjects.LAMEDUCK: LameDuckResponse,
+    subjects.AUCTION: AuctionReply,
 }
 
 

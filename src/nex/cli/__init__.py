@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import click
 
 from nex import __version__
+from nex.cli.app import app, apply
 from nex.cli.devrun import devrun
 from nex.cli.feeds import events, logs
 from nex.cli.invoke import invoke
@@ -69,6 +70,8 @@ cli.add_command(logs)
 cli.add_command(events)
 cli.add_command(invoke)
 cli.add_command(keys)
+cli.add_command(apply)
+cli.add_command(app)
 node.add_command(node_up, "up")
 
 

@@ -15,6 +15,7 @@ from nex.cli import output
 from nex.cli.options import GlobalOptions, NexCommand, global_options_except, positive
 from nex.cli.session import resolve_node, run
 from nex.client import NexClient
+from nex.node.config import ConfigError, parse_tags
 
 
 def parse_env(values: tuple[str, ...]) -> dict[str, str]:
@@ -25,6 +26,17 @@ def parse_env(values: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="'--env'")
         env[key] = value
     return env
+
+
+def parse_placement_tags(values: tuple[str, ...]) -> dict[str, str]:
+    """``--tag zone=a --tag gpu=yes`` or ``--tag zone=a,gpu=yes``: the tags a node must have."""
+    tags: dict[str, str] = {}
+    for value in values:
+        try:
+            tags.update(parse_tags(value))
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--tag'") from None
+    return tags
 
 
 def parse_argv(value: str | None) -> list[str]:
@@ -52,7 +64,9 @@ def file_or_reference(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--name", metavar="N", help="workload name [default: from the file name]")
 @click.option("--lifecycle", type=click.Choice([lc.value for lc in Lifecycle]),
               help="[default: function for javascript/wasm, service otherwise]")
-@click.option("--node", "node_id", metavar="ID", help="node to run on [default: the least busy]")
+@click.option("--node", "node_id", metavar="ID", help="node to run on [default: the best bid of an auction]")
+@click.option("--tag", "tags", multiple=True, metavar="K=V[,K=V]",
+              help="place on a node that has this tag (repeatable; nex.os, nex.arch... included)")
 @click.option("--memory", type=int, callback=positive, metavar="MIB",
               help="memory limit in MiB; a service over it is killed (out of memory)")
 @click.option("--cpus", type=float, callback=positive, metavar="N", help="CPU quota, in CPUs (0.5: half of one)")
@@ -66,7 +80,7 @@ def file_or_reference(ctx: click.Context, param: click.Parameter, value: str) ->
 def devrun(
     opts: GlobalOptions, file: Path | str, workload_type: str | None, triggers: tuple[str, ...],
     env: tuple[str, ...], argv: str | None, name: str | None, lifecycle: str | None,
-    node_id: str | None, memory: int | None, cpus: float | None, pids: int | None,
+    node_id: str | None, tags: tuple[str, ...], memory: int | None, cpus: float | None, pids: int | None,
     network: str | None, timeout_ms: int | None,
 ) -> None:
     """Upload FILE (or name an image) and run it as a workload on a node.
@@ -76,8 +90,12 @@ def devrun(
     nex devrun ./server --argv '--port 8080' --env MODE=dev
     nex devrun ./image.tar --argv serve             (an OCI image layout tarball)
     nex devrun oci://127.0.0.1:5000/hello:1         (pulled by the node; nothing uploaded)
+    nex devrun ./server --tag zone=a                (on a node tagged zone=a, by auction)
     """
     environment = parse_env(env)
+    placement = parse_placement_tags(tags)
+    if placement and node_id:
+        raise click.UsageError("--tag places by auction; it does not go with --node")
     arguments = parse_argv(argv)
     try:
         limits = Limits(memory_mib=memory, cpus=cpus, pids=pids, timeout_ms=timeout_ms)
@@ -104,7 +122,7 @@ def devrun(
             return await client.devrun(
                 file, type=workload_type, name=name, triggers=triggers, env=environment,
                 argv=arguments, lifecycle=lifecycle, limits=limits, node_id=node, progress=on_progress,
-                network=network,
+                network=network, tags=placement,
             )
         finally:
             bar.stop()

@@ -26,7 +26,7 @@ from nex.api import subjects
 from nex.api.errors import BadRequest, InternalError, NexError
 from nex.api.models import (
     LameDuckResponse, NodeInfo, NodePing, UndeployRequest, UndeployResponse, WorkloadPing,
-    DeployRequest, parse_request,
+    AuctionReply, AuctionRequest, DeployRequest, parse_request,
 )
 from nex.connection import flush_subscriptions
 from nex.node import audit
@@ -55,6 +55,8 @@ class NodeFacade(Protocol):
     async def undeploy(self, namespace: str, workload_id: str, request: UndeployRequest) -> UndeployResponse: ...
 
     async def lameduck(self) -> LameDuckResponse: ...
+
+    async def auction(self, namespace: str, request: AuctionRequest) -> AuctionReply: ...
 
 
 Rejected = Callable[[str, dict[str, Any]], None]
@@ -115,6 +117,7 @@ class ControlService:
             ("deploy", subjects.control("*", subjects.DEPLOY, node_id), self._deploy),
             ("lameduck", subjects.control("*", subjects.LAMEDUCK, node_id), self._lameduck),
             ("wping", subjects.control("*", subjects.WPING), self._wping_all),
+            ("auction", subjects.control("*", subjects.AUCTION), self._auction),
         ]
         for name, subject, handler in endpoints:
             await self._service.add_endpoint(EndpointConfig(
@@ -190,6 +193,13 @@ class ControlService:
 
     async def _lameduck(self, namespace: str, data: bytes) -> LameDuckResponse:
         return await self._node.lameduck()
+
+    async def _auction(self, namespace: str, data: bytes) -> AuctionReply:
+        return await self._node.auction(namespace, parse_request(AuctionRequest, data))
+
+    async def serve_bid_deploy(self, msg: Msg) -> None:
+        """A DEPLOY through a bid (``DEPLOY.<bid_id>``, see nex.node.bids): the same path as to the node."""
+        await self._msg_handler(self._deploy)(msg)
 
 
 def _reply_subject(request: Request) -> str | None:

@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 SYSTEM_NAMESPACE = "system"
 
 
-async def ensure_stream(nc: Client, name: str, subject: str, max_bytes: int) -> None:
-    """Create the stream if it is missing; an existing one is left as its operator set it."""
+async def ensure_stream(nc: Client, name: str, subject: str, max_bytes: int, replicas: int = 1) -> None:
+    """Create the stream if it is missing (with ``replicas`` copies on a JetStream cluster); an
+    existing one is left as its operator set it."""
     js = nc.jetstream()
     try:
         await js.stream_info(name)
@@ -29,7 +30,7 @@ async def ensure_stream(nc: Client, name: str, subject: str, max_bytes: int) -> 
         pass
     config = StreamConfig(
         name=name, subjects=[subject], max_bytes=max_bytes, discard=DiscardPolicy.OLD,
-        storage=StorageType.FILE, max_msg_size=256 * 1024,
+        storage=StorageType.FILE, max_msg_size=256 * 1024, num_replicas=replicas,
     )
     try:
         await js.add_stream(config)
@@ -39,13 +40,16 @@ async def ensure_stream(nc: Client, name: str, subject: str, max_bytes: int) -> 
 
 
 class Feeds:
-    def __init__(self, nc: Client, node_id: str) -> None:
+    def __init__(self, nc: Client, node_id: str, replicas: int = 1) -> None:
         self._nc = nc
         self._node_id = node_id
+        self._replicas = replicas
 
     async def ensure_streams(self, logs_bytes: int, events_bytes: int) -> None:
-        await ensure_stream(self._nc, subjects.LOGS_STREAM, subjects.logs_filter("*", "*"), logs_bytes)
-        await ensure_stream(self._nc, subjects.EVENTS_STREAM, subjects.events_filter("*"), events_bytes)
+        await ensure_stream(self._nc, subjects.LOGS_STREAM, subjects.logs_filter("*", "*"), logs_bytes,
+                            self._replicas)
+        await ensure_stream(self._nc, subjects.EVENTS_STREAM, subjects.events_filter("*"), events_bytes,
+                            self._replicas)
 
     def _publish(self, subject: str, payload: bytes) -> None:
         # nats-py buffers publishes; scheduling keeps log pumps synchronous and cheap.

@@ -17,16 +17,19 @@ from nex.api.errors import BadRequest, ForbiddenTrigger
 from nex.api.events import EventType
 from nex.api.subjects import first_overlap
 from nex.api.models import (
-    DeployRequest, LameDuckResponse, NodeInfo, NodePing, NodeState, UndeployRequest,
-    UndeployResponse, WorkloadPing,
+    AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, NodeInfo, NodePing, NodeState, UndeployRequest,
+    NodeRecord, UndeployResponse, WorkloadPing,
 )
 from nex.artifacts import ArtifactCache
+from nex.fleet.reconciler import Reconciler, fleet_keys
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
 from nex.node import identity
+from nex.node.bids import Bidder, BidBook
 from nex.node.config import NodeConfig
 from nex.node.control import ControlService
 from nex.node.feeds import Feeds
+from nex.node.registry import NodeRegistry
 from nex.node.resources import automatic_tags, resources
 from nex.node.sandboxing import choose_sandbox, sweep_containers
 from nex.node.supervisor import Supervisor
@@ -71,10 +74,14 @@ class Node:
         self.feeds: Feeds | None = None
         self._stop = asyncio.Event()
         self._lameduck_task: asyncio.Task | None = None
+        self._workloads_changed_event = asyncio.Event()  # wakes the lame duck drain
+        self.registry: NodeRegistry | None = None
         self.reaper: Reaper | None = None
         self.oci: OciRunner | None = None
         self.embedded_auth: EmbeddedAuth | None = None
         self.credentials: WorkloadCredentials | None = None  # per-workload NATS users; None: no auth
+        self.bids: BidBook | None = None
+        self.reconciler: Reconciler | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -94,7 +101,7 @@ class Node:
         if self.embedded is not None and signer is not None:
             options = replace(options, creds=str(self.embedded_auth.node_creds(f"nex-node {self.name}")))
         self.nc = await connect(options.with_name(f"nex-node {self.name}"))
-        self.feeds = Feeds(self.nc, self.node_id)
+        self.feeds = Feeds(self.nc, self.node_id, replicas=self.config.replicas)
         await self.feeds.ensure_streams(self.config.logs_stream_bytes, self.config.events_stream_bytes)
         self.credentials = WorkloadCredentials(signer, options.servers) if signer is not None else None
         context = RuntimeContext(node_id=self.node_id, state_dir=self.state_dir,
@@ -103,7 +110,7 @@ class Node:
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
             ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream()), self.feeds,
-            on_removed=self._workload_removed,
+            on_removed=self._workload_removed, nc=self.nc, on_changed=self._workloads_changed,
         )
         swept = await self.supervisor.sweep_leftovers()
         if swept:
@@ -112,7 +119,12 @@ class Node:
         if containers:
             log.warning("removed %d container(s) left by a previous node: %s", len(containers), ", ".join(containers))
         self.control = ControlService(self.nc, self, on_rejected=self._request_rejected)
+        self.bids = BidBook(self.nc, self.config.bid_ttl_s, self.control.serve_bid_deploy)
         await self.control.start()
+        self.registry = NodeRegistry(
+            self.nc, self.node_id, self._registry_record, interval_s=self.config.registry_interval_s,
+            ttl_s=self.config.node_timeout_s, replicas=self.config.replicas)
+        await self.registry.start()
         self.feeds.node_event(EventType.NODE_STARTED, self._ping_data())
         await self.nc.flush()
         log.info("node %s (%s) is up; node id %s, xkey %s", self.name, __version__, self.node_id, self.xkey.public)
@@ -121,6 +133,17 @@ class Node:
                         "from anyone who can publish on $NEX.SVC.>; give --trusted-issuer to close it")
         else:
             log.info("trusting %d issuer(s), %d of them admin", len(self.claims.trusted), len(self.claims.admins))
+        if self.config.reconciler:
+            self.reconciler = self._make_reconciler()
+            self.reconciler.start()
+
+    def _make_reconciler(self) -> Reconciler:
+        """This node's candidate for the fleet's reconciler lease (nex.fleet.reconciler)."""
+        keys = fleet_keys(self.config.fleet_keys or self.state_dir / "fleet")
+        return Reconciler(
+            self.nc, self.node_id, self.name, keys, self.feeds.event, interval_s=self.config.reconcile_interval_s,
+            lease_s=self.config.lease_s, replicas=self.config.replicas,
+            registry_interval_s=self.config.registry_interval_s)
 
     async def _start_embedded(self) -> AccountSigner | None:
         """Start the embedded server; with ``auth``, in operator mode, returning the account's signer."""
@@ -158,10 +181,18 @@ class Node:
 
     async def shutdown(self) -> None:
         """Stop every workload, say so, drain, and stop the embedded server."""
+        if self.reconciler is not None:
+            await self.reconciler.stop()  # first: hand the lease over before anything else stops
         self.state = NodeState.STOPPING
+        if self.bids is not None:
+            await self.bids.close()
+        if self.registry is not None and self.nc.is_connected:
+            await self.registry.write_now()  # the fleet may start replacements while these stop
         if self.supervisor is not None:
             await self.supervisor.stop_all(self.config.stop_grace_s)
             await self.supervisor.close()
+        if self.registry is not None:
+            await self.registry.stop()
         if self.reaper is not None:
             self.reaper.close()
         if self.oci is not None:
@@ -251,18 +282,55 @@ class Node:
         return UndeployResponse(id=workload.id, node_id=self.node_id, state=workload.state,
                                 exit=workload.exit.info() if workload.exit else None)
 
+    async def auction(self, namespace: str, request: AuctionRequest) -> AuctionReply:
+        """A bid for the workload, or why this node declines (nex.node.bids)."""
+        return await self.bids.auction(namespace, request, Bidder(
+            node_id=self.node_id, name=self.name, state=self.state, tags=self.tags, xkey=self.xkey.public,
+            runtimes=frozenset(self.supervisor.runtime_types), workload_count=len(self.supervisor.table.active()),
+        ))
+
     async def lameduck(self) -> LameDuckResponse:
-        """Stop taking work; after the lame duck period, stop the workloads and exit."""
+        """Stop taking work and say so in the registry at once, so that the fleet's reconciler moves
+        this node's app replicas; exit once they are gone, or after the lame duck period."""
         if self.state == NodeState.RUNNING:
             self.state = NodeState.LAMEDUCK
             self.supervisor.accepting = False
             self.feeds.node_event(EventType.NODE_LAMEDUCK, self._ping_data())
-            self._lameduck_task = asyncio.create_task(self._leave_after(self.config.lameduck_s))
+            self._lameduck_task = asyncio.create_task(self._leave_when_drained(self.config.lameduck_s))
+            await self.registry.write_now()
         return LameDuckResponse(node_id=self.node_id, state=self.state)
 
-    async def _leave_after(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    def _app_replicas(self) -> list[Workload]:
+        return [w for w in self.supervisor.table.active() if w.request.app is not None]
+
+    async def _leave_when_drained(self, seconds: float) -> None:
+        """With app replicas at lame duck time: leave when none is left (the reconciler undeploys
+        them once their replacements run), at the latest after ``seconds``. Without: after ``seconds``."""
+        try:
+            if self._app_replicas():
+                await asyncio.wait_for(self._drained(), seconds)
+            else:
+                await asyncio.sleep(seconds)
+        except asyncio.TimeoutError:
+            log.warning("lame duck period over with %d app replica(s) still here: stopping them",
+                        len(self._app_replicas()))
         self._stop.set()
+
+    async def _drained(self) -> None:
+        while self._app_replicas():
+            self._workloads_changed_event.clear()
+            await self._workloads_changed_event.wait()
+        log.info("lame duck: every app replica moved away, leaving")
+
+    def _workloads_changed(self) -> None:
+        self._workloads_changed_event.set()
+        if self.registry is not None:
+            self.registry.changed()
+
+    def _registry_record(self, seq: int) -> NodeRecord:
+        ping = self.ping("system").model_copy(update={"workload_count": len(self.supervisor.table.active())})
+        return NodeRecord(node=ping, resources=resources(), runtimes=self.supervisor.runtime_types,
+                          workloads=self.supervisor.records(), seq=seq)
 
     def _request_rejected(self, namespace: str, record: dict) -> None:
         self.feeds.event(namespace, EventType.REQUEST_REJECTED, record)

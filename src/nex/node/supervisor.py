@@ -1,8 +1,9 @@
 """The supervisor: the one place that drives runtimes.
 
 It fetches and verifies artifacts, starts workloads through their runtime,
-watches them until they end, records handles on disk so a later node can clean
-up after a dead one, and reports every change as an event.
+watches them until they end, runs their health checks, records handles on disk
+so a later node can clean up after a dead one, and reports every change as an
+event and to ``on_changed`` (the node rewrites its registry entry soon after).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from nats.aio.client import Client
+
 from nex.api.errors import BadRequest, Conflict, NexError
 from nex.api.events import EventType
-from nex.api.models import DeployRequest, WorkloadState, WorkloadType
+from nex.api.models import DeployRequest, Health, Lifecycle, ReplicaRecord, WorkloadState, WorkloadType
 from nex.artifacts import ArtifactCache
 from nex.node.feeds import Feeds
+from nex.node.health import HealthChecks, check_supported
 from nex.node.workloads import Workload, WorkloadTable, utcnow
 from nex.runtimes.base import ExitResult, Handle, Runtime, WorkloadSpec
 
@@ -36,8 +40,13 @@ class Supervisor:
         artifacts: ArtifactCache,
         feeds: Feeds,
         on_removed: Callable[[Workload], None] = lambda w: None,
+        *,
+        nc: Client | None = None,
+        on_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.node_id = node_id
+        self._health = HealthChecks(nc, self._health_changed)  # nats checks request through ``nc``
+        self._on_changed = on_changed
         self._runtimes = runtimes
         self._artifacts = artifacts
         self._feeds = feeds
@@ -63,6 +72,7 @@ class Supervisor:
             raise BadRequest(f"this node does not run {request.type} workloads")
         if request.lifecycle not in runtime.capabilities.lifecycles:
             raise BadRequest(f"{request.type} workloads cannot have lifecycle {request.lifecycle}")
+        check_supported(request.health, request.lifecycle, runtime.capabilities.sandboxed, request.network)
         artifact_path = await self._artifacts.fetch(request.artifact)
         # Random, not sequential: ids differ from their first characters, so prefixes work in the CLI.
         workload_id = secrets.token_hex(10)
@@ -84,7 +94,10 @@ class Supervisor:
         workload.state = WorkloadState.RUNNING
         workload.stats = runtime.inspect(workload.handle)
         workload.watcher = asyncio.create_task(self._watch(workload, runtime))
+        if workload.has_check:
+            self._health.start(workload, lambda: self.refresh(workload).stats.get("pid"))
         self._feeds.event(namespace, EventType.WORKLOAD_STARTED, self._event_data(workload), workload_id)
+        self._on_changed()
         return workload
 
     async def undeploy(self, namespace: str, workload_id: str, grace: float) -> Workload:
@@ -99,6 +112,8 @@ class Supervisor:
     async def _stop(self, workload: Workload, grace: float) -> None:
         if workload.state == WorkloadState.RUNNING:
             workload.state = WorkloadState.STOPPING
+            self._health.stop(workload.id)
+            self._on_changed()
             await self._runtimes[workload.request.type].stop(workload.handle, grace)
         if workload.watcher is not None:
             await asyncio.shield(workload.watcher)
@@ -112,6 +127,7 @@ class Supervisor:
             result = await runtime.wait(workload.handle)
         except NexError as exc:
             result = ExitResult(error=exc.message)
+        self._health.stop(workload.id)
         stopped_on_request = workload.state == WorkloadState.STOPPING
         workload.exit = result
         workload.stopped_at = utcnow()
@@ -122,6 +138,16 @@ class Supervisor:
         event_type = EventType.WORKLOAD_STOPPED if ok else EventType.WORKLOAD_FAILED
         data = {**self._event_data(workload), **result.info().model_dump(), "requested": stopped_on_request}
         self._feeds.event(workload.namespace, event_type, data, workload.id)
+        self._on_changed()
+
+    def _health_changed(self, workload: Workload, old: Health, reason: str | None) -> None:
+        if workload.state != WorkloadState.RUNNING:
+            return  # a probe that ended as the workload stopped: its verdict means nothing now
+        data = {**self._event_data(workload), "health": workload.checked.value, "previous": old.value}
+        if reason is not None:
+            data["reason"] = reason
+        self._feeds.event(workload.namespace, EventType.WORKLOAD_HEALTH, data, workload.id)
+        self._on_changed()
 
     def _event_data(self, workload: Workload) -> dict:
         return {
@@ -134,6 +160,7 @@ class Supervisor:
     def _removed(self, workload: Workload) -> None:
         shutil.rmtree(self._work_root / workload.id, ignore_errors=True)
         self._on_removed(workload)
+        self._on_changed()
 
     # -- inspection ------------------------------------------------------------
 
@@ -141,6 +168,12 @@ class Supervisor:
         if workload.handle is not None and not workload.ended:
             workload.stats = self._runtimes[workload.request.type].inspect(workload.handle)
         return workload
+
+    def records(self) -> list[ReplicaRecord]:
+        """The table as the node registry lists it, written often: only functions are inspected
+        afresh (whether the agent has them loaded is their health); reading the usage of every
+        service's cgroup would be wasted here."""
+        return [(self.refresh(w) if w.request.lifecycle == Lifecycle.FUNCTION else w).record() for w in self.table]
 
     # -- handles on disk: what a node that dies leaves for the next one ----------
 
@@ -175,5 +208,6 @@ class Supervisor:
         return swept
 
     async def close(self) -> None:
+        await self._health.close()
         for runtime in self._runtimes.values():
             await runtime.close()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from nex.api.errors import WorkloadNotFound
-from nex.api.models import DeployRequest, Usage, WorkloadState, WorkloadSummary
+from nex.api.models import DeployRequest, Health, ReplicaRecord, Usage, WorkloadState, WorkloadSummary
 from nex.runtimes.base import ExitResult, Handle
 
 # Ended workloads stay listed (state, exit code) until removed or pushed out by newer ones.
@@ -33,10 +33,27 @@ class Workload:
     watcher: asyncio.Task | None = None
     stats: dict = field(default_factory=dict)
     issuer: str | None = None  # who signed the deploy; only it (or an admin) may stop the workload
+    checked: Health = Health.UNKNOWN  # the verdict of its health check (nex.node.health), if it has one
 
     @property
     def ended(self) -> bool:
         return self.state in (WorkloadState.STOPPED, WorkloadState.FAILED)
+
+    @property
+    def has_check(self) -> bool:
+        """Whether a probe (tcp or nats) decides its health, rather than its being alive."""
+        check = self.request.health
+        return check is not None and (check.tcp is not None or check.nats is not None)
+
+    @property
+    def health(self) -> Health | None:
+        """None unless running. With a probe, its verdict; without one, healthy while the process
+        runs or the function is loaded in its agent (the agent may be restarting)."""
+        if self.state != WorkloadState.RUNNING:
+            return None
+        if self.has_check:
+            return self.checked
+        return Health.HEALTHY if self.stats.get("running", True) else Health.UNHEALTHY
 
     def summary(self) -> WorkloadSummary:
         request = self.request
@@ -48,6 +65,16 @@ class Workload:
             stopped_at=self.stopped_at, pid=self.stats.get("pid"),
             exit=self.exit.info() if self.exit else None, usage=self.usage(),
             invocations=self.stats.get("invocations"), errors=self.stats.get("errors"),
+            health=self.health, app=request.app,
+        )
+
+    def record(self) -> ReplicaRecord:
+        """The compact form the node registry lists (docs/operations.md)."""
+        request = self.request
+        return ReplicaRecord(
+            id=self.id, name=request.name, namespace=self.namespace, type=request.type,
+            lifecycle=request.lifecycle, state=self.state, health=self.health, app=request.app,
+            started_at=self.started_at, exit_code=self.exit.exit_code if self.exit else None,
         )
 
     def usage(self) -> Usage | None:

@@ -1,0 +1,255 @@
+"""``nex apply`` and ``nex app``: desired state, stored in JetStream KV and kept by the reconciler."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from nex.api import subjects
+from nex.api.apps import AppRecord
+from nex.api.errors import AppNotFound, Unavailable
+from nex.api.events import EVENT_TYPE_PREFIX, CloudEvent, EventType
+from nex.cli import output
+from nex.cli.options import GlobalOptions, NexCommand, NexGroupHelp, with_global_options
+from nex.cli.session import run
+from nex.client import NexClient
+from nex.fleet.appfile import build_spec, parse_app_file
+from nex.fleet.status import AppChange, AppView, ReplicaView, app_change, app_view, replicas_of
+from nex.fleet.store import AppStore, same_spec
+
+_POLL_S = 0.25
+
+
+@click.command("apply", cls=NexCommand)
+@click.option("-f", "--file", "file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="the app file, YAML or JSON")
+@click.option("--dry-run", is_flag=True, help="say what would change, change nothing (and upload nothing)")
+@with_global_options
+def apply(opts: GlobalOptions, file: Path, dry_run: bool) -> None:
+    """Store an app (workloads, replicas, placement...) for the fleet's reconciler to run.
+
+    \b
+    nex apply -f shop.yaml
+    nex apply -f shop.yaml --dry-run
+    """
+    parsed = parse_app_file(file, opts.namespace, namespace_given=_namespace_given())
+
+    async def action(client: NexClient) -> AppChange:
+        store = AppStore(client.nc, timeout=opts.timeout)
+        spec = await build_spec(parsed, client, store, client.keys, upload=not dry_run)
+        try:
+            before: AppRecord | None = (await store.get(spec.namespace, spec.name))[0]
+        except AppNotFound:
+            before = None
+        if dry_run:
+            if before is None:
+                return app_change(None, spec, 1, dry_run=True)
+            if same_spec(before.spec, spec):
+                return app_change(before.spec, spec, before.version, dry_run=True)
+            return _updated(app_change(before.spec, spec, before.version + 1, dry_run=True))
+        applied_by = client.keys.issuer_public if client.keys else None
+        record = await store.apply(spec, applied_by)
+        if before is not None and record.version == before.version:
+            return app_change(record.spec, record.spec, record.version)
+        change = app_change(record.previous, record.spec, record.version)
+        if record.previous is not None:
+            change = _updated(change)
+        await _publish_event(client, EventType.APP_APPLIED, record.spec.namespace, record.spec.name, {
+            "name": record.spec.name, "namespace": record.spec.namespace, "version": record.version,
+            "applied_by": applied_by,
+            "workloads": {c.name: c.change for c in change.workloads},
+        })
+        return change
+
+    change = run(opts, action, create_keys=True)
+    if opts.json:
+        output.print_json(change)
+        return
+    _print_change(change)
+
+
+def _updated(change: AppChange) -> AppChange:
+    # A new version even when no workload differs on its own (their order changed, say).
+    return change.model_copy(update={"action": "updated"})
+
+
+def _namespace_given() -> bool:
+    """Whether the user named a namespace (-n, before or after the command, or NEX_NAMESPACE)."""
+    ctx = click.get_current_context()
+    if ctx.params.get("namespace") is not None:
+        return True
+    root = ctx.find_root()
+    return root.get_parameter_source("namespace") not in (ParameterSource.DEFAULT, None)
+
+
+def _print_change(change: AppChange) -> None:
+    app = f"app {change.name!r} in namespace {change.namespace!r}"
+    would = "would be" if change.dry_run else "is"
+    if change.action == "unchanged":
+        click.echo(f"{app} is unchanged (version {change.version})")
+        return
+    if change.action == "created":
+        click.echo(f"{app} {would} created (version {change.version})")
+    else:
+        click.echo(f"{app} {would} updated to version {change.version}")
+    for c in change.workloads:
+        if c.change == "added":
+            detail = f"{_replicas(c.replicas_to)}, revision {c.revision_to}"
+        elif c.change == "removed":
+            detail = f"its {_replicas(c.replicas_from)} stop"
+        elif c.change == "replaced":
+            detail = f"revision {c.revision_from} -> {c.revision_to}, replicas {c.replicas_from} -> {c.replicas_to}"
+        elif c.change == "scaled":
+            detail = f"replicas {c.replicas_from} -> {c.replicas_to}"
+        elif c.change == "changed":
+            detail = "placement, restart or update strategy; running replicas stay"
+        else:
+            detail = f"revision {c.revision_to}, {_replicas(c.replicas_to)}"
+        click.echo(f"  {c.name}: {c.change} ({detail})")
+
+
+def _replicas(count: int | None) -> str:
+    return "1 replica" if count == 1 else f"{count} replicas"
+
+
+@click.group(cls=NexGroupHelp)
+def app() -> None:
+    """List, inspect and delete the apps of a namespace (nex apply stores them)."""
+
+
+@app.command("ls")
+@click.option("--all-namespaces", "-A", "all_namespaces", is_flag=True, help="the apps of every namespace")
+@with_global_options
+def app_ls(opts: GlobalOptions, all_namespaces: bool) -> None:
+    """List the apps: versions, replicas desired and running, rollout state."""
+
+    async def action(client: NexClient) -> list[AppView]:
+        store = AppStore(client.nc, timeout=opts.timeout)
+        records = await store.list(None if all_namespaces else opts.namespace)
+        nodes = await store.nodes() if records else []
+        statuses = await asyncio.gather(*(store.get_status(r.spec.namespace, r.spec.name) for r in records))
+        return [app_view(r, nodes, s) for r, s in zip(records, statuses)]
+
+    views = run(opts, action)
+    if opts.json:
+        output.print_json(views)
+        return
+    if not views:
+        where = "any namespace" if all_namespaces else f"namespace {opts.namespace!r}"
+        output.stderr().print(f"no app in {where}")
+        return
+    output.table(
+        ["NAME", "NAMESPACE", "VERSION", "WORKLOADS", "RUNNING", "HEALTHY", "ROLLOUT", "APPLIED"],
+        [[v.name, v.namespace, v.version, ", ".join(w.name for w in v.workloads), f"{v.running}/{v.desired}",
+          v.healthy, v.rollout, output.age(v.applied_at)] for v in views],
+    )
+
+
+@app.command("status")
+@click.argument("name")
+@with_global_options
+def app_status(opts: GlobalOptions, name: str) -> None:
+    """Show one app: desired against actual, each replica with its node, state and health."""
+    subjects.check_token(name, "app name")
+
+    async def action(client: NexClient) -> AppView:
+        store = AppStore(client.nc, timeout=opts.timeout)
+        record, _ = await store.get(opts.namespace, name)
+        return app_view(record, await store.nodes(), await store.get_status(opts.namespace, name))
+
+    view = run(opts, action)
+    if opts.json:
+        output.print_json(view)
+        return
+    pairs: list[tuple[str, Any]] = [
+        ("App", view.name), ("Namespace", view.namespace),
+        ("Version", view.version), ("Applied", f"{view.applied_at.isoformat()} ({output.age(view.applied_at)} ago)"),
+        ("Replicas", f"{view.running}/{view.desired} running, {view.healthy} healthy"),
+        ("Rollout", view.rollout),
+    ]
+    if view.applied_by:
+        pairs.append(("Applied by", view.applied_by))
+    if view.reconciled_at is not None:
+        pairs.append(("Reconciled", f"version {view.reconciled_version}, {output.age(view.reconciled_at)} ago "
+                                    f"by {output.short(view.reconciler or '-')}"))
+    else:
+        pairs.append(("Reconciled", "not yet: is a node with the reconciler running?"))
+    output.fields(pairs)
+    for w in view.workloads:
+        click.echo()
+        rollout = w.rollout.value if w.rollout else "pending"
+        line = (f"{w.name} ({w.type.value}, revision {w.revision}): {w.running}/{w.desired} running, "
+                f"{w.healthy} healthy, {w.up_to_date} up to date, rollout {rollout}")
+        if w.restarts:
+            line += f", {w.restarts} restarts"
+        click.echo(line)
+        if w.message:
+            click.echo(f"  {w.message}")
+        _replica_table(w.replicas)
+    if view.leftover:
+        click.echo()
+        click.echo("replicas of removed workloads (being stopped):")
+        _replica_table(view.leftover)
+
+
+def _replica_table(replicas: list[ReplicaView]) -> None:
+    if not replicas:
+        click.echo("  no replica")
+        return
+    output.table(
+        ["REPLICA", "NODE", "STATE", "HEALTH", "REVISION", "AGE"],
+        [[r.id, f"{r.node_name} ({output.short(r.node_id)})"
+          + ("" if r.node_state.value == "running" else f" {r.node_state.value}"),
+          r.state.value, r.health.value if r.health else "-",
+          r.revision + ("" if r.current else " (old)"), output.age(r.started_at)] for r in replicas],
+    )
+
+
+@app.command("delete")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="wait until no replica of the app runs (at most --timeout)")
+@with_global_options
+def app_delete(opts: GlobalOptions, name: str, wait: bool) -> None:
+    """Delete an app: the reconciler stops its replicas."""
+    subjects.check_token(name, "app name")
+
+    async def action(client: NexClient) -> int:
+        store = AppStore(client.nc, timeout=opts.timeout)
+        record, _ = await store.get(opts.namespace, name)
+        await store.delete(opts.namespace, name)
+        issuer = client.keys.issuer_public if client.keys else None
+        await _publish_event(client, EventType.APP_DELETED, opts.namespace, name, {
+            "name": name, "namespace": opts.namespace, "version": record.version, "deleted_by": issuer})
+        if not wait:
+            return len(replicas_of(opts.namespace, name, await store.nodes()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + opts.timeout
+        while remaining := replicas_of(opts.namespace, name, await store.nodes()):
+            if loop.time() >= deadline:
+                raise Unavailable(
+                    f"app {name!r} is deleted, but {len(remaining)} replicas still run after {opts.timeout:g}s: "
+                    "the reconciler stops them (is a node with the reconciler running?)")
+            await asyncio.sleep(_POLL_S)
+        return 0
+
+    remaining = run(opts, action)
+    if opts.json:
+        output.print_json({"name": name, "namespace": opts.namespace, "deleted": True, "replicas": remaining})
+    elif remaining:
+        click.echo(f"app {name!r} is deleted; the reconciler stops its {_replicas(remaining)}")
+    else:
+        click.echo(f"app {name!r} is deleted")
+
+
+async def _publish_event(client: NexClient, event_type: EventType, namespace: str, app_name: str,
+                         data: dict[str, Any]) -> None:
+    """An event in the app's namespace, from the CLI (source: the user's issuer key)."""
+    issuer = client.keys.issuer_public if client.keys else "anonymous"
+    event = CloudEvent(source=f"nex/cli/{issuer}", type=EVENT_TYPE_PREFIX + event_type.value,
+                       subject=app_name, data=data)
+    await client.nc.publish(subjects.events(namespace, event_type.value), event.model_dump_json().encode())
+    await client.nc.flush(timeout=client.timeout)

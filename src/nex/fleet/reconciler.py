@@ -1,0 +1,374 @@
+"""The fleet's reconciler: keeps what runs equal to the apps in NEX_APPS.
+
+Every node with ``config.reconciler`` runs one; only the holder of the lease
+(:mod:`nex.fleet.lease`) acts. Each pass reads the apps and the node registry,
+asks the pure planner (:mod:`nex.fleet.planner`) what to do, and does it: a
+placement is an auction plus a deploy to the chosen bid, a stop an undeploy,
+a rollback a compare-and-set of the app record back to its previous spec. One
+action failing (a node gone between bid and deploy, a node in lame duck, NATS
+reconnecting) is logged and tried again next pass; nothing stops the loop but
+:meth:`Reconciler.stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
+
+from nex.api import subjects
+from nex.api.apps import AppRecord, AppStatus, AppWorkload
+from nex.api.errors import NexError, WorkloadNotFound
+from nex.api.events import EventType
+from nex.api.models import AppRef, AuctionRequest, DeployRequest
+from nex.client import NexClient
+from nex.fleet.lease import Lease
+from nex.fleet.planner import (
+    AppKey, FleetMemory, PendingReplica, Place, Plan, Rollback, Settings, SlotKey, Stop, bid_bucket, choose_bid,
+    plan,
+)
+from nex.fleet.store import AppStore
+from nex.security.keystore import UserKeys
+from nex.security.xkeys import open_env
+
+log = logging.getLogger(__name__)
+
+SYSTEM_NAMESPACE = "system"
+MAX_CONCURRENT_ACTIONS = 8
+AUCTION_WAIT_S = 1.0
+REQUEST_TIMEOUT_S = 15.0  # an undeploy waits for the workload's grace period
+
+Publish = Callable[[str, EventType, dict[str, Any]], None]
+"""Publishes an event: (namespace, type, data)."""
+
+# What the reconciler tolerates from one action or one pass: the engine's own errors and NATS's.
+_TRANSIENT = (NexError, nats.errors.Error, asyncio.TimeoutError, OSError)
+
+
+def fleet_keys(directory: Path) -> UserKeys:
+    """The fleet's issuer and xkey: the same directory (and so keys) on every reconciling node."""
+    keys = UserKeys.load(home=directory, create=True)
+    assert keys is not None  # create=True always makes them
+    return keys
+
+
+class Reconciler:
+    def __init__(self, nc: Client, node_id: str, name: str, keys: UserKeys, publish: Publish, *,
+                 interval_s: float, lease_s: float, replicas: int = 1, registry_interval_s: float = 2.0) -> None:
+        self._nc = nc
+        self.node_id = node_id
+        self._keys = keys
+        self._publish = publish
+        self._interval = interval_s
+        self.lease = Lease(nc, node_id, name, lease_s, replicas, fleet_issuer=keys.issuer_public,
+                           fleet_xkey=keys.xkey.public)
+        self._store = AppStore(nc, replicas=replicas, timeout=max(2.0, lease_s))
+        self._settings = Settings(pending_ttl_s=max(5.0, 4 * registry_interval_s))
+        self._memory = FleetMemory()
+        self._written: dict[AppKey, dict] = {}
+        self._wake = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._renewer: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self._clients: dict[str, NexClient] = {}
+        self._live_nodes = 0
+        self._seeded = False
+        self._last_trouble: str | None = None
+        self._stopping = False
+        self.passes = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="reconciler")
+
+    async def stop(self) -> None:
+        """Stop acting and give the lease up, so another node takes over at once."""
+        self._stopping = True
+        for task in (self._task, self._renewer, self._watcher):
+            # Cancelled until done: on Python 3.11 wait_for can swallow a cancellation that
+            # arrives as the awaited thing completes, and the loop would go on.
+            while task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.5)
+        self._task = self._renewer = self._watcher = None
+        await self.lease.release()
+
+    @property
+    def leading(self) -> bool:
+        return self.lease.held
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                if not self.lease.held and await self.lease.acquire():
+                    self._elected()
+                if self.lease.held:
+                    await self._pass_unless_lost()
+            except _TRANSIENT as exc:
+                self._trouble(_describe(exc))
+            else:
+                self._last_trouble = None
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval if self.lease.held else self.lease.lease_s / 3)
+
+    def _trouble(self, message: str) -> None:
+        """A pass that failed as a whole (NATS away, no JetStream): said once, not every pass."""
+        if message != self._last_trouble:
+            log.warning("reconciler: %s (retrying)", message)
+        else:
+            log.debug("reconciler: %s", message)
+        self._last_trouble = message
+
+    def _elected(self) -> None:
+        log.info("this node now reconciles the fleet")
+        self._memory = FleetMemory()  # what a previous term remembered may be stale
+        self._seeded = False
+        self._written.clear()
+        self._lost.clear()
+        self._renewer = asyncio.create_task(self._renew(), name="reconciler-lease")
+        self._watcher = asyncio.create_task(self._watch_apps(), name="reconciler-watch")
+        lease = self.lease.value
+        self._publish(SYSTEM_NAMESPACE, EventType.RECONCILER_ELECTED, {
+            "node_id": self.node_id, "name": lease.name, "fleet_issuer": lease.fleet_issuer,
+            "fleet_xkey": lease.fleet_xkey})
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease.lease_s / 3)
+            if not await self.lease.renew():
+                self._lost.set()
+                self._wake.set()
+                if self._watcher is not None:
+                    self._watcher.cancel()
+                return
+
+    async def _watch_apps(self) -> None:
+        """Wake the loop at once when an app is applied or deleted (cheaper than a short interval)."""
+        while True:
+            try:
+                kv = await self._nc.jetstream().key_value(subjects.APPS_BUCKET)
+                watcher = await kv.watch("app.>", meta_only=True)
+                try:
+                    while True:
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            if await watcher.updates(timeout=60) is not None:
+                                self._wake.set()
+                finally:
+                    with contextlib.suppress(*_TRANSIENT):
+                        await watcher.stop()
+            except _TRANSIENT as exc:
+                log.debug("reconciler: app watch: %s", _describe(exc))
+                await asyncio.sleep(self._interval * 5)
+
+    async def _pass_unless_lost(self) -> None:
+        """One pass, abandoned the moment the lease is lost."""
+        work = asyncio.create_task(self.reconcile_once())
+        lost = asyncio.create_task(self._lost.wait())
+        try:
+            await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()  # stopped: the pass goes too
+            raise
+        finally:
+            lost.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.wait({work})  # raises nothing of the pass; a cancel of this task still does
+            return
+        work.result()
+
+    # -- one pass ----------------------------------------------------------------------------
+
+    async def reconcile_once(self) -> Plan:
+        apps = await self._store.list()
+        nodes = await self._store.nodes()
+        statuses = await self._status_keys()
+        if not self._seeded:
+            await self._seed(apps)
+        now = time.time()
+        self._live_nodes = len(nodes)
+        decided = plan(apps, nodes, self._memory, now, self._settings, statuses)
+        await self._execute(decided)
+        await self._write_statuses(decided)
+        self.passes += 1
+        return decided
+
+    async def _execute(self, decided: Plan) -> None:
+        """Every action of the plan, a bounded number at once; one failing does not stop the others."""
+        limit = asyncio.Semaphore(MAX_CONCURRENT_ACTIONS)
+        by_slot: dict[SlotKey, list[Place]] = {}
+        for place in decided.places:
+            by_slot.setdefault((place.namespace, place.app, place.workload.name), []).append(place)
+
+        async def bounded(action: Any, coro_fn: Callable[[], Any]) -> None:
+            async with limit:
+                try:
+                    await coro_fn()
+                except _TRANSIENT as exc:
+                    log.warning("reconciler: %s: %s", _what(action), _describe(exc))
+
+        jobs = [bounded(r, lambda r=r: self._rollback(r)) for r in decided.rollbacks]
+        jobs += [bounded(s, lambda s=s: self._stop(s)) for s in decided.stops]
+        # Replicas of one workload are placed one after the other, so each sees where the last went.
+        jobs += [bounded(places[0], lambda slot=slot, places=places: self._place_all(
+            places, decided.spread_counts.get(slot, {}))) for slot, places in by_slot.items()]
+        await asyncio.gather(*jobs)
+        for announce in decided.announcements:
+            self._publish(announce.namespace, announce.type, announce.data)
+        for namespace, app in decided.delete_statuses:
+            with contextlib.suppress(*_TRANSIENT):
+                await self._store.delete_status(namespace, app)
+                self._written.pop((namespace, app), None)
+                self._memory.events.pop((namespace, app), None)
+
+    def _client(self, namespace: str) -> NexClient:
+        client = self._clients.get(namespace)
+        if client is None:
+            client = self._clients[namespace] = NexClient(self._nc, namespace, REQUEST_TIMEOUT_S, keys=self._keys)
+        return client
+
+    async def _place_all(self, places: list[Place], counts: dict[str, int]) -> None:
+        counts = dict(counts)
+        for place in places:
+            try:
+                await self._place(place, counts)
+            except _TRANSIENT as exc:
+                # Tried again next pass; shown in the app's status, and logged once, not every pass.
+                slot, reason = (place.namespace, place.app, place.workload.name), _describe(exc)
+                if self._memory.unplaceable.get(slot) != reason:
+                    log.warning("reconciler: %s: %s", _what(place), reason)
+                    self._memory.note((place.namespace, place.app), f"placing {place.workload.name} failed: {reason}")
+                self._memory.unplaceable[slot] = reason
+
+    async def _place(self, place: Place, counts: dict[str, int]) -> None:
+        workload = place.workload
+        client = self._client(place.namespace)
+        constraints = AuctionRequest(type=workload.type, lifecycle=workload.lifecycle, tags=place.tags,
+                                     memory_mib=workload.limits.memory_mib, exclude_nodes=list(place.exclude_nodes))
+        replies = await client.auction(constraints, wait=AUCTION_WAIT_S, expected=self._live_nodes or None)
+        bids = [r.bid for r in replies if r.bid is not None]
+        chosen = choose_bid(bids, place.spread, counts)
+        if chosen is None:
+            reasons = "; ".join(f"{r.node_id}: {r.declined}" for r in replies if r.declined) or "no node answered"
+            slot = (place.namespace, place.app, workload.name)
+            if self._memory.unplaceable.get(slot) != reasons:  # said once, not every pass
+                self._memory.note((place.namespace, place.app), f"no node can take {workload.name}: {reasons}")
+                log.warning("reconciler: no node can take %s of app %s: %s", workload.name, place.app, reasons)
+            self._memory.unplaceable[slot] = reasons
+            return
+        summary = await client.deploy(chosen.bid_id, self._deploy_request(place), xkey=chosen.xkey)
+        self._memory.unplaceable.pop((place.namespace, place.app, workload.name), None)
+        bucket = bid_bucket(chosen, place.spread)
+        counts[bucket] = counts.get(bucket, 0) + 1
+        self._memory.placed(PendingReplica(summary.id, summary.node_id, place.namespace, place.app, workload.name,
+                                           place.revision, time.time()))
+        self._memory.note((place.namespace, place.app), f"placed {workload.name} {summary.id} on {chosen.name}")
+        self._publish(place.namespace, EventType.REPLICA_PLACED, {
+            "app": place.app, "workload": workload.name, "workload_id": summary.id, "node_id": summary.node_id,
+            "revision": place.revision, "reason": place.reason})
+
+    def _deploy_request(self, place: Place) -> DeployRequest:
+        workload: AppWorkload = place.workload
+        env = open_env(workload.sealed_env, workload.sender_xkey, self._keys.xkey) if workload.sealed_env else {}
+        return DeployRequest(
+            name=workload.name, type=workload.type, lifecycle=workload.lifecycle, artifact=workload.artifact,
+            namespace=place.namespace, argv=list(workload.argv), env=env, triggers=list(workload.triggers),
+            limits=workload.limits, network=workload.network, health=workload.health,
+            app=AppRef(name=place.app, revision=place.revision),
+            description=f"replica of app {place.app} ({place.reason})")
+
+    async def _stop(self, stop: Stop) -> None:
+        """Undeploy until the node no longer lists it: the first stops it, the second removes it."""
+        client = self._client(stop.namespace)
+        try:
+            await client.undeploy(stop.workload_id)
+            await client.undeploy(stop.workload_id)
+        except WorkloadNotFound:
+            pass
+        self._memory.note((stop.namespace, stop.app), f"stopped {stop.name} {stop.workload_id}: {stop.reason}")
+        self._publish(stop.namespace, EventType.REPLICA_STOPPED, {
+            "app": stop.app, "workload": stop.name, "workload_id": stop.workload_id, "node_id": stop.node_id,
+            "reason": stop.reason})
+
+    async def _rollback(self, rollback: Rollback) -> None:
+        record, revision = await self._store.get(rollback.namespace, rollback.app)
+        if record.version != rollback.version or record.previous is None:
+            return  # someone applied meanwhile: their spec wins
+        restored = AppRecord(spec=record.previous, version=record.version + 1, applied_at=datetime.now(timezone.utc),
+                             applied_by=self._keys.issuer_public, previous=None)
+        await self._store.replace(restored, revision)
+        message = f"version {record.version} rolled back to the previous spec: {rollback.reason}"
+        self._memory.rolled_back((rollback.namespace, rollback.app), restored.version, message)
+        self._memory.note((rollback.namespace, rollback.app), message)
+        log.warning("reconciler: app %s/%s: %s", rollback.namespace, rollback.app, message)
+        self._publish(rollback.namespace, EventType.ROLLOUT_ROLLED_BACK, {
+            "app": rollback.app, "failed_version": record.version, "version": restored.version,
+            "reason": rollback.reason})
+        self._wake.set()
+
+    # -- status ------------------------------------------------------------------------------
+
+    async def _seed(self, apps: list[AppRecord]) -> None:
+        """Carry over what the previous reconciler wrote: restart counts, and a rollback or failed
+        update of the version that is still current (a new term would otherwise forget them)."""
+        for record in apps:
+            status = await self._store.get_status(record.spec.namespace, record.spec.name)
+            if status is None:
+                continue
+            self._memory.seed(record, status)
+        self._seeded = True
+
+    async def _status_keys(self) -> set[AppKey]:
+        try:
+            kv: KeyValue = await self._nc.jetstream().key_value(subjects.APPS_BUCKET)
+            keys = await kv.keys()
+        except (nats.js.errors.NoKeysError, nats.js.errors.BucketNotFoundError):
+            return set()
+        found: set[AppKey] = set()
+        for key in keys:
+            parts = key.split(".")
+            if len(parts) == 3 and parts[0] == "status":
+                found.add((parts[1], parts[2]))
+        return found
+
+    async def _write_statuses(self, decided: Plan) -> None:
+        for (namespace, app), (version, rollouts) in decided.rollouts.items():
+            events = list(self._memory.events.get((namespace, app), ()))
+            content = {"version": version, "workloads": [r.model_dump() for r in rollouts], "events": events}
+            if self._written.get((namespace, app)) == content:
+                continue  # unchanged: no KV write
+            status = AppStatus(name=app, namespace=namespace, version=version,
+                               reconciled_at=datetime.now(timezone.utc), reconciler=self.node_id,
+                               workloads=rollouts, events=events)
+            try:
+                await self._store.put_status(status)
+                self._written[(namespace, app)] = content
+            except _TRANSIENT as exc:
+                log.warning("reconciler: cannot write the status of %s/%s: %s", namespace, app, _describe(exc))
+
+
+def _what(action: Any) -> str:
+    if isinstance(action, Place):
+        return f"placing {action.workload.name} of app {action.namespace}/{action.app}"
+    if isinstance(action, Stop):
+        return f"stopping {action.workload_id} of app {action.namespace}/{action.app}"
+    if isinstance(action, Rollback):
+        return f"rolling back app {action.namespace}/{action.app}"
+    return str(action)
+
+
+def _describe(exc: BaseException) -> str:
+    return getattr(exc, "message", None) or str(exc) or type(exc).__name__

@@ -1,0 +1,251 @@
+"""Apps, their status and the node registry, in JetStream KV.
+
+``NEX_APPS`` holds ``app.<ns>.<name>`` (an :class:`AppRecord`, written by ``nex apply``)
+and ``status.<ns>.<name>`` (an :class:`AppStatus`, written by the reconciler).
+``NEX_NODES`` holds one :class:`NodeRecord` per live node and ``NEX_LEASES`` the
+reconciler's lease; this module only reads those two. Every write of a record is a
+compare-and-set on the key's revision, so two people applying at once never lose a
+version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import BaseModel, ValidationError
+
+from nex.api import subjects
+from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease
+from nex.api.errors import AppNotFound, Conflict, Unavailable
+from nex.api.models import NodeRecord
+
+__all__ = ["APPS_HISTORY", "AppStore", "same_spec"]
+
+log = logging.getLogger(__name__)
+
+APPS_HISTORY = 5
+# Concurrent applies of one app retry this often before giving up with Conflict.
+_CAS_ATTEMPTS = 10
+_WATCH_INACTIVE_S = 5.0
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class AppStore:
+    """Apps, their status and the node registry, in JetStream KV."""
+
+    def __init__(self, nc: Client, replicas: int | None = None, timeout: float = 5.0) -> None:
+        """``replicas``: of NEX_APPS, if this store creates it; None: as many as the nodes gave
+        NEX_NODES (their ``--replicas``), so a CLI applying first on a cluster makes no R1 bucket."""
+        self._js = nc.jetstream(timeout=timeout)
+        self._replicas = replicas
+        self._timeout = timeout
+        self._buckets: dict[str, KeyValue] = {}
+
+    # -- buckets -----------------------------------------------------------------------
+
+    async def ensure(self) -> None:
+        """Create NEX_APPS if it is missing; an existing bucket is left as its operator set it."""
+        if await self._bucket(subjects.APPS_BUCKET) is not None:
+            return
+        replicas = self._replicas or await self._nodes_replicas()
+        config = KeyValueConfig(bucket=subjects.APPS_BUCKET, history=APPS_HISTORY, replicas=replicas,
+                                storage=StorageType.FILE, description="Nex apps (desired state) and their status")
+        try:
+            async with _jetstream_errors():
+                self._buckets[subjects.APPS_BUCKET] = await self._js.create_key_value(config)
+        except nats.js.errors.BadRequestError:
+            # Someone else created it between our look and our create.
+            if await self._bucket(subjects.APPS_BUCKET) is None:
+                raise
+
+    async def _nodes_replicas(self) -> int:
+        try:
+            async with _jetstream_errors():
+                info = await self._js.stream_info(f"KV_{subjects.NODES_BUCKET}")
+        except nats.js.errors.NotFoundError:
+            return 1
+        return info.config.num_replicas or 1
+
+    async def _bucket(self, name: str) -> KeyValue | None:
+        """The bucket, or None when it does not exist (yet)."""
+        if name in self._buckets:
+            return self._buckets[name]
+        try:
+            async with _jetstream_errors():
+                kv = await self._js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            return None
+        self._buckets[name] = kv
+        return kv
+
+    async def _apps(self) -> KeyValue:
+        await self.ensure()
+        return self._buckets[subjects.APPS_BUCKET]
+
+    # -- apps --------------------------------------------------------------------------
+
+    async def apply(self, spec: AppSpec, applied_by: str | None) -> AppRecord:
+        """Store ``spec``: version 1 when new, version+1 (with ``previous``) when it changed,
+        the stored record itself when it is identical."""
+        kv = await self._apps()
+        key = subjects.app_key(spec.namespace, spec.name)
+        for _ in range(_CAS_ATTEMPTS):
+            current = await self._get_model(kv, key, AppRecord)
+            now = datetime.now(timezone.utc)
+            try:
+                if current is None:
+                    record = AppRecord(spec=spec, version=1, applied_at=now, applied_by=applied_by)
+                    async with _jetstream_errors():
+                        await kv.create(key, _encode(record))
+                    return record
+                stored, revision = current
+                if same_spec(stored.spec, spec):
+                    return stored
+                record = AppRecord(spec=spec, version=stored.version + 1, applied_at=now,
+                                   applied_by=applied_by, previous=stored.spec)
+                async with _jetstream_errors():
+                    await kv.update(key, _encode(record), last=revision)
+                return record
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another apply won the race: read again and build on it
+        raise Conflict(f"app {spec.name!r} in namespace {spec.namespace!r} is being changed by someone else; "
+                       "try again")
+
+    async def get(self, namespace: str, name: str) -> tuple[AppRecord, int]:
+        """The record and its KV revision (for :meth:`replace`); AppNotFound when missing."""
+        kv = await self._bucket(subjects.APPS_BUCKET)
+        found = await self._get_model(kv, subjects.app_key(namespace, name), AppRecord) if kv else None
+        if found is None:
+            raise AppNotFound(namespace, name)
+        return found
+
+    async def list(self, namespace: str | None = None) -> list[AppRecord]:
+        """Every app of ``namespace`` (all namespaces when None), sorted by namespace and name."""
+        kv = await self._bucket(subjects.APPS_BUCKET)
+        if kv is None:
+            return []
+        pattern = subjects.app_key(namespace, "*") if namespace else "app.>"
+        records = await _latest(kv, pattern, AppRecord, self._timeout)
+        return sorted(records, key=lambda r: (r.spec.namespace, r.spec.name))
+
+    async def replace(self, record: AppRecord, last_revision: int) -> int:
+        """Write ``record`` only if its key is still at ``last_revision``; Conflict otherwise."""
+        kv = await self._apps()
+        key = subjects.app_key(record.spec.namespace, record.spec.name)
+        try:
+            async with _jetstream_errors():
+                return await kv.update(key, _encode(record), last=last_revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise Conflict(f"app {record.spec.name!r} changed since revision {last_revision}") from None
+
+    async def delete(self, namespace: str, name: str) -> None:
+        """Remove the app; its status stays until the reconciler has stopped the replicas."""
+        await self.get(namespace, name)  # AppNotFound for a name that is not there
+        kv = await self._apps()
+        async with _jetstream_errors():
+            await kv.delete(subjects.app_key(namespace, name))
+
+    # -- status ------------------------------------------------------------------------
+
+    async def put_status(self, status: AppStatus) -> None:
+        kv = await self._apps()
+        async with _jetstream_errors():
+            await kv.put(subjects.app_status_key(status.namespace, status.name), _encode(status))
+
+    async def get_status(self, namespace: str, name: str) -> AppStatus | None:
+        kv = await self._bucket(subjects.APPS_BUCKET)
+        found = await self._get_model(kv, subjects.app_status_key(namespace, name), AppStatus) if kv else None
+        return found[0] if found else None
+
+    async def delete_status(self, namespace: str, name: str) -> None:
+        kv = await self._bucket(subjects.APPS_BUCKET)
+        if kv is None:
+            return
+        async with _jetstream_errors():
+            await kv.delete(subjects.app_status_key(namespace, name))
+
+    # -- what the nodes write ----------------------------------------------------------
+
+    async def nodes(self) -> list[NodeRecord]:
+        """Every live node's record; [] when no node has registered yet."""
+        kv = await self._bucket(subjects.NODES_BUCKET)
+        if kv is None:
+            return []
+        return await _latest(kv, ">", NodeRecord, self._timeout)
+
+    async def lease(self) -> ReconcilerLease | None:
+        """The reconciler's lease, if some node holds it now."""
+        kv = await self._bucket(subjects.LEASES_BUCKET)
+        found = await self._get_model(kv, subjects.RECONCILER_LEASE_KEY, ReconcilerLease) if kv else None
+        return found[0] if found else None
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def _get_model(self, kv: KeyValue, key: str, model: type[M]) -> tuple[M, int] | None:
+        try:
+            async with _jetstream_errors():
+                entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        try:
+            return model.model_validate_json(entry.value or b""), entry.revision
+        except ValidationError as exc:
+            log.warning("key %s does not hold a valid %s: %s", key, model.__name__, exc)
+            return None
+
+
+def same_spec(a: AppSpec, b: AppSpec) -> bool:
+    """Whether two specs describe the same app (compared as they would be stored)."""
+    return a.model_dump(mode="json") == b.model_dump(mode="json")
+
+
+def _encode(model: BaseModel) -> bytes:
+    return model.model_dump_json(exclude_none=True).encode()
+
+
+async def _latest(kv: KeyValue, pattern: str, model: type[M], timeout: float) -> list[M]:
+    """The latest value of every key matching ``pattern`` that parses as ``model``; deleted keys and
+    values that do not parse (a newer writer's format, a stray put) are skipped."""
+    async with _jetstream_errors():
+        # The server drops the watch's consumer this soon after we stop (nats-py's default is
+        # 5 minutes: a reconciler listing every second would pile up hundreds of them).
+        watcher = await kv.watch(pattern, inactive_threshold=_WATCH_INACTIVE_S)
+    values: list[M] = []
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=timeout)
+            except asyncio.TimeoutError:
+                raise Unavailable(f"no reply from JetStream while reading {pattern!r}") from None
+            if entry is None:
+                break  # the marker after the values present when the watch began
+            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                continue
+            try:
+                values.append(model.model_validate_json(entry.value))
+            except ValidationError as exc:
+                log.warning("key %s is not a valid %s: %s", entry.key, model.__name__, exc)
+    finally:
+        await watcher.stop()
+    return values
+
+
+@asynccontextmanager
+async def _jetstream_errors() -> AsyncIterator[None]:
+    """Turns 'JetStream is not there' into Unavailable, with a message a user can act on."""
+    try:
+        yield
+    except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+        raise Unavailable("JetStream is not enabled on this NATS server") from None
+    except asyncio.TimeoutError:
+        raise Unavailable("JetStream did not answer in time") from None

@@ -1,0 +1,219 @@
+"""Bids: how a node answers an AUCTION, and holds what it offered until it is used or expires.
+
+Every node answers every auction, with a bid or with the reason it declines, so a
+client that knows how many nodes there are stops waiting when all have answered,
+and a user who gets no bid is told why ("node n2 lacks tag zone=a").
+
+A bid is a promise with a deadline. The node subscribes to
+``$NEX.SVC.<ns>.control.DEPLOY.<bid_id>`` for ``bid_ttl_s``, with the server told to
+drop the subscription after one message: the first deploy through the bid is the
+only one that reaches the node, and any later one (or one after the deadline)
+finds no responder, which the client reports as 404 "bid ... expired or already
+used". Until then the memory the auction asked for counts as held, so a burst of
+auctions does not promise the same free memory twice.
+
+Scoring (higher is better; 100 for an idle node with all its memory free)::
+
+    memory = (available memory - memory held by outstanding bids) / total memory
+    cpu    = max(0, 1 - load_1m / cpus)
+    busy   = running workloads + 0.5 * outstanding bids
+    score  = 100 * (0.4 * memory + 0.3 * cpu + 0.3 * (1 - busy / 100))
+
+Each workload costs 0.3 points and each outstanding bid 0.15, without a floor (the
+score goes below zero on a very busy node), so two nodes alike in memory and CPU
+always differ by their load, however many workloads they run. An outstanding bid
+weighs half a workload: while a burst of auctions is under way every node holds
+about as many bids as the others, and once one bid turns into a workload on the
+winner, the winner weighs half a workload more than the nodes that lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+from nex.api import subjects
+from nex.api.models import (
+    FUNCTION_TYPES, AuctionReply, AuctionRequest, Bid, Lifecycle, NodeState, Resources, WorkloadType,
+)
+from nex.node.resources import resources
+
+log = logging.getLogger(__name__)
+
+MsgHandler = Callable[[Msg], Awaitable[None]]
+
+BID_WEIGHT = 0.5  # an outstanding bid counts as half a running workload
+RESOURCES_MAX_AGE_S = 0.25  # /proc readings are shared by the auctions of a burst
+
+
+@dataclass(frozen=True)
+class Bidder:
+    """What the node is at the moment of an auction."""
+
+    node_id: str
+    name: str
+    state: NodeState
+    tags: dict[str, str]
+    xkey: str | None
+    runtimes: frozenset[WorkloadType]
+    workload_count: int
+
+
+@dataclass
+class _Outstanding:
+    bid_id: str
+    memory_mib: int
+    subscription: Subscription
+    timer: asyncio.TimerHandle
+
+
+def lifecycle_of(request: AuctionRequest) -> Lifecycle:
+    """The lifecycle the workload will have: as given, or the type's default (as for a deploy)."""
+    if request.lifecycle is not None:
+        return request.lifecycle
+    return Lifecycle.FUNCTION if request.type in FUNCTION_TYPES else Lifecycle.SERVICE
+
+
+def decline_reason(request: AuctionRequest, bidder: Bidder, free_mib: int, held_mib: int) -> str | None:
+    """Why ``bidder`` cannot take the workload, or None when it can. The text names the node."""
+    node = f"node {bidder.name}"
+    if bidder.state != NodeState.RUNNING:
+        return f"{node} is {'in lame duck mode' if bidder.state == NodeState.LAMEDUCK else 'stopping'}"
+    if bidder.node_id in request.exclude_nodes:
+        return f"{node} is excluded by the request"
+    if request.type not in bidder.runtimes:
+        return f"{node} has no {request.type.value} runtime"
+    lifecycle = lifecycle_of(request)
+    if (request.type in FUNCTION_TYPES) != (lifecycle == Lifecycle.FUNCTION):
+        return f"{node} cannot run a {request.type.value} workload with lifecycle {lifecycle.value}"
+    for key, wanted in sorted(request.tags.items()):
+        have = bidder.tags.get(key)
+        if have is None:
+            return f"{node} lacks tag {key}={wanted}"
+        if have != wanted:
+            return f"{node} lacks tag {key}={wanted} (has {key}={have})"
+    if request.memory_mib is not None and request.memory_mib > free_mib:
+        held = f", {held_mib} MiB of it held by other bids" if held_mib else ""
+        return f"{node} has {max(free_mib, 0)} MiB free{held}, needs {request.memory_mib} MiB"
+    return None
+
+
+def score(found: Resources, held_mib: int, workload_count: int, outstanding: int) -> float:
+    """The bid's score; see the module docstring."""
+    total = max(found.memory_bytes, 1)
+    memory = max(0.0, (found.memory_available_bytes - (held_mib << 20)) / total)
+    cpu = max(0.0, 1.0 - found.load_1m / max(found.cpus, 1))
+    busy = workload_count + BID_WEIGHT * outstanding
+    return round(100 * (0.4 * memory + 0.3 * cpu + 0.3 * (1 - busy / 100)), 3)
+
+
+class BidBook:
+    """The bids a node has made and not yet seen used or expired."""
+
+    def __init__(self, nc: Client, ttl_s: float, serve_deploy: MsgHandler,
+                 read_resources: Callable[[], Resources] = resources) -> None:
+        self._nc = nc
+        self._ttl_s = ttl_s
+        self._serve_deploy = serve_deploy
+        self._read_resources = read_resources
+        self._outstanding: dict[str, _Outstanding] = {}
+        self._held_mib = 0
+        self._unsubscribing: set[asyncio.Task] = set()
+        self._resources: Resources | None = None
+        self._read_at = 0.0
+        self._closed = False
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._outstanding)
+
+    @property
+    def held_mib(self) -> int:
+        return self._held_mib
+
+    async def auction(self, namespace: str, request: AuctionRequest, bidder: Bidder) -> AuctionReply:
+        """A bid for the workload, its deploy subject listening before the reply goes out; or a decline."""
+        found = self._current_resources()
+        held = self.held_mib
+        free_mib = (found.memory_available_bytes >> 20) - held
+        if self._closed:
+            reason: str | None = f"node {bidder.name} is stopping"
+        else:
+            reason = decline_reason(request, bidder, free_mib, held)
+        if reason is not None:
+            return AuctionReply(node_id=bidder.node_id, declined=reason)
+        bid_id = secrets.token_urlsafe(12)  # 16 characters of [A-Za-z0-9_-]: a subject token
+        bid = Bid(
+            bid_id=bid_id, node_id=bidder.node_id, name=bidder.name, tags=bidder.tags, xkey=bidder.xkey,
+            score=score(found, held, bidder.workload_count, self.outstanding),
+            expires_in_ms=round(self._ttl_s * 1000), resources=found, workload_count=bidder.workload_count,
+        )
+        subscription = await self._nc.subscribe(
+            subjects.control(namespace, subjects.DEPLOY, bid_id), cb=self._deploy_handler(bid_id))
+        await subscription.unsubscribe(limit=1)  # the server drops it after one message
+        timer = asyncio.get_running_loop().call_later(self._ttl_s, self._expire, bid_id)
+        self._hold(_Outstanding(bid_id, request.memory_mib or 0, subscription, timer))
+        # The client deploys as soon as it has the reply, so the server must know the subscription
+        # by then. It does without a flush: SUB, UNSUB and the reply's PUB leave on this one
+        # connection in this order (nats-py queues them in one buffer), and a NATS server handles a
+        # connection's commands in order, passing interest along its routes before the reply.
+        return AuctionReply(node_id=bidder.node_id, bid=bid)
+
+    def _hold(self, bid: _Outstanding) -> None:
+        self._outstanding[bid.bid_id] = bid
+        self._held_mib += bid.memory_mib
+
+    def _release(self, bid_id: str) -> _Outstanding | None:
+        bid = self._outstanding.pop(bid_id, None)
+        if bid is not None:
+            bid.timer.cancel()
+            self._held_mib -= bid.memory_mib
+        return bid
+
+    def _deploy_handler(self, bid_id: str) -> MsgHandler:
+        async def serve(msg: Msg) -> None:
+            # The server delivers one message and drops the subscription: the bid is used.
+            self._release(bid_id)
+            await self._serve_deploy(msg)
+        return serve
+
+    def _expire(self, bid_id: str) -> None:
+        expired = self._outstanding.get(bid_id)
+        if expired is None:
+            return
+        if expired.subscription.delivered:
+            return  # a deploy came in just now and waits for its turn: it uses the bid
+        self._release(bid_id)
+        task = asyncio.get_running_loop().create_task(self._unsubscribe(expired.subscription))
+        self._unsubscribing.add(task)
+        task.add_done_callback(self._unsubscribing.discard)
+
+    async def _unsubscribe(self, subscription: Subscription) -> None:
+        if self._nc.is_closed or self._nc.is_draining:
+            return  # nothing to take back: the connection's subscriptions go with it
+        try:
+            await subscription.unsubscribe()
+        except NatsError as exc:  # e.g. the connection closed meanwhile
+            log.debug("unsubscribing an expired bid failed: %s", exc)
+
+    def _current_resources(self) -> Resources:
+        now = time.monotonic()
+        if self._resources is None or now - self._read_at > RESOURCES_MAX_AGE_S:
+            self._resources = self._read_resources()
+            self._read_at = now
+        return self._resources
+
+    async def close(self) -> None:
+        """Withdraw every outstanding bid: a deploy to one of them finds no responder."""
+        self._closed = True
+        for bid_id in list(self._outstanding):
+            await self._unsubscribe(self._release(bid_id).subscription)

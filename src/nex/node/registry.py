@@ -1,0 +1,145 @@
+"""The node's entry in the fleet's node registry: KV bucket NEX_NODES, key ``<node id>``.
+
+The entry (a :class:`NodeRecord`: the node's ping, resources, runtimes and every workload it
+lists) is rewritten every ``registry_interval_s``, and after a change of a workload as soon as
+changes pause for 50 ms (debounced: a burst of 300 deploys makes a few writes, not 300; a
+steady stream of changes still gets a write each interval). The bucket's TTL is
+``node_timeout_s``: the entry of a node that stops writing (killed, cut off) expires, and that
+is how the fleet's reconciler learns that a node is gone. A node that stops cleanly deletes its
+entry. A write that fails (NATS reconnecting, a JetStream leader election) is logged once and
+tried again at the next tick; the registry never takes the node down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.kv import KeyValue
+
+from nex.api import subjects
+from nex.api.models import NodeRecord
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE_S = 0.05
+MAX_WRITE_TIMEOUT_S = 5.0
+
+Snapshot = Callable[[int], NodeRecord]
+"""Builds the node's record with the given sequence number."""
+
+
+async def ensure_bucket(nc: Client, config: KeyValueConfig, timeout: float = MAX_WRITE_TIMEOUT_S) -> KeyValue:
+    """The bucket, created if missing; one that exists is left as its operator set it.
+
+    Two nodes may race to create it: the loser of the race (its create refused because the
+    stream now exists, possibly with another node's settings) takes the winner's bucket.
+    """
+    js = nc.jetstream(timeout=timeout)
+    try:
+        return await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError:
+        return await js.key_value(config.bucket)
+
+
+class NodeRegistry:
+    """Keeps this node's entry in NEX_NODES current until :meth:`stop`."""
+
+    def __init__(self, nc: Client, node_id: str, snapshot: Snapshot, *, interval_s: float,
+                 ttl_s: float, replicas: int) -> None:
+        self._nc = nc
+        self._key = node_id
+        self._snapshot = snapshot
+        self._interval = interval_s
+        self._bucket = KeyValueConfig(
+            bucket=subjects.NODES_BUCKET, description="Nex nodes: one entry per live node",
+            history=1, ttl=ttl_s, replicas=replicas, storage=StorageType.FILE,
+        )
+        # A write must give up well before the entry would expire, so the next one comes in time.
+        self._timeout = min(MAX_WRITE_TIMEOUT_S, max(0.5, ttl_s / 2))
+        self._kv: KeyValue | None = None
+        self._seq = 0
+        self._dirty = asyncio.Event()
+        self._failing = False
+        self._writing = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self._stopped = False
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the last write attempted."""
+        return self._seq
+
+    async def start(self) -> None:
+        """Write the entry once (or log why not) and keep it current from then on."""
+        await self.write_now()
+        self._task = asyncio.create_task(self._run(), name="node registry")
+
+    def changed(self) -> None:
+        """A workload changed: write soon. Cheap, synchronous, callable any number of times."""
+        self._dirty.set()
+
+    async def write_now(self) -> bool:
+        """Write the entry at once (the node's state changed); False when the write failed."""
+        async with self._writing:
+            if self._stopped:
+                return False  # deleted on purpose: never written back
+            self._dirty.clear()
+            self._seq += 1
+            try:
+                if self._kv is None:
+                    self._kv = await ensure_bucket(self._nc, self._bucket, self._timeout)
+                record = self._snapshot(self._seq)
+                await self._kv.put(self._key, record.model_dump_json(exclude_none=True).encode())
+            except (NatsError, asyncio.TimeoutError) as exc:
+                self._kv = None  # look the bucket up again: it may have been deleted or moved
+                if not self._failing:
+                    log.warning("node registry: cannot write %s/%s, retrying every %gs: %s",
+                                subjects.NODES_BUCKET, self._key, self._interval, exc or type(exc).__name__)
+                    self._failing = True
+                return False
+            if self._failing:
+                log.info("node registry: %s/%s written again", subjects.NODES_BUCKET, self._key)
+                self._failing = False
+            return True
+
+    async def stop(self) -> None:
+        """Stop writing and delete the entry: a node that leaves cleanly is gone at once."""
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        async with self._writing:
+            if self._kv is None or not self._nc.is_connected:
+                return
+            try:
+                await self._kv.delete(self._key)
+            except (NatsError, asyncio.TimeoutError) as exc:
+                log.warning("node registry: entry %s not deleted, it expires on its own: %s", self._key, exc)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopped:  # besides the cancel: nats-py's requests may swallow one
+            due = loop.time() + self._interval
+            try:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel
+                # that arrives as the event is set, and stop() would wait for this loop forever.
+                async with asyncio.timeout(self._interval):
+                    await self._dirty.wait()
+            except TimeoutError:
+                pass
+            # Debounce: write once the changes pause for DEBOUNCE_S, and at the latest when due.
+            while self._dirty.is_set() and loop.time() < due:
+                self._dirty.clear()
+                await asyncio.sleep(min(DEBOUNCE_S, max(0.0, due - loop.time())))
+            await self.write_now()
