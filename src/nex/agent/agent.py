@@ -2,10 +2,13 @@
 
 The node starts one per engine, as ``python -m nex.agent.javascript`` or
 ``python -m nex.agent.wasm``, with the environment variables ``NEX_AGENT_CONNECT``
-(:class:`nex.connection.ConnectOptions` as JSON) and ``NEX_NODE_ID``, and talks
-:mod:`nex.agent.protocol` on its stdin and stdout. The agent has its own NATS
-connection: it subscribes functions to their triggers, answers requests, and
-publishes log lines and function events itself.
+(:class:`nex.connection.ConnectOptions` as JSON), ``NEX_NODE_ID`` and, optionally,
+``NEX_AGENT_HOST_SERVICES`` (:class:`nex.agent.protocol.HostSettings` as JSON; by
+default no HTTP host is allowed), and talks :mod:`nex.agent.protocol` on its stdin
+and stdout. The agent has its own NATS connection: it subscribes functions to
+their triggers, answers requests, publishes log lines and function events
+itself, and performs the host services of its functions
+(:mod:`nex.agent.hostservices`).
 
 It exits when its stdin ends (the node went away) or on SIGTERM, after unloading
 its functions. It ignores SIGINT, so a Ctrl-C meant for the node does not take the
@@ -27,7 +30,8 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from nex.agent import protocol
-from nex.agent.protocol import ENV_CONNECT, ENV_NODE_ID
+from nex.agent.hostservices import HostServices
+from nex.agent.protocol import ENV_CONNECT, ENV_HOST_SERVICES, ENV_NODE_ID
 from nex.agent.engine import CompileError, Engine
 from nex.agent.events import EventFeed
 from nex.agent.function import LoadedFunction
@@ -97,7 +101,7 @@ class Agent:
 
 
 async def serve(options: ConnectOptions, node_id: str, engine: Engine, requests: BinaryIO,
-                replies: BinaryIO) -> None:
+                replies: BinaryIO, host_settings: protocol.HostSettings | None = None) -> None:
     """Run until ``requests`` ends or SIGTERM."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -111,6 +115,8 @@ async def serve(options: ConnectOptions, node_id: str, engine: Engine, requests:
         log.info("stopped before it connected to NATS")
         return
     nc = connecting.result()
+    # Before the first load: every sandbox the engine builds gets the function's scope of them.
+    engine.host_services = HostServices(nc, host_settings or protocol.HostSettings(), loop)  # type: ignore[attr-defined]
     reader = asyncio.StreamReader(limit=protocol.MAX_LINE_BYTES)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), requests)
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, replies)
@@ -177,12 +183,17 @@ def run(make_engine: Callable[[], Engine], thread_stack_bytes: int) -> int:
         log.error("%s must hold the NATS connect options as JSON: %s", ENV_CONNECT, exc)
         return 2
     node_id = os.environ.get(ENV_NODE_ID, "unknown")
+    try:
+        host_settings = protocol.HostSettings.model_validate_json(os.environ.get(ENV_HOST_SERVICES) or "{}")
+    except ValueError as exc:
+        log.error("%s must hold the host services settings as JSON: %s", ENV_HOST_SERVICES, exc)
+        return 2
     # The protocol owns fd 1: anything else printed goes to stderr.
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     engine = make_engine()
     try:
-        asyncio.run(serve(options, node_id, engine, sys.stdin.buffer, replies))
+        asyncio.run(serve(options, node_id, engine, sys.stdin.buffer, replies, host_settings))
     except (OSError, NatsError) as exc:
         log.error("%s agent stopped: %s", engine.name, exc)
         return 1

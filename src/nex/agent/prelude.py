@@ -1,15 +1,25 @@
 """The JavaScript installed in every QuickJS context before the function's own script.
 
-Evaluates to setup(envJson), which defines the `console` and `env` globals and
-returns lookup(name) for the entry points the agent calls:
+Evaluates to setup(envJson, hostSource), which defines the `console` and `env`
+globals (and `nex`, the host services, when hostSource is not empty) and returns
+lookup(name) for the entry points the agent calls:
   bind(fn)   -> invoke(subject, payloadLatin1) -> encoded result
   settle()   -> the encoded result of the pending promise, or "p"
   caught()   -> the encoded description of the error the last call threw
   logs()     -> JSON of the console lines not yet taken
+  hostTake() -> JSON of the host calls made since the last take: [[id, op, args], ...]
+  hostGive(id, answerJson) -> settles the promise of host call id
+
+Host calls go one way only, from the agent into JavaScript: the binding cannot
+call Python while a time limit is set. A host call queues itself and returns a
+promise; the agent takes the queue between jobs, performs the calls and gives
+the answers back (nex.agent.host_js). A call that queued host calls is pending
+until they are answered, even when it returned a plain value, so no call is lost.
 An encoded result is an optional "L" + JSON(console lines) + newline, then a tag
 and data. Tags: "s" text; "S" text as a JSON string (it holds NUL); "b" bytes as
 latin-1; "B" bytes as latin-1 in a JSON string; "e" a thrown error's message and
-stack; "x" an error was thrown (call caught()); "p" a promise not settled yet.
+stack; "x" an error was thrown (call caught()); "p" a promise not settled yet;
+"q" (from settle) host calls wait to be performed.
 Console lines are a flat list of stream (0 stdout, 1 stderr) and text pairs.
 
 Strings cross the binding as NUL-terminated UTF-8, so a payload's 0x00 bytes
@@ -18,7 +28,7 @@ NUL go back JSON-escaped.
 """
 
 PRELUDE = r"""
-(function (envJson) {
+(function (envJson, hostSource) {
   "use strict";
   const MAX_LINES = 1000;
   const MAX_LINE_CHARS = 65536;
@@ -176,6 +186,42 @@ PRELUDE = r"""
     }
   };
 
+  // Host calls: queued here, performed by the agent, answered through hostGive.
+  let hostQueue = [];
+  const hostWaiting = new Map();
+  let hostNext = 0;
+  const enqueue = (op, args) => new Promise((resolve, reject) => {
+    const id = ++hostNext;
+    hostWaiting.set(id, { resolve, reject });
+    hostQueue.push([id, op, args]);
+  });
+  const hostTake = () => {
+    if (!hostQueue.length) return "";
+    const taken = hostQueue;
+    hostQueue = [];
+    return stringify(taken);
+  };
+  const hostGive = (id, answerJson) => {
+    const waiting = hostWaiting.get(id);
+    hostWaiting.delete(id);
+    if (waiting) {
+      const answer = JSON.parse(answerJson);
+      if (answer.error) waiting.reject(answer.error);
+      else waiting.resolve(answer.ok);
+    }
+  };
+  if (hostSource) {
+    // Compiled on first use: a function that never reads `nex` does not pay for it.
+    let nex;
+    Object.defineProperty(globalThis, "nex", {
+      get() {
+        if (nex === undefined) nex = (0, eval)(hostSource)(enqueue);
+        return nex;
+      },
+      configurable: false, enumerable: false,
+    });
+  }
+
   // A catch block does no work beyond keeping the error: when the heap is full, any
   // allocation there can crash the engine. The agent raises the memory limit, then
   // calls caught() to describe it.
@@ -202,10 +248,15 @@ PRELUDE = r"""
           (error) => { caught = error; pending = { done: true, encoded: "x" }; });
         return withLines("p");
       }
+      if (hostQueue.length) {
+        pending = { done: true, encoded: encodeResult(result) };
+        return withLines("p");
+      }
       return withLines(encodeResult(result));
     };
   };
   const settle = () => {
+    if (hostQueue.length) return "q";  // host calls to perform first, even past the result
     const encoded = pending && pending.done ? pending.encoded : "p";
     if (encoded !== "p") pending = null;
     return encoded === "x" ? encoded : withLines(encoded);
@@ -216,7 +267,7 @@ PRELUDE = r"""
     return withLines("e" + describe(error));
   };
   const logs = () => stringify(takeLines());
-  const entries = { bind, settle, logs, caught: describeCaught };
+  const entries = { bind, settle, logs, caught: describeCaught, hostTake, hostGive };
   return (name) => entries[name];
 })
 """

@@ -27,6 +27,8 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 ENV_CONNECT = "NEX_AGENT_CONNECT"
 ENV_NODE_ID = "NEX_NODE_ID"
 ENV_CACHE_DIR = "NEX_AGENT_CACHE_DIR"
+# HostSettings as JSON: what the host services of the agent's functions may do.
+ENV_HOST_SERVICES = "NEX_AGENT_HOST_SERVICES"
 
 # error_kind of a failed reply
 BAD_ARTIFACT = "bad_artifact"
@@ -35,6 +37,17 @@ INTERNAL = "internal"
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE")
+
+
+class HostSettings(_Message):
+    """The node's settings for the host services of functions (nex.agent.hostservices)."""
+
+    replicas: int = Field(default=1, ge=1, le=5, description="of the buckets created on first use")
+    http_allow_hosts: list[str] = Field(default_factory=list, description="exact host or *.domain; none: no HTTP")
+    http_allow_methods: list[str] = Field(default_factory=lambda: list(HTTP_METHODS))
 
 
 class TriggerSubscription(_Message):

@@ -19,8 +19,9 @@ from typing import Any
 
 import quickjs
 
-from nex.agent import protocol
+from nex.agent import host_js, protocol
 from nex.agent.engine import ERROR, OUT_OF_MEMORY, TIMEOUT, CompileError, Outcome
+from nex.agent.hostservices import FunctionHost, HostServices
 from nex.agent.prelude import PRELUDE
 from nex.api.errors import FunctionError
 
@@ -47,10 +48,13 @@ class QuickJsEngine:
     name = "javascript"
     # Repeated out-of-memory failures on one thread were measured to crash QuickJS.
     fresh_thread_after_out_of_memory = True
+    # Set by the agent once it is connected; None: functions get no `nex` global.
+    host_services: HostServices | None = None
 
     def build(self, load: protocol.Load) -> Sandbox:
+        host = self.host_services.scope(load) if self.host_services is not None else None
         return Sandbox(FunctionConfig(source=load.source, timeout_ms=load.timeout_ms,
-                                      memory_bytes=load.memory_bytes, env=dict(load.env)))
+                                      memory_bytes=load.memory_bytes, env=dict(load.env)), host)
 
     def close(self) -> None:
         pass
@@ -59,13 +63,16 @@ class QuickJsEngine:
 class Sandbox:
     """A compiled function, ready to be called with (subject, payload)."""
 
-    def __init__(self, config: FunctionConfig) -> None:
+    def __init__(self, config: FunctionConfig, host: FunctionHost | None = None) -> None:
         self.config = config
+        self._host = host
         self._context: quickjs.Context | None = None
         self._invoke: quickjs.Object | None = None
         self._settle: quickjs.Object | None = None
         self._take_logs: quickjs.Object | None = None
         self._caught: quickjs.Object | None = None
+        self._host_take: quickjs.Object | None = None
+        self._host_give: quickjs.Object | None = None
         self._startup_logs = self._build()
 
     def startup_logs(self) -> list[tuple[str, str]]:
@@ -76,6 +83,8 @@ class Sandbox:
     def invoke(self, subject: str, payload: bytes) -> Outcome:
         started = time.perf_counter()
         logs: list[tuple[str, str]] = []
+        if self._host is not None:
+            self._host.begin()
         try:
             data = self._call(subject, payload, logs)
             error = None
@@ -98,6 +107,7 @@ class Sandbox:
     def close(self) -> None:
         """Free the context; on this thread, like every other call."""
         self._invoke = self._settle = self._take_logs = self._caught = None
+        self._host_take = self._host_give = None
         self._context = None
 
     def _call(self, subject: str, payload: bytes, logs: list[tuple[str, str]]) -> bytes:
@@ -132,15 +142,25 @@ class Sandbox:
     def _settled(self, logs: list[tuple[str, str]]) -> str:
         assert self._context is not None and self._settle is not None
         deadline = time.perf_counter() + self.config.timeout_ms / 1000
-        while self._context.execute_pending_job():
-            if time.perf_counter() > deadline:
-                raise _Failed(self._failure("InternalError: interrupted"))
-        encoded = _split_logs(self._text(self._settle()), logs)
+        while True:
+            while self._context.execute_pending_job():
+                if time.perf_counter() > deadline:
+                    raise _Failed(self._failure("InternalError: interrupted"))
+            encoded = _split_logs(self._text(self._settle()), logs)
+            if encoded != "q":
+                break
+            self._serve_host_calls()  # their answers queue more jobs
         if encoded == "x":
             encoded = self._describe_caught(logs)
         if encoded == "p":
             raise _Failed(FunctionError("the function's promise never settled (there are no timers or I/O)"))
         return encoded
+
+    def _serve_host_calls(self) -> None:
+        """Perform the host calls the function queued (nex.agent.host_js), on this thread, in order."""
+        assert self._host is not None and self._host_take is not None and self._host_give is not None
+        for call_id, op, args in json.loads(self._text(self._host_take()) or "[]"):
+            self._host_give(call_id, host_js.perform(self._host, op, args))
 
     def _text(self, result: object) -> str:
         # The prelude always returns a string; the binding gives None when it cannot read it.
@@ -200,7 +220,7 @@ class Sandbox:
         context.set_time_limit(config.timeout_ms / 1000)
         context.set_max_stack_size(JS_STACK_BYTES)
         try:
-            lookup = context.eval(PRELUDE)(json.dumps(config.env))
+            lookup = context.eval(PRELUDE)(json.dumps(config.env), host_js.HOST_JS if self._host else "")
             fn = _evaluate(context, config.source)
         except quickjs.JSException as exc:
             raise CompileError(self._compile_message(str(exc), context)) from None
@@ -214,6 +234,7 @@ class Sandbox:
             raise CompileError(message) from None
         self._context, self._invoke = context, invoke
         self._settle, self._take_logs, self._caught = lookup("settle"), lookup("logs"), lookup("caught")
+        self._host_take, self._host_give = lookup("hostTake"), lookup("hostGive")
         return _pairs(json.loads(self._take_logs()))
 
     def _compile_message(self, text: str, context: quickjs.Context) -> str:

@@ -3,7 +3,8 @@
 The contract with the module, the same in every language and without an SDK:
 argv is ``[name, subject]``, stdin is the payload, what it writes to stdout is the
 reply, every line it writes to stderr is one log message, its environment is
-the deploy request's. A call that traps, exits with a code other than 0, runs past
+the deploy request's. Besides WASI it may import the host services, the module
+``nex`` of :mod:`nex.agent.host_wasm`. A call that traps, exits with a code other than 0, runs past
 its time or out of memory gets an error reply.
 
 Every call runs in a fresh Store and instance: nothing leaks from one call to the
@@ -39,6 +40,8 @@ import wasmtime
 
 from nex.agent import protocol
 from nex.agent.engine import ERROR, EXIT, OUT_OF_MEMORY, TIMEOUT, CompileError, Outcome
+from nex.agent.host_wasm import WasmHost
+from nex.agent.hostservices import FunctionHost, HostServices
 from nex.agent.module_cache import ModuleCache
 from nex.agent.protocol import ENV_CACHE_DIR
 from nex.api.errors import FunctionError
@@ -83,6 +86,8 @@ class WasmEngine:
 
     name = "wasm"
     fresh_thread_after_out_of_memory = False
+    # Set by the agent once it is connected; None: modules that import `nex` do not link.
+    host_services: HostServices | None = None
 
     def __init__(self, cache_dir: Path | None) -> None:
         config = wasmtime.Config()
@@ -106,7 +111,8 @@ class WasmEngine:
             raise CompileError(f"the module does not compile: {_one_line(exc)}") from None
         except OSError as exc:
             raise CompileError(f"cannot read the module {load.artifact_path}: {exc.strerror}") from None
-        return WasmSandbox(self._engine, module, load)
+        host = self.host_services.scope(load) if self.host_services is not None else None
+        return WasmSandbox(self._engine, module, load, host)
 
     def close(self) -> None:
         self._ticker.stop()
@@ -115,17 +121,21 @@ class WasmEngine:
 class WasmSandbox:
     """One function's pre-linked module; every call instantiates it in a fresh store."""
 
-    def __init__(self, engine: wasmtime.Engine, module: wasmtime.Module, load: protocol.Load) -> None:
+    def __init__(self, engine: wasmtime.Engine, module: wasmtime.Module, load: protocol.Load,
+                 host: FunctionHost | None = None) -> None:
         if not any(export.name == "_start" for export in module.exports):
             raise CompileError("the module exports no _start function: it is not a WASI command"
                                " (build an executable with a main function, not a library or reactor)")
         linker = wasmtime.Linker(engine)
         linker.define_wasi()
+        self._host = host
+        if host is not None and any(imported.module == "nex" for imported in module.imports):
+            WasmHost(host).define(linker)
         try:
             self._pre = linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
-            raise CompileError(f"the module cannot be linked (WASI preview 1 is all it may import):"
-                               f" {_one_line(exc)}") from None
+            raise CompileError(f"the module cannot be linked (WASI preview 1 and the nex host imports are all"
+                               f" it may import): {_one_line(exc)}") from None
         self._engine = engine
         self._name = load.name
         self._env = list(load.env.items())
@@ -139,6 +149,8 @@ class WasmSandbox:
 
     def invoke(self, subject: str, payload: bytes) -> Outcome:
         started = time.perf_counter()
+        if self._host is not None:
+            self._host.begin()
         stdout = _Reply(MAX_REPLY_BYTES)
         stderr = _LogLines("stderr")
         store = wasmtime.Store(self._engine)

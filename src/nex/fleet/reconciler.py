@@ -33,6 +33,7 @@ from nex.api.events import EventType
 from nex.api.models import AppRef, AuctionRequest, DeployRequest
 from nex.client import NexClient
 from nex.fleet.lease import Lease
+from nex.fleet.liveness import Liveness
 from nex.fleet.planner import (
     AppKey, FleetMemory, PendingReplica, Place, Plan, Rollback, Settings, SlotKey, Stop, bid_bucket, choose_bid,
     plan,
@@ -75,6 +76,7 @@ class Reconciler:
         self._store = AppStore(nc, replicas=replicas, timeout=max(2.0, lease_s))
         self._settings = Settings(pending_ttl_s=max(5.0, 4 * registry_interval_s))
         self._memory = FleetMemory()
+        self._liveness = Liveness(node_id, grace_s=2 * registry_interval_s)
         self._written: dict[AppKey, dict] = {}
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
@@ -135,6 +137,7 @@ class Reconciler:
     def _elected(self) -> None:
         log.info("this node now reconciles the fleet")
         self._memory = FleetMemory()  # what a previous term remembered may be stale
+        self._liveness.forget()
         self._seeded = False
         self._written.clear()
         self._lost.clear()
@@ -194,12 +197,16 @@ class Reconciler:
 
     async def reconcile_once(self) -> Plan:
         apps = await self._store.list()
-        nodes = await self._store.nodes()
+        listed = await self._store.nodes()
+        if not self._liveness.trustworthy(listed):
+            log.info("reconciler: the registry read lacks this node; not acting on it (JetStream busy?)")
+            return Plan()
         statuses = await self._status_keys()
         if not self._seeded:
             await self._seed(apps)
         now = time.time()
-        self._live_nodes = len(nodes)
+        nodes = self._liveness.view(listed, time.monotonic())
+        self._live_nodes = len(listed)
         decided = plan(apps, nodes, self._memory, now, self._settings, statuses)
         await self._execute(decided)
         await self._write_statuses(decided)

@@ -78,6 +78,31 @@ class NodeConfig(BaseModel):
         default=None, description="directory with the fleet's issuer.nk and xkey.xk, the same on every node "
         "that may reconcile; default: <state_dir>/fleet, created on first use")
 
+    # -- host services of functions (docs/functions.md) --
+    http_allow_hosts: list[str] = Field(
+        default_factory=list, description="hosts functions may call over HTTP: exact names or *.example.com; "
+        "none by default")
+    http_allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "PUT", "DELETE"],
+                                          description="HTTP methods functions may use")
+
+    @field_validator("http_allow_methods")
+    @classmethod
+    def _http_methods(cls, methods: list[str]) -> list[str]:
+        methods = [method.upper() for method in methods]
+        unknown = sorted(set(methods) - {"GET", "POST", "PUT", "DELETE"})
+        if unknown:
+            raise ValueError(f"functions can only use GET, POST, PUT and DELETE, not {', '.join(unknown)}")
+        return methods
+
+    @field_validator("http_allow_hosts")
+    @classmethod
+    def _http_hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            name = host.removeprefix("*.")
+            if not name or "*" in name or any(c in name for c in "/: @"):
+                raise ValueError(f"invalid HTTP host {host!r}: give a host name or *.domain")
+        return [host.lower() for host in hosts]
+
     @model_validator(mode="after")
     def _timeouts(self) -> NodeConfig:
         if self.node_timeout_s < 2 * self.registry_interval_s:

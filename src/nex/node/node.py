@@ -39,6 +39,7 @@ from nex.security.keystore import NODE_XKEY_FILE, load_or_create_xkey
 from nex.security.natsauth import AccountSigner, EmbeddedAuth, WorkloadCredentials
 from nex.security.xkeys import open_env
 from nex.reaper import Reaper
+from nex.agent.protocol import HostSettings
 from nex.runtimes.base import RuntimeContext
 from nex.runtimes.registry import available_runtimes
 from nex.sandbox.runner import OciRunner
@@ -106,7 +107,9 @@ class Node:
         self.credentials = WorkloadCredentials(signer, options.servers) if signer is not None else None
         context = RuntimeContext(node_id=self.node_id, state_dir=self.state_dir,
                                  connect_options=options, guard=self.reaper, oci=self.oci,
-                                 credentials=self.credentials)
+                                 credentials=self.credentials, host_settings=HostSettings(
+                                     replicas=self.config.replicas, http_allow_hosts=self.config.http_allow_hosts,
+                                     http_allow_methods=self.config.http_allow_methods))
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
             ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream()), self.feeds,
@@ -212,7 +215,8 @@ class Node:
         try:
             if self.control is not None:
                 await self.control.stop()
-            self.feeds.node_event(EventType.NODE_STOPPED, self._ping_data())
+            if self.supervisor is not None:  # (a node that failed to start never said it started)
+                self.feeds.node_event(EventType.NODE_STOPPED, self._ping_data())
             await self.nc.flush(timeout=2)
             await self.nc.drain()
         except (NatsError, asyncio.TimeoutError) as exc:

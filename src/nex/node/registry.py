@@ -28,6 +28,7 @@ from nex.api.models import NodeRecord
 log = logging.getLogger(__name__)
 
 DEBOUNCE_S = 0.05
+MIN_SPACING_S = 0.25  # change-driven writes at most this often: a long burst makes a few writes
 MAX_WRITE_TIMEOUT_S = 5.0
 
 Snapshot = Callable[[int], NodeRecord]
@@ -68,6 +69,7 @@ class NodeRegistry:
         self._timeout = min(MAX_WRITE_TIMEOUT_S, max(0.5, ttl_s / 2))
         self._kv: KeyValue | None = None
         self._seq = 0
+        self._last_write = 0.0  # loop time of the last write
         self._dirty = asyncio.Event()
         self._failing = False
         self._writing = asyncio.Lock()
@@ -95,6 +97,7 @@ class NodeRegistry:
                 return False  # deleted on purpose: never written back
             self._dirty.clear()
             self._seq += 1
+            self._last_write = asyncio.get_running_loop().time()
             try:
                 if self._kv is None:
                     self._kv = await ensure_bucket(self._nc, self._bucket, self._timeout)
@@ -138,6 +141,10 @@ class NodeRegistry:
                     await self._dirty.wait()
             except TimeoutError:
                 pass
+            # Spaced: at most one change-driven write per MIN_SPACING_S (or half an interval).
+            spacing = min(MIN_SPACING_S, self._interval / 2)
+            if self._dirty.is_set() and (wait := self._last_write + spacing - loop.time()) > 0:
+                await asyncio.sleep(wait)
             # Debounce: write once the changes pause for DEBOUNCE_S, and at the latest when due.
             while self._dirty.is_set() and loop.time() < due:
                 self._dirty.clear()

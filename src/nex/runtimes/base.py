@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from nex.agent.protocol import HostSettings
 from nex.api.models import ExitInfo, Lifecycle, Limits, NetworkMode, Trigger, WorkloadType
 from nex.connection import ConnectOptions
 
@@ -142,6 +143,7 @@ class RuntimeContext:
     guard: ProcessGuard = field(default_factory=NoGuard)
     oci: OciRunner | None = None  # the node's detected OCI runtime; None: no sandbox
     credentials: WorkloadCredentials | None = None  # mints each workload's NATS identity; None: no auth
+    host_settings: HostSettings = field(default_factory=HostSettings)  # functions' host services
 
 
 @runtime_checkable

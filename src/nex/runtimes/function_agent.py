@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nex.agent import protocol
-from nex.agent.protocol import ENV_CONNECT, ENV_NODE_ID
+from nex.agent.protocol import ENV_CONNECT, ENV_HOST_SERVICES, ENV_NODE_ID
 from nex.api.errors import BadArtifact, InternalError, Unavailable
 from nex.api.models import DEFAULT_FUNCTION_MEMORY_MIB, DEFAULT_FUNCTION_TIMEOUT_MS, Lifecycle, WorkloadType
 from nex.runtimes.agent_process import AgentExited, AgentProcess, AgentStartError, describe_exit
@@ -202,7 +202,8 @@ class AgentRuntime(ABC):
 
     async def _start_agent(self) -> AgentProcess:
         env = {**os.environ, ENV_CONNECT: self.context.connect_options.to_json(),
-               ENV_NODE_ID: self.context.node_id, **self._agent_environment()}
+               ENV_NODE_ID: self.context.node_id, ENV_HOST_SERVICES: self.context.host_settings.model_dump_json(),
+               **self._agent_environment()}
         name = f"{self.engine_name} agent"
         try:
             agent = await AgentProcess.start([sys.executable, "-m", self.agent_module], env,

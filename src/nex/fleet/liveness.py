@@ -1,0 +1,50 @@
+"""Which nodes the reconciler counts as alive: the registry's word, checked and slowed down.
+
+A node's NEX_NODES key vanishes when the node stops writing it (the bucket's TTL),
+and that is how the fleet learns a node is gone. But a read of the registry can
+also come back short while JetStream moves a stream's leader (a nats-server of the
+cluster stopping, say). Acting on such a read would replace healthy replicas, then
+stop the originals as surplus when they show up again. So:
+
+- a read that lacks the reconciler's own node, which is certainly alive and writing,
+  is not a view of the fleet at all: the pass is skipped;
+- a node missing from the registry is kept, as last seen, for one grace period;
+  only a node still missing after it is gone.
+
+No I/O here.
+"""
+
+from __future__ import annotations
+
+from nex.api.models import NodeRecord
+
+
+class Liveness:
+    def __init__(self, own_node_id: str, grace_s: float) -> None:
+        self._own = own_node_id
+        self._grace_s = grace_s
+        self._last: dict[str, NodeRecord] = {}
+        self._missing_since: dict[str, float] = {}
+
+    def trustworthy(self, records: list[NodeRecord]) -> bool:
+        """Whether a registry read can be acted on: it must list the reconciler's own node."""
+        return any(r.node.node_id == self._own for r in records)
+
+    def view(self, records: list[NodeRecord], now: float) -> list[NodeRecord]:
+        """The nodes to plan with: those listed, plus those missing for less than the grace period."""
+        present = {r.node.node_id: r for r in records}
+        for node_id in list(self._last):
+            if node_id in present:
+                self._missing_since.pop(node_id, None)
+                continue
+            since = self._missing_since.setdefault(node_id, now)
+            if now - since >= self._grace_s:
+                del self._last[node_id]
+                del self._missing_since[node_id]
+        self._last.update(present)
+        return list(self._last.values())
+
+    def forget(self) -> None:
+        """A new term: what a previous one saw may be stale."""
+        self._last.clear()
+        self._missing_since.clear()
