@@ -18,7 +18,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from nex.api.models import (
     Artifact, HealthCheck, Lifecycle, Limits, NetworkMode, Strict, Token, Trigger, WorkloadType,
-    FUNCTION_TYPES,
+    check_unique_names, settle_lifecycle,
 )
 from nex.api.subjects import DEFAULT_NAMESPACE
 
@@ -100,15 +100,7 @@ class AppWorkload(Strict):
 
     @model_validator(mode="after")
     def _fits_type(self) -> AppWorkload:
-        is_function_type = self.type in FUNCTION_TYPES
-        if self.lifecycle is None:
-            self.lifecycle = Lifecycle.FUNCTION if is_function_type else Lifecycle.SERVICE
-        if is_function_type != (self.lifecycle == Lifecycle.FUNCTION):
-            raise ValueError(f"a {self.type} workload cannot have lifecycle {self.lifecycle}")
-        if self.lifecycle == Lifecycle.FUNCTION and not self.triggers:
-            raise ValueError("a function needs at least one trigger subject")
-        if (self.sealed_env is None) != (self.sender_xkey is None):
-            raise ValueError("sealed_env and sender_xkey go together")
+        settle_lifecycle(self)
         return self
 
     def revision(self) -> str:
@@ -125,15 +117,7 @@ class AppSpec(Strict):
     namespace: Token = DEFAULT_NAMESPACE
     workloads: list[AppWorkload] = Field(min_length=1, max_length=256)
 
-    @field_validator("workloads")
-    @classmethod
-    def _unique_names(cls, workloads: list[AppWorkload]) -> list[AppWorkload]:
-        seen: set[str] = set()
-        for workload in workloads:
-            if workload.name in seen:
-                raise ValueError(f"two workloads are named {workload.name!r}")
-            seen.add(workload.name)
-        return workloads
+    _unique_names = field_validator("workloads")(lambda cls, workloads: check_unique_names(workloads))
 
     def workload(self, name: str) -> AppWorkload | None:
         return next((w for w in self.workloads if w.name == name), None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -61,6 +61,37 @@ class NetworkMode(StrEnum):
 
 
 FUNCTION_TYPES = frozenset({WorkloadType.JAVASCRIPT, WorkloadType.WASM})
+
+
+def check_env_names(env: dict[str, str]) -> dict[str, str]:
+    for key in env:
+        if not key or "=" in key or "\0" in key:
+            raise ValueError(f"invalid environment variable name {key!r}")
+    return env
+
+
+def check_unique_names(items: list[Any]) -> list[Any]:
+    """Items with a ``name``: no two alike (the workloads of an app)."""
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise ValueError(f"two workloads are named {item.name!r}")
+        seen.add(item.name)
+    return items
+
+
+def settle_lifecycle(workload: Any) -> None:
+    """Give a deploy or an app workload its type's default lifecycle and check the rules that tie
+    type, lifecycle, triggers and sealed env together."""
+    is_function_type = workload.type in FUNCTION_TYPES
+    if workload.lifecycle is None:
+        workload.lifecycle = Lifecycle.FUNCTION if is_function_type else Lifecycle.SERVICE
+    if is_function_type != (workload.lifecycle == Lifecycle.FUNCTION):
+        raise ValueError(f"a {workload.type} workload cannot have lifecycle {workload.lifecycle}")
+    if workload.lifecycle == Lifecycle.FUNCTION and not workload.triggers:
+        raise ValueError("a function needs at least one trigger subject")
+    if (workload.sealed_env is None) != (workload.sender_xkey is None):
+        raise ValueError("sealed_env and sender_xkey go together")
 
 
 class Artifact(Strict):
@@ -163,25 +194,11 @@ class DeployRequest(Strict):
     app: AppRef | None = Field(default=None, description="set by the reconciler on the replicas of an app")
     description: str | None = Field(default=None, max_length=1024)
 
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
-        for key in env:
-            if not key or "=" in key or "\0" in key:
-                raise ValueError(f"invalid environment variable name {key!r}")
-        return env
+    _env_names = field_validator("env")(lambda cls, env: check_env_names(env))
 
     @model_validator(mode="after")
     def _lifecycle_fits_type(self) -> DeployRequest:
-        is_function_type = self.type in FUNCTION_TYPES
-        if self.lifecycle is None:
-            self.lifecycle = Lifecycle.FUNCTION if is_function_type else Lifecycle.SERVICE
-        if is_function_type != (self.lifecycle == Lifecycle.FUNCTION):
-            raise ValueError(f"a {self.type} workload cannot have lifecycle {self.lifecycle}")
-        if self.lifecycle == Lifecycle.FUNCTION and not self.triggers:
-            raise ValueError("a function needs at least one trigger subject")
-        if (self.sealed_env is None) != (self.sender_xkey is None):
-            raise ValueError("sealed_env and sender_xkey go together")
+        settle_lifecycle(self)
         if self.artifact.uri.startswith("oci://") and self.type != WorkloadType.OCI:
             raise ValueError(f"an oci:// artifact is an image: deploy it as type oci, not {self.type}")
         return self

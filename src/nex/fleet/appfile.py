@@ -29,7 +29,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from nex.api import subjects
 from nex.api.apps import AppSpec, AppWorkload
 from nex.api.errors import AppNotFound, BadRequest, NexError, NotFound, Unavailable
-from nex.api.models import Artifact, Strict, Token, Trigger, WorkloadType
+from nex.api.models import Artifact, Strict, Token, Trigger, WorkloadType, check_env_names, check_unique_names
 from nex.artifacts import parse_nats_uri, sha256_file
 from nex.client import NexClient
 from nex.fleet.store import AppStore
@@ -105,13 +105,7 @@ class FileWorkload(AppWorkload):
     env: dict[str, str] = Field(default_factory=dict, max_length=256,
                                 description="in the clear here; sealed to the fleet xkey before it is stored")
 
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
-        for key in env:
-            if not key or "=" in key or "\0" in key:
-                raise ValueError(f"invalid environment variable name {key!r}")
-        return env
+    _env_names = field_validator("env")(lambda cls, env: check_env_names(env))
 
     @model_validator(mode="after")
     def _artifact_fits(self) -> FileWorkload:
@@ -127,15 +121,7 @@ class AppFile(Strict):
     namespace: Token | None = None
     workloads: list[FileWorkload] = Field(min_length=1, max_length=256)
 
-    @field_validator("workloads")
-    @classmethod
-    def _unique_names(cls, workloads: list[FileWorkload]) -> list[FileWorkload]:
-        seen: set[str] = set()
-        for workload in workloads:
-            if workload.name in seen:
-                raise ValueError(f"two workloads are named {workload.name!r}")
-            seen.add(workload.name)
-        return workloads
+    _unique_names = field_validator("workloads")(lambda cls, workloads: check_unique_names(workloads))
 
 
 @dataclass(frozen=True)
