@@ -7,16 +7,27 @@ waits quietly (each placement starts one more process; plain processes, no
 sandbox). N placements run with a bounded number in flight;
 the figures are placements/s (auction + deploy to running), auctions/s alone, and,
 measured in the same run as the baseline, bare nats-py request/echo round trips/s
-with the same number in flight.
+with the same number in flight. Where the CPU goes is printed per placement: this
+process (the three nodes and the client), the children (function agents or
+workload processes) and the nats-server; ``--profile`` adds the top functions of
+this process during the placements (cProfile, which slows it down: the rate of a
+profiled run is not a figure to quote).
 
-Run: .venv/bin/python bench/placement.py [N] [IN_FLIGHT] [--native]
+With ``--cluster`` the nodes are `nex node up` processes instead, one homed on each
+server of a 3-server cluster (the fleet of bench/convergence.py, JetStream R3):
+placements across the cluster, with the nodes' work spread over processes.
+
+Run: .venv/bin/python bench/placement.py [N] [IN_FLIGHT] [--native] [--cluster] [--profile]
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import hashlib
+import io
 import os
+import pstats
 import sys
 import tempfile
 import time
@@ -55,16 +66,18 @@ async def bounded(count: int, in_flight: int, one: Callable[[int], Awaitable[obj
     return time.perf_counter() - started, results
 
 
-def _children_cpu() -> float:
-    """CPU seconds used so far by this process's children (the function agents)."""
-    total = 0
-    for pid in children_of(os.getpid()):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` itself; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu(but: set[int] = frozenset()) -> float:
+    """CPU seconds used so far by this process's children (the function agents), ``but`` excepted."""
+    return sum(_cpu_of(pid) for pid in children_of(os.getpid()) if pid not in but)
 
 
 def workload(native: bool, root: Path) -> Callable[[int], DeployRequest]:
@@ -80,68 +93,111 @@ def workload(native: bool, root: Path) -> Callable[[int], DeployRequest]:
                                    triggers=[Trigger(subject=f"bench.placed.{i}")])
 
 
-async def main(count: int, in_flight: int, native: bool) -> None:
+async def measure(nc, client: NexClient, request: Callable[[int], DeployRequest], native: bool, count: int,
+                  in_flight: int, cpu: dict[str, Callable[[], float]], profile: bool, where: str) -> None:
+    """The three phases (echo baseline, auctions, placements) and the report; ``cpu`` names the
+    processes whose CPU seconds are shown per placement."""
+    await echo_responder(nc, "bench.echo")
+    for _ in range(200):
+        await nc.request("bench.echo", b"x", timeout=5)
+    echo_s, _ = await bounded(count * 4, in_flight, lambda i: nc.request("bench.echo", b"x", timeout=10))
+
+    constraints = AuctionRequest(type="native" if native else "javascript")
+    before = {name: read() for name, read in cpu.items()}
+    auction_s, replies = await bounded(
+        count, in_flight, lambda i: client.auction(constraints, wait=10, expected=NODES))
+    auction_cpu = {name: read() - before[name] for name, read in cpu.items()}
+    assert all(len(r) == NODES and all(a.bid for a in r) for r in replies), "a node did not bid"
+
+    def place(i: int):
+        return client.place(request(i), wait=10, expected=NODES)
+    for extra in range(NODES):  # the agents start on the first function of each node
+        await place(count + extra)
+    before = {name: read() for name, read in cpu.items()}
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
+    place_s, summaries = await bounded(count, in_flight, place)
+    if profiler:
+        profiler.disable()
+    used = {name: read() - before[name] for name, read in cpu.items()}
+    assert all(s.state == "running" for s in summaries)
+    spread = Counter(s.node_id for s in summaries)
+    if not native:
+        reply = await nc.request(f"bench.placed.{count // 2}", b"", timeout=10)
+        assert reply.data == b"placed"
+
+    what = "native processes" if native else "JavaScript functions"
+    rows: dict[str, object] = {
+        "nats-py echo round trips/s": count * 4 / echo_s,
+        "auctions/s (every node answers)": count / auction_s,
+        "placements/s (auction + deploy to running)": count / place_s,
+        "placement ms (mean, in flight)": place_s / count * in_flight * 1000,
+        "ratio placements/echo": (count / place_s) / (count * 4 / echo_s),
+        "wall s of the placements": place_s,
+    }
+    rows.update({f"CPU ms per placement: {name}": seconds / count * 1000 for name, seconds in used.items()})
+    rows["CPU ms per placement: all of the above"] = sum(used.values()) / count * 1000
+    rows.update({f"CPU ms per auction alone: {name}": seconds / count * 1000 for name, seconds in auction_cpu.items()
+                 if name != "agents/workloads"})
+    rows["per node"] = ", ".join(str(n) for n in sorted(spread.values()))
+    report(f"placement of {what}: {count} placements, {in_flight} in flight, {where}", rows)
+    if profiler:
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(20)
+        stats.sort_stats("cumtime").print_stats("nex/", 25)  # the node's own steps, callees included
+        print(out.getvalue())
+
+
+async def in_process(count: int, in_flight: int, native: bool, profile: bool) -> None:
+    """Three nodes in this process on one nats-server."""
     with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
         root = Path(tmp)
-        request = workload(native, root)
         server = NatsServer(store_dir=root / "js", port=0)
         await server.start()
         try:
             async with AsyncExitStack() as stack:
-                nodes = []
                 for i in range(NODES):
                     node = Node(NodeConfig(server=server.url, state_dir=root / f"node{i}", name=f"bench{i}",
                                            sandbox="none", stop_grace_s=1.0))
                     await node.start()
                     stack.push_async_callback(node.shutdown)
-                    nodes.append(node)
                 nc = await connect(ConnectOptions(servers=[server.url]))
                 stack.push_async_callback(nc.close)
-                client = NexClient(nc, timeout=30)
-
-                await echo_responder(nc, "bench.echo")
-                for _ in range(200):
-                    await nc.request("bench.echo", b"x", timeout=5)
-                echo_s, _ = await bounded(count * 4, in_flight,
-                                          lambda i: nc.request("bench.echo", b"x", timeout=10))
-
-                constraints = AuctionRequest(type="native" if native else "javascript")
-                auction_s, replies = await bounded(
-                    count, in_flight, lambda i: client.auction(constraints, wait=10, expected=NODES))
-                assert all(len(r) == NODES and all(a.bid for a in r) for r in replies), "a node did not bid"
-
-                def place(i: int):
-                    return client.place(request(i), wait=10, expected=NODES)
-                await place(count)  # the agents start on the first function of each node
-                await place(count + 1)
-                await place(count + 2)
-                cpu_before, children_before = time.process_time(), _children_cpu()
-                place_s, summaries = await bounded(count, in_flight, place)
-                place_cpu = time.process_time() - cpu_before
-                agents_cpu = _children_cpu() - children_before
-                assert all(s.state == "running" for s in summaries)
-                spread = Counter(s.node_id for s in summaries)
-                if not native:
-                    reply = await nc.request(f"bench.placed.{count // 2}", b"", timeout=10)
-                    assert reply.data == b"placed"
-
-                what = "native processes" if native else "JavaScript functions"
-                report(f"placement of {what}: {count} placements, {in_flight} in flight, {NODES} in-process nodes", {
-                    "nats-py echo round trips/s": count * 4 / echo_s,
-                    "auctions/s (every node answers)": count / auction_s,
-                    "placements/s (auction + deploy to running)": count / place_s,
-                    "placement ms (mean, in flight)": place_s / count * in_flight * 1000,
-                    "ratio placements/echo": (count / place_s) / (count * 4 / echo_s),
-                    "CPU s of this process (nodes + client)": place_cpu,
-                    "CPU s of the children (agents, workloads)": agents_cpu,
-                    "wall s of the placements": place_s,
-                    "per node": ", ".join(str(n) for n in sorted(spread.values())),
-                })
+                server_pid = server.pid
+                cpu = {"nodes + client (this process)": time.process_time,
+                       "agents/workloads": lambda: _children_cpu(but={server_pid}),
+                       "nats-server": lambda: _cpu_of(server_pid)}
+                await measure(nc, NexClient(nc, timeout=30), workload(native, root), native, count, in_flight,
+                              cpu, profile, f"{NODES} in-process nodes, one nats-server")
         finally:
             await server.stop()
 
 
+async def on_cluster(count: int, in_flight: int, native: bool, profile: bool) -> None:
+    """Three `nex node up` processes, one homed on each server of a 3-server cluster (JetStream R3)."""
+    from convergence import DEFAULTS, BenchFleet  # the fleet of the fleet benches
+
+    with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
+        root = Path(tmp)
+        fleet = BenchFleet(root, DEFAULTS)
+        try:
+            await fleet.start()
+            node_pids = [n.pid for n in fleet.nodes]
+            server_pids = [s.pid for s in fleet.cluster.servers]
+            cpu = {"client (this process)": time.process_time,
+                   "node processes": lambda: sum(_cpu_of(pid) for pid in node_pids),
+                   "agents/workloads": lambda: sum(_cpu_of(c) for pid in node_pids for c in children_of(pid)),
+                   "nats-servers": lambda: sum(_cpu_of(pid) for pid in server_pids)}
+            await measure(fleet.client.nc, fleet.client, workload(native, root), native, count, in_flight, cpu,
+                          profile, f"{NODES} node processes on a 3-server cluster")
+        finally:
+            await fleet.close()
+
+
 if __name__ == "__main__":
     numbers = [a for a in sys.argv[1:] if not a.startswith("--")]
-    asyncio.run(main(int(numbers[0]) if numbers else 600, int(numbers[1]) if len(numbers) > 1 else 32,
-                     "--native" in sys.argv))
+    run = on_cluster if "--cluster" in sys.argv else in_process
+    asyncio.run(run(int(numbers[0]) if numbers else 600, int(numbers[1]) if len(numbers) > 1 else 32,
+                    "--native" in sys.argv, "--profile" in sys.argv))

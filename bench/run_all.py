@@ -1,4 +1,5 @@
-"""Run every benchmark of issue 2 in turn: `make bench`."""
+"""Run every benchmark in turn: `make bench`; ``--quick`` leaves out the fleet benches (issue 5),
+which start a 3-server cluster and take about 4 minutes together."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 BENCHMARKS = ["js_roundtrip.py", "wasm_roundtrip.py", "deploy_latency.py", "node_memory.py", "js_memory.py", "sandbox_start.py", "oci_start.py"]
+# The fleet benches, with their arguments; each takes 1 to 1.5 minutes.
+FLEET_BENCHMARKS = [["placement.py"], ["placement.py", "600", "32", "--cluster"], ["convergence.py", "--rounds", "3"],
+                    ["reconciler_cpu.py", "--window", "20"]]
 
 if __name__ == "__main__":
+    runs = [[script] for script in BENCHMARKS] + ([] if "--quick" in sys.argv else FLEET_BENCHMARKS)
     failed = 0
-    for script in BENCHMARKS:
-        print(f"\n=== {script}", flush=True)
-        failed += subprocess.call([sys.executable, str(HERE / script)], cwd=HERE.parent) != 0
+    for script, *args in runs:
+        print(f"\n=== {' '.join([script, *args])}", flush=True)
+        failed += subprocess.call([sys.executable, str(HERE / script), *args], cwd=HERE.parent) != 0
     sys.exit(1 if failed else 0)

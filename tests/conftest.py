@@ -71,7 +71,9 @@ async def node(nats_server: NatsServer, tmp_path: Path, request):
     """A node in this test's event loop, on the test's nats-server.
 
     Parametrize it indirectly with a sandbox mode (``auto`` by default); ``oci``
-    skips where this host cannot sandbox.
+    skips where this host cannot sandbox. It does not stand for the fleet's reconciler
+    (the product's default does): no test of a single node needs one, and its lease and
+    passes cost every test time (the fleet tests start nodes that reconcile).
     """
     from nex.node.config import NodeConfig
     from nex.node.node import Node
@@ -82,7 +84,7 @@ async def node(nats_server: NatsServer, tmp_path: Path, request):
         if reason is not None:
             pytest.skip(f"this host cannot sandbox: {reason}")
     config = NodeConfig(server=nats_server.url, state_dir=tmp_path / "node", name="test-node",
-                        tags={"zone": "a"}, stop_grace_s=2.0, lameduck_s=0.2, sandbox=sandbox)
+                        tags={"zone": "a"}, stop_grace_s=2.0, lameduck_s=0.2, sandbox=sandbox, reconciler=False)
     started = Node(config)
     await started.start()
     yield started

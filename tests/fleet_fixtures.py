@@ -54,6 +54,20 @@ async def _bounded(check: Callable[[], Awaitable[Any]], timeout: float, what: st
     raise AssertionError(f"{what} within {timeout:.0f}s" + (f" (last: {type(last).__name__}: {last})" if last else ""))
 
 
+def _growing(first: float = 0.25, most: float = 2.0) -> Callable[[], float]:
+    """Per-attempt time-outs that start short and double up to ``most``. JetStream leaves a request
+    unanswered until the servers have elected a meta leader (some 0.4 s after they start), so a
+    first attempt with a long time-out would wait it out in full; later ones get longer, for a
+    loaded machine."""
+    current = first / 2
+
+    def next_timeout() -> float:
+        nonlocal current
+        current = min(most, current * 2)
+        return current
+    return next_timeout
+
+
 async def _client(servers: list[str], **options: Any) -> nats.NATS:
     """The fixtures' own client: it leaves a stopped, killed or frozen server within seconds."""
     return await nats.connect(servers=servers, connect_timeout=2, reconnect_time_wait=0.2,
@@ -99,9 +113,10 @@ class Cluster:
         running = [s.url for s in self.servers if s.running]
         nc = await _client(running)
         try:
-            js = nc.jetstream(timeout=1.0)
+            attempt_timeout = _growing()
 
             async def r3_stream() -> bool:
+                js = nc.jetstream(timeout=attempt_timeout())
                 await js.add_stream(StreamConfig(name=_PROBE_STREAM, subjects=["fleet.fixture.probe"],
                                                  num_replicas=3))
                 await js.delete_stream(_PROBE_STREAM)
@@ -161,7 +176,8 @@ async def leaf_server(nats_cluster: Cluster, tmp_path: Path):
     try:
         nc = await _client([leaf.url])
         try:
-            await _bounded(lambda: nc.jetstream(timeout=1.0).account_info(), 15,
+            attempt_timeout = _growing()
+            await _bounded(lambda: nc.jetstream(timeout=attempt_timeout()).account_info(), 15,
                            "the leaf server did not reach the hub's JetStream")
         finally:
             await nc.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import eventually
+from helpers import eventually, wait_for_node
 
 
 async def nex(*args: str, stdin: bytes | None = None, timeout: float = 30) -> tuple[int, str, str]:
@@ -25,7 +25,7 @@ async def nex(*args: str, stdin: bytes | None = None, timeout: float = 30) -> tu
 
 
 @pytest.fixture
-async def node_process(nats_server, tmp_path):
+async def node_process(nats_server, nc, tmp_path):
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nex", "--server", nats_server.url, "node", "up",
         "--state-dir", str(tmp_path / "node"), "--name", "e2e", "--tags", "zone=a",
@@ -35,6 +35,8 @@ async def node_process(nats_server, tmp_path):
     async def listed():
         code, out, _ = await nex("node", "ls", "--json", "--server", nats_server.url)
         return code == 0 and json.loads(out)
+    # Each `nex node ls` costs a CLI start and a gather window: ask it once the node answers.
+    await wait_for_node(nc, "e2e", timeout=20)
     nodes = await eventually(listed, timeout=20, interval=0.2)
     yield nodes[0]
     process.send_signal(signal.SIGTERM)

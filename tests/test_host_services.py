@@ -67,7 +67,8 @@ class _Handler(BaseHTTPRequestHandler):
 def http_url():
     """A local HTTP server: GET answers 'hello from http', POST echoes its body."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for the serving loop to notice, 0.5 s at the default.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()

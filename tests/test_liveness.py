@@ -33,3 +33,13 @@ def test_a_node_seen_again_within_the_grace_period_starts_a_fresh_one():
     assert {r.node.node_id for r in liveness.view([me], now=1.5)} == {"ME", "N1"}, "missing only since 1.5"
     liveness.forget()
     assert [r.node.node_id for r in liveness.view([me], now=1.6)] == ["ME"]
+
+
+def test_an_auction_waits_only_for_nodes_that_still_write_their_entry():
+    liveness = Liveness("ME", grace_s=1.0)
+    me, dead = node("ME"), node("N1")
+    liveness.view([me, dead], now=0.0)
+    assert liveness.writing(now=0.0, within_s=1.0) == 2
+    me_later = me.model_copy(update={"seq": 2})
+    liveness.view([me_later, dead], now=0.8)  # N1's key has not expired yet, but it stopped writing
+    assert liveness.writing(now=1.5, within_s=1.0) == 1

@@ -63,7 +63,10 @@ class EpochTicker:
         self._engine = engine
         self._tick = tick
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="wasm-epoch", daemon=True)
+        # Not named "wasm-...": at exit the agent waits for the threads so named, its function
+        # threads, before it closes the engine; this one only ends in close(), so the agent
+        # waited its whole THREAD_JOIN_S on every exit and never closed the engine.
+        self._thread = threading.Thread(target=self._run, name="wasm epoch ticker", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -9,7 +9,10 @@ stop the originals as surplus when they show up again. So:
 - a read that lacks the reconciler's own node, which is certainly alive and writing,
   is not a view of the fleet at all: the pass is skipped;
 - a node missing from the registry is kept, as last seen, for one grace period;
-  only a node still missing after it is gone.
+  only a node still missing after it is gone;
+- an auction waits for the bids of the nodes that still write their entry (its
+  ``seq`` moved within the grace period), not for a dead node whose key has not
+  expired yet.
 
 No I/O here.
 """
@@ -25,6 +28,8 @@ class Liveness:
         self._grace_s = grace_s
         self._last: dict[str, NodeRecord] = {}
         self._missing_since: dict[str, float] = {}
+        self._seq_moved: dict[str, tuple[int, float]] = {}  # node id → (seq, when it last changed)
+        self._listed: set[str] = set()
 
     def trustworthy(self, records: list[NodeRecord]) -> bool:
         """Whether a registry read can be acted on: it must list the reconciler's own node."""
@@ -33,6 +38,11 @@ class Liveness:
     def view(self, records: list[NodeRecord], now: float) -> list[NodeRecord]:
         """The nodes to plan with: those listed, plus those missing for less than the grace period."""
         present = {r.node.node_id: r for r in records}
+        self._listed = set(present)
+        for node_id, record in present.items():
+            seen = self._seq_moved.get(node_id)
+            if seen is None or seen[0] != record.seq:
+                self._seq_moved[node_id] = (record.seq, now)
         for node_id in list(self._last):
             if node_id in present:
                 self._missing_since.pop(node_id, None)
@@ -41,10 +51,18 @@ class Liveness:
             if now - since >= self._grace_s:
                 del self._last[node_id]
                 del self._missing_since[node_id]
+                self._seq_moved.pop(node_id, None)
         self._last.update(present)
         return list(self._last.values())
+
+    def writing(self, now: float, within_s: float) -> int:
+        """How many nodes of the last read wrote their entry within ``within_s``: the bids to wait for."""
+        return sum(1 for node_id in self._listed
+                   if node_id in self._seq_moved and now - self._seq_moved[node_id][1] <= within_s)
 
     def forget(self) -> None:
         """A new term: what a previous one saw may be stale."""
         self._last.clear()
         self._missing_since.clear()
+        self._seq_moved.clear()
+        self._listed.clear()

@@ -32,6 +32,7 @@ from nex.api.errors import NexError, WorkloadNotFound
 from nex.api.events import EventType
 from nex.api.models import AppRef, AuctionRequest, DeployRequest
 from nex.client import NexClient
+from nex.fleet.kvwatch import open_watch, watched_keys
 from nex.fleet.lease import Lease
 from nex.fleet.liveness import Liveness
 from nex.fleet.planner import (
@@ -76,7 +77,8 @@ class Reconciler:
         self._store = AppStore(nc, replicas=replicas, timeout=max(2.0, lease_s))
         self._settings = Settings(pending_ttl_s=max(5.0, 4 * registry_interval_s))
         self._memory = FleetMemory()
-        self._liveness = Liveness(node_id, grace_s=2 * registry_interval_s)
+        self._liveness = Liveness(node_id, grace_s=registry_interval_s)
+        self._writing_within_s = 2 * registry_interval_s
         self._written: dict[AppKey, dict] = {}
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
@@ -163,7 +165,7 @@ class Reconciler:
         while True:
             try:
                 kv = await self._nc.jetstream().key_value(subjects.APPS_BUCKET)
-                watcher = await kv.watch("app.>", meta_only=True)
+                watcher = await open_watch(kv, "app.>", meta_only=True)
                 try:
                     while True:
                         with contextlib.suppress(asyncio.TimeoutError):
@@ -206,7 +208,7 @@ class Reconciler:
             await self._seed(apps)
         now = time.time()
         nodes = self._liveness.view(listed, time.monotonic())
-        self._live_nodes = len(listed)
+        self._live_nodes = self._liveness.writing(time.monotonic(), self._writing_within_s)
         decided = plan(apps, nodes, self._memory, now, self._settings, statuses)
         await self._execute(decided)
         await self._write_statuses(decided)
@@ -341,8 +343,8 @@ class Reconciler:
     async def _status_keys(self) -> set[AppKey]:
         try:
             kv: KeyValue = await self._nc.jetstream().key_value(subjects.APPS_BUCKET)
-            keys = await kv.keys()
-        except (nats.js.errors.NoKeysError, nats.js.errors.BucketNotFoundError):
+            keys = await watched_keys(kv, "status.>")
+        except nats.js.errors.BucketNotFoundError:
             return set()
         found: set[AppKey] = set()
         for key in keys:
