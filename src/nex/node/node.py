@@ -240,7 +240,7 @@ class Node:
 
     def _ping_data(self) -> dict:
         return self.ping("system").model_dump(mode="json", exclude={"workload_count"}) | {
-            "workload_count": len(self.supervisor.table.active()) if self.supervisor else 0,
+            "workload_count": self.supervisor.table.active_count() if self.supervisor else 0,
         }
 
     def info(self, namespace: str) -> NodeInfo:
@@ -290,7 +290,7 @@ class Node:
         """A bid for the workload, or why this node declines (nex.node.bids)."""
         return await self.bids.auction(namespace, request, Bidder(
             node_id=self.node_id, name=self.name, state=self.state, tags=self.tags, xkey=self.xkey.public,
-            runtimes=frozenset(self.supervisor.runtime_types), workload_count=len(self.supervisor.table.active()),
+            runtimes=frozenset(self.supervisor.runtime_types), workload_count=self.supervisor.table.active_count(),
         ))
 
     async def lameduck(self) -> LameDuckResponse:
@@ -332,7 +332,7 @@ class Node:
             self.registry.changed()
 
     def _registry_record(self, seq: int) -> NodeRecord:
-        ping = self.ping("system").model_copy(update={"workload_count": len(self.supervisor.table.active())})
+        ping = self.ping("system").model_copy(update={"workload_count": self.supervisor.table.active_count()})
         return NodeRecord(node=ping, resources=resources(), runtimes=self.supervisor.runtime_types,
                           workloads=self.supervisor.records(), seq=seq)
 

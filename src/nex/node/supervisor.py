@@ -90,7 +90,8 @@ class Supervisor:
         except BaseException:
             self.table.remove(workload_id)
             raise
-        self._save_handle(workload.handle)
+        if runtime.capabilities.outlives_node:
+            self._save_handle(workload.handle)
         workload.state = WorkloadState.RUNNING
         workload.stats = runtime.inspect(workload.handle)
         workload.watcher = asyncio.create_task(self._watch(workload, runtime))
@@ -134,6 +135,7 @@ class Supervisor:
         workload.stats = {**workload.stats, "pid": None}
         ok = stopped_on_request or result.success
         workload.state = WorkloadState.STOPPED if ok else WorkloadState.FAILED
+        self.table.ended(workload)
         self._forget_handle(workload.id)
         event_type = EventType.WORKLOAD_STOPPED if ok else EventType.WORKLOAD_FAILED
         data = {**self._event_data(workload), **result.info().model_dump(), "requested": stopped_on_request}

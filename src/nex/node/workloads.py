@@ -11,6 +11,8 @@ from nex.api.errors import WorkloadNotFound
 from nex.api.models import DeployRequest, Health, ReplicaRecord, Usage, WorkloadState, WorkloadSummary
 from nex.runtimes.base import ExitResult, Handle
 
+ENDED_STATES = frozenset({WorkloadState.STOPPED, WorkloadState.FAILED})
+
 # Ended workloads stay listed (state, exit code) until removed or pushed out by newer ones.
 KEEP_ENDED = 200
 
@@ -37,7 +39,7 @@ class Workload:
 
     @property
     def ended(self) -> bool:
-        return self.state in (WorkloadState.STOPPED, WorkloadState.FAILED)
+        return self.state in ENDED_STATES
 
     @property
     def has_check(self) -> bool:
@@ -86,13 +88,28 @@ class Workload:
 
 
 class WorkloadTable:
+    """Every workload of the node by id; the ones that have not ended also on their own, so that
+    counting them (every bid, ping and registry write does) does not walk the ended ones too."""
+
     def __init__(self, on_remove: Callable[[Workload], None] = lambda w: None) -> None:
         self._by_id: dict[str, Workload] = {}
+        self._active: dict[str, Workload] = {}
+        self._ended_count = 0
         self._on_remove = on_remove
 
     def add(self, workload: Workload) -> None:
         self._by_id[workload.id] = workload
+        if workload.ended:
+            self._ended_count += 1
+        else:
+            self._active[workload.id] = workload
         self._forget_oldest_ended()
+
+    def ended(self, workload: Workload) -> None:
+        """The supervisor saw ``workload`` end (its state is now stopped or failed)."""
+        if self._active.pop(workload.id, None) is not None:
+            self._ended_count += 1
+            self._forget_oldest_ended()
 
     def get(self, workload_id: str, namespace: str | None = None) -> Workload:
         workload = self._by_id.get(workload_id)
@@ -103,6 +120,8 @@ class WorkloadTable:
     def remove(self, workload_id: str) -> None:
         workload = self._by_id.pop(workload_id, None)
         if workload is not None:
+            if self._active.pop(workload_id, None) is None:
+                self._ended_count -= 1
             self._on_remove(workload)
 
     def __iter__(self) -> Iterator[Workload]:
@@ -112,10 +131,15 @@ class WorkloadTable:
         return [w for w in self if w.namespace == namespace]
 
     def active(self) -> list[Workload]:
-        return [w for w in self if not w.ended]
+        return list(self._active.values())
+
+    def active_count(self) -> int:
+        return len(self._active)
 
     def _forget_oldest_ended(self) -> None:
-        ended = [w for w in self._by_id.values() if w.ended]
+        if self._ended_count <= KEEP_ENDED:
+            return
+        ended = [w for w in self._by_id.values() if w.id not in self._active]
         overflow = len(ended) - KEEP_ENDED
         if overflow > 0:
             ended.sort(key=lambda w: w.stopped_at or w.started_at)

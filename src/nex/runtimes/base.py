@@ -43,6 +43,9 @@ class Capabilities:
     lifecycles: frozenset[Lifecycle]
     invocable: bool = False
     sandboxed: bool = False
+    # Its workloads can outlive a node that dies (processes, containers): the supervisor keeps
+    # a handle on disk for the next node to clean up with. Functions die with their agent.
+    outlives_node: bool = True
 
 
 @dataclass(frozen=True)

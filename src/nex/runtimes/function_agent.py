@@ -72,7 +72,8 @@ class AgentRuntime(ABC):
     type: WorkloadType
     engine_name: str  # in messages: "the javascript runtime is closed"
     agent_module: str
-    capabilities = Capabilities(lifecycles=frozenset({Lifecycle.FUNCTION}), invocable=True, sandboxed=True)
+    capabilities = Capabilities(lifecycles=frozenset({Lifecycle.FUNCTION}), invocable=True, sandboxed=True,
+                                outlives_node=False)
 
     def __init__(self, context: RuntimeContext) -> None:
         self.context = context
