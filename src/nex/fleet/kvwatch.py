@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any, Awaitable, Callable, TypeVar
 
 import nats.errors
 from nats.js.kv import KeyValue
@@ -21,31 +22,42 @@ _OPENING_WAIT_S = 1.0
 # The server drops a stopped watch's consumer this soon (nats-py's default: 5 minutes).
 _INACTIVE_S = 5.0
 _stopping: set[asyncio.Future] = set()
+T = TypeVar("T")
+
+
+async def opened(opening: Awaitable[T], close: Callable[[T], Awaitable[object]]) -> T:
+    """Await ``opening`` (a watch, a subscription); when cancelled meanwhile, ``close`` what it
+    opens once it has, so nothing is left subscribed for a drain to wait on."""
+    started = asyncio.ensure_future(opening)
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        started.add_done_callback(lambda done: _close_unused(done, close))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({started}, timeout=_OPENING_WAIT_S)
+        raise
 
 
 async def open_watch(kv: KeyValue, keys: str, **options) -> KeyValue.KeyWatcher:
     """``kv.watch(keys, **options)``; when cancelled, the watch is stopped once it opened."""
-    opening = asyncio.ensure_future(kv.watch(keys, **options))
-    try:
-        return await asyncio.shield(opening)
-    except asyncio.CancelledError:
-        opening.add_done_callback(_stop_unused)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait({opening}, timeout=_OPENING_WAIT_S)
-        raise
+    return await opened(kv.watch(keys, **options), lambda watcher: watcher.stop())
 
 
-def _stop_unused(opening: asyncio.Future) -> None:
-    if opening.cancelled() or opening.exception() is not None:
+def _close_unused(done: asyncio.Future, close: Callable[[Any], Awaitable[object]]) -> None:
+    if done.cancelled() or done.exception() is not None:
         return  # nats-py unsubscribes itself when the opening fails
-    stopping = asyncio.ensure_future(_stop(opening.result()))
-    _stopping.add(stopping)  # held: the loop keeps only a weak reference to a task
-    stopping.add_done_callback(_stopping.discard)
+    closing = asyncio.ensure_future(_quietly(close(done.result())))
+    _stopping.add(closing)  # held: the loop keeps only a weak reference to a task
+    closing.add_done_callback(_stopping.discard)
+
+
+async def _quietly(closing: Awaitable[object]) -> None:
+    with contextlib.suppress(nats.errors.Error):
+        await closing
 
 
 async def _stop(watcher: KeyValue.KeyWatcher) -> None:
-    with contextlib.suppress(nats.errors.Error):
-        await watcher.stop()
+    await _quietly(watcher.stop())
 
 
 async def watched_keys(kv: KeyValue, keys: str = ">", timeout: float = 5.0) -> list[str]:

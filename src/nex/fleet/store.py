@@ -29,6 +29,7 @@ from nex.api import subjects
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease
 from nex.api.errors import AppNotFound, Conflict, Unavailable
 from nex.api.models import NodeRecord
+from nex.fleet.kvwatch import opened
 
 __all__ = ["APPS_HISTORY", "AppStore", "same_spec"]
 
@@ -233,9 +234,10 @@ async def _latest(js: JetStreamContext, bucket: str, pattern: str, model: type[M
             return []
         # The server drops the consumer this soon after we stop reading (nats-py's default is
         # 5 minutes: a reconciler listing every second would pile up hundreds of them).
-        sub = await js.subscribe(subject, stream=stream, ordered_consumer=True,
-                                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                                 inactive_threshold=_WATCH_INACTIVE_S)
+        sub = await opened(js.subscribe(subject, stream=stream, ordered_consumer=True,
+                                        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                                        inactive_threshold=_WATCH_INACTIVE_S),
+                           lambda opened_sub: opened_sub.unsubscribe())
     values: list[M] = []
     try:
         while True:
