@@ -32,7 +32,7 @@ from nex.cli import cli
 from nex.cli.options import GlobalOptions
 from nex.cli.session import resolve_id
 from nex.client import NexClient, guess_type, workload_name_for
-from nex.connection import ConnectOptions
+from nex.connection import ConnectOptions, flush_subscriptions
 from nex.natsserver import NatsServer
 
 NOWHERE = "nats://127.0.0.1:1"
@@ -470,4 +470,4 @@ async def _scripted_node(nc, node_id: str, workloads: int, runtimes: list[str], 
 
     await nc.subscribe(subjects.control("default", subjects.PING), cb=answer_ping)
     await nc.subscribe(subjects.control("default", subjects.INFO, node_id), cb=answer_info)
-    await nc.flush()
+    await flush_subscriptions(nc)

@@ -13,6 +13,7 @@ import pytest
 from nex.api import subjects
 from nex.api.errors import ERROR_CODE_HEADER, ERROR_HEADER
 from nex.node.node import Node
+from nex.connection import flush_subscriptions
 
 from helpers import collect, control, eventually, file_artifact
 from test_registry import entry
@@ -99,7 +100,7 @@ async def test_nats_check_against_a_subscriber(node: Node, nc, programs):
         else:
             await msg.respond(b"ok")
     await nc.subscribe(subject, cb=answer)
-    await nc.flush()
+    await flush_subscriptions(nc)
 
     code, workload = await control(nc, "DEPLOY", node.node_id, {
         "name": "ticker", "type": "native", "artifact": file_artifact(programs["ticker"]),
@@ -176,7 +177,7 @@ async def test_check_stops_with_the_workload(node: Node, nc, programs):
         asked.append(msg)
         await msg.respond(b"ok")
     await nc.subscribe(subject, cb=answer)
-    await nc.flush()
+    await flush_subscriptions(nc)
     code, workload = await control(nc, "DEPLOY", node.node_id, {
         "name": "ticker", "type": "native", "artifact": file_artifact(programs["ticker"]),
         "health": {"nats": subject, "interval_ms": 50}})

@@ -23,6 +23,7 @@ from nex.agent.hostservices import MAX_VALUE_BYTES, host_allowed, kv_bucket, sub
 from nex.natsserver import NatsServer
 from nex.node.config import ConfigError, NodeConfig, load_config
 from nex.node.node import Node
+from nex.connection import flush_subscriptions
 
 FUNCTIONS = Path(__file__).parent / "functions"
 WASM_SOURCES = Path(__file__).parent / "wasm"
@@ -165,7 +166,7 @@ async def test_js_publish_and_request_within_the_namespace(node: Node, nc: Clien
     async def echo(msg):
         await msg.respond(b"echo: " + msg.data)
     await nc.subscribe("nex.shop.echo", cb=echo)
-    await nc.flush()
+    await flush_subscriptions(nc)
 
     sent = await probe(nc, "probe.shop", "publish", "nex.shop.orders.new", "order 7")
     answered = await probe(nc, "probe.shop", "request", "nex.shop.echo", "ping", {"timeout": 2000})
