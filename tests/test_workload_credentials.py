@@ -63,6 +63,15 @@ class Workload:
                                 error_cb=on_error, inbox_prefix=inbox_prefix)
         return self.nc
 
+    async def confined(self, node_id: str) -> bool:
+        """Whether the server refuses this user the node's control subjects and another namespace."""
+        control_subject = f"$NEX.SVC.default.control.PING.{node_id}"
+        await self.nc.publish(control_subject, b"{}")
+        await self.nc.flush()
+        await self.nc.subscribe("nex.other.>")
+        await self.nc.flush()
+        return await self.violation(control_subject) and await self.violation("nex.other.>")
+
     async def violation(self, subject: str) -> bool:
         """Whether the server reported a permission violation naming ``subject`` (nats-py lowercases it)."""
         wanted = f'"{subject.lower()}"'
@@ -109,13 +118,7 @@ async def test_native_workload_gets_scoped_credentials(auth_node: Node, admin, p
         await flush_subscriptions(admin)  # (a plain flush may overtake the SUB in nats-py 2.16)
         assert (await nc.request("nex.default.echo", b"ping", timeout=3)).data == b"ping"
 
-        # The control plane and other namespaces are closed to it.
-        await nc.publish(f"$NEX.SVC.default.control.PING.{auth_node.node_id}", b"{}")
-        await nc.flush()
-        assert await client.violation(f"$NEX.SVC.default.control.PING.{auth_node.node_id}")
-        await nc.subscribe("nex.other.>")
-        await nc.flush()
-        assert await client.violation("nex.other.>")
+        assert await client.confined(auth_node.node_id), "the control plane and other namespaces are closed"
         await nc.subscribe("_INBOX.>")
         await nc.flush()
         assert await client.violation("_INBOX.>")
