@@ -8,7 +8,8 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
 
 from nex.api import subjects
 from nex.api.errors import FunctionError, error_code, from_reply
@@ -92,3 +93,19 @@ def function_error(msg):
     error = from_reply(msg.data, msg.headers)
     assert isinstance(error, FunctionError), (msg.data, msg.headers)
     return error
+
+
+@asynccontextmanager
+async def running_node(nats_server, state_dir: Path, name: str, **config: Any) -> AsyncIterator[Any]:
+    """A node in the test's event loop, on ``nats_server``: plain processes, a short stop grace,
+    and a lame duck period longer than any test (a node put in lame duck stays to be looked at)."""
+    from nex.node.config import NodeConfig
+    from nex.node.node import Node
+
+    settings = {"stop_grace_s": 2.0, "lameduck_s": 60, "sandbox": "none", **config}
+    node = Node(NodeConfig(server=nats_server.url, state_dir=state_dir, name=name, **settings))
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.shutdown()

@@ -8,7 +8,7 @@ import os
 import re
 import sys
 from collections import Counter
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import click
@@ -20,25 +20,15 @@ from nex.api.errors import BidNotFound, Unavailable
 from nex.api.models import AuctionReply, AuctionRequest, Bid, DeployRequest, WorkloadType
 from nex.cli.devrun import parse_placement_tags
 from nex.client import NexClient, rank_bids
-from nex.node.config import NodeConfig
 from nex.node.node import Node
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import XKey
 
-from helpers import collect, control, eventually, file_artifact
+from helpers import collect, control, eventually, file_artifact, running_node
 
 DOCS = Path(__file__).parent.parent / "docs"
 
 
-@asynccontextmanager
-async def running_node(nats_server, state_dir: Path, name: str, **config):
-    node = Node(NodeConfig(server=nats_server.url, state_dir=state_dir, name=name, stop_grace_s=2.0,
-                           lameduck_s=60, sandbox="none", **config))
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.shutdown()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from nex.security.natsauth import AccountSigner, write_private
 from conftest import sandbox_verdict
 from helpers import control, file_artifact
 from oci_helpers import build_image
-from test_workload_credentials import Workload, environ
+from test_workload_credentials import Workload, admin_connection, container_env, container_user, environ
 
 
 def _keys(prefix: int) -> nkeys.KeyPair:
@@ -129,19 +129,14 @@ async def test_an_oci_container_on_an_authenticated_node_gets_its_own_scoped_ide
                            stop_grace_s=2.0))
     await node.start()
     try:
-        creds = tmp_path / "admin.creds"
-        creds.write_text(node.embedded_auth.signer.mint("test admin"))
-        admin = await connect(ConnectOptions(servers=[node.server_url], creds=str(creds)), max_reconnect_attempts=0)
+        admin = await admin_connection(node, tmp_path)
         code, workload = await control(admin, "DEPLOY", node.node_id, {
             "name": "web", "type": "oci", "artifact": file_artifact(tarball)}, timeout=30)
         assert code is None, workload
-        config = json.loads((node.oci.bundles_dir / workload["id"] / "config.json").read_text())
-        env = dict(item.split("=", 1) for item in config["process"]["env"])
+        env = container_env(node, workload["id"])
         assert env["NATS_URL"] == node.server_url and env["NATS_INBOX_PREFIX"] == f"_INBOX.{workload['id']}"
-        own = tmp_path / "container.creds"
-        own.write_text(natsjwt.creds_file(env["NATS_JWT"], env["NATS_NKEY_SEED"]))
-        client = Workload()
-        nc = await client.connect(env["NATS_URL"], str(own), env["NATS_INBOX_PREFIX"])
+        client = await container_user(env, tmp_path / "container.creds")
+        nc = client.nc
         await nc.publish("$NEX.SVC.default.control.PING", b"{}")
         await nc.flush()
         assert await client.violation("$NEX.SVC.default.control.PING")

@@ -9,7 +9,6 @@ import os
 import stat
 import sys
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import nkeys
@@ -19,12 +18,10 @@ from nex.api import claims
 from nex.api.errors import Forbidden
 from nex.api.models import Artifact, DeployRequest, Trigger
 from nex.client import NexClient
-from nex.node.config import NodeConfig
-from nex.node.node import Node
 from nex.security.keystore import ISSUER_FILE, USER_XKEY_FILE, UserKeys
 from nex.security.xkeys import XKey, seal_env
 
-from helpers import collect, control, eventually, file_artifact
+from helpers import collect, control, eventually, file_artifact, running_node
 
 SECRET = "s3cr3t-Value-9f1c2e"
 
@@ -37,15 +34,6 @@ def user_keys(issuer: nkeys.KeyPair | None = None) -> UserKeys:
     return UserKeys(issuer or account(), XKey.create())
 
 
-@asynccontextmanager
-async def running_node(nats_server, state_dir: Path, name: str, **config):
-    node = Node(NodeConfig(server=nats_server.url, state_dir=state_dir, name=name, stop_grace_s=2.0,
-                           sandbox="none", **config))
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.shutdown()
 
 
 @pytest.fixture

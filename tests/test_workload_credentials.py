@@ -33,15 +33,32 @@ async def auth_node(tmp_path: Path):
     await node.shutdown()
 
 
-@pytest.fixture
-async def admin(auth_node: Node, tmp_path: Path):
+async def admin_connection(node: Node, tmp_path: Path) -> Client:
     """A client with the node's own, unrestricted kind of user."""
     creds = tmp_path / "admin.creds"
-    creds.write_text(auth_node.embedded_auth.signer.mint("test admin"))
-    nc = await connect(ConnectOptions(servers=[auth_node.server_url], creds=str(creds)),
-                       max_reconnect_attempts=0)
+    creds.write_text(node.embedded_auth.signer.mint("test admin"))
+    return await connect(ConnectOptions(servers=[node.server_url], creds=str(creds)), max_reconnect_attempts=0)
+
+
+@pytest.fixture
+async def admin(auth_node: Node, tmp_path: Path):
+    nc = await admin_connection(auth_node, tmp_path)
     yield nc
     await nc.close()
+
+
+def container_env(node: Node, workload_id: str) -> dict[str, str]:
+    """The environment a sandboxed workload was given, from its bundle's config.json."""
+    config = json.loads((node.oci.bundles_dir / workload_id / "config.json").read_text())
+    return dict(item.split("=", 1) for item in config["process"]["env"])
+
+
+async def container_user(env: dict[str, str], creds: Path) -> Workload:
+    """A client connected as the container would be, with the JWT and seed of its environment."""
+    creds.write_text(natsjwt.creds_file(env["NATS_JWT"], env["NATS_NKEY_SEED"]))
+    client = Workload()
+    await client.connect(env["NATS_URL"], str(creds), env["NATS_INBOX_PREFIX"])
+    return client
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -182,19 +199,14 @@ async def test_sandboxed_workload_gets_jwt_and_seed(tmp_path: Path, programs):
                            sandbox="oci", stop_grace_s=2.0))
     await node.start()
     try:
-        creds = tmp_path / "admin.creds"
-        creds.write_text(node.embedded_auth.signer.mint("test admin"))
-        admin = await connect(ConnectOptions(servers=[node.server_url], creds=str(creds)), max_reconnect_attempts=0)
+        admin = await admin_connection(node, tmp_path)
         code, workload = await control(admin, "DEPLOY", node.node_id, {
             "name": "ticker", "type": "native", "artifact": file_artifact(programs["ticker"])})
         assert code is None, workload
-        config = json.loads((node.oci.bundles_dir / workload["id"] / "config.json").read_text())
-        env = dict(item.split("=", 1) for item in config["process"]["env"])
+        env = container_env(node, workload["id"])
         assert env["NATS_URL"] == node.server_url and "NATS_CREDS" not in env
-        own = tmp_path / "from-env.creds"
-        own.write_text(natsjwt.creds_file(env["NATS_JWT"], env["NATS_NKEY_SEED"]))
-        client = Workload()
-        nc = await client.connect(env["NATS_URL"], str(own), env["NATS_INBOX_PREFIX"])
+        client = await container_user(env, tmp_path / "from-env.creds")
+        nc = client.nc
         await nc.publish("$NEX.SVC.default.control.PING", b"{}")
         await nc.flush()
         assert await client.violation("$NEX.SVC.default.control.PING")
