@@ -50,9 +50,18 @@ class HostSettings(_Message):
     http_allow_methods: list[str] = Field(default_factory=lambda: list(HTTP_METHODS))
 
 
+class RetrySettings(_Message):
+    max_attempts: int = 5
+    backoff_ms: int = 1000
+    max_backoff_ms: int = 60_000
+
+
 class TriggerSubscription(_Message):
     subject: str
     queue: str
+    mode: Literal["sync", "async"] = "sync"
+    schedule: str | None = Field(default=None, description="cron expression (UTC); mode is then async")
+    retry: RetrySettings | None = Field(default=None, description="async: None means RetrySettings()")
 
 
 class Load(_Message):
@@ -68,6 +77,7 @@ class Load(_Message):
     timeout_ms: int = Field(gt=0)
     memory_bytes: int = Field(gt=0)
     env: dict[str, str] = Field(default_factory=dict)
+    max_concurrency: int | None = Field(default=None, gt=0, description="calls at once; past it 429 at once")
 
 
 class Unload(_Message):

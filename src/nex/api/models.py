@@ -106,11 +106,36 @@ class Artifact(Strict):
         return uri
 
 
+class TriggerMode(StrEnum):
+    SYNC = "sync"  # a request on the subject is answered by one copy of the function
+    ASYNC = "async"  # messages on the subject are kept in JetStream and run at least once (docs/functions.md)
+
+
+class RetryPolicy(Strict):
+    """How an async invocation that fails is tried again, then dead-lettered."""
+
+    max_attempts: int = Field(default=5, ge=1, le=100, description="runs in all, the first included")
+    backoff_ms: int = Field(default=1000, ge=10, le=60 * 60 * 1000, description="wait before the second run")
+    max_backoff_ms: int = Field(default=60 * 1000, ge=10, le=24 * 60 * 60 * 1000,
+                                description="the wait doubles after each failure up to this")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetryPolicy:
+        if self.max_backoff_ms < self.backoff_ms:
+            raise ValueError("max_backoff_ms must be at least backoff_ms")
+        return self
+
+
 class Trigger(Strict):
     subject: str = Field(min_length=1, max_length=256)
     queue: Token | None = Field(
         default=None, description="queue group; default: one group per namespace and workload name"
     )
+    mode: TriggerMode = Field(default=TriggerMode.SYNC, description="async: durable, at least once, with retries")
+    schedule: str | None = Field(
+        default=None, min_length=9, max_length=128,
+        description="cron expression (5 fields, UTC): fires one async invocation on the subject, once per fleet")
+    retry: RetryPolicy | None = Field(default=None, description="async and scheduled triggers; default: RetryPolicy()")
 
     @field_validator("subject")
     @classmethod
@@ -124,6 +149,18 @@ class Trigger(Strict):
         if reserved is not None:
             raise ValueError(f"trigger subject {subject!r} overlaps {reserved!r}, which workloads may not subscribe to")
         return subject
+
+    @model_validator(mode="after")
+    def _mode_fits(self) -> Trigger:
+        if self.schedule is not None:
+            if "mode" in self.model_fields_set and self.mode == TriggerMode.SYNC:
+                raise ValueError("a scheduled trigger is async: its calls are kept and retried")
+            self.mode = TriggerMode.ASYNC
+        if self.mode == TriggerMode.SYNC and self.retry is not None:
+            raise ValueError("retry applies to async and scheduled triggers only")
+        if self.mode == TriggerMode.ASYNC and ("*" in self.subject.split(".") or ">" in self.subject.split(".")):
+            raise ValueError(f"an async trigger needs a subject without wildcards, not {self.subject!r}")
+        return self
 
 
 class Health(StrEnum):
@@ -163,6 +200,9 @@ class Limits(Strict):
     cpus: float | None = Field(default=None, gt=0, le=1024)
     pids: int | None = Field(default=None, gt=0, le=1 << 22)
     timeout_ms: int | None = Field(default=None, gt=0, le=15 * 60 * 1000, description="functions")
+    max_concurrency: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="functions: calls running at once on one copy; past it a call is answered 429 at once")
 
 
 class DeployRequest(Strict):
@@ -382,7 +422,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 __all__ = [
     "AppRef", "Artifact", "AuctionReply", "AuctionRequest", "Bid", "DeployRequest", "Health", "HealthCheck",
     "NodeRecord", "ReplicaRecord", "ErrorResponse", "ExitInfo", "Lifecycle", "LameDuckResponse",
-    "Limits", "NodeInfo", "NodePing", "NodeState", "Resources", "Trigger", "UndeployRequest",
+    "Limits", "NodeInfo", "NodePing", "NodeState", "Resources", "RetryPolicy", "Trigger", "TriggerMode",
+    "UndeployRequest",
     "UndeployResponse", "WorkloadPing", "WorkloadState", "WorkloadSummary", "WorkloadType",
     "is_token", "parse_request",
 ]

@@ -43,7 +43,7 @@ from typing import Any
 from nex.agent import protocol
 from nex.agent.protocol import ENV_CONNECT, ENV_HOST_SERVICES, ENV_NODE_ID
 from nex.api.errors import BadArtifact, InternalError, Unavailable
-from nex.api.models import DEFAULT_FUNCTION_MEMORY_MIB, DEFAULT_FUNCTION_TIMEOUT_MS, Lifecycle, WorkloadType
+from nex.api.models import DEFAULT_FUNCTION_MEMORY_MIB, DEFAULT_FUNCTION_TIMEOUT_MS, Lifecycle, Trigger, WorkloadType
 from nex.runtimes.agent_process import AgentExited, AgentProcess, AgentStartError, describe_exit
 from nex.runtimes.base import Capabilities, ExitResult, Handle, LogSink, RuntimeContext, WorkloadSpec
 
@@ -305,7 +305,15 @@ class AgentRuntime(ABC):
         memory_mib = spec.limits.memory_mib or DEFAULT_FUNCTION_MEMORY_MIB
         return protocol.Load(
             workload_id=spec.id, name=spec.name, namespace=spec.namespace, **artifact,
-            triggers=[protocol.TriggerSubscription(subject=t.subject, queue=spec.queue_group(t)) for t in spec.triggers],
+            triggers=[_subscription(t, spec.queue_group(t)) for t in spec.triggers],
             timeout_ms=spec.limits.timeout_ms or DEFAULT_FUNCTION_TIMEOUT_MS,
             memory_bytes=memory_mib * 1024 * 1024, env=dict(spec.env),
+            max_concurrency=spec.limits.max_concurrency,
         )
+
+
+def _subscription(trigger: Trigger, queue: str) -> protocol.TriggerSubscription:
+    retry = trigger.retry
+    return protocol.TriggerSubscription(
+        subject=trigger.subject, queue=queue, mode=trigger.mode.value, schedule=trigger.schedule,
+        retry=protocol.RetrySettings(**retry.model_dump()) if retry is not None else None)
