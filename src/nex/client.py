@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import random
 import time
@@ -24,6 +25,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
@@ -111,6 +113,42 @@ def _is_no_responders(msg: Msg) -> bool:
     return bool(msg.headers) and msg.headers.get("Status") == "503" and not msg.data
 
 
+class _ReplyInbox:
+    """Where the replies of a client's scatter-gather requests (PING, AUCTION...) arrive.
+
+    One wildcard subscription for all of them, made on first use, rather than a
+    subscription per request: a subscription is a SUB and an UNSUB that every
+    server of a cluster passes along its routes, and an auction a placement was
+    the most frequent such request.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()
+        self._subscription: Subscription | None = None
+        self._subscribing = asyncio.Lock()
+        self._waiting: dict[str, asyncio.Queue[Msg]] = {}
+        self._tokens = itertools.count()
+
+    async def open(self) -> tuple[str, asyncio.Queue[Msg]]:
+        """A new inbox subject, and the queue its messages arrive in until :meth:`close`."""
+        async with self._subscribing:
+            if self._subscription is None:
+                self._subscription = await self._nc.subscribe(f"{self._prefix}.*", cb=self._deliver)
+        inbox = f"{self._prefix}.{next(self._tokens)}"
+        arriving: asyncio.Queue[Msg] = asyncio.Queue()
+        self._waiting[inbox] = arriving
+        return inbox, arriving
+
+    def close(self, inbox: str) -> None:
+        self._waiting.pop(inbox, None)  # what still comes for it is dropped
+
+    async def _deliver(self, msg: Msg) -> None:
+        arriving = self._waiting.get(msg.subject)
+        if arriving is not None:
+            arriving.put_nowait(msg)
+
+
 class NexClient:
     """Requests to the nodes of one namespace over a connected nats-py client.
 
@@ -126,6 +164,7 @@ class NexClient:
         self.keys = keys
         self._owns_connection = False
         self._placing: Counter[str] = Counter()  # node id -> placements of this client under way there
+        self._replies = _ReplyInbox(nc)
 
     @classmethod
     async def connect(
@@ -503,8 +542,7 @@ class NexClient:
                       body: bytes = b"") -> list[M]:
         """Scatter a request to every node and collect the replies that come within ``wait``."""
         subject = self._subject(verb)
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
+        inbox, arriving = await self._replies.open()
         try:
             await self.nc.publish(subject, body, reply=inbox)
             loop = asyncio.get_running_loop()
@@ -512,15 +550,15 @@ class NexClient:
             replies: list[M] = []
             while (remaining := deadline - loop.time()) > 0 and len(replies) != expected:
                 try:
-                    msg = await sub.next_msg(timeout=remaining)
-                except nats.errors.TimeoutError:
+                    msg = await asyncio.wait_for(arriving.get(), remaining)
+                except asyncio.TimeoutError:
                     break
                 if _is_no_responders(msg):
                     break  # the server says at once that nothing listens: no node
                 replies.append(_decode(msg, model, subject))
             return replies
         finally:
-            await sub.unsubscribe()
+            self._replies.close(inbox)
 
     def _artifact_uri(self, key: str) -> str:
         return f"nats://{subjects.ARTIFACT_BUCKET}/{quote(key)}"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import ssl
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,6 +122,52 @@ async def flush_subscriptions(nc: Client) -> None:
     nats-py (2.16) writes flush()'s PING straight to the socket, possibly ahead of
     SUBs its flusher task has not written yet, so one PONG proves nothing under
     load. By the first PONG the flusher has run; the second PING follows the SUBs.
+
+    Callers at the same time share one such round trip: a caller that comes while
+    a round is under way waits for the next one, which starts after its SUBs were
+    queued. An agent loading 32 functions at once then sends a few PINGs, not 64.
     """
-    await nc.flush()
-    await nc.flush()
+    rounds = _flush_rounds.get(nc)
+    if rounds is None:
+        rounds = _flush_rounds[nc] = _FlushRounds(nc)
+    await rounds.join()
+
+
+class _FlushRounds:
+    """The flush round trips of one connection; see :func:`flush_subscriptions`."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = weakref.ref(nc)  # the value of a weak-keyed dict must not hold its key
+        self._next: asyncio.Future[None] | None = None
+        self._running: asyncio.Task[None] | None = None
+
+    async def join(self) -> None:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            self._next.add_done_callback(_retrieve)  # every waiter may be gone when it fails
+        waiting = self._next
+        if self._running is None or self._running.done():
+            self._running = asyncio.get_running_loop().create_task(self._run())
+        await asyncio.shield(waiting)
+
+    async def _run(self) -> None:
+        while (this_round := self._next) is not None:
+            self._next = None
+            nc = self._nc()
+            try:
+                if nc is None:
+                    raise ConnectionError("the NATS connection is gone")
+                await nc.flush()
+                await nc.flush()
+            except Exception as exc:  # handed to the callers of this round
+                this_round.set_exception(exc)
+            else:
+                this_round.set_result(None)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+_flush_rounds: weakref.WeakKeyDictionary[Client, _FlushRounds] = weakref.WeakKeyDictionary()

@@ -36,6 +36,7 @@ from nex.agent.engine import CompileError, Engine
 from nex.agent.events import EventFeed
 from nex.agent.function import LoadedFunction
 from nex.connection import ConnectOptions, connect
+from nex.gctune import tune_for_service
 
 EXIT_GRACE_S = 1.0  # for the calls in flight to be answered
 THREAD_JOIN_S = 0.2  # a thread still in a call after that ends with the process
@@ -192,6 +193,7 @@ def run(make_engine: Callable[[], Engine], thread_stack_bytes: int) -> int:
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     engine = make_engine()
+    tune_for_service()
     try:
         asyncio.run(serve(options, node_id, engine, sys.stdin.buffer, replies, host_settings))
     except (OSError, NatsError) as exc:

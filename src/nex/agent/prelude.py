@@ -1,7 +1,8 @@
 """The JavaScript installed in every QuickJS context before the function's own script.
 
-Evaluates to setup(envJson, hostSource), which defines the `console` and `env`
-globals (and `nex`, the host services, when hostSource is not empty) and returns
+Evaluates to setup(envJson, hostSource, codecSource), which defines the `console` and
+`env` globals, `TextEncoder` and `TextDecoder` (compiled from codecSource when first
+read), and `nex`, the host services, when hostSource is not empty; it returns
 lookup(name) for the entry points the agent calls:
   bind(fn)   -> invoke(subject, payloadLatin1) -> encoded result
   settle()   -> the encoded result of the pending promise, or "p"
@@ -28,7 +29,7 @@ NUL go back JSON-escaped.
 """
 
 PRELUDE = r"""
-(function (envJson, hostSource) {
+(function (envJson, hostSource, codecSource) {
   "use strict";
   const MAX_LINES = 1000;
   const MAX_LINE_CHARS = 65536;
@@ -68,72 +69,21 @@ PRELUDE = r"""
   Object.defineProperty(globalThis, "console", { value: console, ...frozen });
   Object.defineProperty(globalThis, "env", { value: Object.freeze(JSON.parse(envJson)), ...frozen });
 
-  // TextEncoder and TextDecoder (UTF-8 only), as in browsers, Deno and Workers:
-  // QuickJS has neither, and every function that reads its payload as text needs them.
-  const utf8Encode = (text) => {
-    const out = [];
-    for (const ch of String(text)) {
-      let c = ch.codePointAt(0);
-      if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd;  // a lone surrogate
-      if (c < 0x80) out.push(c);
-      else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
-      else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
-      else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
-    }
-    return new Uint8Array(out);
+  // TextEncoder and TextDecoder (UTF-8 only), as in browsers, Deno and Workers: QuickJS has
+  // neither. Compiled on first use (TEXT_CODECS), like `nex`: most functions never touch them,
+  // and parsing them was a quarter of the cost of building a context.
+  let codecs;
+  const codec = (name) => {
+    Object.defineProperty(globalThis, name, {
+      get() {
+        if (codecs === undefined) codecs = (0, eval)(codecSource)();
+        return codecs[name];
+      },
+      configurable: false, enumerable: false,
+    });
   };
-  const utf8Decode = (bytes) => {
-    const units = [];
-    let text = "";
-    const n = bytes.length;
-    for (let i = 0; i < n;) {
-      const b = bytes[i];
-      const need = b < 0x80 ? 0 : b >= 0xc2 && b < 0xe0 ? 1 : b >= 0xe0 && b < 0xf0 ? 2 : b >= 0xf0 && b < 0xf5 ? 3 : -1;
-      let c = 0xfffd, size = 1;
-      if (need === 0) c = b;
-      else if (need > 0) {
-        // An invalid or cut sequence becomes one U+FFFD for its longest valid prefix.
-        let value = b & (0x3f >> need), k = 1;
-        for (; k <= need && i + k < n && (bytes[i + k] & 0xc0) === 0x80; k++) value = (value << 6) | (bytes[i + k] & 63);
-        const min = need === 1 ? 0x80 : need === 2 ? 0x800 : 0x10000;
-        if (k <= need) size = k;
-        else if (value >= min && value <= 0x10ffff && (value < 0xd800 || value > 0xdfff)) {
-          c = value;
-          size = need + 1;
-        }
-      }
-      if (c >= 0x10000) units.push(0xd800 + ((c - 0x10000) >> 10), 0xdc00 + ((c - 0x10000) & 0x3ff));
-      else units.push(c);
-      i += size;
-      if (units.length >= 8192) { text += fromCharCode.apply(null, units); units.length = 0; }
-    }
-    return text + fromCharCode.apply(null, units);
-  };
-  const asBytes = (input) => {
-    if (input === undefined) return new Uint8Array(0);
-    if (input instanceof Uint8Array) return input;
-    if (input instanceof ArrayBuffer) return new Uint8Array(input);
-    if (isView(input)) return new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
-    throw new TypeError("TextDecoder.decode takes an ArrayBuffer or a typed array");
-  };
-  class TextEncoder {
-    get encoding() { return "utf-8"; }
-    encode(text = "") { return utf8Encode(text); }
-  }
-  class TextDecoder {
-    constructor(label = "utf-8") {
-      if (!/^(utf-?8|unicode-1-1-utf-8)$/i.test(String(label).trim())) {
-        throw new RangeError(`TextDecoder supports utf-8 only, not ${label}`);
-      }
-    }
-    get encoding() { return "utf-8"; }
-    decode(input) {
-      const bytes = asBytes(input);
-      return utf8Decode(bytes);
-    }
-  }
-  Object.defineProperty(globalThis, "TextEncoder", { value: TextEncoder, ...frozen });
-  Object.defineProperty(globalThis, "TextDecoder", { value: TextDecoder, ...frozen });
+  codec("TextEncoder");
+  codec("TextDecoder");
 
   const toBytes = (latin1) => {
     const n = latin1.length;
@@ -269,5 +219,77 @@ PRELUDE = r"""
   const logs = () => stringify(takeLines());
   const entries = { bind, settle, logs, caught: describeCaught, hostTake, hostGive };
   return (name) => entries[name];
+})
+"""
+
+# Evaluates to a function returning {TextEncoder, TextDecoder}; see the prelude.
+TEXT_CODECS = r"""
+(function () {
+  "use strict";
+  const fromCharCode = String.fromCharCode;
+  const isView = ArrayBuffer.isView;
+  const utf8Encode = (text) => {
+    const out = [];
+    for (const ch of String(text)) {
+      let c = ch.codePointAt(0);
+      if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd;  // a lone surrogate
+      if (c < 0x80) out.push(c);
+      else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+      else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+      else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    }
+    return new Uint8Array(out);
+  };
+  const utf8Decode = (bytes) => {
+    const units = [];
+    let text = "";
+    const n = bytes.length;
+    for (let i = 0; i < n;) {
+      const b = bytes[i];
+      const need = b < 0x80 ? 0 : b >= 0xc2 && b < 0xe0 ? 1 : b >= 0xe0 && b < 0xf0 ? 2 : b >= 0xf0 && b < 0xf5 ? 3 : -1;
+      let c = 0xfffd, size = 1;
+      if (need === 0) c = b;
+      else if (need > 0) {
+        // An invalid or cut sequence becomes one U+FFFD for its longest valid prefix.
+        let value = b & (0x3f >> need), k = 1;
+        for (; k <= need && i + k < n && (bytes[i + k] & 0xc0) === 0x80; k++) value = (value << 6) | (bytes[i + k] & 63);
+        const min = need === 1 ? 0x80 : need === 2 ? 0x800 : 0x10000;
+        if (k <= need) size = k;
+        else if (value >= min && value <= 0x10ffff && (value < 0xd800 || value > 0xdfff)) {
+          c = value;
+          size = need + 1;
+        }
+      }
+      if (c >= 0x10000) units.push(0xd800 + ((c - 0x10000) >> 10), 0xdc00 + ((c - 0x10000) & 0x3ff));
+      else units.push(c);
+      i += size;
+      if (units.length >= 8192) { text += fromCharCode.apply(null, units); units.length = 0; }
+    }
+    return text + fromCharCode.apply(null, units);
+  };
+  const asBytes = (input) => {
+    if (input === undefined) return new Uint8Array(0);
+    if (input instanceof Uint8Array) return input;
+    if (input instanceof ArrayBuffer) return new Uint8Array(input);
+    if (isView(input)) return new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
+    throw new TypeError("TextDecoder.decode takes an ArrayBuffer or a typed array");
+  };
+  class TextEncoder {
+    get encoding() { return "utf-8"; }
+    encode(text = "") { return utf8Encode(text); }
+  }
+  class TextDecoder {
+    constructor(label = "utf-8") {
+      if (!/^(utf-?8|unicode-1-1-utf-8)$/i.test(String(label).trim())) {
+        throw new RangeError(`TextDecoder supports utf-8 only, not ${label}`);
+      }
+    }
+    get encoding() { return "utf-8"; }
+    decode(input) {
+      const bytes = asBytes(input);
+      return utf8Decode(bytes);
+    }
+  }
+  return { TextEncoder, TextDecoder };
 })
 """

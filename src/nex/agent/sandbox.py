@@ -22,7 +22,7 @@ import quickjs
 from nex.agent import host_js, protocol
 from nex.agent.engine import ERROR, OUT_OF_MEMORY, TIMEOUT, CompileError, Outcome
 from nex.agent.hostservices import FunctionHost, HostServices
-from nex.agent.prelude import PRELUDE
+from nex.agent.prelude import PRELUDE, TEXT_CODECS
 from nex.api.errors import FunctionError
 
 # JavaScript stack per context; the thread that runs it must be larger (see nex.agent.worker).
@@ -220,7 +220,7 @@ class Sandbox:
         context.set_time_limit(config.timeout_ms / 1000)
         context.set_max_stack_size(JS_STACK_BYTES)
         try:
-            lookup = context.eval(PRELUDE)(json.dumps(config.env), host_js.HOST_JS if self._host else "")
+            lookup = context.eval(PRELUDE)(json.dumps(config.env), host_js.HOST_JS if self._host else "", TEXT_CODECS)
             fn = _evaluate(context, config.source)
         except quickjs.JSException as exc:
             raise CompileError(self._compile_message(str(exc), context)) from None

@@ -58,6 +58,7 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
     With no --server (and no NATS_URL) the node starts an embedded nats-server
     with JetStream on 127.0.0.1 and says where.
     """
+    from nex.gctune import tune_for_service
     from nex.node.node import Node
 
     logging.basicConfig(
@@ -72,6 +73,7 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
         overrides["trusted_issuers"] = list(trusted_issuers) or None
         overrides["admin_issuers"] = list(admin_issuers) or None
         config = load_config(config_path, overrides)
+        tune_for_service()
         asyncio.run(Node(config).run())
     except NoServersError:
         click.echo(f"nex: error: cannot connect to NATS at {config.server}", err=True)

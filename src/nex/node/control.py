@@ -162,12 +162,13 @@ class ControlService:
         async def wping(namespace: str, data: bytes) -> WorkloadPing:
             return self._node.workload_ping(namespace, wid)
 
+        # The deploy reply goes out next, and an UNDEPLOY sent right after it must find these. It
+        # does without a flush: the SUBs and the reply leave on this one connection in this order,
+        # and the server passes the interest along its routes before the reply (as for bids).
         self._workload_subs[wid] = [
             await self._nc.subscribe(subjects.control(ns, subjects.UNDEPLOY, wid), cb=self._msg_handler(undeploy)),
             await self._nc.subscribe(subjects.control(ns, subjects.WPING, wid), cb=self._msg_handler(wping)),
         ]
-        # The deploy reply goes out next: an UNDEPLOY sent right after it must find these.
-        await flush_subscriptions(self._nc)
 
     async def unwatch_workload(self, workload: Workload) -> None:
         for sub in self._workload_subs.pop(workload.id, []):

@@ -36,6 +36,9 @@ class Workload:
     stats: dict = field(default_factory=dict)
     issuer: str | None = None  # who signed the deploy; only it (or an admin) may stop the workload
     checked: Health = Health.UNKNOWN  # the verdict of its health check (nex.node.health), if it has one
+    # record() of the last write, and what it was made from: the registry lists every workload at
+    # every write, and a workload rarely changes between two.
+    _record: tuple[tuple, ReplicaRecord] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ended(self) -> bool:
@@ -72,12 +75,16 @@ class Workload:
 
     def record(self) -> ReplicaRecord:
         """The compact form the node registry lists (docs/operations.md)."""
-        request = self.request
-        return ReplicaRecord(
-            id=self.id, name=request.name, namespace=self.namespace, type=request.type,
-            lifecycle=request.lifecycle, state=self.state, health=self.health, app=request.app,
-            started_at=self.started_at, exit_code=self.exit.exit_code if self.exit else None,
-        )
+        made_from = (self.state, self.health, self.exit.exit_code if self.exit else None)
+        if self._record is None or self._record[0] != made_from:
+            request = self.request
+            state, health, exit_code = made_from
+            self._record = made_from, ReplicaRecord(
+                id=self.id, name=request.name, namespace=self.namespace, type=request.type,
+                lifecycle=request.lifecycle, state=state, health=health, app=request.app,
+                started_at=self.started_at, exit_code=exit_code,
+            )
+        return self._record[1]
 
     def usage(self) -> Usage | None:
         """What the runtime last read from the cgroup or process; None once it ended."""
