@@ -109,4 +109,12 @@ def subjects_overlap(a: str, b: str) -> bool:
 
 def first_overlap(subject: str, patterns: tuple[str, ...] | list[str]) -> str | None:
     """The first of ``patterns`` that ``subject`` overlaps, or None."""
+    head = subject.partition(".")[0]
+    if head not in ("*", ">"):  # most subjects: only the patterns that start with their first token
+        return next((p for p in patterns if _first_token_meets(head, p) and subjects_overlap(subject, p)), None)
     return next((p for p in patterns if subjects_overlap(subject, p)), None)
+
+
+def _first_token_meets(head: str, pattern: str) -> bool:
+    first = pattern.partition(".")[0]
+    return first == head or first in ("*", ">")

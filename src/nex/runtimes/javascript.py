@@ -17,10 +17,12 @@ function loaded again.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
+from pathlib import Path
 
 from nex.api.errors import BadArtifact
 from nex.api.models import WorkloadType
-from nex.runtimes.base import WorkloadSpec
+from nex.runtimes.base import RuntimeContext, WorkloadSpec
 from nex.runtimes.function_agent import AgentRuntime
 
 
@@ -31,11 +33,54 @@ class JavaScriptRuntime(AgentRuntime):
     engine_name = "javascript"
     agent_module = "nex.agent.javascript"
 
+    def __init__(self, context: RuntimeContext) -> None:
+        super().__init__(context)
+        self._scripts = ScriptCache(SCRIPT_CACHE_BYTES)
+
     async def prepare(self, spec: WorkloadSpec) -> None:
-        await asyncio.to_thread(_read_script, spec)
+        await self._script(spec)
 
     async def _artifact_fields(self, spec: WorkloadSpec) -> dict[str, str]:
-        return {"source": await asyncio.to_thread(_read_script, spec)}
+        return {"source": await self._script(spec)}
+
+    async def _script(self, spec: WorkloadSpec) -> str:
+        source = self._scripts.get(spec.artifact_path)
+        if source is None:
+            source = await asyncio.to_thread(_read_script, spec)
+            self._scripts.put(spec.artifact_path, source)
+        return source
+
+
+# Scripts kept decoded: a node deploying many copies of one function reads it once.
+SCRIPT_CACHE_BYTES = 32 * 1024 * 1024
+
+
+class ScriptCache:
+    """Decoded scripts by artifact path, the least recently used dropped past ``max_bytes``.
+
+    Artifact paths name a file of the node's artifact cache, which is named by its sha256
+    and never rewritten: a path always holds the same script.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._scripts: OrderedDict[Path, str] = OrderedDict()
+
+    def get(self, path: Path) -> str | None:
+        source = self._scripts.get(path)
+        if source is not None:
+            self._scripts.move_to_end(path)
+        return source
+
+    def put(self, path: Path, source: str) -> None:
+        if len(source) > self._max_bytes or path in self._scripts:
+            return
+        self._scripts[path] = source
+        self._bytes += len(source)
+        while self._bytes > self._max_bytes:
+            _, dropped = self._scripts.popitem(last=False)
+            self._bytes -= len(dropped)
 
 
 def _read_script(spec: WorkloadSpec) -> str:
