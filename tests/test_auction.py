@@ -63,7 +63,8 @@ async def test_every_node_answers_with_a_bid(fleet, client):
         assert bid is not None and bid.node_id == node.node_id and bid.name == node.name
         assert bid.xkey == node.xkey.public and bid.tags["zone"] == node.tags["zone"]
         assert bid.tags["nex.os"] == "linux" and 0 < bid.score <= 100
-        assert bid.expires_in_ms == 10_000 and subjects.is_token(bid.bid_id)
+        node_part, _, secret = bid.bid_id.partition(".")
+        assert bid.expires_in_ms == 10_000 and node_part == node.node_id and subjects.is_token(secret)
     assert len({r.bid.bid_id for r in replies}) == 3
 
 
@@ -121,11 +122,22 @@ async def test_deploy_through_a_bid_runs_on_the_bidding_node(fleet, client, prog
     assert [w.id for w in n1.supervisor.table.active()] == [summary.id]
     assert n1.bids.outstanding == 0, "the used bid is gone"
 
-    # The same bid again: nobody listens any more.
+    # The same bid again: the node refuses it.
     with pytest.raises(BidNotFound) as caught:
         await client.deploy(bid.bid_id, ticker(programs, name="again"))
     assert caught.value.code == 404 and caught.value.message == f"bid {bid.bid_id!r} expired or already used"
     assert len(n1.supervisor.table.active()) == 1
+
+
+async def test_a_bid_is_good_in_its_own_namespace_only(fleet, nc, client, programs):
+    n1 = fleet[0]
+    replies = await client.auction(AuctionRequest(type="native", tags={"zone": "a"}), wait=5, expected=3)
+    bid = by_node(replies)[n1.node_id].bid
+    with pytest.raises(BidNotFound):
+        await NexClient(nc, namespace="other").deploy(bid.bid_id, ticker(programs))
+    assert n1.supervisor.table.active() == [] and n1.bids.outstanding == 1, "the bid still holds in its namespace"
+    summary = await client.deploy(bid.bid_id, ticker(programs))
+    assert summary.node_id == n1.node_id
 
 
 async def test_a_bid_expires(nats_server, tmp_path, client, programs):
@@ -211,7 +223,7 @@ async def test_signed_deploy_through_a_bid_seals_env_to_the_bidder(nats_server, 
     async with running_node(nats_server, tmp_path / "secure", "secure",
                             trusted_issuers=[keys.issuer_public]) as node:
         logs = await collect(nc, subjects.logs_filter("default"))
-        wire = await collect(nc, subjects.control("default", subjects.DEPLOY, "*"))
+        wire = await collect(nc, subjects.control("default", subjects.DEPLOY, ">"))
         client = NexClient(nc, keys=keys)
         summary = await client.place(ticker(programs, env={"GREETING": "sealed-hello"}), wait=5, expected=1)
         assert summary.node_id == node.node_id and summary.issuer == keys.issuer_public
@@ -247,7 +259,7 @@ async def test_devrun_without_a_node_places_by_auction(fleet, client, programs):
 
 def test_ranking_prefers_the_best_and_shuffles_ties():
     def bid(name: str, score: float):
-        return {"bid_id": name, "node_id": name, "name": name, "tags": {}, "score": score,
+        return {"bid_id": f"{name}.x", "node_id": name, "name": name, "tags": {}, "score": score,
                 "expires_in_ms": 1000, "workload_count": 0,
                 "resources": {"cpus": 1, "memory_bytes": 1, "memory_available_bytes": 1, "load_1m": 0}}
     bids = [Bid.model_validate(bid(n, s)) for n, s in (("low", 10), ("top", 80), ("tie", 79.95), ("mid", 60))]

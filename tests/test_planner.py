@@ -50,7 +50,7 @@ def node(node_id: str, replicas: list[ReplicaRecord] = (), zone: str = "a", stat
 
 
 def bid(node_id: str, zone: str, score: float = 1.0) -> Bid:
-    return Bid(bid_id=f"b{node_id}", node_id=node_id, name=node_id, tags={"zone": zone}, score=score,
+    return Bid(bid_id=f"{node_id}.b", node_id=node_id, name=node_id, tags={"zone": zone}, score=score,
                expires_in_ms=1000, resources=Resources(cpus=2, memory_bytes=1, memory_available_bytes=1, load_1m=0),
                workload_count=0)
 

@@ -12,6 +12,7 @@ import base64
 import itertools
 import logging
 import random
+import re
 import time
 from collections import Counter
 from contextlib import aclosing
@@ -47,6 +48,7 @@ from nex.api.events import CloudEvent
 from nex.api.models import (
     Artifact,
     AuctionReply,
+    BID_ID_PATTERN,
     AuctionRequest,
     Bid,
     DeployRequest,
@@ -326,24 +328,28 @@ class NexClient:
         With keys, the request is signed and env sealed to ``xkey`` (the target node's
         key; looked up with a PING when not given).
         """
-        _target(target, "node or bid id")
+        _deploy_target(target)
         if self.keys is not None:
             request = await self._sealed_and_signed(target, request, xkey)
-        return await self._request(
-            subjects.DEPLOY, target, WorkloadSummary, _deploy_target_not_found,
-            body=request.model_dump_json(exclude_none=True).encode(),
-        )
+        try:
+            return await self._request(
+                subjects.DEPLOY, target, WorkloadSummary, _deploy_target_not_found,
+                body=request.model_dump_json(exclude_none=True).encode(),
+            )
+        except NotFound as exc:
+            if "." in target and not isinstance(exc, BidNotFound):  # the node refused the bid
+                raise BidNotFound(target) from None
+            raise
 
     async def _sealed_and_signed(self, target: str, request: DeployRequest, xkey: str | None) -> DeployRequest:
         update: dict[str, Any] = {}
         if request.env:
             node_xkey = xkey
+            node_id = target.partition(".")[0]  # a bid's id starts with its node's
             if node_xkey is None:
-                if not _is_node_id(target):
-                    raise BadRequest(f"cannot seal env for bid {target}: give the xkey of the bid")
-                node_xkey = (await self.ping_node(target)).xkey
+                node_xkey = (await self.ping_node(node_id)).xkey
             if node_xkey is None:
-                raise Unavailable(f"node {target} publishes no xkey: cannot seal env to it")
+                raise Unavailable(f"node {node_id} publishes no xkey: cannot seal env to it")
             update = {"env": {}, "sealed_env": seal_env(request.env, self.keys.xkey, node_xkey),
                       "sender_xkey": self.keys.xkey.public}
         claim = claims.deploy_claim(
@@ -662,15 +668,17 @@ def rank_bids(bids: list[Bid], placing: Mapping[str, int] | None = None) -> list
     return [b for _, b in scored]
 
 
-def _is_node_id(target: str) -> bool:
-    # A node id is a node nkey: 56 characters starting with N; a bid id is a short random token.
-    return len(target) == 56 and target.startswith("N")
+def _deploy_target(target: str) -> str:
+    """A node id, or a bid id (``<node id>.<token>``): one or two subject tokens."""
+    if not re.fullmatch(BID_ID_PATTERN, target):
+        _target(target, "node or bid id")
+    return target
 
 
 def _deploy_target_not_found(target: str) -> NexError:
-    if _is_node_id(target):
-        return NodeNotFound(target)
-    return BidNotFound(target)
+    if "." in target:
+        return BidNotFound(target)
+    return NodeNotFound(target)
 
 
 def _decode(msg: Msg, model: type[M], subject: str) -> M:

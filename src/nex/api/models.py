@@ -21,6 +21,8 @@ DEFAULT_FUNCTION_TIMEOUT_MS = 5000
 DEFAULT_FUNCTION_MEMORY_MIB = 64
 
 Token = Annotated[str, Field(pattern=TOKEN_PATTERN)]
+# A bid's id is two subject tokens: the id of the node that made it, and a secret.
+BID_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{1,64}$"
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256")]
 
 
@@ -348,7 +350,9 @@ class AuctionRequest(Strict):
 
 
 class Bid(Strict):
-    bid_id: Token = Field(description="deploy to $NEX.SVC.<ns>.control.DEPLOY.<bid_id> before it expires")
+    bid_id: str = Field(pattern=BID_ID_PATTERN,
+                        description="<node id>.<token>: deploy to $NEX.SVC.<ns>.control.DEPLOY.<bid_id> "
+                                    "before it expires")
     node_id: str
     name: str
     tags: dict[str, str]

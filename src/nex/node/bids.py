@@ -4,13 +4,17 @@ Every node answers every auction, with a bid or with the reason it declines, so 
 client that knows how many nodes there are stops waiting when all have answered,
 and a user who gets no bid is told why ("node n2 lacks tag zone=a").
 
-A bid is a promise with a deadline. The node subscribes to
-``$NEX.SVC.<ns>.control.DEPLOY.<bid_id>`` for ``bid_ttl_s``, with the server told to
-drop the subscription after one message: the first deploy through the bid is the
-only one that reaches the node, and any later one (or one after the deadline)
-finds no responder, which the client reports as 404 "bid ... expired or already
-used". Until then the memory the auction asked for counts as held, so a burst of
-auctions does not promise the same free memory twice.
+A bid is a promise with a deadline. Its id is the node's id and a secret token,
+``<node id>.<token>``, so a deploy through it goes to
+``$NEX.SVC.<ns>.control.DEPLOY.<node id>.<token>``, which the node listens to with
+one subscription for all its bids (``DEPLOY.<node id>.*``): a subscription per bid
+was a SUB, an UNSUB and a task on every node for every auction, and every server
+of a cluster passing them along its routes. The first deploy through a bid uses
+it; a later one, one after ``bid_ttl_s``, or one in another namespace is answered
+404 "bid ... expired or already used" by the node, and one after the node stopped
+finds no responder, which the client reports the same way. Until then the memory
+the auction asked for counts as held, so a burst of auctions does not promise the
+same free memory twice.
 
 Scoring (higher is better; 100 for an idle node with all its memory free)::
 
@@ -42,6 +46,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from nex.api import subjects
+from nex.api.errors import BidNotFound
 from nex.api.models import (
     FUNCTION_TYPES, AuctionReply, AuctionRequest, Bid, Lifecycle, NodeState, Resources, WorkloadType,
 )
@@ -71,8 +76,8 @@ class Bidder:
 @dataclass
 class _Outstanding:
     bid_id: str
+    namespace: str
     memory_mib: int
-    subscription: Subscription
     timer: asyncio.TimerHandle
 
 
@@ -119,18 +124,29 @@ def score(found: Resources, held_mib: int, workload_count: int, outstanding: int
 class BidBook:
     """The bids a node has made and not yet seen used or expired."""
 
-    def __init__(self, nc: Client, ttl_s: float, serve_deploy: MsgHandler,
+    def __init__(self, nc: Client, node_id: str, ttl_s: float, serve_deploy: MsgHandler,
                  read_resources: Callable[[], Resources] = resources) -> None:
         self._nc = nc
+        self._node_id = node_id
         self._ttl_s = ttl_s
         self._serve_deploy = serve_deploy
         self._read_resources = read_resources
         self._outstanding: dict[str, _Outstanding] = {}
         self._held_mib = 0
-        self._unsubscribing: set[asyncio.Task] = set()
+        self._subscription: Subscription | None = None
+        self._deploying: set[asyncio.Task[None]] = set()
         self._resources: Resources | None = None
         self._read_at = 0.0
         self._closed = False
+        # Counters since the node started, for its metrics (nex.node.metrics).
+        self.bids_made = 0
+        self.declined = 0
+        self.deploys = 0  # bids used by a deploy
+
+    async def start(self) -> None:
+        """Listen for the deploys through this node's bids, in every namespace."""
+        self._subscription = await self._nc.subscribe(
+            subjects.control("*", subjects.DEPLOY, f"{self._node_id}.*"), cb=self._on_deploy)
 
     @property
     def outstanding(self) -> int:
@@ -141,7 +157,7 @@ class BidBook:
         return self._held_mib
 
     async def auction(self, namespace: str, request: AuctionRequest, bidder: Bidder) -> AuctionReply:
-        """A bid for the workload, its deploy subject listening before the reply goes out; or a decline."""
+        """A bid for the workload, or a decline."""
         found = self._current_resources()
         held = self.held_mib
         free_mib = (found.memory_available_bytes >> 20) - held
@@ -150,22 +166,18 @@ class BidBook:
         else:
             reason = decline_reason(request, bidder, free_mib, held)
         if reason is not None:
+            self.declined += 1
             return AuctionReply(node_id=bidder.node_id, declined=reason)
-        bid_id = secrets.token_urlsafe(12)  # 16 characters of [A-Za-z0-9_-]: a subject token
+        # The node's id and 16 characters of [A-Za-z0-9_-]: two subject tokens.
+        bid_id = f"{self._node_id}.{secrets.token_urlsafe(12)}"
         bid = Bid(
             bid_id=bid_id, node_id=bidder.node_id, name=bidder.name, tags=bidder.tags, xkey=bidder.xkey,
             score=score(found, held, bidder.workload_count, self.outstanding),
             expires_in_ms=round(self._ttl_s * 1000), resources=found, workload_count=bidder.workload_count,
         )
-        subscription = await self._nc.subscribe(
-            subjects.control(namespace, subjects.DEPLOY, bid_id), cb=self._deploy_handler(bid_id))
-        await subscription.unsubscribe(limit=1)  # the server drops it after one message
-        timer = asyncio.get_running_loop().call_later(self._ttl_s, self._expire, bid_id)
-        self._hold(_Outstanding(bid_id, request.memory_mib or 0, subscription, timer))
-        # The client deploys as soon as it has the reply, so the server must know the subscription
-        # by then. It does without a flush: SUB, UNSUB and the reply's PUB leave on this one
-        # connection in this order (nats-py queues them in one buffer), and a NATS server handles a
-        # connection's commands in order, passing interest along its routes before the reply.
+        timer = asyncio.get_running_loop().call_later(self._ttl_s, self._release, bid_id)
+        self._hold(_Outstanding(bid_id, namespace, request.memory_mib or 0, timer))
+        self.bids_made += 1
         return AuctionReply(node_id=bidder.node_id, bid=bid)
 
     def _hold(self, bid: _Outstanding) -> None:
@@ -179,31 +191,21 @@ class BidBook:
             self._held_mib -= bid.memory_mib
         return bid
 
-    def _deploy_handler(self, bid_id: str) -> MsgHandler:
-        async def serve(msg: Msg) -> None:
-            # The server delivers one message and drops the subscription: the bid is used.
-            self._release(bid_id)
-            await self._serve_deploy(msg)
-        return serve
-
-    def _expire(self, bid_id: str) -> None:
-        expired = self._outstanding.get(bid_id)
-        if expired is None:
+    async def _on_deploy(self, msg: Msg) -> None:
+        # One subscription for every bid: nats-py awaits this callback before it hands on the
+        # next message, so each deploy runs in a task of its own, as through the node's endpoint.
+        bid_id = f"{self._node_id}.{msg.subject.rpartition('.')[2]}"
+        bid = self._outstanding.get(bid_id)
+        if bid is None or bid.namespace != subjects.namespace_of(msg.subject):
+            if msg.reply:
+                payload, headers = BidNotFound(bid_id).encode()
+                await self._nc.publish(msg.reply, payload, headers=headers)
             return
-        if expired.subscription.delivered:
-            return  # a deploy came in just now and waits for its turn: it uses the bid
         self._release(bid_id)
-        task = asyncio.get_running_loop().create_task(self._unsubscribe(expired.subscription))
-        self._unsubscribing.add(task)
-        task.add_done_callback(self._unsubscribing.discard)
-
-    async def _unsubscribe(self, subscription: Subscription) -> None:
-        if self._nc.is_closed or self._nc.is_draining:
-            return  # nothing to take back: the connection's subscriptions go with it
-        try:
-            await subscription.unsubscribe()
-        except NatsError as exc:  # e.g. the connection closed meanwhile
-            log.debug("unsubscribing an expired bid failed: %s", exc)
+        self.deploys += 1
+        task = asyncio.get_running_loop().create_task(self._serve_deploy(msg))
+        self._deploying.add(task)
+        task.add_done_callback(self._deploying.discard)
 
     def _current_resources(self) -> Resources:
         now = time.monotonic()
@@ -216,4 +218,11 @@ class BidBook:
         """Withdraw every outstanding bid: a deploy to one of them finds no responder."""
         self._closed = True
         for bid_id in list(self._outstanding):
-            await self._unsubscribe(self._release(bid_id).subscription)
+            self._release(bid_id)
+        if self._subscription is not None:
+            subscription, self._subscription = self._subscription, None
+            if not (self._nc.is_closed or self._nc.is_draining):
+                try:
+                    await subscription.unsubscribe()
+                except NatsError as exc:  # e.g. the connection closed meanwhile
+                    log.debug("unsubscribing from the deploys through bids failed: %s", exc)

@@ -122,7 +122,8 @@ class Node:
         if containers:
             log.warning("removed %d container(s) left by a previous node: %s", len(containers), ", ".join(containers))
         self.control = ControlService(self.nc, self, on_rejected=self._request_rejected)
-        self.bids = BidBook(self.nc, self.config.bid_ttl_s, self.control.serve_bid_deploy)
+        self.bids = BidBook(self.nc, self.node_id, self.config.bid_ttl_s, self.control.serve_bid_deploy)
+        await self.bids.start()
         await self.control.start()
         self.registry = NodeRegistry(
             self.nc, self.node_id, self._registry_record, interval_s=self.config.registry_interval_s,
