@@ -8,7 +8,8 @@ NATIVE_DEBS  := gcc libc6-dev
 SANDBOX_DEBS := runc
 WASM_DEBS    := clang lld wasi-libc libclang-rt-14-dev-wasm32
 OCI_DEBS     := umoci skopeo docker-registry runc
-TEST_DEBS    := $(NATIVE_DEBS) $(SANDBOX_DEBS) $(WASM_DEBS) $(OCI_DEBS)
+UI_DEBS      := chromium chromium-driver
+TEST_DEBS    := $(NATIVE_DEBS) $(SANDBOX_DEBS) $(WASM_DEBS) $(OCI_DEBS) $(UI_DEBS)
 
 .PHONY: run test bench schemas system-deps clean
 

@@ -1,5 +1,5 @@
 """Run every benchmark in turn: `make bench`; ``--quick`` leaves out the fleet benches (issue 5),
-which start a 3-server cluster and take about 4 minutes together."""
+which start a 3-server cluster and take about 4 minutes together, and the 1,000-function ones."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["js_roundtrip.py", "wasm_roundtrip.py", "deploy_latency.py", "node_memory.py", "js_memory.py", "sandbox_start.py", "oci_start.py"]
+BENCHMARKS = ["js_roundtrip.py", "wasm_roundtrip.py", "deploy_latency.py", "node_memory.py", "js_memory.py", "sandbox_start.py", "oci_start.py",
+              "metrics_overhead.py", "async_throughput.py", "host_kv.py", "cold_start.py", "wasm_pool.py"]
 # The fleet benches, with their arguments; each takes 1 to 1.5 minutes.
 FLEET_BENCHMARKS = [["placement.py"], ["placement.py", "600", "32", "--cluster"], ["convergence.py", "--rounds", "3"],
                     ["reconciler_cpu.py", "--window", "20"]]
+# 1,000 functions on one node (issue 6), JavaScript then Wasm: about a minute each; left out by --quick too.
+SCALE_BENCHMARKS = [["function_scale.py"], ["function_scale.py", "--wasm"]]
 
 if __name__ == "__main__":
-    runs = [[script] for script in BENCHMARKS] + ([] if "--quick" in sys.argv else FLEET_BENCHMARKS)
+    runs = [[script] for script in BENCHMARKS] + ([] if "--quick" in sys.argv else FLEET_BENCHMARKS + SCALE_BENCHMARKS)
     failed = 0
     for script, *args in runs:
         print(f"\n=== {' '.join([script, *args])}", flush=True)

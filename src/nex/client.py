@@ -45,12 +45,15 @@ from nex.api.errors import (
     from_reply,
 )
 from nex.api.events import CloudEvent
+from nex.api.tracecontext import TRACEPARENT, TraceParent
 from nex.api.models import (
     Artifact,
     AuctionReply,
     BID_ID_PATTERN,
+    DEFAULT_STOP_GRACE_S,
     AuctionRequest,
     Bid,
+    DeadLetter,
     DeployRequest,
     LameDuckResponse,
     Lifecycle,
@@ -76,7 +79,7 @@ from nex.security.keystore import UserKeys
 from nex.security.xkeys import seal_env
 
 __all__ = [
-    "LogLine", "NexClient", "Progress", "constraints_of", "guess_type", "rank_bids", "workload_name_for",
+    "AsyncReceipt", "LogLine", "NexClient", "Progress", "constraints_of", "guess_type", "rank_bids", "workload_name_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -365,9 +368,11 @@ class NexClient:
                 self.keys.issuer_public, self.namespace, _target(workload_id, "workload id"), time.time())
             token = claims.sign(claim, self.keys.issuer)
         body = UndeployRequest(grace_ms=grace_ms, claim=token).model_dump_json(exclude_none=True).encode()
+        # The node answers once the workload is gone: after its grace period (and a SIGKILL) at worst.
+        grace_s = DEFAULT_STOP_GRACE_S if grace_ms is None else grace_ms / 1000
         return await self._request(
             subjects.UNDEPLOY, _target(workload_id, "workload id"), UndeployResponse, WorkloadNotFound,
-            body=body,
+            body=body, timeout=self.timeout + grace_s,
         )
 
     async def workloads(
@@ -510,11 +515,17 @@ class NexClient:
 
     # -- functions ---------------------------------------------------------------------
 
-    async def invoke(self, subject: str, payload: bytes = b"", timeout: float | None = None) -> bytes:
-        """Call a function through one of its trigger subjects; returns the reply payload."""
+    async def invoke(self, subject: str, payload: bytes = b"", timeout: float | None = None, *,
+                     traceparent: TraceParent | str | None = None) -> bytes:
+        """Call a function through one of its trigger subjects; returns the reply payload.
+
+        ``traceparent`` (W3C; ``TraceParent.new()`` starts a trace) makes the call a span of that
+        trace: the function's host calls carry it on (docs/observability.md).
+        """
         timeout = self.timeout if timeout is None else timeout
+        headers = _trace_headers(traceparent) or None
         try:
-            msg = await self.nc.request(subject, payload, timeout=timeout)
+            msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError:
             raise NotFound(f"no function is triggered by {subject!r}") from None
         except nats.errors.TimeoutError:
@@ -526,6 +537,77 @@ class NexClient:
             raise error
         return msg.data
 
+    # -- async invocation and dead letters (docs/functions.md, "Triggers") ----------------
+
+    async def invoke_async(self, subject: str, payload: bytes = b"", key: str | None = None,
+                           reply_to: str | None = None, *,
+                           traceparent: TraceParent | str | None = None) -> AsyncReceipt:
+        """Publish an async invocation into the function's stream (a plain JetStream publish).
+
+        ``key`` is the idempotency key (``Nats-Msg-Id``): a re-publish within the stream's
+        duplicate window is dropped, and a key that completed is not run again. The result
+        goes to ``reply_to`` when given (a subject of the namespace or of the function)."""
+        headers = {subjects.MSG_ID_HEADER: key} if key else {}
+        if reply_to:
+            headers[subjects.REPLY_TO_HEADER] = reply_to
+        headers.update(_trace_headers(traceparent))  # the run, however late, is a span of this trace
+        try:
+            ack = await self.nc.jetstream().publish(subject, payload, timeout=self.timeout, headers=headers or None)
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+            raise NotFound(f"no async function is triggered by {subject!r}: no stream captures it") from None
+        except nats.errors.TimeoutError:
+            raise Unavailable(f"no JetStream acknowledgement for {subject!r} within {self.timeout:g}s") from None
+        except nats.errors.BadSubjectError:
+            raise BadRequest(f"invalid subject {subject!r}") from None
+        except nats.js.errors.APIError as exc:
+            raise BadRequest(f"JetStream refused the invocation on {subject!r}: {exc.description}") from None
+        return AsyncReceipt(stream=ack.stream, seq=ack.seq, key=key or f"seq-{ack.seq}", duplicate=bool(ack.duplicate))
+
+    async def dlq_list(self, function: str | None = None) -> list[DeadLetter]:
+        """The dead letters of the namespace (of one function), oldest first."""
+        if function is not None:
+            _target(function, "function")
+        js = self.nc.jetstream()
+        wanted = subjects.dead_letters_filter(self.namespace, function or "*")
+        letters: list[DeadLetter] = []
+        seq = 1
+        while True:
+            try:
+                raw = await js.get_msg(subjects.DLQ_STREAM, seq=seq, subject=wanted, next=True)
+            except nats.js.errors.NotFoundError:
+                return letters  # no stream yet, or nothing past seq
+            except nats.errors.TimeoutError:
+                raise Unavailable(f"no answer from JetStream about {subjects.DLQ_STREAM}") from None
+            letters.append(_dead_letter(raw))
+            seq = (raw.seq or seq) + 1
+
+    async def dlq_replay(self, seq: int) -> AsyncReceipt:
+        """Publish dead letter ``seq`` again on its subject, with its idempotency key; then delete it."""
+        js = self.nc.jetstream()
+        try:
+            raw = await js.get_msg(subjects.DLQ_STREAM, seq=seq)
+        except nats.js.errors.NotFoundError:
+            raise NotFound(f"no dead letter {seq}") from None
+        letter = _dead_letter(raw)
+        if letter.namespace != self.namespace:
+            raise NotFound(f"no dead letter {seq} in namespace {self.namespace!r}")
+        headers = {
+            # A new message id (the key's own would be dropped as a duplicate within the window);
+            # Nex-Key keeps the idempotency key, so a key that completed meanwhile is not run twice.
+            subjects.MSG_ID_HEADER: f"replay:{letter.namespace}:{letter.function}:{seq}",
+            subjects.KEY_HEADER: letter.key,
+        }
+        if letter.reply_to:
+            headers[subjects.REPLY_TO_HEADER] = letter.reply_to
+        try:
+            ack = await js.publish(letter.subject, raw.data or b"", timeout=self.timeout, headers=headers)
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+            raise NotFound(f"no async function is triggered by {letter.subject!r} any more") from None
+        except nats.errors.TimeoutError:
+            raise Unavailable(f"no JetStream acknowledgement for {letter.subject!r} within {self.timeout:g}s") from None
+        await js.delete_msg(subjects.DLQ_STREAM, seq)
+        return AsyncReceipt(stream=ack.stream, seq=ack.seq, key=letter.key, duplicate=bool(ack.duplicate))
+
     # -- plumbing ----------------------------------------------------------------------
 
     def _subject(self, verb: str, target: str | None = None) -> str:
@@ -533,15 +615,16 @@ class NexClient:
 
     async def _request(
         self, verb: str, target: str, model: type[M], not_found: Callable[[str], NexError],
-        body: bytes = b"",
+        body: bytes = b"", timeout: float | None = None,
     ) -> M:
         subject = self._subject(verb, target)
+        timeout = self.timeout if timeout is None else timeout
         try:
-            msg = await self.nc.request(subject, body, timeout=self.timeout)
+            msg = await self.nc.request(subject, body, timeout=timeout)
         except nats.errors.NoRespondersError:
             raise not_found(target) from None
         except nats.errors.TimeoutError:
-            raise Unavailable(f"no reply to {verb} {target} within {self.timeout:g}s") from None
+            raise Unavailable(f"no reply to {verb} {target} within {timeout:g}s") from None
         return _decode(msg, model, subject)
 
     async def _gather(self, verb: str, model: type[M], wait: float, expected: int | None,
@@ -641,6 +724,33 @@ class NexClient:
                 await sub.unsubscribe()
 
 
+@dataclass(frozen=True)
+class AsyncReceipt:
+    """JetStream's acknowledgement of an async invocation: where it is kept, under which key."""
+
+    stream: str
+    seq: int
+    key: str
+    duplicate: bool  # the key was published within the duplicate window: this one was dropped
+
+
+def _dead_letter(raw: Any) -> DeadLetter:
+    headers = raw.headers or {}
+    parts = (raw.subject or "").split(".")
+    namespace, function = (parts[2], parts[3]) if len(parts) == 4 else ("?", "?")
+    try:
+        attempts = int(headers.get(subjects.DLQ_ATTEMPTS_HEADER, "0"))
+    except ValueError:
+        attempts = 0
+    return DeadLetter(
+        seq=raw.seq or 0, namespace=namespace, function=function,
+        subject=headers.get(subjects.DLQ_SUBJECT_HEADER, ""), key=headers.get(subjects.DLQ_KEY_HEADER, ""),
+        attempts=attempts, error=headers.get(subjects.DLQ_ERROR_HEADER, ""),
+        time=raw.time or datetime.fromtimestamp(0).astimezone(),
+        workload_id=headers.get(subjects.DLQ_WORKLOAD_HEADER), reply_to=headers.get(subjects.REPLY_TO_HEADER),
+        size=len(raw.data or b""))
+
+
 def constraints_of(request: DeployRequest) -> AuctionRequest:
     """The auction a deploy request implies: its type, lifecycle and memory limit."""
     return AuctionRequest(type=request.type, lifecycle=request.lifecycle, memory_mib=request.limits.memory_mib)
@@ -679,6 +789,15 @@ def _deploy_target_not_found(target: str) -> NexError:
     if "." in target:
         return BidNotFound(target)
     return NodeNotFound(target)
+
+
+def _trace_headers(traceparent: TraceParent | str | None) -> dict[str, str]:
+    """The traceparent header of an invocation; BadRequest for one that is not W3C's format."""
+    if traceparent is None:
+        return {}
+    if TraceParent.parse(str(traceparent)) is None:
+        raise BadRequest(f"invalid traceparent {str(traceparent)!r}: want 00-<32 hex>-<16 hex>-<2 hex>")
+    return {TRACEPARENT: str(traceparent)}
 
 
 def _decode(msg: Msg, model: type[M], subject: str) -> M:

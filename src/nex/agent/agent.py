@@ -35,6 +35,8 @@ from nex.agent.protocol import ENV_CONNECT, ENV_HOST_SERVICES, ENV_NODE_ID
 from nex.agent.engine import CompileError, Engine
 from nex.agent.events import EventFeed
 from nex.agent.function import LoadedFunction
+from nex.api.errors import BadRequest
+from nex.agent.tracing import Propagation, Tracing, for_agent
 from nex.connection import ConnectOptions, connect
 from nex.gctune import tune_for_service
 
@@ -47,8 +49,9 @@ log = logging.getLogger("nex.agent")
 class Agent:
     """The functions of one agent process, keyed by workload id."""
 
-    def __init__(self, nc: Client, node_id: str, engine: Engine) -> None:
+    def __init__(self, nc: Client, node_id: str, engine: Engine, tracing: Tracing | None = None) -> None:
         self._nc = nc
+        self._tracing = tracing or Propagation()
         self._node_id = node_id
         self._engine = engine
         self._events = EventFeed(nc)
@@ -69,13 +72,16 @@ class Agent:
     async def _load(self, request: protocol.Load) -> protocol.Reply:
         loading = self._functions.get(request.workload_id)
         if loading is None:  # a repeated load joins the first one
-            loading = asyncio.create_task(LoadedFunction.load(self._nc, self._events, self._engine, request, self._node_id))
+            loading = asyncio.create_task(LoadedFunction.load(self._nc, self._events, self._engine, request, self._node_id,
+                                                       self._tracing))
             loading.add_done_callback(lambda task: self._forget_failed(request.workload_id, task))
             self._functions[request.workload_id] = loading
         try:
             await asyncio.shield(loading)
         except CompileError as exc:
             return protocol.failed(request.seq, str(exc), protocol.BAD_ARTIFACT)
+        except BadRequest as exc:
+            return protocol.failed(request.seq, exc.message, protocol.BAD_REQUEST)
         except (NatsError, ValueError) as exc:
             return protocol.failed(request.seq, f"cannot subscribe: {exc}")
         return protocol.ok(request.seq)
@@ -91,14 +97,17 @@ class Agent:
             return
         try:
             function = await asyncio.shield(loading)
-        except (CompileError, NatsError, ValueError):
+        except (CompileError, BadRequest, NatsError, ValueError):
             return  # never loaded; its load request reports why
         await function.unload(grace)
 
     async def _stats(self) -> list[protocol.FunctionStats]:
         loaded = [task.result() for task in self._functions.values()
                   if task.done() and not task.cancelled() and task.exception() is None]
-        return list(await asyncio.gather(*(function.stats() for function in loaded)))
+        # Only the functions called since their last reading wait for their thread, each in a task;
+        # with 1,000 loaded, a task each would hold up the calls queued behind this request.
+        await asyncio.gather(*(function.read_memory() for function in loaded if function.memory_stale))
+        return [function.snapshot() for function in loaded]
 
 
 async def serve(options: ConnectOptions, node_id: str, engine: Engine, requests: BinaryIO,
@@ -117,11 +126,13 @@ async def serve(options: ConnectOptions, node_id: str, engine: Engine, requests:
         return
     nc = connecting.result()
     # Before the first load: every sandbox the engine builds gets the function's scope of them.
-    engine.host_services = HostServices(nc, host_settings or protocol.HostSettings(), loop)  # type: ignore[attr-defined]
+    host_settings = host_settings or protocol.HostSettings()
+    tracing = for_agent(host_settings.otel_endpoint, engine.name, node_id)
+    engine.host_services = HostServices(nc, host_settings, loop, tracing)  # type: ignore[attr-defined]
     reader = asyncio.StreamReader(limit=protocol.MAX_LINE_BYTES)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), requests)
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, replies)
-    agent = Agent(nc, node_id, engine)
+    agent = Agent(nc, node_id, engine, tracing)
     transport.write(protocol.encode(protocol.Ready()))
     reading = asyncio.create_task(_read_requests(reader, agent, transport.write))
     try:
@@ -136,6 +147,7 @@ async def serve(options: ConnectOptions, node_id: str, engine: Engine, requests:
             log.warning("flushing before exit: %s", exc)
         await nc.close()
         transport.close()
+        tracing.close()
 
 
 async def _read_requests(reader: asyncio.StreamReader, agent: Agent, write: Callable[[bytes], None]) -> None:

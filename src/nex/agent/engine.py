@@ -3,7 +3,9 @@
 An agent process holds one :class:`Engine`. For every function it loads, the
 engine builds a :class:`Sandbox` on that function's own thread
 (:mod:`nex.agent.worker`), and every later call of the sandbox happens on that
-thread too: engines may bind their objects to the thread that made them.
+thread too: engines may bind their objects to the thread that made them. An engine
+that declares ``parallel_calls`` lets a function with ``max_concurrency`` run its
+calls on several threads at once instead.
 Everything else (subscriptions, replies, logs, events, threads) is the agent's
 and the same for every engine (:mod:`nex.agent.function`).
 """
@@ -62,6 +64,9 @@ class Engine(Protocol):
     name: str  # "javascript", "wasm": names the agent in logs, threads and errors
     # A call that ran out of memory moves the function to a fresh thread (see ContextThread.hand_over).
     fresh_thread_after_out_of_memory: bool
+    # Its sandboxes' invoke may run on several threads at once (each call on one thread):
+    # a function with max_concurrency then runs that many calls in parallel.
+    parallel_calls: bool
 
     def build(self, load: protocol.Load) -> Sandbox:
         """On the function's thread; raises CompileError for an artifact that cannot run."""

@@ -5,16 +5,30 @@ thread and returns, and one task per function answers the calls in order. At mos
 ``MAX_IN_FLIGHT`` calls wait on the thread; past that the callback waits, and NATS
 buffers (and, past its limits, drops) what arrives, as for any slow subscriber.
 
+With ``max_concurrency`` (:mod:`nex.agent.admission`) the limit replaces
+``MAX_IN_FLIGHT``: a call past it is answered 429 at once instead of waiting. An
+engine whose sandboxes may be called from several threads (wasm) then runs up to
+that many calls at once on threads of the function (at most ``MAX_CALL_THREADS``),
+each answered as soon as it ends.
+
 Unloading drains: the subscriptions are unsubscribed, and every message the
 server delivered before it saw the unsubscribe is still answered. With copies of
 a function in one queue group, undeploying one of them loses no call: what the
 server routed to it is answered by it, and the rest goes to the others.
+
+Async triggers (``mode: async``, schedules) are not subscribed: a
+:class:`nex.agent.durable.DurableRunner` pulls them from the function's stream and
+runs them through :meth:`LoadedFunction.run_async`, and a
+:class:`nex.agent.schedule.Schedule` per scheduled trigger publishes its fire times.
+Unloading stops both first, letting the invocations they hold finish within the grace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -22,17 +36,23 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from nex.agent import protocol
+from nex.agent.admission import OVERLOADED, ConcurrencyLimit
+from nex.agent.durable import DurableRunner
 from nex.agent.events import EventFeed
 from nex.agent.engine import OUT_OF_MEMORY, Engine, Outcome, Sandbox
+from nex.agent.schedule import Schedule
+from nex.agent.tracing import Propagation, Tracing
 from nex.agent.worker import ContextThread
 from nex.api import subjects
 from nex.api.errors import FunctionError
 from nex.api.events import EventEncoder, EventType
+from nex.api.tracecontext import TRACEPARENT
 from nex.connection import flush_subscriptions
 
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 64
+MAX_CALL_THREADS = 64  # threads of one function that runs calls in parallel (wasm, max_concurrency)
 STATS_WAIT_S = 0.5
 
 
@@ -40,21 +60,40 @@ class LoadedFunction:
     """Subscribed to its triggers until :meth:`unload`."""
 
     def __init__(self, nc: Client, events: EventFeed, spec: protocol.Load, thread: ContextThread,
-                 engine: Engine, sandbox: Sandbox, node_id: str) -> None:
+                 engine: Engine, sandbox: Sandbox, node_id: str, tracing: Tracing | None = None) -> None:
         self.spec = spec
         self.invocations = 0
         self.errors = 0
+        # Cumulative: the node reads them as a Prometheus histogram (nex.node.metrics).
+        self.latency_buckets = [0] * (len(protocol.LATENCY_BOUNDS_MS) + 1)
+        self.latency_sum_ms = 0.0
+        self._tracing = tracing or Propagation()
+        self._span_name = f"invoke {spec.name}"
+        self._span_attributes = {"nex.workload_id": spec.workload_id, "nex.namespace": spec.namespace,
+                                 "nex.function": spec.name}
         self._nc = nc
         self._events = events
         self._thread = thread
         self._engine = engine
         self._sandbox = sandbox
         self._memory_bytes = 0
+        self._memory_read_after = -1  # self.invocations when _memory_bytes was read
         self._subscriptions: list[Subscription] = []
         self._unloaded = False  # past the grace period of unload: what still arrives is dropped
         self._late_drains: set[asyncio.Future] = set()
+        self._durable: DurableRunner | None = None  # async triggers (nex.agent.durable)
+        self._schedules: list[Schedule] = []
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._in_flight: asyncio.Queue[tuple[Msg, asyncio.Future[Outcome]] | None] = asyncio.Queue()
+        # With max_concurrency, the limit replaces MAX_IN_FLIGHT: past it a call is refused, not queued.
+        self._limit = ConcurrencyLimit(spec.name, spec.max_concurrency) if spec.max_concurrency else None
+        # Sandboxes that may be called from several threads (wasm) run up to max_concurrency calls at
+        # once on threads of their own; the others run calls one at a time on the function's thread.
+        self._parallel: ThreadPoolExecutor | None = None
+        if engine.parallel_calls and spec.max_concurrency and spec.max_concurrency > 1:
+            self._parallel = ThreadPoolExecutor(min(spec.max_concurrency, MAX_CALL_THREADS),
+                                                f"{engine.name} calls of {spec.name}")
+        self._in_flight: asyncio.Queue[tuple[Msg, asyncio.Future[Outcome]] | tuple[None, asyncio.Future[None]] | None]
+        self._in_flight = asyncio.Queue()
         self._answering = asyncio.create_task(self._answer(), name=f"answer {spec.workload_id}")
         static = {"workload_id": spec.workload_id, "name": spec.name, "namespace": spec.namespace}
         self._invoked = (subjects.events(spec.namespace, EventType.FUNCTION_INVOKED.value),
@@ -66,7 +105,7 @@ class LoadedFunction:
 
     @classmethod
     async def load(cls, nc: Client, events: EventFeed, engine: Engine, spec: protocol.Load,
-                   node_id: str) -> LoadedFunction:
+                   node_id: str, tracing: Tracing | None = None) -> LoadedFunction:
         """Compile, subscribe, flush; raises CompileError for an artifact that cannot run."""
         thread = ContextThread(f"{engine.name}-{spec.name}")
         built = False
@@ -76,16 +115,17 @@ class LoadedFunction:
         finally:
             if not built:
                 thread.stop()
-        function = cls(nc, events, spec, thread, engine, sandbox, node_id)
+        function = cls(nc, events, spec, thread, engine, sandbox, node_id, tracing)
         subscribed = False
         try:
             await function._publish_logs(await thread.call(sandbox.startup_logs))
-            for trigger in spec.triggers:
+            for trigger in (t for t in spec.triggers if t.mode == "sync"):  # async ones: _start_async
                 function._subscriptions.append(
                     await nc.subscribe(trigger.subject, queue=trigger.queue, cb=function._on_message))
             # Answer load only once the server has the subscriptions: a request sent
             # right after the deploy reply is then served.
             await flush_subscriptions(nc)
+            await function._start_async(engine, node_id)
             subscribed = True
         finally:
             if not subscribed:
@@ -93,13 +133,31 @@ class LoadedFunction:
         return function
 
     async def stats(self) -> protocol.FunctionStats:
+        if self.memory_stale:
+            await self.read_memory()
+        return self.snapshot()
+
+    @property
+    def memory_stale(self) -> bool:
+        """Called since its memory was last read. Only calls change the memory a function holds:
+        a stats request need not wake (or make a task for) each of 1,000 idle functions."""
+        return self._memory_read_after != self.invocations
+
+    async def read_memory(self) -> None:
+        """Ask the function's thread; queued behind in-flight calls, a busy function keeps its last figure."""
+        read_after = self.invocations
         try:
-            # Queued behind in-flight calls; a busy function reports its last figure.
             self._memory_bytes = await asyncio.wait_for(self._thread.call(self._sandbox.memory_used), STATS_WAIT_S)
         except asyncio.TimeoutError:
-            pass
+            return
+        self._memory_read_after = read_after
+
+    def snapshot(self) -> protocol.FunctionStats:
+        """The counters as they are, with the memory last read."""
         return protocol.FunctionStats(workload_id=self.spec.workload_id, invocations=self.invocations,
-                                      errors=self.errors, memory_bytes=self._memory_bytes)
+                                      errors=self.errors, memory_bytes=self._memory_bytes,
+                                      rejected=self._limit.rejected if self._limit is not None else 0,
+                                      latency_buckets=list(self.latency_buckets), latency_sum_ms=self.latency_sum_ms)
 
     async def unload(self, grace: float) -> None:
         """Drain the subscriptions and answer every call they delivered, for up to ``grace`` seconds
@@ -107,16 +165,61 @@ class LoadedFunction:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         await self._drain_subscriptions(grace)
+        await self._stop_async(max(0.0, deadline - loop.time()))
         self._in_flight.put_nowait(None)
         try:
             await asyncio.wait_for(asyncio.shield(self._answering), max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:
             log.warning("function %s: calls still running after %.1fs, not answered", self.spec.workload_id, grace)
             self._answering.cancel()
+            self._cancel_parallel_calls()
         self._unloaded = True
         self._slots.release()  # a message may wait for a slot that no answer frees any more
+        if self._parallel is not None:
+            self._thread.call(self._parallel.shutdown)  # waits for the calls still running on them
         self._thread.call(self._sandbox.close)
         self._thread.stop()
+
+    async def _start_async(self, engine: Engine, node_id: str) -> None:
+        """The durable consumer of the async triggers and the schedules (nex.agent.durable, .schedule)."""
+        triggers = [t for t in self.spec.triggers if t.mode == "async"]
+        if not triggers:
+            return
+        host_services = getattr(engine, "host_services", None)
+        replicas = host_services.settings.replicas if host_services is not None else 1
+        static = {"workload_id": self.spec.workload_id, "name": self.spec.name, "namespace": self.spec.namespace}
+        kind = EventType.FUNCTION_DEAD_LETTERED
+        self._dead_lettered = (subjects.events(self.spec.namespace, kind.value),
+                               EventEncoder(kind, node_id, self.spec.workload_id, static))
+        self._durable = await DurableRunner.start(self._nc, self, self.spec, triggers, replicas)
+        js = self._nc.jetstream()
+        self._schedules = [Schedule(js, self.spec.namespace, self.spec.name, t.subject, t.schedule).start()
+                           for t in triggers if t.schedule]
+
+    async def _stop_async(self, grace: float) -> None:
+        schedules, self._schedules = self._schedules, []
+        await asyncio.gather(*(schedule.stop() for schedule in schedules))
+        durable, self._durable = self._durable, None
+        if durable is not None:
+            await durable.stop(grace)
+
+    async def run_async(self, subject: str, payload: bytes, traceparent: str | None = None) -> Outcome:
+        """One async invocation (nex.agent.durable), down the sync calls' path: counted, logged and
+        reported the same way; the durable runner acks it and publishes any reply."""
+        if self._parallel is not None:
+            pending = asyncio.wrap_future(self._parallel.submit(self._invoke, subject, payload, traceparent))
+        else:
+            pending = self._thread.call(self._invoke, subject, payload, traceparent)
+        try:
+            outcome = await pending
+        except Exception as exc:  # a bug of the agent: a failed attempt, retried
+            log.exception("function %s: async call failed in the agent", self.spec.workload_id)
+            outcome = Outcome(error=FunctionError(f"internal error of the {self._engine.name} agent: {exc}"))
+        await self._respond(Msg(self._nc, subject=subject), outcome)  # no reply subject: nothing is sent
+        return outcome
+
+    def emit_dead_lettered(self, data: dict[str, object]) -> None:
+        self._events.emit(*self._dead_lettered, data)
 
     async def _drain_subscriptions(self, grace: float) -> None:
         """Unsubscribe, and hand on what the server sent before it saw that (nats-py's drain)."""
@@ -146,23 +249,63 @@ class LoadedFunction:
     async def _on_message(self, msg: Msg) -> None:
         if self._unloaded:
             return
-        await self._slots.acquire()
-        if self._unloaded:
-            self._slots.release()  # wakes the next message waiting for a slot, which is dropped too
+        if self._limit is not None:
+            if not self._limit.try_enter():
+                await self._refuse(msg)
+                return
+        else:
+            await self._slots.acquire()
+            if self._unloaded:
+                self._slots.release()  # wakes the next message waiting for a slot, which is dropped too
+                return
+        traceparent = msg.headers.get(TRACEPARENT) if msg.headers else None
+        if self._parallel is not None:
+            # Answered by its own task as soon as it ends; _answer only waits for it (see unload).
+            pending = asyncio.wrap_future(self._parallel.submit(self._invoke, msg.subject, msg.data, traceparent))
+            self._in_flight.put_nowait((None, asyncio.ensure_future(self._complete(msg, pending))))
             return
-        self._in_flight.put_nowait((msg, self._thread.call(self._invoke, msg.subject, msg.data)))
+        self._in_flight.put_nowait((msg, self._thread.call(self._invoke, msg.subject, msg.data, traceparent)))
 
-    def _invoke(self, subject: str, payload: bytes) -> Outcome:
-        # On the function's thread.
-        outcome = self._sandbox.invoke(subject, payload)
+    async def _refuse(self, msg: Msg) -> None:
+        """Answer a call past max_concurrency with a 429 at once: it never reaches the sandbox."""
+        assert self._limit is not None
+        error = self._limit.refusal()
+        if msg.reply:
+            payload, headers = error.encode()
+            try:
+                await self._nc.publish(msg.reply, payload, headers=headers)
+            except NatsError as exc:
+                log.warning("function %s: could not refuse on %s: %s", self.spec.workload_id, msg.subject, exc)
+        self._events.emit(*self._failed, {"subject": msg.subject, "duration_ms": 0.0, "error": error.message,
+                                          "kind": OVERLOADED})
+
+    def _invoke(self, subject: str, payload: bytes, traceparent: str | None = None) -> Outcome:
+        # On the function's thread: the host calls of the invocation see its span there.
+        self._tracing.begin(traceparent, self._span_name, self._span_attributes)
+        outcome: Outcome | None = None
+        try:
+            outcome = self._sandbox.invoke(subject, payload)
+        finally:
+            error = outcome.error if outcome is not None else FunctionError("the call failed in the agent")
+            self._tracing.end(error.message if error is not None else None)
         if (outcome.error is not None and outcome.error.kind == OUT_OF_MEMORY
                 and self._engine.fresh_thread_after_out_of_memory):
             self._thread.hand_over()
         return outcome
 
     async def _answer(self) -> None:
+        # Calls of the function's thread are answered here, in order; a parallel call is
+        # (None, the task that answers it), waited for so that unload knows when all are done.
         while (item := await self._in_flight.get()) is not None:
             msg, pending = item
+            if msg is None:
+                await pending
+            else:
+                await self._complete(msg, pending)
+
+    async def _complete(self, msg: Msg, pending: asyncio.Future[Outcome]) -> None:
+        """Wait for one call's outcome, answer it, and give its place to the next call."""
+        try:
             try:
                 outcome = await pending
             except Exception as exc:  # a bug of the agent: answer, log and keep serving
@@ -172,12 +315,24 @@ class LoadedFunction:
                 await self._respond(msg, outcome)
             except NatsError as exc:
                 log.warning("function %s: could not answer on %s: %s", self.spec.workload_id, msg.subject, exc)
-            finally:
+        finally:
+            if self._limit is not None:
+                self._limit.leave()
+            else:
                 self._slots.release()
+
+    def _cancel_parallel_calls(self) -> None:
+        """Past the grace of unload: the parallel calls still queued are not answered."""
+        while not self._in_flight.empty():
+            item = self._in_flight.get_nowait()
+            if item is not None and item[0] is None:
+                item[1].cancel()
 
     async def _respond(self, msg: Msg, outcome: Outcome) -> None:
         await self._publish_logs(outcome.logs)
         self.invocations += 1
+        self.latency_buckets[bisect.bisect_left(protocol.LATENCY_BOUNDS_MS, outcome.duration_ms)] += 1
+        self.latency_sum_ms += outcome.duration_ms
         data = {"subject": msg.subject, "duration_ms": outcome.duration_ms}
         if outcome.error is None:
             if msg.reply:

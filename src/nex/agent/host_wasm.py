@@ -19,6 +19,7 @@ in C, Rust (``#[link(wasm_import_module = "nex")]``), Zig or TinyGo.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable
 
 import wasmtime
@@ -73,11 +74,12 @@ class _Memory:
 
 
 class WasmHost:
-    """The ``nex`` imports of one function; confined to its thread, like its sandbox."""
+    """The ``nex`` imports of one function. The last error is per thread: calls of a function
+    with max_concurrency run on several threads at once."""
 
     def __init__(self, host: FunctionHost) -> None:
         self.host = host
-        self._last_error = b""
+        self._call = threading.local()
 
     def define(self, linker: wasmtime.Linker) -> None:
         for name, arity, call in self._imports():
@@ -104,7 +106,7 @@ class WasmHost:
             ("request", 7, lambda m, s, sl, d, dl, timeout_ms, out, cap: m.write(
                 host.request(m.text(s, sl), m.read(d, dl), None, _seconds(timeout_ms)).data, out, cap)),
             ("http", 12, self._http),
-            ("last_error", 2, lambda m, out, cap: m.write(self._last_error, out, cap)),
+            ("last_error", 2, lambda m, out, cap: m.write(getattr(self._call, "last_error", b""), out, cap)),
         ]
 
     def _guarded(self, name: str, call: Callable[..., int]) -> Callable[..., int]:
@@ -121,7 +123,7 @@ class WasmHost:
         return guarded
 
     def _failed(self, status: int, message: str) -> int:
-        self._last_error = message.encode()
+        self._call.last_error = message.encode()
         return status
 
     def _bytes(self, memory: _Memory, data: bytes | None, out: int, cap: int, missing: str) -> int:

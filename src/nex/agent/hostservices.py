@@ -44,6 +44,7 @@ from nats.js import api
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from nex.agent import protocol
+from nex.agent.tracing import Propagation, Tracing
 from nex.api.errors import NexError
 from nex.security.natsauth import RESERVED, app_subjects
 
@@ -122,8 +123,10 @@ def host_allowed(host: str, allowed: list[str]) -> bool:
 class HostServices:
     """The host services of one agent: one event loop, one NATS connection, the node's settings."""
 
-    def __init__(self, nc: Client, settings: protocol.HostSettings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, nc: Client, settings: protocol.HostSettings, loop: asyncio.AbstractEventLoop,
+                 tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = tracing or Propagation()  # puts the invocation's trace on messages and HTTP requests
         self.loop = loop
         self.loop_thread = threading.get_ident()  # made on the loop's thread
         self._nc = nc
@@ -261,11 +264,13 @@ class FunctionHost:
         self._services = services
         self._subjects = [app_subjects(namespace), *dict.fromkeys(triggers)]
         self._invocation_s = timeout_ms / 1000
-        self._deadline = time.monotonic() + self._invocation_s
+        # The deadline of the invocation on each thread: a wasm function with max_concurrency
+        # runs several invocations at once, each on a thread of its own.
+        self._call = threading.local()
 
     def begin(self) -> None:
-        """An invocation starts now."""
-        self._deadline = time.monotonic() + self._invocation_s
+        """An invocation starts now, on this thread."""
+        self._call.deadline = time.monotonic() + self._invocation_s
 
     # -- key-value --
 
@@ -311,14 +316,19 @@ class FunctionHost:
         self._check_subject(subject)
         _check_size("the message", data, MAX_VALUE_BYTES)
         checked = _check_headers(headers)
-        self._run("publish", lambda _: self._services.publish(subject, data, checked), None)
+        with self._services.tracing.host_call(f"publish {subject}", {"messaging.destination.name": subject}) as trace:
+            checked = _traced(checked, trace)
+            self._run("publish", lambda _: self._services.publish(subject, data, checked), None)
 
     def request(self, subject: str, data: bytes, headers: dict[str, str] | None = None,
                 timeout: float | None = None) -> Reply:
         self._check_subject(subject)
         _check_size("the message", data, MAX_VALUE_BYTES)
         checked = _check_headers(headers)
-        return self._run("request", lambda budget: self._services.request(subject, data, checked, budget), timeout)
+        with self._services.tracing.host_call(f"request {subject}", {"messaging.destination.name": subject}) as trace:
+            checked = _traced(checked, trace)
+            return self._run("request", lambda budget: self._services.request(subject, data, checked, budget),
+                             timeout)
 
     # -- HTTP --
 
@@ -344,7 +354,10 @@ class FunctionHost:
                                     " (add it to http_allow_hosts in the node's config)")
         _check_size("the request body", body, MAX_HTTP_BODY_BYTES)
         checked = _check_headers(headers) or {}
-        return self._run("http", lambda budget: self._services.http(method, url, body, checked, budget), timeout)
+        with self._services.tracing.host_call(f"http {method}", {"http.request.method": method,
+                                                                  "server.address": host}) as trace:
+            checked = _traced(checked, trace) or {}
+            return self._run("http", lambda budget: self._services.http(method, url, body, checked, budget), timeout)
 
     # -- the bridge to the loop --
 
@@ -376,7 +389,7 @@ class FunctionHost:
             raise RuntimeError("host services are called from a function's thread, never from the event loop")
         if timeout is not None and not (0 < timeout <= MAX_TIMEOUT_S):
             raise HostError(INVALID, f"{what}: the timeout must be more than 0 and at most {MAX_TIMEOUT_S:g} s")
-        left = self._deadline - time.monotonic()
+        left = getattr(self._call, "deadline", time.monotonic() + self._invocation_s) - time.monotonic()
         if left <= 0:
             raise HostError(TIMEOUT, f"{what}: the invocation's time is up")
         return min(timeout or DEFAULT_TIMEOUT_S, left)
@@ -449,6 +462,15 @@ def _check_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
                 or any(c in name for c in ": \r\n\0") or any(c in value for c in "\r\n\0")):
             raise HostError(INVALID, f"invalid header {name!r}")
     return headers
+
+
+def _traced(headers: dict[str, str] | None, trace: dict[str, str]) -> dict[str, str] | None:
+    """The call's headers with the trace's; a traceparent the function set itself wins."""
+    if not trace:
+        return headers
+    if headers and any(name.lower() in trace for name in headers):
+        return headers
+    return {**(headers or {}), **trace}
 
 
 def _describe(exc: Exception) -> str:

@@ -32,6 +32,7 @@ ENV_HOST_SERVICES = "NEX_AGENT_HOST_SERVICES"
 
 # error_kind of a failed reply
 BAD_ARTIFACT = "bad_artifact"
+BAD_REQUEST = "bad_request"  # the load asks for something impossible (an async subject another stream has)
 INTERNAL = "internal"
 
 
@@ -48,6 +49,7 @@ class HostSettings(_Message):
     replicas: int = Field(default=1, ge=1, le=5, description="of the buckets created on first use")
     http_allow_hosts: list[str] = Field(default_factory=list, description="exact host or *.domain; none: no HTTP")
     http_allow_methods: list[str] = Field(default_factory=lambda: list(HTTP_METHODS))
+    otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP base URL: spans of invocations go there")
 
 
 class RetrySettings(_Message):
@@ -95,11 +97,20 @@ class Stats(_Message):
 Request = Annotated[Load | Unload | Stats, Field(discriminator="op")]
 
 
+# Upper bounds (ms, inclusive) of the latency buckets an agent counts calls into; one more
+# bucket past the last holds the slower calls. Fixed here so node and agent agree on them.
+LATENCY_BOUNDS_MS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
+
+
 class FunctionStats(_Message):
     workload_id: str
     invocations: int = 0
     errors: int = 0
     memory_bytes: int = 0
+    rejected: int = Field(default=0, description="calls answered 429 (max_concurrency reached)")
+    latency_buckets: list[int] = Field(
+        default_factory=list, description="calls per LATENCY_BOUNDS_MS bucket, then the slower ones; not cumulative")
+    latency_sum_ms: float = 0.0
 
 
 class Reply(_Message):

@@ -48,6 +48,7 @@ class QuickJsEngine:
     name = "javascript"
     # Repeated out-of-memory failures on one thread were measured to crash QuickJS.
     fresh_thread_after_out_of_memory = True
+    parallel_calls = False  # a QuickJS context is bound to its thread and keeps state between calls
     # Set by the agent once it is connected; None: functions get no `nex` global.
     host_services: HostServices | None = None
 

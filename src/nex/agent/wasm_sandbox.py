@@ -10,7 +10,24 @@ its time or out of memory gets an error reply.
 Every call runs in a fresh Store and instance: nothing leaks from one call to the
 next, and a trap leaves nothing half-updated. The module is compiled once per
 function (or loaded compiled from :mod:`nex.agent.module_cache`) and
-pre-linked, so a call costs an instantiation, not a compile.
+pre-linked, so an instance costs an instantiation, not a compile.
+
+Warm pool: each function keeps up to ``WARM_INSTANCES`` instances made ahead of
+time and never used (a store with its limits, the WASI settings that do not depend
+on the call, the instance, its ``_start``). A call takes one, adds what belongs to
+the call (argv with the subject, stdin) and runs it; the engine's one warmer thread
+makes the replacement and frees the call's store, off the call's path. A call that
+finds the pool empty (a burst) makes its own instance, as every call did before.
+The pool is the only state that outlives a call, and it holds only instances no
+call has touched, so no state leaks through it. Its cost is memory: the pages an
+instance's initialisation writes (its data segments) and wasmtime's bookkeeping,
+about 11 KiB for a small C module, for each of the ``WARM_INSTANCES`` of every
+function (``NEX_WASM_WARM_INSTANCES`` in the agent's environment changes it).
+
+Threads: ``invoke`` may run on several threads at once (the engine's
+``parallel_calls``): each call has its own store and instance, the pool is a deque
+and the host's per-call state is per thread. wasmtime releases the GIL while wasm
+runs, so such calls run in parallel.
 
 Time limit: epoch interruption. One ticker thread per agent advances the engine's
 epoch by wall-clock time; a store's deadline is its timeout in ticks. Compiled
@@ -32,9 +49,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
 import threading
 import time
+from collections import deque
 from pathlib import Path
+from typing import Callable
 
 import wasmtime
 
@@ -54,6 +74,12 @@ MAX_REPLY_BYTES = 8 * 1024 * 1024
 MAX_LOG_LINES = 1000
 MAX_LOG_LINE_BYTES = 64 * 1024
 OUT_OF_MEMORY_SHARE = 0.75
+WARM_INSTANCES = 2  # per function: bounds the pool's memory with many functions deployed
+# The agent's environment may set another pool size (0: no pool, every call instantiates).
+ENV_WARM_INSTANCES = "NEX_WASM_WARM_INSTANCES"
+# Past this many jobs queued on the warmer (a saturating load), a call frees its own store:
+# stores waiting to be freed hold their instance's memory.
+MAX_WARMER_BACKLOG = 64
 
 
 class EpochTicker:
@@ -84,6 +110,40 @@ class EpochTicker:
                 ticks += 1
 
 
+class Warmer:
+    """Does the work around calls off their path, on a thread of its own: refills the warm
+    pools of an engine's sandboxes and closes the stores of finished calls.
+
+    One thread for all the functions of the agent: a refill is an instantiation (tens of
+    microseconds), and wasmtime releases the GIL while it runs.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        # Not named "wasm-...": the agent waits at exit for the function threads so named.
+        self._thread = threading.Thread(target=self._run, name="wasm warmer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def busy(self) -> bool:
+        """More than MAX_WARMER_BACKLOG jobs wait."""
+        return self._jobs.qsize() > MAX_WARMER_BACKLOG
+
+    def stop(self) -> None:
+        """Once the jobs submitted so far are done."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception:  # a bug: calls still run, on instances they make themselves
+                log.exception("wasm warmer: %r failed", job)
+
+
 class WasmEngine:
     """The :class:`nex.agent.engine.Engine` of the wasm agent: one wasmtime engine for all its functions."""
 
@@ -92,18 +152,27 @@ class WasmEngine:
     # Set by the agent once it is connected; None: modules that import `nex` do not link.
     host_services: HostServices | None = None
 
-    def __init__(self, cache_dir: Path | None) -> None:
+    parallel_calls = True
+
+    def __init__(self, cache_dir: Path | None, warm_instances: int = WARM_INSTANCES) -> None:
         config = wasmtime.Config()
         config.epoch_interruption = True
         config.max_wasm_stack = WASM_STACK_BYTES
         self._engine = wasmtime.Engine(config)
         self.modules = ModuleCache(self._engine, cache_dir)
         self._ticker = EpochTicker(self._engine, EPOCH_TICK_S)
+        self._warm_instances = warm_instances
+        self._warmer = Warmer() if warm_instances > 0 else None
 
     @classmethod
     def from_environment(cls) -> WasmEngine:
         cache_dir = os.environ.get(ENV_CACHE_DIR)
-        return cls(Path(cache_dir) if cache_dir else None)
+        warm = os.environ.get(ENV_WARM_INSTANCES, "")
+        if warm and not (warm.isdigit() and int(warm) <= 100):
+            log.error("%s must be a number of instances from 0 to 100, not %r: using %d",
+                      ENV_WARM_INSTANCES, warm, WARM_INSTANCES)
+            warm = ""
+        return cls(Path(cache_dir) if cache_dir else None, int(warm) if warm else WARM_INSTANCES)
 
     def build(self, load: protocol.Load) -> WasmSandbox:
         if not load.artifact_path:
@@ -115,17 +184,57 @@ class WasmEngine:
         except OSError as exc:
             raise CompileError(f"cannot read the module {load.artifact_path}: {exc.strerror}") from None
         host = self.host_services.scope(load) if self.host_services is not None else None
-        return WasmSandbox(self._engine, module, load, host)
+        sandbox = WasmSandbox(self._engine, module, load, host, self._warmer, self._warm_instances)
+        sandbox.want_refill()  # the first call is warm too
+        return sandbox
 
     def close(self) -> None:
+        if self._warmer is not None:
+            self._warmer.stop()
         self._ticker.stop()
 
 
+class _Instance:
+    """A store with its limits, output collectors and WASI settings, and (once made) its instance.
+
+    Used by one call, then closed: a warm one was made ahead of that call and never used.
+    """
+
+    __slots__ = ("store", "wasi", "stdout", "stderr", "instance", "start")
+
+    def __init__(self, engine: wasmtime.Engine, memory_bytes: int, deadline_ticks: int,
+                 env: list[tuple[str, str]]) -> None:
+        self.stdout = _Reply(MAX_REPLY_BYTES)
+        self.stderr = _LogLines("stderr")
+        self.store = wasmtime.Store(engine)
+        self.store.set_limits(memory_size=memory_bytes)
+        # Also bounds a start section run by the instantiation (the warmer's or a call's).
+        self.store.set_epoch_deadline(deadline_ticks)
+        self.wasi = wasmtime.WasiConfig()
+        self.wasi.env = env
+        self.wasi.stdout_custom = self.stdout.write
+        self.wasi.stderr_custom = self.stderr.write
+        self.instance: wasmtime.Instance | None = None
+        self.start: wasmtime.Func | None = None
+
+    def instantiate(self, pre: wasmtime.InstancePre) -> None:
+        self.instance = pre.instantiate(self.store)
+        start = self.instance.exports(self.store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        self.start = start
+
+    def close(self) -> None:
+        # Explicitly, on a thread of the agent: left to the garbage collector, a store may be
+        # freed while the interpreter exits, and wasmtime's stdout callback then aborts the process.
+        self.store.close()
+
+
 class WasmSandbox:
-    """One function's pre-linked module; every call instantiates it in a fresh store."""
+    """One function's pre-linked module, and its pool of warm instances; every call gets a fresh one."""
 
     def __init__(self, engine: wasmtime.Engine, module: wasmtime.Module, load: protocol.Load,
-                 host: FunctionHost | None = None) -> None:
+                 host: FunctionHost | None = None, warmer: Warmer | None = None,
+                 warm_instances: int = WARM_INSTANCES) -> None:
         if not any(export.name == "_start" for export in module.exports):
             raise CompileError("the module exports no _start function: it is not a WASI command"
                                " (build an executable with a main function, not a library or reactor)")
@@ -139,13 +248,21 @@ class WasmSandbox:
         except wasmtime.WasmtimeError as exc:
             raise CompileError(f"the module cannot be linked (WASI preview 1 and the nex host imports are all"
                                f" it may import): {_one_line(exc)}") from None
+        self.name = load.name
         self._engine = engine
-        self._name = load.name
         self._env = list(load.env.items())
         self._timeout_ms = load.timeout_ms
         self._memory_bytes = load.memory_bytes
         self._deadline_ticks = math.ceil(load.timeout_ms / 1000 / EPOCH_TICK_S) + 1
         self._memory_used = 0
+        self._warmer = warmer if warm_instances > 0 else None
+        self._pool_size = warm_instances
+        self._warm: deque[_Instance] = deque()
+        self._lock = threading.Lock()  # refill against close
+        self._refill_queued = False
+        self._closed = False
+        self._warming_failed = False
+        self.cold_instances = 0  # calls that found the pool empty and instantiated on their path
 
     def startup_logs(self) -> list[tuple[str, str]]:
         return []  # nothing runs before the first call
@@ -154,51 +271,91 @@ class WasmSandbox:
         started = time.perf_counter()
         if self._host is not None:
             self._host.begin()
-        stdout = _Reply(MAX_REPLY_BYTES)
-        stderr = _LogLines("stderr")
-        store = wasmtime.Store(self._engine)
-        store.set_limits(memory_size=self._memory_bytes)
+        call = self._take_warm() or self._new_instance()
+        call.wasi.argv = [self.name, subject]
+        if payload:
+            _set_stdin(call.wasi, payload)
+        store = call.store
+        store.set_wasi(call.wasi)
         store.set_epoch_deadline(self._deadline_ticks)
-        store.set_wasi(self._wasi(subject, payload, stdout, stderr))
-        instance: wasmtime.Instance | None = None
         error: FunctionError | None
         try:
-            instance = self._pre.instantiate(store)
-            start = instance.exports(store)["_start"]
-            assert isinstance(start, wasmtime.Func)
-            start(store)
-            error = stdout.error
+            if call.start is None:  # the pool was empty: instantiate on the call's path
+                self.cold_instances += 1
+                call.instantiate(self._pre)
+            assert call.start is not None
+            call.start(store)
+            error = call.stdout.error
         except wasmtime.ExitTrap as exited:
-            error = stdout.error if exited.code == 0 else FunctionError(f"exited with code {exited.code}", EXIT)
+            error = call.stdout.error if exited.code == 0 else FunctionError(f"exited with code {exited.code}", EXIT)
         except wasmtime.Trap as trap:
-            error = self._trap_error(trap, self._memory_at_limit(store, instance))
+            error = self._trap_error(trap, self._memory_at_limit(store, call.instance))
         except wasmtime.WasmtimeError as exc:  # instantiation: its initial memory is over the limit
             message = _one_line(exc)
             kind = OUT_OF_MEMORY if "limit" in message else ERROR
             error = FunctionError(f"cannot instantiate the module: {message}", kind)
-        self._memory_used = self._linear_memory(store, instance)
-        # Now, on this thread: left to the garbage collector, a store may be freed while
-        # the interpreter exits, and wasmtime's stdout callback then aborts the process.
-        store.close()
+        self._memory_used = self._linear_memory(store, call.instance)
+        # Its output is all collected by now (wasmtime writes it during the call): the
+        # store can be freed after the reply, by the warmer.
+        if self._warmer is not None and not self._warmer.busy():
+            self._warmer.submit(call.close)
+        else:
+            call.close()
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        return Outcome(stdout.data() if error is None else b"", error, duration_ms, stderr.lines())
+        return Outcome(call.stdout.data() if error is None else b"", error, duration_ms, call.stderr.lines())
 
     def memory_used(self) -> int:
         """Linear memory of the last call's instance (calls do not share one)."""
         return self._memory_used
 
+    def warm_count(self) -> int:
+        """Instances ready in the pool (for tests and benchmarks)."""
+        return len(self._warm)
+
+    def want_refill(self) -> None:
+        """Ask the warmer to fill the pool up again; about one request is queued at a time."""
+        # No lock on a call's path (the warmer holds self._lock while it instantiates): two
+        # calls that both queue a refill at once cost one more look at a full pool.
+        if self._warmer is None or self._closed or self._warming_failed or self._refill_queued:
+            return
+        self._refill_queued = True
+        self._warmer.submit(self.refill)
+
+    def refill(self) -> None:
+        """On the warmer's thread: make instances until the pool is full."""
+        self._refill_queued = False
+        while len(self._warm) < self._pool_size:
+            with self._lock:  # close() waits for an instantiation in progress
+                if self._closed:
+                    return
+                warm = self._new_instance()
+                try:
+                    warm.instantiate(self._pre)
+                except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+                    # Calls instantiate for themselves and report why it fails.
+                    warm.close()
+                    self._warming_failed = True
+                    log.info("function %s: no warm instances: %s", self.name, _one_line(exc))
+                    return
+                self._warm.append(warm)
+
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            while self._warm:
+                self._warm.popleft().close()
         self._pre.close()
 
-    def _wasi(self, subject: str, payload: bytes, stdout: _Reply, stderr: _LogLines) -> wasmtime.WasiConfig:
-        wasi = wasmtime.WasiConfig()
-        wasi.argv = [self._name, subject]
-        wasi.env = self._env
-        wasi.stdout_custom = stdout.write
-        wasi.stderr_custom = stderr.write
-        if payload:
-            _set_stdin(wasi, payload)
-        return wasi
+    def _take_warm(self) -> _Instance | None:
+        try:
+            warm = self._warm.popleft()
+        except IndexError:
+            warm = None
+        self.want_refill()
+        return warm
+
+    def _new_instance(self) -> _Instance:
+        return _Instance(self._engine, self._memory_bytes, self._deadline_ticks, self._env)
 
     def _trap_error(self, trap: wasmtime.Trap, memory_at_limit: bool) -> FunctionError:
         if trap.trap_code == wasmtime.TrapCode.INTERRUPT:

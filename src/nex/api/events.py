@@ -29,6 +29,7 @@ class EventType(StrEnum):
     WORKLOAD_HEALTH = "workload_health"
     FUNCTION_INVOKED = "function_invoked"
     FUNCTION_FAILED = "function_failed"
+    FUNCTION_DEAD_LETTERED = "function_dead_lettered"  # an async invocation failed max_attempts times
     REQUEST_REJECTED = "request_rejected"
     APP_APPLIED = "app_applied"
     APP_DELETED = "app_deleted"

@@ -11,6 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
+from croniter import CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nex.api.errors import BadRequest
@@ -19,6 +20,8 @@ from nex.api.subjects import RESERVED_SUBJECTS, TOKEN_PATTERN, first_overlap, is
 MAX_REQUEST_BYTES = 256 * 1024
 DEFAULT_FUNCTION_TIMEOUT_MS = 5000
 DEFAULT_FUNCTION_MEMORY_MIB = 64
+# A node's stop_grace_s unless its config says otherwise: an UNDEPLOY without grace_ms may take that long.
+DEFAULT_STOP_GRACE_S = 5.0
 
 Token = Annotated[str, Field(pattern=TOKEN_PATTERN)]
 # A bid's id is two subject tokens: the id of the node that made it, and a secret.
@@ -113,6 +116,20 @@ class TriggerMode(StrEnum):
     ASYNC = "async"  # messages on the subject are kept in JetStream and run at least once (docs/functions.md)
 
 
+def check_schedule(expression: str) -> str:
+    """A cron expression the schedules can run: 5 fields (minute hour day month weekday, UTC),
+    or 6 with seconds last (croniter's form). Pure parsing, no I/O."""
+    fields = expression.split()
+    if len(fields) not in (5, 6):
+        raise ValueError(f"invalid schedule {expression!r}: a cron expression has 5 fields"
+                         " (minute hour day month weekday), or 6 with seconds last")
+    try:
+        croniter(" ".join(fields))
+    except (CroniterError, ValueError) as exc:
+        raise ValueError(f"invalid schedule {expression!r}: {exc}") from None
+    return expression
+
+
 class RetryPolicy(Strict):
     """How an async invocation that fails is tried again, then dead-lettered."""
 
@@ -136,7 +153,8 @@ class Trigger(Strict):
     mode: TriggerMode = Field(default=TriggerMode.SYNC, description="async: durable, at least once, with retries")
     schedule: str | None = Field(
         default=None, min_length=9, max_length=128,
-        description="cron expression (5 fields, UTC): fires one async invocation on the subject, once per fleet")
+        description="cron expression (5 fields, UTC; or 6 with seconds last): fires one async invocation"
+                    " on the subject, once per fleet")
     retry: RetryPolicy | None = Field(default=None, description="async and scheduled triggers; default: RetryPolicy()")
 
     @field_validator("subject")
@@ -155,6 +173,7 @@ class Trigger(Strict):
     @model_validator(mode="after")
     def _mode_fits(self) -> Trigger:
         if self.schedule is not None:
+            check_schedule(self.schedule)
             if "mode" in self.model_fields_set and self.mode == TriggerMode.SYNC:
                 raise ValueError("a scheduled trigger is async: its calls are kept and retried")
             self.mode = TriggerMode.ASYNC
@@ -284,6 +303,7 @@ class WorkloadSummary(Strict):
     usage: Usage | None = None
     invocations: int | None = Field(default=None, description="functions: calls answered")
     errors: int | None = Field(default=None, description="functions: calls that failed")
+    rejected: int | None = Field(default=None, description="functions: calls answered 429 (max_concurrency reached)")
     health: Health | None = Field(default=None, description="of a running workload")
     app: AppRef | None = None
 
@@ -394,6 +414,22 @@ class NodeRecord(Strict):
     seq: int = Field(ge=0, description="grows with every write of this node process")
 
 
+class DeadLetter(Strict):
+    """An async invocation that failed max_attempts times, kept in the NEX_DLQ stream (docs/functions.md)."""
+
+    seq: int = Field(description="its sequence in NEX_DLQ: what `nex dlq replay` takes")
+    namespace: str
+    function: str
+    subject: str = Field(description="the trigger subject it was published on")
+    key: str = Field(description="its idempotency key")
+    attempts: int
+    error: str = Field(description="the last attempt's error")
+    time: datetime = Field(description="when it was dead-lettered")
+    workload_id: str | None = Field(default=None, description="the copy that ran the last attempt")
+    reply_to: str | None = None
+    size: int = Field(description="payload bytes")
+
+
 class ErrorDetail(Strict):
     code: int
     message: str
@@ -424,7 +460,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 __all__ = [
-    "AppRef", "Artifact", "AuctionReply", "AuctionRequest", "Bid", "DeployRequest", "Health", "HealthCheck",
+    "AppRef", "Artifact", "AuctionReply", "AuctionRequest", "Bid", "DeadLetter", "DeployRequest", "Health",
+    "HealthCheck",
     "NodeRecord", "ReplicaRecord", "ErrorResponse", "ExitInfo", "Lifecycle", "LameDuckResponse",
     "Limits", "NodeInfo", "NodePing", "NodeState", "Resources", "RetryPolicy", "Trigger", "TriggerMode",
     "UndeployRequest",

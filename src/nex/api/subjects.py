@@ -80,6 +80,39 @@ LEASES_BUCKET = "NEX_LEASES"  # key reconciler: ReconcilerLease; the bucket's TT
 RECONCILER_LEASE_KEY = "reconciler"
 
 
+# Durable async invocation (docs/functions.md, "Triggers"). One work-queue stream per
+# function captures its async trigger subjects; one durable pull consumer of the same
+# name is shared by every copy of the function. Failures past the retry policy land in
+# the dead-letter stream; completed idempotency keys are kept in the done bucket.
+FUNCTION_STREAM_PREFIX = "NEXFN"
+DLQ_STREAM = "NEX_DLQ"
+DLQ_PREFIX = "$NEX.DLQ"
+DONE_BUCKET = "NEX_DONE"  # key <ns>.<name>.<base64url of the idempotency key>: the completion record
+
+# Headers of async invocations and of dead letters.
+MSG_ID_HEADER = "Nats-Msg-Id"  # the idempotency key (JetStream's own dedupe header)
+KEY_HEADER = "Nex-Key"  # the idempotency key when it differs from Nats-Msg-Id (a replayed dead letter)
+REPLY_TO_HEADER = "Nex-Reply-To"  # where the function's result (or final error) is published
+DLQ_SUBJECT_HEADER = "Nex-Dlq-Subject"  # the trigger subject the invocation was published on
+DLQ_KEY_HEADER = "Nex-Dlq-Key"
+DLQ_ATTEMPTS_HEADER = "Nex-Dlq-Attempts"
+DLQ_ERROR_HEADER = "Nex-Dlq-Error"
+DLQ_WORKLOAD_HEADER = "Nex-Dlq-Workload"
+
+
+def function_stream(namespace: str, name: str) -> str:
+    """The work-queue stream (and durable consumer) of one function's async triggers."""
+    return f"{FUNCTION_STREAM_PREFIX}_{namespace}_{name}"
+
+
+def dead_letters(namespace: str, name: str) -> str:
+    return f"{DLQ_PREFIX}.{namespace}.{name}"
+
+
+def dead_letters_filter(namespace: str = "*", name: str = "*") -> str:
+    return f"{DLQ_PREFIX}.{namespace}.{name}"
+
+
 def app_key(namespace: str, name: str) -> str:
     return f"app.{namespace}.{name}"
 

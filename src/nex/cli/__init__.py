@@ -14,14 +14,18 @@ import click
 
 from nex import __version__
 from nex.cli.app import app, apply
+from nex.cli.completion import completion, version_text
 from nex.cli.devrun import devrun
+from nex.cli.dlq import dlq
 from nex.cli.feeds import events, logs
 from nex.cli.invoke import invoke
 from nex.cli.keys import keys
+from nex.cli.monitor import monitor
 from nex.cli.node import node
 from nex.cli.node_up import node_up
 from nex.cli.options import GlobalOptions, NexGroupHelp, root_options
 from nex.cli.output import describe_error
+from nex.cli.preflight import preflight
 from nex.cli.workload import workload
 
 __all__ = ["ErrorExit", "cli", "main"]
@@ -55,7 +59,7 @@ class NexGroup(NexGroupHelp):
 
 
 @click.group(cls=NexGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", "-V", prog_name="nex")
+@click.version_option(__version__, "--version", "-V", prog_name="nex", message=version_text())
 @root_options
 @click.pass_context
 def cli(ctx: click.Context, opts: GlobalOptions) -> None:
@@ -69,10 +73,14 @@ cli.add_command(devrun)
 cli.add_command(logs)
 cli.add_command(events)
 cli.add_command(invoke)
+cli.add_command(dlq)
 cli.add_command(keys)
 cli.add_command(apply)
 cli.add_command(app)
 node.add_command(node_up, "up")
+node.add_command(preflight)
+cli.add_command(monitor)
+cli.add_command(completion)
 
 
 def main() -> NoReturn:

@@ -76,12 +76,14 @@ def file_or_reference(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--timeout", "--timeout-ms", "timeout_ms", type=int, callback=positive, metavar="MS",
               help="function timeout in milliseconds (the request timeout goes before the command: "
                    "nex --timeout S devrun ...)")
+@click.option("--max-concurrency", type=int, callback=positive, metavar="N",
+              help="functions: calls at once on a copy; past it a call is answered 429 at once")
 @global_options_except("timeout")
 def devrun(
     opts: GlobalOptions, file: Path | str, workload_type: str | None, triggers: tuple[str, ...],
     env: tuple[str, ...], argv: str | None, name: str | None, lifecycle: str | None,
     node_id: str | None, tags: tuple[str, ...], memory: int | None, cpus: float | None, pids: int | None,
-    network: str | None, timeout_ms: int | None,
+    network: str | None, timeout_ms: int | None, max_concurrency: int | None,
 ) -> None:
     """Upload FILE (or name an image) and run it as a workload on a node.
 
@@ -98,7 +100,8 @@ def devrun(
         raise click.UsageError("--tag places by auction; it does not go with --node")
     arguments = parse_argv(argv)
     try:
-        limits = Limits(memory_mib=memory, cpus=cpus, pids=pids, timeout_ms=timeout_ms)
+        limits = Limits(memory_mib=memory, cpus=cpus, pids=pids, timeout_ms=timeout_ms,
+                        max_concurrency=max_concurrency)
     except ValidationError as exc:
         raise click.UsageError(describe_validation_error(exc).removeprefix("invalid request: ")) from None
     console = output.stderr()

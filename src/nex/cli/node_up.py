@@ -49,6 +49,13 @@ from nex.sandbox.runner import SandboxUnavailable
               help="never act as the fleet's reconciler")
 @click.option("--fleet-keys", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="directory of the fleet's issuer and xkey, the same on every node that may reconcile")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="serve Prometheus metrics on http://HOST:PORT/metrics [default: off]")
+@click.option("--metrics-host", default=None, metavar="HOST",
+              help="address the metrics endpoint binds [default: 127.0.0.1]")
+@click.option("--otel-endpoint", default=None, metavar="URL",
+              help="OTLP/HTTP endpoint for the spans of function invocations "
+                   "[default: $OTEL_EXPORTER_OTLP_ENDPOINT, else no export]")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @with_global_options
 def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log_level: str,
@@ -58,6 +65,7 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
     With no --server (and no NATS_URL) the node starts an embedded nats-server
     with JetStream on 127.0.0.1 and says where.
     """
+    from nex.node.metrics import MetricsEndpointError
     from nex.gctune import tune_for_service
     from nex.node.node import Node
 
@@ -78,6 +86,7 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
     except NoServersError:
         click.echo(f"nex: error: cannot connect to NATS at {config.server}", err=True)
         sys.exit(1)
-    except (ConfigError, NatsServerError, SandboxUnavailable, OSError, asyncio.TimeoutError) as exc:
+    except (ConfigError, NatsServerError, SandboxUnavailable, MetricsEndpointError, OSError,
+            asyncio.TimeoutError) as exc:
         click.echo(f"nex: error: {describe_error(exc) or exc}", err=True)
         sys.exit(1)

@@ -70,7 +70,8 @@ def workload_info(opts: GlobalOptions, workload_id: str) -> None:
     if w.usage is not None:
         pairs.append(("Usage", output.usage_text(w.usage)))
     if w.invocations is not None:
-        pairs.append(("Invocations", f"{w.invocations} ({w.errors or 0} failed)"))
+        rejected = f", {w.rejected} rejected: busy" if w.rejected else ""
+        pairs.append(("Invocations", f"{w.invocations} ({w.errors or 0} failed{rejected})"))
     if w.exit:
         pairs.append(("Exit", _exit_text(w.exit.model_dump(exclude_none=True))))
     output.fields(pairs)

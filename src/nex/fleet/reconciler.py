@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,6 +92,8 @@ class Reconciler:
         self._last_trouble: str | None = None
         self._stopping = False
         self.passes = 0
+        # Actions taken since the node started ("place", "stop", "restart", "rollback"), for its metrics.
+        self.actions: Counter[str] = Counter()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -209,11 +212,17 @@ class Reconciler:
         now = time.time()
         nodes = self._liveness.view(listed, time.monotonic())
         self._live_nodes = self._liveness.writing(time.monotonic(), self._writing_within_s)
+        restarts = self._restarts_counted()
         decided = plan(apps, nodes, self._memory, now, self._settings, statuses)
+        self.actions["restart"] += max(0, self._restarts_counted() - restarts)  # forgotten apps lower it
         await self._execute(decided)
         await self._write_statuses(decided)
         self.passes += 1
         return decided
+
+    def _restarts_counted(self) -> int:
+        """Replicas the planner has found failed or lost so far (it restarts each)."""
+        return sum(history.restarts for history in self._memory.history.values())
 
     async def _execute(self, decided: Plan) -> None:
         """Every action of the plan, a bounded number at once; one failing does not stop the others."""
@@ -279,6 +288,7 @@ class Reconciler:
             self._memory.unplaceable[slot] = reasons
             return
         summary = await client.deploy(chosen.bid_id, self._deploy_request(place), xkey=chosen.xkey)
+        self.actions["place"] += 1
         self._memory.unplaceable.pop((place.namespace, place.app, workload.name), None)
         bucket = bid_bucket(chosen, place.spread)
         counts[bucket] = counts.get(bucket, 0) + 1
@@ -307,6 +317,7 @@ class Reconciler:
             await client.undeploy(stop.workload_id)
         except WorkloadNotFound:
             pass
+        self.actions["stop"] += 1
         self._memory.note((stop.namespace, stop.app), f"stopped {stop.name} {stop.workload_id}: {stop.reason}")
         self._publish(stop.namespace, EventType.REPLICA_STOPPED, {
             "app": stop.app, "workload": stop.name, "workload_id": stop.workload_id, "node_id": stop.node_id,
@@ -319,6 +330,7 @@ class Reconciler:
         restored = AppRecord(spec=record.previous, version=record.version + 1, applied_at=datetime.now(timezone.utc),
                              applied_by=self._keys.issuer_public, previous=None)
         await self._store.replace(restored, revision)
+        self.actions["rollback"] += 1
         message = f"version {record.version} rolled back to the previous spec: {rollback.reason}"
         self._memory.rolled_back((rollback.namespace, rollback.app), restored.version, message)
         self._memory.note((rollback.namespace, rollback.app), message)

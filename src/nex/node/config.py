@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -12,7 +13,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nex.api.keys import PREFIX_ACCOUNT, KeyDecodeError, decode_public
-from nex.api.models import describe_validation_error
+from nex.api.models import DEFAULT_STOP_GRACE_S, describe_validation_error
 from nex.api.subjects import TOKEN_PATTERN
 
 
@@ -51,7 +52,7 @@ class NodeConfig(BaseModel):
         "workload credentials with, on an external operator-mode server")
     account: str | None = Field(default=None, description="the account's public key, when account_seed "
                                 "is a signing key")
-    stop_grace_s: float = Field(default=5.0, ge=0, le=600)
+    stop_grace_s: float = Field(default=DEFAULT_STOP_GRACE_S, ge=0, le=600)
     lameduck_s: float = Field(default=10.0, ge=0, le=3600, description="lame duck period before exit")
     heartbeat_s: float = Field(default=10.0, gt=0, le=3600)
     logs_stream_bytes: int = Field(default=128 << 20, gt=0)
@@ -84,6 +85,22 @@ class NodeConfig(BaseModel):
         "none by default")
     http_allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "PUT", "DELETE"],
                                           description="HTTP methods functions may use")
+
+    # -- observability (docs/observability.md) --
+    metrics_port: int | None = Field(default=None, ge=0, le=65535,
+                                     description="serve Prometheus metrics on /metrics at this port; none: off")
+    metrics_host: str = Field(default="127.0.0.1", min_length=1, description="address the metrics endpoint binds")
+    otel_endpoint: str | None = Field(
+        default_factory=lambda: os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+        description="OTLP/HTTP endpoint the function agents export invocation spans to; "
+        "default: $OTEL_EXPORTER_OTLP_ENDPOINT; none: no export")
+
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _otel_endpoint(cls, endpoint: str | None) -> str | None:
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"invalid OTLP endpoint {endpoint!r}: give an http:// or https:// URL")
+        return endpoint or None
 
     @field_validator("http_allow_methods")
     @classmethod

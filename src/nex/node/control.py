@@ -2,7 +2,7 @@
 
 This is the one place where a :class:`NexError` becomes a wire error. Node-wide
 verbs are endpoints of a NATS micro service (so ``$SRV.PING/INFO/STATS`` see
-them); each workload gets its own ``UNDEPLOY.<id>`` and ``WPING.<id>``
+them, and STATS lists the node's functions too: :class:`NodeService`); each workload gets its own ``UNDEPLOY.<id>`` and ``WPING.<id>``
 subscription in its namespace, so a request for an unknown workload, or for a
 workload of another namespace, finds no responder and NATS says so at once.
 """
@@ -10,15 +10,15 @@ workload of another namespace, finds no responder and NATS says so at once.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import EndpointConfig, Service, ServiceConfig
+from nats.micro.service import EndpointConfig, EndpointStats, Service, ServiceConfig, ServiceStats
 from pydantic import BaseModel
 
 from nex import __version__
@@ -58,6 +58,10 @@ class NodeFacade(Protocol):
 
     async def auction(self, namespace: str, request: AuctionRequest) -> AuctionReply: ...
 
+    def functions(self) -> list[Workload]:
+        """The functions that run, with their latest counters (``Workload.stats``)."""
+        ...
+
 
 Rejected = Callable[[str, dict[str, Any]], None]
 """Told of each rejected request: (namespace of the feed, audit record). Must not block."""
@@ -65,19 +69,21 @@ Rejected = Callable[[str, dict[str, Any]], None]
 
 async def answer(reply: Callable[[bytes, dict[str, str] | None], Awaitable[None]],
                  subject: str, data: bytes, handler: Handler, *,
-                 reply_to: str | None = None, on_rejected: Rejected | None = None) -> None:
-    """Run a handler and send its model, or its error, as the reply.
+                 reply_to: str | None = None, on_rejected: Rejected | None = None) -> bool:
+    """Run a handler and send its model, or its error, as the reply; True when it was an error.
 
     A refusal (400, 403, 404, 409, 429) is also told to ``on_rejected`` after the
     reply has gone, with an audit record that holds no part of the body.
     """
     rejected: NexError | None = None
+    failed = True
     try:
         namespace = subjects.namespace_of(subject)
         if not subjects.is_token(namespace):
             raise BadRequest(f"invalid namespace {namespace!r}")
         result = await handler(namespace, data)
         payload, headers = result.model_dump_json(exclude_none=True).encode(), None
+        failed = False
     except NexError as exc:
         payload, headers = exc.encode()
         rejected = exc if audit.is_rejection(exc) else None
@@ -87,6 +93,7 @@ async def answer(reply: Callable[[bytes, dict[str, str] | None], Awaitable[None]
     await reply(payload, headers)
     if rejected is not None and on_rejected is not None:
         _audit(on_rejected, subject, reply_to, data, rejected)
+    return failed
 
 
 def _audit(on_rejected: Rejected, subject: str, reply_to: str | None, data: bytes, error: NexError) -> None:
@@ -96,6 +103,47 @@ def _audit(on_rejected: Rejected, subject: str, reply_to: str | None, data: byte
         log.exception("audit event for a rejected request on %s not published", subject)
 
 
+class NodeService(Service):
+    """nats.micro's service, with two additions to what ``$SRV.STATS`` answers.
+
+    An endpoint's ``num_errors`` counts the requests answered with an error: the
+    handlers reply with the error themselves (:func:`answer`) rather than raise,
+    so nats.micro would count none. And each function that runs on the node is
+    listed as an endpoint too (``function-<name>``, its first trigger subject),
+    with its invocations, errors and time spent: the agents answer those
+    requests, not this service, so they are not endpoints of it otherwise.
+    """
+
+    def __init__(self, nc: Client, config: ServiceConfig, errors: Counter[str],
+                 functions: Callable[[], list[EndpointStats]]) -> None:
+        super().__init__(nc, config)
+        self._errors = errors
+        self._functions = functions
+
+    def stats(self) -> ServiceStats:
+        stats = super().stats()
+        for endpoint in stats.endpoints:
+            endpoint.num_errors = self._errors[endpoint.name]
+        stats.endpoints.extend(self._functions())
+        return stats
+
+
+def function_endpoint(workload: Workload) -> EndpointStats:
+    """A function's counters as an endpoint of ``$SRV.STATS``."""
+    request, stats = workload.request, workload.stats
+    invocations = stats.get("invocations") or 0
+    processing_ns = round((stats.get("latency_sum_ms") or 0.0) * 1_000_000)
+    trigger = request.triggers[0] if request.triggers else None
+    return EndpointStats(
+        name=f"function-{request.name}", subject=trigger.subject if trigger else "",
+        queue_group=(trigger.queue or f"nex.{workload.namespace}.{request.name}") if trigger else "",
+        num_requests=invocations, num_errors=stats.get("errors") or 0,
+        processing_time=processing_ns, average_processing_time=processing_ns // invocations if invocations else 0,
+        data={"workload_id": workload.id, "namespace": workload.namespace, "name": request.name,
+              "rejected": stats.get("rejected") or 0},
+    )
+
+
 class ControlService:
     def __init__(self, nc: Client, node: NodeFacade, on_rejected: Rejected | None = None) -> None:
         self._nc = nc
@@ -103,13 +151,15 @@ class ControlService:
         self._on_rejected = on_rejected
         self._service: Service | None = None
         self._workload_subs: dict[str, list[Subscription]] = {}
+        self._errors: Counter[str] = Counter()  # requests answered with an error, by endpoint name
 
     async def start(self) -> None:
         node_id = self._node.node_id
-        self._service = await add_service(self._nc, ServiceConfig(
+        self._service = NodeService(self._nc, ServiceConfig(
             name=SERVICE_NAME, version=__version__, description="Nex node control API",
             metadata={"node_id": node_id}, queue_group=f"nex-{node_id}",
-        ))
+        ), self._errors, lambda: [function_endpoint(w) for w in self._node.functions()])
+        await self._service.start()
         endpoints: list[tuple[str, str, Handler]] = [
             ("ping", subjects.control("*", subjects.PING), self._ping),
             ("ping-node", subjects.control("*", subjects.PING, node_id), self._ping),
@@ -121,7 +171,7 @@ class ControlService:
         ]
         for name, subject, handler in endpoints:
             await self._service.add_endpoint(EndpointConfig(
-                name=name, subject=subject, handler=self._micro_handler(handler),
+                name=name, subject=subject, handler=self._micro_handler(name, handler),
             ))
         await flush_subscriptions(self._nc)
 
@@ -133,10 +183,15 @@ class ControlService:
         if self._service is not None:
             await self._service.stop()
 
-    def _micro_handler(self, handler: Handler) -> Callable[[Request], Awaitable[None]]:
+    def stats(self) -> ServiceStats | None:
+        """What ``$SRV.STATS`` answers now; None before start."""
+        return self._service.stats() if self._service is not None else None
+
+    def _micro_handler(self, name: str, handler: Handler) -> Callable[[Request], Awaitable[None]]:
         async def serve(request: Request) -> None:
-            await answer(request.respond, request.subject, request.data, handler,
-                         reply_to=_reply_subject(request), on_rejected=self._on_rejected)
+            if await answer(request.respond, request.subject, request.data, handler,
+                            reply_to=_reply_subject(request), on_rejected=self._on_rejected):
+                self._errors[name] += 1
         return serve
 
     def _msg_handler(self, handler: Handler) -> Callable[[Msg], Awaitable[None]]:

@@ -17,7 +17,8 @@ from nex.api.errors import BadRequest, ForbiddenTrigger
 from nex.api.events import EventType
 from nex.api.subjects import first_overlap
 from nex.api.models import (
-    AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, NodeInfo, NodePing, NodeState, UndeployRequest,
+    AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState,
+    UndeployRequest,
     NodeRecord, UndeployResponse, WorkloadPing,
 )
 from nex.artifacts import ArtifactCache
@@ -29,6 +30,7 @@ from nex.node.bids import Bidder, BidBook
 from nex.node.config import NodeConfig
 from nex.node.control import ControlService
 from nex.node.feeds import Feeds
+from nex.node.metrics import MetricsServer
 from nex.node.registry import NodeRegistry
 from nex.node.resources import automatic_tags, resources
 from nex.node.sandboxing import choose_sandbox, sweep_containers
@@ -83,10 +85,15 @@ class Node:
         self.credentials: WorkloadCredentials | None = None  # per-workload NATS users; None: no auth
         self.bids: BidBook | None = None
         self.reconciler: Reconciler | None = None
+        self.metrics: MetricsServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.config.metrics_port is not None:  # first: a port in use stops the node before it did anything
+            metrics = MetricsServer(self, self.config.metrics_host, self.config.metrics_port)
+            await metrics.start()
+            self.metrics = metrics
         self.reaper = Reaper()
         self.oci, sandbox_tags = await choose_sandbox(self.config.sandbox, self.state_dir, self.reaper)
         self.tags.update(sandbox_tags)
@@ -109,7 +116,8 @@ class Node:
                                  connect_options=options, guard=self.reaper, oci=self.oci,
                                  credentials=self.credentials, host_settings=HostSettings(
                                      replicas=self.config.replicas, http_allow_hosts=self.config.http_allow_hosts,
-                                     http_allow_methods=self.config.http_allow_methods))
+                                     http_allow_methods=self.config.http_allow_methods,
+                                     otel_endpoint=self.config.otel_endpoint))
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
             ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream()), self.feeds,
@@ -205,6 +213,8 @@ class Node:
             await self._leave_nats()
         if self.embedded is not None:
             await self.embedded.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.nc is not None:
             log.info("node %s stopped", self.name)
 
@@ -250,6 +260,12 @@ class Node:
             **self.ping(namespace).model_dump(), resources=resources(),
             runtimes=self.supervisor.runtime_types, workloads=workloads,
         )
+
+    def functions(self) -> list[Workload]:
+        if self.supervisor is None:
+            return []
+        return [self.supervisor.refresh(w) for w in self.supervisor.table.active()
+                if w.request.lifecycle == Lifecycle.FUNCTION]
 
     def workload_ping(self, namespace: str, workload_id: str | None) -> WorkloadPing:
         if workload_id is None:

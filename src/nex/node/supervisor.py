@@ -27,6 +27,7 @@ from nex.node.feeds import Feeds
 from nex.node.health import HealthChecks, check_supported
 from nex.node.workloads import Workload, WorkloadTable, utcnow
 from nex.runtimes.base import ExitResult, Handle, Runtime, WorkloadSpec
+from nex.runtimes.function_agent import AgentRuntime
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,16 @@ class Supervisor:
         if workload.handle is not None and not workload.ended:
             workload.stats = self._runtimes[workload.request.type].inspect(workload.handle)
         return workload
+
+    async def refresh_function_stats(self) -> None:
+        """Ask every function agent for its counters now (inspect() answers from the last ones)."""
+        await asyncio.gather(*(runtime.stats() for runtime in self._runtimes.values()
+                               if isinstance(runtime, AgentRuntime)))
+
+    def agents_up(self) -> dict[str, bool]:
+        """Whether the agent process of each function runtime runs (it starts with the first function)."""
+        return {runtime.engine_name: runtime.agent_pid is not None for runtime in self._runtimes.values()
+                if isinstance(runtime, AgentRuntime)}
 
     def records(self) -> list[ReplicaRecord]:
         """The table as the node registry lists it, written often: only functions are inspected

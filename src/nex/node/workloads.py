@@ -70,6 +70,7 @@ class Workload:
             stopped_at=self.stopped_at, pid=self.stats.get("pid"),
             exit=self.exit.info() if self.exit else None, usage=self.usage(),
             invocations=self.stats.get("invocations"), errors=self.stats.get("errors"),
+            rejected=self.stats.get("rejected"),
             health=self.health, app=request.app,
         )
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from nex.agent import protocol
 from nex.agent.protocol import ENV_CONNECT, ENV_HOST_SERVICES, ENV_NODE_ID
-from nex.api.errors import BadArtifact, InternalError, Unavailable
+from nex.api.errors import BadArtifact, BadRequest, InternalError, Unavailable
 from nex.api.models import DEFAULT_FUNCTION_MEMORY_MIB, DEFAULT_FUNCTION_TIMEOUT_MS, Lifecycle, Trigger, WorkloadType
 from nex.runtimes.agent_process import AgentExited, AgentProcess, AgentStartError, describe_exit
 from nex.runtimes.base import Capabilities, ExitResult, Handle, LogSink, RuntimeContext, WorkloadSpec
@@ -118,6 +118,8 @@ class AgentRuntime(ABC):
             reply = await self._load(load)
             if not reply.ok:
                 error = reply.error or "load failed"
+                if reply.error_kind == protocol.BAD_REQUEST:
+                    raise BadRequest(error)
                 raise BadArtifact(error) if reply.error_kind == protocol.BAD_ARTIFACT else InternalError(error)
             started = True
         finally:
@@ -156,7 +158,12 @@ class AgentRuntime(ABC):
             "running": handle.workload_id in self._functions,
             "invocations": stats.invocations if stats else 0,
             "errors": stats.errors if stats else 0,
+            "rejected": stats.rejected if stats else 0,
             "memory_bytes": stats.memory_bytes if stats else 0,
+            "rejected": stats.rejected if stats else 0,
+            # the latency histogram, for nex.node.metrics
+            "latency_buckets": stats.latency_buckets if stats else [],
+            "latency_sum_ms": stats.latency_sum_ms if stats else 0.0,
         }
 
     async def stats(self) -> dict[str, protocol.FunctionStats]:

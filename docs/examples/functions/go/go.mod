@@ -1,0 +1,3 @@
+module example.com/upper
+
+go 1.21

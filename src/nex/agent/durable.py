@@ -1,0 +1,372 @@
+"""Durable async invocation: one function's work-queue stream, run at least once, with retries.
+
+A function's async triggers (``mode: async`` or a ``schedule``) are captured by a
+JetStream stream of its own, ``NEXFN_<ns>_<name>`` (work-queue retention, the node's
+replicas, a duplicate window of ``DUPLICATE_WINDOW_S``). Every copy of the function,
+on every node, pulls from one durable consumer of the same name, so the copies share
+the work. For each message:
+
+1. The idempotency key is the ``Nex-Key`` header, else ``Nats-Msg-Id``, else the
+   stream sequence. A key already in the done bucket (``NEX_DONE``, kept
+   ``DONE_TTL_S``) is acked without running: it completed before. (A sequence key
+   on its first delivery is not looked up: it cannot have completed.)
+2. A message delivered more than ``max_attempts`` times (its last run's copy died
+   before it answered) is dead-lettered without running again.
+3. Otherwise it runs through the function's own call path (the thread the sync calls
+   use). Success: the key is recorded with ``create`` (compare-and-set: one completion
+   record per key however many copies raced), the result is published on the
+   ``Nex-Reply-To`` subject if there is one, and the message is acked. Failure: a
+   ``nak`` with the delay ``backoff_ms * 2**(attempt-1)`` capped at ``max_backoff_ms``;
+   after the last attempt the message goes to the dead-letter stream ``NEX_DLQ``
+   (subject ``$NEX.DLQ.<ns>.<name>``, headers naming the subject, key, attempts and
+   last error), the final error goes to ``Nex-Reply-To``, a ``function_dead_lettered``
+   event is published, and the message is acked.
+
+A copy holds at most ``capacity`` messages (``max_concurrency``, else
+``DEFAULT_CAPACITY``) and fetches only as many as it has room for. The ack wait is
+the function's timeout plus ``ACK_MARGIN_S``; while a message waits for its turn
+on the function's thread the copy tells JetStream it is in progress, so only a dead
+copy's messages come back, one ack wait after it died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError, TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+
+from nex.agent import protocol
+from nex.agent.engine import Outcome
+from nex.agent.hostservices import subject_matches
+from nex.api import subjects
+from nex.api.errors import BadRequest, FunctionError
+from nex.security.natsauth import RESERVED, app_subjects
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_WINDOW_S = 10 * 60.0  # a re-publish of the same Nats-Msg-Id within this is dropped
+DONE_TTL_S = 24 * 60 * 60.0  # how long a completed key suppresses a new run
+DLQ_MAX_AGE_S = 30 * 24 * 60 * 60.0
+DEFAULT_CAPACITY = 16
+ACK_MARGIN_S = 2.0
+FETCH_WAIT_S = 1.0
+RETRY_PAUSE_S = 0.5  # after a failed fetch (JetStream away)
+STREAM_OVERLAP = 10065  # JetStream: subjects overlap with an existing stream
+
+
+class TriggerConflict(BadRequest):
+    """An async trigger subject another function's stream (or another stream) already captures."""
+
+
+class RunsCalls(Protocol):
+    """What the runner needs of a loaded function."""
+
+    async def run_async(self, subject: str, payload: bytes, traceparent: str | None = None) -> Outcome: ...
+
+    def emit_dead_lettered(self, data: dict[str, Any]) -> None: ...
+
+
+def backoff_s(retry: protocol.RetrySettings, attempt: int) -> float:
+    """The wait after failed attempt ``attempt`` (1-based): doubling from backoff_ms, capped."""
+    delay_ms = retry.backoff_ms * 2 ** max(0, attempt - 1)
+    return min(delay_ms, retry.max_backoff_ms) / 1000
+
+
+def done_key(namespace: str, name: str, key: str) -> str:
+    """The done bucket's key of one idempotency key: any text, base64url so that KV accepts it."""
+    encoded = base64.urlsafe_b64encode(key.encode()).decode().rstrip("=") or "-"
+    return f"{namespace}.{name}.{encoded}"
+
+
+def reply_allowed(namespace: str, triggers: list[str], subject: str) -> bool:
+    """The host-services rule for publishing: the namespace's subjects or the function's triggers,
+    never a reserved subject, no wildcards."""
+    tokens = subject.split(".")
+    if not subject or "" in tokens or "*" in tokens or ">" in tokens or any(c.isspace() for c in subject):
+        return False
+    if any(subject_matches(reserved, subject) for reserved in RESERVED):
+        return False
+    return any(subject_matches(allowed, subject) for allowed in [app_subjects(namespace), *triggers])
+
+
+@dataclass
+class _Shared:
+    """What every durable function of one agent shares: the dead-letter stream and the done bucket."""
+
+    done: Any
+
+
+_shared: weakref.WeakKeyDictionary[Client, asyncio.Task[_Shared]] = weakref.WeakKeyDictionary()
+
+
+async def _shared_stores(nc: Client, replicas: int) -> _Shared:
+    task = _shared.get(nc)
+    if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+        task = asyncio.ensure_future(_create_shared(nc.jetstream(), replicas))
+        _shared[nc] = task
+    return await asyncio.shield(task)
+
+
+async def _create_shared(js: JetStreamContext, replicas: int) -> _Shared:
+    try:
+        await js.stream_info(subjects.DLQ_STREAM)
+    except NotFoundError:
+        try:
+            await js.add_stream(api.StreamConfig(
+                name=subjects.DLQ_STREAM, subjects=[f"{subjects.DLQ_PREFIX}.>"],
+                retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE, num_replicas=replicas,
+                max_age=DLQ_MAX_AGE_S, duplicate_window=DUPLICATE_WINDOW_S,
+                description="nex: async invocations that failed max_attempts times"))
+        except BadRequestError:
+            await js.stream_info(subjects.DLQ_STREAM)  # another agent made it meanwhile
+    try:
+        done = await js.key_value(subjects.DONE_BUCKET)
+    except NotFoundError:
+        try:
+            done = await js.create_key_value(api.KeyValueConfig(
+                bucket=subjects.DONE_BUCKET, history=1, ttl=DONE_TTL_S, replicas=replicas,
+                storage=api.StorageType.FILE, description="nex: completed idempotency keys of async invocations"))
+        except BadRequestError:
+            done = await js.key_value(subjects.DONE_BUCKET)
+    return _Shared(done=done)
+
+
+async def ensure_function_stream(js: JetStreamContext, namespace: str, name: str, trigger_subjects: list[str],
+                                 replicas: int) -> str:
+    """Create the function's stream, or point it at ``trigger_subjects`` (the last copy loaded wins);
+    raises TriggerConflict when another stream captures one of them."""
+    stream = subjects.function_stream(namespace, name)
+    owner = f"nex function {namespace}/{name}"
+    wanted = sorted(set(trigger_subjects))
+    for _ in range(2):
+        try:
+            info = await js.stream_info(stream)
+        except NotFoundError:
+            config = api.StreamConfig(
+                name=stream, subjects=wanted, retention=api.RetentionPolicy.WORK_QUEUE,
+                storage=api.StorageType.FILE, num_replicas=replicas, duplicate_window=DUPLICATE_WINDOW_S,
+                description=owner)
+            try:
+                await js.add_stream(config)
+                return stream
+            except BadRequestError as exc:
+                if exc.err_code == STREAM_OVERLAP:
+                    raise await _conflict(js, namespace, name, wanted) from None
+                continue  # made by another copy meanwhile: look again
+        if info.config.description != owner:
+            raise TriggerConflict(f"stream {stream} belongs to {info.config.description or 'something else'},"
+                                  f" not to function {namespace}/{name}")
+        if sorted(info.config.subjects or []) != wanted:
+            try:
+                await js.update_stream(info.config.evolve(subjects=wanted))
+            except BadRequestError as exc:
+                if exc.err_code == STREAM_OVERLAP:
+                    raise await _conflict(js, namespace, name, wanted) from None
+                raise
+        return stream
+    raise TriggerConflict(f"cannot create stream {stream}")
+
+
+async def _conflict(js: JetStreamContext, namespace: str, name: str, wanted: list[str]) -> TriggerConflict:
+    for subject in wanted:
+        try:
+            other = await js.find_stream_name_by_subject(subject)
+        except NotFoundError:
+            continue
+        return TriggerConflict(f"async trigger {subject!r} of {namespace}/{name} overlaps the subjects of"
+                               f" stream {other}: two functions cannot share an async subject")
+    return TriggerConflict(f"the async triggers {', '.join(wanted)} of {namespace}/{name} overlap another stream")
+
+
+class DurableRunner:
+    """Pulls one copy's share of a function's async invocations and runs them. :meth:`start`, :meth:`stop`."""
+
+    def __init__(self, nc: Client, function: RunsCalls, spec: protocol.Load,
+                 triggers: list[protocol.TriggerSubscription], shared: _Shared, subscription: Any) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._function = function
+        self._spec = spec
+        self._triggers = [t.subject for t in spec.triggers]
+        self._retry = {t.subject: t.retry or protocol.RetrySettings() for t in triggers}
+        self._done = shared.done
+        self._subscription = subscription
+        self._capacity = spec.max_concurrency or DEFAULT_CAPACITY
+        self._held: dict[int, tuple[Msg, asyncio.Task[None]]] = {}  # Msg is not hashable
+        self._tokens = itertools.count()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._stopping = False
+        self.ack_wait_s = spec.timeout_ms / 1000 + ACK_MARGIN_S
+        self._pulling = asyncio.create_task(self._pull(), name=f"pull {spec.workload_id}")
+        self._pulling.add_done_callback(self._pull_ended)
+        self._touching = asyncio.create_task(self._touch(), name=f"in progress {spec.workload_id}")
+
+    @classmethod
+    async def start(cls, nc: Client, function: RunsCalls, spec: protocol.Load,
+                    triggers: list[protocol.TriggerSubscription], replicas: int) -> DurableRunner:
+        js = nc.jetstream()
+        shared = await _shared_stores(nc, replicas)
+        stream = await ensure_function_stream(js, spec.namespace, spec.name, [t.subject for t in triggers], replicas)
+        capacity = spec.max_concurrency or DEFAULT_CAPACITY
+        config = api.ConsumerConfig(
+            durable_name=stream, ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=spec.timeout_ms / 1000 + ACK_MARGIN_S, max_deliver=-1, max_ack_pending=max(1000, capacity),
+            description=f"nex function {spec.namespace}/{spec.name}")
+        try:
+            await js.add_consumer(stream, config)
+        except BadRequestError as exc:  # exists with other settings (another revision): use it as it is
+            log.warning("function %s: consumer %s kept as it is: %s", spec.workload_id, stream, exc)
+        subscription = await js.pull_subscribe_bind(durable=stream, stream=stream)
+        return cls(nc, function, spec, triggers, shared, subscription)
+
+    async def stop(self, grace: float) -> None:
+        """Stop fetching; let the messages held finish for up to ``grace`` seconds. What is left
+        unanswered comes back to another copy after the ack wait."""
+        self._stopping = True
+        self._room.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # The fetch under way ends within FETCH_WAIT_S; what it brings is still run.
+        await asyncio.wait({self._pulling}, timeout=max(0.0, min(grace, FETCH_WAIT_S + 0.5)))
+        self._pulling.cancel()
+        held = [task for _, task in self._held.values()]
+        if held:
+            _, pending = await asyncio.wait(held, timeout=max(0.0, deadline - loop.time()))
+            for task in pending:
+                task.cancel()
+        self._touching.cancel()
+        try:
+            await self._subscription.unsubscribe()
+        except NatsError as exc:
+            log.debug("unsubscribing the pull of %s: %s", self._spec.workload_id, exc)
+
+    async def _pull(self) -> None:
+        while not self._stopping:
+            await self._room.wait()
+            if self._stopping:
+                return
+            free = self._capacity - len(self._held)
+            try:
+                messages = await self._subscription.fetch(free, timeout=FETCH_WAIT_S)
+            except (asyncio.TimeoutError, NatsTimeoutError):
+                continue
+            except NatsError as exc:
+                log.warning("function %s: fetching async invocations: %s", self._spec.workload_id, exc)
+                await asyncio.sleep(RETRY_PAUSE_S)
+                continue
+            for msg in messages:
+                token = next(self._tokens)
+                task = asyncio.create_task(self._handle(msg))
+                self._held[token] = (msg, task)
+                task.add_done_callback(lambda _, t=token: self._release(t))
+            if len(self._held) >= self._capacity:
+                self._room.clear()
+
+    def _pull_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:  # a bug: say so, the copy stops pulling
+            log.error("function %s: pulling async invocations failed", self._spec.workload_id,
+                      exc_info=task.exception())
+
+    def _release(self, token: int) -> None:
+        self._held.pop(token, None)
+        self._room.set()
+
+    async def _touch(self) -> None:
+        """Tell JetStream the held messages are in progress, so that only a dead copy's come back."""
+        while True:
+            await asyncio.sleep(self.ack_wait_s / 3)
+            for msg, _ in list(self._held.values()):
+                try:
+                    await msg.in_progress()
+                except NatsError:
+                    pass
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self._run(msg)
+        except NatsError as exc:  # NATS away: the message comes back after the ack wait
+            log.warning("function %s: async invocation on %s: %s", self._spec.workload_id, msg.subject, exc)
+
+    async def _run(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        meta = msg.metadata
+        attempt = meta.num_delivered
+        given = headers.get(subjects.KEY_HEADER) or headers.get(subjects.MSG_ID_HEADER)
+        key = given or f"seq-{meta.sequence.stream}"
+        record = done_key(self._spec.namespace, self._spec.name, key)
+        retry = self._retry.get(msg.subject, protocol.RetrySettings())
+        # A sequence key delivered for the first time cannot have completed: no lookup.
+        if (given or attempt > 1) and await self._completed(record):
+            await msg.ack()
+            return
+        if attempt > retry.max_attempts:
+            error = FunctionError(f"delivered {attempt} times: the copy running attempt {attempt - 1}"
+                                  " stopped before it answered", "lost")
+            await self._dead_letter(msg, key, attempt - 1, error)
+            return
+        outcome = await self._function.run_async(msg.subject, msg.data, headers.get("traceparent"))
+        if outcome.error is None:
+            try:
+                await self._done.create(record, str(meta.sequence.stream).encode())
+            except KeyWrongLastSequenceError:
+                log.info("function %s: key %r completed twice (copies raced)", self._spec.workload_id, key)
+            except NatsError as exc:
+                log.warning("function %s: recording key %r: %s", self._spec.workload_id, key, exc)
+            await self._reply(headers, outcome.data, None)
+            await msg.ack()
+        elif attempt >= retry.max_attempts:
+            await self._dead_letter(msg, key, attempt, outcome.error)
+        else:
+            await msg.nak(delay=backoff_s(retry, attempt))
+
+    async def _completed(self, record: str) -> bool:
+        try:
+            await self._done.get(record)
+        except KeyNotFoundError:
+            return False
+        return True
+
+    async def _dead_letter(self, msg: Msg, key: str, attempts: int, error: FunctionError) -> None:
+        headers = msg.headers or {}
+        kept = {name: value for name, value in headers.items()
+                if name in (subjects.REPLY_TO_HEADER, "traceparent", "tracestate")}
+        seq = msg.metadata.sequence.stream
+        dead = {
+            **kept,
+            # Dedupe by the work-queue sequence: a copy that dies between here and the ack
+            # dead-letters the message again, and JetStream keeps one.
+            subjects.MSG_ID_HEADER: f"dlq:{self._spec.namespace}:{self._spec.name}:{seq}",
+            subjects.DLQ_SUBJECT_HEADER: msg.subject,
+            subjects.DLQ_KEY_HEADER: key,
+            subjects.DLQ_ATTEMPTS_HEADER: str(attempts),
+            subjects.DLQ_ERROR_HEADER: " ".join(error.message.split())[:512],
+            subjects.DLQ_WORKLOAD_HEADER: self._spec.workload_id,
+        }
+        ack = await self._js.publish(subjects.dead_letters(self._spec.namespace, self._spec.name), msg.data,
+                                     headers=dead)
+        await self._reply(headers, *error.encode())
+        await msg.ack()
+        self._function.emit_dead_lettered({
+            "subject": msg.subject, "key": key, "attempts": attempts, "error": error.message,
+            "dlq_sequence": ack.seq})
+
+    async def _reply(self, headers: dict[str, str], data: bytes, reply_headers: dict[str, str] | None) -> None:
+        reply_to = headers.get(subjects.REPLY_TO_HEADER)
+        if not reply_to:
+            return
+        if not reply_allowed(self._spec.namespace, self._triggers, reply_to):
+            log.warning("function %s: %s %r is outside the function's subjects: no reply",
+                        self._spec.workload_id, subjects.REPLY_TO_HEADER, reply_to)
+            return
+        await self._nc.publish(reply_to, data, headers=reply_headers)
