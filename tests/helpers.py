@@ -15,6 +15,21 @@ from nex.api import subjects
 from nex.api.errors import FunctionError, error_code, from_reply
 
 
+def cli_environment() -> dict[str, str]:
+    """The tests' environment without what would steer a `nex` command from outside: each command
+    names its server and namespace, and a terminal size of the runner does not change tables."""
+    return {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NEX_NAMESPACE", "COLUMNS", "LINES")}
+
+
+async def nex(*args: str, stdin: bytes | None = None, timeout: float = 60) -> tuple[int, str, str]:
+    """The `nex` command as a user runs it, in a process of its own: (exit status, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nex", *args, stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_environment())
+    out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+    return process.returncode, out.decode(), err.decode()
+
+
 def file_artifact(path: Path) -> dict[str, str]:
     return {"uri": f"file://{path}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError
 
-from helpers import collect, eventually
+from helpers import collect, eventually, nex
 from nex.api import subjects
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease, RolloutState, WorkloadRollout
 from nex.api.errors import AppNotFound, Conflict, Unavailable
@@ -407,15 +405,6 @@ def test_app_change_says_which_revisions_change():
 
 
 # -- the CLI, as a user runs it -------------------------------------------------------
-
-
-async def nex(*args: str, timeout: float = 60) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nex", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NEX_NAMESPACE")},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_a_user_applies_lists_inspects_and_deletes_an_app(nats_server, nc, tmp_path):

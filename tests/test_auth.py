@@ -14,15 +14,7 @@ import pytest
 
 from nex.natsserver import NatsServer
 
-from helpers import eventually
-
-
-async def nex(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nex", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k != "NATS_URL"})
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    return process.returncode, out.decode(), err.decode()
+from helpers import eventually, nex
 
 
 @pytest.fixture

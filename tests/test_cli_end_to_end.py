@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import eventually, wait_for_node
-
-
-async def nex(*args: str, stdin: bytes | None = None, timeout: float = 30) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nex", *args, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NEX_NAMESPACE")},
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
-    return process.returncode, out.decode(), err.decode()
+from helpers import eventually, nex, wait_for_node
 
 
 @pytest.fixture

@@ -9,17 +9,15 @@ for, not a race it hopes to win.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
-from helpers import collect, control, eventually, file_artifact
+from helpers import collect, control, eventually, file_artifact, nex
 from nex.agent import protocol
 from nex.agent.wasm_sandbox import WARM_INSTANCES, WasmEngine
 from nex.api import subjects
@@ -115,15 +113,6 @@ async def timed_request(nc: Client, subject: str, payload: bytes) -> tuple[float
     started = time.monotonic()
     msg = await nc.request(subject, payload, timeout=25)
     return time.monotonic() - started, msg
-
-
-async def nex(*args: str) -> tuple[int, str, str]:
-    """The `nex` command as a user runs it: (exit status, stdout, stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nex", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NEX_NAMESPACE")})
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    return process.returncode, out.decode(), err.decode()
 
 
 async def workload_summary(nc: Client, workload_id: str) -> dict:

@@ -14,24 +14,12 @@ import termios
 
 import pytest
 
-from helpers import eventually
+from helpers import cli_environment, eventually, nex
 from nex.client import NexClient
 from nex.connection import ConnectOptions
 
 STYLE = re.compile(rb"\x1b\[[0-9;]*m")
 CURSOR = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\r")  # the moves and erasures of a redraw: line breaks here
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NEX_NAMESPACE", "COLUMNS", "LINES")}
-
-
-async def nex(*args: str, timeout: float = 60) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nex", *args, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env())
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture
@@ -99,7 +87,7 @@ async def test_piped_the_live_view_prints_frame_after_frame(nats_server, node, h
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nex", "monitor", "--interval", "0.2", "--server", nats_server.url,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=_env())
+        env=cli_environment())
     frames = 0
     try:
         while frames < 2:
@@ -126,7 +114,7 @@ class Terminal:
     async def spawn(self, *argv: str) -> asyncio.subprocess.Process:
         asyncio.get_running_loop().add_reader(self.master, self._read)
         process = await asyncio.create_subprocess_exec(
-            *argv, stdin=self.slave, stdout=self.slave, stderr=self.slave, env={**_env(), "TERM": "xterm"},
+            *argv, stdin=self.slave, stdout=self.slave, stderr=self.slave, env={**cli_environment(), "TERM": "xterm"},
             start_new_session=True)
         os.close(self.slave)
         return process

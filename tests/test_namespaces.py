@@ -6,10 +6,7 @@ any client of the account can request (see docs/control-api.md).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 
 import pytest
 from nats.errors import NoRespondersError
@@ -18,18 +15,9 @@ from nex.api.errors import WorkloadNotFound
 from nex.client import NexClient
 from nex.node.node import Node
 
-from helpers import collect, control, eventually, file_artifact
+from helpers import collect, control, eventually, file_artifact, nex
 
 A, B = "team-a", "team-b"
-
-
-async def nex(*args: str, timeout: float = 30) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nex", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NEX_NAMESPACE")},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    return process.returncode, out.decode(), err.decode()
 
 
 async def deploy_hello(nc, node: Node, namespace: str, tmp_path) -> dict:

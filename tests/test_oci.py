@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from nex.node.config import NodeConfig
 from nex.node.node import Node
 from nex.sandbox.runner import OciRunner
 
-from helpers import collect, control, eventually, file_artifact
+from helpers import collect, control, eventually, file_artifact, nex
 from oci_helpers import build_image, registry  # noqa: F401  (a fixture)
 
 
@@ -208,23 +207,15 @@ async def test_broken_tarballs_are_refused(oci_node, nc, tmp_path, tarball):
     assert info["workloads"] == []
 
 
-async def nex_cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nex", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NEX_NAMESPACE")})
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    return process.returncode, out.decode(), err.decode()
-
-
 async def test_devrun_takes_a_tarball_or_a_reference(oci_node, nats_server, nc, image, tarball, registry):  # noqa: F811
     url = nats_server.url
-    code, out, err = await nex_cli("devrun", str(tarball), "--lifecycle", "job", "--server", url, "--json")
+    code, out, err = await nex("devrun", str(tarball), "--lifecycle", "job", "--server", url, "--json")
     assert code == 0, err
     assert json.loads(out)["type"] == "oci", "an image layout tarball is recognised"
     uri = registry.push(image, "cli", "v1")
-    code, out, err = await nex_cli("devrun", uri, "--type", "oci", "--argv", "x", "--server", url, "--json")
+    code, out, err = await nex("devrun", uri, "--type", "oci", "--argv", "x", "--server", url, "--json")
     assert code == 0, err
     workload = json.loads(out)
     assert workload["artifact"] == {"uri": uri, "sha256": image.manifest_digest.removeprefix("sha256:")}
-    code, out, err = await nex_cli("devrun", f"oci://{registry.host}/cli:nope", "--server", url)
+    code, out, err = await nex("devrun", f"oci://{registry.host}/cli:nope", "--server", url)
     assert code != 0 and "manifest unknown" in err

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from nex.sandbox import cgroups
 from nex.sandbox.bundle import HOST_ID_BASE, NOBODY
 from nex.sandbox.runner import OciRunner
 
-from helpers import alive, collect, control, eventually, file_artifact, start_node, wait_for_node
+from helpers import alive, collect, control, eventually, file_artifact, nex, start_node, wait_for_node
 
 sandboxed = pytest.mark.parametrize("node", ["oci"], indirect=True)
 
@@ -291,16 +290,9 @@ async def test_a_sandboxed_node_says_so(node: Node, nc):
     assert "nex.unsafe" not in ping["tags"] and ping["tags"]["nex.sandbox"] in ("runc", "crun")
 
 
-async def nex_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nex", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    return process.returncode, out.decode(), err.decode()
-
-
 @sandboxed
 async def test_devrun_limits_reach_the_sandbox_and_usage_shows(node: Node, nc, nats_server, programs):
-    code, out, err = await nex_cli(
+    code, out, err = await nex(
         "devrun", str(programs["probe"]), "--argv", "spin", "--cpus", "0.5", "--pids", "8", "--memory", "32",
         "--network", "none", "--timeout", "1500", "--json", "--server", nats_server.url)
     assert code == 0, err
@@ -312,16 +304,16 @@ async def test_devrun_limits_reach_the_sandbox_and_usage_shows(node: Node, nc, n
         assert int(limit.read_text()) == 32 << 20
 
     async def used():
-        code, out, _ = await nex_cli("workload", "info", summary["id"], "--json", "--server", nats_server.url)
+        code, out, _ = await nex("workload", "info", summary["id"], "--json", "--server", nats_server.url)
         usage = json.loads(out)["usage"] if code == 0 else None
         return usage if usage and usage["cpu_seconds"] > 0.05 else None
     usage = await eventually(used, timeout=10, interval=0.2)
     assert usage["pids"] == 1 and usage["memory_bytes"] > 0
-    code, out, _ = await nex_cli("workload", "info", summary["id"], "--server", nats_server.url)
+    code, out, _ = await nex("workload", "info", summary["id"], "--server", nats_server.url)
     assert code == 0 and "s CPU" in out and "MiB" in out and "1 pids" in out, out
-    code, out, _ = await nex_cli("node", "info", node.node_id, "--server", nats_server.url)
+    code, out, _ = await nex("node", "info", node.node_id, "--server", nats_server.url)
     assert code == 0 and "USAGE" in out and "CPU" in out, out
-    code, out, err = await nex_cli("workload", "stop", summary["id"], "--server", nats_server.url)
+    code, out, err = await nex("workload", "stop", summary["id"], "--server", nats_server.url)
     assert code == 0, err
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import stat
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from nex.client import NexClient
 from nex.security.keystore import ISSUER_FILE, USER_XKEY_FILE, UserKeys
 from nex.security.xkeys import XKey, seal_env
 
-from helpers import collect, control, eventually, file_artifact, running_node
+from helpers import collect, control, eventually, file_artifact, nex, running_node
 
 SECRET = "s3cr3t-Value-9f1c2e"
 
@@ -32,8 +30,6 @@ def account() -> nkeys.KeyPair:
 
 def user_keys(issuer: nkeys.KeyPair | None = None) -> UserKeys:
     return UserKeys(issuer or account(), XKey.create())
-
-
 
 
 @pytest.fixture
@@ -281,13 +277,6 @@ async def test_the_node_deny_list_is_400(secure_node, nc, owner, tmp_path, subje
 
 
 # -- the CLI ------------------------------------------------------------------------------------
-
-async def nex(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nex", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NEX_NAMESPACE")})
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_devrun_makes_keys_on_first_use_and_deploys_signed_and_sealed(

@@ -27,7 +27,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
 from nex.api import claims, subjects
@@ -690,6 +690,35 @@ class NexClient:
             return await js.object_store(subjects.ARTIFACT_BUCKET)
         except nats.js.errors.BucketNotFoundError:
             return await js.create_object_store(subjects.ARTIFACT_BUCKET)
+
+    async def recent_event_messages(self, count: int) -> AsyncIterator[Msg]:
+        """The last ``count`` messages of the events stream, of every namespace, oldest first (raw:
+        a watcher parses them as it parses live ones). None when no node has made the stream yet,
+        or without JetStream."""
+        js = self.nc.jetstream(timeout=self.timeout)
+        try:
+            info = await js.stream_info(subjects.EVENTS_STREAM)
+        except (nats.js.errors.NotFoundError, nats.errors.NoRespondersError,
+                nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+            return
+        if not info.state.messages:
+            return
+        start = max(info.state.first_seq, info.state.last_seq - count + 1)
+        sub = await js.subscribe(subjects.events_filter("*"), stream=subjects.EVENTS_STREAM, ordered_consumer=True,
+                                 config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                                       opt_start_seq=start))
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=self.timeout)
+                except nats.errors.TimeoutError:
+                    return  # the history ended early: messages were removed while we read
+                yield msg
+                if msg.metadata.num_pending == 0:
+                    return
+        finally:
+            if not self.nc.is_closed:
+                await sub.unsubscribe()
 
     async def _stream(
         self, stream: str, filter_subject: str, follow: bool, what: str

@@ -26,6 +26,7 @@ from nex.cli.node_up import node_up
 from nex.cli.options import GlobalOptions, NexGroupHelp, root_options
 from nex.cli.output import describe_error
 from nex.cli.preflight import preflight
+from nex.cli.ui import ui
 from nex.cli.workload import workload
 
 __all__ = ["ErrorExit", "cli", "main"]
@@ -77,6 +78,7 @@ cli.add_command(dlq)
 cli.add_command(keys)
 cli.add_command(apply)
 cli.add_command(app)
+cli.add_command(ui)
 node.add_command(node_up, "up")
 node.add_command(preflight)
 cli.add_command(monitor)

@@ -17,15 +17,14 @@ import sys
 import termios
 import tty
 from collections import deque
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Iterator
 
 import click
 import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from rich.console import Group, RenderableType
 from rich.live import Live
@@ -121,29 +120,9 @@ class EventFeed:
         """The recent events kept in the events stream, oldest first."""
         if self._events.maxlen == 0:
             return
-        js = client.nc.jetstream(timeout=client.timeout)
-        try:
-            info = await js.stream_info(subjects.EVENTS_STREAM)
-        except (nats.js.errors.NotFoundError, nats.errors.NoRespondersError,
-                nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
-            return  # no node has made the stream yet, or no JetStream: live events only
-        if not info.state.messages:
-            return
-        start = max(info.state.first_seq, info.state.last_seq - HISTORY_SCAN + 1)
-        sub = await js.subscribe(subjects.events_filter("*"), stream=subjects.EVENTS_STREAM,
-                                 ordered_consumer=True, config=ConsumerConfig(
-                                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start))
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=client.timeout)
-                except nats.errors.TimeoutError:
-                    return  # the history ended early: messages were removed while we read
+        async with aclosing(client.recent_event_messages(HISTORY_SCAN)) as history:
+            async for msg in history:
                 self.add(msg.subject, msg.data)
-                if msg.metadata.num_pending == 0:
-                    return
-        finally:
-            await sub.unsubscribe()
 
 
 async def take_view(client: NexClient, feed: EventFeed) -> FleetView:
