@@ -192,6 +192,30 @@ async def test_dlq_ls_and_replay_after_the_fix_run_it_once(node: Node, nc: Clien
     assert await runs(nc, "r1") == 3
 
 
+async def test_devrun_makes_async_and_scheduled_triggers(node: Node, nc: Client):
+    server = node.config.server
+    code, out, err = await nex("devrun", str(JOBS), "--async-trigger", SUBJECT, "--json", "-s", server)
+    assert code == 0, err
+    [trigger] = json.loads(out)["triggers"]
+    assert (trigger["subject"], trigger["mode"]) == (SUBJECT, "async")
+    results = await collect(nc, RESULTS)
+    await flush_subscriptions(nc)
+    code, out, err = await nex("invoke", "--async", SUBJECT, job("cli1").decode(), "--reply-to", RESULTS, "-s", server)
+    assert code == 0, err
+    await eventually(lambda: results, timeout=15)
+    assert json.loads(results[0].data) == {"id": "cli1", "runs": 1}
+
+    # A bad --schedule or --async-trigger is a usage error naming the option; nothing is deployed.
+    before = len(node.supervisor.table.active())
+    code, out, err = await nex("devrun", str(JOBS), "--schedule", "reports.daily", "-s", server)
+    assert code == 2 and "'--schedule'" in err and "SUBJECT=CRON" in err
+    code, out, err = await nex("devrun", str(JOBS), "--schedule", "reports.daily=every day", "-s", server)
+    assert code == 2 and "invalid schedule 'every day'" in err
+    code, out, err = await nex("devrun", str(JOBS), "--async-trigger", "jobs.*", "-s", server)
+    assert code == 2 and "'--async-trigger'" in err and "without wildcards" in err
+    assert len(node.supervisor.table.active()) == before
+
+
 async def test_the_same_key_runs_once(node: Node, nc: Client):
     await deployed(nc, node)
     results = await collect(nc, RESULTS)

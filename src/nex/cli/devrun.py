@@ -10,7 +10,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from pydantic import ValidationError
 
-from nex.api.models import Lifecycle, Limits, NetworkMode, WorkloadSummary, WorkloadType, describe_validation_error
+from nex.api.models import (
+    Lifecycle, Limits, NetworkMode, Trigger, TriggerMode, WorkloadSummary, WorkloadType, describe_validation_error,
+)
 from nex.cli import output
 from nex.cli.options import GlobalOptions, NexCommand, global_options_except, positive
 from nex.cli.session import resolve_node, run
@@ -39,6 +41,26 @@ def parse_placement_tags(values: tuple[str, ...]) -> dict[str, str]:
     return tags
 
 
+def parse_async_triggers(subjects: tuple[str, ...], schedules: tuple[str, ...]) -> list[Trigger]:
+    """``--async-trigger SUBJECT`` and ``--schedule SUBJECT=CRON`` as triggers; a bad one is a usage error."""
+    triggers = [_trigger("--async-trigger", subject=subject, mode=TriggerMode.ASYNC) for subject in subjects]
+    for schedule in schedules:
+        subject, equals, cron = schedule.partition("=")
+        if not equals or not subject.strip() or not cron.strip():
+            raise click.BadParameter(f"{schedule!r}: give SUBJECT=CRON, e.g. 'reports.daily=0 6 * * *'",
+                                     param_hint="'--schedule'")
+        triggers.append(_trigger("--schedule", subject=subject.strip(), schedule=cron.strip()))
+    return triggers
+
+
+def _trigger(option: str, **fields: object) -> Trigger:
+    try:
+        return Trigger(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False))
+        raise click.BadParameter(problems, param_hint=f"'{option}'") from None
+
+
 def parse_argv(value: str | None) -> list[str]:
     try:
         return shlex.split(value) if value else []
@@ -59,6 +81,10 @@ def file_or_reference(ctx: click.Context, param: click.Parameter, value: str) ->
               help="workload type [default: guessed from the file]")
 @click.option("--trigger", "triggers", multiple=True, metavar="SUBJECT",
               help="subject that invokes the function (repeatable)")
+@click.option("--async-trigger", "async_triggers", multiple=True, metavar="SUBJECT",
+              help="subject whose messages are kept and run at least once, with retries (repeatable)")
+@click.option("--schedule", "schedules", multiple=True, metavar="SUBJECT=CRON",
+              help="run on a cron schedule (UTC), once per fleet, as an async call on SUBJECT (repeatable)")
 @click.option("--env", "env", multiple=True, metavar="K=V", help="environment variable (repeatable)")
 @click.option("--argv", metavar="ARGS", help="arguments, as one shell-quoted string")
 @click.option("--name", metavar="N", help="workload name [default: from the file name]")
@@ -84,17 +110,21 @@ def devrun(
     env: tuple[str, ...], argv: str | None, name: str | None, lifecycle: str | None,
     node_id: str | None, tags: tuple[str, ...], memory: int | None, cpus: float | None, pids: int | None,
     network: str | None, timeout_ms: int | None, max_concurrency: int | None,
+    async_triggers: tuple[str, ...], schedules: tuple[str, ...],
 ) -> None:
     """Upload FILE (or name an image) and run it as a workload on a node.
 
     \b
     nex devrun ./hello.js --trigger hello
+    nex devrun ./jobs.js --async-trigger orders.new  (durable: nex invoke --async orders.new ...)
+    nex devrun ./report.js --schedule 'reports.daily=0 6 * * *'
     nex devrun ./server --argv '--port 8080' --env MODE=dev
     nex devrun ./image.tar --argv serve             (an OCI image layout tarball)
     nex devrun oci://127.0.0.1:5000/hello:1         (pulled by the node; nothing uploaded)
     nex devrun ./server --tag zone=a                (on a node tagged zone=a, by auction)
     """
     environment = parse_env(env)
+    all_triggers = [*triggers, *parse_async_triggers(async_triggers, schedules)]
     placement = parse_placement_tags(tags)
     if placement and node_id:
         raise click.UsageError("--tag places by auction; it does not go with --node")
@@ -123,7 +153,7 @@ def devrun(
         node = await resolve_node(client, node_id) if node_id else None
         try:
             return await client.devrun(
-                file, type=workload_type, name=name, triggers=triggers, env=environment,
+                file, type=workload_type, name=name, triggers=all_triggers, env=environment,
                 argv=arguments, lifecycle=lifecycle, limits=limits, node_id=node, progress=on_progress,
                 network=network, tags=placement,
             )
