@@ -10,9 +10,11 @@ from nats.errors import NoRespondersError
 from nex.api import subjects
 from nex.api.errors import ERROR_CODE_HEADER, ERROR_HEADER
 from nex.api.models import MAX_REQUEST_BYTES
+from nex.connection import ConnectOptions, connect
+from nex.natsserver import NatsServer
 from nex.node.node import Node
 
-from helpers import control, file_artifact
+from helpers import control, file_artifact, running_node
 
 
 @pytest.fixture
@@ -154,3 +156,35 @@ async def test_javascript_that_does_not_compile_is_refused(node, nc, running, tm
     assert code == 400 and "SyntaxError" in body["error"]["message"]
     with pytest.raises(NoRespondersError):
         await nc.request("broken.fn", b"", timeout=1)
+
+
+async def test_a_reply_over_max_payload_is_an_error_that_says_so(tmp_path):
+    """INFO and WPING list every workload: past the server's max_payload the node says why
+    it cannot answer, instead of a reply that is never sent."""
+    config = tmp_path / "small.conf"
+    config.write_text("max_payload: 16384\n")
+    server = NatsServer(store_dir=tmp_path / "js", port=0, extra_args=["-c", str(config)])
+    await server.start()
+    try:
+        nc = await connect(ConnectOptions(servers=[server.url]), max_reconnect_attempts=0)
+        script = tmp_path / "fn.js"
+        script.write_text("(subject, payload) => 'ok'")
+        async with running_node(server, tmp_path / "node", "small") as node:
+            ids = []
+            for i in range(40):
+                code, summary = await control(nc, "DEPLOY", node.node_id, body={
+                    "name": f"fn{i}", "type": "javascript", "artifact": file_artifact(script),
+                    "triggers": [{"subject": f"small.fn{i}"}]}, timeout=15)
+                assert code is None, summary
+                ids.append(summary["id"])
+            code, reply = await control(nc, "WPING", timeout=10)
+            assert code == 500
+            assert "over the NATS server's max_payload of 16384" in reply["error"]["message"]
+            code, reply = await control(nc, "INFO", node.node_id, timeout=10)
+            assert code == 500 and "WPING.<id>" in reply["error"]["message"]
+            # Asking for less still works.
+            code, reply = await control(nc, "WPING", ids[7], timeout=10)
+            assert code is None and [w["id"] for w in reply["workloads"]] == [ids[7]]
+        await nc.close()
+    finally:
+        await server.stop()

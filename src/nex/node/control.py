@@ -69,11 +69,14 @@ Rejected = Callable[[str, dict[str, Any]], None]
 
 async def answer(reply: Callable[[bytes, dict[str, str] | None], Awaitable[None]],
                  subject: str, data: bytes, handler: Handler, *,
-                 reply_to: str | None = None, on_rejected: Rejected | None = None) -> bool:
+                 reply_to: str | None = None, on_rejected: Rejected | None = None,
+                 max_payload: int | None = None) -> bool:
     """Run a handler and send its model, or its error, as the reply; True when it was an error.
 
     A refusal (400, 403, 404, 409, 429) is also told to ``on_rejected`` after the
-    reply has gone, with an audit record that holds no part of the body.
+    reply has gone, with an audit record that holds no part of the body. A reply over
+    the server's ``max_payload`` (an INFO or WPING listing some thousands of
+    workloads) would not be sent at all: it becomes an error that says so.
     """
     rejected: NexError | None = None
     failed = True
@@ -83,6 +86,10 @@ async def answer(reply: Callable[[bytes, dict[str, str] | None], Awaitable[None]
             raise BadRequest(f"invalid namespace {namespace!r}")
         result = await handler(namespace, data)
         payload, headers = result.model_dump_json(exclude_none=True).encode(), None
+        if max_payload is not None and len(payload) > max_payload:
+            raise InternalError(
+                f"the reply is {len(payload)} bytes, over the NATS server's max_payload of {max_payload}:"
+                " ask for less (one workload: WPING.<id>; one namespace at a time) or raise max_payload")
         failed = False
     except NexError as exc:
         payload, headers = exc.encode()
@@ -190,7 +197,8 @@ class ControlService:
     def _micro_handler(self, name: str, handler: Handler) -> Callable[[Request], Awaitable[None]]:
         async def serve(request: Request) -> None:
             if await answer(request.respond, request.subject, request.data, handler,
-                            reply_to=_reply_subject(request), on_rejected=self._on_rejected):
+                            reply_to=_reply_subject(request), on_rejected=self._on_rejected,
+                            max_payload=self._nc.max_payload):
                 self._errors[name] += 1
         return serve
 
@@ -202,7 +210,7 @@ class ControlService:
             async def reply(payload: bytes, headers: dict[str, str] | None) -> None:
                 await self._nc.publish(msg.reply, payload, headers=headers)
             await answer(reply, msg.subject, msg.data, handler,
-                         reply_to=msg.reply, on_rejected=self._on_rejected)
+                         reply_to=msg.reply, on_rejected=self._on_rejected, max_payload=self._nc.max_payload)
         return serve
 
     # -- per-workload subjects ---------------------------------------------------
