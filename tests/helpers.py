@@ -98,6 +98,19 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def process_group(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and alive(int(entry)):
+            try:
+                if os.getpgid(int(entry)) == pgid:
+                    found.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return found
+
+
 async def request(nc, subject: str, payload: bytes = b"", timeout: float = 5.0):
     """A request to a function, as any NATS client sends it."""
     return await nc.request(subject, payload, timeout=timeout)

@@ -7,13 +7,12 @@ The last tests check the launcher itself: clear errors for what cannot work.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 from nats.errors import Error as NatsError
 from nats.js.api import StreamInfo
 
-from helpers import alive, eventually, file_artifact
+from helpers import alive, eventually, file_artifact, process_group
 from fleet_fixtures import NodeProcess
 from nex.api import subjects
 from nex.api.models import DeployRequest, WorkloadState
@@ -198,7 +197,7 @@ async def test_a_killed_node_leaves_no_workload_process(nats_cluster, node_proce
         stubborn = await client.deploy(node.node_id, DeployRequest.model_validate(
             {"name": "stubborn", "type": "native", "artifact": file_artifact(programs["stubborn"])}))
         # stubborn forks a child that outlives its parent's PR_SET_PDEATHSIG; the reaper gets it.
-        children = await eventually(lambda: [p for p in _group(stubborn.pid) if p != stubborn.pid])
+        children = await eventually(lambda: [p for p in process_group(stubborn.pid) if p != stubborn.pid])
 
         await node.kill()
 
@@ -207,17 +206,6 @@ async def test_a_killed_node_leaves_no_workload_process(nats_cluster, node_proce
     finally:
         await client.close()
 
-
-def _group(pgid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and alive(int(entry)):
-            try:
-                if os.getpgid(int(entry)) == pgid:
-                    found.append(int(entry))
-            except ProcessLookupError:
-                pass
-    return found
 
 
 async def test_a_server_whose_port_is_taken_says_so(nats_server, tmp_path):

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from helpers import alive, control, eventually, file_artifact, start_node, wait_for_node
+from helpers import alive, control, eventually, file_artifact, process_group, start_node, wait_for_node
 
 
 async def test_node_keeps_its_identity_and_tags(nats_server, nc, tmp_path):
@@ -45,7 +45,7 @@ async def test_sigkilled_node_leaves_no_process_behind(nats_server, nc, tmp_path
     assert code is None
     pgid = stubborn["pid"]
     # The stubborn program forks a child that PR_SET_PDEATHSIG does not cover.
-    child = await eventually(lambda: [p for p in _group(pgid) if p != pgid])
+    child = await eventually(lambda: [p for p in process_group(pgid) if p != pgid])
 
     process.kill()
     await process.wait()
@@ -59,17 +59,6 @@ async def test_sigkilled_node_leaves_no_process_behind(nats_server, nc, tmp_path
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 15) == 0
 
-
-def _group(pgid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and alive(int(entry)):
-            try:
-                if os.getpgid(int(entry)) == pgid:
-                    found.append(int(entry))
-            except ProcessLookupError:
-                pass
-    return found
 
 
 @pytest.mark.parametrize("name, content, words", [
