@@ -19,6 +19,8 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
+	@# quickjs-ng installs the `quickjs` module of the archived `quickjs` package: remove both, then install.
+	@if $(PY) -m pip show quickjs >/dev/null 2>&1; then $(PY) -m pip uninstall --quiet --yes quickjs quickjs-ng; fi
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

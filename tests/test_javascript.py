@@ -165,6 +165,59 @@ async def test_memory_hog_is_out_of_memory_and_the_function_keeps_working(deploy
     assert (await request(nc, subject)).data == b"fine 0"
 
 
+async def test_a_map_that_outgrows_the_memory_limit_is_out_of_memory(deploy: Deploy, nc: Client):
+    # The engine fails the Map's larger table with a quarter of the heap still free,
+    # and throws null: no room was left for an error object.
+    _, subject = await deploy("""
+        const seen = new Map();
+        (subject, payload) => {
+          if (payload.length) while (true) seen.set('k' + seen.size, { n: seen.size });
+          return 'entries ' + seen.size;
+        }""", memory_mib=2)
+    assert function_error(await request(nc, subject, b"grow")).kind == "out_of_memory"
+    assert (await request(nc, subject)).data == b"entries 0"
+
+
+# Ways to fill a heap, each run in a loop until the memory limit stops it.
+HEAP_FILLERS = {
+    "arrays": "kept.push(new Array(1000).fill(kept.length))",
+    "strings": "kept.push('x'.repeat(1000) + kept.length)",
+    "objects": "{ const o = {}; for (let i = 0; i < 100; i++) o['k' + i + kept.length] = i; kept.push(o); }",
+    "promises": "kept.push(Promise.resolve(kept.length).then((n) => n))",
+}
+
+
+async def test_functions_running_out_of_memory_one_after_another_leave_the_agent_running(
+        deploy: Deploy, nc: Client):
+    # QuickJS 2021-03-27 (the `quickjs` package) crashed the agent on these within a few dozen functions.
+    _, counter = await deploy("let n = 0; (subject, payload) => String(++n)")
+    assert (await request(nc, counter)).data == b"1"
+    for memory_mib in (1, 2, 4, 8):
+        for fill in HEAP_FILLERS.values():
+            _, subject = await deploy(f"""
+                const kept = [];
+                (subject, payload) => {{
+                  if (payload.length) while (true) {fill};
+                  return 'fine ' + kept.length;
+                }}""", memory_mib=memory_mib)
+            errors = [function_error(await request(nc, subject, b"fill")) for _ in range(2)]
+            assert [e.kind for e in errors] == ["out_of_memory"] * 2
+            assert (await request(nc, subject)).data == b"fine 0"
+    # The first function kept its state: the agent was never restarted under it.
+    assert (await request(nc, counter)).data == b"2"
+
+
+async def test_a_result_nested_too_deep_to_encode_is_an_error(deploy: Deploy, nc: Client):
+    _, subject = await deploy("""(subject, payload) => {
+        let value = [];
+        for (let i = 0; i < 100000; i++) value = [value];
+        return value;
+    }""")
+    error = function_error(await request(nc, subject))
+    assert error.kind == "error"
+    assert "cannot encode the result" in error.message and "stack" in error.message
+
+
 async def test_console_lines_go_to_the_logs_feed(deploy: Deploy, nc: Client):
     handle, subject = await deploy("""(subject, payload) => {
       console.log('hello', subject, { n: 1 });

@@ -62,8 +62,6 @@ class Engine(Protocol):
     """Builds sandboxes; one per agent process."""
 
     name: str  # "javascript", "wasm": names the agent in logs, threads and errors
-    # A call that ran out of memory moves the function to a fresh thread (see ContextThread.hand_over).
-    fresh_thread_after_out_of_memory: bool
     # Its sandboxes' invoke may run on several threads at once (each call on one thread):
     # a function with max_concurrency then runs that many calls in parallel.
     parallel_calls: bool

@@ -39,7 +39,7 @@ from nex.agent import protocol
 from nex.agent.admission import OVERLOADED, ConcurrencyLimit
 from nex.agent.durable import DurableRunner
 from nex.agent.events import EventFeed
-from nex.agent.engine import OUT_OF_MEMORY, Engine, Outcome, Sandbox
+from nex.agent.engine import Engine, Outcome, Sandbox
 from nex.agent.schedule import Schedule
 from nex.agent.tracing import Propagation, Tracing
 from nex.agent.worker import ContextThread
@@ -288,9 +288,6 @@ class LoadedFunction:
         finally:
             error = outcome.error if outcome is not None else FunctionError("the call failed in the agent")
             self._tracing.end(error.message if error is not None else None)
-        if (outcome.error is not None and outcome.error.kind == OUT_OF_MEMORY
-                and self._engine.fresh_thread_after_out_of_memory):
-            self._thread.hand_over()
         return outcome
 
     async def _answer(self) -> None:

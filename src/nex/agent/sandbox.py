@@ -46,8 +46,6 @@ class QuickJsEngine:
     """The :class:`nex.agent.engine.Engine` of the JavaScript agent: one QuickJS context per function."""
 
     name = "javascript"
-    # Repeated out-of-memory failures on one thread were measured to crash QuickJS.
-    fresh_thread_after_out_of_memory = True
     parallel_calls = False  # a QuickJS context is bound to its thread and keeps state between calls
     # Set by the agent once it is connected; None: functions get no `nex` global.
     host_services: HostServices | None = None
@@ -197,9 +195,10 @@ class Sandbox:
         # The binding cannot read the error's text when the heap is full.
         if message.startswith(("InternalError: out of memory", "(Failed obtaining QuickJS error string")):
             return True
-        # Running out of memory while throwing leaves null as the thrown value.
+        # Running out of memory while throwing leaves null as the thrown value. The heap
+        # need not be nearly full: a Map that doubles its table fails with a quarter free.
         return (message == "null" and context is not None
-                and context.memory()["memory_used_size"] > self.config.memory_bytes / 2)
+                and context.memory()["memory_used_size"] > self.config.memory_bytes / 4)
 
     def _out_of_memory(self, what: str) -> FunctionError:
         return FunctionError(f"{what}: the limit is {self.config.memory_bytes} bytes", OUT_OF_MEMORY)

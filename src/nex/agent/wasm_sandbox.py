@@ -148,7 +148,6 @@ class WasmEngine:
     """The :class:`nex.agent.engine.Engine` of the wasm agent: one wasmtime engine for all its functions."""
 
     name = "wasm"
-    fresh_thread_after_out_of_memory = False
     # Set by the agent once it is connected; None: modules that import `nex` do not link.
     host_services: HostServices | None = None
 

@@ -26,22 +26,15 @@ MAX_BATCH = 32
 
 
 class ContextThread:
-    """Runs jobs one at a time, in submission order, on a thread of its own.
-
-    ``hand_over()``, called from a job, moves the queue to a fresh thread after that
-    job ends. The agent uses it after a context ran out of memory: repeated
-    out-of-memory failures on one thread were measured to crash QuickJS (the
-    thread's allocator cache is left corrupt), failures on fresh threads did not.
-    """
+    """Runs jobs one at a time, in submission order, on a thread of its own."""
 
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.name = name
         self._loop = loop or asyncio.get_running_loop()
         self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
         self._jobs = queue.SimpleQueue()
-        self._generation = 0
-        self._hand_over = False
-        self._thread = self._spawn()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
     def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run ``fn(*args)`` on the thread; the future completes on the loop."""
@@ -49,29 +42,14 @@ class ContextThread:
         self._jobs.put((future, fn, args))
         return future
 
-    def hand_over(self) -> None:
-        """From a job: the jobs after this one run on a new thread."""
-        self._hand_over = True
-
     def stop(self) -> None:
         """End the thread once the jobs queued so far have run."""
         self._jobs.put(None)
 
     def join(self, timeout: float) -> bool:
         """Wait for the thread to end (blocking); False if it still runs after ``timeout``."""
-        while True:
-            thread = self._thread
-            thread.join(timeout)
-            if thread.is_alive():
-                return False
-            if self._thread is thread:
-                return True
-
-    def _spawn(self) -> threading.Thread:
-        self._generation += 1
-        thread = threading.Thread(target=self._run, name=f"{self.name}#{self._generation}", daemon=True)
-        thread.start()
-        return thread
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         # Jobs that queued while one ran are run back to back and their results handed
@@ -85,7 +63,7 @@ class ContextThread:
                     done.append((_set_result, future, fn(*args)))
                 except Exception as exc:  # handed to the awaiting coroutine
                     done.append((_set_exception, future, _detached(exc)))
-                if self._hand_over or len(done) >= MAX_BATCH:
+                if len(done) >= MAX_BATCH:
                     break
                 try:
                     job = self._jobs.get_nowait()
@@ -96,10 +74,6 @@ class ContextThread:
                     break
             self._deliver(done)
             if stopping:
-                return
-            if self._hand_over:
-                self._hand_over = False
-                self._thread = self._spawn()
                 return
 
     def _deliver(self, done: list[tuple[Callable[..., None], asyncio.Future[Any], Any]]) -> None:

@@ -5,13 +5,11 @@ the agent, its restarts, loading and unloading, stats. ``prepare()`` reads the
 script; compiling it happens in the agent, at ``start()``, which raises
 :class:`BadArtifact` with the engine's message.
 
-Why an agent dies: beside bugs, the QuickJS of the ``quickjs`` package (2021-03-27)
-has use-after-free bugs when a context runs out of memory (upstream
-bellard/quickjs#533; fixed in quickjs-ng, PR #1472): some allocation patterns
-crash the process after a few out-of-memory failures. Its JSON.stringify does not
-check its recursion either: a value nested some thousands of levels deep
-overflows the function thread's C stack. The agent is then restarted and every
-function loaded again.
+Why an agent dies: a bug of the agent or of the engine, or a kill. The QuickJS of
+the archived ``quickjs`` package (2021-03-27) crashed it when functions ran out of
+memory and when JSON.stringify met a value nested thousands of levels deep; the
+QuickJS-ng of ``quickjs-ng`` throws a catchable error in both (see
+docs/architecture.md). The agent is then restarted and every function loaded again.
 """
 
 from __future__ import annotations
