@@ -38,6 +38,7 @@ from nex.agent.function import LoadedFunction
 from nex.api.errors import BadRequest
 from nex.agent.tracing import Propagation, Tracing, for_agent
 from nex.connection import ConnectOptions, connect
+from nex.gctune import FreezeWhenQuiet, tune_for_service
 
 EXIT_GRACE_S = 1.0  # for the calls in flight to be answered
 THREAD_JOIN_S = 0.2  # a thread still in a call after that ends with the process
@@ -55,6 +56,7 @@ class Agent:
         self._engine = engine
         self._events = EventFeed(nc)
         self._functions: dict[str, asyncio.Task[LoadedFunction]] = {}
+        self._quiet_freeze = FreezeWhenQuiet()
 
     async def handle(self, request: protocol.Load | protocol.Unload | protocol.Stats) -> protocol.Reply:
         if isinstance(request, protocol.Load):
@@ -66,6 +68,7 @@ class Agent:
 
     async def close(self, grace: float) -> None:
         await asyncio.gather(*(self._unload(workload_id, grace) for workload_id in list(self._functions)))
+        self._quiet_freeze.cancel()
         await self._events.close(timeout=grace)
 
     async def _load(self, request: protocol.Load) -> protocol.Reply:
@@ -75,6 +78,7 @@ class Agent:
                                                        self._tracing))
             loading.add_done_callback(lambda task: self._forget_failed(request.workload_id, task))
             self._functions[request.workload_id] = loading
+            self._quiet_freeze.changed()
         try:
             await asyncio.shield(loading)
         except CompileError as exc:
@@ -99,6 +103,7 @@ class Agent:
         except (CompileError, BadRequest, NatsError, ValueError):
             return  # never loaded; its load request reports why
         await function.unload(grace)
+        self._quiet_freeze.changed(released=True)
 
     async def _stats(self) -> list[protocol.FunctionStats]:
         loaded = [task.result() for task in self._functions.values()
@@ -204,6 +209,7 @@ def run(make_engine: Callable[[], Engine], thread_stack_bytes: int) -> int:
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     engine = make_engine()
+    tune_for_service()
     try:
         asyncio.run(serve(options, node_id, engine, sys.stdin.buffer, replies, host_settings))
     except (OSError, NatsError) as exc:
