@@ -35,9 +35,12 @@ system-deps:
 run: $(STAMP)
 	$(VENV)/bin/nex node up $(ARGS)
 
+# On 2 pytest-xdist workers: half of the suite's time is spent waiting on the processes it starts.
+# Set here rather than in pytest's addopts, so that a bare `pytest tests/FILE.py` (one test, -s, pdb)
+# stays serial; PYTEST_ARGS="-n 0" runs the whole suite serially (a later -n wins).
 test: $(STAMP)
 	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 schemas: $(STAMP)
 	$(PY) -m nex.api.schema docs/schemas

@@ -95,35 +95,53 @@ class Registry:
         return f"oci://{self.host}/{repository}:{tag}"
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A docker-registry on a free loopback port, for the tests of one module."""
-    root = tmp_path_factory.mktemp("registry")
-    port = _free_port()
+def _start_registry(root: Path, port: int) -> subprocess.Popen | None:
+    """docker-registry serving ``root`` on ``port``, once it answers; None when another process
+    bound the port first (a test running alongside may, between the choice and the bind)."""
     config = root / "config.yml"
     config.write_text(
         "version: 0.1\nlog:\n  level: error\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
-    log = open(root / "registry.log", "wb")
-    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
+    with open(root / "registry.log", "wb") as log:
+        process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
+    deadline = time.monotonic() + REGISTRY_START_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
+                return process
+        except OSError:
+            exited = process.poll() is not None
+            if exited and "address already in use" in (root / "registry.log").read_text():
+                return None
+            if exited or time.monotonic() > deadline:
+                _stop(process)
+                raise RuntimeError(f"docker-registry did not start: {(root / 'registry.log').read_text()}")
+            time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
     try:
-        deadline = time.monotonic() + REGISTRY_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"docker-registry did not start: {(root / 'registry.log').read_text()}")
-                time.sleep(0.05)
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A docker-registry on a free loopback port, for the tests of one module."""
+    root = tmp_path_factory.mktemp("registry")
+    for _ in range(3):
+        port = _free_port()
+        process = _start_registry(root, port)
+        if process is not None:
+            break
+    else:
+        raise RuntimeError("docker-registry found its port taken 3 times")
+    try:
         yield Registry(host=f"127.0.0.1:{port}")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        _stop(process)

@@ -216,6 +216,33 @@ async def test_a_server_whose_port_is_taken_says_so(nats_server, tmp_path):
     assert not second.running
 
 
+async def test_a_chosen_port_taken_before_the_server_binds_it_is_chosen_again(tmp_path, monkeypatch):
+    """What happens when a test running alongside binds the port a start chose, before the
+    server does: the start chooses again (a port given by number stays, as above)."""
+    import socket
+
+    import nats
+
+    from nex import natsserver
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    choices, choose = iter([taken]), natsserver.free_port
+    monkeypatch.setattr(natsserver, "free_port", lambda host: next(choices, None) or choose(host))
+    server = NatsServer(store_dir=tmp_path / "js", port=0)
+    try:
+        await server.start()
+        assert server.running and server.port not in (0, taken)
+        assert "address already in use" in server.log_path.read_text(), "the first choice was taken"
+        nc = await nats.connect(server.url)
+        await nc.close()
+    finally:
+        holder.close()
+        await server.stop()
+
+
 def test_cluster_settings_that_cannot_work_are_refused(tmp_path):
     with pytest.raises(NatsServerError) as no_port:
         NatsServer(store_dir=tmp_path, port=0, routes=["nats-route://127.0.0.1:6222"])

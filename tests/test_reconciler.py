@@ -269,12 +269,12 @@ async def test_a_node_that_restarts_rejoins_without_doubling_replicas(fleet, sto
     assert await _exactly(store, "shop", "ticker", 3)
 
 
-async def test_an_update_whose_health_check_fails_is_rolled_back(fleet, store, programs):
+async def test_an_update_whose_health_check_fails_is_rolled_back(fleet, store, programs, closed_port):
     update = {"max_surge": 1, "max_unavailable": 0, "health_deadline": "3s"}
     good = app_spec("shop", [ticker(programs, 1, update=update)])
     await store.apply(good, None)
     running = await eventually(lambda: _exactly(store, "shop", "ticker", 1), timeout=20)
-    nobody_listens = {"tcp": _free_port(), "interval_ms": 100, "timeout_ms": 100, "failures": 2}
+    nobody_listens = {"tcp": closed_port.getsockname()[1], "interval_ms": 100, "timeout_ms": 100, "failures": 2}
     await store.apply(app_spec("shop", [ticker(programs, 1, argv=["v2"], health=nobody_listens, update=update)]),
                       None)
 
@@ -309,12 +309,15 @@ async def _registered(store: AppStore, node_id: str) -> bool:
     return any(n.node.node_id == node_id for n in await store.nodes())
 
 
-def _free_port() -> int:
+@pytest.fixture
+def closed_port():
+    """A loopback port bound and not listening, for the test's whole length: a connection to it
+    is refused, and no other process (a test running alongside) can start listening there."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s
 
 
 async def test_the_lease_goes_to_one_node_and_to_another_once_it_expires(nc):

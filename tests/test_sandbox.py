@@ -325,10 +325,14 @@ async def test_a_node_cleans_up_after_a_dead_node_of_the_other_mode(nats_server,
     args = ["--server", nats_server.url, "--state-dir", str(state), "--name", "switch"]
     process = await start_node(*args, "--sandbox", before)
     ping = await wait_for_node(nc, "switch")
+    logs = await collect(nc, subjects.logs_filter("default"))
     code, workload = await control(nc, "DEPLOY", ping["node_id"], deploy_body(programs["stubborn"], "stubborn"))
     assert code is None, workload
     # stubborn forks: its group is the workload (a plain leader dies with the node, its child does not).
     group = await eventually(lambda: len(group_of(workload["pid"])) == 2 and group_of(workload["pid"]))
+    # Both have written their line: a child that first writes once its node is dead dies of SIGPIPE
+    # (its stdout is a pipe to the node), as happens when a loaded machine runs it late.
+    await eventually(lambda: {m.data.split()[0] for m in logs if m.data} >= {b"parent", b"child"}, timeout=10)
     reaper = next(p for p in children(process.pid) if "nex.reaper" in Path(f"/proc/{p}/cmdline").read_text())
     os.kill(reaper, signal.SIGKILL)
     process.kill()

@@ -23,10 +23,17 @@ from nex.procutil import new_group_dying_with_parent
 
 LOG_FILE = "nats-server.log"
 CONFIG_FILE = "nats-server.conf"
+# Tries of a start whose ports are chosen by that start: another process (a test running
+# alongside) may bind a chosen port before the server does.
+PORT_CHOICES = 3
 
 
 class NatsServerError(RuntimeError):
     pass
+
+
+class PortTaken(NatsServerError):
+    """The server exited because another process holds one of its ports."""
 
 
 def find_binary() -> str:
@@ -172,7 +179,21 @@ class NatsServer:
     async def start(self, timeout: float = 10.0) -> None:
         if self.running:
             raise NatsServerError(f"nats-server on {self.url} is already running")
-        self.reserve_ports()
+        # Ports still 0 are this start's own choice and nothing names them yet, so a port that
+        # another process bound between the choice and the server's bind is chosen again.
+        # Ports chosen earlier (reserve_ports, a restart) are kept: others may name them.
+        choosing = [name for name in ("port", "cluster_port", "leafnode_port") if getattr(self, name) == 0]
+        for attempt in range(1, PORT_CHOICES + 1):
+            self.reserve_ports()
+            try:
+                return await self._launch(timeout)
+            except PortTaken:
+                if not choosing or attempt == PORT_CHOICES:
+                    raise
+                for name in choosing:
+                    setattr(self, name, 0)
+
+    async def _launch(self, timeout: float) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = self._arguments()
         # A file, not a pipe: nobody reads a pipe while the server runs, and a full
@@ -214,7 +235,9 @@ class NatsServer:
             if self._process.returncode is not None:
                 tail = self._logged_since(log_start).strip().splitlines()
                 self._process = None
-                raise NatsServerError(f"nats-server exited: {tail[-1] if tail else 'no output'}")
+                last = tail[-1] if tail else "no output"
+                error = PortTaken if "address already in use" in last else NatsServerError
+                raise error(f"nats-server exited: {last}")
             if "Server is ready" in self._logged_since(log_start):
                 return
             if accepted_at is not None:
