@@ -24,28 +24,16 @@ import argparse
 import asyncio
 import hashlib
 import json
-import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, nats_and_node, report
+from common import build_wasm, nats_and_node, report
 from function_scale import echo_ready
 from roundtrip import ECHO_SUBJECT, echo_process
 
 JS_SOURCE = b"(subject, payload) => 'ready'\n"
-
-
-def build_module(out_dir: Path) -> bytes:
-    clang = shutil.which("clang")
-    if clang is None:
-        raise SystemExit("clang for wasm32-wasi is missing (Makefile: WASM_DEBS)")
-    module = out_dir / "fn.wasm"
-    subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", "-o", str(module), str(ROOT / "tests/wasm/fn.c")],
-                   check=True)
-    return module.read_bytes()
 
 
 def unique(module: bytes, n: int) -> bytes:
@@ -79,7 +67,7 @@ async def main(starts: int) -> None:
         work = Path(tmp)
         js = work / "ready.js"
         js.write_bytes(JS_SOURCE)
-        module = build_module(work)
+        module = build_wasm("tests/wasm/fn.c", work).read_bytes()
         cached = work / "cached.wasm"
         cached.write_bytes(module)
         async with nats_and_node(["--sandbox", "none"]) as (server, nc, node_id, _):

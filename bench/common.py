@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,17 @@ def build_static(source: str, out_dir: Path) -> Path:
     binary = out_dir / Path(source).stem
     subprocess.run(["gcc", "-static", "-O1", "-o", str(binary), str(ROOT / source)], check=True)
     return binary
+
+
+def build_wasm(source: str, out_dir: Path) -> Path:
+    """A C file of the repository built for wasm32-wasi, with nex.h (the host services) on the include path."""
+    clang = shutil.which("clang")
+    if clang is None:
+        raise SystemExit("clang for wasm32-wasi is missing (Makefile: WASM_DEBS)")
+    module = out_dir / f"{Path(source).stem}.wasm"
+    subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", f"-I{ROOT / 'src/nex/agent/include'}",
+                    "-o", str(module), str(ROOT / source)], check=True)
+    return module
 
 
 @asynccontextmanager

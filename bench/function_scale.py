@@ -27,9 +27,7 @@ import asyncio
 import hashlib
 import json
 import queue
-import shutil
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -37,7 +35,7 @@ from pathlib import Path
 
 from nats.errors import Error as NatsError
 
-from common import ROOT, children_of, nats_and_node, report, rss_bytes
+from common import build_wasm, children_of, nats_and_node, report, rss_bytes
 from roundtrip import ECHO_SUBJECT, echo_process
 
 JS_SOURCE = "(subject, payload) => 'hello ' + subject\n"
@@ -58,15 +56,6 @@ async def echo_ready(nc, timeout: float = 10.0) -> None:
                 raise
             await asyncio.sleep(0.05)
 
-
-def build_wasm(out_dir: Path) -> Path:
-    clang = shutil.which("clang")
-    if clang is None:
-        raise SystemExit("--wasm needs clang for wasm32-wasi (Makefile: WASM_DEBS)")
-    module = out_dir / "fn.wasm"
-    subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", "-o", str(module), str(ROOT / "tests/wasm/fn.c")],
-                   check=True)
-    return module
 
 
 def artifact(path: Path) -> dict:
@@ -189,7 +178,7 @@ async def main(count: int, in_flight: int, calls: int, wasm: bool) -> None:
     payload = b"ping"
     with tempfile.TemporaryDirectory() as tmp:
         if wasm:
-            path = build_wasm(Path(tmp))
+            path = build_wasm("tests/wasm/fn.c", Path(tmp))
         else:
             path = Path(tmp) / "hello.js"
             path.write_text(JS_SOURCE)

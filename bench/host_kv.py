@@ -24,14 +24,12 @@ import argparse
 import asyncio
 import hashlib
 import json
-import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, nats_and_node, report
+from common import build_wasm, nats_and_node, report
 from function_scale import echo_ready
 from roundtrip import ECHO_SUBJECT, echo_process
 
@@ -42,16 +40,6 @@ VALUE = b"hello from the bucket"
 BLOCKS = 10
 JS_SOURCE = """async (subject, payload) => await nex.kv("b").get(new TextDecoder().decode(payload))
 """
-
-
-def build_hostcalls(out_dir: Path) -> Path:
-    clang = shutil.which("clang")
-    if clang is None:
-        raise SystemExit("clang for wasm32-wasi is missing (Makefile: WASM_DEBS)")
-    module = out_dir / "hostcalls.wasm"
-    subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", f"-I{ROOT / 'src/nex/agent/include'}",
-                    "-o", str(module), str(ROOT / "tests/wasm/hostcalls.c")], check=True)
-    return module
 
 
 def artifact(path: Path) -> dict:
@@ -67,7 +55,7 @@ async def deploy(nc, node_id: str, body: dict) -> None:
 
 async def main(calls: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        module = build_hostcalls(Path(tmp))
+        module = build_wasm("tests/wasm/hostcalls.c", Path(tmp))
         script = Path(tmp) / "kvget.js"
         script.write_text(JS_SOURCE)
         async with nats_and_node(["--sandbox", "none"]) as (server, nc, node_id, _):

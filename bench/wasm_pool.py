@@ -19,8 +19,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from common import build_wasm
 from roundtrip import ECHO_SUBJECT, echo_process, measure
-from wasm_roundtrip import build_module, spec_for
+from wasm_roundtrip import SOURCE, spec_for
 
 from nex.agent.wasm_sandbox import ENV_WARM_INSTANCES, WARM_INSTANCES
 from nex.connection import ConnectOptions, connect
@@ -59,7 +60,7 @@ async def round_trips(module: Path, tmp: Path, sequential: int) -> dict[str, flo
 def main(sequential: int) -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        module = build_module(tmp)
+        module = build_wasm(SOURCE, tmp)
         trips = asyncio.run(round_trips(module, tmp, sequential))
     echo, cold, warm = trips["echo"], trips["warm0"], trips[f"warm{WARM_INSTANCES}"]
     print(f"request round trip over NATS, {sequential} sequential, p50 (ratio to the echo):")

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from common import build_wasm
 from roundtrip import ECHO_SUBJECT, echo_process, measure, print_comparison
 
 from nats.aio.client import Client
@@ -32,13 +32,7 @@ from nex.natsserver import NatsServer
 from nex.runtimes.base import RuntimeContext, WorkloadSpec
 from nex.runtimes.wasm import WasmRuntime
 
-SOURCE = Path(__file__).resolve().parent.parent / "tests" / "wasm" / "fn.c"
-
-
-def build_module(out_dir: Path) -> Path:
-    module = out_dir / "fn.wasm"
-    subprocess.run(["clang", "--target=wasm32-wasi", "-O2", "-s", "-o", str(module), str(SOURCE)], check=True)
-    return module
+SOURCE = "tests/wasm/fn.c"
 
 
 def spec_for(module: Path, subject: str) -> WorkloadSpec:
@@ -66,7 +60,7 @@ async def cold_start_ms(runtime: WasmRuntime, nc: Client, module: Path, compile_
 
 async def main(sequential: int, concurrent: int, parallel: int, starts: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        module = build_module(Path(tmp))
+        module = build_wasm(SOURCE, Path(tmp))
         module_bytes = module.stat().st_size
         server = NatsServer(store_dir=Path(tmp) / "js", port=0, jetstream=False)
         await server.start()
