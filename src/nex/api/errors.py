@@ -144,6 +144,18 @@ class NotOwner(ClaimRejected):
         self.workload_id = workload_id
 
 
+class NotAdmin(ClaimRejected):
+    def __init__(self, verb: str) -> None:
+        super().__init__(f"only an admin issuer may send {verb} to this node")
+        self.verb = verb
+
+
+class NotBidder(ClaimRejected):
+    def __init__(self, bid_id: str) -> None:
+        super().__init__(f"bid {bid_id} was asked for by another issuer: only that issuer's deploy may use it")
+        self.bid_id = bid_id
+
+
 class Conflict(NexError):
     code = 409
 

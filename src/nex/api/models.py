@@ -245,8 +245,6 @@ class DeployRequest(Strict):
         description="base64 of the xkv1 box of the JSON env map, sealed to the node's xkey (docs/security.md)")
     sender_xkey: str | None = Field(
         default=None, pattern=r"^X[A-Z2-7]{55}$", description="the curve public key that sealed sealed_env")
-    claim: str | None = Field(
-        default=None, max_length=4096, description="signed claim, header.payload.signature (docs/security.md)")
     triggers: list[Trigger] = Field(default_factory=list, max_length=64)
     limits: Limits = Field(default_factory=Limits)
     network: NetworkMode | None = Field(
@@ -310,8 +308,6 @@ class WorkloadSummary(Strict):
 
 class UndeployRequest(Strict):
     grace_ms: int | None = Field(default=None, ge=0, le=10 * 60 * 1000)
-    claim: str | None = Field(
-        default=None, max_length=4096, description="signed claim, header.payload.signature (docs/security.md)")
 
 
 class NodePing(Strict):
@@ -455,6 +451,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"]) or "body"
+        if where == "claim" and err["type"] == "extra_forbidden":
+            problems.append("claim: a claim travels in the Nex-Claim header, not in the body (docs/security.md)")
+            continue
         problems.append(f"{where}: {err['msg']}")
     return "invalid request: " + "; ".join(problems)
 

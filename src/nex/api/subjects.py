@@ -78,6 +78,7 @@ NODES_BUCKET = "NEX_NODES"  # key <node id>: NodeRecord; the bucket's TTL declar
 APPS_BUCKET = "NEX_APPS"  # key app.<ns>.<name>: AppRecord; key status.<ns>.<name>: AppStatus
 LEASES_BUCKET = "NEX_LEASES"  # key reconciler: ReconcilerLease; the bucket's TTL is the lease time
 RECONCILER_LEASE_KEY = "reconciler"
+CLAIMS_BUCKET = "NEX_CLAIMS"  # key <jti>: a used claim, written once (create-only) by the node that took it
 
 
 # Durable async invocation (docs/functions.md, "Triggers"). One work-queue stream per

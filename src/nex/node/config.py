@@ -72,6 +72,9 @@ class NodeConfig(BaseModel):
     node_timeout_s: float = Field(default=6.0, gt=0, le=3600,
                                   description="TTL of NEX_NODES entries: a node silent this long is gone")
     bid_ttl_s: float = Field(default=10.0, gt=0, le=600, description="how long an unused bid holds")
+    bid_hold_limit_mib: int | None = Field(
+        default=None, gt=0, description="memory one issuer's outstanding bids may hold on this node; "
+        "default: half the node's memory")
     reconciler: bool = Field(default=True, description="stand for the fleet's reconciler lease")
     reconcile_interval_s: float = Field(default=1.0, gt=0, le=600)
     lease_s: float = Field(default=5.0, gt=0, le=600, description="TTL of the reconciler lease")
