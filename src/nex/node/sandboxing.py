@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from nex.node.config import SandboxMode
 from nex.runtimes.base import ProcessGuard
-from nex.sandbox.runner import OciRunner, SandboxUnavailable
+from nex.sandbox.runner import OciRunner, SandboxUnavailable, remove_bundle
 
 log = logging.getLogger(__name__)
 
@@ -47,5 +46,6 @@ async def sweep_containers(runner: OciRunner | None, state_dir: Path) -> list[st
     swept = await runner.sweep()
     if runner.bundles_dir.is_dir():
         for leftover in runner.bundles_dir.iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
+            if not remove_bundle(leftover):
+                log.warning("cannot unmount the rootfs of %s, left by a previous node", leftover)
     return swept
