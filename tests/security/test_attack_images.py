@@ -9,8 +9,10 @@ run its setuid binary.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import signal
 import stat
 import struct
 import subprocess
@@ -24,7 +26,7 @@ from nex.client import NexClient
 from nex.sandbox.bundle import HOST_ID_BASE, ID_RANGE
 
 from conftest import sandbox_verdict
-from helpers import control, eventually, running_node
+from helpers import alive, control, eventually, running_node, start_node, wait_for_node
 from oci_helpers import build_image
 
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -202,3 +204,41 @@ async def test_unused_images_are_evicted_and_images_in_use_are_not(nats_server, 
         assert sorted(p.name for p in images.iterdir()) == [digest[second]], \
             "the unused image made room for the new one"
         await eventually(lambda: not mounts_under(node.state_dir), timeout=10)
+
+
+def image_mounts(digest: str) -> list[str]:
+    """Mount points of the host whose source is the unpacked image of ``digest``."""
+    hex_digest = digest.removeprefix("sha256:")
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if hex_digest in line.split()[3]]
+
+
+async def test_a_killed_node_leaves_no_image_mount_after_the_next_start(nats_server, nc, programs, tmp_path):
+    image = build_image(tmp_path, programs["imagemain"], entrypoint=["/bin/imagemain"], cmd=["serve"])
+    artifact = await upload(nc, image, tmp_path / "image.tar")
+    state = Path(tempfile.mkdtemp(prefix="nex-attack-images-"))
+    state.chmod(0o711)
+    args = ["--server", nats_server.url, "--state-dir", str(state / "node"), "--name", "doomed-images",
+            "--sandbox", "oci"]
+    try:
+        reason = await sandbox_verdict(state / "probe")
+        if reason is not None:
+            pytest.skip(f"this host cannot sandbox: {reason}")
+        process = await start_node(*args)
+        ping = await wait_for_node(nc, "doomed-images")
+        code, workload = await control(nc, "DEPLOY", ping["node_id"], oci_body(artifact), timeout=30)
+        assert code is None, workload
+        assert len(image_mounts(image.manifest_digest)) == 1, "the container's rootfs is a mount of the image"
+        process.kill()
+        await process.wait()
+
+        process = await start_node(*args)
+        await wait_for_node(nc, "doomed-images")
+        await eventually(lambda: not alive(workload["pid"]), timeout=10)
+        assert image_mounts(image.manifest_digest) == [], "the next start unmounts what the dead node left"
+        assert (state / "node" / "images" / image.manifest_digest.removeprefix("sha256:")).is_dir(), \
+            "the unpacked image stays cached"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        shutil.rmtree(state, ignore_errors=True)

@@ -71,7 +71,8 @@ class IdRanges:
             return False
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self._lock:
-            return slot in self._held or self._take(slot, owner)
+            # Held here already: by a live workload of another node in this process, not ours to take.
+            return slot not in self._held and self._take(slot, owner)
 
     def release(self, slot: int) -> None:
         """Give ``slot`` back; harmless when not held. The file stays: unlinking a locked file
