@@ -14,6 +14,7 @@ env overridden by the deploy's; its working dir and user.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from nex.api.errors import BadArtifact
@@ -78,7 +79,7 @@ class OciRuntime(ContainerWorkloads):
         try:
             rootfs = bundle / "rootfs"
             rootfs.mkdir(mode=0o700)
-            mount_idmapped(image.rootfs, rootfs, ids.base, ids.size)
+            await asyncio.to_thread(mount_idmapped, image.rootfs, rootfs, ids.base, ids.size)
             credentials = self._context.credentials
             container = self._container(spec, image, credentials.inline_environment(spec) if credentials else {},
                                         rootfs, ids.base)
