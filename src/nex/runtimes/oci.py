@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from nex.api.errors import BadArtifact
+from nex.api.errors import BadArtifact, BadRequest
 from nex.api.models import Lifecycle, NetworkMode, WorkloadType
 from nex.images import Image, ImageStore, process_for
 from nex.runtimes.base import Capabilities, Handle, LogSink, RuntimeContext, WorkloadSpec
@@ -79,7 +79,12 @@ class OciRuntime(ContainerWorkloads):
         try:
             rootfs = bundle / "rootfs"
             rootfs.mkdir(mode=0o700)
-            await asyncio.to_thread(mount_idmapped, image.rootfs, rootfs, ids.base, ids.size)
+            try:
+                await asyncio.to_thread(mount_idmapped, image.rootfs, rootfs, ids.base, ids.size)
+            except OSError as exc:
+                raise BadRequest(f"this node cannot run OCI images: it cannot make an idmapped mount of "
+                                 f"an image ({exc}); that needs Linux 5.12 or later and a state dir on "
+                                 f"ext4, xfs or btrfs") from None
             credentials = self._context.credentials
             container = self._container(spec, image, credentials.inline_environment(spec) if credentials else {},
                                         rootfs, ids.base)
