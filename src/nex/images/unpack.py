@@ -3,7 +3,8 @@
 ``umoci unpack`` checks every layer against its digest and applies whiteouts. A
 layer is compressed, so a few megabytes can expand to gigabytes: the tree is
 measured while umoci writes it, and umoci is killed as soon as the tree passes
-``limit`` bytes (by at most what it writes between two measures). The finished
+``limit`` bytes (by at most what it writes between two measures, 10 ms apart or
+more for a tree of many files), and no single file may pass it (RLIMIT_FSIZE). The finished
 tree is then stripped of what must not reach the host (:mod:`nex.images.sanitize`).
 """
 
@@ -22,7 +23,7 @@ from nex.images.sanitize import TreeReport, sanitize_tree, tree_bytes
 from nex.images.tools import last_line, run_tool
 
 UNPACK_TIMEOUT_S = 600.0
-MEASURE_EVERY_S = 0.05
+MEASURE_EVERY_S = 0.01
 _TAG = "nex-unpack"
 
 
@@ -46,7 +47,7 @@ async def unpack(artifact: Path, manifest: ImageManifest, staging: Path, limit: 
     rootfs = bundle / "rootfs"
     umoci = asyncio.create_task(run_tool(
         "umoci", "unpack", *_umoci_options(), "--image", f"{layout}:{_TAG}", str(bundle),
-        timeout=UNPACK_TIMEOUT_S))
+        timeout=UNPACK_TIMEOUT_S, max_file_bytes=max(limit, 0) + 1))
     watch = asyncio.create_task(_watch(rootfs, limit))
     try:
         await asyncio.wait({umoci, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -61,6 +62,8 @@ async def unpack(artifact: Path, manifest: ImageManifest, staging: Path, limit: 
     except asyncio.TimeoutError:
         raise BadArtifact(f"unpacking image {manifest.digest} took over {UNPACK_TIMEOUT_S:g}s") from None
     if code != 0:
+        if b"file too large" in err:  # one file passed the limit (EFBIG)
+            raise TooLarge(limit + 1)
         raise BadArtifact(f"cannot unpack image {manifest.digest}: {last_line(err)}")
     report = await asyncio.to_thread(sanitize_tree, str(rootfs))
     if report.bytes > limit:
