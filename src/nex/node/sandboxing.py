@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from nex.node.config import SandboxMode
@@ -48,4 +49,9 @@ async def sweep_containers(runner: OciRunner | None, state_dir: Path) -> list[st
         for leftover in runner.bundles_dir.iterdir():
             if not remove_bundle(leftover):
                 log.warning("cannot unmount the rootfs of %s, left by a previous node", leftover)
+    # Before issue 13 images were unpacked next to /run bundles, searchable by every host user,
+    # devices and setuid files included: gone (they live in <state dir>/images now).
+    legacy_images = runner.bundles_dir.with_name(f"{runner.bundles_dir.name}-images")
+    if runner.bundles_dir.name != "bundles" and legacy_images.is_dir():
+        shutil.rmtree(legacy_images, ignore_errors=True)
     return swept
