@@ -186,22 +186,22 @@ async def test_unused_images_are_evicted_and_images_in_use_are_not(nats_server, 
     second_artifact = await upload(nc, second, tmp_path / "second.tar")
     async with oci_node(nats_server, image_disk_budget_bytes=7 * MIB) as node:
         images = node.state_dir / "images"
-        digest = {first: first.manifest_digest.removeprefix("sha256:"),
-                  second: second.manifest_digest.removeprefix("sha256:")}
+        first_hex, second_hex = (i.manifest_digest.removeprefix("sha256:") for i in (first, second))
 
-        code, running = await control(nc, "DEPLOY", node.node_id, oci_body(first_artifact, argv=["serve"]), timeout=30)
+        code, running = await control(nc, "DEPLOY", node.node_id, oci_body(first_artifact, argv=["serve"]),
+                                      timeout=30)
         assert code is None, running
         code, refused = await control(nc, "DEPLOY", node.node_id,
                                       oci_body(second_artifact, name="other"), timeout=30)
         assert code == 409 and "in use" in refused["error"]["message"], refused
-        assert sorted(p.name for p in images.iterdir()) == [digest[first]], \
+        assert sorted(p.name for p in images.iterdir()) == [first_hex], \
             "the image in use stays; the refused one is not kept"
 
         await control(nc, "UNDEPLOY", running["id"])
         code, job = await control(nc, "DEPLOY", node.node_id,
                                   oci_body(second_artifact, name="other", lifecycle="job"), timeout=30)
         assert code is None, job
-        assert sorted(p.name for p in images.iterdir()) == [digest[second]], \
+        assert sorted(p.name for p in images.iterdir()) == [second_hex], \
             "the unused image made room for the new one"
         await eventually(lambda: not mounts_under(node.state_dir), timeout=10)
 

@@ -48,7 +48,8 @@ class OciRuntime(ContainerWorkloads):
     async def prepare(self, spec: WorkloadSpec) -> None:
         image = await self.images.acquire(spec.artifact_path)
         try:
-            self._container(spec, image, {}, Path("/"), 0)  # an image that cannot run fails the deploy here, as a 400
+            # An image that cannot run (no program, an unknown user) fails the deploy here, as a 400.
+            self._container(spec, image, {}, Path("/"), 0)
         except BaseException:
             await self.images.release(image.digest, discard=True)
             raise
