@@ -58,6 +58,9 @@ class NodeConfig(BaseModel):
     logs_stream_bytes: int = Field(default=128 << 20, gt=0)
     events_stream_bytes: int = Field(default=64 << 20, gt=0)
     sandbox: SandboxMode = Field(default=SandboxMode.AUTO, description="how native workloads are isolated")
+    image_disk_budget_bytes: int = Field(
+        default=10 << 30, gt=0, description="disk for unpacked OCI images: images no workload uses are "
+        "evicted to make room, an image that does not fit is refused")
     trusted_issuers: list[str] = Field(
         default_factory=list, description="account nkeys (A...) whose signed requests run; empty: dev mode")
     admin_issuers: list[str] = Field(

@@ -123,7 +123,8 @@ class Node:
                                  credentials=self.credentials, host_settings=HostSettings(
                                      replicas=self.config.replicas, http_allow_hosts=self.config.http_allow_hosts,
                                      http_allow_methods=self.config.http_allow_methods,
-                                     otel_endpoint=self.config.otel_endpoint))
+                                     otel_endpoint=self.config.otel_endpoint),
+                                 image_budget_bytes=self.config.image_disk_budget_bytes)
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
             ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream()), self.feeds,
