@@ -47,10 +47,8 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 
 from nex.agent import protocol
 from nex.agent.engine import Outcome
-from nex.agent.hostservices import subject_matches
 from nex.api import subjects
 from nex.api.errors import BadRequest, FunctionError
-from nex.security.natsauth import RESERVED, app_subjects
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +87,11 @@ def done_key(namespace: str, name: str, key: str) -> str:
 
 
 def reply_allowed(namespace: str, triggers: list[str], subject: str) -> bool:
-    """The host-services rule for publishing: the namespace's subjects or the function's triggers,
-    never a reserved subject, no wildcards."""
-    tokens = subject.split(".")
-    if not subject or "" in tokens or "*" in tokens or ">" in tokens or any(c.isspace() for c in subject):
-        return False
-    if any(subject_matches(reserved, subject) for reserved in RESERVED):
-        return False
-    return any(subject_matches(allowed, subject) for allowed in [app_subjects(namespace), *triggers])
+    """Whether a Nex-Reply-To may be published on: only where the function itself may publish
+    (:meth:`nex.api.subjects.WorkloadScope.may_publish`). Not an inbox: an async message is not
+    a request the function received, and a reply-to under ``_INBOX.>`` could answer anyone's
+    pending request (a control request's, say) in the function's name."""
+    return subjects.WorkloadScope.of(namespace, triggers).may_publish(subject)
 
 
 @dataclass
@@ -197,7 +192,7 @@ class DurableRunner:
         self._js = nc.jetstream()
         self._function = function
         self._spec = spec
-        self._triggers = [t.subject for t in spec.triggers]
+        self._scope = subjects.WorkloadScope.of(spec.namespace, (t.subject for t in spec.triggers))
         self._retry = {t.subject: t.retry or protocol.RetrySettings() for t in triggers}
         self._done = shared.done
         self._subscription = subscription
@@ -365,8 +360,9 @@ class DurableRunner:
         reply_to = headers.get(subjects.REPLY_TO_HEADER)
         if not reply_to:
             return
-        if not reply_allowed(self._spec.namespace, self._triggers, reply_to):
-            log.warning("function %s: %s %r is outside the function's subjects: no reply",
-                        self._spec.workload_id, subjects.REPLY_TO_HEADER, reply_to)
+        problem = self._scope.publish_problem(reply_to, "function")
+        if problem is not None:
+            log.warning("function %s: no reply on %s %r: %s", self._spec.workload_id,
+                        subjects.REPLY_TO_HEADER, reply_to, problem)
             return
         await self._nc.publish(reply_to, data, headers=reply_headers)

@@ -79,6 +79,7 @@ class LoadedFunction:
         self._memory_bytes = 0
         self._memory_read_after = -1  # self.invocations when _memory_bytes was read
         self._subscriptions: list[Subscription] = []
+        self._scope = subjects.WorkloadScope.of(spec.namespace, (t.subject for t in spec.triggers))
         self._unloaded = False  # past the grace period of unload: what still arrives is dropped
         self._late_drains: set[asyncio.Future] = set()
         self._durable: DurableRunner | None = None  # async triggers (nex.agent.durable)
@@ -248,6 +249,11 @@ class LoadedFunction:
 
     async def _on_message(self, msg: Msg) -> None:
         if self._unloaded:
+            return
+        if msg.reply and not self._scope.may_answer(msg.reply):
+            # The agent's connection may publish anywhere: a reply on $JS.API... would be its request.
+            log.warning("function %s: call on %s dropped: it asks for a reply on %r, where no workload"
+                        " may answer", self.spec.workload_id, msg.subject, msg.reply)
             return
         if self._limit is not None:
             if not self._limit.try_enter():

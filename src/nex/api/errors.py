@@ -88,8 +88,12 @@ class HashMismatch(BadArtifact):
 
 
 class ForbiddenTrigger(BadRequest):
-    def __init__(self, subject: str, reserved: str) -> None:
-        super().__init__(f"trigger subject {subject!r} overlaps {reserved!r}, which workloads may not subscribe to")
+    """A trigger outside its workload's subjects: ``reserved`` is the pattern it overlaps, if that is why;
+    ``problem`` says why otherwise (another namespace's subjects, the node's namespace_subjects)."""
+
+    def __init__(self, subject: str, reserved: str | None = None, problem: str | None = None) -> None:
+        problem = problem or f"overlaps {reserved!r}, which workloads may not subscribe to"
+        super().__init__(f"trigger subject {subject!r} {problem}")
         self.subject, self.reserved = subject, reserved
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nex.api.keys import PREFIX_ACCOUNT, KeyDecodeError, decode_public
 from nex.api.models import DEFAULT_STOP_GRACE_S, describe_validation_error
-from nex.api.subjects import TOKEN_PATTERN
+from nex.api.subjects import TOKEN_PATTERN, is_token, namespace_subject_problem, pattern_problem
 
 
 class ConfigError(ValueError):
@@ -67,6 +67,10 @@ class NodeConfig(BaseModel):
         default_factory=list, description="account nkeys that may also stop any workload")
     deny_triggers: list[str] = Field(
         default_factory=list, description="subjects no trigger may overlap, besides the reserved ones")
+    namespace_subjects: dict[str, list[str]] | None = Field(
+        default=None, description="namespace -> subject patterns its triggers may use besides its own "
+        "nex.<ns>.> (e.g. {payments = [\"pay.>\"]}); a namespace not listed gets only nex.<ns>.>; "
+        "none: trigger subjects outside nex.* are open to every namespace")
     # -- the fleet (docs/operations.md) --
     replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas of the streams and buckets "
                           "Nex creates (3 on a cluster of 3 or more servers)")
@@ -149,6 +153,18 @@ class NodeConfig(BaseModel):
         if key is not None:
             cls._account_keys([key])
         return key
+
+    @field_validator("namespace_subjects")
+    @classmethod
+    def _namespace_subjects(cls, confined: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        for namespace, patterns in (confined or {}).items():
+            if not is_token(namespace):
+                raise ValueError(f"namespace_subjects: invalid namespace {namespace!r}")
+            for pattern in patterns:
+                problem = pattern_problem(pattern) or namespace_subject_problem(namespace, pattern)
+                if problem is not None:
+                    raise ValueError(f"namespace_subjects: {namespace}: {pattern!r} {problem}")
+        return confined
 
     @field_validator("tags")
     @classmethod

@@ -15,7 +15,7 @@ from nats.errors import Error as NatsError
 from nex import API_VERSION, __version__
 from nex.api.errors import BadRequest, ForbiddenTrigger
 from nex.api.events import EventType
-from nex.api.subjects import first_overlap
+from nex.api.subjects import first_overlap, namespace_subject_problem
 from nex.api.models import (
     AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState,
     UndeployRequest,
@@ -291,6 +291,9 @@ class Node:
             denied = first_overlap(trigger.subject, self.config.deny_triggers)
             if denied is not None:
                 raise ForbiddenTrigger(trigger.subject, denied)
+            problem = namespace_subject_problem(namespace, trigger.subject, self.config.namespace_subjects)
+            if problem is not None:
+                raise ForbiddenTrigger(trigger.subject, problem=problem)
         if request.env and not self.claims.dev_mode:
             raise BadRequest("this node takes no plain env: seal it to the node's xkey (sealed_env)")
         claim = self.claims.verify(signed)
