@@ -78,7 +78,7 @@ async def test_a_sniffed_deploy_runs_nowhere_else_and_nothing_else(
         code, reply = await control(nc, "DEPLOY", second.node_id, body, headers=sniffed)
         assert code == 403 and "subject differs" in reply["error"]["message"]
         # To either node, with another argv, network or health check: the claim covers the body.
-        for change in ({"argv": ["--evil"]}, {"network": "host"}, {"health": {"nats": "$JS.API.INFO"}}):
+        for change in ({"argv": ["--evil"]}, {"network": "host"}, {"health": {"nats": "nex.default.evil"}}):
             changed = json.dumps({**json.loads(body), **change}).encode()
             for target in (first, second):
                 code, reply = await control(nc, "DEPLOY", target.node_id, changed, headers=sniffed)
