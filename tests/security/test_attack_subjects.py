@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from helpers import collect, control, eventually, file_artifact, nex, request
+from helpers import collect, control, eventually, file_artifact, nex, request, running_node
 from nex.api import subjects
-from nex.connection import flush_subscriptions
+from nex.connection import ConnectOptions, connect, flush_subscriptions
+from nex.node.config import NodeConfig
 from nex.node.node import Node
 
 PURGE_EVENTS = f"$JS.API.STREAM.PURGE.{subjects.EVENTS_STREAM}"
@@ -175,8 +176,6 @@ async def test_nex_apply_refuses_another_namespaces_trigger(nats_server, tmp_pat
 
 
 async def test_namespace_subjects_confine_triggers_outside_nex(nats_server, tmp_path, nc: Client):
-    from helpers import running_node
-
     hello = script(tmp_path, "hello", "() => 'hello'\n")
     async with running_node(nats_server, tmp_path / "node", "confined", reconciler=False,
                             namespace_subjects={"payments": ["pay.>"]}) as node:
@@ -199,9 +198,6 @@ async def test_namespace_subjects_confine_triggers_outside_nex(nats_server, tmp_
 # -- under --auth: a native service's own credentials -----------------------------------
 
 async def test_under_auth_a_service_cannot_take_another_namespaces_trigger(tmp_path, programs):
-    from nex.connection import ConnectOptions, connect
-    from nex.node.config import NodeConfig
-
     node = Node(NodeConfig(state_dir=tmp_path / "node", name="auth-node", port=0, auth=True, sandbox="none",
                            stop_grace_s=2.0, lameduck_s=0.2, reconciler=False))
     await node.start()
