@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from helpers import collect, control, eventually, file_artifact, nex, request, running_node
+from helpers import collect, control, eventually, nex, request, running_node
 from nex.api import subjects
+from nex.client import NexClient
 from nex.connection import ConnectOptions, connect, flush_subscriptions
 from nex.node.config import NodeConfig
 from nex.node.node import Node
@@ -38,16 +39,21 @@ async def first_event(nc: Client) -> int:
     return (await nc.jetstream().stream_info(subjects.EVENTS_STREAM)).state.first_seq
 
 
-def script(tmp_path: Path, name: str, text: str) -> dict[str, str]:
+async def uploaded(nc: Client, path: Path) -> dict[str, str]:
+    """The artifact of ``path``, put into the Object Store as `nex` does."""
+    return (await NexClient(nc).upload_artifact(path)).model_dump(mode="json", exclude_none=True)
+
+
+async def script(nc: Client, tmp_path: Path, name: str, text: str) -> dict[str, str]:
     path = tmp_path / f"{name}.js"
     path.write_text(text)
-    return file_artifact(path)
+    return await uploaded(nc, path)
 
 
 async def deploy_victim(nc: Client, node: Node, tmp_path: Path) -> dict:
     code, victim = await control(nc, "DEPLOY", node.node_id, namespace=VICTIM, body={
         "name": "orders", "type": "javascript",
-        "artifact": script(tmp_path, "victim", "(subject, payload) => 'victim got it'\n"),
+        "artifact": await script(nc, tmp_path, "victim", "(subject, payload) => 'victim got it'\n"),
         "triggers": [{"subject": "nex.victim.orders"}]})
     assert code is None, victim
     return victim
@@ -61,14 +67,14 @@ async def test_a_health_check_cannot_purge_the_audit_stream(node: Node, nc: Clie
     first = await first_event(nc)
 
     code, refused = await control(nc, "DEPLOY", node.node_id, body={
-        "name": "purger", "type": "native", "artifact": file_artifact(programs["ticker"]),
+        "name": "purger", "type": "native", "artifact": await uploaded(nc, programs["ticker"]),
         "health": {"nats": PURGE_EVENTS, "interval_ms": 50}})
     code_other, other_namespace = await control(nc, "DEPLOY", node.node_id, body={
-        "name": "prober", "type": "javascript", "artifact": script(tmp_path, "prober", "() => 'ok'\n"),
+        "name": "prober", "type": "javascript", "artifact": await script(nc, tmp_path, "prober", "() => 'ok'\n"),
         "triggers": [{"subject": "nex.default.prober"}], "health": {"nats": "nex.victim.orders"}})
     # A legitimate check on the workload's own subject still runs.
     code_own, own = await control(nc, "DEPLOY", node.node_id, body={
-        "name": "healthy", "type": "javascript", "artifact": script(tmp_path, "healthy", "() => 'ok'\n"),
+        "name": "healthy", "type": "javascript", "artifact": await script(nc, tmp_path, "healthy", "() => 'ok'\n"),
         "triggers": [{"subject": "nex.default.healthy"}],
         "health": {"nats": "nex.default.healthy", "interval_ms": 50}})
 
@@ -88,7 +94,8 @@ async def test_a_health_check_cannot_purge_the_audit_stream(node: Node, nc: Clie
 @pytest.mark.parametrize("node", ["none"], indirect=True)
 async def test_a_reply_subject_cannot_make_the_agent_purge_the_audit_stream(node: Node, nc: Client, tmp_path):
     code, echo = await control(nc, "DEPLOY", node.node_id, body={
-        "name": "echo", "type": "javascript", "artifact": script(tmp_path, "echo", "(s, payload) => payload\n"),
+        "name": "echo", "type": "javascript",
+        "artifact": await script(nc, tmp_path, "echo", "(s, payload) => payload\n"),
         "triggers": [{"subject": "nex.default.echo"}, {"subject": "nex.default.jobs", "mode": "async"}]})
     assert code is None, echo
     results = await collect(nc, "nex.default.results")
@@ -118,7 +125,7 @@ async def test_a_reply_subject_cannot_make_the_agent_purge_the_audit_stream(node
 @pytest.mark.parametrize("node", ["none"], indirect=True)
 async def test_a_function_cannot_take_another_namespaces_trigger(node: Node, nc: Client, tmp_path):
     await deploy_victim(nc, node, tmp_path)
-    evil = script(tmp_path, "evil", "(subject, payload) => 'evil got it'\n")
+    evil = await script(nc, tmp_path, "evil", "(subject, payload) => 'evil got it'\n")
     refused = {}
     for trigger in ("nex.victim.>", "nex.victim.orders", "nex.>", "nex.*.orders", "*.victim.>", ">"):
         code, reply = await control(nc, "DEPLOY", node.node_id, namespace=EVIL, body={
@@ -141,7 +148,7 @@ async def test_a_function_cannot_take_another_namespaces_trigger(node: Node, nc:
 async def test_a_function_cannot_publish_into_another_namespace(node: Node, nc: Client, tmp_path):
     received = await collect(nc, "nex.victim.>")
     await flush_subscriptions(nc)
-    publisher = script(tmp_path, "publisher", """\
+    publisher = await script(nc, tmp_path, "publisher", """\
 async (subject, payload) => {
   try { await nex.publish("nex.victim.orders", "forged order"); return "published"; }
   catch (error) { return `${error.code}: ${error.message}`; }
@@ -176,7 +183,7 @@ async def test_nex_apply_refuses_another_namespaces_trigger(nats_server, tmp_pat
 
 
 async def test_namespace_subjects_confine_triggers_outside_nex(nats_server, tmp_path, nc: Client):
-    hello = script(tmp_path, "hello", "() => 'hello'\n")
+    hello = await script(nc, tmp_path, "hello", "() => 'hello'\n")
     async with running_node(nats_server, tmp_path / "node", "confined", reconciler=False,
                             namespace_subjects={"payments": ["pay.>"]}) as node:
         results = {}
@@ -208,7 +215,7 @@ async def test_under_auth_a_service_cannot_take_another_namespaces_trigger(tmp_p
                                  max_reconnect_attempts=0)
         try:
             code, refused = await control(deployer, "DEPLOY", node.node_id, namespace=EVIL, body={
-                "name": "thief", "type": "native", "artifact": file_artifact(programs["ticker"]),
+                "name": "thief", "type": "native", "artifact": await uploaded(deployer, programs["ticker"]),
                 "triggers": [{"subject": "nex.victim.>"}]})
             _, info = await control(deployer, "INFO", node.node_id, namespace=EVIL)
         finally:
