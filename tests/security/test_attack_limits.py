@@ -109,12 +109,12 @@ async def test_table_grow_fails_the_call_and_keeps_the_agent_within_memory_mib(
     assert (await request(nc, "attack.grow", b"warm up")).data == b"ok"
     before = agent_peak_rss("nex.agent.wasm")
 
-    error = function_error(await request(nc, "attack.grow", timeout=30))
+    reply = await request(nc, "attack.grow", timeout=30)
 
     grown = agent_peak_rss("nex.agent.wasm") - before
     print(f"wasm agent peak RSS: {before / MIB:.1f} MiB before the table.grow attack, +{grown / MIB:.1f} MiB")
     assert grown < 32 * MIB  # 256 MiB without a table limit
-    assert "unreachable" in error.message
+    assert "unreachable" in function_error(reply).message
     assert (await request(nc, "attack.grow", b"again")).data == b"ok"
 
 
@@ -216,3 +216,19 @@ async def test_a_result_over_max_payload_is_a_clear_error(node: Node, nc: Client
     error = function_error(await request(nc, "big.huge", timeout=15))
 
     assert "max_payload" in error.message
+
+
+async def test_a_function_that_invokes_itself_async_stops_at_the_hop_limit(node: Node, nc: Client, tmp_path: Path):
+    subject = "nex.default.chain"
+    # One attempt: the refused invocation is dead-lettered at once, not retried.
+    await deploy(nc, node, tmp_path, "chain", "javascript", SELF_TRIGGER_JS.encode(), subject, env={"NEXT": subject},
+                 triggers=[{"subject": subject, "mode": "async", "retry": {"max_attempts": 1}}])
+    invoked, loops, dead = (await _events(nc, "function_invoked"), await _events(nc, "invocation_loop"),
+                            await _events(nc, "function_dead_lettered"))
+    await nc.flush()
+
+    await nc.jetstream().publish(subject, b"start")
+
+    await eventually(lambda: loops and dead, timeout=30)
+    assert len(invoked) == MAX_HOPS + 1
+    assert json.loads(dead[0].data)["data"]["error"].startswith("invocation loop")
