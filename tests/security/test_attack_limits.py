@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,8 @@ from nex.client import NexClient
 from nex.node.node import Node
 
 MIB = 1024 * 1024
+WASM_SOURCES = Path(__file__).parent.parent / "wasm"
+INCLUDE = Path(__file__).parent.parent.parent / "src" / "nex" / "agent" / "include"
 
 # With a payload it answers "ok". Without one it grows its table by 2**20 elements 32 times
 # (256 MiB at 8 bytes an element), and traps when a grow is refused, as a program whose
@@ -70,6 +74,25 @@ async (subject, payload) => {
   return "again";
 }
 """
+
+# The same, trying to reset the count with a header of its own.
+FORGING_JS = """
+async (subject, payload) => {
+  await nex.publish(subject, payload, { headers: { "Nex-Hop": "0", "nex-hop": "0", "NEX-HOP": "-1" } });
+  return "again";
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def hostcalls_wasm(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """tests/wasm/hostcalls.c: "pub SUBJECT DATA" publishes DATA on SUBJECT from Wasm."""
+    clang = shutil.which("clang")
+    assert clang, "clang is missing: `make test` installs the Debian packages in WASM_DEBS"
+    out = tmp_path_factory.mktemp("limits") / "hostcalls.wasm"
+    subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", f"-I{INCLUDE}", "-o", str(out),
+                    str(WASM_SOURCES / "hostcalls.c")], check=True)
+    return out.read_bytes()
 
 
 async def deploy(nc: Client, node: Node, tmp_path: Path, name: str, kind: str, code: bytes, subject: str,
@@ -177,6 +200,32 @@ async def test_two_functions_that_trigger_each_other_stop_at_the_hop_limit(node:
     # ping ran at hops 0, 2, ... 16, pong at 1, 3, ... 15
     assert sorted(names) == ["ping"] * (MAX_HOPS // 2 + 1) + ["pong"] * (MAX_HOPS // 2)
     assert json.loads(loops[0].data)["data"]["name"] == "pong"  # ping's last run, at hop 16, sent hop 17
+
+
+async def test_a_function_cannot_reset_its_hop_count(node: Node, nc: Client, tmp_path: Path):
+    await deploy(nc, node, tmp_path, "forger", "javascript", FORGING_JS.encode(), "nex.default.forge")
+    invoked, loops, seen = await _events(nc, "function_invoked"), await _events(nc, "invocation_loop"), \
+        await collect(nc, "nex.default.forge")
+    await nc.flush()
+
+    await nc.publish("nex.default.forge", b"round")
+
+    await eventually(lambda: loops and len(invoked) == MAX_HOPS + 1, timeout=15)
+    assert [{name.lower() for name in msg.headers} for msg in seen[1:]] == [{HOP_HEADER.lower()}] * (MAX_HOPS + 1)
+
+
+async def test_a_chain_of_wasm_publishes_stops_at_the_hop_limit(node: Node, nc: Client, tmp_path: Path,
+                                                                hostcalls_wasm: bytes):
+    subject = "nex.default.wchain"
+    await deploy(nc, node, tmp_path, "wchain", "wasm", hostcalls_wasm, subject)
+    invoked, loops = await _events(nc, "function_invoked"), await _events(nc, "invocation_loop")
+    await nc.flush()
+
+    # Each call publishes the rest of its payload: a chain of 21 calls without a limit.
+    await nc.publish(subject, f"pub {subject} ".encode() * 20 + b"end")
+
+    await eventually(lambda: loops and len(invoked) == MAX_HOPS + 1, timeout=15)
+    assert json.loads(loops[0].data)["data"]["hop"] == MAX_HOPS + 1
 
 
 async def test_a_message_past_the_hop_limit_gets_an_error_reply(node: Node, nc: Client, tmp_path: Path):

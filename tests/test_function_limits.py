@@ -1,0 +1,47 @@
+"""The pure parts of the limits of functions: the hop count (nex.api.hops) and how a Wasm
+function's memory limit is shared out (nex.agent.wasm_limits). The attacks they stop are
+tests/security/test_attack_limits.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from nex.agent.wasm_limits import MAX_TABLES, TABLE_ELEMENT_BYTES, StoreLimits
+from nex.api.hops import HOP_HEADER, MAX_HOPS, hop_of, loop_error, onward, past_limit
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("headers, hop", [
+    (None, 0), ({}, 0), ({"other": "3"}, 0), ({HOP_HEADER: "7"}, 7), ({HOP_HEADER: "0"}, 0),
+    ({HOP_HEADER: "-1"}, 0), ({HOP_HEADER: "x"}, 0), ({HOP_HEADER: ""}, 0), ({HOP_HEADER: " 3"}, 0),
+    ({HOP_HEADER: "\u0663"}, 0), ({HOP_HEADER: "9" * 400}, 0), ({HOP_HEADER: "999999999"}, 999_999_999),
+])
+def test_hop_of_reads_a_count_or_nothing(headers, hop):
+    assert hop_of(headers) == hop
+
+
+def test_onward_adds_one_over_any_spelling_the_function_gave():
+    sent = onward({"nex-hop": "0", "NEX-HOP": "0", "traceparent": "t"}, 4)
+    assert sent == {"traceparent": "t", HOP_HEADER: "5"}
+    assert onward(None, 0) == {HOP_HEADER: "1"}
+
+
+def test_the_limit_is_16_and_past_it_is_a_loop_error():
+    assert MAX_HOPS == 16 and not past_limit(16) and past_limit(17)
+    error = loop_error(17)
+    assert error.kind == "loop" and "17" in error.message and "16" in error.message
+
+
+@pytest.mark.parametrize("mib", [1, 2, 16, 64, 1024])
+def test_linear_memory_plus_tables_stay_within_the_limit(mib: int):
+    limits = StoreLimits.for_memory(mib * MIB)
+    assert limits.memory_size + limits.tables * limits.table_elements * TABLE_ELEMENT_BYTES <= mib * MIB
+    assert limits.table_bytes == mib * MIB // 16
+    assert limits.memories == 1
+
+
+def test_a_componentize_py_component_fits_under_16_mib():
+    limits = StoreLimits.for_memory(16 * MIB)
+    assert limits.instances >= 16 and limits.tables >= 2 and limits.table_elements > 5600
+    assert limits.table_elements == 16384 and limits.memory_size == 15 * MIB and limits.tables == MAX_TABLES
