@@ -269,9 +269,8 @@ async def test_a_result_over_max_payload_is_a_clear_error(node: Node, nc: Client
 
 async def test_a_function_that_invokes_itself_async_stops_at_the_hop_limit(node: Node, nc: Client, tmp_path: Path):
     subject = "nex.default.chain"
-    # One attempt: the refused invocation is dead-lettered at once, not retried.
     await deploy(nc, node, tmp_path, "chain", "javascript", SELF_TRIGGER_JS.encode(), subject, env={"NEXT": subject},
-                 triggers=[{"subject": subject, "mode": "async", "retry": {"max_attempts": 1}}])
+                 triggers=[{"subject": subject, "mode": "async"}])
     invoked, loops, dead = (await _events(nc, "function_invoked"), await _events(nc, "invocation_loop"),
                             await _events(nc, "function_dead_lettered"))
     await nc.flush()
@@ -280,4 +279,6 @@ async def test_a_function_that_invokes_itself_async_stops_at_the_hop_limit(node:
 
     await eventually(lambda: loops and dead, timeout=30)
     assert len(invoked) == MAX_HOPS + 1
+    # Dead-lettered at once: a refused loop is not tried again (5 attempts by default).
+    assert len(loops) == 1 and json.loads(dead[0].data)["data"]["attempts"] == 1
     assert json.loads(dead[0].data)["data"]["error"].startswith("invocation loop")

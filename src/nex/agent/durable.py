@@ -51,7 +51,7 @@ from nex.agent.engine import Outcome
 from nex.agent.hostservices import subject_matches
 from nex.api import subjects
 from nex.api.errors import BadRequest, FunctionError
-from nex.api.hops import hop_of, onward
+from nex.api.hops import LOOP, hop_of, onward
 from nex.security.natsauth import RESERVED, app_subjects
 
 log = logging.getLogger(__name__)
@@ -328,7 +328,7 @@ class DurableRunner:
                 log.warning("function %s: recording key %r: %s", self._spec.workload_id, key, exc)
             await self._reply(headers, outcome.data, None)
             await msg.ack()
-        elif attempt >= retry.max_attempts:
+        elif attempt >= retry.max_attempts or outcome.error.kind == LOOP:  # a loop fails the same way again
             await self._dead_letter(msg, key, attempt, outcome.error)
         else:
             await msg.nak(delay=backoff_s(retry, attempt))

@@ -45,7 +45,7 @@ from nex.agent.schedule import Schedule
 from nex.agent.tracing import Propagation, Tracing
 from nex.agent.worker import ContextThread
 from nex.api import subjects
-from nex.api.errors import FunctionError
+from nex.api.errors import FunctionError, NexError
 from nex.api.events import EventEncoder, EventType
 from nex.api.hops import hop_of, loop_error, past_limit
 from nex.api.tracecontext import TRACEPARENT
@@ -258,13 +258,7 @@ class LoadedFunction:
             return
         hop = hop_of(msg.headers)
         if past_limit(hop):
-            error = self._refuse_loop(msg.subject, hop)
-            if msg.reply:
-                payload, headers = error.encode()
-                try:
-                    await self._nc.publish(msg.reply, payload, headers=headers)
-                except NatsError as exc:
-                    log.warning("function %s: could not refuse on %s: %s", self.spec.workload_id, msg.subject, exc)
+            await self._send_refusal(msg, self._refuse_loop(msg.subject, hop))
             return
         if self._limit is not None:
             if not self._limit.try_enter():
@@ -283,6 +277,15 @@ class LoadedFunction:
             return
         self._in_flight.put_nowait((msg, self._thread.call(self._invoke, msg.subject, msg.data, traceparent, hop)))
 
+    async def _send_refusal(self, msg: Msg, error: NexError) -> None:
+        if not msg.reply:
+            return
+        payload, headers = error.encode()
+        try:
+            await self._nc.publish(msg.reply, payload, headers=headers)
+        except NatsError as exc:
+            log.warning("function %s: could not refuse on %s: %s", self.spec.workload_id, msg.subject, exc)
+
     def _refuse_loop(self, subject: str, hop: int) -> FunctionError:
         """A message past the hop limit (nex.api.hops): not run, counted as a failed call, reported."""
         self.invocations += 1
@@ -294,12 +297,7 @@ class LoadedFunction:
         """Answer a call past max_concurrency with a 429 at once: it never reaches the sandbox."""
         assert self._limit is not None
         error = self._limit.refusal()
-        if msg.reply:
-            payload, headers = error.encode()
-            try:
-                await self._nc.publish(msg.reply, payload, headers=headers)
-            except NatsError as exc:
-                log.warning("function %s: could not refuse on %s: %s", self.spec.workload_id, msg.subject, exc)
+        await self._send_refusal(msg, error)
         self._events.emit(*self._failed, {"subject": msg.subject, "duration_ms": 0.0, "error": error.message,
                                           "kind": OVERLOADED})
 
