@@ -5,7 +5,11 @@ tests/security/test_attack_limits.py."""
 from __future__ import annotations
 
 import pytest
+import wasmtime
 
+from nex.agent import protocol
+from nex.agent.engine import CompileError
+from nex.agent.wasm_sandbox import WasmEngine
 from nex.agent.wasm_limits import MAX_TABLES, TABLE_ELEMENT_BYTES, StoreLimits
 from nex.api.hops import HOP_HEADER, MAX_HOPS, hop_of, loop_error, onward, past_limit
 
@@ -45,3 +49,21 @@ def test_a_componentize_py_component_fits_under_16_mib():
     limits = StoreLimits.for_memory(16 * MIB)
     assert limits.instances >= 16 and limits.tables >= 2 and limits.table_elements > 5600
     assert limits.table_elements == 16384 and limits.memory_size == 15 * MIB and limits.tables == MAX_TABLES
+
+
+@pytest.mark.parametrize("wat, feature", [
+    ('(module (type $a (array (mut i8))) (func (export "_start") (drop (array.new_default $a (i32.const 1)))))', "gc"),
+    ('(module (tag $e) (func (export "_start") (throw $e)))', "exceptions"),
+], ids=["gc", "exceptions"])
+def test_modules_whose_objects_would_live_beside_the_limit_do_not_load(tmp_path, wat: str, feature: str):
+    module = tmp_path / "m.wasm"
+    module.write_bytes(wasmtime.wat2wasm(wat))
+    engine = WasmEngine(None, warm_instances=0)
+    load = protocol.Load(workload_id="w", name="m", namespace="default", artifact_path=str(module), triggers=[],
+                         timeout_ms=1000, memory_bytes=16 * MIB)
+    try:
+        with pytest.raises(CompileError) as refused:
+            engine.build(load)
+    finally:
+        engine.close()
+    assert "does not compile" in str(refused.value) and feature in str(refused.value)
