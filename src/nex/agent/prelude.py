@@ -38,11 +38,10 @@ PRELUDE = r"""
   const stringify = JSON.stringify;
   const fromCharCode = String.fromCharCode;
   const isView = ArrayBuffer.isView;
-  // Held from here on: a function that replaces String.prototype.slice or Reflect.apply
-  // cannot change what the agent reads.
-  const apply = Reflect.apply;
-  const slice = String.prototype.slice;
-  const flat = (text) => apply(slice, text, [0]);  // a rope becomes one string (see the docstring)
+  // flat(text) is text.slice(): a rope becomes one string (see the docstring). Bound here, so
+  // that a function that replaces String.prototype.slice cannot change what the agent reads;
+  // it allocates nothing for a string that is flat already (a full heap is no problem then).
+  const flat = Function.prototype.call.bind(String.prototype.slice);
 
   let lines = [];
   let dropped = 0;
