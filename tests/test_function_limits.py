@@ -1,17 +1,22 @@
-"""The pure parts of the limits of functions: the hop count (nex.api.hops) and how a Wasm
-function's memory limit is shared out (nex.agent.wasm_limits). The attacks they stop are
-tests/security/test_attack_limits.py."""
+"""The limits of functions: the hop count (nex.api.hops) and the node's setting of it, how a
+Wasm function's memory limit is shared out (nex.agent.wasm_limits), the proposals left out.
+The attacks they stop are tests/security/test_attack_limits.py."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import wasmtime
 
+from helpers import collect, control, eventually, running_node
 from nex.agent import protocol
 from nex.agent.engine import CompileError
 from nex.agent.wasm_sandbox import WasmEngine
 from nex.agent.wasm_limits import MAX_TABLES, TABLE_ELEMENT_BYTES, StoreLimits
+from nex.api import subjects
 from nex.api.hops import HOP_HEADER, MAX_HOPS, hop_of, loop_error, onward, past_limit
+from nex.client import NexClient
 
 MIB = 1024 * 1024
 
@@ -67,3 +72,26 @@ def test_modules_whose_objects_would_live_beside_the_limit_do_not_load(tmp_path,
     finally:
         engine.close()
     assert "does not compile" in str(refused.value) and feature in str(refused.value)
+
+
+async def test_an_operator_sets_the_hop_limit_of_a_node(nats_server, nc, tmp_path):
+    async with running_node(nats_server, tmp_path / "node", "hops", max_hops=2) as node:
+        source = b"async (subject, payload) => { await nex.publish(subject, payload); return 'again'; }"
+        code, summary = await control(nc, "DEPLOY", node.node_id, body={
+            "name": "looper", "type": "javascript", "artifact": await _uploaded(nc, tmp_path, source),
+            "triggers": [{"subject": "nex.default.loop"}]})
+        assert code is None, summary
+        invoked = await collect(nc, subjects.events("default", "function_invoked"))
+        loops = await collect(nc, subjects.events("default", "invocation_loop"))
+        await nc.flush()
+
+        await nc.publish("nex.default.loop", b"go")
+
+        await eventually(lambda: loops and len(invoked) == 3)
+        assert json.loads(loops[0].data)["data"]["limit"] == 2
+
+
+async def _uploaded(nc, tmp_path, source: bytes) -> dict:
+    path = tmp_path / "looper.js"
+    path.write_bytes(source)
+    return (await NexClient(nc).upload_artifact(path)).model_dump()

@@ -47,7 +47,7 @@ from nex.agent.worker import ContextThread
 from nex.api import subjects
 from nex.api.errors import FunctionError, NexError
 from nex.api.events import EventEncoder, EventType
-from nex.api.hops import hop_of, loop_error, past_limit
+from nex.api.hops import MAX_HOPS, hop_of, loop_error, past_limit
 from nex.api.tracecontext import TRACEPARENT
 from nex.connection import flush_subscriptions
 
@@ -104,6 +104,8 @@ class LoadedFunction:
                         EventEncoder(EventType.FUNCTION_FAILED, node_id, spec.workload_id, static))
         self._loop = (subjects.events(spec.namespace, EventType.INVOCATION_LOOP.value),
                       EventEncoder(EventType.INVOCATION_LOOP, node_id, spec.workload_id, static))
+        host_services = getattr(engine, "host_services", None)
+        self._max_hops = host_services.settings.max_hops if host_services is not None else MAX_HOPS
         self._log_subjects = {stream: subjects.logs(spec.namespace, spec.workload_id, stream)
                               for stream in subjects.LOG_STREAMS}
 
@@ -211,7 +213,7 @@ class LoadedFunction:
                         hop: int = 0) -> Outcome:
         """One async invocation (nex.agent.durable), down the sync calls' path: counted, logged and
         reported the same way; the durable runner acks it and publishes any reply."""
-        if past_limit(hop):
+        if past_limit(hop, self._max_hops):
             return Outcome(error=self._refuse_loop(subject, hop))
         if self._parallel is not None:
             pending = asyncio.wrap_future(self._parallel.submit(self._invoke, subject, payload, traceparent, hop))
@@ -257,7 +259,7 @@ class LoadedFunction:
         if self._unloaded:
             return
         hop = hop_of(msg.headers)
-        if past_limit(hop):
+        if past_limit(hop, self._max_hops):
             await self._send_refusal(msg, self._refuse_loop(msg.subject, hop))
             return
         if self._limit is not None:
@@ -290,8 +292,8 @@ class LoadedFunction:
         """A message past the hop limit (nex.api.hops): not run, counted as a failed call, reported."""
         self.invocations += 1
         self.errors += 1
-        self._events.emit(*self._loop, {"subject": subject, "hop": hop})
-        return loop_error(hop)
+        self._events.emit(*self._loop, {"subject": subject, "hop": hop, "limit": self._max_hops})
+        return loop_error(hop, self._max_hops)
 
     async def _refuse(self, msg: Msg) -> None:
         """Answer a call past max_concurrency with a 429 at once: it never reaches the sandbox."""

@@ -5,7 +5,8 @@ publishes back, would run forever. So each message a function sends while it
 runs (a publish, a request, an async invocation, the reply of an async
 invocation) carries ``Nex-Hop: n + 1``, where n is the hop of the invocation that
 sent it: the ``Nex-Hop`` of the message that triggered it, 0 without one. A
-message that arrives with a hop past ``MAX_HOPS`` is not run: it gets an error
+message that arrives with a hop past the limit (``MAX_HOPS`` unless the node's config
+sets ``max_hops``) is not run: it gets an error
 reply and an ``invocation_loop`` event. A chain of functions is therefore at most
 ``MAX_HOPS + 1`` invocations long, like the call depth of Cloudflare Workers (16 too).
 
@@ -21,7 +22,8 @@ from collections.abc import Mapping
 from nex.api.errors import FunctionError
 
 HOP_HEADER = "Nex-Hop"
-MAX_HOPS = 16
+MAX_HOPS = 16  # the default; a node's config may set another (max_hops)
+MAX_HOPS_LIMIT = 1024
 _MAX_DIGITS = 9
 
 
@@ -33,8 +35,8 @@ def hop_of(headers: Mapping[str, str] | None) -> int:
     return int(value)
 
 
-def past_limit(hop: int) -> bool:
-    return hop > MAX_HOPS
+def past_limit(hop: int, limit: int = MAX_HOPS) -> bool:
+    return hop > limit
 
 
 def onward(headers: Mapping[str, str] | None, hop: int) -> dict[str, str]:
@@ -48,7 +50,7 @@ def onward(headers: Mapping[str, str] | None, hop: int) -> dict[str, str]:
 LOOP = "loop"  # FunctionError.kind of a call refused here
 
 
-def loop_error(hop: int) -> FunctionError:
+def loop_error(hop: int, limit: int = MAX_HOPS) -> FunctionError:
     """The error a message past the limit is answered with."""
     return FunctionError(f"invocation loop: the message arrived with {HOP_HEADER} {hop}, past the limit of"
-                         f" {MAX_HOPS} functions triggering one another: not run", LOOP)
+                         f" {limit} functions triggering one another: not run", LOOP)

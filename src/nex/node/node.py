@@ -117,6 +117,7 @@ class Node:
                                  credentials=self.credentials, host_settings=HostSettings(
                                      replicas=self.config.replicas, http_allow_hosts=self.config.http_allow_hosts,
                                      http_allow_methods=self.config.http_allow_methods,
+                                     max_hops=self.config.max_hops,
                                      otel_endpoint=self.config.otel_endpoint))
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
