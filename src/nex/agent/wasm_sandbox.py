@@ -68,8 +68,8 @@ from nex.agent.engine import ERROR, EXIT, OUT_OF_MEMORY, TIMEOUT, CompileError, 
 from nex.agent.host_wasm import WasmHost
 from nex.agent.hostservices import FunctionHost, HostServices
 from nex.agent.module_cache import ModuleCache
-from nex.agent.wasm_limits import StoreLimits
 from nex.agent.protocol import ENV_CACHE_DIR
+from nex.agent.wasm_limits import StoreLimits
 from nex.api.errors import FunctionError
 
 log = logging.getLogger(__name__)
@@ -386,7 +386,7 @@ class WasmSandbox:
             return True
         if instance is None:
             return False
-        # Only the tables it exports can be seen from here (a C module's is not exported).
+        # Only the tables it exports can be seen from here (C modules usually export none).
         return any(isinstance(export, wasmtime.Table)
                    and export.size(store) >= OUT_OF_MEMORY_SHARE * self._limits.table_elements
                    for export in instance.exports(store).by_index)
