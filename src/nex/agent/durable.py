@@ -15,7 +15,8 @@ the work. For each message:
 3. Otherwise it runs through the function's own call path (the thread the sync calls
    use). Success: the key is recorded with ``create`` (compare-and-set: one completion
    record per key however many copies raced), the result is published on the
-   ``Nex-Reply-To`` subject if there is one, and the message is acked. Failure: a
+   ``Nex-Reply-To`` subject if there is one (with the invocation's ``Nex-Hop`` plus one,
+   :mod:`nex.api.hops`), and the message is acked. Failure: a
    ``nak`` with the delay ``backoff_ms * 2**(attempt-1)`` capped at ``max_backoff_ms``;
    after the last attempt the message goes to the dead-letter stream ``NEX_DLQ``
    (subject ``$NEX.DLQ.<ns>.<name>``, headers naming the subject, key, attempts and
@@ -49,6 +50,7 @@ from nex.agent import protocol
 from nex.agent.engine import Outcome
 from nex.api import subjects
 from nex.api.errors import BadRequest, FunctionError
+from nex.api.hops import LOOP, hop_of, onward
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,8 @@ class TriggerConflict(BadRequest):
 class RunsCalls(Protocol):
     """What the runner needs of a loaded function."""
 
-    async def run_async(self, subject: str, payload: bytes, traceparent: str | None = None) -> Outcome: ...
+    async def run_async(self, subject: str, payload: bytes, traceparent: str | None = None,
+                        hop: int = 0) -> Outcome: ...
 
     def emit_dead_lettered(self, data: dict[str, Any]) -> None: ...
 
@@ -310,7 +313,7 @@ class DurableRunner:
                                   " stopped before it answered", "lost")
             await self._dead_letter(msg, key, attempt - 1, error)
             return
-        outcome = await self._function.run_async(msg.subject, msg.data, headers.get("traceparent"))
+        outcome = await self._function.run_async(msg.subject, msg.data, headers.get("traceparent"), hop_of(headers))
         if outcome.error is None:
             try:
                 await self._done.create(record, str(meta.sequence.stream).encode())
@@ -320,7 +323,7 @@ class DurableRunner:
                 log.warning("function %s: recording key %r: %s", self._spec.workload_id, key, exc)
             await self._reply(headers, outcome.data, None)
             await msg.ack()
-        elif attempt >= retry.max_attempts:
+        elif attempt >= retry.max_attempts or outcome.error.kind == LOOP:  # a loop fails the same way again
             await self._dead_letter(msg, key, attempt, outcome.error)
         else:
             await msg.nak(delay=backoff_s(retry, attempt))
@@ -365,4 +368,4 @@ class DurableRunner:
             log.warning("function %s: no reply on %s %r: %s", self._spec.workload_id,
                         subjects.REPLY_TO_HEADER, reply_to, problem)
             return
-        await self._nc.publish(reply_to, data, headers=reply_headers)
+        await self._nc.publish(reply_to, data, headers=onward(reply_headers, hop_of(headers)))

@@ -17,6 +17,7 @@ Scope: the agent's connection may do anything, so the scope is enforced here.
 - Messaging: the namespace's subjects ``nex.<ns>.>`` and the function's own
   trigger subjects, never a reserved one: :class:`nex.api.subjects.WorkloadScope`,
   the rule of workload credentials too.
+- Every message sent carries the invocation's hop plus one (:mod:`nex.api.hops`).
 - HTTP: the methods and hosts the node's config allows; no host by default.
   Redirects are not followed (a redirect could leave the allowed hosts).
 
@@ -43,7 +44,7 @@ from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as N
 from nats.js import api
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 
-from nex.agent import protocol
+from nex.agent import hops, protocol
 from nex.agent.tracing import Propagation, Tracing
 from nex.api.errors import NexError
 from nex.api.subjects import WorkloadScope
@@ -306,7 +307,7 @@ class FunctionHost:
         _check_size("the message", data, MAX_VALUE_BYTES)
         checked = _check_headers(headers)
         with self._services.tracing.host_call(f"publish {subject}", {"messaging.destination.name": subject}) as trace:
-            checked = _traced(checked, trace)
+            checked = hops.outgoing(_traced(checked, trace))
             self._run("publish", lambda _: self._services.publish(subject, data, checked), None)
 
     def request(self, subject: str, data: bytes, headers: dict[str, str] | None = None,
@@ -315,7 +316,7 @@ class FunctionHost:
         _check_size("the message", data, MAX_VALUE_BYTES)
         checked = _check_headers(headers)
         with self._services.tracing.host_call(f"request {subject}", {"messaging.destination.name": subject}) as trace:
-            checked = _traced(checked, trace)
+            checked = hops.outgoing(_traced(checked, trace))
             return self._run("request", lambda budget: self._services.request(subject, data, checked, budget),
                              timeout)
 

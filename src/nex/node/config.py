@@ -12,6 +12,7 @@ from typing import Any
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nex.api.hops import MAX_HOPS, MAX_HOPS_LIMIT
 from nex.api.keys import PREFIX_ACCOUNT, KeyDecodeError, decode_public
 from nex.api.models import DEFAULT_STOP_GRACE_S, describe_validation_error
 from nex.api.subjects import TOKEN_PATTERN, is_token, namespace_subject_problem, pattern_problem
@@ -95,6 +96,9 @@ class NodeConfig(BaseModel):
         "none by default")
     http_allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "PUT", "DELETE"],
                                           description="HTTP methods functions may use")
+    max_hops: int = Field(default=MAX_HOPS, ge=1, le=MAX_HOPS_LIMIT,
+                          description="how deep a chain of functions triggering one another may go (the Nex-Hop"
+                          " header): a message past it is not run")
 
     # -- observability (docs/observability.md) --
     metrics_port: int | None = Field(default=None, ge=0, le=65535,

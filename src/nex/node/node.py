@@ -123,6 +123,7 @@ class Node:
                                  credentials=self.credentials, host_settings=HostSettings(
                                      replicas=self.config.replicas, http_allow_hosts=self.config.http_allow_hosts,
                                      http_allow_methods=self.config.http_allow_methods,
+                                     max_hops=self.config.max_hops,
                                      otel_endpoint=self.config.otel_endpoint),
                                  image_budget_bytes=self.config.image_disk_budget_bytes)
         self.supervisor = Supervisor(
