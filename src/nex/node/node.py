@@ -23,6 +23,7 @@ from nex.api.models import (
 )
 from nex.artifacts import ArtifactCache
 from nex.fleet.reconciler import Reconciler, fleet_keys
+from nex.fleet.verify import Trust
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
 from nex.node import identity
@@ -36,6 +37,7 @@ from nex.node.resources import automatic_tags, resources
 from nex.node.sandboxing import choose_sandbox, sweep_containers
 from nex.node.supervisor import Supervisor
 from nex.node.workloads import Workload
+from nex.security.apps import AppDeployCheck
 from nex.security.claims import ClaimPolicy
 from nex.security.keystore import NODE_XKEY_FILE, load_or_create_xkey
 from nex.security.natsauth import AccountSigner, EmbeddedAuth, WorkloadCredentials
@@ -65,6 +67,7 @@ class Node:
         self.node_id = identity.node_id(self.keys)
         self.xkey = load_or_create_xkey(self.state_dir / NODE_XKEY_FILE)
         self.claims = ClaimPolicy(config.trusted_issuers, config.admin_issuers)
+        self.app_checks = AppDeployCheck(config.trusted_issuers, config.admin_issuers)
         self.name = config.name or f"node-{self.node_id[:8].lower()}"
         self.tags = {**automatic_tags(), **config.tags}
         self.state = NodeState.RUNNING
@@ -152,10 +155,12 @@ class Node:
     def _make_reconciler(self) -> Reconciler:
         """This node's candidate for the fleet's reconciler lease (nex.fleet.reconciler)."""
         keys = fleet_keys(self.config.fleet_keys or self.state_dir / "fleet")
+        self.app_checks.fleet_issuer = keys.issuer_public
         return Reconciler(
             self.nc, self.node_id, self.name, keys, self.feeds.event, interval_s=self.config.reconcile_interval_s,
             lease_s=self.config.lease_s, replicas=self.config.replicas,
-            registry_interval_s=self.config.registry_interval_s)
+            registry_interval_s=self.config.registry_interval_s,
+            trust=Trust.of(self.config.trusted_issuers, self.config.admin_issuers))
 
     async def _start_embedded(self) -> AccountSigner | None:
         """Start the embedded server; with ``auth``, in operator mode, returning the account's signer."""
@@ -283,7 +288,9 @@ class Node:
         if request.env and not self.claims.dev_mode:
             raise BadRequest("this node takes no plain env: seal it to the node's xkey (sealed_env)")
         issuer = self.claims.check_deploy(namespace, request)
-        workload = await self.supervisor.deploy(namespace, self._opened(request))
+        opened = self._opened(request)
+        self.app_checks.check(namespace, request, issuer, opened.env.keys())
+        workload = await self.supervisor.deploy(namespace, opened)
         workload.issuer = issuer
         await self.control.watch_workload(workload)
         return workload
