@@ -52,7 +52,7 @@ def apply(opts: GlobalOptions, file: Path, dry_run: bool) -> None:
                 return app_change(before.spec, spec, before.version, dry_run=True)
             return _updated(app_change(before.spec, spec, before.version + 1, dry_run=True))
         applied_by = client.keys.issuer_public if client.keys else None
-        record = await store.apply(spec, applied_by)
+        record = await store.apply(spec, client.keys)
         if before is not None and record.version == before.version:
             return app_change(record.spec, record.spec, record.version)
         change = app_change(record.previous, record.spec, record.version)
@@ -158,8 +158,16 @@ def app_status(opts: GlobalOptions, name: str) -> None:
 
     async def action(client: NexClient) -> AppView:
         store = AppStore(client.nc, timeout=opts.timeout)
-        record, _ = await store.get(opts.namespace, name)
-        return app_view(record, await store.nodes(), await store.get_status(opts.namespace, name))
+        status = await store.get_status(opts.namespace, name)
+        try:
+            record, _ = await store.get(opts.namespace, name)
+        except AppNotFound:
+            # Deleted without a tombstone: the reconciler keeps running the last verified version.
+            verified = await store.get_verified(opts.namespace, name)
+            if verified is None or status is None or status.refused is None or verified.deleted:
+                raise
+            record = verified
+        return app_view(record, await store.nodes(), status)
 
     view = run(opts, action)
     if opts.json:
@@ -171,8 +179,9 @@ def app_status(opts: GlobalOptions, name: str) -> None:
         ("Replicas", f"{view.running}/{view.desired} running, {view.healthy} healthy"),
         ("Rollout", view.rollout),
     ]
-    if view.applied_by:
-        pairs.append(("Applied by", view.applied_by))
+    pairs.append(("Signed by", view.applied_by or "nobody (unsigned)"))
+    if view.refused:
+        pairs.append(("Refused", f"{view.refused}; the last verified version keeps running"))
     if view.reconciled_at is not None:
         pairs.append(("Reconciled", f"version {view.reconciled_version}, {output.age(view.reconciled_at)} ago "
                                     f"by {output.short(view.reconciler or '-')}"))
@@ -214,13 +223,13 @@ def _replica_table(replicas: list[ReplicaView]) -> None:
 @click.option("--wait", is_flag=True, help="wait until no replica of the app runs (at most --timeout)")
 @with_global_options
 def app_delete(opts: GlobalOptions, name: str, wait: bool) -> None:
-    """Delete an app: the reconciler stops its replicas."""
+    """Delete an app: a tombstone, signed with your keys, on which the reconciler stops its replicas."""
     subjects.check_token(name, "app name")
 
     async def action(client: NexClient) -> int:
         store = AppStore(client.nc, timeout=opts.timeout)
         record, _ = await store.get(opts.namespace, name)
-        await store.delete(opts.namespace, name)
+        await store.delete(opts.namespace, name, client.keys)
         issuer = client.keys.issuer_public if client.keys else None
         await _publish_event(client, EventType.APP_DELETED, opts.namespace, name, {
             "name": name, "namespace": opts.namespace, "version": record.version, "deleted_by": issuer})
