@@ -17,7 +17,7 @@ from nex.api.errors import BadRequest, ForbiddenTrigger
 from nex.api.events import EventType
 from nex.api.subjects import first_overlap
 from nex.api.models import (
-    AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState,
+    AppRef, AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState,
     UndeployRequest,
     NodeRecord, UndeployResponse, WorkloadPing,
 )
@@ -290,6 +290,9 @@ class Node:
         issuer = self.claims.check_deploy(namespace, request)
         opened = self._opened(request)
         self.app_checks.check(namespace, request, issuer, opened.env.keys())
+        if request.app is not None:
+            # Checked: the registry and the summaries list the app and revision only, not the token.
+            opened = opened.model_copy(update={"app": AppRef(name=request.app.name, revision=request.app.revision)})
         workload = await self.supervisor.deploy(namespace, opened)
         workload.issuer = issuer
         await self.control.watch_workload(workload)
