@@ -228,11 +228,15 @@ def app_delete(opts: GlobalOptions, name: str, wait: bool) -> None:
 
     async def action(client: NexClient) -> int:
         store = AppStore(client.nc, timeout=opts.timeout)
-        record, _ = await store.get(opts.namespace, name)
-        await store.delete(opts.namespace, name, client.keys)
+        try:
+            record: AppRecord | None = (await store.get(opts.namespace, name))[0]
+        except AppNotFound:
+            record = await store.get_verified(opts.namespace, name)  # its record vanished; it still runs
+        tombstone = await store.delete(opts.namespace, name, client.keys)
         issuer = client.keys.issuer_public if client.keys else None
         await _publish_event(client, EventType.APP_DELETED, opts.namespace, name, {
-            "name": name, "namespace": opts.namespace, "version": record.version, "deleted_by": issuer})
+            "name": name, "namespace": opts.namespace, "version": record.version if record else tombstone.version - 1,
+            "deleted_by": issuer})
         if not wait:
             return len(replicas_of(opts.namespace, name, await store.nodes()))
         loop = asyncio.get_running_loop()

@@ -173,12 +173,18 @@ class AppStore:
         kv = await self._apps()
         key = subjects.app_key(namespace, name)
         for _ in range(_CAS_ATTEMPTS):
-            stored, revision = await self.get(namespace, name)  # AppNotFound for a name that is not there
-            version = await self._next_version(namespace, name, (stored, revision))
-            tombstone = sign_record(AppRecord(spec=stored.spec, version=version, applied_at=datetime.now(timezone.utc),
+            stored = await self._get_model(kv, key, AppRecord)
+            # The app may still run when someone deleted its record or forged a tombstone: the
+            # reconciler then runs its last verified record, which this tombstone ends too.
+            verified = await self.get_verified(namespace, name)
+            live = [r for r in (stored[0] if stored else None, verified) if r is not None and not r.deleted]
+            if not live:
+                raise AppNotFound(namespace, name)
+            version = await self._next_version(namespace, name, stored)
+            tombstone = sign_record(AppRecord(spec=live[0].spec, version=version, applied_at=datetime.now(timezone.utc),
                                               applied_by=keys.issuer_public if keys else None, deleted=True), keys)
             try:
-                await self._write(kv, key, tombstone, revision)
+                await self._write(kv, key, tombstone, stored[1] if stored else None)
                 return tombstone
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
