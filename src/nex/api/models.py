@@ -229,9 +229,10 @@ class AppRef(Strict):
     template: dict[str, Any] | None = Field(
         default=None, description="the signed app workload this replica is made from, its sealed_env "
         "replaced by sealed_env_sha256")
-    digests: list[WorkloadDigest] = Field(default_factory=list, max_length=256,
-                                          description="every workload digest of the signed spec, in its order")
-    rolled_back: bool = Field(default=False, description="the spec is the token's previous one (a rollback)")
+    digests: list[WorkloadDigest] | None = Field(default=None, max_length=256,
+                                                 description="every workload digest of the signed spec, in its order")
+    rolled_back: bool | None = Field(default=None, description="true: the spec is the token's previous one "
+                                     "(a rollback)")
 
 
 class Limits(Strict):

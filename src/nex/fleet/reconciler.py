@@ -362,7 +362,7 @@ class Reconciler:
             # What the user signed, for the node to check this deploy against (nex.security.apps).
             app = app.model_copy(update={
                 "token": record.token, "template": appsig.template(workload),
-                "digests": appsig.workload_digests(record.spec), "rolled_back": record.rolled_back})
+                "digests": appsig.workload_digests(record.spec), "rolled_back": record.rolled_back or None})
         return DeployRequest(
             name=workload.name, type=workload.type, lifecycle=workload.lifecycle, artifact=workload.artifact,
             namespace=place.namespace, argv=list(workload.argv), env=env, triggers=list(workload.triggers),

@@ -63,14 +63,15 @@ class AppDeployCheck:
             raise ClaimMismatch("app token op")
         if (claim.namespace, claim.name) != (namespace, app.name):
             raise ClaimMismatch("app namespace or name")
+        digests = app.digests or []
         signed = claim.previous_sha256 if app.rolled_back else claim.spec_sha256
-        if signed is None or appsig.spec_digest_of(namespace, app.name, app.digests) != signed:
+        if signed is None or appsig.spec_digest_of(namespace, app.name, digests) != signed:
             raise ClaimMismatch("app spec digest")
         template = app.template
         if template is None:
             raise ClaimMismatch("app workload template")
         digest = appsig.workload_digest(template)
-        if not any(d.name == request.name and d.sha256 == digest for d in app.digests):
+        if not any(d.name == request.name and d.sha256 == digest for d in digests):
             raise ClaimMismatch("app workload digest")
         deployed = request.model_dump(mode="json", include=set(SIGNED_FIELDS))
         for field in SIGNED_FIELDS:
