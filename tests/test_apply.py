@@ -533,3 +533,16 @@ async def test_an_applied_app_runs_with_its_sealed_env_and_stops_when_deleted(
     assert code == 0, err
     assert out.strip() == "app 'shop' is deleted"
     assert all(not r.app for n in await store.nodes() for r in n.workloads if r.state == WorkloadState.RUNNING)
+
+
+async def test_a_signed_apply_never_signs_a_spec_someone_else_wrote_as_its_previous(store, nc, tmp_path):
+    user = UserKeys.load(tmp_path / "user", create=True)
+    first = await store.apply(spec_of(), user)
+    kv = await nc.jetstream().key_value(subjects.APPS_BUCKET)
+    forged = first.model_copy(update={"spec": spec_of(argv=["evil"])})  # an edit by someone without the key
+    await kv.put(subjects.app_key("default", "shop"), forged.model_dump_json(exclude_none=True).encode())
+
+    second = await store.apply(spec_of(replicas=5), user)
+    assert second.version == 2 and second.previous is None  # the edit is not what a rollback restores
+    again = await store.apply(spec_of(replicas=6), user)
+    assert again.previous == spec_of(replicas=5)  # a record signed by itself is

@@ -17,7 +17,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from helpers import eventually, running_node
+from helpers import eventually, nex, running_node
 from nex.api import subjects
 from nex.api.apps import AppRecord, AppSpec, RolloutState
 from nex.api.models import WorkloadState
@@ -174,7 +174,8 @@ async def test_a_replayed_older_signed_version_is_refused(trusted_node, store, a
 
 
 @pytest.mark.parametrize("how", ["delete", "purge"])
-async def test_a_record_that_vanishes_stops_nothing(trusted_node, store, attacker, artifacts, user, nc, how):
+async def test_a_record_that_vanishes_stops_nothing(trusted_node, store, attacker, artifacts, user, nc, how,
+                                                    nats_server):
     before = await signed_and_running(store, user, shop(artifacts["ticker"]))
     events = await nc.subscribe(subjects.events("default", "app_refused"))
     kv = await attacker.jetstream().key_value(subjects.APPS_BUCKET)
@@ -184,6 +185,9 @@ async def test_a_record_that_vanishes_stops_nothing(trusted_node, store, attacke
     assert "without a signed tombstone" in json.loads((await events.next_msg(timeout=5)).data)["data"]["reason"]
     await passes(trusted_node)
     assert await running(store) == before
+    code, out, err = await nex("app", "status", "shop", "--server", nats_server.url)
+    assert code == 0, err
+    assert "refused" in out and "deleted without a signed tombstone" in out and user.issuer_public in out
 
 
 async def test_only_a_signed_tombstone_stops_the_app(trusted_node, store, attacker, artifacts, user):

@@ -114,8 +114,9 @@ class AppStore:
             current = await self._get_model(kv, key, AppRecord)
             if current is not None and _unchanged(current[0], spec, keys):
                 return current[0]
-            version = await self._next_version(spec.namespace, spec.name, current)
-            previous = _previous_of(current[0], keys) if current is not None else None
+            verified = await self.get_verified(spec.namespace, spec.name)
+            version = max(current[0].version if current else 0, verified.version if verified else 0) + 1
+            previous = _previous_of(current[0] if current else None, verified, keys)
             record = sign_record(AppRecord(spec=spec, version=version, applied_at=datetime.now(timezone.utc),
                                            applied_by=keys.issuer_public if keys else None, previous=previous), keys)
             try:
@@ -299,15 +300,19 @@ def _unchanged(stored: AppRecord, spec: AppSpec, keys: UserKeys | None) -> bool:
     return _signs_itself(stored) and signer_of(stored) == keys.issuer_public
 
 
-def _previous_of(stored: AppRecord, keys: UserKeys | None) -> AppSpec | None:
-    """The stored spec, as the one a rollback of the new version would restore: never a tombstone's,
+def _previous_of(stored: AppRecord | None, verified: AppRecord | None, keys: UserKeys | None) -> AppSpec | None:
+    """The spec a rollback of the new version would restore: the stored one, never a tombstone's,
     and, for a signed apply, only one that itself carries a valid signature (a spec someone wrote
-    into the bucket unsigned must not become signed by being replaced)."""
-    if stored.deleted:
-        return None
-    if keys is not None and not _signs_itself(stored):
-        return None
-    return stored.spec
+    into the bucket unsigned must not become signed by being replaced); else the one the
+    reconciler last verified, which is what runs."""
+    for record in (stored, verified):
+        if record is None or record.deleted:
+            continue
+        if keys is None and record is stored:
+            return record.spec
+        if keys is not None and _signs_itself(record):
+            return record.spec
+    return None
 
 
 def same_spec(a: AppSpec, b: AppSpec) -> bool:
