@@ -4,15 +4,16 @@ Every node with ``config.reconciler`` runs one; only the holder of the lease
 (:mod:`nex.fleet.lease`) acts. Each pass reads the apps and the node registry,
 asks the pure planner (:mod:`nex.fleet.planner`) what to do, and does it: a
 placement is an auction plus a deploy to the chosen bid, a stop an undeploy,
-a rollback a compare-and-set of the app record back to its previous spec.
+a rollback a compare-and-set of the app record back to its previous spec. One
+action failing (a node gone between bid and deploy, a node in lame duck, NATS
+reconnecting) is logged and tried again next pass; nothing stops the loop but
+:meth:`Reconciler.stop`.
+
 Only records that :mod:`nex.fleet.verify` accepts are acted on: a refused one
 leaves the last verified record running, and is reported. A deploy for a signed
 app is signed with the fleet key and carries the user's app token; one for an
 unsigned app (dev mode) is sent unsigned, so that a node that trusts issuers
-refuses it. One
-action failing (a node gone between bid and deploy, a node in lame duck, NATS
-reconnecting) is logged and tried again next pass; nothing stops the loop but
-:meth:`Reconciler.stop`.
+refuses it.
 """
 
 from __future__ import annotations
