@@ -256,3 +256,38 @@ async def test_a_dev_mode_reconciler_cannot_turn_an_unsigned_record_into_a_signe
         assert event["who"]["claimed_issuer"] is None and "needs a claim" in event["why"]["message"]
         await passes(dev)
         assert await running(store) == {}
+
+
+async def test_a_fleet_signed_deploy_that_strays_from_the_users_signature_is_refused(
+        trusted_node, store, artifacts, user, nc, tmp_path):
+    """What a rogue reconciler (one holding the fleet key) could send: the node checks the deploy
+    against the user's app token, not against the fleet key's word."""
+    from nex.api import appsig
+    from nex.api.errors import Forbidden
+    from nex.api.models import AppRef, DeployRequest
+
+    # Signed by the user but not stored: the reconciler has nothing to place.
+    record = sign_record(AppRecord(spec=shop(artifacts["ticker"]), version=1,
+                                   applied_at=datetime.now(timezone.utc)), user)
+    workload = record.spec.workloads[0]
+    app = AppRef(name="shop", revision=workload.revision(), token=record.token, template=appsig.template(workload),
+                 digests=appsig.workload_digests(record.spec))
+    fleet = NexClient(nc, timeout=10.0, keys=fleet_keys(tmp_path / "fleet"))
+
+    def request(**changes) -> DeployRequest:
+        fields = {"name": "ticker", "type": "native", "artifact": workload.artifact, "argv": list(workload.argv),
+                  "app": app, **changes}
+        return DeployRequest(**fields)
+
+    with pytest.raises(Forbidden) as strayed:
+        await fleet.deploy(trusted_node.node_id, request(argv=["--evil"]))
+    with pytest.raises(Forbidden) as swapped:
+        await fleet.deploy(trusted_node.node_id, request(artifact=artifacts["job"]))
+    with pytest.raises(Forbidden) as bare:
+        await fleet.deploy(trusted_node.node_id, request(app=None))
+    assert "app workload argv" in strayed.value.message and "app workload artifact" in swapped.value.message
+    assert "fleet key signs only replicas of signed apps" in bare.value.message
+    assert not [w for w in trusted_node.supervisor.table if w.request.name == "ticker"]
+    # The same deploy, as signed, runs.
+    summary = await fleet.deploy(trusted_node.node_id, request())
+    assert summary.app.name == "shop" and summary.app.token is None  # the node keeps name and revision only
