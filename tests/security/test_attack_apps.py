@@ -291,3 +291,18 @@ async def test_a_fleet_signed_deploy_that_strays_from_the_users_signature_is_ref
     # The same deploy, as signed, runs.
     summary = await fleet.deploy(trusted_node.node_id, request())
     assert summary.app.name == "shop" and summary.app.token is None  # the node keeps name and revision only
+
+
+async def test_a_signed_app_with_sealed_env_runs_on_a_node_that_trusts_its_issuer(trusted_node, store, artifacts,
+                                                                                  user, nc):
+    from nex.security.xkeys import seal_env
+
+    lease = await eventually(store.lease, timeout=10)
+    logs = await nc.subscribe(subjects.logs_filter("default"))
+    sealed = seal_env({"GREETING": "signed-and-sealed"}, user.xkey, lease.fleet_xkey)
+    await store.apply(shop(artifacts["ticker"], sealed_env=sealed, sender_xkey=user.xkey.public,
+                           env_keys=["GREETING"]), user)
+
+    async def greeted():
+        return b"started signed-and-sealed" in (await logs.next_msg(timeout=10)).data
+    await eventually(greeted, timeout=20)

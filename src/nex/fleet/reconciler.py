@@ -49,7 +49,7 @@ from nex.fleet.planner import (
 from nex.fleet.store import AppStore
 from nex.fleet.verify import Decision, Trust, decide, signer_of
 from nex.security.keystore import UserKeys
-from nex.security.xkeys import open_env
+from nex.security.xkeys import open_env, seal_env
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,8 @@ class Reconciler:
                 log.warning("reconciler: no node can take %s of app %s: %s", workload.name, place.app, reasons)
             self._memory.unplaceable[slot] = reasons
             return
-        summary = await client.deploy(chosen.bid_id, self._deploy_request(place, record), xkey=chosen.xkey)
+        summary = await client.deploy(chosen.bid_id, self._deploy_request(place, record, chosen.xkey),
+                                     xkey=chosen.xkey)
         self.actions["place"] += 1
         self._memory.unplaceable.pop((place.namespace, place.app, workload.name), None)
         bucket = bid_bucket(chosen, place.spread)
@@ -355,9 +356,14 @@ class Reconciler:
             "app": place.app, "workload": workload.name, "workload_id": summary.id, "node_id": summary.node_id,
             "revision": place.revision, "reason": place.reason})
 
-    def _deploy_request(self, place: Place, record: AppRecord) -> DeployRequest:
+    def _deploy_request(self, place: Place, record: AppRecord, node_xkey: str | None) -> DeployRequest:
         workload: AppWorkload = place.workload
         env = open_env(workload.sealed_env, workload.sender_xkey, self._keys.xkey) if workload.sealed_env else {}
+        sealed: dict[str, Any] = {}
+        if env and record.token is None and node_xkey is not None:
+            # Unsigned, so the client seals nothing: sealed here, the env never travels in the clear.
+            sealed = {"sealed_env": seal_env(env, self._keys.xkey, node_xkey), "sender_xkey": self._keys.xkey.public}
+            env = {}
         app = AppRef(name=place.app, revision=place.revision)
         if record.token is not None:
             # What the user signed, for the node to check this deploy against (nex.security.apps).
@@ -368,7 +374,7 @@ class Reconciler:
             name=workload.name, type=workload.type, lifecycle=workload.lifecycle, artifact=workload.artifact,
             namespace=place.namespace, argv=list(workload.argv), env=env, triggers=list(workload.triggers),
             limits=workload.limits, network=workload.network, health=workload.health, app=app,
-            description=f"replica of app {place.app} ({place.reason})")
+            description=f"replica of app {place.app} ({place.reason})", **sealed)
 
     async def _stop(self, stop: Stop) -> None:
         """Undeploy until the node no longer lists it: the first stops it, the second removes it."""
