@@ -16,7 +16,7 @@ from nats.js.errors import BucketNotFoundError
 from helpers import collect, eventually, nex
 from nex.api import subjects
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease, RolloutState, WorkloadRollout
-from nex.api.errors import AppNotFound, Conflict, Unavailable
+from nex.api.errors import AppNotFound, Conflict, Forbidden, Unavailable
 from nex.api.models import (
     AppRef, Health, Lifecycle, NodePing, NodeRecord, NodeState, ReplicaRecord, Resources, WorkloadState,
     WorkloadType,
@@ -546,3 +546,12 @@ async def test_a_signed_apply_never_signs_a_spec_someone_else_wrote_as_its_previ
     assert second.version == 2 and second.previous is None  # the edit is not what a rollback restores
     again = await store.apply(spec_of(replicas=6), user)
     assert again.previous == spec_of(replicas=5)  # a record signed by itself is
+
+
+async def test_deleting_a_signed_app_without_keys_says_why_and_writes_nothing(store, tmp_path):
+    user = UserKeys.load(tmp_path / "user", create=True)
+    signed = await store.apply(spec_of(), user)
+    with pytest.raises(Forbidden) as caught:
+        await store.delete("default", "shop")
+    assert f"signed by {user.issuer_public}" in caught.value.message
+    assert (await store.get("default", "shop"))[0] == signed

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 from nex.api import appsig, subjects
 from nex.api.appsig import AppClaim, AppOp
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease
-from nex.api.errors import AppNotFound, Conflict, Unavailable
+from nex.api.errors import AppNotFound, Conflict, Forbidden, Unavailable
 from nex.api.models import NodeRecord
 from nex.fleet.kvwatch import opened
 from nex.fleet.verify import RecordRefused, Trust, check_record, signer_of
@@ -181,6 +181,10 @@ class AppStore:
             live = [r for r in (stored[0] if stored else None, verified) if r is not None and not r.deleted]
             if not live:
                 raise AppNotFound(namespace, name)
+            signer = signer_of(live[0])
+            if keys is None and signer is not None:
+                raise Forbidden(f"app {name!r} is signed by {signer}: deleting it takes a tombstone signed by "
+                                "that issuer or an admin, and you have no keys (nex keys)")
             version = await self._next_version(namespace, name, stored)
             tombstone = sign_record(AppRecord(spec=live[0].spec, version=version, applied_at=datetime.now(timezone.utc),
                                               applied_by=keys.issuer_public if keys else None, deleted=True), keys)
