@@ -188,6 +188,9 @@ async def test_a_record_that_vanishes_stops_nothing(trusted_node, store, attacke
     code, out, err = await nex("app", "status", "shop", "--server", nats_server.url)
     assert code == 0, err
     assert "refused" in out and "deleted without a signed tombstone" in out and user.issuer_public in out
+    code, out, err = await nex("app", "ls", "--json", "--server", nats_server.url)
+    assert code == 0, err
+    assert [(app["name"], app["rollout"]) for app in json.loads(out)] == [("shop", "refused")]
 
 
 async def test_only_a_signed_tombstone_stops_the_app(trusted_node, store, attacker, artifacts, user):

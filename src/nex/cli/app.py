@@ -129,7 +129,13 @@ def app_ls(opts: GlobalOptions, all_namespaces: bool) -> None:
 
     async def action(client: NexClient) -> list[AppView]:
         store = AppStore(client.nc, timeout=opts.timeout)
-        records = await store.list(None if all_namespaces else opts.namespace)
+        namespace = None if all_namespaces else opts.namespace
+        records = await store.list(namespace)
+        stored = {(r.spec.namespace, r.spec.name) for r in await store.list(namespace, deleted=True)}
+        # Apps whose record was deleted without a tombstone still run: listed, as refused.
+        records += [r for r in await store.verified() if not r.deleted and (r.spec.namespace, r.spec.name) not in
+                    stored and namespace in (None, r.spec.namespace)]
+        records.sort(key=lambda r: (r.spec.namespace, r.spec.name))
         nodes = await store.nodes() if records else []
         statuses = await asyncio.gather(*(store.get_status(r.spec.namespace, r.spec.name) for r in records))
         return [app_view(r, nodes, s) for r, s in zip(records, statuses)]
