@@ -309,3 +309,19 @@ async def test_a_signed_app_with_sealed_env_runs_on_a_node_that_trusts_its_issue
     async def greeted():
         return b"started signed-and-sealed" in (await logs.next_msg(timeout=10)).data
     await eventually(greeted, timeout=20)
+
+
+async def test_a_refused_record_with_nothing_verified_stops_nothing(nats_server, tmp_path, store, artifacts, user):
+    """An unsigned app placed while the fleet was in dev mode keeps running on its node when a
+    reconciler that trusts issuers takes over and refuses its record."""
+    fleet = fleet_keys(tmp_path / "fleet")
+    async with running_node(nats_server, tmp_path / "worker", "worker", reconciler=False, tags={"role": "worker"},
+                            **FLEET):
+        async with running_node(nats_server, tmp_path / "dev", "dev", fleet_keys=tmp_path / "fleet", **FLEET):
+            before = await signed_and_running(store, None, shop(artifacts["ticker"],
+                                                                placement={"tags": {"role": "worker"}}))
+        async with running_node(nats_server, tmp_path / "trusted", "trusted", fleet_keys=tmp_path / "fleet",
+                                trusted_issuers=[user.issuer_public, fleet.issuer_public], **FLEET) as node:
+            await eventually(lambda: refused(store, "shop", "not signed"), timeout=15)
+            await passes(node)
+            assert await running(store) == before

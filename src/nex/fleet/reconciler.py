@@ -225,10 +225,12 @@ class Reconciler:
         nodes = self._liveness.view(listed, time.monotonic())
         self._live_nodes = self._liveness.writing(time.monotonic(), self._writing_within_s)
         restarts = self._restarts_counted()
-        decided = plan(apps, nodes, self._memory, now, self._settings, statuses)
+        # An app whose record is refused and that has nothing verified to run is left alone: what
+        # may run of it is not stopped (a refusal changes nothing), and its status says why.
+        untouchable = {key for key, decision in self._refused.items() if decision.act_on is None}
+        self._memory.known_apps -= untouchable
+        decided = plan(apps, nodes, self._memory, now, self._settings, statuses - untouchable)
         self.actions["restart"] += max(0, self._restarts_counted() - restarts)  # forgotten apps lower it
-        # A refused record's status says so, and stays.
-        decided.delete_statuses = [key for key in decided.delete_statuses if key not in self._refused]
         await self._execute(decided)
         await self._write_statuses(decided)
         self.passes += 1
