@@ -250,7 +250,7 @@ async def main(replicas: int, rounds: int, native: bool, defaults: bool, trace: 
             setup_s = time.monotonic() - started
             workload = await (native_workload if native else js_workload)(fleet.client, root, replicas)
             applied_at = time.monotonic()
-            await fleet.store.apply(AppSpec(name=APP, workloads=[workload]), applied_by=None)
+            await fleet.store.apply(AppSpec(name=APP, workloads=[workload]), None)
             converged_at, _ = await fleet.stable_count(replicas, timeout=120)
             results = []
             for index in range(rounds):

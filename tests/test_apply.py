@@ -16,7 +16,7 @@ from nats.js.errors import BucketNotFoundError
 from helpers import collect, eventually, nex
 from nex.api import subjects
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease, RolloutState, WorkloadRollout
-from nex.api.errors import AppNotFound, Conflict, Unavailable
+from nex.api.errors import AppNotFound, Conflict, Forbidden, Unavailable
 from nex.api.models import (
     AppRef, Health, Lifecycle, NodePing, NodeRecord, NodeState, ReplicaRecord, Resources, WorkloadState,
     WorkloadType,
@@ -248,7 +248,7 @@ async def test_env_is_sealed_to_the_fleet_key_and_never_stored_in_the_clear(tmp_
 
     fleet = XKey.create()
     await put_lease(nc, fleet)
-    record = await store.apply(await build_spec(parsed, client, store, keys), keys.issuer_public)
+    record = await store.apply(await build_spec(parsed, client, store, keys), keys)
     stored = (await (await nc.jetstream().key_value(subjects.APPS_BUCKET)).get("app.default.shop")).value
     assert b"hunter2-secret" not in stored and b"prod\"" not in stored
     workload = record.spec.workloads[0]
@@ -256,11 +256,11 @@ async def test_env_is_sealed_to_the_fleet_key_and_never_stored_in_the_clear(tmp_
     assert open_env(workload.sealed_env, workload.sender_xkey, fleet) == {"DB_PASSWORD": "hunter2-secret",
                                                                           "MODE": "prod"}
     # The same env again keeps the same box: no new revision, no new version.
-    again = await store.apply(await build_spec(parsed, client, store, keys), keys.issuer_public)
+    again = await store.apply(await build_spec(parsed, client, store, keys), keys)
     assert again.version == 1 and again.spec.workloads[0].revision() == workload.revision()
     changed = app_file(tmp_path, [{"name": "ticker", "type": "native", "artifact": "ticker",
                                    "env": {"DB_PASSWORD": "other", "MODE": "prod"}}])
-    third = await store.apply(await build_spec(parse_app_file(changed, "default"), client, store, keys), None)
+    third = await store.apply(await build_spec(parse_app_file(changed, "default"), client, store, keys), keys)
     assert third.version == 2 and third.spec.workloads[0].revision() != workload.revision()
 
 
@@ -271,14 +271,15 @@ def spec_of(replicas: int = 3, argv: list[str] | None = None, name: str = "shop"
         "artifact": {"uri": "nats://NEXCLIFILES/ticker", "sha256": "ab" * 32}}]})
 
 
-async def test_apply_versions_list_and_delete(store):
+async def test_apply_versions_list_and_delete(store, tmp_path):
+    user = UserKeys.load(tmp_path / "user", create=True)
     assert await store.list() == [] and await store.nodes() == [] and await store.lease() is None
-    first = await store.apply(spec_of(), "AUSER")
-    assert (first.version, first.applied_by, first.previous) == (1, "AUSER", None)
-    same = await store.apply(spec_of(), "SOMEONE")
-    assert same.version == 1 and same.applied_by == "AUSER"  # identical: the stored record, untouched
-    scaled = await store.apply(spec_of(replicas=5), "AUSER")
-    assert scaled.version == 2 and scaled.previous == spec_of()
+    first = await store.apply(spec_of(), user)
+    assert (first.version, first.applied_by, first.previous) == (1, user.issuer_public, None)
+    same = await store.apply(spec_of(), user)
+    assert same == first  # identical: the stored record, untouched
+    scaled = await store.apply(spec_of(replicas=5), user)
+    assert scaled.version == 2 and scaled.previous == spec_of() and scaled.token != first.token
     record, revision = await store.get("default", "shop")
     assert record == scaled
 
@@ -299,7 +300,8 @@ async def test_apply_versions_list_and_delete(store):
                        reconciler="N1", workloads=[WorkloadRollout(name="ticker", revision="abc")])
     await store.put_status(status)
     assert await store.get_status("default", "shop") == status
-    await store.delete("default", "shop")
+    tombstone = await store.delete("default", "shop", user)
+    assert tombstone.deleted and tombstone.version == 3 and tombstone.token is not None
     with pytest.raises(AppNotFound) as caught:
         await store.get("default", "shop")
     assert caught.value.message == "no app 'shop' in namespace 'default'"
@@ -310,7 +312,7 @@ async def test_apply_versions_list_and_delete(store):
     await store.delete_status("default", "shop")
     assert await store.get_status("default", "shop") is None
     again = await store.apply(spec_of(), None)
-    assert again.version == 1
+    assert again.version == 4 and again.previous is None  # after the tombstone: no older version is new again
 
 
 async def test_without_jetstream_the_store_says_so(tmp_path):
@@ -531,3 +533,25 @@ async def test_an_applied_app_runs_with_its_sealed_env_and_stops_when_deleted(
     assert code == 0, err
     assert out.strip() == "app 'shop' is deleted"
     assert all(not r.app for n in await store.nodes() for r in n.workloads if r.state == WorkloadState.RUNNING)
+
+
+async def test_a_signed_apply_never_signs_a_spec_someone_else_wrote_as_its_previous(store, nc, tmp_path):
+    user = UserKeys.load(tmp_path / "user", create=True)
+    first = await store.apply(spec_of(), user)
+    kv = await nc.jetstream().key_value(subjects.APPS_BUCKET)
+    forged = first.model_copy(update={"spec": spec_of(argv=["evil"])})  # an edit by someone without the key
+    await kv.put(subjects.app_key("default", "shop"), forged.model_dump_json(exclude_none=True).encode())
+
+    second = await store.apply(spec_of(replicas=5), user)
+    assert second.version == 2 and second.previous is None  # the edit is not what a rollback restores
+    again = await store.apply(spec_of(replicas=6), user)
+    assert again.previous == spec_of(replicas=5)  # a record signed by itself is
+
+
+async def test_deleting_a_signed_app_without_keys_says_why_and_writes_nothing(store, tmp_path):
+    user = UserKeys.load(tmp_path / "user", create=True)
+    signed = await store.apply(spec_of(), user)
+    with pytest.raises(Forbidden) as caught:
+        await store.delete("default", "shop")
+    assert f"signed by {user.issuer_public}" in caught.value.message
+    assert (await store.get("default", "shop"))[0] == signed

@@ -41,7 +41,7 @@ class Fleet:
         artifact = await self.client.upload_artifact(programs["ticker"])
         await self.store.apply(AppSpec(name=APP, workloads=[AppWorkload(
             name="ticker", type="native", artifact=artifact, replicas=replicas,
-            placement=Placement(spread="zone"), restart=RestartPolicy(backoff=0.2))]), applied_by=None)
+            placement=Placement(spread="zone"), restart=RestartPolicy(backoff=0.2))]), None)
 
     async def registry_replicas(self) -> list[ReplicaView]:
         return replicas_of("default", APP, await self.store.nodes())

@@ -186,9 +186,11 @@ async def test_an_update_that_fails_its_health_is_rolled_back(fleet, store, prog
 
     status = await eventually(
         lambda: _status_with(store, "shop", lambda s: s.workloads[0].state == RolloutState.ROLLED_BACK), timeout=30)
-    assert status.version == 3 and "rolled back" in status.workloads[0].message
+    assert status.version == 2 and "rolled back" in status.workloads[0].message
     record, _ = await store.get("default", "shop")
-    assert record.version == 3 and record.spec.workloads[0].revision() == good.workloads[0].revision()
+    # The version stays: the record keeps the token of version 2, which signs the restored spec too.
+    assert record.version == 2 and record.rolled_back and record.previous is None
+    assert record.spec.workloads[0].revision() == good.workloads[0].revision()
 
     async def clean():
         listed = await replicas_of(store, "shop", "ticker", state=None)
@@ -280,7 +282,7 @@ async def test_an_update_whose_health_check_fails_is_rolled_back(fleet, store, p
 
     status = await eventually(
         lambda: _status_with(store, "shop", lambda s: s.workloads[0].state == RolloutState.ROLLED_BACK), timeout=30)
-    assert status.version == 3
+    assert status.version == 2
     await eventually(lambda: _only(store, "shop", "ticker", {running[0][1].id}), timeout=20)
 
 
@@ -297,7 +299,7 @@ async def test_a_failed_update_without_rollback_leaves_the_old_replicas(fleet, s
     assert status.version == 2
     await eventually(lambda: _only(store, "shop", "ticker", {r.id for _, r in running}), timeout=20)
     record, _ = await store.get("default", "shop")
-    assert record.version == 2  # nothing was written back
+    assert record.version == 2 and not record.rolled_back  # nothing was written back
 
 
 async def _only(store: AppStore, app: str, name: str, ids: set[str]) -> bool:

@@ -129,8 +129,13 @@ class AppRecord(Strict):
     spec: AppSpec
     version: int = Field(ge=1, description="1 on the first apply, +1 on every change")
     applied_at: datetime
-    applied_by: str | None = Field(default=None, description="issuer public key of whoever applied it")
+    applied_by: str | None = Field(default=None, description="informative only: who signed is the token's iss")
     previous: AppSpec | None = Field(default=None, description="the last spec that ran healthy: the rollback")
+    token: str | None = Field(default=None, max_length=4096,
+                              description="the app token (nex.api.appsig) that signs this record; none: unsigned")
+    deleted: bool = Field(default=False, description="a tombstone: the app is deleted (its token's op is delete)")
+    rolled_back: bool = Field(default=False, description="spec is the previous spec the token names: the "
+                              "reconciler restored it after a failed update, without a new signature")
 
 
 class RolloutState(StrEnum):
@@ -159,6 +164,9 @@ class AppStatus(Strict):
     reconciler: str = Field(description="node id of the reconciler")
     workloads: list[WorkloadRollout] = Field(default_factory=list)
     events: list[str] = Field(default_factory=list, max_length=50, description="the last actions, newest last")
+    refused: str | None = Field(default=None, description="why the stored record is not acted on (then "
+                                "version is the last verified one, which keeps running)")
+    refused_version: int | None = Field(default=None, description="the version of the refused record, if any")
 
 
 class ReconcilerLease(Strict):

@@ -34,6 +34,7 @@ class EventType(StrEnum):
     REQUEST_REJECTED = "request_rejected"
     APP_APPLIED = "app_applied"
     APP_DELETED = "app_deleted"
+    APP_REFUSED = "app_refused"  # an app record the reconciler does not act on, and why
     REPLICA_PLACED = "replica_placed"
     REPLICA_STOPPED = "replica_stopped"
     ROLLOUT_COMPLETED = "rollout_completed"

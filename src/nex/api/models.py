@@ -223,12 +223,31 @@ class HealthCheck(Strict):
         return self
 
 
+class WorkloadDigest(Strict):
+    """One workload's digest in a signed app spec (nex.api.appsig)."""
+
+    name: Token
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class AppRef(Strict):
-    """Marks a workload as a replica of a desired-state app (docs/operations.md)."""
+    """Marks a workload as a replica of a desired-state app (docs/operations.md).
+
+    For a signed app the reconciler forwards what the user signed, so that the node
+    checks the deploy against it (nex.security.apps, docs/security.md)."""
 
     name: Token = Field(description="the app")
     revision: str = Field(pattern=r"^[0-9a-f]{12}$",
                           description="hash of the app workload's template the replica was made from")
+    token: str | None = Field(default=None, max_length=4096,
+                              description="the app token the user signed (nex.api.appsig); none: an unsigned app")
+    template: dict[str, Any] | None = Field(
+        default=None, description="the signed app workload this replica is made from, its sealed_env "
+        "replaced by sealed_env_sha256")
+    digests: list[WorkloadDigest] | None = Field(default=None, max_length=256,
+                                                 description="every workload digest of the signed spec, in its order")
+    rolled_back: bool | None = Field(default=None, description="true: the spec is the token's previous one "
+                                     "(a rollback)")
 
 
 class Limits(Strict):

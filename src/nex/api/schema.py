@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from nex.api import apps, models
+from nex.api import apps, appsig, models
 from nex.api.events import CloudEvent
 
 SCHEMA_MODELS = {
@@ -24,6 +24,7 @@ SCHEMA_MODELS = {
     "app-spec": apps.AppSpec,
     "app-record": apps.AppRecord,
     "app-status": apps.AppStatus,
+    "app-token-payload": appsig.AppClaim,
     "reconciler-lease": apps.ReconcilerLease,
     "error": models.ErrorResponse,
     "event": CloudEvent,

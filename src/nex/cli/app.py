@@ -52,7 +52,7 @@ def apply(opts: GlobalOptions, file: Path, dry_run: bool) -> None:
                 return app_change(before.spec, spec, before.version, dry_run=True)
             return _updated(app_change(before.spec, spec, before.version + 1, dry_run=True))
         applied_by = client.keys.issuer_public if client.keys else None
-        record = await store.apply(spec, applied_by)
+        record = await store.apply(spec, client.keys)
         if before is not None and record.version == before.version:
             return app_change(record.spec, record.spec, record.version)
         change = app_change(record.previous, record.spec, record.version)
@@ -129,7 +129,13 @@ def app_ls(opts: GlobalOptions, all_namespaces: bool) -> None:
 
     async def action(client: NexClient) -> list[AppView]:
         store = AppStore(client.nc, timeout=opts.timeout)
-        records = await store.list(None if all_namespaces else opts.namespace)
+        namespace = None if all_namespaces else opts.namespace
+        records = await store.list(namespace)
+        stored = {(r.spec.namespace, r.spec.name) for r in await store.list(namespace, deleted=True)}
+        # Apps whose record was deleted without a tombstone still run: listed, as refused.
+        records += [r for r in await store.verified() if not r.deleted and (r.spec.namespace, r.spec.name) not in
+                    stored and namespace in (None, r.spec.namespace)]
+        records.sort(key=lambda r: (r.spec.namespace, r.spec.name))
         nodes = await store.nodes() if records else []
         statuses = await asyncio.gather(*(store.get_status(r.spec.namespace, r.spec.name) for r in records))
         return [app_view(r, nodes, s) for r, s in zip(records, statuses)]
@@ -158,8 +164,16 @@ def app_status(opts: GlobalOptions, name: str) -> None:
 
     async def action(client: NexClient) -> AppView:
         store = AppStore(client.nc, timeout=opts.timeout)
-        record, _ = await store.get(opts.namespace, name)
-        return app_view(record, await store.nodes(), await store.get_status(opts.namespace, name))
+        status = await store.get_status(opts.namespace, name)
+        try:
+            record, _ = await store.get(opts.namespace, name)
+        except AppNotFound:
+            # Deleted without a tombstone: the reconciler keeps running the last verified version.
+            verified = await store.get_verified(opts.namespace, name)
+            if verified is None or status is None or status.refused is None or verified.deleted:
+                raise
+            record = verified
+        return app_view(record, await store.nodes(), status)
 
     view = run(opts, action)
     if opts.json:
@@ -171,8 +185,9 @@ def app_status(opts: GlobalOptions, name: str) -> None:
         ("Replicas", f"{view.running}/{view.desired} running, {view.healthy} healthy"),
         ("Rollout", view.rollout),
     ]
-    if view.applied_by:
-        pairs.append(("Applied by", view.applied_by))
+    pairs.append(("Signed by", view.applied_by or "nobody (unsigned)"))
+    if view.refused:
+        pairs.append(("Refused", f"{view.refused}; the last verified version keeps running"))
     if view.reconciled_at is not None:
         pairs.append(("Reconciled", f"version {view.reconciled_version}, {output.age(view.reconciled_at)} ago "
                                     f"by {output.short(view.reconciler or '-')}"))
@@ -214,16 +229,20 @@ def _replica_table(replicas: list[ReplicaView]) -> None:
 @click.option("--wait", is_flag=True, help="wait until no replica of the app runs (at most --timeout)")
 @with_global_options
 def app_delete(opts: GlobalOptions, name: str, wait: bool) -> None:
-    """Delete an app: the reconciler stops its replicas."""
+    """Delete an app: a tombstone, signed with your keys, on which the reconciler stops its replicas."""
     subjects.check_token(name, "app name")
 
     async def action(client: NexClient) -> int:
         store = AppStore(client.nc, timeout=opts.timeout)
-        record, _ = await store.get(opts.namespace, name)
-        await store.delete(opts.namespace, name)
+        try:
+            record: AppRecord | None = (await store.get(opts.namespace, name))[0]
+        except AppNotFound:
+            record = await store.get_verified(opts.namespace, name)  # its record vanished; it still runs
+        tombstone = await store.delete(opts.namespace, name, client.keys)
         issuer = client.keys.issuer_public if client.keys else None
         await _publish_event(client, EventType.APP_DELETED, opts.namespace, name, {
-            "name": name, "namespace": opts.namespace, "version": record.version, "deleted_by": issuer})
+            "name": name, "namespace": opts.namespace, "version": record.version if record else tombstone.version - 1,
+            "deleted_by": issuer})
         if not wait:
             return len(replicas_of(opts.namespace, name, await store.nodes()))
         loop = asyncio.get_running_loop()

@@ -8,6 +8,12 @@ a rollback a compare-and-set of the app record back to its previous spec. One
 action failing (a node gone between bid and deploy, a node in lame duck, NATS
 reconnecting) is logged and tried again next pass; nothing stops the loop but
 :meth:`Reconciler.stop`.
+
+Only records that :mod:`nex.fleet.verify` accepts are acted on: a refused one
+leaves the last verified record running, and is reported. A deploy for a signed
+app is signed with the fleet key and carries the user's app token; one for an
+unsigned app (dev mode) is sent unsigned, so that a node that trusts issuers
+refuses it.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from nex.api import subjects
+from nex.api import appsig, subjects
 from nex.api.apps import AppRecord, AppStatus, AppWorkload
 from nex.api.errors import NexError, WorkloadNotFound
 from nex.api.events import EventType
@@ -41,8 +47,9 @@ from nex.fleet.planner import (
     plan,
 )
 from nex.fleet.store import AppStore
+from nex.fleet.verify import Decision, Trust, decide, signer_of
 from nex.security.keystore import UserKeys
-from nex.security.xkeys import open_env
+from nex.security.xkeys import open_env, seal_env
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +74,10 @@ def fleet_keys(directory: Path) -> UserKeys:
 
 class Reconciler:
     def __init__(self, nc: Client, node_id: str, name: str, keys: UserKeys, publish: Publish, *,
-                 interval_s: float, lease_s: float, replicas: int = 1, registry_interval_s: float = 2.0) -> None:
+                 interval_s: float, lease_s: float, replicas: int = 1, registry_interval_s: float = 2.0,
+                 trust: Trust = Trust()) -> None:
         self._nc = nc
+        self._trust = trust
         self.node_id = node_id
         self._keys = keys
         self._publish = publish
@@ -86,7 +95,10 @@ class Reconciler:
         self._task: asyncio.Task | None = None
         self._renewer: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
-        self._clients: dict[str, NexClient] = {}
+        self._clients: dict[tuple[str, bool], NexClient] = {}
+        self._acting: dict[AppKey, AppRecord] = {}  # the verified record of each app this pass
+        self._refused: dict[AppKey, Decision] = {}  # apps whose stored record is refused this pass
+        self._reported: dict[AppKey, tuple[str, int | None]] = {}  # refusals already announced
         self._live_nodes = 0
         self._seeded = False
         self._last_trouble: str | None = None
@@ -201,7 +213,7 @@ class Reconciler:
     # -- one pass ----------------------------------------------------------------------------
 
     async def reconcile_once(self) -> Plan:
-        apps = await self._store.list()
+        apps = await self._verified_apps()
         listed = await self._store.nodes()
         if not self._liveness.trustworthy(listed):
             log.info("reconciler: the registry read lacks this node; not acting on it (JetStream busy?)")
@@ -213,12 +225,52 @@ class Reconciler:
         nodes = self._liveness.view(listed, time.monotonic())
         self._live_nodes = self._liveness.writing(time.monotonic(), self._writing_within_s)
         restarts = self._restarts_counted()
-        decided = plan(apps, nodes, self._memory, now, self._settings, statuses)
+        # An app whose record is refused and that has nothing verified to run is left alone: what
+        # may run of it is not stopped (a refusal changes nothing), and its status says why.
+        untouchable = {key for key, decision in self._refused.items() if decision.act_on is None}
+        self._memory.known_apps -= untouchable
+        decided = plan(apps, nodes, self._memory, now, self._settings, statuses - untouchable)
         self.actions["restart"] += max(0, self._restarts_counted() - restarts)  # forgotten apps lower it
         await self._execute(decided)
         await self._write_statuses(decided)
         self.passes += 1
         return decided
+
+    async def _verified_apps(self) -> list[AppRecord]:
+        """The records to reconcile: for each app, the stored record if it verifies, else the last
+        verified one (nex.fleet.verify); refusals are announced once each."""
+        stored = {(r.spec.namespace, r.spec.name): r for r in await self._store.list(deleted=True)}
+        verified = {(r.spec.namespace, r.spec.name): r for r in await self._store.verified()}
+        self._acting, self._refused = {}, {}
+        for key in sorted(stored.keys() | verified.keys()):
+            decision = decide(stored.get(key), verified.get(key), self._trust)
+            if decision.accept is not None:
+                await self._store.put_verified(decision.accept)
+            if decision.forget:
+                await self._store.delete_verified(*key)
+            if decision.act_on is not None:
+                self._acting[key] = decision.act_on
+            if decision.refused is not None:
+                self._refused[key] = decision
+                self._report_refusal(key, decision, stored.get(key))
+        for key in [k for k in self._reported if k not in self._refused]:
+            del self._reported[key]
+        return list(self._acting.values())
+
+    def _report_refusal(self, key: AppKey, decision: Decision, record: AppRecord | None) -> None:
+        said = (decision.refused or "", decision.refused_version)
+        if self._reported.get(key) == said:
+            return
+        self._reported[key] = said
+        namespace, app = key
+        running = self._acting.get(key)
+        log.warning("reconciler: app %s/%s: the record of version %s is refused: %s", namespace, app,
+                    decision.refused_version, decision.refused)
+        self._memory.note(key, f"version {decision.refused_version} refused: {decision.refused}")
+        self._publish(namespace, EventType.APP_REFUSED, {
+            "app": app, "namespace": namespace, "version": decision.refused_version, "reason": decision.refused,
+            "signed_by": signer_of(record) if record is not None else None,
+            "running_version": running.version if running is not None else None})
 
     def _restarts_counted(self) -> int:
         """Replicas the planner has found failed or lost so far (it restarts each)."""
@@ -252,10 +304,13 @@ class Reconciler:
                 self._written.pop((namespace, app), None)
                 self._memory.events.pop((namespace, app), None)
 
-    def _client(self, namespace: str) -> NexClient:
-        client = self._clients.get(namespace)
+    def _client(self, namespace: str, signed: bool = True) -> NexClient:
+        """A client that signs with the fleet key, or (for the replicas of an unsigned app) one that
+        signs nothing: the fleet key never vouches for a record that no user signed."""
+        client = self._clients.get((namespace, signed))
         if client is None:
-            client = self._clients[namespace] = NexClient(self._nc, namespace, REQUEST_TIMEOUT_S, keys=self._keys)
+            client = self._clients[(namespace, signed)] = NexClient(
+                self._nc, namespace, REQUEST_TIMEOUT_S, keys=self._keys if signed else None)
         return client
 
     async def _place_all(self, places: list[Place], counts: dict[str, int]) -> None:
@@ -273,7 +328,10 @@ class Reconciler:
 
     async def _place(self, place: Place, counts: dict[str, int]) -> None:
         workload = place.workload
-        client = self._client(place.namespace)
+        record = self._acting.get((place.namespace, place.app))
+        if record is None:
+            return  # no longer verified since the plan was made
+        client = self._client(place.namespace, signed=record.token is not None)
         constraints = AuctionRequest(type=workload.type, lifecycle=workload.lifecycle, tags=place.tags,
                                      memory_mib=workload.limits.memory_mib, exclude_nodes=list(place.exclude_nodes))
         replies = await client.auction(constraints, wait=AUCTION_WAIT_S, expected=self._live_nodes or None)
@@ -287,7 +345,8 @@ class Reconciler:
                 log.warning("reconciler: no node can take %s of app %s: %s", workload.name, place.app, reasons)
             self._memory.unplaceable[slot] = reasons
             return
-        summary = await client.deploy(chosen.bid_id, self._deploy_request(place), xkey=chosen.xkey)
+        summary = await client.deploy(chosen.bid_id, self._deploy_request(place, record, chosen.xkey),
+                                     xkey=chosen.xkey)
         self.actions["place"] += 1
         self._memory.unplaceable.pop((place.namespace, place.app, workload.name), None)
         bucket = bid_bucket(chosen, place.spread)
@@ -299,15 +358,25 @@ class Reconciler:
             "app": place.app, "workload": workload.name, "workload_id": summary.id, "node_id": summary.node_id,
             "revision": place.revision, "reason": place.reason})
 
-    def _deploy_request(self, place: Place) -> DeployRequest:
+    def _deploy_request(self, place: Place, record: AppRecord, node_xkey: str | None) -> DeployRequest:
         workload: AppWorkload = place.workload
         env = open_env(workload.sealed_env, workload.sender_xkey, self._keys.xkey) if workload.sealed_env else {}
+        sealed: dict[str, Any] = {}
+        if env and record.token is None and node_xkey is not None:
+            # Unsigned, so the client seals nothing: sealed here, the env never travels in the clear.
+            sealed = {"sealed_env": seal_env(env, self._keys.xkey, node_xkey), "sender_xkey": self._keys.xkey.public}
+            env = {}
+        app = AppRef(name=place.app, revision=place.revision)
+        if record.token is not None:
+            # What the user signed, for the node to check this deploy against (nex.security.apps).
+            app = app.model_copy(update={
+                "token": record.token, "template": appsig.template(workload),
+                "digests": appsig.workload_digests(record.spec), "rolled_back": record.rolled_back or None})
         return DeployRequest(
             name=workload.name, type=workload.type, lifecycle=workload.lifecycle, artifact=workload.artifact,
             namespace=place.namespace, argv=list(workload.argv), env=env, triggers=list(workload.triggers),
-            limits=workload.limits, network=workload.network, health=workload.health,
-            app=AppRef(name=place.app, revision=place.revision),
-            description=f"replica of app {place.app} ({place.reason})")
+            limits=workload.limits, network=workload.network, health=workload.health, app=app,
+            description=f"replica of app {place.app} ({place.reason})", **sealed)
 
     async def _stop(self, stop: Stop) -> None:
         """Undeploy until the node no longer lists it: the first stops it, the second removes it."""
@@ -324,11 +393,16 @@ class Reconciler:
             "reason": stop.reason})
 
     async def _rollback(self, rollback: Rollback) -> None:
-        record, revision = await self._store.get(rollback.namespace, rollback.app)
-        if record.version != rollback.version or record.previous is None:
-            return  # someone applied meanwhile: their spec wins
-        restored = AppRecord(spec=record.previous, version=record.version + 1, applied_at=datetime.now(timezone.utc),
-                             applied_by=self._keys.issuer_public, previous=None)
+        """Restore the previous spec of the verified record. No new signature: the record keeps
+        its token, which signs the previous spec's digest, and is marked rolled back."""
+        key = (rollback.namespace, rollback.app)
+        record = self._acting.get(key)
+        if record is None or record.version != rollback.version or record.previous is None or record.rolled_back:
+            return
+        stored, revision = await self._store.get(rollback.namespace, rollback.app, deleted=True)
+        if stored != record and decide(stored, record, self._trust).refused is None:
+            return  # someone applied (or deleted) meanwhile: theirs wins
+        restored = record.model_copy(update={"spec": record.previous, "previous": None, "rolled_back": True})
         await self._store.replace(restored, revision)
         self.actions["rollback"] += 1
         message = f"version {record.version} rolled back to the previous spec: {rollback.reason}"
@@ -336,7 +410,7 @@ class Reconciler:
         self._memory.note((rollback.namespace, rollback.app), message)
         log.warning("reconciler: app %s/%s: %s", rollback.namespace, rollback.app, message)
         self._publish(rollback.namespace, EventType.ROLLOUT_ROLLED_BACK, {
-            "app": rollback.app, "failed_version": record.version, "version": restored.version,
+            "app": rollback.app, "failed_version": record.version, "version": restored.version, "rolled_back": True,
             "reason": rollback.reason})
         self._wake.set()
 
@@ -366,14 +440,21 @@ class Reconciler:
         return found
 
     async def _write_statuses(self, decided: Plan) -> None:
-        for (namespace, app), (version, rollouts) in decided.rollouts.items():
+        rollouts_of = dict(decided.rollouts)
+        for key, decision in self._refused.items():
+            # A refused record with nothing verified to run still gets a status that says why.
+            rollouts_of.setdefault(key, (decision.refused_version or 0, []))
+        for (namespace, app), (version, rollouts) in rollouts_of.items():
             events = list(self._memory.events.get((namespace, app), ()))
-            content = {"version": version, "workloads": [r.model_dump() for r in rollouts], "events": events}
+            refusal = self._refused.get((namespace, app))
+            refused = {"refused": refusal.refused, "refused_version": refusal.refused_version} if refusal else {}
+            content = {"version": version, "workloads": [r.model_dump() for r in rollouts], "events": events,
+                       **refused}
             if self._written.get((namespace, app)) == content:
                 continue  # unchanged: no KV write
             status = AppStatus(name=app, namespace=namespace, version=version,
                                reconciled_at=datetime.now(timezone.utc), reconciler=self.node_id,
-                               workloads=rollouts, events=events)
+                               workloads=rollouts, events=events, **refused)
             try:
                 await self._store.put_status(status)
                 self._written[(namespace, app)] = content

@@ -15,6 +15,7 @@ from pydantic import Field, computed_field
 
 from nex.api.apps import AppRecord, AppSpec, AppStatus, AppWorkload, RolloutState
 from nex.api.models import Health, NodeRecord, NodeState, Strict, WorkloadState, WorkloadType
+from nex.fleet.verify import signer_of
 
 __all__ = [
     "AppChange", "AppView", "ReplicaView", "WorkloadChange", "WorkloadView", "app_change", "app_view", "replicas_of",
@@ -53,7 +54,10 @@ class AppView(Strict):
     namespace: str
     version: int
     applied_at: datetime
-    applied_by: str | None = None
+    applied_by: str | None = Field(default=None, description="the issuer whose signature on the record verifies "
+                                   "(whether the fleet trusts it: see refused); none: unsigned")
+    refused: str | None = Field(default=None, description="why the reconciler does not act on this record "
+                                "(then the last verified version keeps running)")
     desired: int
     running: int
     healthy: int
@@ -69,6 +73,8 @@ class AppView(Strict):
     @property
     def rollout(self) -> str:
         """One word for the whole app: the least settled of its workloads' states."""
+        if self.refused is not None:
+            return "refused"
         states = [w.rollout for w in self.workloads]
         if any(s is None for s in states) or self.reconciled_version != self.version:
             return "pending"
@@ -119,7 +125,8 @@ def app_view(record: AppRecord, nodes: Iterable[NodeRecord], status: AppStatus |
         ))
     return AppView(
         name=spec.name, namespace=spec.namespace, version=record.version, applied_at=record.applied_at,
-        applied_by=record.applied_by,
+        applied_by=signer_of(record),
+        refused=status.refused if status and status.refused_version == record.version else None,
         desired=sum(w.desired for w in workloads), running=sum(w.running for w in workloads),
         healthy=sum(w.healthy for w in workloads), workloads=workloads,
         leftover=[r for r in replicas if r.workload not in revisions],

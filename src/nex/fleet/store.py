@@ -1,7 +1,9 @@
 """Apps, their status and the node registry, in JetStream KV.
 
-``NEX_APPS`` holds ``app.<ns>.<name>`` (an :class:`AppRecord`, written by ``nex apply``)
-and ``status.<ns>.<name>`` (an :class:`AppStatus`, written by the reconciler).
+``NEX_APPS`` holds ``app.<ns>.<name>`` (an :class:`AppRecord`, written and signed by ``nex
+apply``; a tombstone, by ``nex app delete``), ``status.<ns>.<name>`` (an :class:`AppStatus`)
+and ``verified.<ns>.<name>`` (the last record the reconciler verified, nex.fleet.verify),
+both written by the reconciler.
 ``NEX_NODES`` holds one :class:`NodeRecord` per live node and ``NEX_LEASES`` the
 reconciler's lease; this module only reads those two. Every write of a record is a
 compare-and-set on the key's revision, so two people applying at once never lose a
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import datetime, timezone
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, TypeVar
@@ -25,13 +28,16 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import BaseModel, ValidationError
 
-from nex.api import subjects
+from nex.api import appsig, subjects
+from nex.api.appsig import AppClaim, AppOp
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease
-from nex.api.errors import AppNotFound, Conflict, Unavailable
+from nex.api.errors import AppNotFound, Conflict, Forbidden, Unavailable
 from nex.api.models import NodeRecord
 from nex.fleet.kvwatch import opened
+from nex.fleet.verify import RecordRefused, Trust, check_record, signer_of
+from nex.security.keystore import UserKeys
 
-__all__ = ["APPS_HISTORY", "AppStore", "same_spec"]
+__all__ = ["APPS_HISTORY", "AppStore", "same_spec", "sign_record", "verified_key"]
 
 log = logging.getLogger(__name__)
 
@@ -98,49 +104,59 @@ class AppStore:
 
     # -- apps --------------------------------------------------------------------------
 
-    async def apply(self, spec: AppSpec, applied_by: str | None) -> AppRecord:
-        """Store ``spec``: version 1 when new, version+1 (with ``previous``) when it changed,
-        the stored record itself when it is identical."""
+    async def apply(self, spec: AppSpec, keys: UserKeys | None = None) -> AppRecord:
+        """Store ``spec``, signed with ``keys`` when given: version 1 when new, the next version
+        (with ``previous``) when it changed, the stored record itself when it is identical and
+        signed alike."""
         kv = await self._apps()
         key = subjects.app_key(spec.namespace, spec.name)
         for _ in range(_CAS_ATTEMPTS):
             current = await self._get_model(kv, key, AppRecord)
-            now = datetime.now(timezone.utc)
+            if current is not None and _unchanged(current[0], spec, keys):
+                return current[0]
+            verified = await self.get_verified(spec.namespace, spec.name)
+            version = max(current[0].version if current else 0, verified.version if verified else 0) + 1
+            previous = _previous_of(current[0] if current else None, verified, keys)
+            record = sign_record(AppRecord(spec=spec, version=version, applied_at=datetime.now(timezone.utc),
+                                           applied_by=keys.issuer_public if keys else None, previous=previous), keys)
             try:
-                if current is None:
-                    record = AppRecord(spec=spec, version=1, applied_at=now, applied_by=applied_by)
-                    async with _jetstream_errors():
-                        await kv.create(key, _encode(record))
-                    return record
-                stored, revision = current
-                if same_spec(stored.spec, spec):
-                    return stored
-                record = AppRecord(spec=spec, version=stored.version + 1, applied_at=now,
-                                   applied_by=applied_by, previous=stored.spec)
-                async with _jetstream_errors():
-                    await kv.update(key, _encode(record), last=revision)
+                await self._write(kv, key, record, current[1] if current else None)
                 return record
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # another apply won the race: read again and build on it
         raise Conflict(f"app {spec.name!r} in namespace {spec.namespace!r} is being changed by someone else; "
                        "try again")
 
-    async def get(self, namespace: str, name: str) -> tuple[AppRecord, int]:
-        """The record and its KV revision (for :meth:`replace`); AppNotFound when missing."""
+    async def _next_version(self, namespace: str, name: str, current: tuple[AppRecord, int] | None) -> int:
+        """After the stored one and the last verified one: a record someone rewrote with a lower
+        version must not make the next apply look like a replay."""
+        verified = await self.get_verified(namespace, name)
+        return max(current[0].version if current else 0, verified.version if verified else 0) + 1
+
+    async def _write(self, kv: KeyValue, key: str, record: AppRecord, last_revision: int | None) -> int:
+        async with _jetstream_errors():
+            if last_revision is None:
+                return await kv.create(key, _encode(record))
+            return await kv.update(key, _encode(record), last=last_revision)
+
+    async def get(self, namespace: str, name: str, deleted: bool = False) -> tuple[AppRecord, int]:
+        """The record and its KV revision (for :meth:`replace`); AppNotFound when missing, or a
+        tombstone (unless ``deleted``)."""
         kv = await self._bucket(subjects.APPS_BUCKET)
         found = await self._get_model(kv, subjects.app_key(namespace, name), AppRecord) if kv else None
-        if found is None:
+        if found is None or (found[0].deleted and not deleted):
             raise AppNotFound(namespace, name)
         return found
 
-    async def list(self, namespace: str | None = None) -> list[AppRecord]:
-        """Every app of ``namespace`` (all namespaces when None), sorted by namespace and name."""
+    async def list(self, namespace: str | None = None, deleted: bool = False) -> list[AppRecord]:
+        """Every app of ``namespace`` (all namespaces when None), sorted by namespace and name;
+        the tombstones of deleted apps too when ``deleted``."""
         kv = await self._bucket(subjects.APPS_BUCKET)
         if kv is None:
             return []
         pattern = subjects.app_key(namespace, "*") if namespace else "app.>"
         records = await _latest(self._js, subjects.APPS_BUCKET, pattern, AppRecord, self._timeout)
-        return sorted(records, key=lambda r: (r.spec.namespace, r.spec.name))
+        return sorted((r for r in records if deleted or not r.deleted), key=lambda r: (r.spec.namespace, r.spec.name))
 
     async def replace(self, record: AppRecord, last_revision: int) -> int:
         """Write ``record`` only if its key is still at ``last_revision``; Conflict otherwise."""
@@ -152,12 +168,58 @@ class AppStore:
         except nats.js.errors.KeyWrongLastSequenceError:
             raise Conflict(f"app {record.spec.name!r} changed since revision {last_revision}") from None
 
-    async def delete(self, namespace: str, name: str) -> None:
-        """Remove the app; its status stays until the reconciler has stopped the replicas."""
-        await self.get(namespace, name)  # AppNotFound for a name that is not there
+    async def delete(self, namespace: str, name: str, keys: UserKeys | None = None) -> AppRecord:
+        """Write the app's tombstone, signed with ``keys`` when given: the reconciler stops the
+        replicas once it verifies it. The status stays until they are stopped."""
+        kv = await self._apps()
+        key = subjects.app_key(namespace, name)
+        for _ in range(_CAS_ATTEMPTS):
+            stored = await self._get_model(kv, key, AppRecord)
+            # The app may still run when someone deleted its record or forged a tombstone: the
+            # reconciler then runs its last verified record, which this tombstone ends too.
+            verified = await self.get_verified(namespace, name)
+            live = [r for r in (stored[0] if stored else None, verified) if r is not None and not r.deleted]
+            if not live:
+                raise AppNotFound(namespace, name)
+            signer = signer_of(live[0])
+            if keys is None and signer is not None:
+                raise Forbidden(f"app {name!r} is signed by {signer}: deleting it takes a tombstone signed by "
+                                "that issuer or an admin, and you have no keys (nex keys)")
+            version = await self._next_version(namespace, name, stored)
+            tombstone = sign_record(AppRecord(spec=live[0].spec, version=version, applied_at=datetime.now(timezone.utc),
+                                              applied_by=keys.issuer_public if keys else None, deleted=True), keys)
+            try:
+                await self._write(kv, key, tombstone, stored[1] if stored else None)
+                return tombstone
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        raise Conflict(f"app {name!r} in namespace {namespace!r} is being changed by someone else; try again")
+
+    # -- the reconciler's high-water marks -------------------------------------------------
+
+    async def put_verified(self, record: AppRecord) -> None:
+        """The last record of an app the reconciler verified (nex.fleet.verify)."""
         kv = await self._apps()
         async with _jetstream_errors():
-            await kv.delete(subjects.app_key(namespace, name))
+            await kv.put(verified_key(record.spec.namespace, record.spec.name), _encode(record))
+
+    async def get_verified(self, namespace: str, name: str) -> AppRecord | None:
+        kv = await self._bucket(subjects.APPS_BUCKET)
+        found = await self._get_model(kv, verified_key(namespace, name), AppRecord) if kv else None
+        return found[0] if found else None
+
+    async def verified(self) -> list[AppRecord]:
+        kv = await self._bucket(subjects.APPS_BUCKET)
+        if kv is None:
+            return []
+        return await _latest(self._js, subjects.APPS_BUCKET, "verified.>", AppRecord, self._timeout)
+
+    async def delete_verified(self, namespace: str, name: str) -> None:
+        kv = await self._bucket(subjects.APPS_BUCKET)
+        if kv is None:
+            return
+        async with _jetstream_errors():
+            await kv.delete(verified_key(namespace, name))
 
     # -- status ------------------------------------------------------------------------
 
@@ -206,6 +268,55 @@ class AppStore:
         except ValidationError as exc:
             log.warning("key %s does not hold a valid %s: %s", key, model.__name__, exc)
             return None
+
+
+def verified_key(namespace: str, name: str) -> str:
+    return f"verified.{namespace}.{name}"
+
+
+def sign_record(record: AppRecord, keys: UserKeys | None) -> AppRecord:
+    """``record`` with its app token (nex.api.appsig) signed by ``keys``; unchanged without keys."""
+    if keys is None:
+        return record
+    spec = record.spec
+    claim = AppClaim(
+        iss=keys.issuer_public, iat=int(time.time()), op=AppOp.DELETE if record.deleted else AppOp.APPLY,
+        namespace=spec.namespace, name=spec.name, version=record.version,
+        spec_sha256=None if record.deleted else appsig.spec_digest(spec),
+        previous_sha256=appsig.spec_digest(record.previous) if record.previous and not record.deleted else None)
+    return record.model_copy(update={"token": appsig.sign(claim, keys.issuer)})
+
+
+def _signs_itself(record: AppRecord) -> bool:
+    """Whether the record's token verifies and binds it (whoever signed it)."""
+    try:
+        return record.token is not None and check_record(record, None, None, Trust()) is not None
+    except RecordRefused:
+        return False
+
+
+def _unchanged(stored: AppRecord, spec: AppSpec, keys: UserKeys | None) -> bool:
+    """Applying ``spec`` again changes nothing: same spec, signed the same way, by the same issuer."""
+    if stored.deleted or stored.rolled_back or not same_spec(stored.spec, spec):
+        return False
+    if keys is None:
+        return stored.token is None
+    return _signs_itself(stored) and signer_of(stored) == keys.issuer_public
+
+
+def _previous_of(stored: AppRecord | None, verified: AppRecord | None, keys: UserKeys | None) -> AppSpec | None:
+    """The spec a rollback of the new version would restore: the stored one, never a tombstone's,
+    and, for a signed apply, only one that itself carries a valid signature (a spec someone wrote
+    into the bucket unsigned must not become signed by being replaced); else the one the
+    reconciler last verified, which is what runs."""
+    for record in (stored, verified):
+        if record is None or record.deleted:
+            continue
+        if keys is None and record is stored:
+            return record.spec
+        if keys is not None and _signs_itself(record):
+            return record.spec
+    return None
 
 
 def same_spec(a: AppSpec, b: AppSpec) -> bool:

@@ -17,12 +17,13 @@ from nex.api.errors import BadRequest, ForbiddenTrigger
 from nex.api.events import EventType
 from nex.api.subjects import first_overlap, namespace_subject_problem
 from nex.api.models import (
-    AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState,
+    AppRef, AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState,
     UndeployRequest,
     NodeRecord, UndeployResponse, WorkloadPing,
 )
 from nex.artifacts import ArtifactCache
 from nex.fleet.reconciler import Reconciler, fleet_keys
+from nex.fleet.verify import Trust
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
 from nex.node import identity
@@ -38,6 +39,7 @@ from nex.node.supervisor import Supervisor
 from nex.node.workloads import Workload
 from nex.api.claims import SignedRequest
 from nex.api.errors import NotBidder
+from nex.security.apps import AppDeployCheck
 from nex.security.claims import ClaimPolicy
 from nex.security.ledger import ClaimLedger
 from nex.security.keystore import NODE_XKEY_FILE, load_or_create_xkey
@@ -69,6 +71,7 @@ class Node:
         self.xkey = load_or_create_xkey(self.state_dir / NODE_XKEY_FILE)
         self.claims = ClaimPolicy(config.trusted_issuers, config.admin_issuers)
         self.ledger: ClaimLedger | None = None  # the fleet's used claim ids (NEX_CLAIMS)
+        self.app_checks = AppDeployCheck(config.trusted_issuers, config.admin_issuers)
         self.name = config.name or f"node-{self.node_id[:8].lower()}"
         self.tags = {**automatic_tags(), **config.tags}
         self.state = NodeState.RUNNING
@@ -161,10 +164,12 @@ class Node:
     def _make_reconciler(self) -> Reconciler:
         """This node's candidate for the fleet's reconciler lease (nex.fleet.reconciler)."""
         keys = fleet_keys(self.config.fleet_keys or self.state_dir / "fleet")
+        self.app_checks.fleet_issuer = keys.issuer_public
         return Reconciler(
             self.nc, self.node_id, self.name, keys, self.feeds.event, interval_s=self.config.reconcile_interval_s,
             lease_s=self.config.lease_s, replicas=self.config.replicas,
-            registry_interval_s=self.config.registry_interval_s)
+            registry_interval_s=self.config.registry_interval_s,
+            trust=Trust.of(self.config.trusted_issuers, self.config.admin_issuers))
 
     async def _start_embedded(self) -> AccountSigner | None:
         """Start the embedded server; with ``auth``, in operator mode, returning the account's signer."""
@@ -300,13 +305,18 @@ class Node:
         claim = self.claims.verify(signed)
         if bid is not None and bid.issuer is not None and (claim is None or claim.iss != bid.issuer):
             raise NotBidder(bid.bid_id)
+        issuer = claim.iss if claim is not None else None
         opened = self._opened(request)  # a sealed env that does not open is refused before the claim is used
+        self.app_checks.check(namespace, request, issuer, opened.env.keys())
+        if request.app is not None:
+            # Checked: the registry and the summaries list the app and revision only, not the token.
+            opened = opened.model_copy(update={"app": AppRef(name=request.app.name, revision=request.app.revision)})
         if claim is not None:
             await self.ledger.use(claim)
         if bid is not None:
             bid.use()
         workload = await self.supervisor.deploy(namespace, opened)
-        workload.issuer = claim.iss if claim is not None else None
+        workload.issuer = issuer
         await self.control.watch_workload(workload)
         return workload
 
