@@ -91,7 +91,7 @@ def _claim_issuer(body: dict[str, Any] | None) -> str | None:
             issuer = claim["payload"].get("iss")
     elif isinstance(claim, str) and claim.count(".") == 2:
         issuer = _jwt_issuer(claim)
-    return issuer if isinstance(issuer, str) and _PUBLIC_KEY.match(issuer) else None
+    return issuer if isinstance(issuer, str) and _PUBLIC_KEY.fullmatch(issuer) else None
 
 
 def _jwt_issuer(token: str) -> Any:
