@@ -27,7 +27,8 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.nuid import NUID
 from pydantic import BaseModel, ValidationError
 
 from nex.api import claims, subjects
@@ -394,15 +395,17 @@ class NexClient:
     # -- artifacts and devrun ----------------------------------------------------------
 
     async def upload_artifact(
-        self, path: str | Path, key: str | None = None, progress: Progress | None = None
+        self, path: str | Path, key: str | None = None, progress: Progress | None = None,
+        namespace: str | None = None,
     ) -> Artifact:
-        """Put a file into the artifact bucket; the key defaults to its sha256.
+        """Put a file into the artifact bucket of the client's namespace (or of ``namespace``);
+        the key defaults to its sha256.
 
         An object that already holds the same bytes under that key is not sent again.
         """
         path = Path(path)
         sha256 = await asyncio.to_thread(sha256_file, path)
-        return await self._upload(path, key or sha256, sha256, progress)
+        return await self._upload(path, key or sha256, sha256, progress, namespace)
 
     async def devrun(
         self,
@@ -649,15 +652,16 @@ class NexClient:
         finally:
             self._replies.close(inbox)
 
-    def _artifact_uri(self, key: str) -> str:
-        return f"nats://{subjects.ARTIFACT_BUCKET}/{quote(key)}"
+    def _artifact_uri(self, key: str, namespace: str | None = None) -> str:
+        return f"nats://{subjects.artifact_bucket(namespace or self.namespace)}/{quote(key)}"
 
-    async def _upload(self, path: Path, key: str, sha256: str, progress: Progress | None) -> Artifact:
+    async def _upload(self, path: Path, key: str, sha256: str, progress: Progress | None,
+                      namespace: str | None = None) -> Artifact:
         total = path.stat().st_size
-        artifact = Artifact(uri=self._artifact_uri(key), sha256=sha256)
+        artifact = Artifact(uri=self._artifact_uri(key, namespace), sha256=sha256)
         expected_digest = "SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(sha256)).decode()
         try:
-            store = await self._artifact_store()
+            store = await self._artifact_store(subjects.artifact_bucket(namespace or self.namespace))
             try:
                 existing = await store.get_info(key)
                 if existing.digest == expected_digest and existing.size == total:
@@ -684,12 +688,19 @@ class NexClient:
             raise BadArtifact(f"{path} changed while it was uploaded; try again")
         return artifact
 
-    async def _artifact_store(self) -> Any:
+    async def _artifact_store(self, bucket: str) -> Any:
         js = self.nc.jetstream(timeout=self.timeout)
         try:
-            return await js.object_store(subjects.ARTIFACT_BUCKET)
+            return await js.object_store(bucket)
         except nats.js.errors.BucketNotFoundError:
-            return await js.create_object_store(subjects.ARTIFACT_BUCKET)
+            pass
+        try:
+            return await js.create_object_store(bucket)
+        except nats.errors.TimeoutError:
+            # Credentials of a namespace may not create streams (nex creds makes the bucket).
+            raise Unavailable(f"the artifact bucket {bucket} does not exist, and JetStream did not create it"
+                              " for these credentials: an operator makes it (nex creds, or nats object add"
+                              f" {bucket})") from None
 
     async def recent_event_messages(self, count: int) -> AsyncIterator[Msg]:
         """The last ``count`` messages of the events stream, of every namespace, oldest first (raw:
@@ -726,19 +737,17 @@ class NexClient:
         """The messages of a stream under a filter, oldest first; live ones too when ``follow``."""
         js = self.nc.jetstream(timeout=self.timeout)
         try:
-            info = await js.stream_info(stream, subjects_filter=filter_subject)
+            sub = await js.subscribe(filter_subject, stream=stream, ordered_consumer=True,
+                                     deliver_policy=DeliverPolicy.ALL, config=named_consumer())
         except nats.js.errors.NotFoundError:
             raise NotFound(
                 f"there is no {what} stream ({stream}) yet: no Nex node has started on this NATS"
             ) from None
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
             raise Unavailable("JetStream is not enabled on this NATS server") from None
-        if not follow and not any((info.state.subjects or {}).values()):
-            return
-        sub = await js.subscribe(
-            filter_subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-        )
         try:
+            if not follow and nothing_kept(await sub.consumer_info()):
+                return
             while True:
                 try:
                     msg = await sub.next_msg(timeout=None if follow else self.timeout)
@@ -778,6 +787,19 @@ def _dead_letter(raw: Any) -> DeadLetter:
         time=raw.time or datetime.fromtimestamp(0).astimezone(),
         workload_id=headers.get(subjects.DLQ_WORKLOAD_HEADER), reply_to=headers.get(subjects.REPLY_TO_HEADER),
         size=len(raw.data or b""))
+
+
+def named_consumer() -> ConsumerConfig:
+    """The config of a reading consumer with a name of its own: nats-server 2.10 then takes its
+    filter subject in the API subject (``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``),
+    where a namespace's credentials can confine it (nex.security.natsauth.client_permissions)."""
+    return ConsumerConfig(name=NUID().next().decode())
+
+
+def nothing_kept(info: ConsumerInfo) -> bool:
+    """Whether a new consumer has nothing to deliver: none pending, and none delivered already
+    (by the time its info is answered, it may have pushed everything)."""
+    return not info.num_pending and not (info.delivered and info.delivered.consumer_seq)
 
 
 def constraints_of(request: DeployRequest) -> AuctionRequest:

@@ -1,0 +1,183 @@
+"""The bus itself (issue 13, item 6): namespace-scoped client credentials, writes only nodes
+make, one-to-one names, whole-string validation. Attackers are plain nats-py clients: keyless
+on a node without auth, with another namespace's credentials on a node with ``--auth``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from nex.agent.hostservices import HostError, kv_bucket
+from nex.api import natsjwt, subjects
+from nex.connection import ConnectOptions, confined_inbox_prefix, connect, flush_subscriptions
+from nex.node.config import NodeConfig
+from nex.node.node import Node
+from nex.security import natsauth
+
+from helpers import control, eventually, file_artifact, nex
+
+HELLO_JS = """async (subject, payload) => {
+  const text = new TextDecoder().decode(payload);
+  console.log("hello line " + text);
+  return "hi " + text;
+}
+"""
+
+# Counts its runs in nex.kv("runs"), as tests/functions/jobs.js does, and answers its namespace.
+COUNTING_JS = """async (subject, payload) => {
+  const runs = nex.kv("runs");
+  const count = ((await runs.get("count", "json")) ?? 0) + 1;
+  await runs.put("count", count);
+  return { runs: count };
+}
+"""
+
+
+@pytest.fixture
+async def auth_node(tmp_path: Path):
+    config = NodeConfig(state_dir=tmp_path / "node", name="bus-node", port=0, auth=True,
+                        sandbox="none", stop_grace_s=2.0, lameduck_s=0.2)
+    node = Node(config)
+    await node.start()
+    yield node
+    await node.shutdown()
+
+
+class Tenant:
+    """A nats-py client with one namespace's credentials, collecting the server's permission errors."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: Client | None = None
+
+    async def connect(self, url: str, creds: Path) -> Client:
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc).lower())
+        self.nc = await connect(ConnectOptions(servers=[url], creds=str(creds)), max_reconnect_attempts=0,
+                                error_cb=on_error)
+        return self.nc
+
+    async def refused(self, subject: str) -> bool:
+        """Whether the server reported a permission violation naming ``subject``."""
+        wanted = f'"{subject.lower()}"'
+        return bool(await eventually(
+            lambda: any("permissions violation" in e and wanted in e for e in self.errors), timeout=3))
+
+
+async def mint(node: Node, tmp_path: Path, namespace: str, *extra: str) -> Path:
+    """`nex creds` as the operator runs it on the node's host."""
+    path = tmp_path / f"{namespace}.creds"
+    code, _, err = await nex("creds", "-n", namespace, "--state-dir", str(node.state_dir), "-s", node.server_url,
+                             "-o", str(path), *extra)
+    assert code == 0, err
+    return path
+
+
+async def tenant(node: Node, creds: Path) -> Tenant:
+    client = Tenant()
+    await client.connect(node.server_url, creds)
+    return client
+
+
+# -- namespace clients, on a node with --auth ------------------------------------------------
+
+async def test_a_namespace_client_runs_its_namespace_with_the_real_cli(auth_node: Node, tmp_path: Path):
+    creds = await mint(auth_node, tmp_path, "shop")
+    claims = natsjwt.decode_claims(creds.read_text().split("\n")[1])
+    assert claims["nats"]["sub"]["allow"][0] == f"_INBOX.{claims['sub']}.>"
+    assert confined_inbox_prefix(str(creds)) == f"_INBOX.{claims['sub']}"
+    as_shop = ["--creds", str(creds), "-s", auth_node.server_url, "-n", "shop"]
+    hello = tmp_path / "hello.js"
+    hello.write_text(HELLO_JS)
+
+    code, out, err = await nex(*as_shop, "devrun", str(hello), "--trigger", "nex.shop.hello", "--json")
+    assert code == 0, err
+    workload = json.loads(out)
+    assert workload["namespace"] == "shop"
+    code, out, err = await nex(*as_shop, "invoke", "nex.shop.hello", "world")
+    assert (code, out.strip()) == (0, "hi world"), err
+    code, out, err = await nex(*as_shop, "workload", "ls", "--json")
+    assert code == 0 and [w["id"] for w in json.loads(out)] == [workload["id"]], err
+
+    async def logged():
+        code, out, _ = await nex(*as_shop, "logs", workload["id"])
+        return code == 0 and "hello line world" in out
+    assert await eventually(logged, timeout=10, interval=0.3)
+    code, out, err = await nex(*as_shop, "events", "--json")
+    assert code == 0, err
+    assert workload["id"] in out and "workload_started" in out, out
+
+    app = tmp_path / "shop.yaml"
+    app.write_text(f"name: greeter\nnamespace: shop\nworkloads:\n  - name: greeter\n    type: javascript\n"
+                   f"    artifact: ./hello.js\n    triggers: [nex.shop.greet]\n")
+    code, _, err = await nex(*as_shop, "apply", "-f", str(app))
+    assert code == 0, err
+    code, out, err = await nex(*as_shop, "app", "ls", "--json")
+    assert code == 0 and "greeter" in out, err
+
+
+async def test_a_namespace_client_reaches_nothing_of_another_namespace(auth_node: Node, tmp_path: Path):
+    shop = await tenant(auth_node, await mint(auth_node, tmp_path, "shop"))
+    evil = await tenant(auth_node, await mint(auth_node, tmp_path, "evil"))
+    hello = tmp_path / "hello.js"
+    hello.write_text(HELLO_JS)
+    code, out, err = await nex("--creds", str(tmp_path / "shop.creds"), "-s", auth_node.server_url, "-n", "shop",
+                               "devrun", str(hello), "--trigger", "nex.shop.hello", "--json")
+    assert code == 0, err
+    victim = json.loads(out)["id"]
+    try:
+        # Its own namespace answers.
+        code, ping = await control(evil.nc, "PING", auth_node.node_id, namespace="evil")
+        assert code is None and ping["node_id"] == auth_node.node_id
+
+        # Another namespace's control subjects, app subjects and live feeds are closed.
+        await evil.nc.publish(subjects.control("shop", "UNDEPLOY", victim), b"{}")
+        await evil.nc.publish("nex.shop.hello", b"x")
+        await evil.nc.subscribe("nex.shop.>")
+        await evil.nc.subscribe(subjects.logs_filter("shop"))
+        await evil.nc.subscribe("_INBOX.>")
+        await evil.nc.flush()
+        for subject in (subjects.control("shop", "UNDEPLOY", victim), "nex.shop.hello", "nex.shop.>",
+                        subjects.logs_filter("shop"), "_INBOX.>"):
+            assert await evil.refused(subject), subject
+
+        # Kept feeds: a consumer filtered to another namespace is refused; one filtered to its own
+        # namespace but asking for another's in the request body too.
+        js = evil.nc.jetstream(timeout=2)
+        for body_filter in ({"filter_subject": subjects.logs_filter("shop")},
+                            {"filter_subject": subjects.logs_filter("evil"),
+                             "filter_subjects": [subjects.logs_filter("shop")]}):
+            own = subjects.logs_filter("evil")
+            api = f"$JS.API.CONSUMER.CREATE.{subjects.LOGS_STREAM}.peek.{body_filter['filter_subject']}"
+            request = {"stream_name": subjects.LOGS_STREAM, "config": {
+                "name": "peek", "deliver_policy": "all", "ack_policy": "none", **body_filter}}
+            try:
+                reply = await evil.nc.request(api, json.dumps(request).encode(), timeout=2)
+                answer = json.loads(reply.data)
+            except Exception as exc:  # the refused request is never answered
+                answer = {"refused": type(exc).__name__}
+            assert "error" in answer or "refused" in answer, (body_filter, answer)
+            del own
+        # Reading the victim's artifacts, KV and app records is refused too.
+        for stream in (f"OBJ_{subjects.artifact_bucket('shop')}", f"KV_{kv_bucket('shop', 'runs')}"):
+            with pytest.raises(Exception):
+                await js.stream_info(stream)
+        assert await evil.refused(f"$JS.API.STREAM.INFO.KV_{kv_bucket('shop', 'runs')}")
+        with pytest.raises(Exception):
+            await js.publish(f"$KV.{subjects.APPS_BUCKET}.{subjects.app_key('shop', 'greeter')}", b"{}")
+        assert await evil.refused(f"$KV.{subjects.APPS_BUCKET}.{subjects.app_key('shop', 'greeter')}")
+
+        # The victim's own client still gets its logs.
+        shop_logs = await shop.nc.jetstream().subscribe(
+            subjects.logs_filter("shop", victim), stream=subjects.LOGS_STREAM, ordered_consumer=True,
+            config=__import__("nex.client", fromlist=["named_consumer"]).named_consumer())
+        await shop_logs.unsubscribe()
+        assert not shop.errors
+    finally:
+        await shop.nc.close()
+        await evil.nc.close()
