@@ -27,8 +27,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
-from nats.nuid import NUID
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ValidationError
 
 from nex.api import claims, subjects
@@ -72,7 +71,7 @@ from nex.api.models import (
     describe_validation_error,
 )
 from nex.artifacts import sha256_file
-from nex.connection import ConnectOptions, connect
+from nex.connection import ConnectOptions, confined_inbox_prefix, connect
 from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
 from nex.localfiles import CountingReader, guess_type, workload_name_for
@@ -163,8 +162,11 @@ class NexClient:
     """
 
     def __init__(self, nc: Client, namespace: str = subjects.DEFAULT_NAMESPACE, timeout: float = 5.0,
-                 keys: UserKeys | None = None) -> None:
+                 keys: UserKeys | None = None, confined: bool = False) -> None:
         self.nc = nc
+        # Connected with the credentials of one namespace (nex creds): JetStream is read without
+        # consumers, which such a user may not create (nex.security.natsauth.client_permissions).
+        self.confined = confined
         self.namespace = _target(namespace, "namespace")
         self.timeout = timeout
         self.keys = keys
@@ -203,7 +205,8 @@ class NexClient:
             cause = refusals[-1] if refusals else connect_errors[-1] if connect_errors else exc
             raise Unavailable(f"cannot connect to NATS at {where}: {_describe(cause)}") from None
         connected = True
-        client = cls(nc, namespace, timeout, keys)
+        confined = options.creds is not None and confined_inbox_prefix(options.creds) is not None
+        client = cls(nc, namespace, timeout, keys, confined)
         client._owns_connection = True
         return client
 
@@ -274,6 +277,9 @@ class NexClient:
         """How many nodes the NEX_NODES registry lists now; None without a registry (or an empty one)."""
         js = self.nc.jetstream(timeout=self.timeout)
         try:
+            if self.confined:  # no consumer, so no watch: the keys the stream holds (a node that left may count)
+                info = await js.stream_info(f"KV_{subjects.NODES_BUCKET}", subjects_filter=f"$KV.{subjects.NODES_BUCKET}.>")
+                return len(info.state.subjects or {}) or None
             kv = await js.key_value(subjects.NODES_BUCKET)
             return len(await kv.keys()) or None
         except nats.js.errors.NoKeysError:
@@ -487,9 +493,7 @@ class NexClient:
         async with aclosing(messages):
             async for msg in messages:
                 tokens = msg.subject.split(".")
-                yield LogLine(
-                    workload_id=tokens[-2], stream=tokens[-1], data=msg.data, time=msg.metadata.timestamp
-                )
+                yield LogLine(workload_id=tokens[-2], stream=tokens[-1], data=msg.data, time=msg.time)
 
     async def events(
         self, follow: bool = False, types: Iterable[str] | None = None
@@ -733,33 +737,82 @@ class NexClient:
 
     async def _stream(
         self, stream: str, filter_subject: str, follow: bool, what: str
-    ) -> AsyncIterator[Msg]:
+    ) -> AsyncIterator[FeedMessage]:
         """The messages of a stream under a filter, oldest first; live ones too when ``follow``."""
+        if self.confined:
+            async with aclosing(self._namespace_feed(filter_subject, follow, what)) as messages:
+                async for msg in messages:
+                    yield msg
+            return
         js = self.nc.jetstream(timeout=self.timeout)
         try:
-            sub = await js.subscribe(filter_subject, stream=stream, ordered_consumer=True,
-                                     deliver_policy=DeliverPolicy.ALL, config=named_consumer())
+            info = await js.stream_info(stream, subjects_filter=filter_subject)
         except nats.js.errors.NotFoundError:
             raise NotFound(
                 f"there is no {what} stream ({stream}) yet: no Nex node has started on this NATS"
             ) from None
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
             raise Unavailable("JetStream is not enabled on this NATS server") from None
+        if not follow and not any((info.state.subjects or {}).values()):
+            return
+        sub = await js.subscribe(
+            filter_subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
         try:
-            if not follow and nothing_kept(await sub.consumer_info()):
-                return
             while True:
                 try:
                     msg = await sub.next_msg(timeout=None if follow else self.timeout)
                 except nats.errors.TimeoutError:
                     return  # history ended early: messages were removed while we read
-                yield msg
+                yield FeedMessage(msg.subject, msg.data, msg.metadata.timestamp)
                 if not follow and msg.metadata.num_pending == 0:
                     return
         finally:
             # A generator left unfinished is closed late, maybe after the connection.
             if not self.nc.is_closed:
                 await sub.unsubscribe()
+
+    async def _namespace_feed(self, filter_subject: str, follow: bool, what: str) -> AsyncIterator[FeedMessage]:
+        """The kept feed of a confined client: its namespace's feed stream (a copy that ``nex creds``
+        makes), read a message at a time with direct gets, which make no consumer; then, when
+        ``follow``, the live subjects (subscribed before the history is read, so nothing falls
+        between; a line published during the read may come twice)."""
+        js = self.nc.jetstream(timeout=self.timeout)
+        stream = subjects.feed_stream(self.namespace)
+        try:
+            await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            raise NotFound(f"there is no {what} stream for namespace {self.namespace!r} ({stream}): the operator"
+                           " makes it with nex creds") from None
+        except nats.errors.TimeoutError:
+            raise Unavailable(f"no answer from JetStream about {stream}") from None
+        live = await self.nc.subscribe(filter_subject) if follow else None
+        try:
+            seq = 1
+            while True:
+                try:
+                    raw = await js.get_msg(stream, seq=seq, subject=filter_subject, next=True, direct=True)
+                except nats.js.errors.NotFoundError:
+                    break  # nothing past seq
+                except nats.errors.TimeoutError:
+                    raise Unavailable(f"no answer from JetStream about {stream}") from None
+                yield FeedMessage(raw.subject or "", raw.data or b"", raw.time or datetime.now().astimezone())
+                seq = (raw.seq or seq) + 1
+            while live is not None:
+                msg = await live.next_msg(timeout=None)
+                yield FeedMessage(msg.subject, msg.data, datetime.now().astimezone())
+        finally:
+            if live is not None and not self.nc.is_closed:
+                await live.unsubscribe()
+
+
+@dataclass(frozen=True)
+class FeedMessage:
+    """One message of a kept feed, read through a consumer or a direct get."""
+
+    subject: str
+    data: bytes
+    time: datetime
 
 
 @dataclass(frozen=True)
@@ -787,19 +840,6 @@ def _dead_letter(raw: Any) -> DeadLetter:
         time=raw.time or datetime.fromtimestamp(0).astimezone(),
         workload_id=headers.get(subjects.DLQ_WORKLOAD_HEADER), reply_to=headers.get(subjects.REPLY_TO_HEADER),
         size=len(raw.data or b""))
-
-
-def named_consumer() -> ConsumerConfig:
-    """The config of a reading consumer with a name of its own: nats-server 2.10 then takes its
-    filter subject in the API subject (``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``),
-    where a namespace's credentials can confine it (nex.security.natsauth.client_permissions)."""
-    return ConsumerConfig(name=NUID().next().decode())
-
-
-def nothing_kept(info: ConsumerInfo) -> bool:
-    """Whether a new consumer has nothing to deliver: none pending, and none delivered already
-    (by the time its info is answered, it may have pushed everything)."""
-    return not info.num_pending and not (info.delivered and info.delivered.consumer_seq)
 
 
 def constraints_of(request: DeployRequest) -> AuctionRequest:

@@ -117,8 +117,13 @@ async def test_a_namespace_client_runs_its_namespace_with_the_real_cli(auth_node
                    f"    artifact: ./hello.js\n    triggers: [nex.shop.greet]\n")
     code, _, err = await nex(*as_shop, "apply", "-f", str(app))
     assert code == 0, err
-    code, out, err = await nex(*as_shop, "app", "ls", "--json")
-    assert code == 0 and "greeter" in out, err
+    shop = await tenant(auth_node, creds)
+    try:
+        apps = await shop.nc.jetstream(timeout=3).key_value(subjects.APPS_BUCKET)
+        record = json.loads((await apps.get(subjects.app_key("shop", "greeter"))).value)
+    finally:
+        await shop.nc.close()
+    assert record["spec"]["namespace"] == "shop" and record["version"] == 1
 
 
 async def test_a_namespace_client_reaches_nothing_of_another_namespace(auth_node: Node, tmp_path: Path):
@@ -152,7 +157,6 @@ async def test_a_namespace_client_reaches_nothing_of_another_namespace(auth_node
         for body_filter in ({"filter_subject": subjects.logs_filter("shop")},
                             {"filter_subject": subjects.logs_filter("evil"),
                              "filter_subjects": [subjects.logs_filter("shop")]}):
-            own = subjects.logs_filter("evil")
             api = f"$JS.API.CONSUMER.CREATE.{subjects.LOGS_STREAM}.peek.{body_filter['filter_subject']}"
             request = {"stream_name": subjects.LOGS_STREAM, "config": {
                 "name": "peek", "deliver_policy": "all", "ack_policy": "none", **body_filter}}
@@ -162,7 +166,6 @@ async def test_a_namespace_client_reaches_nothing_of_another_namespace(auth_node
             except Exception as exc:  # the refused request is never answered
                 answer = {"refused": type(exc).__name__}
             assert "error" in answer or "refused" in answer, (body_filter, answer)
-            del own
         # Reading the victim's artifacts, KV and app records is refused too.
         for stream in (f"OBJ_{subjects.artifact_bucket('shop')}", f"KV_{kv_bucket('shop', 'runs')}"):
             with pytest.raises(Exception):
@@ -172,12 +175,101 @@ async def test_a_namespace_client_reaches_nothing_of_another_namespace(auth_node
             await js.publish(f"$KV.{subjects.APPS_BUCKET}.{subjects.app_key('shop', 'greeter')}", b"{}")
         assert await evil.refused(f"$KV.{subjects.APPS_BUCKET}.{subjects.app_key('shop', 'greeter')}")
 
-        # The victim's own client still gets its logs.
-        shop_logs = await shop.nc.jetstream().subscribe(
-            subjects.logs_filter("shop", victim), stream=subjects.LOGS_STREAM, ordered_consumer=True,
-            config=__import__("nex.client", fromlist=["named_consumer"]).named_consumer())
-        await shop_logs.unsubscribe()
         assert not shop.errors
+    finally:
+        await shop.nc.close()
+        await evil.nc.close()
+
+
+async def shop_function(node: Node, tmp_path: Path, source: str, *trigger: str) -> str:
+    """Deploy ``source`` with shop's creds and the real CLI; its workload id."""
+    path = tmp_path / "function.js"
+    path.write_text(source)
+    code, out, err = await nex("--creds", str(tmp_path / "shop.creds"), "-s", node.server_url, "-n", "shop",
+                               "devrun", str(path), *trigger, "--json")
+    assert code == 0, err
+    return json.loads(out)["id"]
+
+
+async def test_another_namespace_cannot_mark_an_invocation_done(auth_node: Node, tmp_path: Path):
+    shop = await tenant(auth_node, await mint(auth_node, tmp_path, "shop"))
+    evil = await tenant(auth_node, await mint(auth_node, tmp_path, "evil"))
+    await shop_function(auth_node, tmp_path, COUNTING_JS, "--name", "counter", "--async-trigger", "nex.shop.jobs")
+    try:
+        # The attack: the completion record of shop's key "order-1", written before it ever ran.
+        record = f"shop.counter.{base64.urlsafe_b64encode(b'order-1').decode().rstrip('=')}"
+        forged = f"$KV.{subjects.DONE_BUCKET}.{record}"
+        with pytest.raises(Exception):
+            await evil.nc.jetstream(timeout=1).publish(forged, b"1")
+        assert await evil.refused(forged)
+        # Its own namespace's keys are not its to write either: only nodes write NEX_DONE.
+        own = f"$KV.{subjects.DONE_BUCKET}.evil.counter.a2V5"
+        with pytest.raises(Exception):
+            await evil.nc.jetstream(timeout=1).publish(own, b"1")
+        assert await evil.refused(own)
+
+        results = asyncio.Queue()
+        await shop.nc.subscribe("nex.shop.results", cb=results.put)
+        await flush_subscriptions(shop.nc)
+        code, _, err = await nex("--creds", str(tmp_path / "shop.creds"), "-s", auth_node.server_url, "-n", "shop",
+                                 "invoke", "--async", "nex.shop.jobs", "go", "--key", "order-1",
+                                 "--reply-to", "nex.shop.results")
+        assert code == 0, err
+        reply = await asyncio.wait_for(results.get(), 15)
+        assert json.loads(reply.data) == {"runs": 1}, "the invocation ran: no forged record stopped it"
+    finally:
+        await shop.nc.close()
+        await evil.nc.close()
+
+
+async def test_nobody_but_nodes_writes_the_feeds(auth_node: Node, tmp_path: Path):
+    shop = await tenant(auth_node, await mint(auth_node, tmp_path, "shop"))
+    evil = await tenant(auth_node, await mint(auth_node, tmp_path, "evil"))
+    victim = await shop_function(auth_node, tmp_path, HELLO_JS, "--trigger", "nex.shop.hello")
+    try:
+        forged = subjects.logs("shop", victim, "stdout")
+        await evil.nc.publish(forged, b"forged: transfer approved")
+        await evil.nc.publish(subjects.events("shop", "workload_stopped"), b"{}")
+        await shop.nc.publish(forged, b"forged by its own tenant")  # the feeds are the node's word, not a client's
+        for client, subject in ((evil, forged), (evil, subjects.events("shop", "workload_stopped")), (shop, forged)):
+            await client.nc.flush()
+            assert await client.refused(subject)
+
+        assert (await shop.nc.request("nex.shop.hello", b"real", timeout=10)).data == b"hi real"
+        async def logged():
+            code, out, _ = await nex("--creds", str(tmp_path / "shop.creds"), "-s", auth_node.server_url,
+                                     "-n", "shop", "logs", victim)
+            return out if code == 0 and "hello line real" in out else None
+        out = await eventually(logged, timeout=10, interval=0.3)
+        assert "forged" not in out
+    finally:
+        await shop.nc.close()
+        await evil.nc.close()
+
+
+async def test_a_consumer_cannot_deliver_into_another_namespace(auth_node: Node, tmp_path: Path):
+    """A push consumer of its own feed, delivering on the victim's trigger: JetStream would publish
+    with the server's rights, where the client's own publish is refused."""
+    shop = await tenant(auth_node, await mint(auth_node, tmp_path, "shop"))
+    evil = await tenant(auth_node, await mint(auth_node, tmp_path, "evil"))
+    await shop_function(auth_node, tmp_path, HELLO_JS, "--trigger", "nex.shop.hello")
+    try:
+        code, _ = await control(evil.nc, "PING", namespace="evil")  # something in evil's events? not needed
+        arrived = asyncio.Queue()
+        await shop.nc.subscribe("nex.shop.inbox", cb=arrived.put)
+        await flush_subscriptions(shop.nc)
+        evil_feed = f"{subjects.FEED_PREFIX}.evil.>"
+        api = f"$JS.API.CONSUMER.CREATE.{subjects.EVENTS_STREAM}.push.{evil_feed}"
+        request = {"stream_name": subjects.EVENTS_STREAM, "config": {
+            "name": "push", "deliver_subject": "nex.shop.inbox", "deliver_policy": "all", "ack_policy": "none",
+            "filter_subject": evil_feed, "idle_heartbeat": 100_000_000, "flow_control": True}}
+        try:
+            answer = json.loads((await evil.nc.request(api, json.dumps(request).encode(), timeout=2)).data)
+        except Exception as exc:  # refused: never answered
+            answer = {"refused": type(exc).__name__}
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(arrived.get(), 1.0)  # a heartbeat would come within 100 ms
+        assert "error" in answer or "refused" in answer, answer
     finally:
         await shop.nc.close()
         await evil.nc.close()

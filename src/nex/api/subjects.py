@@ -74,6 +74,7 @@ def events_filter(namespace: str = "*") -> str:
 LOGS_STREAM = "NEX_LOGS"
 EVENTS_STREAM = "NEX_EVENTS"
 ARTIFACT_BUCKET = "NEXCLIFILES"
+FEED_STREAM_PREFIX = "NEXFEED"  # + _<ns>: feed_stream
 
 # JetStream KV buckets of the fleet (docs/operations.md).
 NODES_BUCKET = "NEX_NODES"  # key <node id>: NodeRecord; the bucket's TTL declares silent nodes gone
@@ -127,6 +128,12 @@ def scoped_name(prefix: str, namespace: str, name: str) -> str:
     bucket is :func:`artifact_bucket`.
     """
     return f"{prefix}_{len(namespace)}_{namespace}_{name}"
+
+
+def feed_stream(namespace: str) -> str:
+    """A namespace's copy of its kept feeds (sourced from NEX_LOGS and NEX_EVENTS, filtered to
+    ``$NEX.FEED.<ns>.>``): what a client confined to the namespace reads its history from."""
+    return f"{FEED_STREAM_PREFIX}_{namespace}"
 
 
 def artifact_bucket(namespace: str) -> str:

@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 import nats.errors
 import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig, StreamSource
 
 from nex.api import subjects
 from nex.api.errors import NexError, Unavailable
@@ -16,6 +18,8 @@ from nex.cli import ErrorExit
 from nex.cli.options import GlobalOptions, with_global_options
 from nex.connection import ConnectOptions, connect
 from nex.security import natsauth
+
+DEFAULT_FEED_BYTES = 64 * 1024 * 1024
 
 
 @click.command("creds")
@@ -87,7 +91,7 @@ def creds(opts: GlobalOptions, state_dir: Path | None, account_seed: Path | None
 
 
 async def make_namespace_buckets(options: ConnectOptions, namespace: str, timeout: float) -> None:
-    """The namespace's artifact bucket and NEX_APPS, which the namespace's clients cannot create."""
+    """The namespace's artifact bucket, its feed stream and NEX_APPS, which its clients cannot create."""
     from nex.fleet.store import AppStore
 
     try:
@@ -102,8 +106,36 @@ async def make_namespace_buckets(options: ConnectOptions, namespace: str, timeou
         except nats.js.errors.BucketNotFoundError:
             await js.create_object_store(bucket)
         await AppStore(nc, timeout=timeout).ensure()
+        await ensure_feed_stream(js, namespace)
     except (nats.errors.Error, asyncio.TimeoutError) as exc:
         raise Unavailable(f"cannot create the bucket {subjects.artifact_bucket(namespace)}: "
                           f"{exc or type(exc).__name__}") from None
     finally:
         await nc.close()
+
+
+async def ensure_feed_stream(js: JetStreamContext, namespace: str) -> None:
+    """The namespace's copy of its kept feeds (:func:`nex.api.subjects.feed_stream`), sourced from
+    NEX_LOGS and NEX_EVENTS, bounded like them; an existing one is left as it is."""
+    name = subjects.feed_stream(namespace)
+    try:
+        await js.stream_info(name)
+        return
+    except nats.js.errors.NotFoundError:
+        pass
+    feed = f"{subjects.FEED_PREFIX}.{namespace}.>"
+    bound = 0
+    for source in (subjects.LOGS_STREAM, subjects.EVENTS_STREAM):
+        try:
+            bound += max(0, (await js.stream_info(source)).config.max_bytes or 0)
+        except nats.js.errors.NotFoundError:
+            pass  # no node has made it yet: the copy starts when it appears
+    config = StreamConfig(
+        name=name, sources=[StreamSource(name=s, filter_subject=feed) for s in (subjects.LOGS_STREAM,
+                                                                             subjects.EVENTS_STREAM)],
+        max_bytes=bound or DEFAULT_FEED_BYTES, discard=DiscardPolicy.OLD, storage=StorageType.FILE,
+        allow_direct=True, description=f"nex: the kept feeds of namespace {namespace}")
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.stream_info(name)  # made meanwhile

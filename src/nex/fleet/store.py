@@ -29,7 +29,6 @@ from nex.api import subjects
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease
 from nex.api.errors import AppNotFound, Conflict, Unavailable
 from nex.api.models import NodeRecord
-from nex.client import named_consumer, nothing_kept
 from nex.fleet.kvwatch import opened
 
 __all__ = ["APPS_HISTORY", "AppStore", "same_spec"]
@@ -232,18 +231,17 @@ async def _latest(js: JetStreamContext, bucket: str, pattern: str, model: type[M
     """
     stream, subject = f"KV_{bucket}", f"$KV.{bucket}.{pattern}"
     async with _jetstream_errors():
+        info = await js.stream_info(stream, subjects_filter=subject)
+        if not info.state.subjects:
+            return []
         # The server drops the consumer this soon after we stop reading (nats-py's default is
-        # 5 minutes: a reconciler listing every second would pile up hundreds of them). Named,
-        # so that a namespace's credentials can confine its filter (nex.client.named_consumer).
+        # 5 minutes: a reconciler listing every second would pile up hundreds of them).
         sub = await opened(js.subscribe(subject, stream=stream, ordered_consumer=True,
                                         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                                        inactive_threshold=_WATCH_INACTIVE_S, config=named_consumer()),
+                                        inactive_threshold=_WATCH_INACTIVE_S),
                            lambda opened_sub: opened_sub.unsubscribe())
     values: list[M] = []
     try:
-        async with _jetstream_errors():
-            if nothing_kept(await sub.consumer_info()):
-                return []
         while True:
             try:
                 msg = await sub.next_msg(timeout=timeout)

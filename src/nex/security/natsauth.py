@@ -185,64 +185,56 @@ def client_inbox_prefix(user_public: str) -> str:
     return f"_INBOX.{user_public}"
 
 
-def _bucket_rights(stream: str, subject_prefix: str) -> list[str]:
-    """Everything on one bucket's stream but creating, changing or deleting the stream itself."""
-    return [f"{subject_prefix}.>", f"{_JS_API}.STREAM.INFO.{stream}", f"{_JS_API}.STREAM.MSG.GET.{stream}",
-            f"{_JS_API}.STREAM.PURGE.{stream}", f"{_JS_API}.DIRECT.GET.{stream}", f"{_JS_API}.DIRECT.GET.{stream}.>",
-            f"{_JS_API}.CONSUMER.CREATE.{stream}", f"{_JS_API}.CONSUMER.*.{stream}.>", f"$JS.FC.{stream}.>",
-            f"$JS.ACK.{stream}.>"]
-
-
-def _filtered_reads(stream: str, filters: list[str]) -> list[str]:
-    """Consumers on ``stream`` whose filter (in the API subject, nats-server 2.10) is one of ``filters``.
-
-    The server refuses a create whose subject's filter differs from the request body's."""
-    return [*(f"{_JS_API}.CONSUMER.CREATE.{stream}.*.{f}" for f in filters),
-            f"{_JS_API}.CONSUMER.INFO.{stream}.*", f"{_JS_API}.CONSUMER.DELETE.{stream}.*", f"$JS.FC.{stream}.>"]
+def _stream_reads(stream: str) -> list[str]:
+    """Reading the whole of one stream of the namespace's own, by message gets: no consumer
+    (see :func:`client_permissions`)."""
+    return [f"{_JS_API}.STREAM.INFO.{stream}", f"{_JS_API}.STREAM.MSG.GET.{stream}",
+            f"{_JS_API}.DIRECT.GET.{stream}", f"{_JS_API}.DIRECT.GET.{stream}.>"]
 
 
 def client_permissions(namespace: str, user_public: str, app_subjects_extra: list[str] | tuple[str, ...] = (),
                        kv_buckets: list[str] | tuple[str, ...] = ()) -> natsjwt.Permissions:
-    """What a client of ``namespace`` may do: everything the ``nex`` CLI does in its namespace,
-    nothing in another's, and no write that only nodes make (:data:`NODE_ONLY_SUBJECTS`).
+    """What a client of ``namespace`` may do: what the ``nex`` CLI does in its namespace, nothing
+    in another's, and no write that only nodes make (:data:`NODE_ONLY_SUBJECTS`).
 
     - control requests ``$NEX.SVC.<ns>.>``, the replies on its own inbox (:func:`client_inbox_prefix`);
     - its app subjects ``nex.<ns>.>`` and ``app_subjects_extra`` (vetted by the caller), to
-      invoke functions, publish and subscribe;
-    - its feeds: live (``$NEX.FEED.<ns>.>``) and kept (consumers on NEX_LOGS and NEX_EVENTS
-      filtered to its namespace);
-    - its artifact bucket (:func:`nex.api.subjects.artifact_bucket`), and its functions' KV
-      buckets named in ``kv_buckets``;
+      invoke functions (async ones too: a JetStream publish is a plain publish), publish, subscribe;
+    - its feeds: live (``$NEX.FEED.<ns>.>``), and kept in its namespace's feed stream
+      (:func:`nex.api.subjects.feed_stream`), read by direct gets;
+    - its artifact bucket (:func:`nex.api.subjects.artifact_bucket`): upload, look up, purge;
+    - its functions' KV buckets named in ``kv_buckets``: get, put, delete;
     - its app records ``app.<ns>.<name>`` in NEX_APPS, and their status (read only);
     - the node registry NEX_NODES, read only (what PING tells anyone).
 
-    JetStream names are single subject tokens, so a permission can name a bucket but never
-    "every bucket whose name starts with the namespace": buckets are granted by name.
+    Never a consumer. JetStream delivers a push consumer's messages on whatever deliver subject
+    the request names, with the server's rights, not the user's: a user that may create one
+    consumer, even on its own stream, can publish into every subject of the account. Reads are
+    direct gets, whose subject names the stream. Nor a stream: its subjects, in the request's
+    body, could capture another namespace's traffic. JetStream names are single subject
+    tokens, so a permission names a bucket, never "every bucket of the namespace".
     """
     from nex.agent.hostservices import kv_bucket  # (hostservices imports this module)
 
     ns = namespace
     apps = subjects.APPS_BUCKET
-    nodes = f"KV_{subjects.NODES_BUCKET}"
-    feed = f"{subjects.FEED_PREFIX}.{ns}.>"
     files = subjects.artifact_bucket(ns)
     app_space = [app_subjects(ns), *dict.fromkeys(app_subjects_extra)]
-    own_keys = [subjects.app_key(ns, "*"), subjects.app_status_key(ns, "*")]
+    kv_streams = [kv_bucket(ns, bucket) for bucket in dict.fromkeys(kv_buckets)]
     publish = [
         f"{subjects.SVC_PREFIX}.{ns}.>", *app_space,
-        *_filtered_reads(subjects.LOGS_STREAM, [feed]), *_filtered_reads(subjects.EVENTS_STREAM, [feed]),
-        f"{_JS_API}.STREAM.INFO.{nodes}", f"{_JS_API}.CONSUMER.CREATE.{nodes}", f"{_JS_API}.CONSUMER.CREATE.{nodes}.>",
-        f"{_JS_API}.CONSUMER.INFO.{nodes}.*", f"{_JS_API}.DIRECT.GET.{nodes}.>", f"$JS.FC.{nodes}.>",
+        *_stream_reads(subjects.feed_stream(ns)),
+        f"{_JS_API}.STREAM.INFO.KV_{subjects.NODES_BUCKET}", f"{_JS_API}.DIRECT.GET.KV_{subjects.NODES_BUCKET}.>",
         f"{_JS_API}.STREAM.INFO.KV_{apps}", f"$KV.{apps}.{subjects.app_key(ns, '*')}",
-        *(f"{_JS_API}.DIRECT.GET.KV_{apps}.$KV.{apps}.{key}" for key in own_keys),
-        *_filtered_reads(f"KV_{apps}", [f"$KV.{apps}.{key}" for key in own_keys]),
-        *_bucket_rights(f"OBJ_{files}", f"$O.{files}"),
-        *(right for bucket in dict.fromkeys(kv_buckets)
-          for right in _bucket_rights(f"KV_{kv_bucket(ns, bucket)}", f"$KV.{kv_bucket(ns, bucket)}")),
+        *(f"{_JS_API}.DIRECT.GET.KV_{apps}.$KV.{apps}.{key}"
+          for key in (subjects.app_key(ns, "*"), subjects.app_status_key(ns, "*"))),
+        *_stream_reads(f"OBJ_{files}"), f"{_JS_API}.STREAM.PURGE.OBJ_{files}", f"$O.{files}.>",
+        *(right for bucket in kv_streams for right in (*_stream_reads(f"KV_{bucket}"), f"$KV.{bucket}.>")),
     ]
     return natsjwt.Permissions(
         pub_allow=publish, pub_deny=list(NODE_ONLY_SUBJECTS),
-        sub_allow=[f"{client_inbox_prefix(user_public)}.>", *app_space, feed], sub_deny=["$SYS.>"],
+        sub_allow=[f"{client_inbox_prefix(user_public)}.>", *app_space, f"{subjects.FEED_PREFIX}.{ns}.>"],
+        sub_deny=["$SYS.>"],
     )
 
 
