@@ -14,10 +14,9 @@ from nats.aio.client import Client
 
 from nex.agent.hostservices import HostError, kv_bucket
 from nex.api import natsjwt, subjects
-from nex.connection import ConnectOptions, confined_inbox_prefix, connect, flush_subscriptions
+from nex.connection import ConnectOptions, connect, flush_subscriptions
 from nex.node.config import NodeConfig
 from nex.node.node import Node
-from nex.security import natsauth
 
 from helpers import control, eventually, file_artifact, nex
 
@@ -87,6 +86,8 @@ async def tenant(node: Node, creds: Path) -> Tenant:
 # -- namespace clients, on a node with --auth ------------------------------------------------
 
 async def test_a_namespace_client_runs_its_namespace_with_the_real_cli(auth_node: Node, tmp_path: Path):
+    from nex.connection import confined_inbox_prefix
+
     creds = await mint(auth_node, tmp_path, "shop")
     claims = natsjwt.decode_claims(creds.read_text().split("\n")[1])
     assert claims["nats"]["sub"]["allow"][0] == f"_INBOX.{claims['sub']}.>"
@@ -273,3 +274,91 @@ async def test_a_consumer_cannot_deliver_into_another_namespace(auth_node: Node,
     finally:
         await shop.nc.close()
         await evil.nc.close()
+
+
+# -- names, on a node without auth: the attacker is any keyless client --------------------------
+
+@pytest.fixture
+async def plain_node(nats_server, tmp_path: Path):
+    from helpers import running_node
+    async with running_node(nats_server, tmp_path / "node", "plain-node") as node:
+        yield node
+
+
+async def test_namespaces_that_spell_alike_get_streams_of_their_own(plain_node: Node, nats_server, tmp_path: Path):
+    """Namespace a_b's function c and namespace a's function b_c: one stream NEXFN_a_b_c before."""
+    source = tmp_path / "count.js"
+    source.write_text(COUNTING_JS)
+    attacker = await connect(ConnectOptions(servers=[nats_server.url]))
+    try:
+        streams = []
+        for namespace, name in (("a", "b_c"), ("a_b", "c")):  # the attacker's first, the victim's second
+            code, summary = await control(attacker, "DEPLOY", plain_node.node_id, namespace=namespace, timeout=15,
+                                          body={"name": name, "namespace": namespace, "type": "javascript",
+                                                "artifact": file_artifact(source),
+                                                "triggers": [{"subject": f"nex.{namespace}.jobs", "mode": "async"}]})
+            assert code is None, summary
+            streams.append(subjects.function_stream(namespace, name))
+        assert streams[0] != streams[1]
+        js = attacker.jetstream()
+        for (namespace, name), stream in zip((("a", "b_c"), ("a_b", "c")), streams):
+            info = await js.stream_info(stream)
+            assert info.config.description == f"nex function {namespace}/{name}"
+            ack = await js.publish(f"nex.{namespace}.jobs", b"go", headers={"Nats-Msg-Id": f"{namespace}-1"})
+            assert ack.stream == stream
+
+        async def both_ran():
+            counts = []
+            for namespace in ("a", "a_b"):
+                try:
+                    kv = await js.key_value(kv_bucket(namespace, "runs"))
+                    counts.append(json.loads((await kv.get("count")).value))
+                except Exception:  # not run yet: no bucket, no key
+                    return False
+            return counts == [1, 1]
+        assert await eventually(both_ran, timeout=15, interval=0.2)
+    finally:
+        await attacker.close()
+
+
+def test_scoped_names_are_one_to_one():
+    pairs = [("a_b", "c"), ("a", "b_c"), ("a", "b__c"), ("a_", "_c"), ("a__", "c"), ("1_a", "b"), ("1", "a_b")]
+    names = {subjects.function_stream(ns, name) for ns, name in pairs}
+    assert len(names) == len(pairs)
+    assert subjects.artifact_bucket("a_b") != subjects.artifact_bucket("a") != subjects.artifact_bucket("default")
+
+
+# -- whole-string validation -----------------------------------------------------------------
+
+def test_validation_matches_the_whole_text():
+    from nex.agent.hostservices import _check_bucket, _check_key
+    from nex.api.tracecontext import TraceParent
+    from nex.images.reference import parse_reference
+
+    assert subjects.is_token("abc") and not subjects.is_token("abc\n") and not subjects.is_token("ab c")
+    for check, value in ((_check_bucket, "cart\n"), (_check_key, "key\n")):
+        with pytest.raises(HostError) as caught:
+            check(value)
+        assert caught.value.kind == "invalid"
+    assert TraceParent.parse("00-" + "1" * 32 + "-" + "2" * 16 + "-01\n") is not None  # surrounding space: trimmed
+    with pytest.raises(Exception):
+        parse_reference("oci://registry.example/app:v1\n")
+
+
+@pytest.mark.parametrize("uri", ["nats://NEXCLIFILES\n/hello.js", "nats://NEXCLIFILES%0A/hello.js",
+                                 "nats://NEXCLIFILES/hello.js\n"])
+async def test_a_bucket_with_a_newline_is_a_clean_400(plain_node: Node, nats_server, caplog, uri: str):
+    attacker = await connect(ConnectOptions(servers=[nats_server.url]))
+    try:
+        code, body = await control(attacker, "DEPLOY", plain_node.node_id, {
+            "name": "newline", "type": "javascript", "artifact": {"uri": uri, "sha256": "0" * 64},
+            "triggers": [{"subject": "nex.default.newline"}]})
+    finally:
+        await attacker.close()
+    assert code == 400 and "artifact" in body["error"]["message"], body
+    assert "Traceback" not in caught_text(caplog) and "internal" not in body["error"]["message"].lower()
+    assert not plain_node.workload_ping("default", None).workloads
+
+
+def caught_text(caplog) -> str:
+    return "\n".join(record.getMessage() + (str(record.exc_info) if record.exc_info else "") for record in caplog.records)
