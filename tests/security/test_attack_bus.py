@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -362,3 +363,20 @@ async def test_a_bucket_with_a_newline_is_a_clean_400(plain_node: Node, nats_ser
 
 def caught_text(caplog) -> str:
     return "\n".join(record.getMessage() + (str(record.exc_info) if record.exc_info else "") for record in caplog.records)
+
+
+async def test_a_deploy_reads_no_other_namespace_files(auth_node: Node, tmp_path: Path):
+    """The node fetches artifacts with its own rights: evil names shop's artifact bucket."""
+    await mint(auth_node, tmp_path, "shop")
+    evil = await tenant(auth_node, await mint(auth_node, tmp_path, "evil"))
+    await shop_function(auth_node, tmp_path, HELLO_JS, "--trigger", "nex.shop.hello")
+    sha = hashlib.sha256(HELLO_JS.encode()).hexdigest()
+    try:
+        for bucket in (subjects.artifact_bucket("shop"), "NEXOBJ_shop_secrets"):
+            code, body = await control(evil.nc, "DEPLOY", auth_node.node_id, namespace="evil", timeout=15, body={
+                "name": "thief", "namespace": "evil", "type": "javascript",
+                "artifact": {"uri": f"nats://{bucket}/{sha}", "sha256": sha},
+                "triggers": [{"subject": "nex.evil.thief"}]})
+            assert code == 400 and "belongs to namespace 'shop'" in body["error"]["message"], body
+    finally:
+        await evil.nc.close()

@@ -136,6 +136,18 @@ def feed_stream(namespace: str) -> str:
     return f"{FEED_STREAM_PREFIX}_{namespace}"
 
 
+def bucket_namespace(bucket: str) -> str | None:
+    """The namespace that owns an Object Store bucket by its name (its :func:`artifact_bucket`,
+    or a function's ``nex.objects`` bucket ``NEXOBJ_<ns>_<bucket>``); None for any other bucket."""
+    if bucket == ARTIFACT_BUCKET:
+        return DEFAULT_NAMESPACE
+    if bucket.startswith(f"{ARTIFACT_BUCKET}_"):
+        return bucket.removeprefix(f"{ARTIFACT_BUCKET}_")
+    if bucket.startswith("NEXOBJ_") and "_" in bucket.removeprefix("NEXOBJ_"):  # nex.agent.hostservices
+        return bucket.removeprefix("NEXOBJ_").rsplit("_", 1)[0]
+    return None
+
+
 def artifact_bucket(namespace: str) -> str:
     """The Object Store bucket that ``nex devrun`` and ``nex apply`` upload a namespace's files to.
 
