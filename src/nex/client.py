@@ -278,7 +278,8 @@ class NexClient:
         js = self.nc.jetstream(timeout=self.timeout)
         try:
             if self.confined:  # no consumer, so no watch: the keys the stream holds (a node that left may count)
-                info = await js.stream_info(f"KV_{subjects.NODES_BUCKET}", subjects_filter=f"$KV.{subjects.NODES_BUCKET}.>")
+                info = await js.stream_info(f"KV_{subjects.NODES_BUCKET}",
+                                            subjects_filter=f"$KV.{subjects.NODES_BUCKET}.>")
                 return len(info.state.subjects or {}) or None
             kv = await js.key_value(subjects.NODES_BUCKET)
             return len(await kv.keys()) or None
@@ -570,6 +571,11 @@ class NexClient:
             raise BadRequest(f"JetStream refused the invocation on {subject!r}: {exc.description}") from None
         return AsyncReceipt(stream=ack.stream, seq=ack.seq, key=key or f"seq-{ack.seq}", duplicate=bool(ack.duplicate))
 
+    @property
+    def _dead_letters(self) -> str:
+        """NEX_DLQ, or for a confined client its namespace's copy of its part (nex creds makes it)."""
+        return subjects.dead_letter_stream(self.namespace) if self.confined else subjects.DLQ_STREAM
+
     async def dlq_list(self, function: str | None = None) -> list[DeadLetter]:
         """The dead letters of the namespace (of one function), oldest first."""
         if function is not None:
@@ -580,11 +586,11 @@ class NexClient:
         seq = 1
         while True:
             try:
-                raw = await js.get_msg(subjects.DLQ_STREAM, seq=seq, subject=wanted, next=True)
+                raw = await js.get_msg(self._dead_letters, seq=seq, subject=wanted, next=True)
             except nats.js.errors.NotFoundError:
                 return letters  # no stream yet, or nothing past seq
             except nats.errors.TimeoutError:
-                raise Unavailable(f"no answer from JetStream about {subjects.DLQ_STREAM}") from None
+                raise Unavailable(f"no answer from JetStream about {self._dead_letters}") from None
             letters.append(_dead_letter(raw))
             seq = (raw.seq or seq) + 1
 
@@ -592,7 +598,7 @@ class NexClient:
         """Publish dead letter ``seq`` again on its subject, with its idempotency key; then delete it."""
         js = self.nc.jetstream()
         try:
-            raw = await js.get_msg(subjects.DLQ_STREAM, seq=seq)
+            raw = await js.get_msg(self._dead_letters, seq=seq)
         except nats.js.errors.NotFoundError:
             raise NotFound(f"no dead letter {seq}") from None
         letter = _dead_letter(raw)
@@ -612,7 +618,7 @@ class NexClient:
             raise NotFound(f"no async function is triggered by {letter.subject!r} any more") from None
         except nats.errors.TimeoutError:
             raise Unavailable(f"no JetStream acknowledgement for {letter.subject!r} within {self.timeout:g}s") from None
-        await js.delete_msg(subjects.DLQ_STREAM, seq)
+        await js.delete_msg(self._dead_letters, seq)
         return AsyncReceipt(stream=ack.stream, seq=ack.seq, key=letter.key, duplicate=bool(ack.duplicate))
 
     # -- plumbing ----------------------------------------------------------------------

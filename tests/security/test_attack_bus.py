@@ -15,6 +15,7 @@ from nats.aio.client import Client
 
 from nex.agent.hostservices import HostError, kv_bucket
 from nex.api import natsjwt, subjects
+from nex.client import NexClient
 from nex.connection import ConnectOptions, connect, flush_subscriptions
 from nex.node.config import NodeConfig
 from nex.node.node import Node
@@ -110,6 +111,15 @@ async def test_a_namespace_client_runs_its_namespace_with_the_real_cli(auth_node
         code, out, _ = await nex(*as_shop, "logs", workload["id"])
         return code == 0 and "hello line world" in out
     assert await eventually(logged, timeout=10, interval=0.3)
+    client = await NexClient.connect(ConnectOptions(servers=[auth_node.server_url], creds=str(creds)), "shop")
+    try:  # following: the kept line, then a live one
+        lines = client.logs(workload["id"], follow=True)
+        assert (await asyncio.wait_for(anext(lines), 10)).text == "hello line world"
+        assert await client.invoke("nex.shop.hello", b"again") == b"hi again"
+        assert (await asyncio.wait_for(anext(lines), 10)).text == "hello line again"
+        await lines.aclose()
+    finally:
+        await client.close()
     code, out, err = await nex(*as_shop, "events", "--json")
     assert code == 0, err
     assert workload["id"] in out and "workload_started" in out, out
@@ -362,7 +372,8 @@ async def test_a_bucket_with_a_newline_is_a_clean_400(plain_node: Node, nats_ser
 
 
 def caught_text(caplog) -> str:
-    return "\n".join(record.getMessage() + (str(record.exc_info) if record.exc_info else "") for record in caplog.records)
+    return "\n".join(record.getMessage() + (str(record.exc_info) if record.exc_info else "")
+                     for record in caplog.records)
 
 
 async def test_a_deploy_reads_no_other_namespace_files(auth_node: Node, tmp_path: Path):
@@ -380,3 +391,39 @@ async def test_a_deploy_reads_no_other_namespace_files(auth_node: Node, tmp_path
             assert code == 400 and "belongs to namespace 'shop'" in body["error"]["message"], body
     finally:
         await evil.nc.close()
+
+
+FAILING_JS = """async (subject, payload) => { throw new Error("no " + new TextDecoder().decode(payload)); }
+"""
+
+
+async def test_a_namespace_client_lists_and_replays_its_own_dead_letters(auth_node: Node, tmp_path: Path):
+    shop = await tenant(auth_node, await mint(auth_node, tmp_path, "shop"))
+    await mint(auth_node, tmp_path, "evil")
+    as_shop = ["--creds", str(tmp_path / "shop.creds"), "-s", auth_node.server_url, "-n", "shop"]
+    path = tmp_path / "failing.js"
+    path.write_text(FAILING_JS)
+    code, out, err = await nex(*as_shop, "devrun", str(path), "--name", "failing", "--trigger", "nex.shop.sync",
+                               "--json")
+    assert code == 0, err
+    artifact = json.loads(out)["artifact"]
+    try:
+        code, body = await control(shop.nc, "DEPLOY", auth_node.node_id, namespace="shop", timeout=15, body={
+            "name": "fails", "namespace": "shop", "type": "javascript", "artifact": artifact,
+            "triggers": [{"subject": "nex.shop.orders", "mode": "async", "retry": {"max_attempts": 1}}]})
+        assert code is None, body
+        code, _, err = await nex(*as_shop, "invoke", "--async", "nex.shop.orders", "o-1", "--key", "o-1")
+        assert code == 0, err
+
+        async def listed():
+            code, out, _ = await nex(*as_shop, "dlq", "ls", "--json")
+            return json.loads(out) if code == 0 and json.loads(out) else None
+        letters = await eventually(listed, timeout=15, interval=0.3)
+        assert [(d["function"], d["key"]) for d in letters] == [("fails", "o-1")]
+        code, out, err = await nex("--creds", str(tmp_path / "evil.creds"), "-s", auth_node.server_url, "-n", "evil",
+                                   "dlq", "ls", "--json")
+        assert code == 0 and json.loads(out) == [], (out, err)
+        code, _, err = await nex(*as_shop, "dlq", "replay", str(letters[0]["seq"]))
+        assert code == 0, err
+    finally:
+        await shop.nc.close()

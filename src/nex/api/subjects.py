@@ -90,6 +90,7 @@ RECONCILER_LEASE_KEY = "reconciler"
 FUNCTION_STREAM_PREFIX = "NEXFN"
 DLQ_STREAM = "NEX_DLQ"
 DLQ_PREFIX = "$NEX.DLQ"
+DLQ_COPY_PREFIX = "NEXDLQ"  # + _<ns>: dead_letter_stream
 DONE_BUCKET = "NEX_DONE"  # key <ns>.<name>.<base64url of the idempotency key>: the completion record
 
 # Headers of async invocations and of dead letters.
@@ -146,6 +147,12 @@ def bucket_namespace(bucket: str) -> str | None:
     if bucket.startswith("NEXOBJ_") and "_" in bucket.removeprefix("NEXOBJ_"):  # nex.agent.hostservices
         return bucket.removeprefix("NEXOBJ_").rsplit("_", 1)[0]
     return None
+
+
+def dead_letter_stream(namespace: str) -> str:
+    """A namespace's copy of its dead letters (sourced from NEX_DLQ, filtered to
+    ``$NEX.DLQ.<ns>.>``): what a client confined to the namespace lists and replays."""
+    return f"{DLQ_COPY_PREFIX}_{namespace}"
 
 
 def artifact_bucket(namespace: str) -> str:

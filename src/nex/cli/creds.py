@@ -12,6 +12,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig, StreamSource
 
+from nex.agent.durable import DLQ_MAX_AGE_S
 from nex.api import subjects
 from nex.api.errors import NexError, Unavailable
 from nex.cli import ErrorExit
@@ -91,7 +92,8 @@ def creds(opts: GlobalOptions, state_dir: Path | None, account_seed: Path | None
 
 
 async def make_namespace_buckets(options: ConnectOptions, namespace: str, timeout: float) -> None:
-    """The namespace's artifact bucket, its feed stream and NEX_APPS, which its clients cannot create."""
+    """The namespace's artifact bucket, its copies of the feeds and dead letters, and NEX_APPS,
+    which its clients cannot create."""
     from nex.fleet.store import AppStore
 
     try:
@@ -116,13 +118,8 @@ async def make_namespace_buckets(options: ConnectOptions, namespace: str, timeou
 
 async def ensure_feed_stream(js: JetStreamContext, namespace: str) -> None:
     """The namespace's copy of its kept feeds (:func:`nex.api.subjects.feed_stream`), sourced from
-    NEX_LOGS and NEX_EVENTS, bounded like them; an existing one is left as it is."""
-    name = subjects.feed_stream(namespace)
-    try:
-        await js.stream_info(name)
-        return
-    except nats.js.errors.NotFoundError:
-        pass
+    NEX_LOGS and NEX_EVENTS, bounded like them, and of its dead letters
+    (:func:`nex.api.subjects.dead_letter_stream`), sourced from NEX_DLQ; existing ones are left."""
     feed = f"{subjects.FEED_PREFIX}.{namespace}.>"
     bound = 0
     for source in (subjects.LOGS_STREAM, subjects.EVENTS_STREAM):
@@ -130,12 +127,25 @@ async def ensure_feed_stream(js: JetStreamContext, namespace: str) -> None:
             bound += max(0, (await js.stream_info(source)).config.max_bytes or 0)
         except nats.js.errors.NotFoundError:
             pass  # no node has made it yet: the copy starts when it appears
-    config = StreamConfig(
-        name=name, sources=[StreamSource(name=s, filter_subject=feed) for s in (subjects.LOGS_STREAM,
-                                                                             subjects.EVENTS_STREAM)],
+    await _ensure_copy(js, StreamConfig(
+        name=subjects.feed_stream(namespace),
+        sources=[StreamSource(name=s, filter_subject=feed) for s in (subjects.LOGS_STREAM, subjects.EVENTS_STREAM)],
         max_bytes=bound or DEFAULT_FEED_BYTES, discard=DiscardPolicy.OLD, storage=StorageType.FILE,
-        allow_direct=True, description=f"nex: the kept feeds of namespace {namespace}")
+        allow_direct=True, description=f"nex: the kept feeds of namespace {namespace}"))
+    await _ensure_copy(js, StreamConfig(
+        name=subjects.dead_letter_stream(namespace),
+        sources=[StreamSource(name=subjects.DLQ_STREAM, filter_subject=f"{subjects.DLQ_PREFIX}.{namespace}.>")],
+        max_age=DLQ_MAX_AGE_S, storage=StorageType.FILE, allow_direct=True,
+        description=f"nex: the dead letters of namespace {namespace}"))
+
+
+async def _ensure_copy(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)
+        return
+    except nats.js.errors.NotFoundError:
+        pass
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:
-        await js.stream_info(name)  # made meanwhile
+        await js.stream_info(config.name)  # made meanwhile

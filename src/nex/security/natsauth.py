@@ -202,6 +202,8 @@ def client_permissions(namespace: str, user_public: str, app_subjects_extra: lis
       invoke functions (async ones too: a JetStream publish is a plain publish), publish, subscribe;
     - its feeds: live (``$NEX.FEED.<ns>.>``), and kept in its namespace's feed stream
       (:func:`nex.api.subjects.feed_stream`), read by direct gets;
+    - its dead letters, in its namespace's copy (:func:`nex.api.subjects.dead_letter_stream`):
+      read, and deleted once replayed;
     - its artifact bucket (:func:`nex.api.subjects.artifact_bucket`): upload, look up, purge;
     - its functions' KV buckets named in ``kv_buckets``: get, put, delete;
     - its app records ``app.<ns>.<name>`` in NEX_APPS, and their status (read only);
@@ -224,6 +226,7 @@ def client_permissions(namespace: str, user_public: str, app_subjects_extra: lis
     publish = [
         f"{subjects.SVC_PREFIX}.{ns}.>", *app_space,
         *_stream_reads(subjects.feed_stream(ns)),
+        *_stream_reads(subjects.dead_letter_stream(ns)), f"{_JS_API}.STREAM.MSG.DELETE.{subjects.dead_letter_stream(ns)}",
         f"{_JS_API}.STREAM.INFO.KV_{subjects.NODES_BUCKET}", f"{_JS_API}.DIRECT.GET.KV_{subjects.NODES_BUCKET}.>",
         f"{_JS_API}.STREAM.INFO.KV_{apps}", f"$KV.{apps}.{subjects.app_key(ns, '*')}",
         *(f"{_JS_API}.DIRECT.GET.KV_{apps}.$KV.{apps}.{key}"
