@@ -427,3 +427,37 @@ async def test_a_namespace_client_lists_and_replays_its_own_dead_letters(auth_no
         assert code == 0, err
     finally:
         await shop.nc.close()
+
+
+async def test_nex_creds_with_an_external_operator_account_seed(tmp_path: Path):
+    """An operator-mode server the user runs: nex creds mints with a signing key of the account."""
+    from nex.natsserver import NatsServer
+    from test_external_operator import Operator
+
+    operator = Operator(tmp_path)
+    server = NatsServer(store_dir=tmp_path / "js", port=0, jetstream=False,
+                        extra_args=["-c", str(operator.server_config())])
+    await server.start()
+    node = Node(NodeConfig(server=server.url, creds=str(operator.creds("node")), state_dir=tmp_path / "node",
+                           name="ext-node", sandbox="none", stop_grace_s=2.0))
+    await node.start()
+    try:
+        creds = tmp_path / "shop.creds"
+        code, _, err = await nex("creds", "-n", "shop", "--account-seed", str(operator.signing_seed_file()),
+                                 "--account", operator.account_public, "-s", server.url,
+                                 "--creds", str(operator.creds("admin")), "-o", str(creds))
+        assert code == 0, err
+        claims = natsjwt.decode_claims(creds.read_text().split("\n")[1])
+        assert claims["nats"]["issuer_account"] == operator.account_public
+        hello = tmp_path / "hello.js"
+        hello.write_text(HELLO_JS)
+        as_shop = ["--creds", str(creds), "-s", server.url, "-n", "shop"]
+        code, _, err = await nex(*as_shop, "devrun", str(hello), "--trigger", "nex.shop.hello")
+        assert code == 0, err
+        code, out, err = await nex(*as_shop, "invoke", "nex.shop.hello", "there")
+        assert (code, out.strip()) == (0, "hi there"), err
+        code, _, err = await nex(*as_shop, "-n", "default", "workload", "ls")
+        assert 'permissions violation for publish to "$nex.svc.default.control.wping"' in err.lower(), err
+    finally:
+        await node.shutdown()
+        await server.stop()
