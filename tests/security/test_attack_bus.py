@@ -281,6 +281,7 @@ async def test_a_consumer_cannot_deliver_into_another_namespace(auth_node: Node,
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(arrived.get(), 1.0)  # a heartbeat would come within 100 ms
         assert "error" in answer or "refused" in answer, answer
+        assert await evil.refused(api), "namespace clients create no consumer"
     finally:
         await shop.nc.close()
         await evil.nc.close()
