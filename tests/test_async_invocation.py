@@ -110,7 +110,7 @@ async def test_async_invocation_runs_and_replies(node: Node, nc: Client):
     await flush_subscriptions(nc)
     client = NexClient(nc)
     receipt = await client.invoke_async(SUBJECT, job("a1"), key="order-a1", reply_to=RESULTS)
-    assert (receipt.stream, receipt.key, receipt.duplicate) == ("NEXFN_default_jobs", "order-a1", False)
+    assert (receipt.stream, receipt.key, receipt.duplicate) == (subjects.function_stream("default", "jobs"), "order-a1", False)
 
     await eventually(lambda: results, timeout=10)
     assert json.loads(results[0].data) == {"id": "a1", "runs": 1}
@@ -121,7 +121,7 @@ async def test_async_invocation_runs_and_replies(node: Node, nc: Client):
     assert (await done.get(done_key("default", "jobs", "order-a1"))).value
     assert (await done.get(done_key("default", "jobs", f"seq-{ack.seq}"))).value
     # Work-queue retention: a message acked is gone from the stream.
-    info = await nc.jetstream().stream_info("NEXFN_default_jobs")
+    info = await nc.jetstream().stream_info(subjects.function_stream("default", "jobs"))
     assert info.state.messages == 0
 
 
@@ -151,7 +151,7 @@ async def test_a_failing_invocation_is_retried_with_growing_waits_then_dead_lett
     assert [(d.function, d.subject, d.key, d.attempts) for d in letters] == [("jobs", SUBJECT, "f1", 4)]
     assert "run 4 fails on purpose" in letters[0].error
     assert await client.dlq_list("other") == []
-    info = await nc.jetstream().stream_info("NEXFN_default_jobs")
+    info = await nc.jetstream().stream_info(subjects.function_stream("default", "jobs"))
     assert info.state.messages == 0  # out of the function's stream: not run again
 
 
@@ -166,7 +166,7 @@ async def test_dlq_ls_and_replay_after_the_fix_run_it_once(node: Node, nc: Clien
     code, out, err = await nex("invoke", "--async", SUBJECT, job("r1").decode(), "--key", "r1",
                                "--reply-to", RESULTS, "--json", "-s", server)
     assert code == 0, err
-    assert json.loads(out)["key"] == "r1" and json.loads(out)["stream"] == "NEXFN_default_jobs"
+    assert json.loads(out)["key"] == "r1" and json.loads(out)["stream"] == subjects.function_stream("default", "jobs")
     await eventually(lambda: results, timeout=15)  # the final error of the second attempt
 
     code, out, err = await nex("dlq", "ls", "--json", "-s", server)
@@ -232,7 +232,7 @@ async def test_the_same_key_runs_once(node: Node, nc: Client):
     await eventually(lambda: len(results) == 2, timeout=10)
     assert json.loads(results[1].data)["id"] == "d2"
     assert await runs(nc, "d1") == 1
-    info = await nc.jetstream().stream_info("NEXFN_default_jobs")
+    info = await nc.jetstream().stream_info(subjects.function_stream("default", "jobs"))
     assert info.state.messages == 0
 
 
@@ -251,7 +251,7 @@ async def test_bad_async_triggers_are_refused_and_change_nothing(node: Node, nc:
     await deployed(nc, node, name="jobs")
     code, body = await deploy(nc, node, "thief", [{"subject": SUBJECT, "mode": "async"}])
     assert code == 400, body
-    assert "overlaps the subjects of stream NEXFN_default_jobs" in body["error"]["message"]
+    assert f"overlaps the subjects of stream {subjects.function_stream('default', 'jobs')}" in body["error"]["message"]
     names = sorted(w.name for w in await NexClient(nc).workloads())
     assert names == ["jobs"]
     # The first function still runs its invocations.

@@ -71,7 +71,7 @@ from nex.api.models import (
     describe_validation_error,
 )
 from nex.artifacts import sha256_file
-from nex.connection import ConnectOptions, connect
+from nex.connection import ConnectOptions, confined_inbox_prefix, connect
 from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
 from nex.localfiles import CountingReader, guess_type, workload_name_for
@@ -164,8 +164,11 @@ class NexClient:
     """
 
     def __init__(self, nc: Client, namespace: str = subjects.DEFAULT_NAMESPACE, timeout: float = 5.0,
-                 keys: UserKeys | None = None) -> None:
+                 keys: UserKeys | None = None, confined: bool = False) -> None:
         self.nc = nc
+        # Connected with the credentials of one namespace (nex creds): JetStream is read without
+        # consumers, which such a user may not create (nex.security.natsauth.client_permissions).
+        self.confined = confined
         self.namespace = _target(namespace, "namespace")
         self.timeout = timeout
         self.keys = keys
@@ -204,7 +207,8 @@ class NexClient:
             cause = refusals[-1] if refusals else connect_errors[-1] if connect_errors else exc
             raise Unavailable(f"cannot connect to NATS at {where}: {_describe(cause)}") from None
         connected = True
-        client = cls(nc, namespace, timeout, keys)
+        confined = options.creds is not None and confined_inbox_prefix(options.creds) is not None
+        client = cls(nc, namespace, timeout, keys, confined)
         client._owns_connection = True
         return client
 
@@ -276,6 +280,10 @@ class NexClient:
         """How many nodes the NEX_NODES registry lists now; None without a registry (or an empty one)."""
         js = self.nc.jetstream(timeout=self.timeout)
         try:
+            if self.confined:  # no consumer, so no watch: the keys the stream holds (a node that left may count)
+                info = await js.stream_info(f"KV_{subjects.NODES_BUCKET}",
+                                            subjects_filter=f"$KV.{subjects.NODES_BUCKET}.>")
+                return len(info.state.subjects or {}) or None
             kv = await js.key_value(subjects.NODES_BUCKET)
             return len(await kv.keys()) or None
         except nats.js.errors.NoKeysError:
@@ -387,15 +395,17 @@ class NexClient:
     # -- artifacts and devrun ----------------------------------------------------------
 
     async def upload_artifact(
-        self, path: str | Path, key: str | None = None, progress: Progress | None = None
+        self, path: str | Path, key: str | None = None, progress: Progress | None = None,
+        namespace: str | None = None,
     ) -> Artifact:
-        """Put a file into the artifact bucket; the key defaults to its sha256.
+        """Put a file into the artifact bucket of the client's namespace (or of ``namespace``);
+        the key defaults to its sha256.
 
         An object that already holds the same bytes under that key is not sent again.
         """
         path = Path(path)
         sha256 = await asyncio.to_thread(sha256_file, path)
-        return await self._upload(path, key or sha256, sha256, progress)
+        return await self._upload(path, key or sha256, sha256, progress, namespace)
 
     async def devrun(
         self,
@@ -477,9 +487,7 @@ class NexClient:
         async with aclosing(messages):
             async for msg in messages:
                 tokens = msg.subject.split(".")
-                yield LogLine(
-                    workload_id=tokens[-2], stream=tokens[-1], data=msg.data, time=msg.metadata.timestamp
-                )
+                yield LogLine(workload_id=tokens[-2], stream=tokens[-1], data=msg.data, time=msg.time)
 
     async def events(
         self, follow: bool = False, types: Iterable[str] | None = None
@@ -556,6 +564,11 @@ class NexClient:
             raise BadRequest(f"JetStream refused the invocation on {subject!r}: {exc.description}") from None
         return AsyncReceipt(stream=ack.stream, seq=ack.seq, key=key or f"seq-{ack.seq}", duplicate=bool(ack.duplicate))
 
+    @property
+    def _dead_letters(self) -> str:
+        """NEX_DLQ, or for a confined client its namespace's copy of its part (nex creds makes it)."""
+        return subjects.dead_letter_stream(self.namespace) if self.confined else subjects.DLQ_STREAM
+
     async def dlq_list(self, function: str | None = None) -> list[DeadLetter]:
         """The dead letters of the namespace (of one function), oldest first."""
         if function is not None:
@@ -566,11 +579,11 @@ class NexClient:
         seq = 1
         while True:
             try:
-                raw = await js.get_msg(subjects.DLQ_STREAM, seq=seq, subject=wanted, next=True)
+                raw = await js.get_msg(self._dead_letters, seq=seq, subject=wanted, next=True)
             except nats.js.errors.NotFoundError:
                 return letters  # no stream yet, or nothing past seq
             except nats.errors.TimeoutError:
-                raise Unavailable(f"no answer from JetStream about {subjects.DLQ_STREAM}") from None
+                raise Unavailable(f"no answer from JetStream about {self._dead_letters}") from None
             letters.append(_dead_letter(raw))
             seq = (raw.seq or seq) + 1
 
@@ -578,7 +591,7 @@ class NexClient:
         """Publish dead letter ``seq`` again on its subject, with its idempotency key; then delete it."""
         js = self.nc.jetstream()
         try:
-            raw = await js.get_msg(subjects.DLQ_STREAM, seq=seq)
+            raw = await js.get_msg(self._dead_letters, seq=seq)
         except nats.js.errors.NotFoundError:
             raise NotFound(f"no dead letter {seq}") from None
         letter = _dead_letter(raw)
@@ -598,7 +611,7 @@ class NexClient:
             raise NotFound(f"no async function is triggered by {letter.subject!r} any more") from None
         except nats.errors.TimeoutError:
             raise Unavailable(f"no JetStream acknowledgement for {letter.subject!r} within {self.timeout:g}s") from None
-        await js.delete_msg(subjects.DLQ_STREAM, seq)
+        await js.delete_msg(self._dead_letters, seq)
         return AsyncReceipt(stream=ack.stream, seq=ack.seq, key=letter.key, duplicate=bool(ack.duplicate))
 
     # -- plumbing ----------------------------------------------------------------------
@@ -650,15 +663,16 @@ class NexClient:
         finally:
             self._replies.close(inbox)
 
-    def _artifact_uri(self, key: str) -> str:
-        return f"nats://{subjects.ARTIFACT_BUCKET}/{quote(key)}"
+    def _artifact_uri(self, key: str, namespace: str | None = None) -> str:
+        return f"nats://{subjects.artifact_bucket(namespace or self.namespace)}/{quote(key)}"
 
-    async def _upload(self, path: Path, key: str, sha256: str, progress: Progress | None) -> Artifact:
+    async def _upload(self, path: Path, key: str, sha256: str, progress: Progress | None,
+                      namespace: str | None = None) -> Artifact:
         total = path.stat().st_size
-        artifact = Artifact(uri=self._artifact_uri(key), sha256=sha256)
+        artifact = Artifact(uri=self._artifact_uri(key, namespace), sha256=sha256)
         expected_digest = "SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(sha256)).decode()
         try:
-            store = await self._artifact_store()
+            store = await self._artifact_store(subjects.artifact_bucket(namespace or self.namespace))
             try:
                 existing = await store.get_info(key)
                 if existing.digest == expected_digest and existing.size == total:
@@ -685,12 +699,19 @@ class NexClient:
             raise BadArtifact(f"{path} changed while it was uploaded; try again")
         return artifact
 
-    async def _artifact_store(self) -> Any:
+    async def _artifact_store(self, bucket: str) -> Any:
         js = self.nc.jetstream(timeout=self.timeout)
         try:
-            return await js.object_store(subjects.ARTIFACT_BUCKET)
+            return await js.object_store(bucket)
         except nats.js.errors.BucketNotFoundError:
-            return await js.create_object_store(subjects.ARTIFACT_BUCKET)
+            pass
+        try:
+            return await js.create_object_store(bucket)
+        except nats.errors.TimeoutError:
+            # Credentials of a namespace may not create streams (nex creds makes the bucket).
+            raise Unavailable(f"the artifact bucket {bucket} does not exist, and JetStream did not create it"
+                              " for these credentials: an operator makes it (nex creds, or nats object add"
+                              f" {bucket})") from None
 
     async def recent_event_messages(self, count: int) -> AsyncIterator[Msg]:
         """The last ``count`` messages of the events stream, of every namespace, oldest first (raw:
@@ -723,8 +744,13 @@ class NexClient:
 
     async def _stream(
         self, stream: str, filter_subject: str, follow: bool, what: str
-    ) -> AsyncIterator[Msg]:
+    ) -> AsyncIterator[FeedMessage]:
         """The messages of a stream under a filter, oldest first; live ones too when ``follow``."""
+        if self.confined:
+            async with aclosing(self._namespace_feed(filter_subject, follow, what)) as messages:
+                async for msg in messages:
+                    yield msg
+            return
         js = self.nc.jetstream(timeout=self.timeout)
         try:
             info = await js.stream_info(stream, subjects_filter=filter_subject)
@@ -745,13 +771,55 @@ class NexClient:
                     msg = await sub.next_msg(timeout=None if follow else self.timeout)
                 except nats.errors.TimeoutError:
                     return  # history ended early: messages were removed while we read
-                yield msg
+                yield FeedMessage(msg.subject, msg.data, msg.metadata.timestamp)
                 if not follow and msg.metadata.num_pending == 0:
                     return
         finally:
             # A generator left unfinished is closed late, maybe after the connection.
             if not self.nc.is_closed:
                 await sub.unsubscribe()
+
+    async def _namespace_feed(self, filter_subject: str, follow: bool, what: str) -> AsyncIterator[FeedMessage]:
+        """The kept feed of a confined client: its namespace's feed stream (a copy that ``nex creds``
+        makes), read a message at a time with direct gets, which make no consumer; then, when
+        ``follow``, the live subjects (subscribed before the history is read, so nothing falls
+        between; a line published during the read may come twice)."""
+        js = self.nc.jetstream(timeout=self.timeout)
+        stream = subjects.feed_stream(self.namespace)
+        try:
+            await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            raise NotFound(f"there is no {what} stream for namespace {self.namespace!r} ({stream}): the operator"
+                           " makes it with nex creds") from None
+        except nats.errors.TimeoutError:
+            raise Unavailable(f"no answer from JetStream about {stream}") from None
+        live = await self.nc.subscribe(filter_subject) if follow else None
+        try:
+            seq = 1
+            while True:
+                try:
+                    raw = await js.get_msg(stream, seq=seq, subject=filter_subject, next=True, direct=True)
+                except nats.js.errors.NotFoundError:
+                    break  # nothing past seq
+                except nats.errors.TimeoutError:
+                    raise Unavailable(f"no answer from JetStream about {stream}") from None
+                yield FeedMessage(raw.subject or "", raw.data or b"", raw.time or datetime.now().astimezone())
+                seq = (raw.seq or seq) + 1
+            while live is not None:
+                msg = await live.next_msg(timeout=None)
+                yield FeedMessage(msg.subject, msg.data, datetime.now().astimezone())
+        finally:
+            if live is not None and not self.nc.is_closed:
+                await live.unsubscribe()
+
+
+@dataclass(frozen=True)
+class FeedMessage:
+    """One message of a kept feed, read through a consumer or a direct get."""
+
+    subject: str
+    data: bytes
+    time: datetime
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,13 @@ import logging
 import os
 import ssl
 import weakref
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
+
+from nex.api import natsjwt
 
 log = logging.getLogger("nex.connection")
 
@@ -68,6 +71,9 @@ class ConnectOptions:
             args["name"] = self.name
         if self.creds:
             args["user_credentials"] = self.creds
+            inbox = confined_inbox_prefix(self.creds)
+            if inbox:
+                args["inbox_prefix"] = inbox
         if self.user is not None:
             args["user"], args["password"] = self.user, self.password
         if self.token:
@@ -78,6 +84,27 @@ class ConnectOptions:
         if tls:
             args["tls"] = tls
         return args
+
+
+def confined_inbox_prefix(creds: str) -> str | None:
+    """The private inbox prefix a creds file's user is confined to, if it is: a user that may
+    subscribe to ``_INBOX.<x>.>`` but not to ``_INBOX.>`` gets no reply on nats-py's default
+    inbox (a namespace client of ``nex creds``, a workload). None for any other user."""
+    try:
+        text = Path(creds).read_text()
+    except OSError:
+        return None  # nats-py reports the unreadable file as it connects
+    lines = text.splitlines()
+    try:
+        token = lines[lines.index("-----BEGIN NATS USER JWT-----") + 1].strip()
+        allowed = natsjwt.decode_claims(token)["nats"]["sub"]["allow"]
+    except (ValueError, IndexError, KeyError, TypeError):
+        return None  # not a creds file of a user with subscribe permissions: nats-py's default
+    if not isinstance(allowed, list) or "_INBOX.>" in allowed or ">" in allowed:
+        return None
+    inboxes = [s.removesuffix(".>") for s in allowed if isinstance(s, str)
+               and s.startswith("_INBOX.") and s.endswith(".>") and s.count(".") == 2]
+    return inboxes[0] if len(inboxes) == 1 else None
 
 
 async def connect(options: ConnectOptions, connect_attempts: int = 3, **extra: Any) -> Client:

@@ -1,7 +1,8 @@
 """Durable async invocation: one function's work-queue stream, run at least once, with retries.
 
 A function's async triggers (``mode: async`` or a ``schedule``) are captured by a
-JetStream stream of its own, ``NEXFN_<ns>_<name>`` (work-queue retention, the node's
+JetStream stream of its own, ``NEXFN_<len(ns)>_<ns>_<name>`` (one name per namespace
+and function: :func:`nex.api.subjects.scoped_name`; work-queue retention, the node's
 replicas, a duplicate window of ``DUPLICATE_WINDOW_S``). Every copy of the function,
 on every node, pulls from one durable consumer of the same name, so the copies share
 the work. For each message:

@@ -418,13 +418,13 @@ def _http_exchange(method: str, url: str, body: bytes, headers: dict[str, str], 
 
 
 def _check_bucket(bucket: str) -> str:
-    if not isinstance(bucket, str) or not _BUCKET.match(bucket):
+    if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket):
         raise HostError(INVALID, f"invalid bucket name {bucket!r}: use 1 to 64 letters, digits and '-'")
     return bucket
 
 
 def _check_key(key: str) -> str:
-    if (not isinstance(key, str) or not _KEY.match(key) or len(key) > MAX_NAME_CHARS
+    if (not isinstance(key, str) or not _KEY.fullmatch(key) or len(key) > MAX_NAME_CHARS
             or key.startswith(".") or key.endswith(".")):
         raise HostError(INVALID, f"invalid key {key!r}: use letters, digits and -/_=. (not first or last)")
     return key

@@ -32,7 +32,7 @@ def parse_duration(value: Any) -> float:
         raise ValueError("a duration is a number of seconds or a string like '1s', '500ms', '2m'")
     if isinstance(value, (int, float)):
         seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
         seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
     else:
         raise ValueError(f"invalid duration {value!r}: use a number of seconds or '1s', '500ms', '2m', '1h'")

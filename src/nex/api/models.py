@@ -108,6 +108,9 @@ class Artifact(Strict):
     def _known_scheme(cls, uri: str) -> str:
         if not uri.startswith(("nats://", "file://", "oci://")):
             raise ValueError("artifact uri must start with nats://, file:// or oci://")
+        # URL parsing drops tabs and newlines silently: the node would read another name than the one sent.
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in uri):
+            raise ValueError("artifact uri holds a control character (a newline?)")
         return uri
 
 

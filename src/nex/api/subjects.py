@@ -14,9 +14,11 @@ SVC_PREFIX = "$NEX.SVC"
 FEED_PREFIX = "$NEX.FEED"
 DEFAULT_NAMESPACE = "default"
 
-# Tokens that become part of a subject: no dots, no wildcards, no whitespace.
+# Tokens that become part of a subject: no dots, no wildcards, no whitespace. The pattern is
+# pydantic's too, whose regex ends '$' at the end of the text; Python's '$' also matches
+# before a final newline, so Python code matches it with fullmatch only.
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-_TOKEN = re.compile(TOKEN_PATTERN)
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 PING = "PING"
 INFO = "INFO"
@@ -31,7 +33,7 @@ LOG_STREAMS = ("stdout", "stderr")
 
 
 def is_token(value: str) -> bool:
-    return bool(_TOKEN.match(value))
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
 
 
 def check_token(value: str, what: str) -> str:
@@ -74,6 +76,7 @@ def events_filter(namespace: str = "*") -> str:
 LOGS_STREAM = "NEX_LOGS"
 EVENTS_STREAM = "NEX_EVENTS"
 ARTIFACT_BUCKET = "NEXCLIFILES"
+FEED_STREAM_PREFIX = "NEXFEED"  # + _<ns>: feed_stream
 
 # JetStream KV buckets of the fleet (docs/operations.md).
 NODES_BUCKET = "NEX_NODES"  # key <node id>: NodeRecord; the bucket's TTL declares silent nodes gone
@@ -90,6 +93,7 @@ CLAIMS_BUCKET = "NEX_CLAIMS"  # key <jti>: a used claim, written once (create-on
 FUNCTION_STREAM_PREFIX = "NEXFN"
 DLQ_STREAM = "NEX_DLQ"
 DLQ_PREFIX = "$NEX.DLQ"
+DLQ_COPY_PREFIX = "NEXDLQ"  # + _<ns>: dead_letter_stream
 DONE_BUCKET = "NEX_DONE"  # key <ns>.<name>.<base64url of the idempotency key>: the completion record
 
 # Headers of async invocations and of dead letters.
@@ -104,8 +108,67 @@ DLQ_WORKLOAD_HEADER = "Nex-Dlq-Workload"
 
 
 def function_stream(namespace: str, name: str) -> str:
-    """The work-queue stream (and durable consumer) of one function's async triggers."""
-    return f"{FUNCTION_STREAM_PREFIX}_{namespace}_{name}"
+    """The work-queue stream (and durable consumer) of one function's async triggers:
+    ``NEXFN_<len(ns)>_<ns>_<name>`` (see :func:`scoped_name`)."""
+    return scoped_name(FUNCTION_STREAM_PREFIX, namespace, name)
+
+
+def scoped_name(prefix: str, namespace: str, name: str) -> str:
+    """One JetStream name (stream, consumer, bucket) for a (namespace, name) pair, one-to-one.
+
+    Namespaces and names are tokens that may hold ``_``, the only separator a JetStream
+    name can hold, so ``<prefix>_<ns>_<name>`` would give namespace ``a_b`` with name ``c``
+    and namespace ``a`` with name ``b_c`` the same stream (one tenant would block the
+    other's deploy). The namespace's length goes first: ``NEXFN_3_a_b_c`` and
+    ``NEXFN_1_a_b_c`` differ, and the pair is read back by taking the number, then that
+    many characters, then the rest.
+
+    The other names built from a namespace and a name are one-to-one as they are:
+    subjects and keys put a dot between them (``$NEX.DLQ.<ns>.<name>``, the done keys
+    ``<ns>.<name>.<key>``, ``app.<ns>.<name>``, queue groups ``nex.<ns>.<name>``),
+    and a function's KV and object buckets (``NEXKV_<ns>_<bucket>``,
+    ``NEXOBJ_<ns>_<bucket>``, :mod:`nex.agent.hostservices`) take bucket names
+    without ``_``, so the last ``_`` ends the namespace. A namespace's artifact
+    bucket is :func:`artifact_bucket`.
+    """
+    return f"{prefix}_{len(namespace)}_{namespace}_{name}"
+
+
+def feed_stream(namespace: str) -> str:
+    """A namespace's copy of its kept feeds (sourced from NEX_LOGS and NEX_EVENTS, filtered to
+    ``$NEX.FEED.<ns>.>``): what a client confined to the namespace reads its history from."""
+    return f"{FEED_STREAM_PREFIX}_{namespace}"
+
+
+def bucket_namespace(bucket: str) -> str | None:
+    """The namespace that owns an Object Store bucket by its name (its :func:`artifact_bucket`,
+    or a function's ``nex.objects`` bucket ``NEXOBJ_<ns>_<bucket>``); None for any other bucket."""
+    if bucket == ARTIFACT_BUCKET:
+        return DEFAULT_NAMESPACE
+    if bucket.startswith(f"{ARTIFACT_BUCKET}_"):
+        return bucket.removeprefix(f"{ARTIFACT_BUCKET}_")
+    if bucket.startswith("NEXOBJ_") and "_" in bucket.removeprefix("NEXOBJ_"):  # nex.agent.hostservices
+        return bucket.removeprefix("NEXOBJ_").rsplit("_", 1)[0]
+    return None
+
+
+def dead_letter_stream(namespace: str) -> str:
+    """A namespace's copy of its dead letters (sourced from NEX_DLQ, filtered to
+    ``$NEX.DLQ.<ns>.>``): what a client confined to the namespace lists and replays."""
+    return f"{DLQ_COPY_PREFIX}_{namespace}"
+
+
+def artifact_bucket(namespace: str) -> str:
+    """The Object Store bucket that ``nex devrun`` and ``nex apply`` upload a namespace's files to.
+
+    One bucket per namespace, so that a namespace's credentials can be confined to its
+    own files (NATS permissions name whole buckets; nothing confines a user to some keys
+    of one): ``NEXCLIFILES_<ns>``, and ``NEXCLIFILES`` for the default namespace, as
+    before namespaces had buckets of their own.
+    """
+    if namespace == DEFAULT_NAMESPACE:
+        return ARTIFACT_BUCKET
+    return f"{ARTIFACT_BUCKET}_{namespace}"
 
 
 def dead_letters(namespace: str, name: str) -> str:

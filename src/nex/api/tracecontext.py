@@ -39,7 +39,7 @@ class TraceParent:
         ignore it then, and start afresh)."""
         if not header:
             return None
-        match = _FORMAT.match(header.strip())
+        match = _FORMAT.fullmatch(header.strip())
         if match is None:
             return None
         version, trace_id, span_id, flags, rest = match.groups()

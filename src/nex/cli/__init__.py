@@ -92,6 +92,7 @@ LAZY_COMMANDS: dict[str, Callable[[], click.Command]] = {
     "invoke": _command("nex.cli.invoke", "invoke"),
     "dlq": _command("nex.cli.dlq", "dlq"),
     "keys": _command("nex.cli.keys", "keys"),
+    "creds": _command("nex.cli.creds", "creds"),
     "apply": _command("nex.cli.app", "apply"),
     "app": _command("nex.cli.app", "app"),
     "ui": _command("nex.cli.ui", "ui"),

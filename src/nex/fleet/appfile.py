@@ -285,7 +285,7 @@ async def build_spec(parsed: ParsedApp, client: NexClient, store: AppStore, keys
     if upload:
         for found in resolved:
             if found.upload is not None:
-                await client.upload_artifact(found.upload)
+                await client.upload_artifact(found.upload, namespace=parsed.namespace)
     return spec
 
 
@@ -323,7 +323,7 @@ async def _resolve_artifact(parsed: ParsedApp, index: int, workload: FileWorkloa
             if not path.is_file():
                 raise fail(f"no file {source.uri!r} (looked for {path})")
             sha256 = checked(await asyncio.to_thread(sha256_file, path), str(path))
-            uri = f"nats://{subjects.ARTIFACT_BUCKET}/{sha256}"
+            uri = f"nats://{subjects.artifact_bucket(parsed.namespace)}/{sha256}"
             return _Resolved(Artifact(uri=uri, sha256=sha256), upload=path)
         if source.uri.startswith("nats://"):
             sha256 = checked(await _object_sha256(js, source.uri), f"the object {source.uri}")

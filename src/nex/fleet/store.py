@@ -69,7 +69,9 @@ class AppStore:
             return
         replicas = self._replicas or await self._nodes_replicas()
         config = KeyValueConfig(bucket=subjects.APPS_BUCKET, history=APPS_HISTORY, replicas=replicas,
-                                storage=StorageType.FILE, description="Nex apps (desired state) and their status")
+                                storage=StorageType.FILE, description="Nex apps (desired state) and their status",
+                                # direct gets name the key in the API subject, where a namespace's creds confine it
+                                direct=True)
         try:
             async with _jetstream_errors():
                 self._buckets[subjects.APPS_BUCKET] = await self._js.create_key_value(config)

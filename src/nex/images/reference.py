@@ -63,17 +63,17 @@ def parse_reference(uri: str) -> Reference:
         raise BadRequest(f"{uri!r} is not an oci:// reference")
     rest = uri[len(SCHEME):]
     host, sep, path = rest.partition("/")
-    if not sep or not path or not _HOST.match(host):
+    if not sep or not path or not _HOST.fullmatch(host):
         raise BadRequest(f"oci reference {uri!r} must be oci://host[:port]/repository[:tag]")
     path, _, digest = path.partition("@")
     last_slash = path.rfind("/")
     name_end = path.find(":", last_slash + 1)
     repository, tag = (path, None) if name_end < 0 else (path[:name_end], path[name_end + 1:])
-    if not all(_REPO_PART.match(part) for part in repository.split("/")):
+    if not all(_REPO_PART.fullmatch(part) for part in repository.split("/")):
         raise BadRequest(f"oci reference {uri!r}: invalid repository name {repository!r}")
-    if tag is not None and not _TAG.match(tag):
+    if tag is not None and not _TAG.fullmatch(tag):
         raise BadRequest(f"oci reference {uri!r}: invalid tag {tag!r}")
-    if digest and not _DIGEST.match(digest):
+    if digest and not _DIGEST.fullmatch(digest):
         raise BadRequest(f"oci reference {uri!r}: a digest must be sha256:<64 hex digits>")
     if tag is None and not digest:
         tag = DEFAULT_TAG

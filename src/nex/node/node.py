@@ -15,13 +15,14 @@ from nats.errors import Error as NatsError
 from nex import API_VERSION, __version__
 from nex.api.errors import BadRequest, ForbiddenTrigger
 from nex.api.events import EventType
+from nex.api import subjects
 from nex.api.subjects import first_overlap, namespace_subject_problem
 from nex.api.models import (
     AppRef, AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState,
     UndeployRequest,
     NodeRecord, UndeployResponse, WorkloadPing,
 )
-from nex.artifacts import ArtifactCache
+from nex.artifacts import ArtifactCache, parse_nats_uri
 from nex.fleet.reconciler import Reconciler, fleet_keys
 from nex.fleet.verify import Trust
 from nex.connection import ConnectOptions, connect
@@ -300,6 +301,7 @@ class Node:
             problem = namespace_subject_problem(namespace, trigger.subject, self.config.namespace_subjects)
             if problem is not None:
                 raise ForbiddenTrigger(trigger.subject, problem=problem)
+        check_artifact_bucket(namespace, request.artifact.uri)
         if request.env and not self.claims.dev_mode:
             raise BadRequest("this node takes no plain env: seal it to the node's xkey (sealed_env)")
         claim = self.claims.verify(signed)
@@ -405,3 +407,14 @@ class Node:
     def _workload_removed(self, workload: Workload) -> None:
         if self.control is not None:
             asyncio.get_running_loop().create_task(self.control.unwatch_workload(workload))
+
+
+def check_artifact_bucket(namespace: str, uri: str) -> None:
+    """A deploy reads no other namespace's files: the node fetches with its own rights, which
+    reach every bucket, so a namespace's credentials alone would not stop it."""
+    if not uri.startswith("nats://"):
+        return
+    bucket, _ = parse_nats_uri(uri)
+    owner = subjects.bucket_namespace(bucket)
+    if owner is not None and owner != namespace:
+        raise BadRequest(f"artifact bucket {bucket} belongs to namespace {owner!r}, not to {namespace!r}")

@@ -7,7 +7,8 @@ memory resolver preloaded with both account JWTs. A node on an external
 operator-mode server gets only the account seed (or a signing key of it) through
 its config, and mints workload users with it.
 
-What a workload may do is :func:`workload_permissions`; docs/security.md explains it.
+What a workload may do is :func:`workload_permissions`, what a namespace's client may
+do :func:`client_permissions`; docs/security.md explains both.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import nkeys
 
-from nex.api import natsjwt
+from nex.api import natsjwt, subjects
 from nex.api.models import Trigger
 from nex.api.subjects import INBOXES, RESERVED_SUBJECTS, WorkloadScope
 
@@ -161,3 +162,106 @@ class WorkloadCredentials:
     def inline_environment(self, spec: WorkloadSpec) -> dict[str, str]:
         jwt, seed = self._user(spec)
         return {**self._common(spec), "NATS_JWT": jwt, "NATS_NKEY_SEED": seed}
+
+
+# -- namespace clients ---------------------------------------------------------------------
+
+# What only nodes (and their agents) write: the completion records of async invocations,
+# the fleet's buckets, and the feeds. NEX_CLAIMS is the fleet-wide replay memory of claims.
+NODE_ONLY_BUCKETS = (subjects.DONE_BUCKET, subjects.NODES_BUCKET, subjects.LEASES_BUCKET, subjects.CLAIMS_BUCKET)
+NODE_ONLY_SUBJECTS = (
+    *(f"$KV.{bucket}.>" for bucket in NODE_ONLY_BUCKETS),
+    f"$KV.{subjects.APPS_BUCKET}.status.>",  # app status: the reconciler's
+    f"$KV.{subjects.APPS_BUCKET}.verified.>",  # the last verified record of each app: the reconciler's
+    f"{subjects.FEED_PREFIX}.>",
+)
+_JS_API = "$JS.API"
+
+
+def client_inbox_prefix(user_public: str) -> str:
+    """A namespace client's own reply inbox prefix: its user key, so no two clients share one.
+
+    nex.connection finds it in the creds' JWT, so the ``nex`` CLI needs no option for it."""
+    return f"_INBOX.{user_public}"
+
+
+def _stream_reads(stream: str) -> list[str]:
+    """Reading the whole of one stream of the namespace's own, by message gets: no consumer
+    (see :func:`client_permissions`)."""
+    return [f"{_JS_API}.STREAM.INFO.{stream}", f"{_JS_API}.STREAM.MSG.GET.{stream}",
+            f"{_JS_API}.DIRECT.GET.{stream}", f"{_JS_API}.DIRECT.GET.{stream}.>"]
+
+
+def client_permissions(namespace: str, user_public: str, app_subjects_extra: list[str] | tuple[str, ...] = (),
+                       kv_buckets: list[str] | tuple[str, ...] = ()) -> natsjwt.Permissions:
+    """What a client of ``namespace`` may do: what the ``nex`` CLI does in its namespace, nothing
+    in another's, and no write that only nodes make (:data:`NODE_ONLY_SUBJECTS`).
+
+    - control requests ``$NEX.SVC.<ns>.>``, the replies on its own inbox (:func:`client_inbox_prefix`);
+    - its app subjects ``nex.<ns>.>`` and ``app_subjects_extra`` (vetted by the caller), to
+      invoke functions (async ones too: a JetStream publish is a plain publish), publish, subscribe;
+    - its feeds: live (``$NEX.FEED.<ns>.>``), and kept in its namespace's feed stream
+      (:func:`nex.api.subjects.feed_stream`), read by direct gets;
+    - its dead letters, in its namespace's copy (:func:`nex.api.subjects.dead_letter_stream`):
+      read, and deleted once replayed;
+    - its artifact bucket (:func:`nex.api.subjects.artifact_bucket`): upload, look up, purge;
+    - its functions' KV buckets named in ``kv_buckets``: get, put, delete;
+    - its app records ``app.<ns>.<name>`` in NEX_APPS, and their status (read only);
+    - the node registry NEX_NODES, read only (what PING tells anyone).
+
+    Never a consumer. JetStream delivers a push consumer's messages on whatever deliver subject
+    the request names, with the server's rights, not the user's: a user that may create one
+    consumer, even on its own stream, can publish into every subject of the account. Reads are
+    direct gets, whose subject names the stream. Nor a stream: its subjects, in the request's
+    body, could capture another namespace's traffic. JetStream names are single subject
+    tokens, so a permission names a bucket, never "every bucket of the namespace".
+    """
+    from nex.agent.hostservices import kv_bucket  # (hostservices imports this module)
+
+    ns = namespace
+    apps = subjects.APPS_BUCKET
+    files = subjects.artifact_bucket(ns)
+    app_space = [app_subjects(ns), *dict.fromkeys(app_subjects_extra)]
+    kv_streams = [kv_bucket(ns, bucket) for bucket in dict.fromkeys(kv_buckets)]
+    publish = [
+        f"{subjects.SVC_PREFIX}.{ns}.>", *app_space,
+        *_stream_reads(subjects.feed_stream(ns)),
+        *_stream_reads(subjects.dead_letter_stream(ns)), f"{_JS_API}.STREAM.MSG.DELETE.{subjects.dead_letter_stream(ns)}",
+        f"{_JS_API}.STREAM.INFO.KV_{subjects.NODES_BUCKET}", f"{_JS_API}.DIRECT.GET.KV_{subjects.NODES_BUCKET}.>",
+        f"{_JS_API}.STREAM.INFO.KV_{apps}", f"$KV.{apps}.{subjects.app_key(ns, '*')}",
+        *(f"{_JS_API}.DIRECT.GET.KV_{apps}.$KV.{apps}.{key}"
+          for key in (subjects.app_key(ns, "*"), subjects.app_status_key(ns, "*"))),
+        *_stream_reads(f"OBJ_{files}"), f"{_JS_API}.STREAM.PURGE.OBJ_{files}", f"$O.{files}.>",
+        *(right for bucket in kv_streams for right in (*_stream_reads(f"KV_{bucket}"), f"$KV.{bucket}.>")),
+    ]
+    return natsjwt.Permissions(
+        pub_allow=publish, pub_deny=list(NODE_ONLY_SUBJECTS),
+        sub_allow=[f"{client_inbox_prefix(user_public)}.>", *app_space, f"{subjects.FEED_PREFIX}.{ns}.>"],
+        sub_deny=["$SYS.>"],
+    )
+
+
+def check_client_subject(namespace: str, subject: str) -> str:
+    """An extra app subject for a namespace's client: a valid subject outside every reserved
+    subject and outside ``nex.>`` (its own ``nex.<ns>.>`` it has already). ValueError otherwise."""
+    tokens = subject.split(".")
+    if not subject or "" in tokens or any(c.isspace() for c in subject) or (">" in tokens[:-1]):
+        raise ValueError(f"invalid subject {subject!r}")
+    clash = subjects.first_overlap(subject, [*subjects.RESERVED_SUBJECTS, "nex.>"])
+    if clash is not None:
+        raise ValueError(f"subject {subject!r} overlaps {clash}: not a namespace's to use")
+    return subject
+
+
+def mint_client(signer: AccountSigner, namespace: str, name: str | None = None,
+                app_subjects_extra: list[str] | tuple[str, ...] = (),
+                kv_buckets: list[str] | tuple[str, ...] = ()) -> str:
+    """A creds file's text for a new client of ``namespace`` (:func:`client_permissions`)."""
+    subjects.check_token(namespace, "namespace")
+    extra = [check_client_subject(namespace, s) for s in app_subjects_extra]
+    public, seed = _new_user()
+    permissions = client_permissions(namespace, public, extra, kv_buckets)
+    issuer_account = signer.account if signer.account != signer.key.public_key.decode() else None
+    claims = natsjwt.user_claims(public, name or f"nex client {namespace}", permissions,
+                                 issuer_account=issuer_account)
+    return natsjwt.creds_file(natsjwt.encode(claims, signer.key), seed)
