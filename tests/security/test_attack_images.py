@@ -73,8 +73,8 @@ def oci_body(artifact, **extra) -> dict:
     return {"name": "web", "type": "oci", "artifact": artifact.model_dump(), **extra}
 
 
-async def upload(nc, image, path: Path):
-    return await NexClient(nc).upload_artifact(image.tarball(path))
+async def upload(nc, image, path: Path, namespace: str = "default"):
+    return await NexClient(nc, namespace).upload_artifact(image.tarball(path))
 
 
 def host_uid(pid: int) -> int:
@@ -130,12 +130,13 @@ async def test_an_images_devices_and_setuid_files_never_reach_the_host(nats_serv
 
 async def test_no_two_containers_share_a_host_uid(nats_server, nc, programs, tmp_path):
     image = build_image(tmp_path, programs["imagemain"], entrypoint=["/bin/imagemain"], cmd=["serve"])
-    artifact = await upload(nc, image, tmp_path / "image.tar")
-    native = await NexClient(nc).upload_artifact(programs["ticker"])
+    artifacts = {namespace: await upload(nc, image, tmp_path / "image.tar", namespace)
+                 for namespace in ("tenant-a", "tenant-b")}
+    native = await NexClient(nc, "tenant-b").upload_artifact(programs["ticker"])
     async with oci_node(nats_server) as node:
         pids = []
         for namespace, name in (("tenant-a", "web"), ("tenant-a", "web-2"), ("tenant-b", "web")):
-            code, workload = await control(nc, "DEPLOY", node.node_id, oci_body(artifact, name=name),
+            code, workload = await control(nc, "DEPLOY", node.node_id, oci_body(artifacts[namespace], name=name),
                                            namespace=namespace, timeout=30)
             assert code is None, workload
             pids.append(workload["pid"])

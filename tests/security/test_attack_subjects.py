@@ -39,21 +39,21 @@ async def first_event(nc: Client) -> int:
     return (await nc.jetstream().stream_info(subjects.EVENTS_STREAM)).state.first_seq
 
 
-async def uploaded(nc: Client, path: Path) -> dict[str, str]:
-    """The artifact of ``path``, put into the Object Store as `nex` does."""
-    return (await NexClient(nc).upload_artifact(path)).model_dump(mode="json", exclude_none=True)
+async def uploaded(nc: Client, path: Path, namespace: str = "default") -> dict[str, str]:
+    """The artifact of ``path``, put into the namespace's Object Store bucket as `nex` does."""
+    return (await NexClient(nc, namespace).upload_artifact(path)).model_dump(mode="json", exclude_none=True)
 
 
-async def script(nc: Client, tmp_path: Path, name: str, text: str) -> dict[str, str]:
+async def script(nc: Client, tmp_path: Path, name: str, text: str, namespace: str = "default") -> dict[str, str]:
     path = tmp_path / f"{name}.js"
     path.write_text(text)
-    return await uploaded(nc, path)
+    return await uploaded(nc, path, namespace)
 
 
 async def deploy_victim(nc: Client, node: Node, tmp_path: Path) -> dict:
     code, victim = await control(nc, "DEPLOY", node.node_id, namespace=VICTIM, body={
         "name": "orders", "type": "javascript",
-        "artifact": await script(nc, tmp_path, "victim", "(subject, payload) => 'victim got it'\n"),
+        "artifact": await script(nc, tmp_path, "victim", "(subject, payload) => 'victim got it'\n", VICTIM),
         "triggers": [{"subject": "nex.victim.orders"}]})
     assert code is None, victim
     return victim
@@ -125,7 +125,7 @@ async def test_a_reply_subject_cannot_make_the_agent_purge_the_audit_stream(node
 @pytest.mark.parametrize("node", ["none"], indirect=True)
 async def test_a_function_cannot_take_another_namespaces_trigger(node: Node, nc: Client, tmp_path):
     await deploy_victim(nc, node, tmp_path)
-    evil = await script(nc, tmp_path, "evil", "(subject, payload) => 'evil got it'\n")
+    evil = await script(nc, tmp_path, "evil", "(subject, payload) => 'evil got it'\n", EVIL)
     refused = {}
     for trigger in ("nex.victim.>", "nex.victim.orders", "nex.>", "nex.*.orders", "*.victim.>", ">"):
         code, reply = await control(nc, "DEPLOY", node.node_id, namespace=EVIL, body={
@@ -148,7 +148,7 @@ async def test_a_function_cannot_take_another_namespaces_trigger(node: Node, nc:
 async def test_a_function_cannot_publish_into_another_namespace(node: Node, nc: Client, tmp_path):
     received = await collect(nc, "nex.victim.>")
     await flush_subscriptions(nc)
-    publisher = await script(nc, tmp_path, "publisher", """\
+    publisher = await script(nc, tmp_path, "publisher", namespace=EVIL, text="""\
 async (subject, payload) => {
   try { await nex.publish("nex.victim.orders", "forged order"); return "published"; }
   catch (error) { return `${error.code}: ${error.message}`; }
@@ -183,14 +183,15 @@ async def test_nex_apply_refuses_another_namespaces_trigger(nats_server, tmp_pat
 
 
 async def test_namespace_subjects_confine_triggers_outside_nex(nats_server, tmp_path, nc: Client):
-    hello = await script(nc, tmp_path, "hello", "() => 'hello'\n")
+    hello = {namespace: await script(nc, tmp_path, "hello", "() => 'hello'\n", namespace)
+             for namespace in ("payments", "shop")}
     async with running_node(nats_server, tmp_path / "node", "confined", reconciler=False,
                             namespace_subjects={"payments": ["pay.>"]}) as node:
         results = {}
         for namespace, trigger in (("payments", "pay.in"), ("payments", "orders.new"), ("shop", "pay.in"),
                                    ("shop", "nex.shop.in"), ("payments", "nex.payments.in")):
             code, reply = await control(nc, "DEPLOY", node.node_id, namespace=namespace, body={
-                "name": f"fn{len(results)}", "type": "javascript", "artifact": hello,
+                "name": f"fn{len(results)}", "type": "javascript", "artifact": hello[namespace],
                 "triggers": [{"subject": trigger}]})
             results[(namespace, trigger)] = code, reply.get("error", {}).get("message")
 
@@ -215,7 +216,7 @@ async def test_under_auth_a_service_cannot_take_another_namespaces_trigger(tmp_p
                                  max_reconnect_attempts=0)
         try:
             code, refused = await control(deployer, "DEPLOY", node.node_id, namespace=EVIL, body={
-                "name": "thief", "type": "native", "artifact": await uploaded(deployer, programs["ticker"]),
+                "name": "thief", "type": "native", "artifact": await uploaded(deployer, programs["ticker"], EVIL),
                 "triggers": [{"subject": "nex.victim.>"}]})
             _, info = await control(deployer, "INFO", node.node_id, namespace=EVIL)
         finally:

@@ -187,6 +187,11 @@ def app_status_key(namespace: str, name: str) -> str:
     return f"status.{namespace}.{name}"
 
 
+def app_verified_key(namespace: str, name: str) -> str:
+    """The last app record the reconciler verified: written by nodes only, read by ``nex apply``."""
+    return f"verified.{namespace}.{name}"
+
+
 # -- the subject rule of workloads (docs/security.md, "What a workload may do") ----------
 #
 # One rule for every subject a workload uses or that is used on its behalf: its NATS

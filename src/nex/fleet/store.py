@@ -273,7 +273,7 @@ class AppStore:
 
 
 def verified_key(namespace: str, name: str) -> str:
-    return f"verified.{namespace}.{name}"
+    return subjects.app_verified_key(namespace, name)
 
 
 def sign_record(record: AppRecord, keys: UserKeys | None) -> AppRecord:

@@ -206,7 +206,8 @@ def client_permissions(namespace: str, user_public: str, app_subjects_extra: lis
       read, and deleted once replayed;
     - its artifact bucket (:func:`nex.api.subjects.artifact_bucket`): upload, look up, purge;
     - its functions' KV buckets named in ``kv_buckets``: get, put, delete;
-    - its app records ``app.<ns>.<name>`` in NEX_APPS, and their status (read only);
+    - its app records ``app.<ns>.<name>`` in NEX_APPS, and their status and last verified
+      record (read only);
     - the node registry NEX_NODES, read only (what PING tells anyone).
 
     Never a consumer. JetStream delivers a push consumer's messages on whatever deliver subject
@@ -221,7 +222,7 @@ def client_permissions(namespace: str, user_public: str, app_subjects_extra: lis
     ns = namespace
     apps = subjects.APPS_BUCKET
     files = subjects.artifact_bucket(ns)
-    app_space = [app_subjects(ns), *dict.fromkeys(app_subjects_extra)]
+    app_space = [subjects.app_subjects(ns), *dict.fromkeys(app_subjects_extra)]
     kv_streams = [kv_bucket(ns, bucket) for bucket in dict.fromkeys(kv_buckets)]
     publish = [
         f"{subjects.SVC_PREFIX}.{ns}.>", *app_space,
@@ -230,7 +231,8 @@ def client_permissions(namespace: str, user_public: str, app_subjects_extra: lis
         f"{_JS_API}.STREAM.INFO.KV_{subjects.NODES_BUCKET}", f"{_JS_API}.DIRECT.GET.KV_{subjects.NODES_BUCKET}.>",
         f"{_JS_API}.STREAM.INFO.KV_{apps}", f"$KV.{apps}.{subjects.app_key(ns, '*')}",
         *(f"{_JS_API}.DIRECT.GET.KV_{apps}.$KV.{apps}.{key}"
-          for key in (subjects.app_key(ns, "*"), subjects.app_status_key(ns, "*"))),
+          for key in (subjects.app_key(ns, "*"), subjects.app_status_key(ns, "*"),
+                      subjects.app_verified_key(ns, "*"))),
         *_stream_reads(f"OBJ_{files}"), f"{_JS_API}.STREAM.PURGE.OBJ_{files}", f"$O.{files}.>",
         *(right for bucket in kv_streams for right in (*_stream_reads(f"KV_{bucket}"), f"$KV.{bucket}.>")),
     ]
