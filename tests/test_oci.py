@@ -19,7 +19,7 @@ from nex.node.config import NodeConfig
 from nex.node.node import Node
 from nex.sandbox.runner import OciRunner
 
-from helpers import collect, control, eventually, file_artifact, nex
+from helpers import ARTIFACT_ROOTS, collect, control, eventually, file_artifact, nex
 from oci_helpers import build_image, registry  # noqa: F401  (a fixture)
 
 
@@ -45,7 +45,8 @@ def oci_runtime():
 @pytest.fixture
 async def oci_node(oci_runtime, nats_server):
     state = searchable_temp_dir("nex-oci-node-")
-    config = NodeConfig(server=nats_server.url, state_dir=state / "node", name="oci-node",
+    config = NodeConfig(artifact_roots=ARTIFACT_ROOTS,
+                        server=nats_server.url, state_dir=state / "node", name="oci-node",
                         stop_grace_s=2.0, lameduck_s=0.2, sandbox="oci")
     node = Node(config)
     await node.start()
@@ -181,7 +182,8 @@ async def test_a_container_over_its_memory_limit_is_killed(oci_node, nc, program
 
 
 async def test_a_node_without_sandbox_offers_no_containers(nats_server, nc, tmp_path, tarball):
-    node = Node(NodeConfig(server=nats_server.url, state_dir=tmp_path / "plain", sandbox="none"))
+    node = Node(NodeConfig(artifact_roots=ARTIFACT_ROOTS,
+                           server=nats_server.url, state_dir=tmp_path / "plain", sandbox="none"))
     await node.start()
     try:
         _, info = await control(nc, "INFO", node.node_id)

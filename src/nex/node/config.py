@@ -64,6 +64,12 @@ class NodeConfig(BaseModel):
         default_factory=list, description="account nkeys that may also stop any workload")
     deny_triggers: list[str] = Field(
         default_factory=list, description="subjects no trigger may overlap, besides the reserved ones")
+    # -- artifacts (docs/security.md, "Artifacts") --
+    artifact_roots: list[Path] = Field(
+        default_factory=list, description="directories file:// artifacts may come from; none by default: "
+        "every file:// artifact is refused (deploy from the Object Store instead)")
+    max_artifact_bytes: int = Field(default=1 << 30, gt=0, description="the largest artifact the node "
+                                    "fetches; a larger one is refused before it is read")
     # -- the fleet (docs/operations.md) --
     replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas of the streams and buckets "
                           "Nex creates (3 on a cluster of 3 or more servers)")

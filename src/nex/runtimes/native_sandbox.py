@@ -1,8 +1,8 @@
 """Native workloads in a sandbox: the executable alone in a read-only rootfs, run by an OCI runtime.
 
 The node writes one bundle per workload (``<bundles>/<workload id>``): a rootfs
-holding only ``/bin/<name>`` (a copy of the artifact) and the mount points, and a
-config.json from :mod:`nex.sandbox.bundle`. Waiting, stopping, cleanup and usage
+holding only ``/bin/<name>`` (a copy of the artifact that others may execute but not
+read) and the mount points, and a config.json from :mod:`nex.sandbox.bundle`. Waiting, stopping, cleanup and usage
 are those of every container workload (:mod:`nex.runtimes.containers`). What the
 sandbox isolates and how cleanup works is in docs/sandbox.md. The plain-process
 runtime stays in :mod:`nex.runtimes.native`; the registry picks one of the two per node.
@@ -23,6 +23,7 @@ from nex.sandbox.runner import ID_PREFIX, make_bundle_dir
 DEFAULT_NETWORK = NetworkMode.NONE
 SANDBOX_PATH = "/bin"
 SANDBOX_HOME = "/tmp"
+PROGRAM_MODE = 0o511
 
 
 class SandboxedNativeRuntime(ContainerWorkloads):
@@ -50,7 +51,8 @@ class SandboxedNativeRuntime(ContainerWorkloads):
             (rootfs / "bin").mkdir(parents=True, exist_ok=True)
             program = rootfs / "bin" / spec.name
             shutil.copyfile(spec.artifact_path, program)
-            program.chmod(0o555)
+            # Execute, not read: the mapped user runs it, and no other user of the host may copy it.
+            program.chmod(PROGRAM_MODE)
         except BaseException:
             shutil.rmtree(bundle, ignore_errors=True)
             raise
