@@ -70,8 +70,8 @@ def _searchable(path: Path) -> bool:
 
 
 def make_bundle_dir(path: Path) -> Path:
-    """A bundle dir the user namespace's root can search but not list."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A bundle dir the user namespace's root can search but not list, in a directory likewise."""
+    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     path.mkdir(exist_ok=True)
     path.chmod(0o711)
     return path
