@@ -30,6 +30,8 @@ class ArtifactRoots:
 
     def __init__(self, roots: list[Path]) -> None:
         self.roots = [Path(os.path.realpath(root)) for root in roots]
+        # As given, for the first check, which looks at no file: a root may be reached through a symlink.
+        self._given = [Path(os.path.abspath(root)) for root in roots]
 
     def locate(self, uri: str) -> tuple[Path, PurePosixPath]:
         """The root ``uri`` lies in and its path below that root, symlinks and ``..`` resolved.
@@ -37,24 +39,18 @@ class ArtifactRoots:
         Raises ArtifactNotAllowed for a path outside every root; nothing outside a root
         is looked at (so whether such a file exists is never told either).
         """
-        path = unquote(urlparse(uri).path)
-        if not path.startswith("/") or "\0" in path:
-            raise BadRequest(f"artifact uri {uri!r} must name an absolute path")
+        parsed = urlparse(uri)
+        path = unquote(parsed.path)
+        if parsed.netloc not in ("", "localhost") or not path.startswith("/") or "\0" in path:
+            raise BadRequest(f"artifact uri {uri!r} must name an absolute path: file:///path")
         if not self.roots:
             raise ArtifactNotAllowed(uri, has_roots=False)
-        if self._inside(Path(os.path.normpath(path))) is None:
+        if _inside(Path(os.path.normpath(path)), self.roots + self._given) is None:
             raise ArtifactNotAllowed(uri, has_roots=True)
-        resolved = Path(os.path.realpath(path))
-        found = self._inside(resolved)
+        found = _inside(Path(os.path.realpath(path)), self.roots)
         if found is None:
             raise ArtifactNotAllowed(uri, has_roots=True)
         return found
-
-    def _inside(self, path: Path) -> tuple[Path, PurePosixPath] | None:
-        for root in self.roots:
-            if path.is_relative_to(root):
-                return root, PurePosixPath(path.relative_to(root))
-        return None
 
     def open(self, uri: str) -> int:
         """A file descriptor of the regular file ``uri`` names inside a root; the caller closes it."""
@@ -74,6 +70,13 @@ class ArtifactRoots:
             # A FIFO or a device would never end or never answer.
             raise BadRequest(f"artifact {uri} is not a regular file")
         return fd
+
+
+def _inside(path: Path, roots: list[Path]) -> tuple[Path, PurePosixPath] | None:
+    for root in roots:
+        if path.is_relative_to(root):
+            return root, PurePosixPath(path.relative_to(root))
+    return None
 
 
 def _open_below(root: Path, parts: tuple[str, ...]) -> int:
