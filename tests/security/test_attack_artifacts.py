@@ -18,10 +18,12 @@ import tempfile
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pytest
 
 from nex.api import subjects
 from nex.client import NexClient
+from nex.fleet.store import AppStore
 from nex.node.config import NodeConfig
 from nex.node.node import Node
 
@@ -137,6 +139,30 @@ async def test_a_wrong_sha256_is_refused_without_the_right_one(nats_server, atta
     assert_tells_nothing(json.dumps(body), env_file)
     assert_tells_nothing("\n".join(msg.data.decode() for msg in events), env_file)
     assert_tells_nothing(caplog.text, env_file)
+
+
+async def test_an_app_record_cannot_leak_the_fleet_seed_through_its_status(nats_server, nc, attacker, tmp_path):
+    """The chain of the issue: a record written straight into NEX_APPS by a keyless client names
+    the fleet's seed as JavaScript; whatever the reconciler makes of it, the app status (which
+    anyone may read) states neither the seed nor its hash."""
+    async with running_node(nats_server, tmp_path / "victim", "victim", artifact_roots=[],
+                            reconcile_interval_s=0.2) as node:
+        seed = node.state_dir / "fleet" / "issuer.nk"
+        workload = js_deploy(f"file://{seed}", sha256_of(seed))
+        record = {"spec": {"name": "leak", "namespace": "default", "workloads": [workload]},
+                  "version": 1, "applied_at": "2026-01-01T00:00:00Z"}
+        await AppStore(nc).ensure()  # a fleet that has apps already
+        apps = await attacker.jetstream().key_value(subjects.APPS_BUCKET)
+        await apps.put(subjects.app_key("default", "leak"), json.dumps(record).encode())
+
+        async def status_with_events() -> str | None:
+            try:
+                entry = await apps.get(subjects.app_status_key("default", "leak"))
+            except nats.js.errors.KeyNotFoundError:
+                return None
+            return entry.value.decode() if json.loads(entry.value).get("events") else None
+        status = await eventually(status_with_events, timeout=15)
+    assert_tells_nothing(status, seed)
 
 
 # -- size: streamed through the hash, bounded, never whole in memory --------------------------------
