@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from nex.api.errors import ArtifactNotAllowed, ArtifactNotFound, ArtifactTooLarge, BadRequest, HashMismatch
 from nex.artifact_download import Download
 from nex.artifact_roots import ArtifactRoots, _open_below
-from nex.node.config import NodeConfig, load_config
+from nex.node.config import ConfigError, NodeConfig, load_config
 from nex.node.statedir import make_private
 
 
@@ -141,3 +141,18 @@ def test_the_roots_and_the_maximum_come_from_the_config_and_the_command_line(tmp
 
     result = CliRunner().invoke(nex_main, ["node", "up", "--help"])
     assert "--artifact-root DIR" in result.output
+    with pytest.raises(ConfigError) as relative:
+        load_config(None, {"artifact_roots": ["artifacts"]})
+    assert "artifact root 'artifacts' must be an absolute path" in str(relative.value)
+
+
+def test_the_cache_is_private_and_forgets_partial_downloads_of_a_killed_node(tmp_path):
+    from nex.artifacts import ArtifactCache
+
+    directory = tmp_path / "artifacts"
+    directory.mkdir(mode=0o755)
+    (directory / ".partial-abc").write_bytes(b"half")
+    (directory / ("0" * 64)).write_bytes(b"whole")
+    ArtifactCache(directory, js=None)
+    assert [p.name for p in directory.iterdir()] == ["0" * 64]
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700

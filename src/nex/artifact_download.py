@@ -31,6 +31,7 @@ CHUNK = 1 << 20
 CHUNK_TIMEOUT_S = 10.0
 # Chunks JetStream may push ahead of the writer (flow control keeps it far below).
 PENDING_BYTES = 16 * CHUNK
+PARTIAL_PREFIX = ".partial-"
 CACHED_MODE = 0o500  # the node reads it and runs it (plain processes); nobody else may do either
 
 
@@ -46,7 +47,7 @@ class Download:
         self.limit = limit
         self.size = 0
         self._digest = hashlib.sha256()
-        fd, name = tempfile.mkstemp(dir=directory, prefix=".partial-")  # mode 0600
+        fd, name = tempfile.mkstemp(dir=directory, prefix=PARTIAL_PREFIX)  # mode 0600
         self._path = Path(name)
         self._file = os.fdopen(fd, "wb")
 

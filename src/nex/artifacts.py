@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,11 +29,13 @@ from nats.js.errors import InvalidBucketNameError, InvalidKeyError, InvalidObjec
 from nex.api.errors import ArtifactNotFound, BadRequest, HashMismatch
 from nex.api.models import Artifact
 from nex.api.subjects import is_token
-from nex.artifact_download import CHUNK, Download, copy_from_fd, copy_object
+from nex.artifact_download import CHUNK, PARTIAL_PREFIX, Download, copy_from_fd, copy_object
 from nex.artifact_roots import ArtifactRoots
 from nex.images.registry import pull as pull_image
 
 DEFAULT_MAX_ARTIFACT_BYTES = 1 << 30
+
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path) -> str:
@@ -70,6 +73,10 @@ class ArtifactCache:
         self._fetches: dict[str, _Fetch] = {}
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory.chmod(0o700)  # made by an older node with 0755, perhaps
+        for partial in directory.glob(f"{PARTIAL_PREFIX}*"):  # left by a node killed mid-download
+            partial.unlink(missing_ok=True)
+        if self.roots.roots:
+            log.info("file:// artifacts are served from %s", ", ".join(map(str, self.roots.roots)))
 
     async def fetch(self, artifact: Artifact) -> Path:
         """The verified local copy of ``artifact``; raises ArtifactNotFound, HashMismatch,

@@ -34,7 +34,7 @@ from nex.sandbox.runner import SandboxUnavailable
               help="account nkey whose signed deploys run here (repeatable); none: dev mode, unsigned "
                    "requests accepted")
 @click.option("--artifact-root", "artifact_roots", multiple=True, metavar="DIR",
-              type=click.Path(file_okay=False, path_type=Path),
+              type=click.Path(file_okay=False, resolve_path=True, path_type=Path),
               help="directory file:// artifacts may be deployed from (repeatable); none: every file:// "
                    "artifact is refused (nex devrun and nex apply upload to the Object Store)")
 @click.option("--admin-issuer", "admin_issuers", multiple=True, metavar="A...",

@@ -101,6 +101,14 @@ class NodeConfig(BaseModel):
         description="OTLP/HTTP endpoint the function agents export invocation spans to; "
         "default: $OTEL_EXPORTER_OTLP_ENDPOINT; none: no export")
 
+    @field_validator("artifact_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[Path]) -> list[Path]:
+        for root in roots:
+            if not root.is_absolute():
+                raise ValueError(f"artifact root {str(root)!r} must be an absolute path")
+        return roots
+
     @field_validator("otel_endpoint")
     @classmethod
     def _otel_endpoint(cls, endpoint: str | None) -> str | None:
