@@ -24,10 +24,11 @@ def nex_home(tmp_path: Path, monkeypatch) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def artifact_roots(tmp_path_factory) -> list[Path]:
     """The test nodes' artifact roots: the base temp dir (of this xdist worker), which holds
-    the built programs and every test's tmp_path (see helpers.ARTIFACT_ROOTS)."""
+    the built programs and every test's tmp_path, and the JavaScript of tests/functions
+    (see helpers.ARTIFACT_ROOTS)."""
     import helpers
 
-    helpers.ARTIFACT_ROOTS[:] = [tmp_path_factory.getbasetemp()]
+    helpers.ARTIFACT_ROOTS[:] = [tmp_path_factory.getbasetemp(), Path(__file__).parent / "functions"]
     return helpers.ARTIFACT_ROOTS
 
 

@@ -31,12 +31,13 @@ async def nex(*args: str, stdin: bytes | None = None, timeout: float = 60) -> tu
 
 
 # The directories the tests' nodes serve file:// artifacts from: the pytest base temp dir, where
-# the test programs are built and every test's tmp_path lies (set by conftest.artifact_roots).
+# the test programs are built and every test's tmp_path lies, and tests/functions (set by
+# conftest.artifact_roots).
 ARTIFACT_ROOTS: list[Path] = []
 
 
 def file_artifact(path: Path) -> dict[str, str]:
-    """A file:// artifact: the test's nodes have the pytest base temp dir as their artifact root."""
+    """A file:// artifact: the tests' nodes serve it from ARTIFACT_ROOTS."""
     return {"uri": f"file://{path}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 

@@ -38,8 +38,9 @@ NEX_ERR_UNAVAILABLE, NEX_ERR_MEMORY = -6, -8
 
 @pytest.fixture
 async def node(nats_server: NatsServer, tmp_path: Path):
-    """A node that lets functions call 127.0.0.1 over HTTP with GET and POST."""
-    config = NodeConfig(artifact_roots=ARTIFACT_ROOTS,
+    """A node that lets functions call 127.0.0.1 over HTTP with GET and POST, and deploys the
+    examples of the docs from where they are."""
+    config = NodeConfig(artifact_roots=[*ARTIFACT_ROOTS, EXAMPLES],
                         server=nats_server.url, state_dir=tmp_path / "node", name="host-node", sandbox="none",
                         stop_grace_s=2.0, lameduck_s=0.2, reconciler=False,
                         http_allow_hosts=["127.0.0.1"], http_allow_methods=["GET", "POST"])
