@@ -20,7 +20,7 @@ from pathlib import Path
 from common import build_static, nats_and_node, report
 from deploy_latency import native_deploys
 
-from nex.sandbox.bundle import ContainerSpec, write_bundle
+from nex.sandbox.bundle import HOST_ID_BASE, ContainerSpec, write_bundle
 from nex.sandbox.runner import OciRunner, make_bundle_dir
 
 
@@ -28,7 +28,7 @@ async def bare_runc(binary: Path, tmp: Path, count: int) -> list[float]:
     runc = shutil.which("runc") or shutil.which("crun")
     runner = OciRunner.for_state_dir(runc, tmp / "bare")
     runner.root.mkdir(parents=True)
-    bundle = make_bundle_dir(runner.bundles_dir / "ticker")
+    bundle = make_bundle_dir(runner.bundles_dir / "ticker", HOST_ID_BASE)
     rootfs = bundle / "rootfs"
     (rootfs / "bin").mkdir(parents=True)
     shutil.copyfile(binary, rootfs / "bin" / "ticker")

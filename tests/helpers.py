@@ -7,11 +7,12 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
-from nex.api import subjects
+from nex.api import claims, subjects
 from nex.api.errors import FunctionError, error_code, from_reply
 
 
@@ -47,10 +48,16 @@ def artifact_root_args() -> list[str]:
 
 
 async def control(nc, verb: str, target: str | None = None, body: Any = None,
-                  namespace: str = "default", timeout: float = 5.0):
-    """A raw control request as any NATS client would send it: (code or None, decoded body)."""
+                  namespace: str = "default", timeout: float = 5.0, *, signer=None, now: float | None = None,
+                  headers: dict[str, str] | None = None):
+    """A raw control request as any NATS client would send it: (code or None, decoded body).
+    ``signer``: an account nkey that signs it (a ``Nex-Claim`` header over the subject and body)."""
     payload = body if isinstance(body, bytes) else json.dumps(body or {}).encode()
-    msg = await nc.request(subjects.control(namespace, verb, target), payload, timeout=timeout)
+    subject = subjects.control(namespace, verb, target)
+    if signer is not None:
+        token = claims.sign_request(signer, subject, payload, time.time() if now is None else now)
+        headers = {**(headers or {}), claims.CLAIM_HEADER: token}
+    msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
     return error_code(msg.headers), json.loads(msg.data)
 
 

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -41,8 +42,10 @@ class BuiltImage:
 def build_image(directory: Path, program: Path, *, tag: str = "test", entrypoint: list[str] | None = None,
                 cmd: list[str] | None = None, env: dict[str, str] | None = None,
                 workdir: str | None = None, user: str | None = None,
-                files: dict[str, str] | None = None) -> BuiltImage:
-    """A layout in ``directory`` holding one image: ``program`` at /bin/imagemain, text ``files``."""
+                files: dict[str, str] | None = None,
+                prepare_tree: Callable[[Path], None] | None = None) -> BuiltImage:
+    """A layout in ``directory`` holding one image: ``program`` at /bin/imagemain, text ``files``;
+    ``prepare_tree`` may add to the layer's directory (device nodes, setuid files...) before it is packed."""
     layout = directory / "layout"
     run("umoci", "init", "--layout", str(layout))
     image = f"{layout}:{tag}"
@@ -54,6 +57,8 @@ def build_image(directory: Path, program: Path, *, tag: str = "test", entrypoint
     for name, text in (files or {}).items():
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         (tree / name).write_text(text)
+    if prepare_tree is not None:
+        prepare_tree(tree)
     run("umoci", "insert", "--image", image, str(tree), "/")
     options = []
     for arg in entrypoint or []:

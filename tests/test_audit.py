@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nex.api import subjects
+from nex.api import claims, subjects
 from nex.api.errors import BadRequest, Forbidden, InternalError, NexError
 from nex.api.events import CloudEvent, EventType
 from nex.node import audit
@@ -22,10 +22,11 @@ REJECTED = subjects.events("default", EventType.REQUEST_REJECTED.value)
 
 async def test_a_rejected_deploy_is_audited_without_its_secrets(node, nc, tmp_path):
     events = await collect(nc, subjects.events_filter("*"))
-    body = {"name": "leaky", "type": "native", "claim": jwt({"iss": ISSUER, "token": SECRET}),
+    body = {"name": "leaky", "type": "native",
             "env": {"PASSWORD": SECRET}, "sealed_env": "sealed-" + SECRET,
             "artifact": {"uri": f"file://{tmp_path}/{SECRET}", "sha256": "0" * 64}}
-    code, reply = await control(nc, "DEPLOY", node.node_id, body)
+    code, reply = await control(nc, "DEPLOY", node.node_id, body,
+                                headers={claims.CLAIM_HEADER: jwt({"iss": ISSUER, "token": SECRET})})
     assert code in (400, 403, 404)
 
     rejected = await eventually(lambda: [m for m in events if m.subject == REJECTED], timeout=5)
@@ -82,19 +83,19 @@ def jwt(payload: dict) -> str:
     return f"e30.{encoded}.sig"
 
 
-@pytest.mark.parametrize("claim, issuer", [
-    ({"iss": ISSUER}, ISSUER),
-    ({"issuer": ISSUER}, ISSUER),
+@pytest.mark.parametrize("token, issuer", [
     (jwt({"iss": ISSUER}), ISSUER),
-    ({"iss": SECRET}, None),  # not an nkey: not echoed
+    (jwt({"iss": SECRET}), None),  # not an nkey: not echoed
+    (jwt({"iss": ISSUER + "\n"}), None),
     (jwt({"iss": 7}), None),
+    (jwt([ISSUER]), None),
     ("a.%%%.c", None),
-    ([ISSUER], None),
+    (ISSUER, None),
     (None, None),
 ])
-def test_claim_issuer_is_read_defensively(claim, issuer):
-    data = json.dumps({"claim": claim}).encode()
-    record = audit.rejection_record("$NEX.SVC.default.control.DEPLOY.N1", "_INBOX.abc.7", data, BadRequest("no"))
+def test_claim_issuer_is_read_defensively(token, issuer):
+    record = audit.rejection_record("$NEX.SVC.default.control.DEPLOY.N1", "_INBOX.abc.7", b"{}", BadRequest("no"),
+                                    token=token)
     assert record["who"] == {"subject": "$NEX.SVC.default.control.DEPLOY.N1", "reply_prefix": "_INBOX.abc",
                              "claimed_issuer": issuer}
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.errors import NoRespondersError
 
-from nex.api import subjects
+from nex.api import claims, subjects
 from nex.api.replies import check_reply
 from nex.node.node import Node
 
@@ -66,7 +66,7 @@ claim_tokens = st.one_of(
     st.tuples(b64_part, b64_part, b64_part).map(".".join),
     st.tuples(json_values, json_values).map(lambda t: ".".join(
         base64.urlsafe_b64encode(json.dumps(v).encode()).rstrip(b"=").decode() for v in t) + ".AA"),
-    st.text(max_size=100),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=100),  # what a header holds
 )
 
 
@@ -94,7 +94,6 @@ def deploy_requests(draw: Callable[..., Any]) -> dict[str, Any]:
         "description": draw(maybe(st.text(max_size=2000))),
     }
     if draw(st.booleans()):  # the security fields, with anything in them
-        body["claim"] = draw(maybe(claim_tokens))
         body["sealed_env"] = draw(maybe(st.binary(max_size=300).map(lambda b: base64.b64encode(b"xkv1" + b).decode())))
         body["sender_xkey"] = draw(maybe(st.from_regex(r"\AX[A-Z2-7]{55}\Z")))
     for key in draw(st.sets(st.sampled_from(sorted(body)))):
@@ -124,17 +123,21 @@ class Target:
     tried: int = 0
     codes: Counter = field(default_factory=Counter)
 
-    def send(self, verb: str, target: str | None, payload: bytes, namespace: str = "default") -> int | None:
-        """Send one request from Hypothesis' thread; the reply's code, or None for success / no responder."""
-        future = asyncio.run_coroutine_threadsafe(self._send(verb, target, payload, namespace), self.loop)
+    def send(self, verb: str, target: str | None, payload: bytes, namespace: str = "default",
+             claim: str | None = None) -> int | None:
+        """Send one request from Hypothesis' thread; the reply's code, or None for success / no responder.
+        ``claim``: a ``Nex-Claim`` header of any content."""
+        future = asyncio.run_coroutine_threadsafe(self._send(verb, target, payload, namespace, claim), self.loop)
         self.tried += 1
         return future.result(timeout=15)
 
-    async def _send(self, verb: str, target: str | None, payload: bytes, namespace: str) -> int | None:
+    async def _send(self, verb: str, target: str | None, payload: bytes, namespace: str,
+                    claim: str | None) -> int | None:
         subject = subjects.control(namespace, verb, target)
         payload = payload[: self.nc.max_payload - 4096]  # the client refuses larger ones before sending
+        headers = {claims.CLAIM_HEADER: claim} if claim is not None else None
         try:
-            msg = await self.nc.request(subject, payload, timeout=5)
+            msg = await self.nc.request(subject, payload, timeout=5, headers=headers)
         except NoRespondersError:
             assert not self._has_responder(verb, target, namespace), subject
             return None
@@ -198,9 +201,9 @@ async def test_node_verbs_answer_any_body(target: Target):
 
 async def test_deploy_refuses_structured_nonsense(target: Target):
     @FUZZ
-    @given(body=deploy_requests())
-    def fuzz(body: dict[str, Any]) -> None:
-        code = target.send(subjects.DEPLOY, target.node_id, json.dumps(body).encode())
+    @given(body=deploy_requests(), claim=st.one_of(st.none(), claim_tokens))
+    def fuzz(body: dict[str, Any], claim: str | None) -> None:
+        code = target.send(subjects.DEPLOY, target.node_id, json.dumps(body).encode(), claim=claim)
         assert code is not None, f"a fuzzed deploy succeeded: {body}"
 
     await run_fuzz(fuzz)

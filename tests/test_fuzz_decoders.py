@@ -32,8 +32,7 @@ def b64url(data: bytes) -> str:
 
 
 def valid_token() -> str:
-    claim = claims.deploy_claim(ISSUER_PUBLIC, "default", "fuzz", "0" * 64, now=1_700_000_000)
-    return claims.sign(claim, ISSUER)
+    return claims.sign_request(ISSUER, "$NEX.SVC.default.control.DEPLOY.N1", b'{"name":"fuzz"}', now=1_700_000_000)
 
 
 def decodes_or_refuses(token: str) -> claims.Claim | None:

@@ -90,7 +90,7 @@ async def _registry_health(nc, node_id: str, health: str) -> bool:
 @pytest.mark.parametrize("node", ["none"], indirect=True)
 async def test_nats_check_against_a_subscriber(node: Node, nc, programs):
     events = await collect(nc, subjects.events("default", "workload_health"))
-    subject = f"health.{uuid.uuid4().hex}"
+    subject = f"nex.default.health.{uuid.uuid4().hex}"  # a subject the workload may use
     failing = False
 
     async def answer(msg):
@@ -130,7 +130,7 @@ async def test_nats_check_of_a_function_and_no_responders(node: Node, nc, tmp_pa
     # Nobody answers this one: NATS says so at once, and each check fails.
     code, ticker = await control(nc, "DEPLOY", node.node_id, {
         "name": "lonely", "type": "native", "artifact": file_artifact(programs["ticker"]),
-        "health": {"nats": f"nobody.{uuid.uuid4().hex}", "interval_ms": 100, "failures": 2}})
+        "health": {"nats": f"nex.default.nobody.{uuid.uuid4().hex}", "interval_ms": 100, "failures": 2}})
     assert code is None, ticker
     assert ticker["health"] == "unknown"
     await eventually(lambda: _is(nc, ticker["id"], "unhealthy"))
@@ -170,7 +170,7 @@ async def test_a_function_has_no_tcp_check(node: Node, nc, tmp_path):
 
 @pytest.mark.parametrize("node", ["none"], indirect=True)
 async def test_check_stops_with_the_workload(node: Node, nc, programs):
-    subject = f"health.{uuid.uuid4().hex}"
+    subject = f"nex.default.health.{uuid.uuid4().hex}"  # a subject the workload may use
     asked = []
 
     async def answer(msg):

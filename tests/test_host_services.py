@@ -20,7 +20,8 @@ import pytest
 from nats.aio.client import Client
 
 from helpers import ARTIFACT_ROOTS, collect, control, eventually, file_artifact, function_error, request
-from nex.agent.hostservices import MAX_VALUE_BYTES, host_allowed, kv_bucket, subject_matches
+from nex.agent.hostservices import MAX_VALUE_BYTES, host_allowed, kv_bucket
+from nex.api.subjects import subjects_overlap as subject_matches
 from nex.natsserver import NatsServer
 from nex.node.config import ConfigError, NodeConfig, load_config
 from nex.node.node import Node

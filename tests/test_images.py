@@ -19,7 +19,7 @@ from nex.client import guess_type
 from nex.images import ImageConfig, ImageStore, parse_reference, process_for, pull, read_manifest
 from nex.images.config import node_architecture
 from nex.images.registry import manifest_digest
-from nex.images.store import make_dirs_inside
+from nex.images.unpack import make_dirs_inside
 
 from oci_helpers import build_image, registry  # noqa: F401  (a fixture)
 
@@ -100,13 +100,13 @@ async def test_a_tarball_is_unpacked_once_per_digest(image, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="nex.images.store")
     tarball = image.tarball(tmp_path / "image.tar")
     store = ImageStore(tmp_path / "images", mount_points=("proc", "tmp"))
-    first, *others = await asyncio.gather(*(store.get(tarball) for _ in range(3)))
+    first, *others = await asyncio.gather(*(store.acquire(tarball) for _ in range(3)))
     assert first.digest == image.manifest_digest
     assert all(other.rootfs == first.rootfs for other in others)
     assert os.access(first.rootfs / "bin" / "imagemain", os.X_OK)
     assert (first.rootfs / "srv" / "app").is_dir() and (first.rootfs / "proc").is_dir()
     assert first.config.entrypoint == ["/bin/imagemain"] and first.config.env == {"GREETING": "hi"}
-    again = await store.get(image.tarball(tmp_path / "copy.tar"))
+    again = await store.acquire(image.tarball(tmp_path / "copy.tar"))
     assert again.rootfs == first.rootfs
     unpacks = [r for r in caplog.records if r.getMessage().startswith("unpacked image")]
     assert len(unpacks) == 1, "three overlapping deploys and a later one unpack the image once"
@@ -156,7 +156,7 @@ async def test_a_pull_checks_the_manifest_digest(image, registry, tmp_path):  # 
     layout = await pull(uri, hex_digest, tmp_path / hex_digest)
     assert read_manifest(layout).digest == image.manifest_digest
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pull-")]
-    unpacked = await ImageStore(tmp_path / "images").get(layout)
+    unpacked = await ImageStore(tmp_path / "images").acquire(layout)
     assert (unpacked.rootfs / "bin" / "imagemain").is_file()
 
 

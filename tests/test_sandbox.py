@@ -18,7 +18,7 @@ import pytest
 from nex.api import subjects
 from nex.node.node import Node
 from nex.sandbox import cgroups
-from nex.sandbox.bundle import HOST_ID_BASE, NOBODY
+from nex.sandbox.bundle import HOST_ID_BASE, ID_RANGE, NOBODY
 from nex.sandbox.runner import OciRunner
 
 from helpers import ARTIFACT_ROOTS, alive, collect, control, eventually, file_artifact, nex, start_node, wait_for_node
@@ -114,7 +114,9 @@ async def test_stop_ends_every_process_and_leaves_nothing(node: Node, nc, progra
     assert code is None, workload
     pid = workload["pid"]
     uid_line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("Uid:"))
-    assert uid_line.split()[1] == str(HOST_ID_BASE + NOBODY), "nobody inside is an unmapped uid outside"
+    host_uid = int(uid_line.split()[1])
+    assert host_uid >= HOST_ID_BASE and (host_uid - HOST_ID_BASE) % ID_RANGE == NOBODY, \
+        "nobody inside is an unmapped uid outside, in the workload's own range"
     procs = cgroups.controller_dir("pids", f"/nex/nex-{workload['id']}") / "cgroup.procs"
     members = await eventually(lambda: len(procs.read_text().split()) == 2 and procs.read_text().split())
 

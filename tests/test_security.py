@@ -12,7 +12,7 @@ from pathlib import Path
 import nkeys
 import pytest
 
-from nex.api import claims
+from nex.api import claims, subjects
 from nex.api.errors import Forbidden
 from nex.api.models import Artifact, DeployRequest, Trigger
 from nex.client import NexClient
@@ -63,14 +63,6 @@ def echo_env_script(tmp_path: Path) -> Path:
     return script
 
 
-def signed_body(issuer: nkeys.KeyPair, request: dict, **claim_fields) -> dict:
-    claim = claims.deploy_claim(
-        issuer.public_key.decode(), claim_fields.pop("namespace", "default"),
-        claim_fields.pop("name", request["name"]), claim_fields.pop("sha256", request["artifact"]["sha256"]),
-        claim_fields.pop("now", time.time()), **claim_fields)
-    return {**request, "claim": claims.sign(claim, issuer)}
-
-
 # -- dev mode ------------------------------------------------------------------------------
 
 async def test_dev_mode_runs_unsigned_and_says_so(node, nc, programs, caplog):
@@ -88,9 +80,10 @@ async def test_dev_mode_runs_unsigned_and_says_so(node, nc, programs, caplog):
 
 async def test_dev_mode_still_verifies_a_signed_request(node, nc, programs):
     request = {"name": "signed", "type": "native", "artifact": file_artifact(programs["ticker"])}
-    body = signed_body(account(), request, name="someone-else")
-    code, reply = await control(nc, "DEPLOY", node.node_id, body)
-    assert code == 403 and "name differs" in reply["error"]["message"]
+    signed_for = json.dumps({**request, "name": "someone-else"}).encode()
+    token = claims.sign_request(account(), subjects.control("default", "DEPLOY", node.node_id), signed_for, time.time())
+    code, reply = await control(nc, "DEPLOY", node.node_id, request, headers={claims.CLAIM_HEADER: token})
+    assert code == 403 and "body differs" in reply["error"]["message"]
 
 
 async def test_dev_mode_workload_signed_by_one_issuer_is_not_stopped_unsigned(node, nc, programs):
@@ -139,58 +132,62 @@ async def test_unsigned_and_untrusted_requests_are_403(secure_node, nc, programs
     code, reply = await control(nc, "DEPLOY", secure_node.node_id, request)
     assert code == 403 and "needs a claim" in reply["error"]["message"]
     stranger = account()
-    code, reply = await control(nc, "DEPLOY", secure_node.node_id, signed_body(stranger, request))
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, request, signer=stranger)
     assert code == 403 and "not trusted" in reply["error"]["message"]
     _, info = await control(nc, "INFO", secure_node.node_id)
     assert info["workloads"] == []
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"name": "renamed"}, "name differs"),
-    ({"artifact_sha256": "0" * 64}, "artifact sha256 differs"),
+@pytest.mark.parametrize("change", [
+    {"name": "renamed"}, {"argv": ["--evil"]}, {"network": "host"}, {"health": {"tcp": 9}},
+    {"limits": {"memory_mib": 4096}}, {"lifecycle": "job"},
 ])
-async def test_a_request_that_differs_from_its_claim_is_refused(secure_node, nc, owner, programs, change, words):
+async def test_a_request_that_differs_from_its_claim_is_refused(secure_node, nc, owner, programs, change):
+    """The claim covers every byte of the body: any field changed in flight is refused."""
     request = {"name": "ticker", "type": "native", "artifact": file_artifact(programs["ticker"])}
-    body = signed_body(owner.issuer, request)
-    if "name" in change:
-        body["name"] = change["name"]
-    else:
-        body["artifact"] = {**body["artifact"], "sha256": change["artifact_sha256"]}
-    code, reply = await control(nc, "DEPLOY", secure_node.node_id, body)
-    assert code == 403 and words in reply["error"]["message"]
+    subject = subjects.control("default", "DEPLOY", secure_node.node_id)
+    token = claims.sign_request(owner.issuer, subject, json.dumps(request).encode(), time.time())
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, {**request, **change},
+                                headers={claims.CLAIM_HEADER: token})
+    assert code == 403 and "body differs" in reply["error"]["message"]
+    _, info = await control(nc, "INFO", secure_node.node_id)
+    assert info["workloads"] == []
 
 
 async def test_a_tampered_claim_is_refused(secure_node, nc, owner, programs):
     request = {"name": "ticker", "type": "native", "artifact": file_artifact(programs["ticker"])}
-    body = signed_body(owner.issuer, request)
-    header, payload, signature = body["claim"].split(".")
+    body = json.dumps(request).encode()
+    token = claims.sign_request(owner.issuer, subjects.control("default", "DEPLOY", "elsewhere"), body, time.time())
+    header, payload, signature = token.split(".")
     decoded = json.loads(claims.b64url_decode(payload))
-    decoded["name"] = "other"
-    body["claim"] = ".".join([header, claims.b64url_encode(json.dumps(decoded).encode()), signature])
-    body["name"] = "other"
-    code, reply = await control(nc, "DEPLOY", secure_node.node_id, body)
+    decoded["sub"] = subjects.control("default", "DEPLOY", secure_node.node_id)
+    forged = ".".join([header, claims.b64url_encode(json.dumps(decoded).encode()), signature])
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, body, headers={claims.CLAIM_HEADER: forged})
     assert code == 403 and "signature" in reply["error"]["message"]
-    body["claim"] = "not.a-claim"
-    code, reply = await control(nc, "DEPLOY", secure_node.node_id, body)
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, body, headers={claims.CLAIM_HEADER: "not.a-claim"})
     assert code == 400 and "malformed claim" in reply["error"]["message"]
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, {**request, "claim": token})
+    assert code == 400 and "Nex-Claim header" in reply["error"]["message"]
 
 
 async def test_a_replayed_claim_is_refused(secure_node, nc, owner, programs):
-    request = {"name": "job", "type": "native", "lifecycle": "job", "artifact": file_artifact(programs["job"])}
-    body = signed_body(owner.issuer, request)
-    code, _ = await control(nc, "DEPLOY", secure_node.node_id, body)
+    body = json.dumps({"name": "job", "type": "native", "lifecycle": "job",
+                       "artifact": file_artifact(programs["job"])}).encode()
+    token = claims.sign_request(owner.issuer, subjects.control("default", "DEPLOY", secure_node.node_id),
+                                body, time.time())
+    code, _ = await control(nc, "DEPLOY", secure_node.node_id, body, headers={claims.CLAIM_HEADER: token})
     assert code is None
-    code, reply = await control(nc, "DEPLOY", secure_node.node_id, body)
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, body, headers={claims.CLAIM_HEADER: token})
     assert code == 403 and "already used" in reply["error"]["message"]
 
 
 async def test_expired_and_future_claims_are_refused(secure_node, nc, owner, programs):
     request = {"name": "ticker", "type": "native", "artifact": file_artifact(programs["ticker"])}
-    code, reply = await control(nc, "DEPLOY", secure_node.node_id,
-                                signed_body(owner.issuer, request, now=time.time() - 3600))
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, request, signer=owner.issuer,
+                                now=time.time() - 3600)
     assert code == 403 and "expired" in reply["error"]["message"]
-    code, reply = await control(nc, "DEPLOY", secure_node.node_id,
-                                signed_body(owner.issuer, request, now=time.time() + 3600))
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, request, signer=owner.issuer,
+                                now=time.time() + 3600)
     assert code == 403 and "future" in reply["error"]["message"]
 
 
@@ -199,7 +196,7 @@ async def test_bytes_that_differ_from_the_signed_hash_do_not_run(secure_node, nc
     swapped.write_bytes(programs["job"].read_bytes())
     request = {"name": "ticker", "type": "native",
                "artifact": {"uri": f"file://{swapped}", "sha256": file_artifact(programs["ticker"])["sha256"]}}
-    code, reply = await control(nc, "DEPLOY", secure_node.node_id, signed_body(owner.issuer, request))
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, request, signer=owner.issuer)
     assert code == 400 and "sha256" in reply["error"]["message"]
     _, info = await control(nc, "INFO", secure_node.node_id)
     assert info["workloads"] == []
@@ -208,7 +205,7 @@ async def test_bytes_that_differ_from_the_signed_hash_do_not_run(secure_node, nc
 async def test_plain_env_is_refused_when_issuers_are_trusted(secure_node, nc, owner, programs):
     request = {"name": "ticker", "type": "native", "artifact": file_artifact(programs["ticker"]),
                "env": {"SECRET": SECRET}}
-    code, reply = await control(nc, "DEPLOY", secure_node.node_id, signed_body(owner.issuer, request))
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, request, signer=owner.issuer)
     assert code == 400 and "seal it" in reply["error"]["message"]
     assert SECRET not in json.dumps(reply)
 
@@ -253,8 +250,7 @@ async def test_env_sealed_to_another_node_fails_clearly(secure_node, nc, owner, 
     sealed = seal_env({"SECRET": SECRET}, owner.xkey, XKey.create().public)
     request = {"name": "ticker", "type": "native", "artifact": file_artifact(programs["ticker"]),
                "sealed_env": sealed, "sender_xkey": owner.xkey.public}
-    body = signed_body(owner.issuer, request, sealed_env=sealed)
-    code, reply = await control(nc, "DEPLOY", secure_node.node_id, body)
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, request, signer=owner.issuer)
     assert code == 400 and "does not open with this node's xkey" in reply["error"]["message"]
 
 
@@ -272,7 +268,7 @@ async def test_reserved_trigger_subjects_are_400(node, nc, tmp_path, subject):
 async def test_the_node_deny_list_is_400(secure_node, nc, owner, tmp_path, subject):
     request = {"name": "payroll", "type": "javascript", "artifact": file_artifact(echo_env_script(tmp_path)),
                "triggers": [{"subject": subject}]}
-    code, reply = await control(nc, "DEPLOY", secure_node.node_id, signed_body(owner.issuer, request))
+    code, reply = await control(nc, "DEPLOY", secure_node.node_id, request, signer=owner.issuer)
     assert code == 400 and "'payroll.>'" in reply["error"]["message"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import os
@@ -12,8 +13,9 @@ import pytest
 from nacl.public import Box, PrivateKey, PublicKey
 
 from nex.api import claims, keys
+from nex.api.claims import SignedRequest
 from nex.api.errors import (
-    BadSignature, ClaimExpired, ClaimMismatch, ClaimReplayed, ClaimRequired, MalformedClaim, NotOwner,
+    BadSignature, ClaimExpired, ClaimMismatch, ClaimRequired, MalformedClaim, NotAdmin, NotOwner,
     SealedEnvError, UntrustedIssuer,
 )
 from nex.api.models import DeployRequest, Trigger
@@ -159,36 +161,43 @@ def account() -> nkeys.KeyPair:
     return nkeys.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT))
 
 
-def deploy_request(claim: str | None = None, name: str = "app", sha256: str = "a" * 64, **extra) -> DeployRequest:
-    return DeployRequest(name=name, type="native", artifact={"uri": "file:///x", "sha256": sha256},
-                         claim=claim, **extra)
+DEPLOY = "$NEX.SVC.default.control.DEPLOY.N1"
+BODY = b'{"name":"app","type":"native","artifact":{"uri":"nats://B/k","sha256":"' + b"a" * 64 + b'"}}'
 
 
-def signed_deploy(issuer: nkeys.KeyPair, now: float = NOW, **fields) -> str:
-    claim = claims.deploy_claim(issuer.public_key.decode(), fields.pop("namespace", "default"),
-                                fields.pop("name", "app"), fields.pop("sha256", "a" * 64), now, **fields)
-    return claims.sign(claim, issuer)
+def signed(issuer: nkeys.KeyPair, subject: str = DEPLOY, body: bytes = BODY, now: float = NOW) -> SignedRequest:
+    return SignedRequest(subject, body, claims.sign_request(issuer, subject, body, now))
 
 
 def test_claim_round_trip_and_layout():
     issuer = account()
-    token = signed_deploy(issuer)
+    token = claims.sign_request(issuer, DEPLOY, BODY, NOW)
     header, payload, signature = token.split(".")
     assert json.loads(base64.urlsafe_b64decode(header + "==")) == {"typ": "nex-claim", "alg": "ed25519-nkey"}
     body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    assert body["iss"] == issuer.public_key.decode() and body["op"] == "deploy" and body["exp"] > body["iat"]
+    assert set(body) == {"jti", "iss", "iat", "exp", "sub", "body_sha256"}
+    assert body["iss"] == issuer.public_key.decode() and body["sub"] == DEPLOY and body["exp"] > body["iat"]
+    assert body["body_sha256"] == hashlib.sha256(BODY).hexdigest()
     issuer.verify(f"{header}.{payload}".encode(), base64.urlsafe_b64decode(signature + "=="))
-    assert claims.decode(token).name == "app"
+    decoded = claims.decode(token)
+    assert (decoded.verb, decoded.namespace) == ("DEPLOY", "default")
 
 
 def test_tampered_claim_payload_fails_the_signature():
-    token = signed_deploy(account())
+    token = claims.sign_request(account(), DEPLOY, BODY, NOW)
     header, payload, signature = token.split(".")
     body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    body["sha256"] = "b" * 64
+    body["sub"] = "$NEX.SVC.default.control.DEPLOY.N2"
     forged = base64.urlsafe_b64encode(json.dumps(body).encode()).rstrip(b"=").decode()
     with pytest.raises(BadSignature):
         claims.decode(f"{header}.{forged}.{signature}")
+
+
+@pytest.mark.parametrize("subject", ["nex.x", "$NEX.SVC.default.control.DEPLOY.a.b.c", "$NEX.SVC.a b.control.PING",
+                                     "$NEX.SVC.default.control.DEPLOY.N1\n"])
+def test_a_claim_names_one_control_subject(subject):
+    with pytest.raises(ValueError):
+        claims.request_claim(account().public_key.decode(), subject, b"", NOW)
 
 
 @pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "!!.??.**", "e30.e30.e30", "x" * 5000])
@@ -201,9 +210,11 @@ def test_malformed_claims_are_400(token):
 def test_policy_dev_mode_accepts_unsigned_and_verifies_signed():
     policy = ClaimPolicy(clock=lambda: NOW)
     assert policy.dev_mode
-    assert policy.check_deploy("default", deploy_request()) is None
+    assert policy.verify(SignedRequest(DEPLOY, BODY)) is None
     issuer = account()
-    assert policy.check_deploy("default", deploy_request(signed_deploy(issuer))) == issuer.public_key.decode()
+    assert policy.verify(signed(issuer)).iss == issuer.public_key.decode()
+    with pytest.raises(ClaimMismatch):
+        policy.verify(SignedRequest(DEPLOY, BODY + b" ", signed(issuer).token))
 
 
 def test_policy_trusted_mode():
@@ -211,65 +222,43 @@ def test_policy_trusted_mode():
     policy = ClaimPolicy([issuer.public_key.decode()], [admin.public_key.decode()], clock=lambda: NOW)
     assert not policy.dev_mode
     with pytest.raises(ClaimRequired):
-        policy.check_deploy("default", deploy_request())
+        policy.verify(SignedRequest(DEPLOY, BODY))
+    assert policy.verify(SignedRequest(DEPLOY, BODY), required=False) is None  # an auction may go unsigned
     with pytest.raises(UntrustedIssuer):
-        policy.check_deploy("default", deploy_request(signed_deploy(stranger)))
-    with pytest.raises(ClaimMismatch):
-        policy.check_deploy("default", deploy_request(signed_deploy(issuer), name="other"))
-    with pytest.raises(ClaimMismatch):
-        policy.check_deploy("default", deploy_request(signed_deploy(issuer), sha256="b" * 64))
-    with pytest.raises(ClaimMismatch):
-        policy.check_deploy("other", deploy_request(signed_deploy(issuer, namespace="default")))
+        policy.verify(signed(stranger))
+    with pytest.raises(ClaimMismatch):  # sent to another node than the one it names
+        policy.verify(SignedRequest("$NEX.SVC.default.control.DEPLOY.N2", BODY, signed(issuer).token))
+    with pytest.raises(ClaimMismatch):  # another namespace
+        policy.verify(SignedRequest("$NEX.SVC.other.control.DEPLOY.N1", BODY, signed(issuer).token))
+    with pytest.raises(ClaimMismatch):  # another body
+        policy.verify(SignedRequest(DEPLOY, BODY.replace(b"app", b"ppa"), signed(issuer).token))
     with pytest.raises(ClaimExpired):
-        policy.check_deploy("default", deploy_request(signed_deploy(issuer, now=NOW - 3600)))
+        policy.verify(signed(issuer, now=NOW - 3600))
     with pytest.raises(ClaimExpired):
-        policy.check_deploy("default", deploy_request(signed_deploy(issuer, now=NOW + 3600)))
+        policy.verify(signed(issuer, now=NOW + 3600))
     # Inside the clock skew allowance: accepted.
-    token = signed_deploy(issuer, now=NOW + 10)
-    assert policy.check_deploy("default", deploy_request(token)) == issuer.public_key.decode()
-    with pytest.raises(ClaimReplayed):
-        policy.check_deploy("default", deploy_request(token))
+    assert policy.verify(signed(issuer, now=NOW + 10)).iss == issuer.public_key.decode()
 
 
-def test_policy_forgets_used_ids_once_they_expire():
-    now = [NOW]
-    issuer = account()
-    policy = ClaimPolicy([issuer.public_key.decode()], clock=lambda: now[0])
-    for _ in range(5):
-        policy.check_deploy("default", deploy_request(signed_deploy(issuer, now=now[0])))
-    assert policy.remembered == 5
-    now[0] += claims.DEFAULT_LIFETIME_S + claims.CLOCK_SKEW_S + 1
-    policy.check_deploy("default", deploy_request(signed_deploy(issuer, now=now[0])))
-    assert policy.remembered == 1
-
-
-def test_policy_undeploy_ownership():
+def test_policy_stop_and_admin_rules():
     owner, other, admin = account(), account(), account()
     policy = ClaimPolicy([owner.public_key.decode(), other.public_key.decode()], [admin.public_key.decode()],
                          clock=lambda: NOW)
+    undeploy = "$NEX.SVC.default.control.UNDEPLOY.w1"
 
-    def undeploy_token(key: nkeys.KeyPair, workload_id: str = "w1") -> str:
-        return claims.sign(claims.undeploy_claim(key.public_key.decode(), "default", workload_id, NOW), key)
+    def claim_of(key: nkeys.KeyPair, subject: str = undeploy):
+        return policy.verify(signed(key, subject, b""))
 
     owner_key = owner.public_key.decode()
     with pytest.raises(NotOwner):
-        policy.check_undeploy("default", "w1", owner_key, undeploy_token(other))
-    with pytest.raises(ClaimMismatch):
-        policy.check_undeploy("default", "w1", owner_key, undeploy_token(owner, "w2"))
-    with pytest.raises(ClaimMismatch):  # a deploy claim is no undeploy claim
-        policy.check_undeploy("default", "w1", owner_key, signed_deploy(owner))
-    policy.check_undeploy("default", "w1", owner_key, undeploy_token(owner))
-    policy.check_undeploy("default", "w1", owner_key, undeploy_token(admin))
+        policy.check_stop(claim_of(other), "w1", owner_key)
+    policy.check_stop(claim_of(owner), "w1", owner_key)
+    policy.check_stop(claim_of(admin), "w1", owner_key)
+    lameduck = "$NEX.SVC.default.control.LAMEDUCK.N1"
+    with pytest.raises(NotAdmin):
+        policy.check_admin(claim_of(owner, lameduck), "LAMEDUCK")
+    with pytest.raises(NotAdmin):
+        policy.check_admin(None, "LAMEDUCK")
+    policy.check_admin(claim_of(admin, lameduck), "LAMEDUCK")
+    ClaimPolicy().check_admin(None, "LAMEDUCK")  # dev mode
 
-
-def test_policy_binds_the_sealed_env():
-    issuer = account()
-    policy = ClaimPolicy([issuer.public_key.decode()], clock=lambda: NOW)
-    sender = XKey.create()
-    sealed = seal_env({"A": "1"}, sender, XKey.create().public)
-    other = seal_env({"A": "2"}, sender, XKey.create().public)
-    token = signed_deploy(issuer, sealed_env=sealed)
-    with pytest.raises(ClaimMismatch):
-        policy.check_deploy("default", deploy_request(token, sealed_env=other, sender_xkey=sender.public))
-    assert policy.check_deploy(
-        "default", deploy_request(token, sealed_env=sealed, sender_xkey=sender.public)) == issuer.public_key.decode()

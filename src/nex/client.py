@@ -157,8 +157,10 @@ class _ReplyInbox:
 class NexClient:
     """Requests to the nodes of one namespace over a connected nats-py client.
 
-    With ``keys`` every DEPLOY and UNDEPLOY carries a claim signed by ``keys.issuer``,
-    and a deploy's env travels sealed to the target node's xkey (docs/security.md).
+    With ``keys`` every control request that changes something (DEPLOY, UNDEPLOY,
+    LAMEDUCK) and every AUCTION carries a claim signed by ``keys.issuer`` in its
+    ``Nex-Claim`` header, bound to its subject and body, and a deploy's env travels
+    sealed to the target node's xkey (docs/security.md).
     """
 
     def __init__(self, nc: Client, namespace: str = subjects.DEFAULT_NAMESPACE, timeout: float = 5.0,
@@ -230,7 +232,7 @@ class NexClient:
 
     async def lameduck(self, node_id: str) -> LameDuckResponse:
         return await self._request(
-            subjects.LAMEDUCK, _target(node_id, "node id"), LameDuckResponse, NodeNotFound
+            subjects.LAMEDUCK, _target(node_id, "node id"), LameDuckResponse, NodeNotFound, signed=True,
         )
 
     async def pick_node(self, type: WorkloadType | str) -> str:
@@ -267,7 +269,8 @@ class NexClient:
         """Every node's answer to an auction, a bid or a decline, within ``wait`` seconds
         (or as soon as ``expected`` nodes have answered)."""
         body = request.model_dump_json(exclude_none=True).encode()
-        return await self._gather(subjects.AUCTION, AuctionReply, wait, expected, body)
+        return await self._gather(subjects.AUCTION, AuctionReply, wait, expected, body,
+                                  headers=self._claim_header(self._subject(subjects.AUCTION), body))
 
     async def live_node_count(self) -> int | None:
         """How many nodes the NEX_NODES registry lists now; None without a registry (or an empty one)."""
@@ -332,47 +335,37 @@ class NexClient:
         key; looked up with a PING when not given).
         """
         _deploy_target(target)
-        if self.keys is not None:
-            request = await self._sealed_and_signed(target, request, xkey)
+        if self.keys is not None and request.env:
+            request = await self._sealed(target, request, xkey)
         try:
             return await self._request(
                 subjects.DEPLOY, target, WorkloadSummary, _deploy_target_not_found,
-                body=request.model_dump_json(exclude_none=True).encode(),
+                body=request.model_dump_json(exclude_none=True).encode(), signed=True,
             )
         except NotFound as exc:
             if "." in target and not isinstance(exc, BidNotFound):  # the node refused the bid
                 raise BidNotFound(target) from None
             raise
 
-    async def _sealed_and_signed(self, target: str, request: DeployRequest, xkey: str | None) -> DeployRequest:
-        update: dict[str, Any] = {}
-        if request.env:
-            node_xkey = xkey
-            node_id = target.partition(".")[0]  # a bid's id starts with its node's
-            if node_xkey is None:
-                node_xkey = (await self.ping_node(node_id)).xkey
-            if node_xkey is None:
-                raise Unavailable(f"node {node_id} publishes no xkey: cannot seal env to it")
-            update = {"env": {}, "sealed_env": seal_env(request.env, self.keys.xkey, node_xkey),
-                      "sender_xkey": self.keys.xkey.public}
-        claim = claims.deploy_claim(
-            self.keys.issuer_public, self.namespace, request.name, request.artifact.sha256, time.time(),
-            sealed_env=update.get("sealed_env"))
-        update["claim"] = claims.sign(claim, self.keys.issuer)
-        return request.model_copy(update=update)
+    async def _sealed(self, target: str, request: DeployRequest, xkey: str | None) -> DeployRequest:
+        """The request with its env sealed to the target node's xkey."""
+        node_xkey = xkey
+        node_id = target.partition(".")[0]  # a bid's id starts with its node's
+        if node_xkey is None:
+            node_xkey = (await self.ping_node(node_id)).xkey
+        if node_xkey is None:
+            raise Unavailable(f"node {node_id} publishes no xkey: cannot seal env to it")
+        return request.model_copy(update={
+            "env": {}, "sealed_env": seal_env(request.env, self.keys.xkey, node_xkey),
+            "sender_xkey": self.keys.xkey.public})
 
     async def undeploy(self, workload_id: str, grace_ms: int | None = None) -> UndeployResponse:
-        token = None
-        if self.keys is not None:
-            claim = claims.undeploy_claim(
-                self.keys.issuer_public, self.namespace, _target(workload_id, "workload id"), time.time())
-            token = claims.sign(claim, self.keys.issuer)
-        body = UndeployRequest(grace_ms=grace_ms, claim=token).model_dump_json(exclude_none=True).encode()
+        body = UndeployRequest(grace_ms=grace_ms).model_dump_json(exclude_none=True).encode()
         # The node answers once the workload is gone: after its grace period (and a SIGKILL) at worst.
         grace_s = DEFAULT_STOP_GRACE_S if grace_ms is None else grace_ms / 1000
         return await self._request(
             subjects.UNDEPLOY, _target(workload_id, "workload id"), UndeployResponse, WorkloadNotFound,
-            body=body, timeout=self.timeout + grace_s,
+            body=body, timeout=self.timeout + grace_s, signed=True,
         )
 
     async def workloads(
@@ -613,14 +606,22 @@ class NexClient:
     def _subject(self, verb: str, target: str | None = None) -> str:
         return subjects.control(self.namespace, verb, target)
 
+    def _claim_header(self, subject: str, body: bytes) -> dict[str, str] | None:
+        """The ``Nex-Claim`` header for sending ``body`` to ``subject``; None without keys."""
+        if self.keys is None:
+            return None
+        return {claims.CLAIM_HEADER: claims.sign_request(self.keys.issuer, subject, body, time.time())}
+
     async def _request(
         self, verb: str, target: str, model: type[M], not_found: Callable[[str], NexError],
-        body: bytes = b"", timeout: float | None = None,
+        body: bytes = b"", timeout: float | None = None, signed: bool = False,
     ) -> M:
+        """One control request; ``signed``: with a claim, when the client has keys."""
         subject = self._subject(verb, target)
         timeout = self.timeout if timeout is None else timeout
+        headers = self._claim_header(subject, body) if signed else None
         try:
-            msg = await self.nc.request(subject, body, timeout=timeout)
+            msg = await self.nc.request(subject, body, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError:
             raise not_found(target) from None
         except nats.errors.TimeoutError:
@@ -628,12 +629,12 @@ class NexClient:
         return _decode(msg, model, subject)
 
     async def _gather(self, verb: str, model: type[M], wait: float, expected: int | None,
-                      body: bytes = b"") -> list[M]:
+                      body: bytes = b"", headers: dict[str, str] | None = None) -> list[M]:
         """Scatter a request to every node and collect the replies that come within ``wait``."""
         subject = self._subject(verb)
         inbox, arriving = await self._replies.open()
         try:
-            await self.nc.publish(subject, body, reply=inbox)
+            await self.nc.publish(subject, body, reply=inbox, headers=headers)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
             replies: list[M] = []

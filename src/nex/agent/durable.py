@@ -15,7 +15,8 @@ the work. For each message:
 3. Otherwise it runs through the function's own call path (the thread the sync calls
    use). Success: the key is recorded with ``create`` (compare-and-set: one completion
    record per key however many copies raced), the result is published on the
-   ``Nex-Reply-To`` subject if there is one, and the message is acked. Failure: a
+   ``Nex-Reply-To`` subject if there is one (with the invocation's ``Nex-Hop`` plus one,
+   :mod:`nex.api.hops`), and the message is acked. Failure: a
    ``nak`` with the delay ``backoff_ms * 2**(attempt-1)`` capped at ``max_backoff_ms``;
    after the last attempt the message goes to the dead-letter stream ``NEX_DLQ``
    (subject ``$NEX.DLQ.<ns>.<name>``, headers naming the subject, key, attempts and
@@ -47,10 +48,9 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 
 from nex.agent import protocol
 from nex.agent.engine import Outcome
-from nex.agent.hostservices import subject_matches
 from nex.api import subjects
 from nex.api.errors import BadRequest, FunctionError
-from nex.security.natsauth import RESERVED, app_subjects
+from nex.api.hops import LOOP, hop_of, onward
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ class TriggerConflict(BadRequest):
 class RunsCalls(Protocol):
     """What the runner needs of a loaded function."""
 
-    async def run_async(self, subject: str, payload: bytes, traceparent: str | None = None) -> Outcome: ...
+    async def run_async(self, subject: str, payload: bytes, traceparent: str | None = None,
+                        hop: int = 0) -> Outcome: ...
 
     def emit_dead_lettered(self, data: dict[str, Any]) -> None: ...
 
@@ -89,14 +90,11 @@ def done_key(namespace: str, name: str, key: str) -> str:
 
 
 def reply_allowed(namespace: str, triggers: list[str], subject: str) -> bool:
-    """The host-services rule for publishing: the namespace's subjects or the function's triggers,
-    never a reserved subject, no wildcards."""
-    tokens = subject.split(".")
-    if not subject or "" in tokens or "*" in tokens or ">" in tokens or any(c.isspace() for c in subject):
-        return False
-    if any(subject_matches(reserved, subject) for reserved in RESERVED):
-        return False
-    return any(subject_matches(allowed, subject) for allowed in [app_subjects(namespace), *triggers])
+    """Whether a Nex-Reply-To may be published on: only where the function itself may publish
+    (:meth:`nex.api.subjects.WorkloadScope.may_publish`). Not an inbox: an async message is not
+    a request the function received, and a reply-to under ``_INBOX.>`` could answer anyone's
+    pending request (a control request's, say) in the function's name."""
+    return subjects.WorkloadScope.of(namespace, triggers).may_publish(subject)
 
 
 @dataclass
@@ -197,7 +195,7 @@ class DurableRunner:
         self._js = nc.jetstream()
         self._function = function
         self._spec = spec
-        self._triggers = [t.subject for t in spec.triggers]
+        self._scope = subjects.WorkloadScope.of(spec.namespace, (t.subject for t in spec.triggers))
         self._retry = {t.subject: t.retry or protocol.RetrySettings() for t in triggers}
         self._done = shared.done
         self._subscription = subscription
@@ -315,7 +313,7 @@ class DurableRunner:
                                   " stopped before it answered", "lost")
             await self._dead_letter(msg, key, attempt - 1, error)
             return
-        outcome = await self._function.run_async(msg.subject, msg.data, headers.get("traceparent"))
+        outcome = await self._function.run_async(msg.subject, msg.data, headers.get("traceparent"), hop_of(headers))
         if outcome.error is None:
             try:
                 await self._done.create(record, str(meta.sequence.stream).encode())
@@ -325,7 +323,7 @@ class DurableRunner:
                 log.warning("function %s: recording key %r: %s", self._spec.workload_id, key, exc)
             await self._reply(headers, outcome.data, None)
             await msg.ack()
-        elif attempt >= retry.max_attempts:
+        elif attempt >= retry.max_attempts or outcome.error.kind == LOOP:  # a loop fails the same way again
             await self._dead_letter(msg, key, attempt, outcome.error)
         else:
             await msg.nak(delay=backoff_s(retry, attempt))
@@ -365,8 +363,9 @@ class DurableRunner:
         reply_to = headers.get(subjects.REPLY_TO_HEADER)
         if not reply_to:
             return
-        if not reply_allowed(self._spec.namespace, self._triggers, reply_to):
-            log.warning("function %s: %s %r is outside the function's subjects: no reply",
-                        self._spec.workload_id, subjects.REPLY_TO_HEADER, reply_to)
+        problem = self._scope.publish_problem(reply_to, "function")
+        if problem is not None:
+            log.warning("function %s: no reply on %s %r: %s", self._spec.workload_id,
+                        subjects.REPLY_TO_HEADER, reply_to, problem)
             return
-        await self._nc.publish(reply_to, data, headers=reply_headers)
+        await self._nc.publish(reply_to, data, headers=onward(reply_headers, hop_of(headers)))

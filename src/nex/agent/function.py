@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,7 +36,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-from nex.agent import protocol
+from nex.agent import hops, protocol
 from nex.agent.admission import OVERLOADED, ConcurrencyLimit
 from nex.agent.durable import DurableRunner
 from nex.agent.events import EventFeed
@@ -44,8 +45,9 @@ from nex.agent.schedule import Schedule
 from nex.agent.tracing import Propagation, Tracing
 from nex.agent.worker import ContextThread
 from nex.api import subjects
-from nex.api.errors import FunctionError
+from nex.api.errors import FunctionError, NexError
 from nex.api.events import EventEncoder, EventType
+from nex.api.hops import MAX_HOPS, hop_of, loop_error, past_limit
 from nex.api.tracecontext import TRACEPARENT
 from nex.connection import flush_subscriptions
 
@@ -79,6 +81,7 @@ class LoadedFunction:
         self._memory_bytes = 0
         self._memory_read_after = -1  # self.invocations when _memory_bytes was read
         self._subscriptions: list[Subscription] = []
+        self._scope = subjects.WorkloadScope.of(spec.namespace, (t.subject for t in spec.triggers))
         self._unloaded = False  # past the grace period of unload: what still arrives is dropped
         self._late_drains: set[asyncio.Future] = set()
         self._durable: DurableRunner | None = None  # async triggers (nex.agent.durable)
@@ -100,6 +103,10 @@ class LoadedFunction:
                          EventEncoder(EventType.FUNCTION_INVOKED, node_id, spec.workload_id, static))
         self._failed = (subjects.events(spec.namespace, EventType.FUNCTION_FAILED.value),
                         EventEncoder(EventType.FUNCTION_FAILED, node_id, spec.workload_id, static))
+        self._loop = (subjects.events(spec.namespace, EventType.INVOCATION_LOOP.value),
+                      EventEncoder(EventType.INVOCATION_LOOP, node_id, spec.workload_id, static))
+        host_services = getattr(engine, "host_services", None)
+        self._max_hops = host_services.settings.max_hops if host_services is not None else MAX_HOPS
         self._log_subjects = {stream: subjects.logs(spec.namespace, spec.workload_id, stream)
                               for stream in subjects.LOG_STREAMS}
 
@@ -203,13 +210,16 @@ class LoadedFunction:
         if durable is not None:
             await durable.stop(grace)
 
-    async def run_async(self, subject: str, payload: bytes, traceparent: str | None = None) -> Outcome:
+    async def run_async(self, subject: str, payload: bytes, traceparent: str | None = None,
+                        hop: int = 0) -> Outcome:
         """One async invocation (nex.agent.durable), down the sync calls' path: counted, logged and
         reported the same way; the durable runner acks it and publishes any reply."""
+        if past_limit(hop, self._max_hops):
+            return Outcome(error=self._refuse_loop(subject, hop))
         if self._parallel is not None:
-            pending = asyncio.wrap_future(self._parallel.submit(self._invoke, subject, payload, traceparent))
+            pending = asyncio.wrap_future(self._parallel.submit(self._invoke, subject, payload, traceparent, hop))
         else:
-            pending = self._thread.call(self._invoke, subject, payload, traceparent)
+            pending = self._thread.call(self._invoke, subject, payload, traceparent, hop)
         try:
             outcome = await pending
         except Exception as exc:  # a bug of the agent: a failed attempt, retried
@@ -249,6 +259,15 @@ class LoadedFunction:
     async def _on_message(self, msg: Msg) -> None:
         if self._unloaded:
             return
+        if msg.reply and not self._scope.may_answer(msg.reply):
+            # The agent's connection may publish anywhere: a reply on $JS.API... would be its request.
+            log.warning("function %s: call on %s dropped: it asks for a reply on %r, where no workload"
+                        " may answer", self.spec.workload_id, msg.subject, msg.reply)
+            return
+        hop = hop_of(msg.headers)
+        if past_limit(hop, self._max_hops):
+            await self._send_refusal(msg, self._refuse_loop(msg.subject, hop))
+            return
         if self._limit is not None:
             if not self._limit.try_enter():
                 await self._refuse(msg)
@@ -261,31 +280,44 @@ class LoadedFunction:
         traceparent = msg.headers.get(TRACEPARENT) if msg.headers else None
         if self._parallel is not None:
             # Answered by its own task as soon as it ends; _answer only waits for it (see unload).
-            pending = asyncio.wrap_future(self._parallel.submit(self._invoke, msg.subject, msg.data, traceparent))
+            pending = asyncio.wrap_future(self._parallel.submit(self._invoke, msg.subject, msg.data, traceparent, hop))
             self._in_flight.put_nowait((None, asyncio.ensure_future(self._complete(msg, pending))))
             return
-        self._in_flight.put_nowait((msg, self._thread.call(self._invoke, msg.subject, msg.data, traceparent)))
+        self._in_flight.put_nowait((msg, self._thread.call(self._invoke, msg.subject, msg.data, traceparent, hop)))
+
+    async def _send_refusal(self, msg: Msg, error: NexError) -> None:
+        if not msg.reply:
+            return
+        payload, headers = error.encode()
+        try:
+            await self._nc.publish(msg.reply, payload, headers=headers)
+        except NatsError as exc:
+            log.warning("function %s: could not refuse on %s: %s", self.spec.workload_id, msg.subject, exc)
+
+    def _refuse_loop(self, subject: str, hop: int) -> FunctionError:
+        """A message past the hop limit (nex.api.hops): not run, counted as a failed call, reported."""
+        self.invocations += 1
+        self.errors += 1
+        self._events.emit(*self._loop, {"subject": subject, "hop": hop, "limit": self._max_hops})
+        return loop_error(hop, self._max_hops)
 
     async def _refuse(self, msg: Msg) -> None:
         """Answer a call past max_concurrency with a 429 at once: it never reaches the sandbox."""
         assert self._limit is not None
         error = self._limit.refusal()
-        if msg.reply:
-            payload, headers = error.encode()
-            try:
-                await self._nc.publish(msg.reply, payload, headers=headers)
-            except NatsError as exc:
-                log.warning("function %s: could not refuse on %s: %s", self.spec.workload_id, msg.subject, exc)
+        await self._send_refusal(msg, error)
         self._events.emit(*self._failed, {"subject": msg.subject, "duration_ms": 0.0, "error": error.message,
                                           "kind": OVERLOADED})
 
-    def _invoke(self, subject: str, payload: bytes, traceparent: str | None = None) -> Outcome:
-        # On the function's thread: the host calls of the invocation see its span there.
+    def _invoke(self, subject: str, payload: bytes, traceparent: str | None = None, hop: int = 0) -> Outcome:
+        # On the function's thread: the host calls of the invocation see its span and hop there.
         self._tracing.begin(traceparent, self._span_name, self._span_attributes)
+        hops.begin(hop)
         outcome: Outcome | None = None
         try:
             outcome = self._sandbox.invoke(subject, payload)
         finally:
+            hops.end()
             error = outcome.error if outcome is not None else FunctionError("the call failed in the agent")
             self._tracing.end(error.message if error is not None else None)
         return outcome
@@ -331,6 +363,11 @@ class LoadedFunction:
         self.latency_buckets[bisect.bisect_left(protocol.LATENCY_BOUNDS_MS, outcome.duration_ms)] += 1
         self.latency_sum_ms += outcome.duration_ms
         data = {"subject": msg.subject, "duration_ms": outcome.duration_ms}
+        if outcome.error is None and msg.reply and len(outcome.data) > self._nc.max_payload:
+            # Sent as it is, the publish fails here and the caller waits for its time-out.
+            outcome = dataclasses.replace(outcome, data=b"", error=FunctionError(
+                f"the result is {len(outcome.data)} bytes, over the NATS server's max_payload of"
+                f" {self._nc.max_payload}"))
         if outcome.error is None:
             if msg.reply:
                 await self._nc.publish(msg.reply, outcome.data)

@@ -15,8 +15,9 @@ Scope: the agent's connection may do anything, so the scope is enforced here.
   Reads of a bucket that does not exist find nothing; the first write creates it
   with the node's replicas.
 - Messaging: the namespace's subjects ``nex.<ns>.>`` and the function's own
-  trigger subjects, never a reserved one (the rule of workload credentials,
-  :func:`nex.security.natsauth.workload_permissions`).
+  trigger subjects, never a reserved one: :class:`nex.api.subjects.WorkloadScope`,
+  the rule of workload credentials too.
+- Every message sent carries the invocation's hop plus one (:mod:`nex.api.hops`).
 - HTTP: the methods and hosts the node's config allows; no host by default.
   Redirects are not followed (a redirect could leave the allowed hosts).
 
@@ -43,10 +44,10 @@ from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as N
 from nats.js import api
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 
-from nex.agent import protocol
+from nex.agent import hops, protocol
 from nex.agent.tracing import Propagation, Tracing
 from nex.api.errors import NexError
-from nex.security.natsauth import RESERVED, app_subjects
+from nex.api.subjects import WorkloadScope
 
 T = TypeVar("T")
 
@@ -101,17 +102,6 @@ def kv_bucket(namespace: str, bucket: str) -> str:
 def object_bucket(namespace: str, bucket: str) -> str:
     """The JetStream object store behind ``nex.objects(bucket)`` in ``namespace``."""
     return f"{OBJECTS_PREFIX}_{namespace}_{_check_bucket(bucket)}"
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS matching of a literal subject against a pattern with ``*`` and ``>``."""
-    want, have = pattern.split("."), subject.split(".")
-    for index, token in enumerate(want):
-        if token == ">":
-            return len(have) > index
-        if index >= len(have) or (token != "*" and token != have[index]):
-            return False
-    return len(want) == len(have)
 
 
 def host_allowed(host: str, allowed: list[str]) -> bool:
@@ -262,7 +252,7 @@ class FunctionHost:
     def __init__(self, services: HostServices, namespace: str, triggers: list[str], timeout_ms: int) -> None:
         self.namespace = namespace
         self._services = services
-        self._subjects = [app_subjects(namespace), *dict.fromkeys(triggers)]
+        self.scope = WorkloadScope.of(namespace, triggers)
         self._invocation_s = timeout_ms / 1000
         # The deadline of the invocation on each thread: a wasm function with max_concurrency
         # runs several invocations at once, each on a thread of its own.
@@ -317,7 +307,7 @@ class FunctionHost:
         _check_size("the message", data, MAX_VALUE_BYTES)
         checked = _check_headers(headers)
         with self._services.tracing.host_call(f"publish {subject}", {"messaging.destination.name": subject}) as trace:
-            checked = _traced(checked, trace)
+            checked = hops.outgoing(_traced(checked, trace))
             self._run("publish", lambda _: self._services.publish(subject, data, checked), None)
 
     def request(self, subject: str, data: bytes, headers: dict[str, str] | None = None,
@@ -326,7 +316,7 @@ class FunctionHost:
         _check_size("the message", data, MAX_VALUE_BYTES)
         checked = _check_headers(headers)
         with self._services.tracing.host_call(f"request {subject}", {"messaging.destination.name": subject}) as trace:
-            checked = _traced(checked, trace)
+            checked = hops.outgoing(_traced(checked, trace))
             return self._run("request", lambda budget: self._services.request(subject, data, checked, budget),
                              timeout)
 
@@ -400,10 +390,9 @@ class FunctionHost:
             raise HostError(INVALID, f"invalid subject {subject!r}")
         if "*" in subject.split(".") or ">" in subject.split("."):
             raise HostError(INVALID, f"cannot publish to {subject}: a subject with wildcards")
-        if any(subject_matches(reserved, subject) for reserved in RESERVED):
-            raise HostError(DENIED, f"{subject} is a reserved subject")
-        if not any(subject_matches(allowed, subject) for allowed in self._subjects):
-            raise HostError(DENIED, f"{subject} is outside the function's subjects ({', '.join(self._subjects)})")
+        problem = self.scope.publish_problem(subject, "function")
+        if problem is not None:
+            raise HostError(DENIED, problem)
 
 
 def _http_exchange(method: str, url: str, body: bytes, headers: dict[str, str], timeout: float) -> Reply:

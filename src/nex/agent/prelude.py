@@ -25,7 +25,9 @@ Console lines are a flat list of stream (0 stdout, 1 stderr) and text pairs.
 
 Strings cross the binding as NUL-terminated UTF-8, so a payload's 0x00 bytes
 arrive as U+0100 (a Uint8Array store keeps the low byte) and results that hold
-NUL go back JSON-escaped.
+NUL go back JSON-escaped. Every string an entry point returns is flattened first:
+QuickJS-ng keeps a long concatenation as a rope, which the binding cannot read
+("Unknown quickjs tag: -6"), and ``slice(0)`` makes it one string again.
 """
 
 PRELUDE = r"""
@@ -36,6 +38,10 @@ PRELUDE = r"""
   const stringify = JSON.stringify;
   const fromCharCode = String.fromCharCode;
   const isView = ArrayBuffer.isView;
+  // flat(text) is text.slice(): a rope becomes one string (see the docstring). Bound here, so
+  // that a function that replaces String.prototype.slice cannot change what the agent reads;
+  // it allocates nothing for a string that is flat already (a full heap is no problem then).
+  const flat = Function.prototype.call.bind(String.prototype.slice);
 
   let lines = [];
   let dropped = 0;
@@ -183,7 +189,8 @@ PRELUDE = r"""
       const what = fn === null ? "null" : typeof fn;
       throw new TypeError(`the script must evaluate to a function (subject, payload), not to ${what}`);
     }
-    return (subject, payload) => {
+    return (subject, payload) => flat(call(subject, payload));
+    function call(subject, payload) {
       let result;
       try {
         result = fn(subject, toBytes(payload));
@@ -203,21 +210,21 @@ PRELUDE = r"""
         return withLines("p");
       }
       return withLines(encodeResult(result));
-    };
+    }
   };
   const settle = () => {
     if (hostQueue.length) return "q";  // host calls to perform first, even past the result
     const encoded = pending && pending.done ? pending.encoded : "p";
     if (encoded !== "p") pending = null;
-    return encoded === "x" ? encoded : withLines(encoded);
+    return flat(encoded === "x" ? encoded : withLines(encoded));
   };
   const describeCaught = () => {
     const error = caught;
     caught = undefined;
-    return withLines("e" + describe(error));
+    return flat(withLines("e" + describe(error)));
   };
-  const logs = () => stringify(takeLines());
-  const entries = { bind, settle, logs, caught: describeCaught, hostTake, hostGive };
+  const logs = () => flat(stringify(takeLines()));
+  const entries = { bind, settle, logs, caught: describeCaught, hostTake: () => flat(hostTake()), hostGive };
   return (name) => entries[name];
 })
 """

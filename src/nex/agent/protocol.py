@@ -20,6 +20,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from nex.api.hops import MAX_HOPS, MAX_HOPS_LIMIT
+
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
 # The environment of an agent process: its NATS ConnectOptions as JSON, its node's id,
@@ -50,6 +52,7 @@ class HostSettings(_Message):
     http_allow_hosts: list[str] = Field(default_factory=list, description="exact host or *.domain; none: no HTTP")
     http_allow_methods: list[str] = Field(default_factory=lambda: list(HTTP_METHODS))
     otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP base URL: spans of invocations go there")
+    max_hops: int = Field(default=MAX_HOPS, ge=1, le=MAX_HOPS_LIMIT, description="see nex.api.hops")
 
 
 class RetrySettings(_Message):

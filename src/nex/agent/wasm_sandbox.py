@@ -36,12 +36,17 @@ percent (fuel costs much more, and counts instructions, not time). A call is
 stopped between ``timeout`` and ``timeout + EPOCH_TICK_S``; a call blocked in the
 host (WASI's ``poll_oneoff`` sleeping) is not interrupted until it comes back.
 
-Memory limit: the store's limiter refuses to grow linear memory past the limit
-(``memory.grow`` returns -1, so malloc returns NULL). wasmtime does not report that
-refusal, so a call that traps with at least ``OUT_OF_MEMORY_SHARE`` of the limit in
-use is reported as out of memory: a module that cannot allocate aborts (C's
-abort(), Rust's handle_alloc_error), which is a trap, and allocators grow memory
-in chunks, so the failed grow leaves some of the limit unused.
+Memory limit: the function's limit is shared among its linear memory and its
+tables, and its store may hold only so many instances, tables and memories
+(:mod:`nex.agent.wasm_limits`). The store's limiter refuses to grow linear memory or
+a table past its share (``memory.grow`` and ``table.grow`` return -1, so malloc returns
+NULL). wasmtime does not report that refusal, so a call that traps with at least
+``OUT_OF_MEMORY_SHARE`` of the linear memory, or of an exported table, in use is
+reported as out of memory: a module that cannot allocate aborts (C's abort(), Rust's
+handle_alloc_error), which is a trap, and allocators grow memory in chunks, so the
+failed grow leaves some of the limit unused. A module whose initial memory or tables
+do not fit cannot be instantiated, and says so. The wasm GC and exceptions proposals
+are off: their objects would live in a heap of their own, beside the limit.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from nex.agent.host_wasm import WasmHost
 from nex.agent.hostservices import FunctionHost, HostServices
 from nex.agent.module_cache import ModuleCache
 from nex.agent.protocol import ENV_CACHE_DIR
+from nex.agent.wasm_limits import StoreLimits
 from nex.api.errors import FunctionError
 
 log = logging.getLogger(__name__)
@@ -157,6 +163,10 @@ class WasmEngine:
         config = wasmtime.Config()
         config.epoch_interruption = True
         config.max_wasm_stack = WASM_STACK_BYTES
+        # Their objects live in wasmtime's GC heap, which the store limits bound only
+        # separately from linear memory (see nex.agent.wasm_limits): off.
+        config.wasm_gc = False
+        config.wasm_exceptions = False
         self._engine = wasmtime.Engine(config)
         self.modules = ModuleCache(self._engine, cache_dir)
         self._ticker = EpochTicker(self._engine, EPOCH_TICK_S)
@@ -201,12 +211,13 @@ class _Instance:
 
     __slots__ = ("store", "wasi", "stdout", "stderr", "instance", "start")
 
-    def __init__(self, engine: wasmtime.Engine, memory_bytes: int, deadline_ticks: int,
+    def __init__(self, engine: wasmtime.Engine, limits: StoreLimits, deadline_ticks: int,
                  env: list[tuple[str, str]]) -> None:
         self.stdout = _Reply(MAX_REPLY_BYTES)
         self.stderr = _LogLines("stderr")
         self.store = wasmtime.Store(engine)
-        self.store.set_limits(memory_size=memory_bytes)
+        self.store.set_limits(memory_size=limits.memory_size, table_elements=limits.table_elements,
+                              instances=limits.instances, tables=limits.tables, memories=limits.memories)
         # Also bounds a start section run by the instantiation (the warmer's or a call's).
         self.store.set_epoch_deadline(deadline_ticks)
         self.wasi = wasmtime.WasiConfig()
@@ -252,6 +263,7 @@ class WasmSandbox:
         self._env = list(load.env.items())
         self._timeout_ms = load.timeout_ms
         self._memory_bytes = load.memory_bytes
+        self._limits = StoreLimits.for_memory(load.memory_bytes)
         self._deadline_ticks = math.ceil(load.timeout_ms / 1000 / EPOCH_TICK_S) + 1
         self._memory_used = 0
         self._warmer = warmer if warm_instances > 0 else None
@@ -289,10 +301,14 @@ class WasmSandbox:
             error = call.stdout.error if exited.code == 0 else FunctionError(f"exited with code {exited.code}", EXIT)
         except wasmtime.Trap as trap:
             error = self._trap_error(trap, self._memory_at_limit(store, call.instance))
-        except wasmtime.WasmtimeError as exc:  # instantiation: its initial memory is over the limit
+        except wasmtime.WasmtimeError as exc:  # instantiation: its initial memory or tables are over the limit
             message = _one_line(exc)
-            kind = OUT_OF_MEMORY if "limit" in message else ERROR
-            error = FunctionError(f"cannot instantiate the module: {message}", kind)
+            if "limit" in message:
+                error = FunctionError(f"cannot instantiate the module: {message} (under the limit of"
+                                      f" {self._memory_bytes} bytes it may hold {self._limits.describe()})",
+                                      OUT_OF_MEMORY)
+            else:
+                error = FunctionError(f"cannot instantiate the module: {message}", ERROR)
         self._memory_used = self._linear_memory(store, call.instance)
         # Its output is all collected by now (wasmtime writes it during the call): the
         # store can be freed after the reply, by the warmer.
@@ -354,7 +370,7 @@ class WasmSandbox:
         return warm
 
     def _new_instance(self) -> _Instance:
-        return _Instance(self._engine, self._memory_bytes, self._deadline_ticks, self._env)
+        return _Instance(self._engine, self._limits, self._deadline_ticks, self._env)
 
     def _trap_error(self, trap: wasmtime.Trap, memory_at_limit: bool) -> FunctionError:
         if trap.trap_code == wasmtime.TrapCode.INTERRUPT:
@@ -366,7 +382,14 @@ class WasmSandbox:
         return FunctionError(message, ERROR)
 
     def _memory_at_limit(self, store: wasmtime.Store, instance: wasmtime.Instance | None) -> bool:
-        return self._linear_memory(store, instance) >= OUT_OF_MEMORY_SHARE * self._memory_bytes
+        if self._linear_memory(store, instance) >= OUT_OF_MEMORY_SHARE * self._limits.memory_size:
+            return True
+        if instance is None:
+            return False
+        # Only the tables it exports can be seen from here (C modules usually export none).
+        return any(isinstance(export, wasmtime.Table)
+                   and export.size(store) >= OUT_OF_MEMORY_SHARE * self._limits.table_elements
+                   for export in instance.exports(store).by_index)
 
     @staticmethod
     def _linear_memory(store: wasmtime.Store, instance: wasmtime.Instance | None) -> int:

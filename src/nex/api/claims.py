@@ -1,6 +1,7 @@
-"""Signed claims: who asks for a DEPLOY or UNDEPLOY, and for exactly what. Pure, no I/O.
+"""Signed claims: who asks for a control request, and for exactly which bytes. Pure, no I/O.
 
-A claim is three base64url parts (no padding) joined by dots, as NATS JWTs are::
+A claim travels in the ``Nex-Claim`` header of a control request. It is three
+base64url parts (no padding) joined by dots, as NATS JWTs are::
 
     base64url(header) "." base64url(payload) "." base64url(signature)
 
@@ -10,6 +11,13 @@ the ASCII bytes ``header "." payload`` (the first two parts as sent). The issuer
 is an account nkey (``A...``), the key type that issues JWTs in NATS; the
 signer is the ``iss`` of the payload, so a claim verifies on its own and the
 node then decides whether it trusts that issuer.
+
+A claim binds the whole request: ``sub`` is the exact subject it is sent to
+(namespace, verb and target: the node, the bid, the workload) and
+``body_sha256`` the sha256 of the body bytes as sent. Nothing of a signed
+request can change in flight, and it is good for one subject only: a deploy
+signed for one node or bid is refused by every other. Any language signs the
+bytes it sends; there is no canonical form to reproduce.
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import secrets
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Annotated
 
 import nkeys
@@ -30,8 +39,9 @@ from pydantic import Field, ValidationError, model_validator
 from nex.api.errors import BadSignature, ClaimExpired, MalformedClaim
 from nex.api.keys import PREFIX_ACCOUNT, KeyDecodeError, decode_public
 from nex.api.models import Strict, describe_validation_error
-from nex.api.subjects import TOKEN_PATTERN
+from nex.api.subjects import SVC_PREFIX
 
+CLAIM_HEADER = "Nex-Claim"
 HEADER = {"typ": "nex-claim", "alg": "ed25519-nkey"}
 MAX_CLAIM_BYTES = 4096
 CLOCK_SKEW_S = 30
@@ -40,39 +50,46 @@ DEFAULT_LIFETIME_S = 300
 ISSUER_PREFIX = "A"
 
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-
-
-class ClaimOp(StrEnum):
-    DEPLOY = "deploy"
-    UNDEPLOY = "undeploy"
+# $NEX.SVC.<ns>.control.<VERB>[.<target>...]: the subject a claim is good for.
+_CONTROL_SUBJECT = re.escape(SVC_PREFIX) + r"\.[A-Za-z0-9_-]{1,64}\.control\.[A-Z]{1,16}(\.[A-Za-z0-9_-]{1,64}){0,2}"
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class Claim(Strict):
     """The signed payload. Times are seconds since the epoch (UTC)."""
 
-    jti: str = Field(pattern=r"^[A-Za-z0-9_-]{16,64}$", description="unique id; a node accepts it once")
+    jti: str = Field(pattern=r"^[A-Za-z0-9_-]{16,64}$", description="unique id; accepted once in the fleet")
     iss: str = Field(pattern=r"^A[A-Z2-7]{55}$", description="the issuer's account nkey public key")
     iat: int = Field(ge=0, description="issued at; also not-before")
     exp: int = Field(ge=0, description="expires at")
-    op: ClaimOp
-    namespace: str = Field(pattern=TOKEN_PATTERN)
-    name: str | None = Field(default=None, pattern=TOKEN_PATTERN, description="deploy: the workload name")
-    sha256: Hex64 | None = Field(default=None, description="deploy: the artifact's sha256")
-    sealed_env_sha256: Hex64 | None = Field(
-        default=None, description="deploy: sha256 of the request's sealed_env string, when it has one")
-    workload_id: str | None = Field(default=None, pattern=TOKEN_PATTERN, description="undeploy: the workload")
+    sub: str = Field(pattern=rf"^{_CONTROL_SUBJECT}$",
+                     description="the exact subject of the request: namespace, verb and target")
+    body_sha256: Hex64 = Field(description="sha256 of the request body bytes as sent (of b'' when empty)")
 
     @model_validator(mode="after")
-    def _fields_of_op(self) -> Claim:
+    def _times(self) -> Claim:
         if self.exp <= self.iat:
             raise ValueError("exp must be after iat")
         if self.exp - self.iat > MAX_LIFETIME_S:
             raise ValueError(f"a claim may live at most {MAX_LIFETIME_S} seconds")
-        if self.op == ClaimOp.DEPLOY and (self.name is None or self.sha256 is None):
-            raise ValueError("a deploy claim names the workload and the artifact's sha256")
-        if self.op == ClaimOp.UNDEPLOY and self.workload_id is None:
-            raise ValueError("an undeploy claim names the workload id")
         return self
+
+    @property
+    def verb(self) -> str:
+        return self.sub.split(".")[4]
+
+    @property
+    def namespace(self) -> str:
+        return self.sub.split(".")[2]
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """A control request as it arrived: the subject, the body bytes and the ``Nex-Claim`` header."""
+
+    subject: str
+    body: bytes
+    token: str | None = None
 
 
 def b64url_encode(data: bytes) -> str:
@@ -80,7 +97,7 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    if not text or any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for c in text):
+    if not text or not _BASE64URL.fullmatch(text):
         raise MalformedClaim("malformed claim: a part is not base64url")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
@@ -92,8 +109,8 @@ def new_jti() -> str:
     return secrets.token_urlsafe(18)
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def sign(claim: Claim, issuer: nkeys.KeyPair) -> str:
@@ -104,6 +121,18 @@ def sign(claim: Claim, issuer: nkeys.KeyPair) -> str:
     payload = b64url_encode(claim.model_dump_json(exclude_none=True).encode())
     signed = f"{header}.{payload}"
     return f"{signed}.{b64url_encode(issuer.sign(signed.encode()))}"
+
+
+def request_claim(issuer: str, subject: str, body: bytes, now: float, lifetime: int = DEFAULT_LIFETIME_S) -> Claim:
+    """The claim for sending ``body`` to ``subject``."""
+    return Claim(jti=new_jti(), iss=issuer, iat=int(now), exp=int(now) + lifetime, sub=subject,
+                 body_sha256=sha256_bytes(body))
+
+
+def sign_request(issuer: nkeys.KeyPair, subject: str, body: bytes, now: float,
+                 lifetime: int = DEFAULT_LIFETIME_S) -> str:
+    """The ``Nex-Claim`` header value for sending ``body`` to ``subject``, signed by ``issuer``."""
+    return sign(request_claim(issuer.public_key.decode(), subject, body, now, lifetime), issuer)
 
 
 def decode(token: str) -> Claim:
@@ -146,20 +175,3 @@ def check_time(claim: Claim, now: float, skew: float = CLOCK_SKEW_S) -> None:
         raise ClaimExpired(f"issued {claim.iat - now:.0f}s in the future")
     if now - skew > claim.exp:
         raise ClaimExpired(f"expired {now - claim.exp:.0f}s ago")
-
-
-def deploy_claim(issuer: str, namespace: str, name: str, sha256: str, now: float,
-                 sealed_env: str | None = None, lifetime: int = DEFAULT_LIFETIME_S) -> Claim:
-    return Claim(
-        jti=new_jti(), iss=issuer, iat=int(now), exp=int(now) + lifetime, op=ClaimOp.DEPLOY,
-        namespace=namespace, name=name, sha256=sha256,
-        sealed_env_sha256=sha256_text(sealed_env) if sealed_env else None,
-    )
-
-
-def undeploy_claim(issuer: str, namespace: str, workload_id: str, now: float,
-                   lifetime: int = DEFAULT_LIFETIME_S) -> Claim:
-    return Claim(
-        jti=new_jti(), iss=issuer, iat=int(now), exp=int(now) + lifetime, op=ClaimOp.UNDEPLOY,
-        namespace=namespace, workload_id=workload_id,
-    )

@@ -115,8 +115,12 @@ class ArtifactNotAllowed(Forbidden):
 
 
 class ForbiddenTrigger(BadRequest):
-    def __init__(self, subject: str, reserved: str) -> None:
-        super().__init__(f"trigger subject {subject!r} overlaps {reserved!r}, which workloads may not subscribe to")
+    """A trigger outside its workload's subjects: ``reserved`` is the pattern it overlaps, if that is why;
+    ``problem`` says why otherwise (another namespace's subjects, the node's namespace_subjects)."""
+
+    def __init__(self, subject: str, reserved: str | None = None, problem: str | None = None) -> None:
+        problem = problem or f"overlaps {reserved!r}, which workloads may not subscribe to"
+        super().__init__(f"trigger subject {subject!r} {problem}")
         self.subject, self.reserved = subject, reserved
 
 
@@ -169,6 +173,18 @@ class NotOwner(ClaimRejected):
     def __init__(self, workload_id: str) -> None:
         super().__init__(f"only the issuer that deployed workload {workload_id} or an admin may stop it")
         self.workload_id = workload_id
+
+
+class NotAdmin(ClaimRejected):
+    def __init__(self, verb: str) -> None:
+        super().__init__(f"only an admin issuer may send {verb} to this node")
+        self.verb = verb
+
+
+class NotBidder(ClaimRejected):
+    def __init__(self, bid_id: str) -> None:
+        super().__init__(f"bid {bid_id} was asked for by another issuer: only that issuer's deploy may use it")
+        self.bid_id = bid_id
 
 
 class Conflict(NexError):

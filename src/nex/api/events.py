@@ -30,6 +30,7 @@ class EventType(StrEnum):
     FUNCTION_INVOKED = "function_invoked"
     FUNCTION_FAILED = "function_failed"
     FUNCTION_DEAD_LETTERED = "function_dead_lettered"  # an async invocation failed max_attempts times
+    INVOCATION_LOOP = "invocation_loop"  # a message past the hop limit (nex.api.hops) was not run
     REQUEST_REJECTED = "request_rejected"
     APP_APPLIED = "app_applied"
     APP_DELETED = "app_deleted"

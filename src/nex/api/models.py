@@ -15,7 +15,7 @@ from croniter import CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nex.api.errors import BadRequest
-from nex.api.subjects import RESERVED_SUBJECTS, TOKEN_PATTERN, first_overlap, is_token
+from nex.api.subjects import RESERVED_SUBJECTS, TOKEN_PATTERN, first_overlap, is_literal, is_token
 
 MAX_REQUEST_BYTES = 256 * 1024
 DEFAULT_FUNCTION_TIMEOUT_MS = 5000
@@ -197,10 +197,25 @@ class HealthCheck(Strict):
 
     tcp: int | None = Field(default=None, ge=1, le=65535, description="a TCP port on 127.0.0.1 that must accept")
     nats: str | None = Field(default=None, min_length=1, max_length=256,
-                             description="a subject whose request must get a reply without an error header")
+                             description="a subject whose request must get a reply without an error header: "
+                                         "one the workload may publish on (its namespace's nex.<ns>.> or its "
+                                         "triggers, never a reserved subject)")
     interval_ms: int = Field(default=1000, ge=50, le=10 * 60 * 1000)
     timeout_ms: int = Field(default=1000, ge=10, le=60 * 1000)
     failures: int = Field(default=3, ge=1, le=100, description="consecutive failures before unhealthy")
+
+    @field_validator("nats")
+    @classmethod
+    def _plain_subject(cls, subject: str | None) -> str | None:
+        # The namespace's part of the rule is checked at deploy (nex.node.health.check_supported).
+        if subject is not None:
+            if not is_literal(subject):
+                raise ValueError(f"invalid health check subject {subject!r}: no wildcards, no whitespace")
+            reserved = first_overlap(subject, RESERVED_SUBJECTS)
+            if reserved is not None:
+                raise ValueError(f"health check subject {subject!r} is under {reserved!r}, which the node"
+                                 " never requests for a workload")
+        return subject
 
     @model_validator(mode="after")
     def _one_kind(self) -> HealthCheck:
@@ -246,8 +261,6 @@ class DeployRequest(Strict):
         description="base64 of the xkv1 box of the JSON env map, sealed to the node's xkey (docs/security.md)")
     sender_xkey: str | None = Field(
         default=None, pattern=r"^X[A-Z2-7]{55}$", description="the curve public key that sealed sealed_env")
-    claim: str | None = Field(
-        default=None, max_length=4096, description="signed claim, header.payload.signature (docs/security.md)")
     triggers: list[Trigger] = Field(default_factory=list, max_length=64)
     limits: Limits = Field(default_factory=Limits)
     network: NetworkMode | None = Field(
@@ -311,8 +324,6 @@ class WorkloadSummary(Strict):
 
 class UndeployRequest(Strict):
     grace_ms: int | None = Field(default=None, ge=0, le=10 * 60 * 1000)
-    claim: str | None = Field(
-        default=None, max_length=4096, description="signed claim, header.payload.signature (docs/security.md)")
 
 
 class NodePing(Strict):
@@ -456,6 +467,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"]) or "body"
+        if where == "claim" and err["type"] == "extra_forbidden":
+            problems.append("claim: a claim travels in the Nex-Claim header, not in the body (docs/security.md)")
+            continue
         problems.append(f"{where}: {err['msg']}")
     return "invalid request: " + "; ".join(problems)
 

@@ -7,6 +7,8 @@ Feeds: ``$NEX.FEED.<ns>.logs.<workload>.<stream>`` and ``$NEX.FEED.<ns>.events.<
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 SVC_PREFIX = "$NEX.SVC"
 FEED_PREFIX = "$NEX.FEED"
@@ -78,6 +80,7 @@ NODES_BUCKET = "NEX_NODES"  # key <node id>: NodeRecord; the bucket's TTL declar
 APPS_BUCKET = "NEX_APPS"  # key app.<ns>.<name>: AppRecord; key status.<ns>.<name>: AppStatus
 LEASES_BUCKET = "NEX_LEASES"  # key reconciler: ReconcilerLease; the bucket's TTL is the lease time
 RECONCILER_LEASE_KEY = "reconciler"
+CLAIMS_BUCKET = "NEX_CLAIMS"  # key <jti>: a used claim, written once (create-only) by the node that took it
 
 
 # Durable async invocation (docs/functions.md, "Triggers"). One work-queue stream per
@@ -121,13 +124,34 @@ def app_status_key(namespace: str, name: str) -> str:
     return f"status.{namespace}.{name}"
 
 
-# Trigger subjects a workload may never subscribe to: the server's, JetStream's,
-# KV's, the Object Store's, Nex's own, service discovery and reply inboxes.
+# -- the subject rule of workloads (docs/security.md, "What a workload may do") ----------
+#
+# One rule for every subject a workload uses or that is used on its behalf: its NATS
+# credentials (nex.security.natsauth), its triggers, the host services' publish and
+# request, the Nex-Reply-To of async calls and the node's nats health checks.
+
+# Subjects no workload may subscribe to, publish on, or have anything published on for it:
+# the server's, JetStream's, KV's, the Object Store's, Nex's own, service discovery and
+# reply inboxes.
 RESERVED_SUBJECTS = ("$SYS.>", "$JS.>", "$KV.>", "$O.>", "$NEX.>", "$SRV.>", "_INBOX.>")
+INBOXES = "_INBOX.>"
+# What a reply to a request the workload received may still never be sent to: the reserved
+# subjects but the inboxes, through which requesters get their answers.
+RESERVED_FOR_REPLIES = tuple(r for r in RESERVED_SUBJECTS if r != INBOXES)
+
+APP_PREFIX = "nex"  # nex.<ns>.>: the subjects of one namespace, shared by its workloads
+EVERY_NAMESPACE = f"{APP_PREFIX}.*.>"
+
+
+def app_subjects(namespace: str) -> str:
+    """The subject space a namespace's workloads share: ``nex.<ns>.>``."""
+    return f"{APP_PREFIX}.{namespace}.>"
 
 
 def subjects_overlap(a: str, b: str) -> bool:
-    """Whether some concrete subject matches both patterns (``*`` and ``>`` on either side).
+    """Whether some concrete subject matches both patterns (``*`` and ``>`` on either side):
+    the one matcher of subjects. For a subject without wildcards it says whether the other
+    pattern matches it.
 
     ``>`` matches one or more tokens, so ``foo.>`` does not overlap ``foo``.
     """
@@ -138,6 +162,41 @@ def subjects_overlap(a: str, b: str) -> bool:
         if x != y and x != "*" and y != "*":
             return False
     return len(left) == len(right)
+
+
+def subject_covers(outer: str, inner: str) -> bool:
+    """Whether every subject that ``inner`` matches also matches ``outer``."""
+    left, right = outer.split("."), inner.split(".")
+    for i, x in enumerate(left):
+        if x == ">":
+            return len(right) > i
+        if i >= len(right) or right[i] == ">" or (x != "*" and (right[i] == "*" or x != right[i])):
+            return False
+    return len(left) == len(right)
+
+
+MAX_SUBJECT_CHARS = 1024
+
+
+# A token: no dot, whitespace or NUL, and not a lone '*' or '>'. One regex: it runs for every sync call.
+_LITERAL_TOKEN = r"(?![*>](?:\.|$))[^.\s\x00]+"
+_LITERAL = re.compile(rf"{_LITERAL_TOKEN}(?:\.{_LITERAL_TOKEN})*")
+
+
+def is_literal(subject: str) -> bool:
+    """A subject one can publish on: dot-separated tokens, no wildcard, no whitespace."""
+    return len(subject) <= MAX_SUBJECT_CHARS and _LITERAL.fullmatch(subject) is not None
+
+
+def pattern_problem(subject: str) -> str | None:
+    """Why ``subject`` is not a subject pattern (tokens, ``*`` tokens, a last ``>``), or None."""
+    tokens = subject.split(".")
+    if not subject or len(subject) > MAX_SUBJECT_CHARS or any(not t or any(c.isspace() or c == "\0" for c in t)
+                                                               for t in tokens):
+        return "is not a subject"
+    if any(">" in t and t != ">" for t in tokens) or ">" in tokens[:-1]:
+        return "is not a subject: '>' must be the last token"
+    return None
 
 
 def first_overlap(subject: str, patterns: tuple[str, ...] | list[str]) -> str | None:
@@ -151,3 +210,84 @@ def first_overlap(subject: str, patterns: tuple[str, ...] | list[str]) -> str | 
 def _first_token_meets(head: str, pattern: str) -> bool:
     first = pattern.partition(".")[0]
     return first == head or first in ("*", ">")
+
+
+def foreign_namespace(namespace: str, subject: str) -> bool:
+    """Whether ``subject`` (a pattern or not) reaches ``nex.<B>.>`` for some namespace B other than ``namespace``.
+
+    ``nex.>``, ``nex.*.x``, ``*.victim.>`` and ``>`` all do; ``*.<namespace>.x`` does not.
+    """
+    return subjects_overlap(subject, EVERY_NAMESPACE) and subject.split(".")[1:2] != [namespace]
+
+
+def namespace_subject_problem(namespace: str, subject: str,
+                              confined: Mapping[str, Sequence[str]] | None = None) -> str | None:
+    """Why a workload of ``namespace`` may not subscribe to ``subject`` as a trigger, or None.
+
+    Reserved subjects and other namespaces' ``nex.<B>.>`` are never allowed. ``confined`` is
+    the operator's ``namespace_subjects``: when given, a trigger outside ``nex.<namespace>.>``
+    must lie within one of the patterns listed for the namespace (none listed: none allowed).
+    """
+    reserved = first_overlap(subject, RESERVED_SUBJECTS)
+    if reserved is not None:
+        return f"overlaps {reserved!r}, which workloads may not use"
+    if foreign_namespace(namespace, subject):
+        return (f"reaches the subjects of other namespaces ({EVERY_NAMESPACE!r}): a workload of namespace"
+                f" {namespace!r} uses only {app_subjects(namespace)!r} there")
+    if confined is not None and not subject_covers(app_subjects(namespace), subject):
+        listed = list(confined.get(namespace, ()))
+        if not any(subject_covers(pattern, subject) for pattern in listed):
+            where = ", ".join(repr(p) for p in [app_subjects(namespace), *listed])
+            return f"is outside the subjects of namespace {namespace!r} ({where}; the node's namespace_subjects)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadScope:
+    """The subjects one workload may use: its namespace's ``nex.<ns>.>`` and its own triggers,
+    never a reserved subject. Its NATS credentials grant exactly this, and whatever the node or
+    an agent publishes for it (host services, Nex-Reply-To, health checks) is held to it."""
+
+    namespace: str
+    triggers: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, namespace: str, triggers: Iterable[str]) -> WorkloadScope:
+        return cls(namespace, tuple(dict.fromkeys(triggers)))
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        """What the workload may publish on and subscribe to (its credentials' allow lists)."""
+        return (app_subjects(self.namespace), *(t for t in self.triggers if t != app_subjects(self.namespace)))
+
+    def publish_problem(self, subject: str, who: str = "workload") -> str | None:
+        """Why the workload may not publish on ``subject`` (a subject without wildcards), or None;
+        ``who`` names the workload in the message."""
+        if not is_literal(subject):
+            return f"{subject!r} is not a subject one can publish on"
+        if first_overlap(subject, RESERVED_SUBJECTS) is not None:
+            return f"{subject} is a reserved subject"
+        if foreign_namespace(self.namespace, subject):
+            return f"{subject} is outside the {who}'s subjects: it belongs to another namespace"
+        if not any(subjects_overlap(allowed, subject) for allowed in self.subjects):
+            return f"{subject} is outside the {who}'s subjects ({', '.join(self.subjects)})"
+        return None
+
+    def may_publish(self, subject: str) -> bool:
+        return self.publish_problem(subject) is None
+
+    def may_subscribe(self, subject: str) -> bool:
+        """Whether the workload may receive the messages of ``subject`` (a pattern or not)."""
+        if namespace_subject_problem(self.namespace, subject) is not None:
+            return False
+        return any(subject_covers(allowed, subject) for allowed in self.subjects)
+
+    def may_answer(self, reply: str) -> bool:
+        """Whether a reply to a request the workload received may go to ``reply``: as the server's
+        allow_responses would let it, but never to a reserved subject of the control plane or
+        JetStream, nor into another namespace. Inboxes (``_INBOX.>``) and the caller's own
+        subjects are fine: that is where requesters wait for answers."""
+        if not reply.startswith("_INBOX.") and (
+                first_overlap(reply, RESERVED_FOR_REPLIES) is not None or foreign_namespace(self.namespace, reply)):
+            return False
+        return is_literal(reply)

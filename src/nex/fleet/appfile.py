@@ -160,7 +160,25 @@ def parse_app_file(path: str | Path, namespace: str, namespace_given: bool = Fal
     if app.namespace is not None and namespace_given and app.namespace != namespace:
         raise AppFileError(shown, f"the file says namespace {app.namespace!r}, the command line {namespace!r}",
                            "namespace")
+    _check_subjects(shown, app.namespace or namespace, app)
     return ParsedApp(path=path, shown=shown, namespace=app.namespace or namespace, app=app)
+
+
+def _check_subjects(shown: str, namespace: str, app: AppFile) -> None:
+    """The subject rule of workloads (nex.api.subjects), as a node applies it at deploy: no trigger
+    or health check in another namespace's subjects. (A node's namespace_subjects is checked by the
+    node: its refusal shows in the app's status.)"""
+    for index, workload in enumerate(app.workloads):
+        for number, trigger in enumerate(workload.triggers):
+            problem = subjects.namespace_subject_problem(namespace, trigger.subject)
+            if problem is not None:
+                raise AppFileError(shown, f"trigger subject {trigger.subject!r} {problem}",
+                                   f"workloads[{index}].triggers[{number}]")
+        if workload.health is not None and workload.health.nats is not None:
+            scope = subjects.WorkloadScope.of(namespace, (t.subject for t in workload.triggers))
+            problem = scope.publish_problem(workload.health.nats)
+            if problem is not None:
+                raise AppFileError(shown, f"health check: {problem}", f"workloads[{index}].health.nats")
 
 
 def describe_problems(exc: ValidationError) -> str:

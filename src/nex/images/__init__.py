@@ -3,7 +3,9 @@
 Sources: an OCI image layout tarball (a ``file://`` or ``nats://`` artifact, fetched
 and verified by the artifact cache) or a registry reference ``oci://host/repo:tag``
 pulled with skopeo (:mod:`nex.images.registry`). Images are unpacked once per
-manifest digest (:mod:`nex.images.store`); :mod:`nex.images.config` turns the
+manifest digest, within a disk budget (:mod:`nex.images.store`, :mod:`nex.images.unpack`),
+and stripped of what must not reach the host (:mod:`nex.images.sanitize`);
+:mod:`nex.images.config` turns the
 image configuration and a deploy request into the process to run.
 """
 

@@ -35,6 +35,7 @@ class ImageManifest:
     media_type: str
     config: ImageConfig
     layers: int
+    blobs: tuple[str, ...] = ()  # the digests of the manifest, its config and its layers
 
 
 class DirectoryLayout:
@@ -91,10 +92,20 @@ def _normal(name: str) -> str:
     return name
 
 
-def read_blob(layout: Layout, digest: str) -> bytes:
+def _hex(digest: str) -> str:
     algorithm, _, hex_digest = digest.partition(":")
     if algorithm != "sha256" or not _HEX64.fullmatch(hex_digest):
         raise BadArtifact(f"unsupported digest {digest!r} in the image layout")
+    return hex_digest
+
+
+def blob_name(digest: str) -> str:
+    """``blobs/sha256/<hex>``: where a layout keeps the blob of ``digest``."""
+    return f"blobs/sha256/{_hex(digest)}"
+
+
+def read_blob(layout: Layout, digest: str) -> bytes:
+    hex_digest = _hex(digest)
     data = layout.read(f"blobs/sha256/{hex_digest}")
     if hashlib.sha256(data).hexdigest() != hex_digest:
         raise BadArtifact(f"blob {digest} of the image layout does not match its digest")
@@ -146,8 +157,14 @@ def read_image(layout: Layout) -> ImageManifest:
     config = ImageConfig.from_json(read_blob(layout, str(config_descriptor["digest"])))
     config.check_platform()
     media_type = str(manifest.get("mediaType") or OCI_MANIFEST)
+    layers = manifest.get("layers") or []
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+        raise BadArtifact("the image manifest's layers are not a list of descriptors")
+    blobs = (digest, str(config_descriptor["digest"]), *(str(layer.get("digest", "")) for layer in layers))
+    for blob in blobs:
+        _hex(blob)
     return ImageManifest(digest=digest, size=len(raw), media_type=media_type, config=config,
-                         layers=len(manifest.get("layers") or []))
+                         layers=len(layers), blobs=blobs)
 
 
 def write_single_index(root: Path, manifest: ImageManifest, tag: str) -> None:

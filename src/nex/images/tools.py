@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import shutil
 
 from nex.api.errors import BadRequest
 
 
-async def run_tool(tool: str, *args: str, timeout: float) -> tuple[int, bytes, bytes]:
+async def run_tool(tool: str, *args: str, timeout: float,
+                   max_file_bytes: int | None = None) -> tuple[int, bytes, bytes]:
     """(exit code, stdout, stderr) of ``tool args``; killed on time-out or cancellation.
 
-    Raises asyncio.TimeoutError after ``timeout`` seconds, BadRequest when the tool
-    is not installed.
+    ``max_file_bytes``: no file the tool writes may grow larger (RLIMIT_FSIZE; a write
+    past it fails with EFBIG). Raises asyncio.TimeoutError after ``timeout`` seconds,
+    BadRequest when the tool is not installed.
     """
     exe = shutil.which(tool)
     if exe is None:
@@ -21,6 +24,10 @@ async def run_tool(tool: str, *args: str, timeout: float) -> tuple[int, bytes, b
         exe, *args, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
+    if max_file_bytes is not None:
+        # Set from outside, right after the spawn (a preexec hook would fork the whole node):
+        # the tool reads its input for far longer than this takes before it writes.
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
     finally:

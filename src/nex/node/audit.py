@@ -2,8 +2,8 @@
 
 Pure functions on the request's subject, reply inbox and body, below the I/O.
 The record never holds the request body: only the verb and target (from the
-subject), the reply inbox prefix, the issuer of a claim when the body carries
-one in the shape of an nkey public key, and the error. Environment values that
+subject), the reply inbox prefix, the issuer a ``Nex-Claim`` header names when it
+has the shape of an nkey public key (as claimed: not verified), and the error. Environment values that
 happen to appear in the error message are blanked, so neither a plain nor a
 sealed secret reaches the feed.
 """
@@ -44,15 +44,17 @@ def rejection_namespace(subject: str) -> str:
     return namespace if subjects.is_token(namespace) else SYSTEM_NAMESPACE
 
 
-def rejection_record(subject: str, reply_to: str | None, data: bytes, error: NexError) -> dict[str, Any]:
-    """The data of a ``request_rejected`` event (who, what, why), free of the body and its secrets."""
+def rejection_record(subject: str, reply_to: str | None, data: bytes, error: NexError,
+                     token: str | None = None) -> dict[str, Any]:
+    """The data of a ``request_rejected`` event (who, what, why), free of the body and its secrets.
+    ``token``: the request's ``Nex-Claim`` header."""
     tokens = subject.split(".")
     body = _decode_body(data)
     return {
         "who": {
             "subject": subject,
             "reply_prefix": _inbox_prefix(reply_to),
-            "claimed_issuer": _claim_issuer(body),
+            "claimed_issuer": _claim_issuer(token),
         },
         "what": {
             "verb": tokens[4] if len(tokens) > 4 else None,
@@ -81,17 +83,10 @@ def _decode_body(data: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _claim_issuer(body: dict[str, Any] | None) -> str | None:
-    """The issuer a ``claim`` field names, read defensively: a dict with ``iss``/``issuer``, or a JWT."""
-    claim = body.get("claim") if body else None
-    issuer: Any = None
-    if isinstance(claim, dict):
-        issuer = claim.get("iss", claim.get("issuer"))
-        if issuer is None and isinstance(claim.get("payload"), dict):
-            issuer = claim["payload"].get("iss")
-    elif isinstance(claim, str) and claim.count(".") == 2:
-        issuer = _jwt_issuer(claim)
-    return issuer if isinstance(issuer, str) and _PUBLIC_KEY.match(issuer) else None
+def _claim_issuer(token: str | None) -> str | None:
+    """The issuer a claim token names, read defensively (its signature is not checked here)."""
+    issuer = _jwt_issuer(token) if isinstance(token, str) and token.count(".") == 2 else None
+    return issuer if isinstance(issuer, str) and _PUBLIC_KEY.fullmatch(issuer) else None
 
 
 def _jwt_issuer(token: str) -> Any:

@@ -16,6 +16,14 @@ finds no responder, which the client reports the same way. Until then the memory
 the auction asked for counts as held, so a burst of auctions does not promise the
 same free memory twice.
 
+On a node that trusts issuers a bid holds memory only when the auction was signed
+(a ``Nex-Claim`` header, as for any control request, though not used up: every
+node checks the same claim), and an issuer's bids together hold at most
+``hold_limit_mib`` of one node: an unsigned auction gets an answer, never a
+reservation. A bid belongs to whoever asked for it: a deploy through a bid of a
+signed auction must be signed by that issuer. The bid is used up only once the
+deploy passed every check; a malformed or refused deploy leaves it as it was.
+
 Scoring (higher is better; 100 for an idle node with all its memory free)::
 
     memory = (available memory - memory held by outstanding bids) / total memory
@@ -46,15 +54,13 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from nex.api import subjects
-from nex.api.errors import BidNotFound
+from nex.api.errors import BidNotFound, Conflict
 from nex.api.models import (
     FUNCTION_TYPES, AuctionReply, AuctionRequest, Bid, Lifecycle, NodeState, Resources, WorkloadType,
 )
 from nex.node.resources import resources
 
 log = logging.getLogger(__name__)
-
-MsgHandler = Callable[[Msg], Awaitable[None]]
 
 BID_WEIGHT = 0.5  # an outstanding bid counts as half a running workload
 RESOURCES_MAX_AGE_S = 0.25  # /proc readings are shared by the auctions of a burst
@@ -79,6 +85,35 @@ class _Outstanding:
     namespace: str
     memory_mib: int
     timer: asyncio.TimerHandle
+    issuer: str | None = None  # who asked, when the auction was signed
+    deploying: bool = False  # a deploy through it is being checked
+
+
+class BidTicket:
+    """A deploy's hold on a bid while the node checks it: :meth:`use` spends the bid,
+    :meth:`release_unless_used` hands it back when the deploy was refused."""
+
+    def __init__(self, book: BidBook, bid: _Outstanding) -> None:
+        self._book = book
+        self._bid = bid
+        self.used = False
+
+    @property
+    def bid_id(self) -> str:
+        return self._bid.bid_id
+
+    @property
+    def issuer(self) -> str | None:
+        return self._bid.issuer
+
+    def use(self) -> None:
+        if not self.used:
+            self.used = True
+            self._book._spend(self._bid)
+
+    def release_unless_used(self) -> None:
+        if not self.used:
+            self._bid.deploying = False
 
 
 def lifecycle_of(request: AuctionRequest) -> Lifecycle:
@@ -124,8 +159,8 @@ def score(found: Resources, held_mib: int, workload_count: int, outstanding: int
 class BidBook:
     """The bids a node has made and not yet seen used or expired."""
 
-    def __init__(self, nc: Client, node_id: str, ttl_s: float, serve_deploy: MsgHandler,
-                 read_resources: Callable[[], Resources] = resources) -> None:
+    def __init__(self, nc: Client, node_id: str, ttl_s: float, serve_deploy: Callable[[Msg, BidTicket], Awaitable[None]],
+                 read_resources: Callable[[], Resources] = resources, hold_limit_mib: int | None = None) -> None:
         self._nc = nc
         self._node_id = node_id
         self._ttl_s = ttl_s
@@ -133,6 +168,7 @@ class BidBook:
         self._read_resources = read_resources
         self._outstanding: dict[str, _Outstanding] = {}
         self._held_mib = 0
+        self._hold_limit_mib = hold_limit_mib
         self._subscription: Subscription | None = None
         self._deploying: set[asyncio.Task[None]] = set()
         self._resources: Resources | None = None
@@ -156,15 +192,28 @@ class BidBook:
     def held_mib(self) -> int:
         return self._held_mib
 
-    async def auction(self, namespace: str, request: AuctionRequest, bidder: Bidder) -> AuctionReply:
-        """A bid for the workload, or a decline."""
+    def held_by(self, issuer: str) -> int:
+        return sum(bid.memory_mib for bid in self._outstanding.values() if bid.issuer == issuer)
+
+    async def auction(self, namespace: str, request: AuctionRequest, bidder: Bidder,
+                      issuer: str | None = None, holds: bool = True) -> AuctionReply:
+        """A bid for the workload, or a decline. ``issuer``: who signed the auction; ``holds``:
+        whether the bid holds the memory asked for (False for an unsigned auction on a node
+        that trusts issuers)."""
         found = self._current_resources()
         held = self.held_mib
         free_mib = (found.memory_available_bytes >> 20) - held
+        wanted = (request.memory_mib or 0) if holds else 0
         if self._closed:
             reason: str | None = f"node {bidder.name} is stopping"
         else:
             reason = decline_reason(request, bidder, free_mib, held)
+        if reason is None and issuer is not None and wanted:
+            limit = self._hold_limit_mib if self._hold_limit_mib is not None else (found.memory_bytes >> 20) // 2
+            already = self.held_by(issuer)
+            if already + wanted > limit:
+                reason = (f"node {bidder.name}: issuer {issuer} already holds {already} MiB in bids here;"
+                          f" {wanted} MiB more would pass its limit of {limit} MiB")
         if reason is not None:
             self.declined += 1
             return AuctionReply(node_id=bidder.node_id, declined=reason)
@@ -176,7 +225,7 @@ class BidBook:
             expires_in_ms=round(self._ttl_s * 1000), resources=found, workload_count=bidder.workload_count,
         )
         timer = asyncio.get_running_loop().call_later(self._ttl_s, self._release, bid_id)
-        self._hold(_Outstanding(bid_id, namespace, request.memory_mib or 0, timer))
+        self._hold(_Outstanding(bid_id, namespace, wanted, timer, issuer))
         self.bids_made += 1
         return AuctionReply(node_id=bidder.node_id, bid=bid)
 
@@ -196,16 +245,24 @@ class BidBook:
         # next message, so each deploy runs in a task of its own, as through the node's endpoint.
         bid_id = f"{self._node_id}.{msg.subject.rpartition('.')[2]}"
         bid = self._outstanding.get(bid_id)
+        refusal: BidNotFound | Conflict | None = None
         if bid is None or bid.namespace != subjects.namespace_of(msg.subject):
+            refusal = BidNotFound(bid_id)
+        elif bid.deploying:
+            refusal = Conflict(f"a deploy through bid {bid_id} is under way")
+        if refusal is not None:
             if msg.reply:
-                payload, headers = BidNotFound(bid_id).encode()
+                payload, headers = refusal.encode()
                 await self._nc.publish(msg.reply, payload, headers=headers)
             return
-        self._release(bid_id)
-        self.deploys += 1
-        task = asyncio.get_running_loop().create_task(self._serve_deploy(msg))
+        bid.deploying = True
+        task = asyncio.get_running_loop().create_task(self._serve_deploy(msg, BidTicket(self, bid)))
         self._deploying.add(task)
         task.add_done_callback(self._deploying.discard)
+
+    def _spend(self, bid: _Outstanding) -> None:
+        self._release(bid.bid_id)
+        self.deploys += 1
 
     def _current_resources(self) -> Resources:
         now = time.monotonic()

@@ -12,9 +12,10 @@ from typing import Any
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nex.api.hops import MAX_HOPS, MAX_HOPS_LIMIT
 from nex.api.keys import PREFIX_ACCOUNT, KeyDecodeError, decode_public
 from nex.api.models import DEFAULT_STOP_GRACE_S, describe_validation_error
-from nex.api.subjects import TOKEN_PATTERN
+from nex.api.subjects import TOKEN_PATTERN, is_token, namespace_subject_problem, pattern_problem
 
 
 class ConfigError(ValueError):
@@ -58,12 +59,19 @@ class NodeConfig(BaseModel):
     logs_stream_bytes: int = Field(default=128 << 20, gt=0)
     events_stream_bytes: int = Field(default=64 << 20, gt=0)
     sandbox: SandboxMode = Field(default=SandboxMode.AUTO, description="how native workloads are isolated")
+    image_disk_budget_bytes: int = Field(
+        default=10 << 30, gt=0, description="disk for unpacked OCI images: images no workload uses are "
+        "evicted to make room, an image that does not fit is refused")
     trusted_issuers: list[str] = Field(
         default_factory=list, description="account nkeys (A...) whose signed requests run; empty: dev mode")
     admin_issuers: list[str] = Field(
         default_factory=list, description="account nkeys that may also stop any workload")
     deny_triggers: list[str] = Field(
         default_factory=list, description="subjects no trigger may overlap, besides the reserved ones")
+    namespace_subjects: dict[str, list[str]] | None = Field(
+        default=None, description="namespace -> subject patterns its triggers may use besides its own "
+        "nex.<ns>.> (e.g. {payments = [\"pay.>\"]}); a namespace not listed gets only nex.<ns>.>; "
+        "none: trigger subjects outside nex.* are open to every namespace")
     # -- artifacts (docs/security.md, "Artifacts") --
     artifact_roots: list[Path] = Field(
         default_factory=list, description="directories file:// artifacts may come from; none by default: "
@@ -78,6 +86,9 @@ class NodeConfig(BaseModel):
     node_timeout_s: float = Field(default=6.0, gt=0, le=3600,
                                   description="TTL of NEX_NODES entries: a node silent this long is gone")
     bid_ttl_s: float = Field(default=10.0, gt=0, le=600, description="how long an unused bid holds")
+    bid_hold_limit_mib: int | None = Field(
+        default=None, gt=0, description="memory one issuer's outstanding bids may hold on this node; "
+        "default: half the node's memory")
     reconciler: bool = Field(default=True, description="stand for the fleet's reconciler lease")
     reconcile_interval_s: float = Field(default=1.0, gt=0, le=600)
     lease_s: float = Field(default=5.0, gt=0, le=600, description="TTL of the reconciler lease")
@@ -91,6 +102,9 @@ class NodeConfig(BaseModel):
         "none by default")
     http_allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "PUT", "DELETE"],
                                           description="HTTP methods functions may use")
+    max_hops: int = Field(default=MAX_HOPS, ge=1, le=MAX_HOPS_LIMIT,
+                          description="how deep a chain of functions triggering one another may go (the Nex-Hop"
+                          " header): a message past it is not run")
 
     # -- observability (docs/observability.md) --
     metrics_port: int | None = Field(default=None, ge=0, le=65535,
@@ -157,6 +171,18 @@ class NodeConfig(BaseModel):
         if key is not None:
             cls._account_keys([key])
         return key
+
+    @field_validator("namespace_subjects")
+    @classmethod
+    def _namespace_subjects(cls, confined: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        for namespace, patterns in (confined or {}).items():
+            if not is_token(namespace):
+                raise ValueError(f"namespace_subjects: invalid namespace {namespace!r}")
+            for pattern in patterns:
+                problem = pattern_problem(pattern) or namespace_subject_problem(namespace, pattern)
+                if problem is not None:
+                    raise ValueError(f"namespace_subjects: {namespace}: {pattern!r} {problem}")
+        return confined
 
     @field_validator("tags")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from functools import partial
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel
 
 from nex import __version__
 from nex.api import subjects
+from nex.api.claims import CLAIM_HEADER, SignedRequest
 from nex.api.errors import BadRequest, InternalError, NexError
 from nex.api.models import (
     LameDuckResponse, NodeInfo, NodePing, UndeployRequest, UndeployResponse, WorkloadPing,
@@ -30,13 +32,15 @@ from nex.api.models import (
 )
 from nex.connection import flush_subscriptions
 from nex.node import audit
+from nex.node.bids import BidTicket
 from nex.node.workloads import Workload
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "nex-node"
 
-Handler = Callable[[str, bytes], Awaitable[BaseModel]]
+Handler = Callable[[str, SignedRequest], Awaitable[BaseModel]]
+"""(namespace of the subject, the request as it arrived) -> the reply."""
 
 
 class NodeFacade(Protocol):
@@ -50,13 +54,15 @@ class NodeFacade(Protocol):
 
     def workload_ping(self, namespace: str, workload_id: str | None) -> WorkloadPing: ...
 
-    async def deploy(self, namespace: str, request: DeployRequest) -> Workload: ...
+    async def deploy(self, namespace: str, request: DeployRequest, signed: SignedRequest,
+                     bid: BidTicket | None = None) -> Workload: ...
 
-    async def undeploy(self, namespace: str, workload_id: str, request: UndeployRequest) -> UndeployResponse: ...
+    async def undeploy(self, namespace: str, workload_id: str, request: UndeployRequest,
+                       signed: SignedRequest) -> UndeployResponse: ...
 
-    async def lameduck(self) -> LameDuckResponse: ...
+    async def lameduck(self, signed: SignedRequest) -> LameDuckResponse: ...
 
-    async def auction(self, namespace: str, request: AuctionRequest) -> AuctionReply: ...
+    async def auction(self, namespace: str, request: AuctionRequest, signed: SignedRequest) -> AuctionReply: ...
 
     def functions(self) -> list[Workload]:
         """The functions that run, with their latest counters (``Workload.stats``)."""
@@ -69,6 +75,7 @@ Rejected = Callable[[str, dict[str, Any]], None]
 
 async def answer(reply: Callable[[bytes, dict[str, str] | None], Awaitable[None]],
                  subject: str, data: bytes, handler: Handler, *,
+                 headers: dict[str, str] | None = None,
                  reply_to: str | None = None, on_rejected: Rejected | None = None,
                  max_payload: int | None = None) -> bool:
     """Run a handler and send its model, or its error, as the reply; True when it was an error.
@@ -80,32 +87,35 @@ async def answer(reply: Callable[[bytes, dict[str, str] | None], Awaitable[None]
     """
     rejected: NexError | None = None
     failed = True
+    token = (headers or {}).get(CLAIM_HEADER)
     try:
         namespace = subjects.namespace_of(subject)
         if not subjects.is_token(namespace):
             raise BadRequest(f"invalid namespace {namespace!r}")
-        result = await handler(namespace, data)
-        payload, headers = result.model_dump_json(exclude_none=True).encode(), None
+        result = await handler(namespace, SignedRequest(subject, data, token))
+        payload, reply_headers = result.model_dump_json(exclude_none=True).encode(), None
         if max_payload is not None and len(payload) > max_payload:
             raise InternalError(
                 f"the reply is {len(payload)} bytes, over the NATS server's max_payload of {max_payload}:"
                 " ask for less (one workload: WPING.<id>; one namespace at a time) or raise max_payload")
         failed = False
     except NexError as exc:
-        payload, headers = exc.encode()
+        payload, reply_headers = exc.encode()
         rejected = exc if audit.is_rejection(exc) else None
     except Exception as exc:  # a bug in the node: answer, log, keep serving
         log.exception("control request on %s failed", subject)
-        payload, headers = InternalError(f"internal error: {type(exc).__name__}: {exc}").encode()
-    await reply(payload, headers)
+        payload, reply_headers = InternalError(f"internal error: {type(exc).__name__}: {exc}").encode()
+    await reply(payload, reply_headers)
     if rejected is not None and on_rejected is not None:
-        _audit(on_rejected, subject, reply_to, data, rejected)
+        _audit(on_rejected, subject, reply_to, data, token, rejected)
     return failed
 
 
-def _audit(on_rejected: Rejected, subject: str, reply_to: str | None, data: bytes, error: NexError) -> None:
+def _audit(on_rejected: Rejected, subject: str, reply_to: str | None, data: bytes, token: str | None,
+           error: NexError) -> None:
     try:
-        on_rejected(audit.rejection_namespace(subject), audit.rejection_record(subject, reply_to, data, error))
+        on_rejected(audit.rejection_namespace(subject),
+                    audit.rejection_record(subject, reply_to, data, error, token=token))
     except Exception:  # the audit trail failing must not take the control service with it
         log.exception("audit event for a rejected request on %s not published", subject)
 
@@ -196,7 +206,7 @@ class ControlService:
 
     def _micro_handler(self, name: str, handler: Handler) -> Callable[[Request], Awaitable[None]]:
         async def serve(request: Request) -> None:
-            if await answer(request.respond, request.subject, request.data, handler,
+            if await answer(request.respond, request.subject, request.data, handler, headers=request.headers,
                             reply_to=_reply_subject(request), on_rejected=self._on_rejected,
                             max_payload=self._nc.max_payload):
                 self._errors[name] += 1
@@ -209,7 +219,7 @@ class ControlService:
 
             async def reply(payload: bytes, headers: dict[str, str] | None) -> None:
                 await self._nc.publish(msg.reply, payload, headers=headers)
-            await answer(reply, msg.subject, msg.data, handler,
+            await answer(reply, msg.subject, msg.data, handler, headers=msg.headers,
                          reply_to=msg.reply, on_rejected=self._on_rejected, max_payload=self._nc.max_payload)
         return serve
 
@@ -218,11 +228,11 @@ class ControlService:
     async def watch_workload(self, workload: Workload) -> None:
         ns, wid = workload.namespace, workload.id
 
-        async def undeploy(namespace: str, data: bytes) -> UndeployResponse:
-            request = parse_request(UndeployRequest, data)
-            return await self._node.undeploy(namespace, wid, request)
+        async def undeploy(namespace: str, signed: SignedRequest) -> UndeployResponse:
+            request = parse_request(UndeployRequest, signed.body)
+            return await self._node.undeploy(namespace, wid, request, signed)
 
-        async def wping(namespace: str, data: bytes) -> WorkloadPing:
+        async def wping(namespace: str, signed: SignedRequest) -> WorkloadPing:
             return self._node.workload_ping(namespace, wid)
 
         # The deploy reply goes out next, and an UNDEPLOY sent right after it must find these. It
@@ -239,31 +249,35 @@ class ControlService:
 
     # -- node-wide verbs -----------------------------------------------------------
 
-    async def _ping(self, namespace: str, data: bytes) -> NodePing:
+    async def _ping(self, namespace: str, signed: SignedRequest) -> NodePing:
         return self._node.ping(namespace)
 
-    async def _info(self, namespace: str, data: bytes) -> NodeInfo:
+    async def _info(self, namespace: str, signed: SignedRequest) -> NodeInfo:
         return self._node.info(namespace)
 
-    async def _wping_all(self, namespace: str, data: bytes) -> WorkloadPing:
+    async def _wping_all(self, namespace: str, signed: SignedRequest) -> WorkloadPing:
         return self._node.workload_ping(namespace, None)
 
-    async def _deploy(self, namespace: str, data: bytes) -> BaseModel:
-        request = parse_request(DeployRequest, data)
+    async def _deploy(self, namespace: str, signed: SignedRequest, bid: BidTicket | None = None) -> BaseModel:
+        request = parse_request(DeployRequest, signed.body)
         if request.namespace is not None and request.namespace != namespace:
             raise BadRequest(f"request namespace {request.namespace!r} differs from subject namespace {namespace!r}")
-        workload = await self._node.deploy(namespace, request)
+        workload = await self._node.deploy(namespace, request, signed, bid)
         return workload.summary()
 
-    async def _lameduck(self, namespace: str, data: bytes) -> LameDuckResponse:
-        return await self._node.lameduck()
+    async def _lameduck(self, namespace: str, signed: SignedRequest) -> LameDuckResponse:
+        return await self._node.lameduck(signed)
 
-    async def _auction(self, namespace: str, data: bytes) -> AuctionReply:
-        return await self._node.auction(namespace, parse_request(AuctionRequest, data))
+    async def _auction(self, namespace: str, signed: SignedRequest) -> AuctionReply:
+        return await self._node.auction(namespace, parse_request(AuctionRequest, signed.body), signed)
 
-    async def serve_bid_deploy(self, msg: Msg) -> None:
-        """A DEPLOY through a bid (``DEPLOY.<bid_id>``, see nex.node.bids): the same path as to the node."""
-        await self._msg_handler(self._deploy)(msg)
+    async def serve_bid_deploy(self, msg: Msg, bid: BidTicket) -> None:
+        """A DEPLOY through a bid (``DEPLOY.<bid_id>``, see nex.node.bids): the same path as to the node.
+        The node uses the bid up only once the request passed every check; otherwise it holds on."""
+        try:
+            await self._msg_handler(partial(self._deploy, bid=bid))(msg)
+        finally:
+            bid.release_unless_used()
 
 
 def _reply_subject(request: Request) -> str | None:

@@ -29,6 +29,7 @@ from nats.errors import Error as NatsError
 
 from nex.api.errors import BadRequest, from_reply
 from nex.api.models import Health, HealthCheck, Lifecycle, NetworkMode, WorkloadState
+from nex.api.subjects import WorkloadScope
 from nex.node.workloads import Workload
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,13 @@ def may_enter_network_namespaces() -> bool:
 
 
 def check_supported(check: HealthCheck | None, lifecycle: Lifecycle, sandboxed: bool,
-                    network: NetworkMode | None) -> None:
-    """Refuse, before anything starts, a check this node could never run."""
+                    network: NetworkMode | None, scope: WorkloadScope) -> None:
+    """Refuse, before anything starts, a check this node could never run, or may not: a nats
+    check requests with the node's own connection, so only on a subject the workload may use."""
+    if check is not None and check.nats is not None:
+        problem = scope.publish_problem(check.nats)
+        if problem is not None:
+            raise BadRequest(f"health check: {problem}")
     if check is None or check.tcp is None:
         return
     if lifecycle == Lifecycle.FUNCTION:
@@ -158,23 +164,26 @@ class HealthChecks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _probe(self, check: HealthCheck, pid: Callable[[], int | None]) -> str | None:
+    async def _probe(self, check: HealthCheck, pid: Callable[[], int | None], scope: WorkloadScope) -> str | None:
         timeout = check.timeout_ms / 1000
         if check.tcp is not None:
             return await probe_tcp(check.tcp, timeout, pid())
         if check.nats is not None:
             if self._nc is None:
                 return "no NATS connection to check with"
+            if not scope.may_publish(check.nats):  # refused at deploy; a recovered workload too
+                return f"{check.nats} is outside the workload's subjects: not requested"
             return await probe_nats(self._nc, check.nats, timeout)
         return None
 
     async def _run(self, workload: Workload, pid: Callable[[], int | None]) -> None:
         check = workload.request.health
+        scope = WorkloadScope.of(workload.namespace, (t.subject for t in workload.request.triggers))
         failures = 0
         interval = check.interval_ms / 1000
         await asyncio.sleep(interval)
         while workload.state == WorkloadState.RUNNING:  # besides the cancel: nats-py may swallow one
-            problem = await self._probe(check, pid)
+            problem = await self._probe(check, pid, scope)
             failures = 0 if problem is None else failures + 1
             old = workload.checked
             if problem is None:

@@ -15,7 +15,7 @@ from nats.errors import Error as NatsError
 from nex import API_VERSION, __version__
 from nex.api.errors import BadRequest, ForbiddenTrigger
 from nex.api.events import EventType
-from nex.api.subjects import first_overlap
+from nex.api.subjects import first_overlap, namespace_subject_problem
 from nex.api.models import (
     AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState,
     UndeployRequest,
@@ -27,7 +27,7 @@ from nex.fleet.reconciler import Reconciler, fleet_keys
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
 from nex.node import identity
-from nex.node.bids import Bidder, BidBook
+from nex.node.bids import Bidder, BidBook, BidTicket
 from nex.node.config import NodeConfig
 from nex.node.control import ControlService
 from nex.node.feeds import Feeds
@@ -38,7 +38,10 @@ from nex.node.sandboxing import choose_sandbox, sweep_containers
 from nex.node.statedir import make_private
 from nex.node.supervisor import Supervisor
 from nex.node.workloads import Workload
+from nex.api.claims import SignedRequest
+from nex.api.errors import NotBidder
 from nex.security.claims import ClaimPolicy
+from nex.security.ledger import ClaimLedger
 from nex.security.keystore import NODE_XKEY_FILE, load_or_create_xkey
 from nex.security.natsauth import AccountSigner, EmbeddedAuth, WorkloadCredentials
 from nex.security.xkeys import open_env
@@ -68,6 +71,7 @@ class Node:
         self.node_id = identity.node_id(self.keys)
         self.xkey = load_or_create_xkey(self.state_dir / NODE_XKEY_FILE)
         self.claims = ClaimPolicy(config.trusted_issuers, config.admin_issuers)
+        self.ledger: ClaimLedger | None = None  # the fleet's used claim ids (NEX_CLAIMS)
         self.name = config.name or f"node-{self.node_id[:8].lower()}"
         self.tags = {**automatic_tags(), **config.tags}
         self.state = NodeState.RUNNING
@@ -114,13 +118,17 @@ class Node:
         self.nc = await connect(options.with_name(f"nex-node {self.name}"))
         self.feeds = Feeds(self.nc, self.node_id, replicas=self.config.replicas)
         await self.feeds.ensure_streams(self.config.logs_stream_bytes, self.config.events_stream_bytes)
+        self.ledger = ClaimLedger(self.nc, self.node_id, replicas=self.config.replicas)
+        await self.ledger.ensure()
         self.credentials = WorkloadCredentials(signer, options.servers) if signer is not None else None
         context = RuntimeContext(node_id=self.node_id, state_dir=self.state_dir,
                                  connect_options=options, guard=self.reaper, oci=self.oci,
                                  credentials=self.credentials, host_settings=HostSettings(
                                      replicas=self.config.replicas, http_allow_hosts=self.config.http_allow_hosts,
                                      http_allow_methods=self.config.http_allow_methods,
-                                     otel_endpoint=self.config.otel_endpoint))
+                                     max_hops=self.config.max_hops,
+                                     otel_endpoint=self.config.otel_endpoint),
+                                 image_budget_bytes=self.config.image_disk_budget_bytes)
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
             ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream(), ArtifactRoots(self.config.artifact_roots),
@@ -134,7 +142,8 @@ class Node:
         if containers:
             log.warning("removed %d container(s) left by a previous node: %s", len(containers), ", ".join(containers))
         self.control = ControlService(self.nc, self, on_rejected=self._request_rejected)
-        self.bids = BidBook(self.nc, self.node_id, self.config.bid_ttl_s, self.control.serve_bid_deploy)
+        self.bids = BidBook(self.nc, self.node_id, self.config.bid_ttl_s, self.control.serve_bid_deploy,
+                            hold_limit_mib=self.config.bid_hold_limit_mib)
         await self.bids.start()
         await self.control.start()
         self.registry = NodeRegistry(
@@ -279,44 +288,71 @@ class Node:
         return WorkloadPing(node_id=self.node_id,
                             workloads=[self.supervisor.refresh(w).summary() for w in found])
 
-    async def deploy(self, namespace: str, request: DeployRequest) -> Workload:
+    async def deploy(self, namespace: str, request: DeployRequest, signed: SignedRequest,
+                     bid: BidTicket | None = None) -> Workload:
+        """Check everything the request can be checked for, use its claim (once in the fleet) and
+        its bid, then start the workload."""
         for trigger in request.triggers:
             denied = first_overlap(trigger.subject, self.config.deny_triggers)
             if denied is not None:
                 raise ForbiddenTrigger(trigger.subject, denied)
+            problem = namespace_subject_problem(namespace, trigger.subject, self.config.namespace_subjects)
+            if problem is not None:
+                raise ForbiddenTrigger(trigger.subject, problem=problem)
         if request.env and not self.claims.dev_mode:
             raise BadRequest("this node takes no plain env: seal it to the node's xkey (sealed_env)")
-        issuer = self.claims.check_deploy(namespace, request)
-        workload = await self.supervisor.deploy(namespace, self._opened(request))
-        workload.issuer = issuer
+        claim = self.claims.verify(signed)
+        if bid is not None and bid.issuer is not None and (claim is None or claim.iss != bid.issuer):
+            raise NotBidder(bid.bid_id)
+        opened = self._opened(request)  # a sealed env that does not open is refused before the claim is used
+        if claim is not None:
+            await self.ledger.use(claim)
+        if bid is not None:
+            bid.use()
+        workload = await self.supervisor.deploy(namespace, opened)
+        workload.issuer = claim.iss if claim is not None else None
         await self.control.watch_workload(workload)
         return workload
 
     def _opened(self, request: DeployRequest) -> DeployRequest:
         """The request with its sealed env opened into ``env``: kept in memory only, never on disk."""
-        update: dict[str, object] = {"claim": None, "sealed_env": None, "sender_xkey": None}
+        update: dict[str, object] = {"sealed_env": None, "sender_xkey": None}
         if request.sealed_env is not None:
             update["env"] = {**request.env, **open_env(request.sealed_env, request.sender_xkey, self.xkey)}
         return request.model_copy(update=update)
 
-    async def undeploy(self, namespace: str, workload_id: str, request: UndeployRequest) -> UndeployResponse:
+    async def undeploy(self, namespace: str, workload_id: str, request: UndeployRequest,
+                       signed: SignedRequest) -> UndeployResponse:
         owner = self.supervisor.table.get(workload_id, namespace).issuer
-        self.claims.check_undeploy(namespace, workload_id, owner, request.claim)
+        claim = self.claims.verify(signed)
+        self.claims.check_stop(claim, workload_id, owner)
+        if claim is not None:
+            await self.ledger.use(claim)
         grace = self.config.stop_grace_s if request.grace_ms is None else request.grace_ms / 1000
         workload = await self.supervisor.undeploy(namespace, workload_id, grace)
         return UndeployResponse(id=workload.id, node_id=self.node_id, state=workload.state,
                                 exit=workload.exit.info() if workload.exit else None)
 
-    async def auction(self, namespace: str, request: AuctionRequest) -> AuctionReply:
-        """A bid for the workload, or why this node declines (nex.node.bids)."""
+    async def auction(self, namespace: str, request: AuctionRequest, signed: SignedRequest) -> AuctionReply:
+        """A bid for the workload, or why this node declines (nex.node.bids). A signed auction is
+        checked like any request, but its claim is not used up: every node gets the same one.
+        Unsigned, on a node that trusts issuers, the bid holds nothing."""
+        claim = self.claims.verify(signed, required=False)
         return await self.bids.auction(namespace, request, Bidder(
             node_id=self.node_id, name=self.name, state=self.state, tags=self.tags, xkey=self.xkey.public,
             runtimes=frozenset(self.supervisor.runtime_types), workload_count=self.supervisor.table.active_count(),
-        ))
+        ), issuer=claim.iss if claim is not None else None, holds=claim is not None or self.claims.dev_mode)
 
-    async def lameduck(self) -> LameDuckResponse:
+    async def lameduck(self, signed: SignedRequest | None = None) -> LameDuckResponse:
         """Stop taking work and say so in the registry at once, so that the fleet's reconciler moves
-        this node's app replicas; exit once they are gone, or after the lame duck period."""
+        this node's app replicas; exit once they are gone, or after the lame duck period.
+        ``signed``: the LAMEDUCK request (None: asked from inside this process); on a node that
+        trusts issuers, only an admin issuer's claim may ask."""
+        if signed is not None:
+            claim = self.claims.verify(signed)
+            self.claims.check_admin(claim, "LAMEDUCK")
+            if claim is not None:
+                await self.ledger.use(claim)
         if self.state == NodeState.RUNNING:
             self.state = NodeState.LAMEDUCK
             self.supervisor.accepting = False

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nex.node.config import SandboxMode
 from nex.runtimes.base import ProcessGuard
-from nex.sandbox.runner import OciRunner, SandboxUnavailable
+from nex.sandbox.runner import OciRunner, SandboxUnavailable, remove_bundle
 
 log = logging.getLogger(__name__)
 
@@ -47,5 +47,11 @@ async def sweep_containers(runner: OciRunner | None, state_dir: Path) -> list[st
     swept = await runner.sweep()
     if runner.bundles_dir.is_dir():
         for leftover in runner.bundles_dir.iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
+            if not remove_bundle(leftover):
+                log.warning("cannot unmount the rootfs of %s, left by a previous node", leftover)
+    # Before issue 13 images were unpacked next to /run bundles, searchable by every host user,
+    # devices and setuid files included: gone (they live in <state dir>/images now).
+    legacy_images = runner.bundles_dir.with_name(f"{runner.bundles_dir.name}-images")
+    if runner.bundles_dir.name != "bundles" and legacy_images.is_dir():
+        shutil.rmtree(legacy_images, ignore_errors=True)
     return swept

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from nex.api.errors import BadRequest, Conflict, NexError
 from nex.api.events import EventType
 from nex.api.models import DeployRequest, Health, Lifecycle, ReplicaRecord, WorkloadState, WorkloadType
+from nex.api.subjects import WorkloadScope
 from nex.artifacts import ArtifactCache
 from nex.node.feeds import Feeds
 from nex.node.health import HealthChecks, check_supported
@@ -73,7 +74,8 @@ class Supervisor:
             raise BadRequest(f"this node does not run {request.type} workloads")
         if request.lifecycle not in runtime.capabilities.lifecycles:
             raise BadRequest(f"{request.type} workloads cannot have lifecycle {request.lifecycle}")
-        check_supported(request.health, request.lifecycle, runtime.capabilities.sandboxed, request.network)
+        check_supported(request.health, request.lifecycle, runtime.capabilities.sandboxed, request.network,
+                        WorkloadScope.of(namespace, (t.subject for t in request.triggers)))
         artifact_path = await self._artifacts.fetch(request.artifact)
         # Random, not sequential: ids differ from their first characters, so prefixes work in the CLI.
         workload_id = secrets.token_hex(10)

@@ -147,6 +147,7 @@ class RuntimeContext:
     oci: OciRunner | None = None  # the node's detected OCI runtime; None: no sandbox
     credentials: WorkloadCredentials | None = None  # mints each workload's NATS identity; None: no auth
     host_settings: HostSettings = field(default_factory=HostSettings)  # functions' host services
+    image_budget_bytes: int = 10 << 30  # disk for unpacked OCI images (NodeConfig.image_disk_budget_bytes)
 
 
 @runtime_checkable

@@ -1,8 +1,9 @@
 """Native workloads in a sandbox: the executable alone in a read-only rootfs, run by an OCI runtime.
 
-The node writes one bundle per workload (``<bundles>/<workload id>``): a rootfs
-holding only ``/bin/<name>`` (a copy of the artifact that others may execute but not
-read) and the mount points, and a config.json from :mod:`nex.sandbox.bundle`. Waiting, stopping, cleanup and usage
+The node writes one bundle per workload (``<bundles>/<workload id>``, entered only
+by the node and the workload's own uid range): a rootfs holding only ``/bin/<name>``
+(a copy of the artifact) and the mount points, and a config.json from
+:mod:`nex.sandbox.bundle`. Waiting, stopping, cleanup and usage
 are those of every container workload (:mod:`nex.runtimes.containers`). What the
 sandbox isolates and how cleanup works is in docs/sandbox.md. The plain-process
 runtime stays in :mod:`nex.runtimes.native`; the registry picks one of the two per node.
@@ -18,12 +19,11 @@ from nex.runtimes.base import Capabilities, Handle, LogSink, WorkloadSpec
 from nex.runtimes.containers import ContainerWorkloads
 from nex.runtimes.native import NativeRuntime, check_elf, workload_environment
 from nex.sandbox.bundle import ContainerSpec
-from nex.sandbox.runner import ID_PREFIX, make_bundle_dir
+from nex.sandbox.runner import ID_PREFIX
 
 DEFAULT_NETWORK = NetworkMode.NONE
 SANDBOX_PATH = "/bin"
 SANDBOX_HOME = "/tmp"
-PROGRAM_MODE = 0o511
 
 
 class SandboxedNativeRuntime(ContainerWorkloads):
@@ -33,7 +33,7 @@ class SandboxedNativeRuntime(ContainerWorkloads):
     async def prepare(self, spec: WorkloadSpec) -> None:
         check_elf(spec.artifact_path)
 
-    def _container(self, spec: WorkloadSpec, rootfs: Path) -> ContainerSpec:
+    def _container(self, spec: WorkloadSpec, rootfs: Path, id_base: int) -> ContainerSpec:
         env = workload_environment(spec, self._context.node_id, SANDBOX_HOME)
         env["PATH"] = SANDBOX_PATH
         if self._context.credentials is not None:
@@ -41,22 +41,21 @@ class SandboxedNativeRuntime(ContainerWorkloads):
         return ContainerSpec(
             id=f"{ID_PREFIX}{spec.id}", rootfs=rootfs, args=[f"{SANDBOX_PATH}/{spec.name}", *spec.argv],
             env=env, cwd=SANDBOX_HOME, limits=spec.limits, network=spec.network or DEFAULT_NETWORK,
-            hostname=spec.name,
+            hostname=spec.name, id_base=id_base,
         )
 
     async def start(self, spec: WorkloadSpec, logs: LogSink) -> Handle:
-        bundle = make_bundle_dir(self._runner.bundles_dir / spec.id)
+        ids, bundle = self.open_bundle(spec.id)
         rootfs = bundle / "rootfs"
         try:
             (rootfs / "bin").mkdir(parents=True, exist_ok=True)
             program = rootfs / "bin" / spec.name
             shutil.copyfile(spec.artifact_path, program)
-            # Execute, not read: the mapped user runs it, and no other user of the host may copy it.
-            program.chmod(PROGRAM_MODE)
+            program.chmod(0o555)
+            data = await self.run_container(self._container(spec, rootfs, ids.base), bundle, ids, logs)
         except BaseException:
-            shutil.rmtree(bundle, ignore_errors=True)
+            self.close_bundle(bundle, ids.slot)
             raise
-        data = await self.start_container(self._container(spec, rootfs), spec.id, logs)
         return Handle(workload_id=spec.id, type=self.type, data={**data, "sandbox": self._runner.name})
 
     async def cleanup(self, handle: Handle) -> None:

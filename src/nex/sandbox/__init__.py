@@ -14,8 +14,12 @@ Interface other runtimes build on (stable; changes are written here first):
   ``usage(container_id) -> Usage``, ``await cleanup(container_id)``; for the node's
   start-up sweep ``await list_containers()`` and ``await sweep()``.
   Addition: ``runner.bundles_dir`` is where bundles must go (every directory above
-  a rootfs must be searchable by the user namespace's unprivileged root: use
-  ``make_bundle_dir(runner.bundles_dir / name)``).
+  a bundle must be searchable by the user namespace's unprivileged root: use
+  ``make_bundle_dir(runner.bundles_dir / name, id_base)``, which only that root and
+  the node can enter, and ``remove_bundle`` to remove one).
+- :mod:`nex.sandbox.idranges`: a host uid range per container (``host_ranges().allocate``,
+  ``ContainerSpec.id_base``); :mod:`nex.sandbox.idmap`: idmapped read-only mounts
+  (an image's tree as a container's rootfs).
 - The node detects once and hands the runner to runtimes as ``RuntimeContext.oci``
   (None when the node runs unsandboxed).
 """

@@ -7,9 +7,10 @@ The sandbox every bundle describes:
   writable /tmp (tmpfs, ``TMP_SIZE``);
 - own PID, mount, IPC and UTS namespaces, and a network namespace of its own for
   ``NetworkMode.NONE`` (loopback only);
-- a user namespace that maps container uids/gids 0-65535 to host ``HOST_ID_BASE`` and
-  up; the process runs as ``nobody`` (65534) inside by default, so it is an unmapped
-  nobody on the host too (uid ``HOST_ID_BASE + 65534``);
+- a user namespace that maps container uids/gids 0-65535 to the container's own host
+  range, ``id_base`` and up (:mod:`nex.sandbox.idranges`: no two live containers
+  share one); the process runs as ``nobody`` (65534) inside by default, so it is an
+  unmapped user on the host too (uid ``id_base + 65534``);
 - no capabilities in any set, ``noNewPrivileges``, and the seccomp deny-list of
   :mod:`nex.sandbox.seccomp`;
 - cgroup limits from :class:`~nex.api.models.Limits`: memory, CPU quota, pids.
@@ -24,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from nex.api.models import Limits, NetworkMode
+from nex.sandbox.idranges import HOST_ID_BASE, ID_RANGE
 from nex.sandbox.seccomp import default_profile
 
 OCI_VERSION = "1.0.2"
-HOST_ID_BASE = 100000
-ID_RANGE = 65536
 NOBODY = 65534
 CPU_PERIOD_US = 100_000
 TMP_SIZE = "64m"
@@ -63,7 +63,8 @@ class ContainerSpec:
     """One container: ``user=None`` runs as nobody inside the user namespace.
 
     ``user=(uid, gid)`` picks container ids (0 is the namespace's root, still
-    without capabilities and mapped to an unprivileged host uid).
+    without capabilities and mapped to an unprivileged host uid). ``id_base`` is the
+    host id container id 0 maps to: the start of the container's own range.
     """
 
     id: str
@@ -77,6 +78,7 @@ class ContainerSpec:
     readonly_root: bool = True
     mounts: list[BindMount] = field(default_factory=list)
     hostname: str = "nex"
+    id_base: int = HOST_ID_BASE
 
     def __post_init__(self) -> None:
         if not self.args:
@@ -127,7 +129,7 @@ def config(spec: ContainerSpec) -> dict[str, Any]:
     namespaces = [{"type": t} for t in ("pid", "mount", "ipc", "uts", "user")]
     if spec.network == NetworkMode.NONE:
         namespaces.append({"type": "network"})
-    id_map = [{"containerID": 0, "hostID": HOST_ID_BASE, "size": ID_RANGE}]
+    id_map = [{"containerID": 0, "hostID": spec.id_base, "size": ID_RANGE}]
     no_caps: dict[str, list[str]] = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
     return {
         "ociVersion": OCI_VERSION,

@@ -34,6 +34,8 @@ from nex.runtimes.base import ExitResult, LogSink, ProcessGuard, NoGuard
 from nex.runtimes.native import MAX_LINE, pump_lines
 from nex.sandbox import cgroups
 from nex.sandbox.bundle import CGROUP_PARENT, ContainerSpec, write_bundle
+from nex.sandbox.idmap import unmount
+from nex.sandbox.idranges import NoFreeRange, host_ranges
 from nex.sandbox.probe import exit_zero_elf
 
 RUNTIMES = ("runc", "crun")
@@ -69,12 +71,28 @@ def _searchable(path: Path) -> bool:
         return True  # created later, with the default mode
 
 
-def make_bundle_dir(path: Path) -> Path:
-    """A bundle dir the user namespace's root can search but not list, in a directory likewise."""
+def make_bundle_dir(path: Path, id_base: int) -> Path:
+    """A bundle dir that only the node and the container's root (host ``id_base``) can enter.
+
+    The runtime mounts the rootfs from inside the user namespace, so that root must
+    search it; no other host user may reach the rootfs or the bundle's files.
+    """
     path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
-    path.mkdir(exist_ok=True)
-    path.chmod(0o711)
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chown(path, id_base, id_base)
+    path.chmod(0o700)
     return path
+
+
+def remove_bundle(bundle: Path) -> bool:
+    """Remove a bundle dir, unmounting its rootfs first; False (and nothing removed) when the
+    rootfs stays mounted: removing through a mount would reach into what is mounted."""
+    try:
+        unmount(bundle / "rootfs")
+    except OSError:
+        return False
+    shutil.rmtree(bundle, ignore_errors=True)
+    return True
 
 
 def exit_result(code: int, oom: bool, memory_mib: int | None) -> ExitResult:
@@ -153,14 +171,19 @@ class OciRunner:
         if program is None:
             return f"no probe program for {os.uname().machine}"
         container_id = f"{ID_PREFIX}probe-{secrets.token_hex(4)}"
-        bundle = make_bundle_dir(self.bundles_dir / container_id)
         try:
+            ids = host_ranges().allocate(f"{self.root} {container_id}")
+        except (OSError, NoFreeRange) as exc:
+            return f"no uid range for the sandbox: {exc}"
+        bundle = self.bundles_dir / container_id
+        try:
+            make_bundle_dir(bundle, ids.base)
             rootfs = bundle / "rootfs"
             rootfs.mkdir(mode=0o755)
             (rootfs / "probe").write_bytes(program)
             (rootfs / "probe").chmod(0o555)
             spec = ContainerSpec(id=container_id, rootfs=rootfs, args=["/probe"], network=NetworkMode.NONE,
-                                 limits=Limits(memory_mib=16, cpus=0.5, pids=8))
+                                 limits=Limits(memory_mib=16, cpus=0.5, pids=8), id_base=ids.base)
             write_bundle(spec, bundle)
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             # The very flags start() uses, so that a runtime that lacks one fails here.
@@ -175,6 +198,7 @@ class OciRunner:
         finally:
             await self._command("delete", "--force", container_id)
             shutil.rmtree(bundle, ignore_errors=True)
+            host_ranges().release(ids.slot)
             self.close()
 
     # -- one container -----------------------------------------------------------

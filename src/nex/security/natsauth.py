@@ -22,17 +22,12 @@ import nkeys
 
 from nex.api import natsjwt
 from nex.api.models import Trigger
+from nex.api.subjects import INBOXES, RESERVED_SUBJECTS, WorkloadScope
 
 if TYPE_CHECKING:
     from nex.runtimes.base import WorkloadSpec
 
 AUTH_DIR = "nats"
-RESERVED = ["$NEX.>", "$SYS.>", "$JS.>", "$KV.>", "$O.>", "$SRV.>"]
-
-
-def app_subjects(namespace: str) -> str:
-    """The subject space a namespace's workloads share: ``nex.<ns>.>``."""
-    return f"nex.{namespace}.>"
 
 
 def inbox_prefix(workload_id: str) -> str:
@@ -41,10 +36,14 @@ def inbox_prefix(workload_id: str) -> str:
 
 
 def workload_permissions(namespace: str, workload_id: str, triggers: list[Trigger]) -> natsjwt.Permissions:
-    subjects = [app_subjects(namespace), *dict.fromkeys(t.subject for t in triggers)]
+    """The workload's :class:`~nex.api.subjects.WorkloadScope` as NATS permissions, plus its own
+    reply inbox to subscribe to and one response to each request it receives."""
+    scope = WorkloadScope.of(namespace, (t.subject for t in triggers))
+    # Its own inbox is under _INBOX.>: denied as a whole, the inbox would be denied too.
+    reserved = [r for r in RESERVED_SUBJECTS if r != INBOXES]
     return natsjwt.Permissions(
-        pub_allow=subjects, pub_deny=list(RESERVED),
-        sub_allow=[*subjects, f"{inbox_prefix(workload_id)}.>"], sub_deny=list(RESERVED),
+        pub_allow=list(scope.subjects), pub_deny=reserved,
+        sub_allow=[*scope.subjects, f"{inbox_prefix(workload_id)}.>"], sub_deny=reserved,
         responses=1,
     )
 
