@@ -88,7 +88,8 @@ def test_what_is_not_a_regular_file_is_refused_without_blocking(root):
     roots = ArtifactRoots([root])
     for uri, kind in ((f"file://{root}/fifo", BadRequest), (f"file://{root}/sub", BadRequest),
                       (f"file://{root}", BadRequest), (f"file://{root}/missing", ArtifactNotFound),
-                      (f"file://{root}/sub/app.js/x", ArtifactNotFound), ("file://relative/x", BadRequest), ("file:relative", BadRequest),
+                      (f"file://{root}/sub/app.js/x", ArtifactNotFound), ("file://relative/x", BadRequest),
+                      ("file:relative", BadRequest),
                       (f"file://{root}/a%00b", BadRequest)):
         assert type(refusal(roots, uri)) is kind, uri
 

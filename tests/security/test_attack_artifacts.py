@@ -317,7 +317,8 @@ async def test_other_users_read_no_secret_and_no_artifact(nats_server, nc, tmp_p
             assert {sandboxed.state_dir / "node.xk", sandboxed.state_dir / "node.nk",
                     sandboxed.state_dir / "fleet" / "issuer.nk", sandboxed.state_dir / "artifacts" / sha256,
                     plain.state_dir / "artifacts" / sha256} <= set(paths)
-            assert any(p.suffix == ".creds" or p.name.endswith(".nk") for p in (sandboxed.state_dir / "nats").rglob("*"))
+            nats_dir = sandboxed.state_dir / "nats"
+            assert any(p.suffix == ".creds" or p.name.endswith(".nk") for p in nats_dir.rglob("*"))
             assert any(p.name == "ticker" and "rootfs" in p.parts for p in paths), "the sandbox's copy is looked at"
             leaked = readable_by_nobody(paths)
             for node, workload in ((sandboxed, in_sandbox), (plain, in_process)):
