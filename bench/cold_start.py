@@ -70,7 +70,7 @@ async def main(starts: int) -> None:
         module = build_wasm("tests/wasm/fn.c", work).read_bytes()
         cached = work / "cached.wasm"
         cached.write_bytes(module)
-        async with nats_and_node(["--sandbox", "none"]) as (server, nc, node_id, _):
+        async with nats_and_node(["--sandbox", "none"], artifact_root=work) as (server, nc, node_id, _):
             async with echo_process(server.url):
                 await echo_ready(nc)
                 # Warm: both agents started, and the cached module compiled once.

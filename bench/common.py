@@ -48,10 +48,12 @@ def build_wasm(source: str, out_dir: Path) -> Path:
 
 
 @asynccontextmanager
-async def nats_and_node(extra_node_args: list[str] | None = None, state_dir: Path | None = None):
+async def nats_and_node(extra_node_args: list[str] | None = None, state_dir: Path | None = None,
+                        artifact_root: Path | None = None):
     """A nats-server on a free port and a `nex node up` process on it; yields (server, nc, node_id, node_pid).
 
-    The node's state dir is a temporary one unless ``state_dir`` is given.
+    The node's state dir is a temporary one unless ``state_dir`` is given; it serves file://
+    artifacts from ``artifact_root`` (none: it refuses every file://).
     """
     with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
         server = NatsServer(store_dir=Path(tmp) / "js", port=0)
@@ -59,7 +61,8 @@ async def nats_and_node(extra_node_args: list[str] | None = None, state_dir: Pat
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nex", "node", "up", "--server", server.url,
             "--state-dir", str(state_dir or Path(tmp) / "node"), "--name", "bench", "--log-level", "warning",
-            *(extra_node_args or []), stdout=subprocess.DEVNULL,
+            *(["--artifact-root", str(artifact_root)] if artifact_root else []), *(extra_node_args or []),
+            stdout=subprocess.DEVNULL,
         )
         nc = await connect(ConnectOptions(servers=[server.url]))
         try:

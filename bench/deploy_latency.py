@@ -66,7 +66,7 @@ async def main(count: int) -> None:
         js_file = Path(tmp) / "ready.js"
         js_file.write_bytes(JS_SOURCE)
         # Plain processes, as this figure has always measured; bench/sandbox_start.py has the sandboxed one.
-        async with nats_and_node(["--sandbox", "none"]) as (server, nc, node_id, _):
+        async with nats_and_node(["--sandbox", "none"], artifact_root=Path(tmp)) as (server, nc, node_id, _):
             await echo_responder(nc, "bench.echo")
             echo = await timed_requests(nc, "bench.echo", b"x", 1000)
             spawn = await bare_spawn(ticker, count)

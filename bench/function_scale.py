@@ -182,7 +182,7 @@ async def main(count: int, in_flight: int, calls: int, wasm: bool) -> None:
         else:
             path = Path(tmp) / "hello.js"
             path.write_text(JS_SOURCE)
-        async with nats_and_node(["--sandbox", "none"]) as (server, nc, node_id, node_pid):
+        async with nats_and_node(["--sandbox", "none"], artifact_root=Path(tmp)) as (server, nc, node_id, node_pid):
             async with echo_process(server.url):
                 await echo_ready(nc)
                 first = await deploy_many(nc, node_id, kind, path, range(1), 1)

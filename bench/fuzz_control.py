@@ -169,7 +169,7 @@ async def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="nex-fuzz-") as tmp:
         ticker = build_static("tests/programs/ticker.c", Path(tmp))
-        async with nats_and_node() as (_, nc, node_id, pid):
+        async with nats_and_node(artifact_root=Path(tmp)) as (_, nc, node_id, pid):
             from nex.artifacts import sha256_file
             canary_req = {"name": "canary", "type": "native",
                           "artifact": {"uri": f"file://{ticker}", "sha256": sha256_file(ticker)}}

@@ -58,7 +58,7 @@ async def main(calls: int) -> None:
         module = build_wasm("tests/wasm/hostcalls.c", Path(tmp))
         script = Path(tmp) / "kvget.js"
         script.write_text(JS_SOURCE)
-        async with nats_and_node(["--sandbox", "none"]) as (server, nc, node_id, _):
+        async with nats_and_node(["--sandbox", "none"], artifact_root=Path(tmp)) as (server, nc, node_id, _):
             kv = await nc.jetstream().create_key_value(bucket=f"NEXKV_{NAMESPACE}_{BUCKET}")
             await kv.put(KEY, VALUE)
             await deploy(nc, node_id, {"name": "kvget-js", "type": "javascript", "artifact": artifact(script),

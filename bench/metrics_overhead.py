@@ -63,7 +63,8 @@ async def main(requests: int, rounds: int, interval: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "hello.js"
         script.write_text("(subject, payload) => 'hello'")
-        async with nats_and_node(["--metrics-port", str(port), "--no-reconciler"]) as (_, nc, node_id, _pid):
+        async with nats_and_node(["--metrics-port", str(port), "--no-reconciler"],
+                                 artifact_root=Path(tmp)) as (_, nc, node_id, _pid):
             body = {"name": "hello", "type": "javascript", "triggers": [{"subject": SUBJECT}],
                     "artifact": {"uri": f"file://{script}", "sha256": hashlib.sha256(script.read_bytes()).hexdigest()}}
             reply = await nc.request(f"$NEX.SVC.default.control.DEPLOY.{node_id}", json.dumps(body).encode(),

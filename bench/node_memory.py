@@ -36,7 +36,7 @@ async def main(counts: list[int]) -> None:
         script = Path(tmp) / "idle.js"
         script.write_bytes(SOURCE)
         artifact = {"uri": f"file://{script}", "sha256": hashlib.sha256(SOURCE).hexdigest()}
-        async with nats_and_node() as (_, nc, node_id, node_pid):
+        async with nats_and_node(artifact_root=Path(tmp)) as (_, nc, node_id, node_pid):
             deployed = 0
             rows = []
             base_total = None

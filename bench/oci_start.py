@@ -86,7 +86,7 @@ async def main(count: int) -> None:
         tarball = build_image_tarball(build_static("tests/programs/imagemain.c", work), work)
         artifact = {"uri": f"file://{tarball}", "sha256": hashlib.sha256(tarball.read_bytes()).hexdigest()}
         state = work / "node"
-        async with nats_and_node(["--sandbox", "oci"], state_dir=state) as (server, nc, node_id, _):
+        async with nats_and_node(["--sandbox", "oci"], state_dir=state, artifact_root=work) as (server, nc, node_id, _):
             start = time.perf_counter()
             first = await deploy(nc, node_id, {"name": "first", "type": "oci", "artifact": artifact})
             first_ms = (time.perf_counter() - start) * 1e3

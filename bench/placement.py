@@ -160,7 +160,7 @@ async def in_process(count: int, in_flight: int, native: bool, profile: bool) ->
             async with AsyncExitStack() as stack:
                 for i in range(NODES):
                     node = Node(NodeConfig(server=server.url, state_dir=root / f"node{i}", name=f"bench{i}",
-                                           sandbox="none", stop_grace_s=1.0))
+                                           sandbox="none", stop_grace_s=1.0, artifact_roots=[root]))
                     await node.start()
                     stack.push_async_callback(node.shutdown)
                 nc = await connect(ConnectOptions(servers=[server.url]))
@@ -181,7 +181,7 @@ async def on_cluster(count: int, in_flight: int, native: bool, profile: bool) ->
 
     with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
         root = Path(tmp)
-        fleet = BenchFleet(root, DEFAULTS)
+        fleet = BenchFleet(root, {**DEFAULTS, "artifact_roots": [str(root)]})
         try:
             await fleet.start()
             node_pids = [n.pid for n in fleet.nodes]

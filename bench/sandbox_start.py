@@ -53,7 +53,7 @@ async def bare_runc(binary: Path, tmp: Path, count: int) -> list[float]:
 
 
 async def deploys(binary: Path, sandbox: str, count: int) -> list[float]:
-    async with nats_and_node(["--sandbox", sandbox]) as (_, nc, node_id, _pid):
+    async with nats_and_node(["--sandbox", sandbox], artifact_root=binary.parent) as (_, nc, node_id, _pid):
         return await native_deploys(nc, node_id, binary, count)
 
 

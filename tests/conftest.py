@@ -21,6 +21,17 @@ def nex_home(tmp_path: Path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def artifact_roots(tmp_path_factory) -> list[Path]:
+    """The test nodes' artifact roots: the base temp dir (of this xdist worker), which holds
+    the built programs and every test's tmp_path, and the JavaScript of tests/functions
+    (see helpers.ARTIFACT_ROOTS)."""
+    import helpers
+
+    helpers.ARTIFACT_ROOTS[:] = [tmp_path_factory.getbasetemp(), Path(__file__).parent / "functions"]
+    return helpers.ARTIFACT_ROOTS
+
+
 @pytest.fixture
 async def nats_server(tmp_path: Path):
     server = NatsServer(store_dir=tmp_path / "jetstream", port=0)
@@ -67,7 +78,7 @@ async def sandbox_verdict(state_dir: Path) -> str | None:
 
 
 @pytest.fixture
-async def node(nats_server: NatsServer, tmp_path: Path, request):
+async def node(nats_server: NatsServer, tmp_path: Path, request, artifact_roots):
     """A node in this test's event loop, on the test's nats-server.
 
     Parametrize it indirectly with a sandbox mode (``auto`` by default); ``oci``
@@ -84,7 +95,8 @@ async def node(nats_server: NatsServer, tmp_path: Path, request):
         if reason is not None:
             pytest.skip(f"this host cannot sandbox: {reason}")
     config = NodeConfig(server=nats_server.url, state_dir=tmp_path / "node", name="test-node",
-                        tags={"zone": "a"}, stop_grace_s=2.0, lameduck_s=0.2, sandbox=sandbox, reconciler=False)
+                        tags={"zone": "a"}, stop_grace_s=2.0, lameduck_s=0.2, sandbox=sandbox, reconciler=False,
+                        artifact_roots=artifact_roots)
     started = Node(config)
     await started.start()
     yield started

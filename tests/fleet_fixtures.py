@@ -27,6 +27,8 @@ from nex.api import subjects
 from nex.natsserver import NatsServer
 from nex.node import identity
 
+from helpers import ARTIFACT_ROOTS
+
 SERVER_NAMES = ("n1", "n2", "n3")
 ZONES = ("a", "b", "c")
 # Short fleet timings, so that the chaos tests converge within their bounds; not shorter,
@@ -219,7 +221,7 @@ class NodeProcess:
         self.log_path = root / "node.log"
         self.config_path = root / "node.toml"
         self.tags = tags or {}
-        self.config = {**FLEET_CONFIG, **(config or {})}
+        self.config = {**FLEET_CONFIG, "artifact_roots": [str(root) for root in ARTIFACT_ROOTS], **(config or {})}
         self._probe = probe
         self.node_id = identity.node_id(identity.load_or_create(self.state_dir))
         self.process: asyncio.subprocess.Process | None = None

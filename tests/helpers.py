@@ -31,8 +31,20 @@ async def nex(*args: str, stdin: bytes | None = None, timeout: float = 60) -> tu
     return process.returncode, out.decode(), err.decode()
 
 
+# The directories the tests' nodes serve file:// artifacts from: the pytest base temp dir, where
+# the test programs are built and every test's tmp_path lies, and tests/functions (set by
+# conftest.artifact_roots).
+ARTIFACT_ROOTS: list[Path] = []
+
+
 def file_artifact(path: Path) -> dict[str, str]:
+    """A file:// artifact: the tests' nodes serve it from ARTIFACT_ROOTS."""
     return {"uri": f"file://{path}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def artifact_root_args() -> list[str]:
+    """``--artifact-root DIR`` for each test artifact root, for a `nex node up` process."""
+    return [arg for root in ARTIFACT_ROOTS for arg in ("--artifact-root", str(root))]
 
 
 async def control(nc, verb: str, target: str | None = None, body: Any = None,
@@ -76,9 +88,10 @@ async def collect(nc, subject: str) -> list:
 
 async def start_node(*args: str, env: dict | None = None) -> asyncio.subprocess.Process:
     """`nex node up ARGS` as a real process in a session of its own (so that a test can signal
-    its process group as a terminal would), its output (stdout and stderr) on one pipe."""
+    its process group as a terminal would), its output (stdout and stderr) on one pipe; it serves
+    file:// artifacts from the test artifact roots."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nex", "node", "up", *args,
+        sys.executable, "-m", "nex", "node", "up", *args, *artifact_root_args(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, **(env or {})}, start_new_session=True,
     )
@@ -133,11 +146,12 @@ def function_error(msg):
 @asynccontextmanager
 async def running_node(nats_server, state_dir: Path, name: str, **config: Any) -> AsyncIterator[Any]:
     """A node in the test's event loop, on ``nats_server``: plain processes, a short stop grace,
-    and a lame duck period longer than any test (a node put in lame duck stays to be looked at)."""
+    and a lame duck period longer than any test (a node put in lame duck stays to be looked at);
+    file:// artifacts from the test artifact roots."""
     from nex.node.config import NodeConfig
     from nex.node.node import Node
 
-    settings = {"stop_grace_s": 2.0, "lameduck_s": 60, "sandbox": "none", **config}
+    settings = {"stop_grace_s": 2.0, "lameduck_s": 60, "sandbox": "none", "artifact_roots": ARTIFACT_ROOTS, **config}
     node = Node(NodeConfig(server=nats_server.url, state_dir=state_dir, name=name, **settings))
     await node.start()
     try:

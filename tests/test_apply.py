@@ -13,7 +13,7 @@ import pytest
 from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError
 
-from helpers import collect, eventually, nex
+from helpers import ARTIFACT_ROOTS, collect, eventually, nex
 from nex.api import subjects
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease, RolloutState, WorkloadRollout
 from nex.api.errors import AppNotFound, Conflict, Forbidden, Unavailable
@@ -493,7 +493,7 @@ async def reconciling_node(nats_server, tmp_path):
     from nex.node.config import NodeConfig
     from nex.node.node import Node
 
-    node = Node(NodeConfig(
+    node = Node(NodeConfig(artifact_roots=ARTIFACT_ROOTS,
         server=nats_server.url, state_dir=tmp_path / "node", name="fleet-a", tags={"zone": "a"},
         stop_grace_s=1.0, lameduck_s=0.2, sandbox="none", registry_interval_s=0.5, node_timeout_s=2.0,
         lease_s=2.0, reconcile_interval_s=0.3, fleet_keys=tmp_path / "fleet"))

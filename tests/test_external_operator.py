@@ -20,7 +20,7 @@ from nex.node.node import Node
 from nex.security.natsauth import AccountSigner, write_private
 
 from conftest import sandbox_verdict
-from helpers import control, file_artifact
+from helpers import ARTIFACT_ROOTS, control, file_artifact
 from oci_helpers import build_image
 from test_workload_credentials import Workload, admin_connection, container_env, container_user, environ
 
@@ -84,7 +84,7 @@ async def operator_server(tmp_path: Path):
 async def test_a_node_on_an_external_operator_server_mints_scoped_users_with_a_signing_key(
         operator_server, tmp_path, programs):
     operator, server = operator_server
-    node = Node(NodeConfig(
+    node = Node(NodeConfig(artifact_roots=ARTIFACT_ROOTS,
         server=server.url, creds=str(operator.creds("node")), account_seed=str(operator.signing_seed_file()),
         account=operator.account_public, state_dir=tmp_path / "node", name="ext-node", sandbox="none",
         stop_grace_s=2.0))
@@ -125,7 +125,8 @@ async def test_an_oci_container_on_an_authenticated_node_gets_its_own_scoped_ide
     image = build_image(tmp_path / "image", programs["imagemain"], entrypoint=["/bin/imagemain"],
                         cmd=["serve"])
     tarball = image.tarball(tmp_path / "image.tar")
-    node = Node(NodeConfig(state_dir=state / "node", name="auth-oci", port=0, auth=True, sandbox="oci",
+    node = Node(NodeConfig(artifact_roots=ARTIFACT_ROOTS,
+                           state_dir=state / "node", name="auth-oci", port=0, auth=True, sandbox="oci",
                            stop_grace_s=2.0))
     await node.start()
     try:

@@ -10,7 +10,7 @@ from nex.api import subjects
 from nex.api.events import CloudEvent
 from nex.node.node import Node
 
-from helpers import control, eventually, file_artifact
+from helpers import ARTIFACT_ROOTS, control, eventually, file_artifact
 
 
 async def test_streams_are_bounded(node: Node, nc):
@@ -51,7 +51,8 @@ async def test_events_are_cloudevents_and_heartbeats_flow(nats_server, nc, tmp_p
     async def on_event(msg):
         received.append(msg)
     await nc.subscribe(subjects.events_filter("system"), cb=on_event)
-    node = Node(NodeConfig(server=nats_server.url, state_dir=tmp_path / "n", heartbeat_s=0.1))
+    node = Node(NodeConfig(artifact_roots=ARTIFACT_ROOTS,
+                           server=nats_server.url, state_dir=tmp_path / "n", heartbeat_s=0.1))
     import asyncio
     runner = asyncio.create_task(node.run())
     await eventually(lambda: sum(m.subject.endswith(".heartbeat") for m in received) >= 2)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from helpers import collect, control, eventually, file_artifact, function_error, request
+from helpers import ARTIFACT_ROOTS, collect, control, eventually, file_artifact, function_error, request
 from nex.agent.hostservices import MAX_VALUE_BYTES, host_allowed, kv_bucket
 from nex.api.subjects import subjects_overlap as subject_matches
 from nex.natsserver import NatsServer
@@ -39,8 +39,10 @@ NEX_ERR_UNAVAILABLE, NEX_ERR_MEMORY = -6, -8
 
 @pytest.fixture
 async def node(nats_server: NatsServer, tmp_path: Path):
-    """A node that lets functions call 127.0.0.1 over HTTP with GET and POST."""
-    config = NodeConfig(server=nats_server.url, state_dir=tmp_path / "node", name="host-node", sandbox="none",
+    """A node that lets functions call 127.0.0.1 over HTTP with GET and POST, and deploys the
+    examples of the docs from where they are."""
+    config = NodeConfig(artifact_roots=[*ARTIFACT_ROOTS, EXAMPLES],
+                        server=nats_server.url, state_dir=tmp_path / "node", name="host-node", sandbox="none",
                         stop_grace_s=2.0, lameduck_s=0.2, reconciler=False,
                         http_allow_hosts=["127.0.0.1"], http_allow_methods=["GET", "POST"])
     started = Node(config)

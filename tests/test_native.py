@@ -11,7 +11,7 @@ import pytest
 from nex.api import subjects
 from nex.node.node import Node
 
-from helpers import collect, control, eventually, file_artifact
+from helpers import ARTIFACT_ROOTS, collect, control, eventually, file_artifact
 
 
 # Every behaviour holds for plain processes and for sandboxed ones.
@@ -114,7 +114,8 @@ def _group_size(pgid: int) -> int:
 async def test_node_shutdown_stops_every_workload(nats_server, tmp_path, nc, programs, sandbox):
     from nex.node.config import NodeConfig
 
-    node = Node(NodeConfig(server=nats_server.url, state_dir=tmp_path / "n", stop_grace_s=1, sandbox=sandbox))
+    node = Node(NodeConfig(artifact_roots=ARTIFACT_ROOTS,
+                           server=nats_server.url, state_dir=tmp_path / "n", stop_grace_s=1, sandbox=sandbox))
     await node.start()
     stopped_events = await collect(nc, subjects.events_filter("system"))
     pids = []

@@ -19,7 +19,7 @@ from nex.node.config import NodeConfig
 from nex.node.node import Node
 from nex.sandbox.runner import OciRunner
 
-from helpers import collect, control, eventually, file_artifact, nex
+from helpers import ARTIFACT_ROOTS, collect, control, eventually, file_artifact, nex
 from oci_helpers import build_image, registry  # noqa: F401  (a fixture)
 
 
@@ -45,7 +45,8 @@ def oci_runtime():
 @pytest.fixture
 async def oci_node(oci_runtime, nats_server):
     state = searchable_temp_dir("nex-oci-node-")
-    config = NodeConfig(server=nats_server.url, state_dir=state / "node", name="oci-node",
+    config = NodeConfig(artifact_roots=ARTIFACT_ROOTS,
+                        server=nats_server.url, state_dir=state / "node", name="oci-node",
                         stop_grace_s=2.0, lameduck_s=0.2, sandbox="oci")
     node = Node(config)
     await node.start()
@@ -146,7 +147,8 @@ async def test_a_registry_reference_is_pulled_by_its_manifest_digest(oci_node, n
 
     wrong = {"uri": uri, "sha256": "0" * 64}
     code, refused = await control(nc, "DEPLOY", oci_node.node_id, oci_body(wrong), timeout=30)
-    assert code == 400 and summary.artifact.sha256 in refused["error"]["message"]
+    message = refused["error"]["message"]
+    assert code == 400 and "0" * 64 in message and summary.artifact.sha256 not in message, "no digest oracle"
     for missing in (f"oci://{registry.host}/team/hello:2", f"oci://{registry.host}/nobody:1"):
         code, reply = await control(nc, "DEPLOY", oci_node.node_id,
                                     oci_body({"uri": missing, "sha256": "1" * 64}), timeout=30)
@@ -181,7 +183,8 @@ async def test_a_container_over_its_memory_limit_is_killed(oci_node, nc, program
 
 
 async def test_a_node_without_sandbox_offers_no_containers(nats_server, nc, tmp_path, tarball):
-    node = Node(NodeConfig(server=nats_server.url, state_dir=tmp_path / "plain", sandbox="none"))
+    node = Node(NodeConfig(artifact_roots=ARTIFACT_ROOTS,
+                           server=nats_server.url, state_dir=tmp_path / "plain", sandbox="none"))
     await node.start()
     try:
         _, info = await control(nc, "INFO", node.node_id)

@@ -12,7 +12,7 @@ import pytest
 from nats.aio.client import Client
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
-from helpers import eventually, file_artifact
+from helpers import ARTIFACT_ROOTS, eventually, file_artifact
 from nex.api.apps import AppSpec, RolloutState
 from nex.api.models import WorkloadState
 from nex.fleet.store import AppStore
@@ -24,7 +24,7 @@ ZONES = ("a", "b", "c")
 
 
 def node_config(server: NatsServer, tmp_path: Path, zone: str) -> NodeConfig:
-    return NodeConfig(
+    return NodeConfig(artifact_roots=ARTIFACT_ROOTS,
         server=server.url, state_dir=tmp_path / f"node-{zone}", name=f"node-{zone}", tags={"zone": zone},
         stop_grace_s=1.0, lameduck_s=10.0, sandbox="none", registry_interval_s=0.5, node_timeout_s=2.0,
         lease_s=2.0, reconcile_interval_s=0.3, fleet_keys=tmp_path / "fleet")

@@ -21,7 +21,7 @@ from nex.sandbox import cgroups
 from nex.sandbox.bundle import HOST_ID_BASE, ID_RANGE, NOBODY
 from nex.sandbox.runner import OciRunner
 
-from helpers import alive, collect, control, eventually, file_artifact, nex, start_node, wait_for_node
+from helpers import ARTIFACT_ROOTS, alive, collect, control, eventually, file_artifact, nex, start_node, wait_for_node
 
 sandboxed = pytest.mark.parametrize("node", ["oci"], indirect=True)
 
@@ -274,7 +274,8 @@ async def test_auto_without_a_runtime_runs_plain_processes_tagged_unsafe(nats_se
     from nex.node.config import NodeConfig
 
     monkeypatch.setenv("PATH", str(tmp_path))
-    node = Node(NodeConfig(server=nats_server.url, state_dir=tmp_path / "n", sandbox="auto"))
+    node = Node(NodeConfig(artifact_roots=ARTIFACT_ROOTS,
+                           server=nats_server.url, state_dir=tmp_path / "n", sandbox="auto"))
     await node.start()
     try:
         assert node.oci is None and node.tags["nex.unsafe"] == "true"

@@ -20,12 +20,12 @@ from nex.node.node import Node
 from nex.runtimes.base import WorkloadSpec
 
 from conftest import sandbox_verdict
-from helpers import control, eventually, file_artifact
+from helpers import ARTIFACT_ROOTS, control, eventually, file_artifact
 
 
 @pytest.fixture
 async def auth_node(tmp_path: Path):
-    config = NodeConfig(state_dir=tmp_path / "node", name="auth-node", port=0, auth=True,
+    config = NodeConfig(artifact_roots=ARTIFACT_ROOTS, state_dir=tmp_path / "node", name="auth-node", port=0, auth=True,
                         sandbox="none", stop_grace_s=2.0, lameduck_s=0.2)
     node = Node(config)
     await node.start()
@@ -195,7 +195,8 @@ async def test_sandboxed_workload_gets_jwt_and_seed(tmp_path: Path, programs):
     reason = await sandbox_verdict(tmp_path / "probe")
     if reason is not None:
         pytest.skip(f"this host cannot sandbox: {reason}")
-    node = Node(NodeConfig(state_dir=tmp_path / "node", name="auth-oci", port=0, auth=True,
+    node = Node(NodeConfig(artifact_roots=ARTIFACT_ROOTS,
+                           state_dir=tmp_path / "node", name="auth-oci", port=0, auth=True,
                            sandbox="oci", stop_grace_s=2.0))
     await node.start()
     try:

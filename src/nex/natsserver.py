@@ -194,7 +194,7 @@ class NatsServer:
                     setattr(self, name, 0)
 
     async def _launch(self, timeout: float) -> None:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # every stream's data: no one else's
         args = self._arguments()
         # A file, not a pipe: nobody reads a pipe while the server runs, and a full
         # pipe would block the server on its next log line.

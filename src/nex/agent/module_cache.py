@@ -33,7 +33,7 @@ class ModuleCache:
         self.compiled = 0
         self.loaded = 0
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # compiled artifacts: the node's alone
 
     def path_for(self, sha256: str) -> Path | None:
         if self.directory is None:

@@ -82,9 +82,36 @@ class BadArtifact(BadRequest):
 
 
 class HashMismatch(BadArtifact):
-    def __init__(self, uri: str, expected: str, actual: str) -> None:
-        super().__init__(f"sha256 of {uri} is {actual}, the deploy request says {expected}")
-        self.uri, self.expected, self.actual = uri, expected, actual
+    """The bytes behind ``uri`` do not have the sha256 the request gives.
+
+    The sha256 they do have is never stated: to someone who cannot read the bytes,
+    it would be an oracle (the hash of a file only the node can read).
+    """
+
+    def __init__(self, uri: str, expected: str) -> None:
+        super().__init__(f"the sha256 of {uri} is not {expected}, the one the deploy request gives")
+        self.uri, self.expected = uri, expected
+
+
+class ArtifactTooLarge(BadArtifact):
+    def __init__(self, uri: str, limit: int) -> None:
+        super().__init__(f"artifact {uri} is larger than this node's maximum of {limit} bytes "
+                         "(max_artifact_bytes in its config)")
+        self.uri, self.limit = uri, limit
+
+
+class ArtifactNotAllowed(Forbidden):
+    """A ``file://`` artifact outside every directory the node's operator listed (``artifact_roots``)."""
+
+    def __init__(self, uri: str, has_roots: bool) -> None:
+        if has_roots:
+            message = f"artifact {uri} is outside every artifact root of this node"
+        else:
+            message = ("this node serves no file:// artifacts: its operator lists none of its directories "
+                       "(nex node up --artifact-root DIR, or artifact_roots in its config)")
+        super().__init__(f"{message}; upload the file to the Object Store instead "
+                         "(nex devrun and nex apply do) and deploy it as nats://BUCKET/KEY")
+        self.uri = uri
 
 
 class ForbiddenTrigger(BadRequest):

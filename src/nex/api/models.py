@@ -100,7 +100,8 @@ def settle_lifecycle(workload: Any) -> None:
 
 
 class Artifact(Strict):
-    uri: str = Field(description="nats://BUCKET/KEY (JetStream Object Store), file:///path, or oci://host/repo:tag")
+    uri: str = Field(description="nats://BUCKET/KEY (JetStream Object Store), file:///path (inside one of "
+                     "the node's artifact_roots), or oci://host/repo:tag")
     sha256: Sha256 = Field(description="of the file; for oci:// references, of the image manifest")
 
     @field_validator("uri")

@@ -33,6 +33,10 @@ from nex.sandbox.runner import SandboxUnavailable
 @click.option("--trusted-issuer", "trusted_issuers", multiple=True, metavar="A...",
               help="account nkey whose signed deploys run here (repeatable); none: dev mode, unsigned "
                    "requests accepted")
+@click.option("--artifact-root", "artifact_roots", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False, resolve_path=True, path_type=Path),
+              help="directory file:// artifacts may be deployed from (repeatable); none: every file:// "
+                   "artifact is refused (nex devrun and nex apply upload to the Object Store)")
 @click.option("--admin-issuer", "admin_issuers", multiple=True, metavar="A...",
               help="account nkey that may also stop any workload (repeatable)")
 @click.option("--auth/--no-auth", "auth", default=None,
@@ -59,7 +63,8 @@ from nex.sandbox.runner import SandboxUnavailable
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @with_global_options
 def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log_level: str,
-            trusted_issuers: tuple[str, ...], admin_issuers: tuple[str, ...], **flags: object) -> None:
+            trusted_issuers: tuple[str, ...], admin_issuers: tuple[str, ...], artifact_roots: tuple[Path, ...],
+            **flags: object) -> None:
     """Run a node: take workloads over NATS until SIGINT or SIGTERM.
 
     With no --server (and no NATS_URL) the node starts an embedded nats-server
@@ -80,6 +85,7 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
         overrides["tags"] = parse_tags(tags) if tags else None
         overrides["trusted_issuers"] = list(trusted_issuers) or None
         overrides["admin_issuers"] = list(admin_issuers) or None
+        overrides["artifact_roots"] = list(artifact_roots) or None
         config = load_config(config_path, overrides)
         tune_for_service()
         asyncio.run(Node(config).run())

@@ -71,10 +71,10 @@ async def pull(uri: str, sha256: str, target: Path) -> Path:
     reference = parse_reference(uri)
     expected = f"sha256:{sha256}"
     if reference.digest and reference.digest != expected:
-        raise HashMismatch(uri, sha256, reference.digest.removeprefix("sha256:"))
+        raise HashMismatch(uri, sha256)
     actual = await manifest_digest(reference)
     if actual != expected:
-        raise HashMismatch(uri, sha256, actual.removeprefix("sha256:"))
+        raise HashMismatch(uri, sha256)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".pull-"))
     try:
         await _skopeo(reference, "copy", "--quiet", *_tls(reference, "--src-tls-verify"),

@@ -72,6 +72,12 @@ class NodeConfig(BaseModel):
         default=None, description="namespace -> subject patterns its triggers may use besides its own "
         "nex.<ns>.> (e.g. {payments = [\"pay.>\"]}); a namespace not listed gets only nex.<ns>.>; "
         "none: trigger subjects outside nex.* are open to every namespace")
+    # -- artifacts (docs/security.md, "Artifacts") --
+    artifact_roots: list[Path] = Field(
+        default_factory=list, description="directories file:// artifacts may come from; none by default: "
+        "every file:// artifact is refused (deploy from the Object Store instead)")
+    max_artifact_bytes: int = Field(default=1 << 30, gt=0, description="the largest artifact the node "
+                                    "fetches; a larger one is refused before it is read")
     # -- the fleet (docs/operations.md) --
     replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas of the streams and buckets "
                           "Nex creates (3 on a cluster of 3 or more servers)")
@@ -108,6 +114,14 @@ class NodeConfig(BaseModel):
         default_factory=lambda: os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
         description="OTLP/HTTP endpoint the function agents export invocation spans to; "
         "default: $OTEL_EXPORTER_OTLP_ENDPOINT; none: no export")
+
+    @field_validator("artifact_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[Path]) -> list[Path]:
+        for root in roots:
+            if not root.is_absolute():
+                raise ValueError(f"artifact root {str(root)!r} must be an absolute path")
+        return roots
 
     @field_validator("otel_endpoint")
     @classmethod

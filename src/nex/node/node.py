@@ -22,6 +22,7 @@ from nex.api.models import (
     UndeployRequest,
     NodeRecord, UndeployResponse, WorkloadPing,
 )
+from nex.artifact_roots import ArtifactRoots
 from nex.artifacts import ArtifactCache, parse_nats_uri
 from nex.fleet.reconciler import Reconciler, fleet_keys
 from nex.fleet.verify import Trust
@@ -36,6 +37,7 @@ from nex.node.metrics import MetricsServer
 from nex.node.registry import NodeRegistry
 from nex.node.resources import automatic_tags, resources
 from nex.node.sandboxing import choose_sandbox, sweep_containers
+from nex.node.statedir import make_private
 from nex.node.supervisor import Supervisor
 from nex.node.workloads import Workload
 from nex.api.claims import SignedRequest
@@ -67,6 +69,7 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.state_dir = config.state_dir
+        make_private(self.state_dir)
         self.keys = identity.load_or_create(self.state_dir)
         self.node_id = identity.node_id(self.keys)
         self.xkey = load_or_create_xkey(self.state_dir / NODE_XKEY_FILE)
@@ -132,7 +135,8 @@ class Node:
                                  image_budget_bytes=self.config.image_disk_budget_bytes)
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
-            ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream()), self.feeds,
+            ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream(), ArtifactRoots(self.config.artifact_roots),
+                          self.config.max_artifact_bytes), self.feeds,
             on_removed=self._workload_removed, nc=self.nc, on_changed=self._workloads_changed,
         )
         swept = await self.supervisor.sweep_leftovers()

@@ -56,8 +56,8 @@ class Supervisor:
         self._on_removed = on_removed
         self._handles_dir = state_dir / "handles"
         self._work_root = state_dir / "workloads"
-        self._handles_dir.mkdir(parents=True, exist_ok=True)
-        self._work_root.mkdir(parents=True, exist_ok=True)
+        self._handles_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._work_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.accepting = True
 
     @property

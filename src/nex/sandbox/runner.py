@@ -77,7 +77,7 @@ def make_bundle_dir(path: Path, id_base: int) -> Path:
     The runtime mounts the rootfs from inside the user namespace, so that root must
     search it; no other host user may reach the rootfs or the bundle's files.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     path.mkdir(mode=0o700, exist_ok=True)
     os.chown(path, id_base, id_base)
     path.chmod(0o700)
