@@ -1,8 +1,9 @@
-"""Property-based fuzzing of the claim and sealed-environment decoders (pure functions).
+"""Property-based fuzzing of the claim, app token and sealed-environment decoders (pure functions).
 
 Whatever the input, they return a value or raise their documented error types:
-``MalformedClaim`` or ``BadSignature`` for claims, ``SealedEnvError`` for sealed
-environments. Anything else would be a 500 at the node.
+``MalformedClaim`` or ``BadSignature`` for request claims and app tokens,
+``SealedEnvError`` for sealed environments. Anything else would be a 500 at the
+node, or a reconciler that stops on a record.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import nkeys
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nex.api import claims
+from nex.api import appsig, claims
 from nex.api.errors import BadSignature, MalformedClaim, SealedEnvError
 from nex.security.xkeys import VERSION, XKey, open_env, seal_env
 
@@ -72,6 +73,50 @@ def test_an_altered_claim_never_verifies_as_another(position: int, replacement: 
     altered = token[:index] + replacement + token[index + 1:]
     decoded = decodes_or_refuses(altered)
     # Non-canonical base64 can give the same bytes: the same claim, never a different one.
+    assert decoded is None or decoded == original
+
+
+def valid_app_token() -> str:
+    return appsig.sign(appsig.AppClaim(iss=ISSUER_PUBLIC, iat=1_700_000_000, op="apply", namespace="default",
+                                       name="fuzz", version=2, spec_sha256="0" * 64, previous_sha256="1" * 64),
+                       ISSUER)
+
+
+def app_token_or_refusal(token: str) -> appsig.AppClaim | None:
+    try:
+        return appsig.decode(token)
+    except (MalformedClaim, BadSignature):
+        return None
+
+
+app_payloads = st.fixed_dictionaries({
+    "iss": st.sampled_from([ISSUER_PUBLIC, "A" * 56, "x"]), "iat": st.integers(-5, 2**64),
+    "op": st.sampled_from(["apply", "delete", "deploy"]), "namespace": st.text(max_size=10),
+    "name": st.text(max_size=10), "version": st.integers(-5, 2**64),
+}, optional={"spec_sha256": st.text("0123456789abcdef", max_size=70), "previous_sha256": json_values})
+
+
+@FUZZ
+@given(token=st.one_of(
+    st.text(max_size=300),
+    st.lists(st.text(B64URL, max_size=80), min_size=1, max_size=5).map(".".join),
+    st.tuples(app_payloads, st.binary(max_size=80)).map(
+        lambda t: ".".join([b64url(json.dumps(appsig.HEADER).encode()), b64url(json.dumps(t[0]).encode()),
+                            b64url(t[1])])),
+    nested.map(lambda text: f"{b64url(json.dumps(appsig.HEADER).encode())}.{b64url(text.encode())}.AA"),
+    st.just(valid_token()),  # a request claim is no app token
+))
+def test_the_app_token_decoder_raises_only_its_errors(token: str):
+    assert app_token_or_refusal(token) is None
+
+
+@FUZZ
+@given(position=st.integers(0, 10_000), replacement=st.sampled_from(list(B64URL) + [".", "", "=", "é"]))
+def test_an_altered_app_token_never_verifies_as_another(position: int, replacement: str):
+    token = valid_app_token()
+    original = appsig.decode(token)
+    index = position % len(token)
+    decoded = app_token_or_refusal(token[:index] + replacement + token[index + 1:])
     assert decoded is None or decoded == original
 
 

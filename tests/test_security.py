@@ -12,7 +12,7 @@ from pathlib import Path
 import nkeys
 import pytest
 
-from nex.api import claims, subjects
+from nex.api import claims, subjects, tokens
 from nex.api.errors import Forbidden
 from nex.api.models import Artifact, DeployRequest, Trigger
 from nex.client import NexClient
@@ -159,9 +159,9 @@ async def test_a_tampered_claim_is_refused(secure_node, nc, owner, programs):
     body = json.dumps(request).encode()
     token = claims.sign_request(owner.issuer, subjects.control("default", "DEPLOY", "elsewhere"), body, time.time())
     header, payload, signature = token.split(".")
-    decoded = json.loads(claims.b64url_decode(payload))
+    decoded = json.loads(tokens.b64url_decode(payload))
     decoded["sub"] = subjects.control("default", "DEPLOY", secure_node.node_id)
-    forged = ".".join([header, claims.b64url_encode(json.dumps(decoded).encode()), signature])
+    forged = ".".join([header, tokens.b64url_encode(json.dumps(decoded).encode()), signature])
     code, reply = await control(nc, "DEPLOY", secure_node.node_id, body, headers={claims.CLAIM_HEADER: forged})
     assert code == 403 and "signature" in reply["error"]["message"]
     code, reply = await control(nc, "DEPLOY", secure_node.node_id, body, headers={claims.CLAIM_HEADER: "not.a-claim"})

@@ -18,7 +18,7 @@ from nex.api.errors import (
     BadSignature, ClaimExpired, ClaimMismatch, ClaimRequired, MalformedClaim, NotAdmin, NotOwner,
     SealedEnvError, UntrustedIssuer,
 )
-from nex.api.models import DeployRequest, Trigger
+from nex.api.models import Trigger
 from nex.api.subjects import RESERVED_SUBJECTS, subjects_overlap
 from nex.security.claims import ClaimPolicy
 from nex.security.xkeys import VERSION, XKey, open_env, seal_env

@@ -125,8 +125,8 @@ async def test_a_namespace_client_runs_its_namespace_with_the_real_cli(auth_node
     assert workload["id"] in out and "workload_started" in out, out
 
     app = tmp_path / "shop.yaml"
-    app.write_text(f"name: greeter\nnamespace: shop\nworkloads:\n  - name: greeter\n    type: javascript\n"
-                   f"    artifact: ./hello.js\n    triggers: [nex.shop.greet]\n")
+    app.write_text("name: greeter\nnamespace: shop\nworkloads:\n  - name: greeter\n    type: javascript\n"
+                   "    artifact: ./hello.js\n    triggers: [nex.shop.greet]\n")
     code, _, err = await nex(*as_shop, "apply", "-f", str(app))
     assert code == 0, err
     shop = await tenant(auth_node, creds)

@@ -1,9 +1,8 @@
 """Signed desired state: the app token that ``nex apply`` and ``nex app delete`` sign. Pure, no I/O.
 
-An app token has the encoding of a deploy claim (:mod:`nex.api.claims`): three
-base64url parts, ``header.payload.signature``, Ed25519 by the issuer's account
-nkey over ``header "." payload``; its header is ``{"typ":"nex-app",...}`` so that
-neither can pass for the other. The payload (:class:`AppClaim`) binds the
+An app token is a token of :mod:`nex.api.tokens`, as a request claim is
+(``header.payload.signature``, Ed25519 by the issuer's account nkey); its header
+is ``{"typ":"nex-app",...}`` so that neither can pass for the other. The payload (:class:`AppClaim`) binds the
 namespace, the name, the version and the digest of the whole spec.
 
 The spec digest is a small Merkle form, so that a node can check the one workload
@@ -25,15 +24,11 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import nkeys
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from nex.api import tokens
 from nex.api.apps import AppSpec, AppWorkload
-from nex.api.claims import b64url_decode, b64url_encode
-from nex.api.errors import BadSignature, MalformedClaim
-from nex.api.keys import PREFIX_ACCOUNT, KeyDecodeError, decode_public
-from nex.api.models import Strict, WorkloadDigest, describe_validation_error
+from nex.api.models import Strict, WorkloadDigest
 from nex.api.subjects import TOKEN_PATTERN
 
 __all__ = [
@@ -108,12 +103,7 @@ def spec_digest(spec: AppSpec) -> str:
 
 def sign(claim: AppClaim, issuer: nkeys.KeyPair) -> str:
     """The compact token of ``claim`` signed by ``issuer`` (whose public key must be ``claim.iss``)."""
-    if issuer.public_key.decode() != claim.iss:
-        raise ValueError("the token's iss is not the signing key")
-    header = b64url_encode(canonical(HEADER))
-    payload = b64url_encode(claim.model_dump_json(exclude_none=True).encode())
-    signed = f"{header}.{payload}"
-    return f"{signed}.{b64url_encode(issuer.sign(signed.encode()))}"
+    return tokens.sign(HEADER, claim, issuer)
 
 
 def decode(token: str) -> AppClaim:
@@ -123,30 +113,4 @@ def decode(token: str) -> AppClaim:
     not verify. Whether the issuer is trusted, and whether the token fits the record,
     is the caller's question.
     """
-    if len(token) > MAX_TOKEN_BYTES:
-        raise MalformedClaim(f"malformed app token: over {MAX_TOKEN_BYTES} bytes")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise MalformedClaim("malformed app token: expected header.payload.signature")
-    header_part, payload_part, signature_part = parts
-    try:
-        header = json.loads(b64url_decode(header_part))
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the interpreter's limit
-        raise MalformedClaim("malformed app token: the header is not JSON") from None
-    if header != HEADER:
-        raise MalformedClaim(f"malformed app token: the header must be {json.dumps(HEADER)}")
-    try:
-        claim = AppClaim.model_validate_json(b64url_decode(payload_part))
-    except ValidationError as exc:
-        raise MalformedClaim("malformed app token: "
-                             + describe_validation_error(exc).removeprefix("invalid request: ")) from None
-    signature = b64url_decode(signature_part)
-    try:
-        verifier = VerifyKey(decode_public(PREFIX_ACCOUNT, claim.iss))
-    except KeyDecodeError:
-        raise MalformedClaim("malformed app token: iss is not an account public key") from None
-    try:
-        verifier.verify(f"{header_part}.{payload_part}".encode(), signature)
-    except (BadSignatureError, ValueError):
-        raise BadSignature() from None
-    return claim
+    return tokens.decode(token, HEADER, AppClaim, "app token", MAX_TOKEN_BYTES)

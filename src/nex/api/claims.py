@@ -1,16 +1,10 @@
 """Signed claims: who asks for a control request, and for exactly which bytes. Pure, no I/O.
 
-A claim travels in the ``Nex-Claim`` header of a control request. It is three
-base64url parts (no padding) joined by dots, as NATS JWTs are::
-
-    base64url(header) "." base64url(payload) "." base64url(signature)
-
-The header is ``{"typ":"nex-claim","alg":"ed25519-nkey"}``; the payload is a
-compact JSON :class:`Claim`; the signature is Ed25519 by the issuer's nkey over
-the ASCII bytes ``header "." payload`` (the first two parts as sent). The issuer
-is an account nkey (``A...``), the key type that issues JWTs in NATS; the
-signer is the ``iss`` of the payload, so a claim verifies on its own and the
-node then decides whether it trusts that issuer.
+A claim travels in the ``Nex-Claim`` header of a control request. It is a token
+of :mod:`nex.api.tokens` (``header.payload.signature``, Ed25519 by the issuer's
+account nkey) with the header ``{"typ":"nex-claim","alg":"ed25519-nkey"}`` and a
+compact JSON :class:`Claim` as payload. The issuer is an account nkey
+(``A...``), the key type that issues JWTs in NATS.
 
 A claim binds the whole request: ``sub`` is the exact subject it is sent to
 (namespace, verb and target: the node, the bid, the workload) and
@@ -22,23 +16,18 @@ bytes it sends; there is no canonical form to reproduce.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
 import nkeys
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from nex.api.errors import BadSignature, ClaimExpired, MalformedClaim
-from nex.api.keys import PREFIX_ACCOUNT, KeyDecodeError, decode_public
-from nex.api.models import Strict, describe_validation_error
+from nex.api import tokens
+from nex.api.errors import ClaimExpired
+from nex.api.models import Strict
 from nex.api.subjects import SVC_PREFIX
 
 CLAIM_HEADER = "Nex-Claim"
@@ -52,7 +41,6 @@ ISSUER_PREFIX = "A"
 Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 # $NEX.SVC.<ns>.control.<VERB>[.<target>...]: the subject a claim is good for.
 _CONTROL_SUBJECT = re.escape(SVC_PREFIX) + r"\.[A-Za-z0-9_-]{1,64}\.control\.[A-Z]{1,16}(\.[A-Za-z0-9_-]{1,64}){0,2}"
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class Claim(Strict):
@@ -92,19 +80,6 @@ class SignedRequest:
     token: str | None = None
 
 
-def b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def b64url_decode(text: str) -> bytes:
-    if not text or not _BASE64URL.fullmatch(text):
-        raise MalformedClaim("malformed claim: a part is not base64url")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise MalformedClaim("malformed claim: a part is not base64url") from None
-
-
 def new_jti() -> str:
     return secrets.token_urlsafe(18)
 
@@ -115,12 +90,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def sign(claim: Claim, issuer: nkeys.KeyPair) -> str:
     """The compact token of ``claim`` signed by ``issuer`` (whose public key must be ``claim.iss``)."""
-    if issuer.public_key.decode() != claim.iss:
-        raise ValueError("the claim's iss is not the signing key")
-    header = b64url_encode(json.dumps(HEADER, separators=(",", ":")).encode())
-    payload = b64url_encode(claim.model_dump_json(exclude_none=True).encode())
-    signed = f"{header}.{payload}"
-    return f"{signed}.{b64url_encode(issuer.sign(signed.encode()))}"
+    return tokens.sign(HEADER, claim, issuer)
 
 
 def request_claim(issuer: str, subject: str, body: bytes, now: float, lifetime: int = DEFAULT_LIFETIME_S) -> Claim:
@@ -141,32 +111,7 @@ def decode(token: str) -> Claim:
     Raises MalformedClaim (400) when it does not decode, BadSignature (403) when the
     signature does not verify. Whether the issuer is trusted is the caller's question.
     """
-    if len(token) > MAX_CLAIM_BYTES:
-        raise MalformedClaim(f"malformed claim: over {MAX_CLAIM_BYTES} bytes")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise MalformedClaim("malformed claim: expected header.payload.signature")
-    header_part, payload_part, signature_part = parts
-    try:
-        header = json.loads(b64url_decode(header_part))
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the interpreter's limit
-        raise MalformedClaim("malformed claim: the header is not JSON") from None
-    if header != HEADER:
-        raise MalformedClaim(f"malformed claim: the header must be {json.dumps(HEADER)}")
-    try:
-        claim = Claim.model_validate_json(b64url_decode(payload_part))
-    except ValidationError as exc:
-        raise MalformedClaim("malformed claim: " + describe_validation_error(exc).removeprefix("invalid request: "))
-    signature = b64url_decode(signature_part)
-    try:
-        verifier = VerifyKey(decode_public(PREFIX_ACCOUNT, claim.iss))
-    except KeyDecodeError:
-        raise MalformedClaim("malformed claim: iss is not an account public key") from None
-    try:
-        verifier.verify(f"{header_part}.{payload_part}".encode(), signature)
-    except (BadSignatureError, ValueError):
-        raise BadSignature() from None
-    return claim
+    return tokens.decode(token, HEADER, Claim, "claim", MAX_CLAIM_BYTES)
 
 
 def check_time(claim: Claim, now: float, skew: float = CLOCK_SKEW_S) -> None:

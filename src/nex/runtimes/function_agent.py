@@ -160,7 +160,6 @@ class AgentRuntime(ABC):
             "errors": stats.errors if stats else 0,
             "rejected": stats.rejected if stats else 0,
             "memory_bytes": stats.memory_bytes if stats else 0,
-            "rejected": stats.rejected if stats else 0,
             # the latency histogram, for nex.node.metrics
             "latency_buckets": stats.latency_buckets if stats else [],
             "latency_sum_ms": stats.latency_sum_ms if stats else 0.0,
