@@ -23,6 +23,8 @@ from nex.images.unpack import make_dirs_inside
 
 from oci_helpers import build_image, registry  # noqa: F401  (a fixture)
 
+MAX_BYTES = 1 << 30  # a node's default max_artifact_bytes
+
 
 @pytest.fixture(scope="module")
 def image(programs, tmp_path_factory):
@@ -143,17 +145,17 @@ async def test_a_pull_checks_the_manifest_digest(image, registry, tmp_path):  # 
     hex_digest = image.manifest_digest.removeprefix("sha256:")
 
     with pytest.raises(HashMismatch) as wrong:
-        await pull(uri, "0" * 64, tmp_path / ("0" * 64))
+        await pull(uri, "0" * 64, tmp_path / ("0" * 64), MAX_BYTES)
     assert hex_digest not in wrong.value.message and not (tmp_path / ("0" * 64)).exists()
     with pytest.raises(NotFound) as missing:
-        await pull(f"oci://{registry.host}/hello:2", hex_digest, tmp_path / "x")
+        await pull(f"oci://{registry.host}/hello:2", hex_digest, tmp_path / "x", MAX_BYTES)
     assert missing.value.code == 404 and "manifest unknown" in missing.value.message
 
     with pytest.raises(HashMismatch):
-        await pull(f"oci://{registry.host}/hello@{image.manifest_digest}", "1" * 64, tmp_path / "y")
-    layout = await pull(f"oci://{registry.host}/hello@{image.manifest_digest}", hex_digest, tmp_path / "z")
+        await pull(f"oci://{registry.host}/hello@{image.manifest_digest}", "1" * 64, tmp_path / "y", MAX_BYTES)
+    layout = await pull(f"oci://{registry.host}/hello@{image.manifest_digest}", hex_digest, tmp_path / "z", MAX_BYTES)
     assert read_manifest(layout).digest == image.manifest_digest, "a reference may pin its digest"
-    layout = await pull(uri, hex_digest, tmp_path / hex_digest)
+    layout = await pull(uri, hex_digest, tmp_path / hex_digest, MAX_BYTES)
     assert read_manifest(layout).digest == image.manifest_digest
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pull-")]
     unpacked = await ImageStore(tmp_path / "images").acquire(layout)
@@ -162,7 +164,7 @@ async def test_a_pull_checks_the_manifest_digest(image, registry, tmp_path):  # 
 
 async def test_an_unreachable_registry_is_reported(tmp_path):
     with pytest.raises(NotFound) as caught:
-        await pull("oci://127.0.0.1:9/hello:1", "0" * 64, tmp_path / "x")
+        await pull("oci://127.0.0.1:9/hello:1", "0" * 64, tmp_path / "x", MAX_BYTES)
     assert "connection refused" in caught.value.message
 
 

@@ -222,3 +222,20 @@ async def test_devrun_takes_a_tarball_or_a_reference(oci_node, nats_server, nc, 
     assert workload["artifact"] == {"uri": uri, "sha256": image.manifest_digest.removeprefix("sha256:")}
     code, out, err = await nex("devrun", f"oci://{registry.host}/cli:nope", "--server", url)
     assert code != 0 and "manifest unknown" in err
+
+
+async def test_a_registry_pull_stops_at_the_nodes_maximum_and_leaves_nothing(oci_runtime, nats_server, nc, image,
+                                                                              registry):  # noqa: F811
+    uri = registry.push(image, "team/big", "1")
+    state = searchable_temp_dir("nex-oci-small-")
+    node = Node(NodeConfig(server=nats_server.url, state_dir=state / "node", name="small", sandbox="oci",
+                           stop_grace_s=1.0, max_artifact_bytes=64 * 1024))
+    await node.start()
+    try:
+        digest = image.manifest_digest.removeprefix("sha256:")
+        code, reply = await control(nc, "DEPLOY", node.node_id, oci_body({"uri": uri, "sha256": digest}), timeout=30)
+        assert code == 400 and "maximum of 65536 bytes" in reply["error"]["message"], reply
+        assert list((node.state_dir / "artifacts").iterdir()) == [], "no partial pull is left behind"
+    finally:
+        await node.shutdown()
+        shutil.rmtree(state, ignore_errors=True)

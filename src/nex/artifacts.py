@@ -84,7 +84,8 @@ class ArtifactCache:
         cached = self.directory / artifact.sha256
         async with self._one_fetch(artifact.sha256):
             if artifact.uri.startswith("oci://"):
-                return cached if cached.exists() else await pull_image(artifact.uri, artifact.sha256, cached)
+                return cached if cached.exists() else await pull_image(
+                    artifact.uri, artifact.sha256, cached, self.max_bytes)
             if artifact.uri.startswith("file://"):
                 return await asyncio.to_thread(self._fetch_file, artifact, cached)
             return await self._fetch_object(artifact, cached)

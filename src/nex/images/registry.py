@@ -14,9 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from nex.api.errors import HashMismatch, NotFound
+from nex.api.errors import ArtifactTooLarge, HashMismatch, NotFound
 from nex.images.reference import Reference, parse_reference
-from nex.images.tools import last_line, run_tool
+from nex.images.tools import TooLarge, last_line, run_tool, run_tool_within
 
 SKOPEO_TIMEOUT_S = 300.0
 PULLED_TAG = "nex"
@@ -32,10 +32,15 @@ class RegistryError(NotFound):
         self.reference = reference
 
 
-async def _skopeo(reference: Reference, *args: str, timeout: float = SKOPEO_TIMEOUT_S) -> bytes:
+async def _skopeo(reference: Reference, *args: str, timeout: float = SKOPEO_TIMEOUT_S,
+                  within: tuple[Path, int] | None = None) -> bytes:
+    """skopeo's output; ``within``: (a directory, bytes) that what skopeo writes there may take."""
     policy = [] if _POLICY.exists() else ["--insecure-policy"]
     try:
-        code, out, err = await run_tool("skopeo", *policy, *args, timeout=timeout)
+        if within is None:
+            code, out, err = await run_tool("skopeo", *policy, *args, timeout=timeout)
+        else:
+            code, out, err = await run_tool_within(*within, "skopeo", *policy, *args, timeout=timeout)
     except asyncio.TimeoutError:
         raise RegistryError(reference, f"no answer within {timeout:g}s") from None
     if code != 0:
@@ -62,11 +67,13 @@ async def manifest_digest(reference: Reference) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-async def pull(uri: str, sha256: str, target: Path) -> Path:
+async def pull(uri: str, sha256: str, target: Path, max_bytes: int) -> Path:
     """Pull the image ``uri`` names into an OCI layout directory at ``target``.
 
     ``sha256`` must be the digest of the manifest the reference names (HashMismatch
     otherwise); the copy is then made by that digest, so what lands is what was checked.
+    The pull is stopped, and leaves nothing, once it has written more than ``max_bytes``
+    (ArtifactTooLarge).
     """
     reference = parse_reference(uri)
     expected = f"sha256:{sha256}"
@@ -77,8 +84,11 @@ async def pull(uri: str, sha256: str, target: Path) -> Path:
         raise HashMismatch(uri, sha256)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".pull-"))
     try:
-        await _skopeo(reference, "copy", "--quiet", *_tls(reference, "--src-tls-verify"),
-                      reference.docker(expected), f"oci:{staging}:{PULLED_TAG}")
+        try:
+            await _skopeo(reference, "copy", "--quiet", *_tls(reference, "--src-tls-verify"),
+                          reference.docker(expected), f"oci:{staging}:{PULLED_TAG}", within=(staging, max_bytes))
+        except TooLarge:
+            raise ArtifactTooLarge(uri, max_bytes) from None
         try:
             os.rename(staging, target)
         except OSError:

@@ -14,25 +14,17 @@ import asyncio
 import os
 import shutil
 import tarfile
-import time
 from pathlib import Path
 
 from nex.api.errors import BadArtifact
 from nex.images.layout import ImageManifest, blob_name, write_single_index
-from nex.images.sanitize import TreeReport, sanitize_tree, tree_bytes
-from nex.images.tools import last_line, run_tool
+from nex.images.sanitize import TreeReport, sanitize_tree
+from nex.images.tools import TooLarge, last_line, run_tool_within
+
+__all__ = ["TooLarge", "make_dirs_inside", "unpack"]
 
 UNPACK_TIMEOUT_S = 600.0
-MEASURE_EVERY_S = 0.01
 _TAG = "nex-unpack"
-
-
-class TooLarge(Exception):
-    """The tree passed the limit while it was unpacked (or once unpacked)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__(f"at least {size} bytes")
-        self.size = size
 
 
 async def unpack(artifact: Path, manifest: ImageManifest, staging: Path, limit: int,
@@ -45,25 +37,13 @@ async def unpack(artifact: Path, manifest: ImageManifest, staging: Path, limit: 
     await asyncio.to_thread(_stage_layout, artifact, layout, manifest)
     bundle = staging / "bundle"
     rootfs = bundle / "rootfs"
-    umoci = asyncio.create_task(run_tool(
-        "umoci", "unpack", *_umoci_options(), "--image", f"{layout}:{_TAG}", str(bundle),
-        timeout=UNPACK_TIMEOUT_S, max_file_bytes=max(limit, 0) + 1))
-    watch = asyncio.create_task(_watch(rootfs, limit))
     try:
-        await asyncio.wait({umoci, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (umoci, watch):
-            task.cancel()  # run_tool kills umoci when cancelled
-        await asyncio.gather(umoci, watch, return_exceptions=True)
-    if watch.done() and not watch.cancelled():
-        raise TooLarge(watch.result())  # or what made measuring fail
-    try:
-        code, _, err = umoci.result()
+        code, _, err = await run_tool_within(
+            rootfs, limit, "umoci", "unpack", *_umoci_options(), "--image", f"{layout}:{_TAG}", str(bundle),
+            timeout=UNPACK_TIMEOUT_S)
     except asyncio.TimeoutError:
         raise BadArtifact(f"unpacking image {manifest.digest} took over {UNPACK_TIMEOUT_S:g}s") from None
     if code != 0:
-        if b"file too large" in err:  # one file passed the limit (EFBIG)
-            raise TooLarge(limit + 1)
         raise BadArtifact(f"cannot unpack image {manifest.digest}: {last_line(err)}")
     report = await asyncio.to_thread(sanitize_tree, str(rootfs))
     if report.bytes > limit:
@@ -72,17 +52,6 @@ async def unpack(artifact: Path, manifest: ImageManifest, staging: Path, limit: 
     for directory in (*mount_points, manifest.config.working_dir):
         await asyncio.to_thread(make_dirs_inside, rootfs, directory)
     return rootfs, report
-
-
-async def _watch(rootfs: Path, limit: int) -> int:
-    """Returns the size of the tree once it passes ``limit``; runs until cancelled otherwise."""
-    while True:
-        started = time.monotonic()
-        size = await asyncio.to_thread(tree_bytes, str(rootfs))
-        if size > limit:
-            return size
-        # A tree of many files takes a while to walk: walk at most a fifth of the time.
-        await asyncio.sleep(max(MEASURE_EVERY_S, 4 * (time.monotonic() - started)))
 
 
 def _umoci_options() -> list[str]:
