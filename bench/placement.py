@@ -13,11 +13,15 @@ workload processes) and the nats-server; ``--profile`` adds the top functions of
 this process during the placements (cProfile, which slows it down: the rate of a
 profiled run is not a figure to quote).
 
+With ``--signed`` (in-process only) the nodes trust one issuer and the client signs:
+every auction and deploy carries a claim, and each deploy's claim is recorded once
+in the fleet (``NEX_CLAIMS``), so the run shows what trust costs a placement.
+
 With ``--cluster`` the nodes are `nex node up` processes instead, one homed on each
 server of a 3-server cluster (the fleet of bench/convergence.py, JetStream R3):
 placements across the cluster, with the nodes' work spread over processes.
 
-Run: .venv/bin/python bench/placement.py [N] [IN_FLIGHT] [--native] [--cluster] [--profile]
+Run: .venv/bin/python bench/placement.py [N] [IN_FLIGHT] [--native] [--cluster | --signed] [--profile]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Awaitable, Callable
 
+import nkeys
 from common import build_static, children_of, echo_responder, report
 
 from nex.api.models import Artifact, AuctionRequest, DeployRequest, Trigger
@@ -44,6 +49,8 @@ from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
 from nex.node.config import NodeConfig
 from nex.node.node import Node
+from nex.security.keystore import UserKeys
+from nex.security.xkeys import XKey
 
 JS_SOURCE = b"(subject, payload) => 'placed'"
 NODES = 3
@@ -150,8 +157,11 @@ async def measure(nc, client: NexClient, request: Callable[[int], DeployRequest]
         print(out.getvalue())
 
 
-async def in_process(count: int, in_flight: int, native: bool, profile: bool) -> None:
-    """Three nodes in this process on one nats-server."""
+async def in_process(count: int, in_flight: int, native: bool, profile: bool, signed: bool = False) -> None:
+    """Three nodes in this process on one nats-server; ``signed``: nodes that trust the client's issuer."""
+    keys = UserKeys(nkeys.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)),
+                    XKey.create()) if signed else None
+    trust = {"trusted_issuers": [keys.issuer_public]} if keys else {}
     with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
         root = Path(tmp)
         server = NatsServer(store_dir=root / "js", port=0)
@@ -160,7 +170,7 @@ async def in_process(count: int, in_flight: int, native: bool, profile: bool) ->
             async with AsyncExitStack() as stack:
                 for i in range(NODES):
                     node = Node(NodeConfig(server=server.url, state_dir=root / f"node{i}", name=f"bench{i}",
-                                           sandbox="none", stop_grace_s=1.0, artifact_roots=[root]))
+                                           sandbox="none", stop_grace_s=1.0, artifact_roots=[root], **trust))
                     await node.start()
                     stack.push_async_callback(node.shutdown)
                 nc = await connect(ConnectOptions(servers=[server.url]))
@@ -169,8 +179,9 @@ async def in_process(count: int, in_flight: int, native: bool, profile: bool) ->
                 cpu = {"nodes + client (this process)": time.process_time,
                        "agents/workloads": lambda: _children_cpu(but={server_pid}),
                        "nats-server": lambda: _cpu_of(server_pid)}
-                await measure(nc, NexClient(nc, timeout=30), workload(native, root), native, count, in_flight,
-                              cpu, profile, f"{NODES} in-process nodes, one nats-server")
+                await measure(nc, NexClient(nc, timeout=30, keys=keys), workload(native, root), native, count,
+                              in_flight, cpu, profile, f"{NODES} in-process nodes, one nats-server"
+                              + (", signed requests" if signed else ""))
         finally:
             await server.stop()
 
@@ -198,6 +209,9 @@ async def on_cluster(count: int, in_flight: int, native: bool, profile: bool) ->
 
 if __name__ == "__main__":
     numbers = [a for a in sys.argv[1:] if not a.startswith("--")]
-    run = on_cluster if "--cluster" in sys.argv else in_process
-    asyncio.run(run(int(numbers[0]) if numbers else 600, int(numbers[1]) if len(numbers) > 1 else 32,
-                    "--native" in sys.argv, "--profile" in sys.argv))
+    args = (int(numbers[0]) if numbers else 600, int(numbers[1]) if len(numbers) > 1 else 32,
+            "--native" in sys.argv, "--profile" in sys.argv)
+    if "--cluster" in sys.argv:
+        asyncio.run(on_cluster(*args))
+    else:
+        asyncio.run(in_process(*args, signed="--signed" in sys.argv))
