@@ -27,6 +27,7 @@ from typing import Any
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from nex.api import subjects
+from nex.api.claims import CLAIM_HEADER
 from nex.api.replies import MalformedReply, check_reply
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,8 +77,6 @@ class Generator:
             "env": {r.choice(["K", "", "A=B", "\x00"]): r.choice(["secret", "x" * 1000])},
         }
         if r.random() < 0.3:  # the security fields, with junk or well-shaped nonsense in them
-            parts = [base64.urlsafe_b64encode(r.randbytes(r.randrange(1, 90))).rstrip(b"=").decode() for _ in range(3)]
-            body["claim"] = r.choice([".".join(parts), "[" * 1200, self.junk(), "a.b.c"])
             body["sealed_env"] = r.choice([base64.b64encode(b"xkv1" + r.randbytes(60)).decode(), "%%%", self.junk()])
             body["sender_xkey"] = r.choice(["X" + "A" * 55, "", self.junk()])
         if r.random() < 0.3:  # nearly valid: only the artifact is wrong, so the node goes looking for it
@@ -106,6 +105,14 @@ class Generator:
         if kind == 2:
             return json.dumps(self.deploy()).encode()
         return r.choice([b"", b"{}", b"null", b"[", b"{" * 5000, b'{"grace_ms": -1}', b'{"grace_ms": 1e99}'])
+
+    def claim(self) -> str | None:
+        """A ``Nex-Claim`` header of junk or well-shaped nonsense, now and then."""
+        r = self.rng
+        if r.random() >= 0.3:
+            return None
+        parts = [base64.urlsafe_b64encode(r.randbytes(r.randrange(1, 90))).rstrip(b"=").decode() for _ in range(3)]
+        return r.choice([".".join(parts), "[" * 1200, "a.b.c", "x" * 5000])
 
     def message(self) -> tuple[str, str | None, bytes]:
         r = self.rng
@@ -139,11 +146,13 @@ class Tally:
         self.malformed: list[str] = []
         self.internal: list[str] = []  # 500s: replies that are well-formed but mean a bug in the node
 
-    async def send(self, nc: Any, verb: str, target: str | None, body: bytes, namespace: str = "default") -> None:
+    async def send(self, nc: Any, verb: str, target: str | None, body: bytes, namespace: str = "default",
+                   claim: str | None = None) -> None:
         self.tried += 1
         subject = subjects.control(namespace, verb, target)
+        headers = {CLAIM_HEADER: claim} if claim is not None else None
         try:
-            msg = await nc.request(subject, body[: nc.max_payload - 4096], timeout=10)
+            msg = await nc.request(subject, body[: nc.max_payload - 4096], timeout=10, headers=headers)
         except NoRespondersError:
             self.outcomes["no responder (unknown workload)"] += 1
             return
@@ -186,7 +195,7 @@ async def main() -> None:
                     await asyncio.gather(*tasks)
                     rss["middle"] = rss_bytes(pid)
                 await slots.acquire()
-                task = asyncio.create_task(tally.send(nc, *generator.message()))
+                task = asyncio.create_task(tally.send(nc, *generator.message(), claim=generator.claim()))
                 task.add_done_callback(lambda _: slots.release())
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
