@@ -17,6 +17,7 @@ from nex.cli.options import GlobalOptions, with_global_options
 from nex.cli.output import describe_error
 from nex.natsserver import NatsServerError
 from nex.node.config import ConfigError, load_config, parse_tags
+from nex.node.statelock import StateDirInUse
 from nex.sandbox.runner import SandboxUnavailable
 
 
@@ -89,6 +90,9 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
         config = load_config(config_path, overrides)
         tune_for_service()
         asyncio.run(Node(config).run())
+    except StateDirInUse as exc:
+        click.echo(f"nex: error: {exc}\n{another_node_hint(config.server is None)}", err=True)
+        sys.exit(1)
     except NoServersError:
         click.echo(f"nex: error: cannot connect to NATS at {config.server}", err=True)
         sys.exit(1)
@@ -96,3 +100,11 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
             asyncio.TimeoutError) as exc:
         click.echo(f"nex: error: {describe_error(exc) or exc}", err=True)
         sys.exit(1)
+
+
+def another_node_hint(embedded: bool) -> str:
+    """How to start a second node on this host: a state dir of its own (and, with an embedded
+    nats-server, a port of its own)."""
+    flags = "--state-dir DIR --port PORT" if embedded else "--state-dir DIR"
+    return (f"Each node needs a state dir of its own. To start another node on this host: "
+            f"nex node up {flags} (or make run ARGS=\"{flags}\").")

@@ -38,6 +38,7 @@ from nex.node.registry import NodeRegistry
 from nex.node.resources import automatic_tags, resources
 from nex.node.sandboxing import choose_sandbox, sweep_containers
 from nex.node.statedir import make_private
+from nex.node.statelock import StateDirLock
 from nex.node.supervisor import Supervisor
 from nex.node.workloads import Workload
 from nex.api.claims import SignedRequest
@@ -69,10 +70,16 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.state_dir = config.state_dir
-        make_private(self.state_dir)
-        self.keys = identity.load_or_create(self.state_dir)
+        # First, before anything reads or writes the state dir: it is this node's alone until it stops.
+        self.state_lock = StateDirLock.acquire(self.state_dir)
+        try:
+            make_private(self.state_dir)
+            self.keys = identity.load_or_create(self.state_dir)
+            self.xkey = load_or_create_xkey(self.state_dir / NODE_XKEY_FILE)
+        except BaseException:
+            self.state_lock.release()
+            raise
         self.node_id = identity.node_id(self.keys)
-        self.xkey = load_or_create_xkey(self.state_dir / NODE_XKEY_FILE)
         self.claims = ClaimPolicy(config.trusted_issuers, config.admin_issuers)
         self.ledger: ClaimLedger | None = None  # the fleet's used claim ids (NEX_CLAIMS)
         self.app_checks = AppDeployCheck(config.trusted_issuers, config.admin_issuers)
@@ -211,7 +218,7 @@ class Node:
         self._stop.set()
 
     async def shutdown(self) -> None:
-        """Stop every workload, say so, drain, and stop the embedded server."""
+        """Stop every workload, say so, drain, stop the embedded server, and let the state dir go."""
         if self.reconciler is not None:
             await self.reconciler.stop()  # first: hand the lease over before anything else stops
         self.state = NodeState.STOPPING
@@ -236,6 +243,7 @@ class Node:
             await self.metrics.stop()
         if self.nc is not None:
             log.info("node %s stopped", self.name)
+        self.state_lock.release()  # last: nothing of this node touches the state dir any more
 
     async def _leave_nats(self) -> None:
         """Say goodbye and drain; with NATS gone (it may have stopped first), just close."""
