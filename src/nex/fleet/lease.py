@@ -73,6 +73,11 @@ class Lease:
                 self._timeout * 2)
         except nats.js.errors.KeyWrongLastSequenceError:
             return False  # held by another node
+        except asyncio.TimeoutError:
+            # Not held, as far as this node knows. Had the write landed after all, nobody renews
+            # it, and the key expires after one lease time like a dead holder's.
+            log.debug("no answer to the lease's create within %.2fs", self._timeout * 2)
+            return False
         self._value, self._written_at = value, sent
         return True
 
