@@ -34,17 +34,17 @@ from nex.api import subjects
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MOST_BY_DEFAULT", "cluster_replicas", "fewer_replicas", "fleet_replicas", "nodes_replicas",
-           "warn_fewer_replicas"]
+__all__ = ["MOST_BY_DEFAULT", "cluster_replicas", "fewer_replicas", "fleet_replicas", "is_nex_stream",
+           "nodes_replicas", "warn_fewer_replicas"]
 
 MOST_BY_DEFAULT = 3
 PROBE_PREFIX = "NEX_REPLICAS_PROBE"
 _NOT_CLUSTERED = 10074  # "replicas > 1 not supported in non-clustered mode"
-# The names of the streams behind what Nex creates: its streams, KV buckets (KV_<bucket>),
-# object stores (OBJ_<bucket>), a namespace's copies and functions' streams.
-_NEX_STREAM_PREFIXES = ("NEX_", "KV_NEX_", "OBJ_NEX", "KV_NEXKV_", "OBJ_NEXOBJ_",
-                        f"{subjects.FEED_STREAM_PREFIX}_", f"{subjects.FUNCTION_STREAM_PREFIX}_",
-                        f"{subjects.DLQ_COPY_PREFIX}_")
+# The names of the streams behind what Nex creates: its streams, its KV buckets (KV_<bucket>:
+# NEX_NODES..., the functions' NEXKV_...), object stores (OBJ_<bucket>: NEXCLIFILES...,
+# NEXOBJ_...), a namespace's copies and the functions' streams.
+_NEX_STREAM_PREFIXES = ("NEX_", "KV_NEX", "OBJ_NEX", f"{subjects.FEED_STREAM_PREFIX}_",
+                        f"{subjects.FUNCTION_STREAM_PREFIX}_", f"{subjects.DLQ_COPY_PREFIX}_")
 
 
 async def fleet_replicas(nc: Client, configured: int | None, patience_s: float = 60.0) -> int:
