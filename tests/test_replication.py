@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import nats
 from nats.js.api import StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
-from fleet_fixtures import NodeProcess, _client
+from fleet_fixtures import NodeProcess
 from helpers import eventually, nex
 from nex.api import subjects
 from nex.natsserver import NatsServer
@@ -21,6 +22,10 @@ from nex.natsserver import NatsServer
 # it stands for. (NEX_APPS comes with the first app: test_the_app_store_outlives_one_server_of_three.)
 NODE_STREAMS = (subjects.LOGS_STREAM, subjects.EVENTS_STREAM, f"KV_{subjects.NODES_BUCKET}",
                 f"KV_{subjects.CLAIMS_BUCKET}", f"KV_{subjects.LEASES_BUCKET}")
+
+
+async def connect_to(urls: list[str]) -> nats.NATS:
+    return await nats.connect(servers=urls, connect_timeout=2, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
 
 
 def placed(info: StreamInfo) -> int | None:
@@ -56,7 +61,7 @@ def same_for_all(count: int, names: tuple[str, ...] = NODE_STREAMS) -> dict[str,
 
 async def test_a_node_on_a_cluster_gives_what_it_creates_three_replicas(nats_cluster, node_processes):
     node, = await node_processes(1)
-    nc = await _client(nats_cluster.urls_from(1))
+    nc = await connect_to(nats_cluster.urls_from(1))
     try:
         assert await replicas_of(nc) == same_for_all(3)
         assert "get 3 replicas (min(3, what the JetStream cluster can hold))" in node.log_tail(100)
@@ -68,7 +73,7 @@ async def test_a_node_on_a_cluster_gives_what_it_creates_three_replicas(nats_clu
 
 
 async def test_an_explicit_replicas_setting_wins(nats_cluster, node_processes, tmp_path):
-    nc = await _client(nats_cluster.urls_from(0))
+    nc = await connect_to(nats_cluster.urls_from(0))
     node = NodeProcess("one", nats_cluster.urls_from(0), tmp_path / "one", nc, extra_args=["--replicas", "1"])
     try:
         await node.start()
@@ -81,7 +86,7 @@ async def test_an_explicit_replicas_setting_wins(nats_cluster, node_processes, t
 
 
 async def test_a_node_on_a_single_server_gives_one_replica(nats_server, tmp_path):
-    nc = await _client([nats_server.url])
+    nc = await connect_to([nats_server.url])
     node = NodeProcess("alone", [nats_server.url], tmp_path / "alone", nc)
     try:
         await node.start()
@@ -96,11 +101,11 @@ async def test_a_node_on_a_single_server_gives_one_replica(nats_server, tmp_path
 async def test_a_node_behind_a_leaf_follows_the_jetstream_it_uses(nats_cluster, leaf_server, tmp_path):
     """A leaf without JetStream of its own uses the hub's: 3. A leaf with its own JetStream
     domain keeps the node's streams on itself, one server: 1."""
-    hub = await _client(nats_cluster.urls_from(0))
+    hub = await connect_to(nats_cluster.urls_from(0))
     own = NatsServer(store_dir=tmp_path / "edge", port=0, server_name="edge", jetstream_domain="edge",
                      leaf_remotes=[s.leafnode_url for s in nats_cluster.servers])
     await own.start()
-    edge = await _client([own.url])
+    edge = await connect_to([own.url])
     on_hub_leaf = NodeProcess("hubleaf", [leaf_server.url], tmp_path / "hubleaf", hub)
     on_own_leaf = NodeProcess("edgeleaf", [own.url], tmp_path / "edgeleaf", edge, config={"reconciler": False})
     try:
@@ -118,7 +123,7 @@ async def test_a_node_behind_a_leaf_follows_the_jetstream_it_uses(nats_cluster, 
 
 
 async def test_an_older_r1_stream_is_reported_with_its_fix_and_left_alone(nats_cluster, node_processes):
-    nc = await _client(nats_cluster.urls_from(0))
+    nc = await connect_to(nats_cluster.urls_from(0))
     try:
         # NEX_EVENTS as an earlier release made it: one replica.
         await nc.jetstream().add_stream(StreamConfig(
@@ -165,7 +170,7 @@ async def test_the_app_store_outlives_one_server_of_three(nats_cluster, node_pro
         return view if view and view["running"] == 3 else None
     await eventually(all_running, timeout=30, interval=0.5)
 
-    nc = await _client(nats_cluster.urls_from(0))
+    nc = await connect_to(nats_cluster.urls_from(0))
     try:
         js = nc.jetstream(timeout=5.0)
         info = await js.stream_info(f"KV_{subjects.APPS_BUCKET}")  # made by `nex apply`, like the nodes'
