@@ -33,8 +33,9 @@ SERVER_NAMES = ("n1", "n2", "n3")
 ZONES = ("a", "b", "c")
 # Short fleet timings, so that the chaos tests converge within their bounds; not shorter,
 # because a SIGKILLed nats-server leaves its streams leaderless for a few seconds.
+# No "replicas": on the cluster, the nodes give their streams and buckets 3 by themselves.
 FLEET_CONFIG: dict[str, Any] = {
-    "replicas": 3, "registry_interval_s": 0.5, "node_timeout_s": 3.0, "lease_s": 3.0,
+    "registry_interval_s": 0.5, "node_timeout_s": 3.0, "lease_s": 3.0,
     "reconcile_interval_s": 0.5, "sandbox": "none", "stop_grace_s": 2.0, "lameduck_s": 0.5,
 }
 _PROBE_STREAM = "FLEET_FIXTURE_PROBE"
@@ -189,7 +190,8 @@ async def leaf_server(nats_cluster: Cluster, tmp_path: Path):
 
 
 def _toml(values: dict[str, Any]) -> str:
-    """The TOML of a flat config with at most one level of tables (enough for NodeConfig)."""
+    """The TOML of a flat config with at most one level of tables (enough for NodeConfig); a key
+    whose value is None is left out (the node's default)."""
     def scalar(value: Any) -> str:
         if isinstance(value, bool):
             return "true" if value else "false"
@@ -198,7 +200,8 @@ def _toml(values: dict[str, Any]) -> str:
         if isinstance(value, (list, tuple)):
             return "[" + ", ".join(scalar(v) for v in value) + "]"
         return json.dumps(str(value))
-    lines = [f"{key} = {scalar(value)}" for key, value in values.items() if not isinstance(value, dict)]
+    lines = [f"{key} = {scalar(value)}" for key, value in values.items()
+             if value is not None and not isinstance(value, dict)]
     for key, table in values.items():
         if isinstance(table, dict):
             lines.append(f"[{key}]")
@@ -214,13 +217,15 @@ class NodeProcess:
     """
 
     def __init__(self, name: str, servers: list[str], root: Path, probe: nats.NATS,
-                 tags: dict[str, str] | None = None, config: dict[str, Any] | None = None) -> None:
+                 tags: dict[str, str] | None = None, config: dict[str, Any] | None = None,
+                 extra_args: list[str] | None = None) -> None:
         self.name = name
         self.servers = servers
         self.state_dir = root / "state"
         self.log_path = root / "node.log"
         self.config_path = root / "node.toml"
         self.tags = tags or {}
+        self.extra_args = extra_args or []
         self.config = {**FLEET_CONFIG, "artifact_roots": [str(root) for root in ARTIFACT_ROOTS], **(config or {})}
         self._probe = probe
         self.node_id = identity.node_id(identity.load_or_create(self.state_dir))
@@ -240,7 +245,7 @@ class NodeProcess:
                 "--name", self.name, "--config", str(self.config_path)]
         if self.tags:
             args += ["--tags", ",".join(f"{k}={v}" for k, v in self.tags.items())]
-        return args
+        return args + self.extra_args
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start the node; return once it answers ``PING.<node id>``."""

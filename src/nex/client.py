@@ -27,7 +27,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy, ObjectStoreConfig
 from pydantic import BaseModel, ValidationError
 
 from nex.api import claims, subjects
@@ -74,6 +74,7 @@ from nex.artifacts import sha256_file
 from nex.connection import ConnectOptions, confined_inbox_prefix, connect
 from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
+from nex.jsreplicas import nodes_replicas
 from nex.localfiles import CountingReader, guess_type, workload_name_for
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import seal_env
@@ -706,7 +707,8 @@ class NexClient:
         except nats.js.errors.BucketNotFoundError:
             pass
         try:
-            return await js.create_object_store(bucket)
+            return await js.create_object_store(bucket, config=ObjectStoreConfig(
+                bucket=bucket, replicas=await nodes_replicas(js)))
         except nats.errors.TimeoutError:
             # Credentials of a namespace may not create streams (nex creds makes the bucket).
             raise Unavailable(f"the artifact bucket {bucket} does not exist, and JetStream did not create it"

@@ -80,6 +80,7 @@ class NatsServer:
     routes: list[str] = field(default_factory=list)
     leafnode_port: int | None = None
     leaf_remotes: list[str] = field(default_factory=list)
+    jetstream_domain: str | None = None  # a leaf with a JetStream of its own names it apart from the hub's
     _process: asyncio.subprocess.Process | None = None
 
     def __post_init__(self) -> None:
@@ -129,7 +130,7 @@ class NatsServer:
 
     def _needs_config(self) -> bool:
         return bool(self.server_name or self.cluster_name or self.cluster_port is not None or self.routes
-                    or self.leafnode_port is not None or self.leaf_remotes)
+                    or self.leafnode_port is not None or self.leaf_remotes or self.jetstream_domain is not None)
 
     def write_config(self) -> Path:
         """The generated config file of a clustered or leaf server."""
@@ -141,7 +142,8 @@ class NatsServer:
         if name:
             lines.append(f"server_name: {quote(name)}")
         if self.jetstream:
-            lines.append(f"jetstream {{ store_dir: {quote(str(self.store_dir))} }}")
+            domain = f", domain: {quote(self.jetstream_domain)}" if self.jetstream_domain else ""
+            lines.append(f"jetstream {{ store_dir: {quote(str(self.store_dir))}{domain} }}")
         if self.cluster_port is not None:
             routes = ", ".join(quote(r) for r in self.routes)
             lines.append("cluster {")

@@ -10,7 +10,7 @@ import click
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig, StreamSource
+from nats.js.api import DiscardPolicy, ObjectStoreConfig, StorageType, StreamConfig, StreamSource
 
 from nex.agent.durable import DLQ_MAX_AGE_S
 from nex.api import subjects
@@ -18,6 +18,7 @@ from nex.api.errors import NexError, Unavailable
 from nex.cli import ErrorExit
 from nex.cli.options import GlobalOptions, with_global_options
 from nex.connection import ConnectOptions, connect
+from nex.jsreplicas import nodes_replicas
 from nex.security import natsauth
 
 DEFAULT_FEED_BYTES = 64 * 1024 * 1024
@@ -103,12 +104,13 @@ async def make_namespace_buckets(options: ConnectOptions, namespace: str, timeou
     try:
         js = nc.jetstream(timeout=timeout)
         bucket = subjects.artifact_bucket(namespace)
+        replicas = await nodes_replicas(js)
         try:
             await js.object_store(bucket)
         except nats.js.errors.BucketNotFoundError:
-            await js.create_object_store(bucket)
-        await AppStore(nc, timeout=timeout).ensure()
-        await ensure_feed_stream(js, namespace)
+            await js.create_object_store(bucket, config=ObjectStoreConfig(bucket=bucket, replicas=replicas))
+        await AppStore(nc, replicas=replicas, timeout=timeout).ensure()
+        await ensure_feed_stream(js, namespace, replicas)
     except (nats.errors.Error, asyncio.TimeoutError) as exc:
         raise Unavailable(f"cannot create the bucket {subjects.artifact_bucket(namespace)}: "
                           f"{exc or type(exc).__name__}") from None
@@ -116,7 +118,7 @@ async def make_namespace_buckets(options: ConnectOptions, namespace: str, timeou
         await nc.close()
 
 
-async def ensure_feed_stream(js: JetStreamContext, namespace: str) -> None:
+async def ensure_feed_stream(js: JetStreamContext, namespace: str, replicas: int = 1) -> None:
     """The namespace's copy of its kept feeds (:func:`nex.api.subjects.feed_stream`), sourced from
     NEX_LOGS and NEX_EVENTS, bounded like them, and of its dead letters
     (:func:`nex.api.subjects.dead_letter_stream`), sourced from NEX_DLQ; existing ones are left."""
@@ -131,11 +133,11 @@ async def ensure_feed_stream(js: JetStreamContext, namespace: str) -> None:
         name=subjects.feed_stream(namespace),
         sources=[StreamSource(name=s, filter_subject=feed) for s in (subjects.LOGS_STREAM, subjects.EVENTS_STREAM)],
         max_bytes=bound or DEFAULT_FEED_BYTES, discard=DiscardPolicy.OLD, storage=StorageType.FILE,
-        allow_direct=True, description=f"nex: the kept feeds of namespace {namespace}"))
+        allow_direct=True, num_replicas=replicas, description=f"nex: the kept feeds of namespace {namespace}"))
     await _ensure_copy(js, StreamConfig(
         name=subjects.dead_letter_stream(namespace),
         sources=[StreamSource(name=subjects.DLQ_STREAM, filter_subject=f"{subjects.DLQ_PREFIX}.{namespace}.>")],
-        max_age=DLQ_MAX_AGE_S, storage=StorageType.FILE, allow_direct=True,
+        max_age=DLQ_MAX_AGE_S, storage=StorageType.FILE, allow_direct=True, num_replicas=replicas,
         description=f"nex: the dead letters of namespace {namespace}"))
 
 

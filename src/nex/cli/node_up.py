@@ -49,7 +49,8 @@ from nex.sandbox.runner import SandboxUnavailable
 @click.option("--account", default=None, metavar="A...",
               help="the account's public key, when --account-seed is a signing key")
 @click.option("--replicas", type=click.IntRange(1, 5), default=None,
-              help="JetStream replicas of the streams and buckets the node creates [default: 1]")
+              help="JetStream replicas of the streams and buckets the node creates "
+                   "[default: min(3, the servers of the JetStream cluster)]")
 @click.option("--no-reconciler", "reconciler", flag_value=False, default=None,
               help="never act as the fleet's reconciler")
 @click.option("--fleet-keys", type=click.Path(file_okay=False, path_type=Path), default=None,

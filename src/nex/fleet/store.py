@@ -35,6 +35,7 @@ from nex.api.errors import AppNotFound, Conflict, Forbidden, Unavailable
 from nex.api.models import NodeRecord
 from nex.fleet.kvwatch import opened
 from nex.fleet.verify import RecordRefused, Trust, check_record, signer_of
+from nex.jsreplicas import nodes_replicas
 from nex.security.keystore import UserKeys
 
 __all__ = ["APPS_HISTORY", "AppStore", "same_spec", "sign_record", "verified_key"]
@@ -55,7 +56,8 @@ class AppStore:
 
     def __init__(self, nc: Client, replicas: int | None = None, timeout: float = 5.0) -> None:
         """``replicas``: of NEX_APPS, if this store creates it; None: as many as the nodes gave
-        NEX_NODES (their ``--replicas``), so a CLI applying first on a cluster makes no R1 bucket."""
+        NEX_NODES, or the cluster's (nex.jsreplicas), so a CLI applying first on a cluster makes
+        no R1 bucket."""
         self._js = nc.jetstream(timeout=timeout)
         self._replicas = replicas
         self._timeout = timeout
@@ -67,7 +69,7 @@ class AppStore:
         """Create NEX_APPS if it is missing; an existing bucket is left as its operator set it."""
         if await self._bucket(subjects.APPS_BUCKET) is not None:
             return
-        replicas = self._replicas or await self._nodes_replicas()
+        replicas = self._replicas or await nodes_replicas(self._js)
         config = KeyValueConfig(bucket=subjects.APPS_BUCKET, history=APPS_HISTORY, replicas=replicas,
                                 storage=StorageType.FILE, description="Nex apps (desired state) and their status",
                                 # direct gets name the key in the API subject, where a namespace's creds confine it
@@ -79,14 +81,6 @@ class AppStore:
             # Someone else created it between our look and our create.
             if await self._bucket(subjects.APPS_BUCKET) is None:
                 raise
-
-    async def _nodes_replicas(self) -> int:
-        try:
-            async with _jetstream_errors():
-                info = await self._js.stream_info(f"KV_{subjects.NODES_BUCKET}")
-        except nats.js.errors.NotFoundError:
-            return 1
-        return info.config.num_replicas or 1
 
     async def _bucket(self, name: str) -> KeyValue | None:
         """The bucket, or None when it does not exist (yet)."""

@@ -79,8 +79,9 @@ class NodeConfig(BaseModel):
     max_artifact_bytes: int = Field(default=1 << 30, gt=0, description="the largest artifact the node "
                                     "fetches; a larger one is refused before it is read")
     # -- the fleet (docs/operations.md) --
-    replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas of the streams and buckets "
-                          "Nex creates (3 on a cluster of 3 or more servers)")
+    replicas: int | None = Field(default=None, ge=1, le=5, description="JetStream replicas of the streams and "
+                                 "buckets Nex creates; none: min(3, the servers of the JetStream cluster) "
+                                 "(nex.jsreplicas)")
     registry_interval_s: float = Field(default=2.0, gt=0, le=600,
                                        description="how often the node rewrites its NEX_NODES entry")
     node_timeout_s: float = Field(default=6.0, gt=0, le=3600,

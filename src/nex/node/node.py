@@ -26,6 +26,7 @@ from nex.artifact_roots import ArtifactRoots
 from nex.artifacts import ArtifactCache, parse_nats_uri
 from nex.fleet.reconciler import Reconciler, fleet_keys
 from nex.fleet.verify import Trust
+from nex.jsreplicas import fleet_replicas, warn_fewer_replicas
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
 from nex.node import identity
@@ -104,6 +105,7 @@ class Node:
         self.bids: BidBook | None = None
         self.reconciler: Reconciler | None = None
         self.metrics: MetricsServer | None = None
+        self.replicas = self.config.replicas or 1  # decided at start (nex.jsreplicas)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -127,15 +129,16 @@ class Node:
         if self.embedded is not None and signer is not None:
             options = replace(options, creds=str(self.embedded_auth.node_creds(f"nex-node {self.name}")))
         self.nc = await connect(options.with_name(f"nex-node {self.name}"))
-        self.feeds = Feeds(self.nc, self.node_id, replicas=self.config.replicas)
+        await self._decide_replicas()
+        self.feeds = Feeds(self.nc, self.node_id, replicas=self.replicas)
         await self.feeds.ensure_streams(self.config.logs_stream_bytes, self.config.events_stream_bytes)
-        self.ledger = ClaimLedger(self.nc, self.node_id, replicas=self.config.replicas)
+        self.ledger = ClaimLedger(self.nc, self.node_id, replicas=self.replicas)
         await self.ledger.ensure()
         self.credentials = WorkloadCredentials(signer, options.servers) if signer is not None else None
         context = RuntimeContext(node_id=self.node_id, state_dir=self.state_dir,
                                  connect_options=options, guard=self.reaper, oci=self.oci,
                                  credentials=self.credentials, host_settings=HostSettings(
-                                     replicas=self.config.replicas, http_allow_hosts=self.config.http_allow_hosts,
+                                     replicas=self.replicas, http_allow_hosts=self.config.http_allow_hosts,
                                      http_allow_methods=self.config.http_allow_methods,
                                      max_hops=self.config.max_hops,
                                      otel_endpoint=self.config.otel_endpoint),
@@ -159,7 +162,7 @@ class Node:
         await self.control.start()
         self.registry = NodeRegistry(
             self.nc, self.node_id, self._registry_record, interval_s=self.config.registry_interval_s,
-            ttl_s=self.config.node_timeout_s, replicas=self.config.replicas)
+            ttl_s=self.config.node_timeout_s, replicas=self.replicas)
         await self.registry.start()
         self.feeds.node_event(EventType.NODE_STARTED, self._ping_data())
         await self.nc.flush()
@@ -173,13 +176,21 @@ class Node:
             self.reconciler = self._make_reconciler()
             self.reconciler.start()
 
+    async def _decide_replicas(self) -> None:
+        """The replicas of every stream and bucket this node creates, decided once (nex.jsreplicas)."""
+        self.replicas = await fleet_replicas(self.nc, self.config.replicas)
+        how = "as configured" if self.config.replicas is not None else "min(3, what the JetStream cluster can hold)"
+        log.info("JetStream: the streams and buckets this node creates get %d replica%s (%s)",
+                 self.replicas, "" if self.replicas == 1 else "s", how)
+        await warn_fewer_replicas(self.nc.jetstream(timeout=5.0), self.replicas)
+
     def _make_reconciler(self) -> Reconciler:
         """This node's candidate for the fleet's reconciler lease (nex.fleet.reconciler)."""
         keys = fleet_keys(self.config.fleet_keys or self.state_dir / "fleet")
         self.app_checks.fleet_issuer = keys.issuer_public
         return Reconciler(
             self.nc, self.node_id, self.name, keys, self.feeds.event, interval_s=self.config.reconcile_interval_s,
-            lease_s=self.config.lease_s, replicas=self.config.replicas,
+            lease_s=self.config.lease_s, replicas=self.replicas,
             registry_interval_s=self.config.registry_interval_s,
             trust=Trust.of(self.config.trusted_issuers, self.config.admin_issuers))
 
