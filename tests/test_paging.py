@@ -189,16 +189,18 @@ def test_a_record_split_in_parts_is_put_back_whole():
     assert parts and head.parts == len(parts) + 1
     assert all(len(encoded(v)) <= 64 * 1024 for v in [head, *parts])
     values = [(part_key(NODE_ID, p.part), encoded(p)) for p in parts] + [(NODE_ID, encoded(head))]
-    nodes, invalid = assemble(values)
-    assert invalid == [] and nodes == [record]
+    assert assemble(values) == ([record], [], [])
     # A small record is one key, as before.
     assert split_record(_record(3), 64 * 1024) == (_record(3), [])
 
 
 def test_a_record_read_between_its_parts_and_itself_is_left_out():
-    old_head, old_parts = split_record(_record(5000, seq=7), 64 * 1024)
+    old_head, _ = split_record(_record(5000, seq=7), 64 * 1024)
     new_head, new_parts = split_record(_record(5000, seq=8), 64 * 1024)
     torn = [(part_key(NODE_ID, p.part), encoded(p)) for p in new_parts] + [(NODE_ID, encoded(old_head))]
-    assert assemble(torn) == ([], [])
+    assert assemble(torn) == ([], [], [NODE_ID])
     missing = [(NODE_ID, encoded(new_head))]
-    assert assemble(missing) == ([], [])
+    assert assemble(missing) == ([], [], [NODE_ID])
+    # Written again during the read: the later values win, and it is whole.
+    again = torn + [(NODE_ID, encoded(new_head))]
+    assert assemble(again).records == [_record(5000, seq=8)]

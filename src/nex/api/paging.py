@@ -16,7 +16,7 @@ to size where it is made:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -118,9 +118,15 @@ def split_record(record: NodeRecord, max_bytes: int) -> tuple[NodeRecord, list[N
     return head, parts
 
 
-def assemble(values: Iterable[tuple[str, bytes]]) -> tuple[list[NodeRecord], list[str]]:
+class Assembled(NamedTuple):
+    records: list[NodeRecord]
+    invalid: list[str]  # keys whose value did not parse
+    torn: list[str]  # node ids left out: their parts are missing or belong with another write
+
+
+def assemble(values: Iterable[tuple[str, bytes]]) -> Assembled:
     """The node records of the NEX_NODES values ``(key, value)`` (later values of a key win),
-    each with the replicas of its parts put back; and the keys that did not parse.
+    each with the replicas of its parts put back.
 
     A record whose parts are missing, or belong with another write (a read that fell between
     the write of the parts and that of the record), is left out: a node seen incompletely is
@@ -140,14 +146,15 @@ def assemble(values: Iterable[tuple[str, bytes]]) -> tuple[list[NodeRecord], lis
                 records.append(NodeRecord.model_validate_json(value))
         except ValidationError:
             invalid.append(key)
-    whole = []
+    whole, torn = [], []
     for record in records:
         if record.parts is None:
             whole.append(record)
             continue
         found = [parts.get((record.node.node_id, i)) for i in range(1, record.parts)]
         if any(p is None or p.seq != record.seq for p in found):
+            torn.append(record.node.node_id)
             continue
         replicas = record.workloads + [r for p in found if p is not None for r in p.workloads]
         whole.append(record.model_copy(update={"workloads": replicas, "parts": None}))
-    return whole, invalid
+    return Assembled(whole, invalid, torn)

@@ -46,6 +46,7 @@ APPS_HISTORY = 5
 # Concurrent applies of one app retry this often before giving up with Conflict.
 _CAS_ATTEMPTS = 10
 _WATCH_INACTIVE_S = 5.0
+_TORN_READS = 3  # reads of NEX_NODES while one of them catches a split record between its writes
 KV_OPERATION = "KV-Operation"  # the header that marks a KV delete or purge
 
 M = TypeVar("M", bound=BaseModel)
@@ -251,12 +252,15 @@ class AppStore:
         kv = await self._bucket(subjects.NODES_BUCKET)
         if kv is None:
             return []
-        values = await _latest_values(self._js, subjects.NODES_BUCKET, ">", self._timeout)
         prefix = f"$KV.{subjects.NODES_BUCKET}."
-        records, invalid = assemble((subject.removeprefix(prefix), data) for subject, data in values)
-        for key in invalid:
+        for _ in range(_TORN_READS):
+            values = await _latest_values(self._js, subjects.NODES_BUCKET, ">", self._timeout)
+            found = assemble((subject.removeprefix(prefix), data) for subject, data in values)
+            if not found.torn:
+                break  # else a read fell between the writes of a split record: it is over at once
+        for key in found.invalid:
             log.warning("key %s of %s is not a valid node record", key, subjects.NODES_BUCKET)
-        return records
+        return found.records
 
     async def lease(self) -> ReconcilerLease | None:
         """The reconciler's lease, if some node holds it now."""
