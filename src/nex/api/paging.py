@@ -25,8 +25,8 @@ from nex.api.models import CURSOR_MAX_LENGTH, NodeRecord, NodeRecordPart, Worklo
 T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel)
 
-# Room left in every message: a reply may get headers on its way (a trace context), and the
-# server's limit counts them.
+# Room left in every message: the server's limit counts headers too, and a margin costs a
+# page nothing it would notice.
 HEADROOM_BYTES = 1024
 _PLACEHOLDER_CURSOR = "x" * CURSOR_MAX_LENGTH
 
