@@ -16,7 +16,7 @@ from nex.node.node import Node
 from nex.connection import flush_subscriptions
 
 from helpers import collect, control, eventually, file_artifact
-from test_registry import entry
+from test_registry import APP, entry
 
 both_modes = pytest.mark.parametrize("node", ["none", "oci"], indirect=True)
 
@@ -54,8 +54,10 @@ async def test_tcp_check_follows_the_port(node: Node, nc, programs):
     """Sandboxed, the service has its own network (none): the check connects from inside it."""
     events = await collect(nc, subjects.events("default", "workload_health"))
     port = free_port()
+    # An app's replica: the registry lists those, with their health, for the reconciler.
     code, workload = await control(nc, "DEPLOY", node.node_id, listener(
-        programs, port, serve_for=2, health={"tcp": port, "interval_ms": 100, "timeout_ms": 500, "failures": 3}))
+        programs, port, serve_for=2, health={"tcp": port, "interval_ms": 100, "timeout_ms": 500, "failures": 3},
+        app=APP))
     assert code is None, workload
     assert workload["health"] in ("unknown", "healthy")
     wid = workload["id"]

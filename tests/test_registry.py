@@ -38,27 +38,46 @@ def ticker(programs, name: str = "ticker") -> dict:
     return {"name": name, "type": "native", "artifact": file_artifact(programs["ticker"])}
 
 
+def replica(programs, name: str = "ticker") -> dict:
+    """A replica of an app, as the reconciler deploys it: what the registry lists."""
+    return {**ticker(programs, name), "app": APP}
+
+
 async def test_entry_lists_the_node_and_follows_its_workloads(node: Node, nc, programs):
     first = await entry(nc, node.node_id)
     assert first is not None and first.node.name == "test-node" and first.node.state == "running"
     assert first.node.tags["zone"] == "a" and first.workloads == []
     assert "native" in first.runtimes and first.resources.cpus >= 1
 
-    code, deployed = await control(nc, "DEPLOY", node.node_id, ticker(programs))
+    code, deployed = await control(nc, "DEPLOY", node.node_id, replica(programs))
     assert code is None
     # Far sooner than the 2 s interval: a change is written within the debounce.
     started = time.monotonic()
     listed = await eventually(lambda: _with_workloads(nc, node.node_id, 1), timeout=1.5)
     assert time.monotonic() - started < 1.5
-    replica = listed.workloads[0]
-    assert (replica.id, replica.name, replica.state, replica.health) == (deployed["id"], "ticker", "running", "healthy")
-    assert listed.node.workload_count == 1 and listed.seq > first.seq
+    listed_replica = listed.workloads[0]
+    assert (listed_replica.id, listed_replica.name, listed_replica.state, listed_replica.health) == (
+        deployed["id"], "ticker", "running", "healthy")
+    assert listed_replica.app.name == APP["name"] and listed.node.workload_count == 1 and listed.seq > first.seq
+
+    # A workload of no app is counted, not listed: the reconciler has no use for it.
+    code, adhoc = await control(nc, "DEPLOY", node.node_id, ticker(programs, "adhoc"))
+    assert code is None
+    counted = await eventually(lambda: _counting(nc, node.node_id, 2), timeout=1.5)
+    assert [w.id for w in counted.workloads] == [deployed["id"]]
+    code, _ = await control(nc, "UNDEPLOY", adhoc["id"])
+    assert code is None
 
     code, _ = await control(nc, "UNDEPLOY", deployed["id"])
     assert code is None
     stopped = await eventually(lambda: _state_of(nc, node.node_id, deployed["id"], "stopped"), timeout=1.5)
     assert stopped.workloads[0].health is None and stopped.workloads[0].exit_code == 0
     assert stopped.node.workload_count == 0
+
+
+async def _counting(nc, node_id: str, count: int) -> NodeRecord | None:
+    found = await entry(nc, node_id)
+    return found if found is not None and found.node.workload_count == count else None
 
 
 async def _with_workloads(nc, node_id: str, count: int) -> NodeRecord | None:
@@ -81,7 +100,7 @@ async def _state_of(nc, node_id: str, workload_id: str, state: str) -> NodeRecor
 async def test_a_burst_of_deploys_makes_fewer_writes(node: Node, nc, programs):
     before = (await entry(nc, node.node_id)).seq
     started = time.monotonic()
-    replies = await asyncio.gather(*(control(nc, "DEPLOY", node.node_id, ticker(programs, f"t{i}"))
+    replies = await asyncio.gather(*(control(nc, "DEPLOY", node.node_id, replica(programs, f"t{i}"))
                                      for i in range(30)))
     burst_s = time.monotonic() - started
     assert all(code is None for code, _ in replies)
@@ -128,7 +147,7 @@ async def test_clean_shutdown_deletes_the_entry(nats_server, nc, tmp_path, progr
     node = Node(node_config(nats_server, state_dir=tmp_path / "n", stop_grace_s=1))
     await node.start()
     try:
-        code, _ = await control(nc, "DEPLOY", node.node_id, ticker(programs))
+        code, _ = await control(nc, "DEPLOY", node.node_id, replica(programs))
         assert code is None
         await eventually(lambda: _with_workloads(nc, node.node_id, 1))
     finally:
@@ -143,7 +162,7 @@ async def test_entry_of_a_killed_node_expires(nats_server, nc, tmp_path, program
                                "--name", "doomed", "--sandbox", "none", "--config", str(config))
     try:
         ping = await wait_for_node(nc, "doomed")
-        code, _ = await control(nc, "DEPLOY", ping["node_id"], ticker(programs))
+        code, _ = await control(nc, "DEPLOY", ping["node_id"], replica(programs))
         assert code is None
         await eventually(lambda: _with_workloads(nc, ping["node_id"], 1))
         # Alive, it keeps its entry well past the TTL.
@@ -246,8 +265,8 @@ async def test_lame_duck_leaves_once_its_app_replicas_are_gone(nats_server, nc, 
         assert code is None
         listed = await entry(nc, node.node_id)
         assert listed.node.state == "lameduck"
-        assert {(w.name, w.app.name if w.app else None) for w in listed.workloads} == {
-            ("ticker", "shop"), ("adhoc", None)}
+        assert [(w.name, w.app.name) for w in listed.workloads] == [("ticker", "shop")]
+        assert listed.node.workload_count == 2
         await asyncio.sleep(0.5)
         assert not running.done(), "an app replica is still here: the node waits"
 

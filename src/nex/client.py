@@ -62,6 +62,7 @@ from nex.api.models import (
     NodeInfo,
     NodePing,
     NodeState,
+    PageRequest,
     Trigger,
     UndeployRequest,
     UndeployResponse,
@@ -233,7 +234,10 @@ class NexClient:
         return await self._request(subjects.PING, _target(node_id, "node id"), NodePing, NodeNotFound)
 
     async def node_info(self, node_id: str) -> NodeInfo:
-        return await self._request(subjects.INFO, _target(node_id, "node id"), NodeInfo, NodeNotFound)
+        """The node, with every workload of the namespace on it (read page by page)."""
+        first = await self._request(subjects.INFO, _target(node_id, "node id"), NodeInfo, NodeNotFound)
+        rest = await self._more_pages(node_id, first.next)
+        return first.model_copy(update={"workloads": first.workloads + rest, "next": None})
 
     async def lameduck(self, node_id: str) -> LameDuckResponse:
         return await self._request(
@@ -283,10 +287,11 @@ class NexClient:
         try:
             if self.confined:  # no consumer, so no watch: the keys the stream holds (a node that left may count)
                 info = await js.stream_info(f"KV_{subjects.NODES_BUCKET}",
-                                            subjects_filter=f"$KV.{subjects.NODES_BUCKET}.>")
+                                            subjects_filter=f"$KV.{subjects.NODES_BUCKET}.*")
                 return len(info.state.subjects or {}) or None
             kv = await js.key_value(subjects.NODES_BUCKET)
-            return len(await kv.keys()) or None
+            # A key per node; <node id>.<part> keys hold the rest of a large record (nex.api.paging).
+            return len([key for key in await kv.keys() if "." not in key]) or None
         except nats.js.errors.NoKeysError:
             return None
         except (nats.js.errors.BucketNotFoundError, nats.errors.NoRespondersError,
@@ -383,7 +388,30 @@ class NexClient:
         """Every workload of the namespace, from every node that answers within ``wait``
         seconds (or as soon as ``expected_nodes`` have)."""
         pings = await self._gather(subjects.WPING, WorkloadPing, wait, expected_nodes)
-        return [w for ping in pings for w in ping.workloads]
+        # A node whose workloads do not fit in one reply answered with its first page and a
+        # cursor: its other pages are asked of it alone.
+        rest = await asyncio.gather(*(self._more_pages(p.node_id, p.next, gone_ok=True) for p in pings))
+        return [w for ping, more in zip(pings, rest) for w in ping.workloads + more]
+
+    async def _more_pages(self, node_id: str, after: str | None, gone_ok: bool = False) -> list[WorkloadSummary]:
+        """The workloads of ``node_id`` after the cursor ``after`` (a page's ``next``), asked
+        page by page of ``INFO.<node>`` (nex.api.paging); [] for None. ``gone_ok``: a node that
+        stopped meanwhile ends the list instead of failing it."""
+        found: list[WorkloadSummary] = []
+        while after is not None:
+            body = PageRequest(after=after).model_dump_json(exclude_none=True).encode()
+            try:
+                page = await self._request(subjects.INFO, _target(node_id, "node id"), NodeInfo, NodeNotFound,
+                                           body=body)
+            except NodeNotFound:
+                if gone_ok:
+                    return found
+                raise
+            if page.next is not None and page.next <= after:
+                raise InternalError(f"node {node_id} answered INFO after {after!r} with next {page.next!r}")
+            found.extend(page.workloads)
+            after = page.next
+        return found
 
     async def workload_info(self, workload_id: str) -> WorkloadSummary:
         _target(workload_id, "workload id")

@@ -369,15 +369,32 @@ class Resources(Strict):
     load_1m: float
 
 
+CURSOR_MAX_LENGTH = 64
+NEXT_DESCRIPTION = ("absent on the last page; else the workloads continue after this id: ask "
+                    "INFO.<node_id> with {\"after\": next} for the next page")
+
+
+class PageRequest(Strict):
+    """The body of INFO and WPING (all of it optional): which page of the workloads, in the
+    order of their ids. A node sizes each page to fit the NATS server's max_payload."""
+
+    after: str | None = Field(default=None, min_length=1, max_length=CURSOR_MAX_LENGTH,
+                              description="the `next` of the previous page: the workloads after this id")
+    limit: int | None = Field(default=None, ge=1, le=100_000,
+                              description="at most this many workloads; default: as many as fit in one reply")
+
+
 class NodeInfo(NodePing):
     resources: Resources
     runtimes: list[WorkloadType]
-    workloads: list[WorkloadSummary]
+    workloads: list[WorkloadSummary] = Field(description="one page of the namespace's workloads, by id")
+    next: str | None = Field(default=None, max_length=CURSOR_MAX_LENGTH, description=NEXT_DESCRIPTION)
 
 
 class WorkloadPing(Strict):
     node_id: str
-    workloads: list[WorkloadSummary]
+    workloads: list[WorkloadSummary] = Field(description="one page of the namespace's workloads, by id")
+    next: str | None = Field(default=None, max_length=CURSOR_MAX_LENGTH, description=NEXT_DESCRIPTION)
 
 
 class LameDuckResponse(Strict):
@@ -439,13 +456,28 @@ class ReplicaRecord(Strict):
 
 
 class NodeRecord(Strict):
-    """A node's entry in the NEX_NODES bucket, rewritten every registry interval and on each change."""
+    """A node's entry in the NEX_NODES bucket (key ``<node id>``), rewritten every registry
+    interval and on each change. It lists the node's app replicas, what the reconciler needs;
+    ``node.workload_count`` counts all its workloads. When the replicas do not fit in one
+    value, the rest are in ``parts - 1`` more keys (:class:`NodeRecordPart`, nex.api.paging)."""
 
     node: NodePing
     resources: Resources
     runtimes: list[WorkloadType]
-    workloads: list[ReplicaRecord]
+    workloads: list[ReplicaRecord] = Field(description="the node's app replicas (those of the first part)")
     seq: int = Field(ge=0, description="grows with every write of this node process")
+    parts: int | None = Field(default=None, ge=2, description="absent: one key holds every replica; else the "
+                              "replicas continue in the keys <node id>.1 to <node id>.<parts - 1>")
+
+
+class NodeRecordPart(Strict):
+    """More app replicas of a node whose record did not fit in one value: key ``<node id>.<part>``,
+    written just before the :class:`NodeRecord` of the same ``seq``."""
+
+    node_id: str
+    seq: int = Field(ge=0, description="the seq of the NodeRecord this part belongs with")
+    part: int = Field(ge=1)
+    workloads: list[ReplicaRecord]
 
 
 class DeadLetter(Strict):
@@ -499,7 +531,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 __all__ = [
     "AppRef", "Artifact", "AuctionReply", "AuctionRequest", "Bid", "DeadLetter", "DeployRequest", "Health",
     "HealthCheck",
-    "NodeRecord", "ReplicaRecord", "ErrorResponse", "ExitInfo", "Lifecycle", "LameDuckResponse",
+    "NodeRecord", "NodeRecordPart", "PageRequest", "ReplicaRecord", "ErrorResponse", "ExitInfo", "Lifecycle", "LameDuckResponse",
     "Limits", "NodeInfo", "NodePing", "NodeState", "Resources", "RetryPolicy", "Trigger", "TriggerMode",
     "UndeployRequest",
     "UndeployResponse", "WorkloadPing", "WorkloadState", "WorkloadSummary", "WorkloadType",

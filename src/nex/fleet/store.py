@@ -33,6 +33,7 @@ from nex.api.appsig import AppClaim, AppOp
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease
 from nex.api.errors import AppNotFound, Conflict, Forbidden, Unavailable
 from nex.api.models import NodeRecord
+from nex.api.paging import assemble
 from nex.fleet.kvwatch import opened
 from nex.fleet.verify import RecordRefused, Trust, check_record, signer_of
 from nex.jsreplicas import nodes_replicas
@@ -46,6 +47,7 @@ APPS_HISTORY = 5
 # Concurrent applies of one app retry this often before giving up with Conflict.
 _CAS_ATTEMPTS = 10
 _WATCH_INACTIVE_S = 5.0
+_TORN_READS = 3  # reads of NEX_NODES while one of them catches a split record between its writes
 KV_OPERATION = "KV-Operation"  # the header that marks a KV delete or purge
 
 M = TypeVar("M", bound=BaseModel)
@@ -239,11 +241,20 @@ class AppStore:
     # -- what the nodes write ----------------------------------------------------------
 
     async def nodes(self) -> list[NodeRecord]:
-        """Every live node's record; [] when no node has registered yet."""
+        """Every live node's record, its parts put back (nex.api.paging); [] when no node has
+        registered yet."""
         kv = await self._bucket(subjects.NODES_BUCKET)
         if kv is None:
             return []
-        return await _latest(self._js, subjects.NODES_BUCKET, ">", NodeRecord, self._timeout)
+        prefix = f"$KV.{subjects.NODES_BUCKET}."
+        for _ in range(_TORN_READS):
+            values = await _latest_values(self._js, subjects.NODES_BUCKET, ">", self._timeout)
+            found = assemble((subject.removeprefix(prefix), data) for subject, data in values)
+            if not found.torn:
+                break  # else a read fell between the writes of a split record: it is over at once
+        for key in found.invalid:
+            log.warning("key %s of %s is not a valid node record", key, subjects.NODES_BUCKET)
+        return found.records
 
     async def lease(self) -> ReconcilerLease | None:
         """The reconciler's lease, if some node holds it now."""
@@ -326,7 +337,19 @@ def _encode(model: BaseModel) -> bytes:
 
 async def _latest(js: JetStreamContext, bucket: str, pattern: str, model: type[M], timeout: float) -> list[M]:
     """The latest value of every key of ``bucket`` matching ``pattern`` that parses as ``model``;
-    deleted keys and values that do not parse (a newer writer's format, a stray put) are skipped.
+    deleted keys and values that do not parse (a newer writer's format, a stray put) are skipped."""
+    values: list[M] = []
+    for subject, data in await _latest_values(js, bucket, pattern, timeout):
+        try:
+            values.append(model.model_validate_json(data))
+        except ValidationError as exc:
+            log.warning("key %s is not a valid %s: %s", subject, model.__name__, exc)
+    return values
+
+
+async def _latest_values(js: JetStreamContext, bucket: str, pattern: str, timeout: float) -> list[tuple[str, bytes]]:
+    """(subject, value) of the latest value of every key of ``bucket`` matching ``pattern``, deleted
+    keys left out; a key written again during the read may come twice, the later value last.
 
     Not nats-py's KV watch: it decides that the values present have all arrived from consumer
     info taken while they may still be on their way, and on a cluster it now and then ends before
@@ -345,7 +368,7 @@ async def _latest(js: JetStreamContext, bucket: str, pattern: str, model: type[M
                                         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
                                         inactive_threshold=_WATCH_INACTIVE_S),
                            lambda opened_sub: opened_sub.unsubscribe())
-    values: list[M] = []
+    values: list[tuple[str, bytes]] = []
     try:
         while True:
             try:
@@ -354,10 +377,7 @@ async def _latest(js: JetStreamContext, bucket: str, pattern: str, model: type[M
                 raise Unavailable(f"no reply from JetStream while reading {bucket} {pattern!r}") from None
             operation = (msg.headers or {}).get(KV_OPERATION)
             if operation not in (KV_DEL, KV_PURGE) and msg.data:
-                try:
-                    values.append(model.model_validate_json(msg.data))
-                except ValidationError as exc:
-                    log.warning("key %s is not a valid %s: %s", msg.subject, model.__name__, exc)
+                values.append((msg.subject, msg.data))
             if msg.metadata.num_pending == 0:
                 return values
     finally:

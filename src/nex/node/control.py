@@ -27,7 +27,7 @@ from nex.api import subjects
 from nex.api.claims import CLAIM_HEADER, SignedRequest
 from nex.api.errors import BadRequest, InternalError, NexError
 from nex.api.models import (
-    LameDuckResponse, NodeInfo, NodePing, UndeployRequest, UndeployResponse, WorkloadPing,
+    LameDuckResponse, NodeInfo, NodePing, PageRequest, UndeployRequest, UndeployResponse, WorkloadPing,
     AuctionReply, AuctionRequest, DeployRequest, parse_request,
 )
 from nex.connection import flush_subscriptions
@@ -50,9 +50,14 @@ class NodeFacade(Protocol):
 
     def ping(self, namespace: str) -> NodePing: ...
 
-    def info(self, namespace: str) -> NodeInfo: ...
+    def info(self, namespace: str, page: PageRequest | None = None, max_bytes: int | None = None) -> NodeInfo:
+        """The node and one page of the namespace's workloads, within ``max_bytes`` (nex.api.paging)."""
+        ...
 
-    def workload_ping(self, namespace: str, workload_id: str | None) -> WorkloadPing: ...
+    def workload_ping(self, namespace: str, workload_id: str | None, page: PageRequest | None = None,
+                      max_bytes: int | None = None) -> WorkloadPing:
+        """One workload, or (``workload_id`` None) one page of the namespace's workloads."""
+        ...
 
     async def deploy(self, namespace: str, request: DeployRequest, signed: SignedRequest,
                      bid: BidTicket | None = None) -> Workload: ...
@@ -82,8 +87,9 @@ async def answer(reply: Callable[[bytes, dict[str, str] | None], Awaitable[None]
 
     A refusal (400, 403, 404, 409, 429) is also told to ``on_rejected`` after the
     reply has gone, with an audit record that holds no part of the body. A reply over
-    the server's ``max_payload`` (an INFO or WPING listing some thousands of
-    workloads) would not be sent at all: it becomes an error that says so.
+    the server's ``max_payload`` would not be sent at all: it becomes an error that says
+    so. INFO and WPING page their workloads to stay under it (nex.api.paging), so only
+    a single workload larger than a message could still come to this.
     """
     rejected: NexError | None = None
     failed = True
@@ -97,7 +103,7 @@ async def answer(reply: Callable[[bytes, dict[str, str] | None], Awaitable[None]
         if max_payload is not None and len(payload) > max_payload:
             raise InternalError(
                 f"the reply is {len(payload)} bytes, over the NATS server's max_payload of {max_payload}:"
-                " ask for less (one workload: WPING.<id>; one namespace at a time) or raise max_payload")
+                " raise max_payload")
         failed = False
     except NexError as exc:
         payload, reply_headers = exc.encode()
@@ -253,10 +259,11 @@ class ControlService:
         return self._node.ping(namespace)
 
     async def _info(self, namespace: str, signed: SignedRequest) -> NodeInfo:
-        return self._node.info(namespace)
+        return self._node.info(namespace, parse_request(PageRequest, signed.body), self._nc.max_payload)
 
     async def _wping_all(self, namespace: str, signed: SignedRequest) -> WorkloadPing:
-        return self._node.workload_ping(namespace, None)
+        return self._node.workload_ping(namespace, None, parse_request(PageRequest, signed.body),
+                                        self._nc.max_payload)
 
     async def _deploy(self, namespace: str, signed: SignedRequest, bid: BidTicket | None = None) -> BaseModel:
         request = parse_request(DeployRequest, signed.body)

@@ -8,6 +8,7 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -16,11 +17,12 @@ from nex import API_VERSION, __version__
 from nex.api.errors import BadRequest, ForbiddenTrigger
 from nex.api.events import EventType
 from nex.api import subjects
+from nex.api.paging import fill_page
 from nex.api.subjects import first_overlap, namespace_subject_problem
 from nex.api.models import (
     AppRef, AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState,
     UndeployRequest,
-    NodeRecord, UndeployResponse, WorkloadPing,
+    NodeRecord, PageRequest, UndeployResponse, WorkloadPing,
 )
 from nex.artifact_roots import ArtifactRoots
 from nex.artifacts import ArtifactCache, parse_nats_uri
@@ -57,6 +59,8 @@ from nex.runtimes.registry import available_runtimes
 from nex.sandbox.runner import OciRunner
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", NodeInfo, WorkloadPing)
 
 
 def connect_options(config: NodeConfig, server_url: str) -> ConnectOptions:
@@ -292,12 +296,21 @@ class Node:
             "workload_count": self.supervisor.table.active_count() if self.supervisor else 0,
         }
 
-    def info(self, namespace: str) -> NodeInfo:
-        workloads = [self.supervisor.refresh(w).summary() for w in self.supervisor.table.in_namespace(namespace)]
-        return NodeInfo(
-            **self.ping(namespace).model_dump(), resources=resources(),
-            runtimes=self.supervisor.runtime_types, workloads=workloads,
-        )
+    def info(self, namespace: str, page: PageRequest | None = None, max_bytes: int | None = None) -> NodeInfo:
+        """The node and one page of the namespace's workloads (nex.api.paging)."""
+        reply = NodeInfo(**self.ping(namespace).model_dump(), resources=resources(),
+                         runtimes=self.supervisor.runtime_types, workloads=[])
+        return self._page(reply, namespace, page, max_bytes)
+
+    def _page(self, reply: R, namespace: str, page: PageRequest | None, max_bytes: int | None) -> R:
+        page = page or PageRequest()
+        found = sorted((w for w in self.supervisor.table.in_namespace(namespace)
+                        if page.after is None or w.id > page.after), key=lambda w: w.id)
+        # Summarised as the page takes them: the usage of a workload beyond it is not read.
+        summaries = (self.supervisor.refresh(w).summary() for w in found)
+        if max_bytes is None:
+            return reply.model_copy(update={"workloads": list(summaries)[:page.limit]})
+        return fill_page(reply, summaries, max_bytes, page.limit)
 
     def functions(self) -> list[Workload]:
         if self.supervisor is None:
@@ -305,13 +318,13 @@ class Node:
         return [self.supervisor.refresh(w) for w in self.supervisor.table.active()
                 if w.request.lifecycle == Lifecycle.FUNCTION]
 
-    def workload_ping(self, namespace: str, workload_id: str | None) -> WorkloadPing:
+    def workload_ping(self, namespace: str, workload_id: str | None, page: PageRequest | None = None,
+                      max_bytes: int | None = None) -> WorkloadPing:
+        """One workload, or (``workload_id`` None) one page of the namespace's."""
         if workload_id is None:
-            found = self.supervisor.table.in_namespace(namespace)
-        else:
-            found = [self.supervisor.table.get(workload_id, namespace)]
-        return WorkloadPing(node_id=self.node_id,
-                            workloads=[self.supervisor.refresh(w).summary() for w in found])
+            return self._page(WorkloadPing(node_id=self.node_id, workloads=[]), namespace, page, max_bytes)
+        workload = self.supervisor.table.get(workload_id, namespace)
+        return WorkloadPing(node_id=self.node_id, workloads=[self.supervisor.refresh(workload).summary()])
 
     async def deploy(self, namespace: str, request: DeployRequest, signed: SignedRequest,
                      bid: BidTicket | None = None) -> Workload:
@@ -422,7 +435,7 @@ class Node:
     def _registry_record(self, seq: int) -> NodeRecord:
         ping = self.ping("system").model_copy(update={"workload_count": self.supervisor.table.active_count()})
         return NodeRecord(node=ping, resources=resources(), runtimes=self.supervisor.runtime_types,
-                          workloads=self.supervisor.records(), seq=seq)
+                          workloads=self.supervisor.app_records(), seq=seq)
 
     def _request_rejected(self, namespace: str, record: dict) -> None:
         self.feeds.event(namespace, EventType.REQUEST_REJECTED, record)

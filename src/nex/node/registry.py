@@ -1,13 +1,17 @@
 """The node's entry in the fleet's node registry: KV bucket NEX_NODES, key ``<node id>``.
 
-The entry (a :class:`NodeRecord`: the node's ping, resources, runtimes and every workload it
-lists) is rewritten every ``registry_interval_s``, and after a change of a workload as soon as
+The entry (a :class:`NodeRecord`: the node's ping with its workload count, resources,
+runtimes and its app replicas) is rewritten every ``registry_interval_s``, and after a change of a workload as soon as
 changes pause for 50 ms (debounced: a burst of 300 deploys makes a few writes, not 300; a
 steady stream of changes still gets a write each interval). The bucket's TTL is
 ``node_timeout_s``: the entry of a node that stops writing (killed, cut off) expires, and that
 is how the fleet's reconciler learns that a node is gone. A node that stops cleanly deletes its
 entry. A write that fails (NATS reconnecting, a JetStream leader election) is logged once and
 tried again at the next tick; the registry never takes the node down.
+
+A KV value is a message, bounded by the server's ``max_payload``: replicas that do not fit in
+the entry go into more keys, ``<node id>.1``, ``<node id>.2``... written just before it, with
+its ``seq`` (nex.api.paging). A node with thousands of app replicas stays registered.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from nats.js.kv import KeyValue
 
 from nex.api import subjects
 from nex.api.models import NodeRecord
+from nex.api.paging import encoded, part_key, split_record
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,7 @@ class NodeRegistry:
         # A write must give up well before the entry would expire, so the next one comes in time.
         self._timeout = min(MAX_WRITE_TIMEOUT_S, max(0.5, ttl_s / 2))
         self._kv: KeyValue | None = None
+        self._parts = 1  # keys the last write used: the entry and its parts
         self._seq = 0
         self._last_write = 0.0  # loop time of the last write
         self._dirty = asyncio.Event()
@@ -101,8 +107,11 @@ class NodeRegistry:
             try:
                 if self._kv is None:
                     self._kv = await ensure_bucket(self._nc, self._bucket, self._timeout)
-                record = self._snapshot(self._seq)
-                await self._kv.put(self._key, record.model_dump_json(exclude_none=True).encode())
+                record, parts = split_record(self._snapshot(self._seq), self._nc.max_payload)
+                for part in parts:
+                    await self._kv.put(part_key(self._key, part.part), encoded(part))
+                await self._kv.put(self._key, encoded(record))
+                await self._delete_parts(len(parts) + 1)
             except (NatsError, asyncio.TimeoutError) as exc:
                 self._kv = None  # look the bucket up again: it may have been deleted or moved
                 if not self._failing:
@@ -127,8 +136,17 @@ class NodeRegistry:
                 return
             try:
                 await self._kv.delete(self._key)
+                await self._delete_parts(1)
             except (NatsError, asyncio.TimeoutError) as exc:
                 log.warning("node registry: entry %s not deleted, it expires on its own: %s", self._key, exc)
+
+    async def _delete_parts(self, keep: int) -> None:
+        """Delete the parts past the first ``keep - 1`` that an earlier write left (readers ignore
+        them, but they would linger until the bucket's TTL)."""
+        assert self._kv is not None
+        for part in range(keep, self._parts):
+            await self._kv.delete(part_key(self._key, part))
+        self._parts = keep
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -184,11 +184,13 @@ class Supervisor:
         return {runtime.engine_name: runtime.agent_pid is not None for runtime in self._runtimes.values()
                 if isinstance(runtime, AgentRuntime)}
 
-    def records(self) -> list[ReplicaRecord]:
-        """The table as the node registry lists it, written often: only functions are inspected
-        afresh (whether the agent has them loaded is their health); reading the usage of every
-        service's cgroup would be wasted here."""
-        return [(self.refresh(w) if w.request.lifecycle == Lifecycle.FUNCTION else w).record() for w in self.table]
+    def app_records(self) -> list[ReplicaRecord]:
+        """The app replicas as the node registry lists them (by id), written often: only functions
+        are inspected afresh (whether the agent has them loaded is their health); reading the
+        usage of every service's cgroup would be wasted here. Other workloads are only counted:
+        the reconciler has no use for them, and a node with thousands stays small."""
+        replicas = sorted((w for w in self.table if w.request.app is not None), key=lambda w: w.id)
+        return [(self.refresh(w) if w.request.lifecycle == Lifecycle.FUNCTION else w).record() for w in replicas]
 
     # -- handles on disk: what a node that dies leaves for the next one ----------
 
