@@ -10,9 +10,11 @@ import ssl
 import weakref
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
+from nats.js.errors import ServiceUnavailableError
 
 from nex.api import natsjwt
 
@@ -198,3 +200,23 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 
 _flush_rounds: weakref.WeakKeyDictionary[Client, _FlushRounds] = weakref.WeakKeyDictionary()
+
+
+T = TypeVar("T")
+
+
+async def while_jetstream_wakes(action: Callable[[], Awaitable[T]], patience_s: float = 60.0) -> T:
+    """``action()``, tried again while JetStream does not answer yet (a cluster still electing
+    its leaders), with a growing pause, for up to ``patience_s``; then its error is raised."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    delay = 0.25
+    while True:
+        try:
+            return await action()
+        except (asyncio.TimeoutError, ServiceUnavailableError) as exc:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("JetStream did not answer (%s); trying again", type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 4.0)

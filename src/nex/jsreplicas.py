@@ -31,6 +31,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from nex.api import subjects
+from nex.connection import while_jetstream_wakes
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,7 @@ async def fleet_replicas(nc: Client, configured: int | None, patience_s: float =
     if configured is not None:
         return configured
     js = nc.jetstream(timeout=5.0)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + patience_s
-    delay = 0.25
-    while True:
-        try:
-            return await cluster_replicas(js)
-        except (asyncio.TimeoutError, ServiceUnavailableError) as exc:
-            if loop.time() + delay > deadline:
-                raise
-            log.warning("JetStream did not answer (%s); trying again", type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 4.0)
+    return await while_jetstream_wakes(lambda: cluster_replicas(js), patience_s)
 
 
 async def cluster_replicas(js: JetStreamContext) -> int:

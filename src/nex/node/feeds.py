@@ -9,10 +9,11 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from nex.api import subjects
 from nex.api.events import EventType, make_event
+from nex.connection import while_jetstream_wakes
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +49,12 @@ class Feeds:
     async def ensure_streams(self, logs_bytes: int, events_bytes: int, patience_s: float = 60.0) -> None:
         """Create the streams, waiting out a JetStream that does not answer yet (a cluster still
         electing its leaders) for up to ``patience_s``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + patience_s
-        delay = 0.25
-        while True:
-            try:
-                await ensure_stream(self._nc, subjects.LOGS_STREAM, subjects.logs_filter("*", "*"), logs_bytes,
-                                    self._replicas)
-                await ensure_stream(self._nc, subjects.EVENTS_STREAM, subjects.events_filter("*"), events_bytes,
-                                    self._replicas)
-                return
-            except (asyncio.TimeoutError, ServiceUnavailableError) as exc:
-                if loop.time() + delay > deadline:
-                    raise
-                log.warning("JetStream did not answer (%s); trying again", type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 4.0)
+        async def ensure() -> None:
+            await ensure_stream(self._nc, subjects.LOGS_STREAM, subjects.logs_filter("*", "*"), logs_bytes,
+                                self._replicas)
+            await ensure_stream(self._nc, subjects.EVENTS_STREAM, subjects.events_filter("*"), events_bytes,
+                                self._replicas)
+        await while_jetstream_wakes(ensure, patience_s)
 
     def _publish(self, subject: str, payload: bytes) -> None:
         # nats-py buffers publishes; scheduling keeps log pumps synchronous and cheap.
