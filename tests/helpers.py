@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,18 @@ async def nex(*args: str, stdin: bytes | None = None, timeout: float = 60) -> tu
 # the test programs are built and every test's tmp_path lies, and tests/functions (set by
 # conftest.artifact_roots).
 ARTIFACT_ROOTS: list[Path] = []
+
+
+WASM_INCLUDE = Path(__file__).parent.parent / "src" / "nex" / "agent" / "include"  # nex.h, the host calls
+
+
+def build_wasm(source: Path, out: Path) -> Path:
+    """``source`` (C) compiled to a WASI module at ``out`` with clang, nex.h on the include path."""
+    clang = shutil.which("clang")
+    assert clang, "clang is missing: `make test` installs the Debian packages in WASM_DEBS"
+    subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", f"-I{WASM_INCLUDE}", "-o", str(out), str(source)],
+                   check=True)
+    return out
 
 
 def file_artifact(path: Path) -> dict[str, str]:

@@ -9,15 +9,13 @@ for, not a race it hopes to win.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
-from helpers import collect, control, eventually, file_artifact, nex
+from helpers import build_wasm, collect, control, eventually, file_artifact, nex
 from nex.agent import protocol
 from nex.agent.wasm_sandbox import WARM_INSTANCES, WasmEngine
 from nex.api import subjects
@@ -29,7 +27,6 @@ from nex.node.node import Node
 
 NAMESPACE = "default"
 SOURCES = Path(__file__).parent / "wasm"
-INCLUDE = Path(__file__).parent.parent / "src" / "nex" / "agent" / "include"
 
 # Replies with the answer of a request on env.GATE: the call lasts until the test answers.
 GATE_JS = """
@@ -42,21 +39,13 @@ async (subject, payload) => {
 
 @pytest.fixture(scope="session")
 def slow_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    clang = shutil.which("clang")
-    assert clang, "clang is missing: `make test` installs the Debian packages in WASM_DEBS"
-    module = tmp_path_factory.mktemp("slow") / "slow.wasm"
-    subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", f"-I{INCLUDE}", "-o", str(module),
-                    str(SOURCES / "slow.c")], check=True)
-    return module
+    return build_wasm(SOURCES / "slow.c", tmp_path_factory.mktemp("slow") / "slow.wasm")
 
 
 @pytest.fixture(scope="session")
 def echo_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/wasm/fn.c: no host imports, so it links without a NATS connection."""
-    module = tmp_path_factory.mktemp("echo") / "fn.wasm"
-    subprocess.run(["clang", "--target=wasm32-wasi", "-O2", "-s", "-o", str(module), str(SOURCES / "fn.c")],
-                   check=True)
-    return module
+    return build_wasm(SOURCES / "fn.c", tmp_path_factory.mktemp("echo") / "fn.wasm")
 
 
 @pytest.fixture

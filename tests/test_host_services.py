@@ -9,8 +9,6 @@ request, named in the payload.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from helpers import ARTIFACT_ROOTS, collect, control, eventually, file_artifact, function_error, request
+from helpers import ARTIFACT_ROOTS, build_wasm, collect, control, eventually, file_artifact, function_error, request
 from nex.agent.hostservices import MAX_VALUE_BYTES, host_allowed, kv_bucket
 from nex.api.subjects import subjects_overlap as subject_matches
 from nex.natsserver import NatsServer
@@ -31,7 +29,6 @@ FUNCTIONS = Path(__file__).parent / "functions"
 WASM_SOURCES = Path(__file__).parent / "wasm"
 # The examples of docs/functions.md (tests/test_functions_guide.py checks the guide shows them as they are).
 EXAMPLES = Path(__file__).parent.parent / "docs" / "examples" / "functions"
-INCLUDE = Path(__file__).parent.parent / "src" / "nex" / "agent" / "include"
 
 NEX_ERR_INVALID, NEX_ERR_DENIED, NEX_ERR_NOT_FOUND, NEX_ERR_TIMEOUT = -1, -2, -3, -4
 NEX_ERR_UNAVAILABLE, NEX_ERR_MEMORY = -6, -8
@@ -85,15 +82,9 @@ def http_url():
 @pytest.fixture(scope="session")
 def wasm_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """tests/wasm/hostcalls.c and the guide's counter.c, built against the shipped nex.h."""
-    clang = shutil.which("clang")
-    assert clang, "clang is missing: `make test` installs the Debian packages in WASM_DEBS"
     out = tmp_path_factory.mktemp("hostwasm")
-    built = {}
-    for source in (WASM_SOURCES / "hostcalls.c", EXAMPLES / "counter.c"):
-        built[source.stem] = out / f"{source.stem}.wasm"
-        subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", f"-I{INCLUDE}", "-o", str(built[source.stem]),
-                        str(source)], check=True)
-    return built
+    return {source.stem: build_wasm(source, out / f"{source.stem}.wasm")
+            for source in (WASM_SOURCES / "hostcalls.c", EXAMPLES / "counter.c")}
 
 
 async def deploy(nc: Client, node: Node, artifact: Path, namespace: str, subject: str, *,

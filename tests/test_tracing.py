@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from helpers import control, eventually, file_artifact, running_node
+from helpers import build_wasm, control, eventually, file_artifact, running_node
 from nex.agent.tracing import Propagation, traces_url
 from nex.api.errors import BadRequest
 from nex.api.tracecontext import TRACEPARENT, TraceParent
@@ -26,7 +25,6 @@ from nex.connection import flush_subscriptions
 from nex.node.config import ConfigError, load_config
 
 WASM_SOURCES = Path(__file__).parent / "wasm"
-INCLUDE = Path(__file__).parent.parent / "src" / "nex" / "agent" / "include"
 
 # Calls the backend over NATS (request and publish) and over HTTP, then answers.
 TRACED_JS = """
@@ -172,11 +170,7 @@ async def test_the_invokers_trace_reaches_every_host_call(nats_server, nc, tmp_p
 
 async def test_a_wasm_functions_request_carries_the_trace(nats_server, nc, tmp_path, monkeypatch):
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
-    clang = shutil.which("clang")
-    assert clang, "clang is missing: `make test` installs the Debian packages in WASM_DEBS"
-    module = tmp_path / "hostcalls.wasm"
-    subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", f"-I{INCLUDE}", "-o", str(module),
-                    str(WASM_SOURCES / "hostcalls.c")], check=True)
+    module = build_wasm(WASM_SOURCES / "hostcalls.c", tmp_path / "hostcalls.wasm")
     requests, _ = await _backend(nc)
     async with running_node(nats_server, tmp_path / "node", "wasm-tracer", reconciler=False) as node:
         code, summary = await control(nc, "DEPLOY", node.node_id, body={

@@ -7,9 +7,7 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,7 +22,7 @@ from nex.ui import Dashboard
 from nex.ui.rates import RateWindow
 from nex.ui.server import ACTION_HEADER
 from nex.ui.sse import Broadcaster, encode
-from helpers import eventually
+from helpers import build_wasm, eventually
 
 ACTION = {ACTION_HEADER: "1"}
 
@@ -177,12 +175,7 @@ async def test_the_log_tail_streams_a_workloads_lines(ui, nc, greeter):
 @pytest.fixture(scope="session")
 def fn_wasm(tmp_path_factory) -> Path:
     """tests/wasm/fn.c built as a WASI command (as tests/test_wasm.py builds it)."""
-    clang = shutil.which("clang")
-    assert clang, "clang is missing: `make test` installs the Debian packages in WASM_DEBS"
-    out = tmp_path_factory.mktemp("ui-wasm") / "fn.wasm"
-    source = Path(__file__).parent / "wasm" / "fn.c"
-    subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", "-o", str(out), str(source)], check=True)
-    return out
+    return build_wasm(Path(__file__).parent / "wasm" / "fn.c", tmp_path_factory.mktemp("ui-wasm") / "fn.wasm")
 
 
 async def test_a_wasm_function_uploaded_through_the_form_runs(ui, nc, fn_wasm):

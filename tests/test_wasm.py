@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -24,7 +23,7 @@ import wasmtime
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 
-from helpers import control, file_artifact, function_error, request
+from helpers import build_wasm, control, file_artifact, function_error, request
 from nex.agent import protocol
 from nex.agent.protocol import ENV_CACHE_DIR, ENV_CONNECT, ENV_NODE_ID
 from nex.api import subjects
@@ -51,12 +50,8 @@ Deploy = Callable[..., Awaitable[tuple[Handle, str]]]
 @pytest.fixture(scope="session")
 def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """fn.wasm from tests/wasm/fn.c, and the WAT modules, built once."""
-    clang = shutil.which("clang")
-    assert clang, "clang is missing: `make test` installs the Debian packages in WASM_DEBS"
     out = tmp_path_factory.mktemp("wasm")
-    built = {"fn": out / "fn.wasm"}
-    subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", "-o", str(built["fn"]), str(SOURCES / "fn.c")],
-                   check=True)
+    built = {"fn": build_wasm(SOURCES / "fn.c", out / "fn.wasm")}
     for name, text in (("reactor", REACTOR_WAT), ("foreign", FOREIGN_IMPORT_WAT)):
         built[name] = out / f"{name}.wasm"
         built[name].write_bytes(wasmtime.wat2wasm(text))

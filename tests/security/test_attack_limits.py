@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import wasmtime
 from nats.aio.client import Client
 
-from helpers import collect, control, eventually, function_error, request
+from helpers import build_wasm, collect, control, eventually, function_error, request
 from nex.api import subjects
 from nex.api.hops import HOP_HEADER, MAX_HOPS
 from nex.client import NexClient
@@ -26,7 +24,6 @@ from nex.node.node import Node
 
 MIB = 1024 * 1024
 WASM_SOURCES = Path(__file__).parent.parent / "wasm"
-INCLUDE = Path(__file__).parent.parent.parent / "src" / "nex" / "agent" / "include"
 
 # With a payload it answers "ok". Without one it grows its table by 2**20 elements 32 times
 # (256 MiB at 8 bytes an element), and traps when a grow is refused, as a program whose
@@ -87,12 +84,7 @@ async (subject, payload) => {
 @pytest.fixture(scope="module")
 def hostcalls_wasm(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """tests/wasm/hostcalls.c: "pub SUBJECT DATA" publishes DATA on SUBJECT from Wasm."""
-    clang = shutil.which("clang")
-    assert clang, "clang is missing: `make test` installs the Debian packages in WASM_DEBS"
-    out = tmp_path_factory.mktemp("limits") / "hostcalls.wasm"
-    subprocess.run([clang, "--target=wasm32-wasi", "-O2", "-s", f"-I{INCLUDE}", "-o", str(out),
-                    str(WASM_SOURCES / "hostcalls.c")], check=True)
-    return out.read_bytes()
+    return build_wasm(WASM_SOURCES / "hostcalls.c", tmp_path_factory.mktemp("limits") / "hostcalls.wasm").read_bytes()
 
 
 async def deploy(nc: Client, node: Node, tmp_path: Path, name: str, kind: str, code: bytes, subject: str,
