@@ -19,7 +19,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence, TypeVar
 from urllib.parse import quote
 
 import nats.errors
@@ -61,6 +61,7 @@ from nex.api.models import (
     NetworkMode,
     NodeInfo,
     NodePing,
+    NodeRecord,
     NodeState,
     PageRequest,
     Trigger,
@@ -72,6 +73,8 @@ from nex.api.models import (
     describe_validation_error,
 )
 from nex.artifacts import sha256_file
+from nex.fleet import sampling
+from nex.fleet.store import AppStore
 from nex.connection import ConnectOptions, confined_inbox_prefix, connect
 from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
@@ -166,8 +169,11 @@ class NexClient:
     """
 
     def __init__(self, nc: Client, namespace: str = subjects.DEFAULT_NAMESPACE, timeout: float = 5.0,
-                 keys: UserKeys | None = None, confined: bool = False) -> None:
+                 keys: UserKeys | None = None, confined: bool = False,
+                 sample_threshold: int = sampling.SAMPLE_THRESHOLD) -> None:
         self.nc = nc
+        # Past this many eligible nodes in the registry, place() asks a sample of them (nex.fleet.sampling).
+        self.sample_threshold = sample_threshold
         # Connected with the credentials of one namespace (nex creds): JetStream is read without
         # consumers, which such a user may not create (nex.security.natsauth.client_permissions).
         self.confined = confined
@@ -274,12 +280,42 @@ class NexClient:
     # -- placement ---------------------------------------------------------------------
 
     async def auction(self, request: AuctionRequest, wait: float = DEFAULT_GATHER_S,
-                      expected: int | None = None) -> list[AuctionReply]:
+                      expected: int | None = None, nodes: Sequence[str] | None = None) -> list[AuctionReply]:
         """Every node's answer to an auction, a bid or a decline, within ``wait`` seconds
-        (or as soon as ``expected`` nodes have answered)."""
+        (or as soon as ``expected`` nodes have answered). With ``nodes``, only those nodes are
+        asked, each on its own subject (``AUCTION.<node id>``, with a claim for that subject),
+        and the wait ends once each has answered."""
         body = request.model_dump_json(exclude_none=True).encode()
-        return await self._gather(subjects.AUCTION, AuctionReply, wait, expected, body,
-                                  headers=self._claim_header(self._subject(subjects.AUCTION), body))
+        if nodes is None:
+            subject = self._subject(subjects.AUCTION)
+            return await self._gather(subjects.AUCTION, AuctionReply, wait, expected, body,
+                                      headers=self._claim_header(subject, body))
+        asked = [self._subject(subjects.AUCTION, _target(node_id, "node id")) for node_id in dict.fromkeys(nodes)]
+        if not asked:
+            return []
+        return await self._gather(subjects.AUCTION, AuctionReply, wait, len(asked), body,
+                                  to=[(subject, self._claim_header(subject, body)) for subject in asked])
+
+    async def sampled_auction(self, request: AuctionRequest, nodes: Sequence[str] | None,
+                              wait: float = DEFAULT_GATHER_S, expected: int | None = None) -> list[AuctionReply]:
+        """The answers of ``nodes`` (a sample, nex.fleet.sampling), or, when none of them bids
+        (or ``nodes`` is None), of every node: a workload only an unsampled node can take still
+        finds it. The declines returned are those of the nodes asked last."""
+        if nodes:
+            replies = await self.auction(request, wait, nodes=nodes)
+            if any(r.bid is not None for r in replies):
+                return replies
+        return await self.auction(request, wait, expected)
+
+    async def registry(self) -> list[NodeRecord] | None:
+        """Every node's record in NEX_NODES; None when it cannot be read (no registry, or a
+        client confined to a namespace, which may not read it with a consumer)."""
+        if self.confined:
+            return None
+        try:
+            return await AppStore(self.nc, timeout=self.timeout).nodes()
+        except (NexError, nats.errors.Error, asyncio.TimeoutError):
+            return None
 
     async def live_node_count(self) -> int | None:
         """How many nodes the NEX_NODES registry lists now; None without a registry (or an empty one)."""
@@ -307,10 +343,16 @@ class NexClient:
         return await self._deploy_to_best(bids, request)
 
     async def _bids(self, constraints: AuctionRequest, wait: float, expected: int | None) -> list[Bid]:
-        """The bids of an auction; Unavailable, with every decline, when there is none."""
+        """The bids of an auction, of the eligible nodes or a sample of them once the registry lists
+        more than ``sample_threshold`` (nex.fleet.sampling.whom_to_ask); Unavailable, with every
+        decline of the nodes asked, when there is none."""
         if expected is None:
             expected = await self.live_node_count()
-        replies = await self.auction(constraints, wait, expected)
+        asked = None
+        if expected is not None and expected > self.sample_threshold:
+            records = await self.registry()
+            [asked] = sampling.whom_to_ask(records or [], constraints, threshold=self.sample_threshold)
+        replies = await self.sampled_auction(constraints, asked, wait, expected)
         if not replies:
             raise Unavailable(f"no node is running in namespace {self.namespace!r}")
         bids = [r.bid for r in replies if r.bid is not None]
@@ -671,22 +713,29 @@ class NexClient:
         return _decode(msg, model, subject)
 
     async def _gather(self, verb: str, model: type[M], wait: float, expected: int | None,
-                      body: bytes = b"", headers: dict[str, str] | None = None) -> list[M]:
-        """Scatter a request to every node and collect the replies that come within ``wait``."""
+                      body: bytes = b"", headers: dict[str, str] | None = None,
+                      to: Sequence[tuple[str, dict[str, str] | None]] | None = None) -> list[M]:
+        """Scatter a request to every node (or to the subjects of ``to``, each with its headers)
+        and collect the replies that come within ``wait``."""
         subject = self._subject(verb)
         inbox, arriving = await self._replies.open()
         try:
-            await self.nc.publish(subject, body, reply=inbox, headers=headers)
+            for each, each_headers in to if to is not None else [(subject, headers)]:
+                await self.nc.publish(each, body, reply=inbox, headers=each_headers)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
             replies: list[M] = []
-            while (remaining := deadline - loop.time()) > 0 and len(replies) != expected:
+            gone = 0  # subjects of ``to`` nothing listens to (a node that left)
+            while (remaining := deadline - loop.time()) > 0 and len(replies) + gone != expected:
                 try:
                     msg = await asyncio.wait_for(arriving.get(), remaining)
                 except asyncio.TimeoutError:
                     break
                 if _is_no_responders(msg):
-                    break  # the server says at once that nothing listens: no node
+                    if to is None:
+                        break  # the server says at once that nothing listens: no node
+                    gone += 1
+                    continue
                 replies.append(_decode(msg, model, subject))
             return replies
         finally:

@@ -37,11 +37,13 @@ from nex.api import appsig, subjects
 from nex.api.apps import AppRecord, AppStatus, AppWorkload
 from nex.api.errors import NexError, WorkloadNotFound
 from nex.api.events import EventType
-from nex.api.models import AppRef, AuctionRequest, DeployRequest
+from nex.api.models import AppRef, AuctionReply, AuctionRequest, Bid, DeployRequest, NodeRecord
 from nex.client import NexClient
+from nex.fleet import sampling
 from nex.fleet.kvwatch import open_watch, watched_keys
 from nex.fleet.lease import Lease
 from nex.fleet.liveness import Liveness
+from nex.fleet.sampling import SAMPLE_THRESHOLD
 from nex.fleet.planner import (
     AppKey, FleetMemory, PendingReplica, Place, Plan, Rollback, Settings, SlotKey, Stop, bid_bucket, choose_bid,
     plan,
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 SYSTEM_NAMESPACE = "system"
 MAX_CONCURRENT_ACTIONS = 8
+MAX_CONCURRENT_PLACEMENTS = 32  # auctions, then deploys, of one batch at once
 AUCTION_WAIT_S = 1.0
 REQUEST_TIMEOUT_S = 15.0  # an undeploy waits for the workload's grace period
 
@@ -75,8 +78,9 @@ def fleet_keys(directory: Path) -> UserKeys:
 class Reconciler:
     def __init__(self, nc: Client, node_id: str, name: str, keys: UserKeys, publish: Publish, *,
                  interval_s: float, lease_s: float, replicas: int = 1, registry_interval_s: float = 2.0,
-                 trust: Trust = Trust()) -> None:
+                 trust: Trust = Trust(), sample_threshold: int = SAMPLE_THRESHOLD) -> None:
         self._nc = nc
+        self._sample_threshold = sample_threshold
         self._trust = trust
         self.node_id = node_id
         self._keys = keys
@@ -231,7 +235,7 @@ class Reconciler:
         self._memory.known_apps -= untouchable
         decided = plan(apps, nodes, self._memory, now, self._settings, statuses - untouchable)
         self.actions["restart"] += max(0, self._restarts_counted() - restarts)  # forgotten apps lower it
-        await self._execute(decided)
+        await self._execute(decided, nodes)
         await self._write_statuses(decided)
         self.passes += 1
         return decided
@@ -276,7 +280,7 @@ class Reconciler:
         """Replicas the planner has found failed or lost so far (it restarts each)."""
         return sum(history.restarts for history in self._memory.history.values())
 
-    async def _execute(self, decided: Plan) -> None:
+    async def _execute(self, decided: Plan, nodes: list[NodeRecord] | None = None) -> None:
         """Every action of the plan, a bounded number at once; one failing does not stop the others."""
         limit = asyncio.Semaphore(MAX_CONCURRENT_ACTIONS)
         by_slot: dict[SlotKey, list[Place]] = {}
@@ -292,9 +296,9 @@ class Reconciler:
 
         jobs = [bounded(r, lambda r=r: self._rollback(r)) for r in decided.rollbacks]
         jobs += [bounded(s, lambda s=s: self._stop(s)) for s in decided.stops]
-        # Replicas of one workload are placed one after the other, so each sees where the last went.
+        # The replicas of one workload are placed as a batch: targets decided together, then deployed.
         jobs += [bounded(places[0], lambda slot=slot, places=places: self._place_all(
-            places, decided.spread_counts.get(slot, {}))) for slot, places in by_slot.items()]
+            places, decided.spread_counts.get(slot, {}), nodes or [])) for slot, places in by_slot.items()]
         await asyncio.gather(*jobs)
         for announce in decided.announcements:
             self._publish(announce.namespace, announce.type, announce.data)
@@ -313,44 +317,77 @@ class Reconciler:
                 self._nc, namespace, REQUEST_TIMEOUT_S, keys=self._keys if signed else None)
         return client
 
-    async def _place_all(self, places: list[Place], counts: dict[str, int]) -> None:
-        counts = dict(counts)
-        for place in places:
-            try:
-                await self._place(place, counts)
-            except _TRANSIENT as exc:
-                # Tried again next pass; shown in the app's status, and logged once, not every pass.
-                slot, reason = (place.namespace, place.app, place.workload.name), _describe(exc)
-                if self._memory.unplaceable.get(slot) != reason:
-                    log.warning("reconciler: %s: %s", _what(place), reason)
-                    self._memory.note((place.namespace, place.app), f"placing {place.workload.name} failed: {reason}")
-                self._memory.unplaceable[slot] = reason
-
-    async def _place(self, place: Place, counts: dict[str, int]) -> None:
-        workload = place.workload
-        record = self._acting.get((place.namespace, place.app))
+    async def _place_all(self, places: list[Place], counts: dict[str, int], nodes: list[NodeRecord]) -> None:
+        """The replicas of one workload, as a batch. Each gets an auction, all at once: past
+        ``sample_threshold`` nodes, of the eligible nodes or a sample of them (nex.fleet.sampling),
+        widened to every node when none of them bids. Then each replica is given a bid in turn, so
+        the batch keeps the spread (``choose_bid``); then the deploys go, all at once."""
+        first = places[0]
+        record = self._acting.get((first.namespace, first.app))
         if record is None:
             return  # no longer verified since the plan was made
-        client = self._client(place.namespace, signed=record.token is not None)
-        constraints = AuctionRequest(type=workload.type, lifecycle=workload.lifecycle, tags=place.tags,
-                                     memory_mib=workload.limits.memory_mib, exclude_nodes=list(place.exclude_nodes))
-        replies = await client.auction(constraints, wait=AUCTION_WAIT_S, expected=self._live_nodes or None)
-        bids = [r.bid for r in replies if r.bid is not None]
-        chosen = choose_bid(bids, place.spread, counts)
-        if chosen is None:
-            reasons = "; ".join(f"{r.node_id}: {r.declined}" for r in replies if r.declined) or "no node answered"
-            slot = (place.namespace, place.app, workload.name)
-            if self._memory.unplaceable.get(slot) != reasons:  # said once, not every pass
-                self._memory.note((place.namespace, place.app), f"no node can take {workload.name}: {reasons}")
-                log.warning("reconciler: no node can take %s of app %s: %s", workload.name, place.app, reasons)
-            self._memory.unplaceable[slot] = reasons
-            return
+        workload = first.workload
+        client = self._client(first.namespace, signed=record.token is not None)
+        constraints = AuctionRequest(type=workload.type, lifecycle=workload.lifecycle, tags=first.tags,
+                                     memory_mib=workload.limits.memory_mib, exclude_nodes=list(first.exclude_nodes))
+        asked = sampling.whom_to_ask(nodes, constraints, len(places), self._sample_threshold, spread=first.spread,
+                                     counts=counts)
+        limit = asyncio.Semaphore(MAX_CONCURRENT_PLACEMENTS)
+
+        async def auction(sample: list[str] | None) -> list[AuctionReply] | BaseException:
+            async with limit:
+                try:
+                    return await client.sampled_auction(constraints, sample, AUCTION_WAIT_S,
+                                                        self._live_nodes or None)
+                except _TRANSIENT as exc:
+                    return exc
+
+        answers = await asyncio.gather(*(auction(sample) for sample in asked))
+        counts = dict(counts)
+        chosen: list[tuple[Place, Bid]] = []
+        for place, replies in zip(places, answers):
+            if isinstance(replies, BaseException):
+                self._placing_failed(place, _describe(replies))
+                continue
+            bid = choose_bid([r.bid for r in replies if r.bid is not None], place.spread, counts)
+            if bid is None:
+                self._unplaceable(place, "; ".join(f"{r.node_id}: {r.declined}" for r in replies if r.declined)
+                                  or "no node answered")
+                continue
+            bucket = bid_bucket(bid, place.spread)
+            counts[bucket] = counts.get(bucket, 0) + 1
+            chosen.append((place, bid))
+
+        async def deploy(place: Place, bid: Bid) -> None:
+            async with limit:
+                try:
+                    await self._deploy(client, place, record, bid)
+                except _TRANSIENT as exc:
+                    self._placing_failed(place, _describe(exc))
+
+        await asyncio.gather(*(deploy(place, bid) for place, bid in chosen))
+
+    def _placing_failed(self, place: Place, reason: str) -> None:
+        # Tried again next pass; shown in the app's status, and logged once, not every pass.
+        slot = (place.namespace, place.app, place.workload.name)
+        if self._memory.unplaceable.get(slot) != reason:
+            log.warning("reconciler: %s: %s", _what(place), reason)
+            self._memory.note((place.namespace, place.app), f"placing {place.workload.name} failed: {reason}")
+        self._memory.unplaceable[slot] = reason
+
+    def _unplaceable(self, place: Place, reasons: str) -> None:
+        slot = (place.namespace, place.app, place.workload.name)
+        if self._memory.unplaceable.get(slot) != reasons:  # said once, not every pass
+            self._memory.note((place.namespace, place.app), f"no node can take {place.workload.name}: {reasons}")
+            log.warning("reconciler: no node can take %s of app %s: %s", place.workload.name, place.app, reasons)
+        self._memory.unplaceable[slot] = reasons
+
+    async def _deploy(self, client: NexClient, place: Place, record: AppRecord, chosen: Bid) -> None:
+        workload = place.workload
         summary = await client.deploy(chosen.bid_id, self._deploy_request(place, record, chosen.xkey),
-                                     xkey=chosen.xkey)
+                                      xkey=chosen.xkey)
         self.actions["place"] += 1
         self._memory.unplaceable.pop((place.namespace, place.app, workload.name), None)
-        bucket = bid_bucket(chosen, place.spread)
-        counts[bucket] = counts.get(bucket, 0) + 1
         self._memory.placed(PendingReplica(summary.id, summary.node_id, place.namespace, place.app, workload.name,
                                            place.revision, time.time()))
         self._memory.note((place.namespace, place.app), f"placed {workload.name} {summary.id} on {chosen.name}")

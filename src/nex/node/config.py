@@ -12,6 +12,7 @@ from typing import Any
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nex.fleet.sampling import SAMPLE_THRESHOLD
 from nex.api.hops import MAX_HOPS, MAX_HOPS_LIMIT
 from nex.api.keys import PREFIX_ACCOUNT, KeyDecodeError, decode_public
 from nex.api.models import DEFAULT_STOP_GRACE_S, describe_validation_error
@@ -92,6 +93,9 @@ class NodeConfig(BaseModel):
         "default: half the node's memory")
     reconciler: bool = Field(default=True, description="stand for the fleet's reconciler lease")
     reconcile_interval_s: float = Field(default=1.0, gt=0, le=600)
+    sample_threshold: int = Field(
+        default=SAMPLE_THRESHOLD, ge=0, le=1_000_000, description="past this many eligible nodes, the "
+        "reconciler's auctions ask a sample of them, not every node (nex.fleet.sampling)")
     lease_s: float = Field(default=5.0, gt=0, le=600, description="TTL of the reconciler lease")
     fleet_keys: Path | None = Field(
         default=None, description="directory with the fleet's issuer.nk and xkey.xk, the same on every node "

@@ -195,7 +195,7 @@ class Node:
         return Reconciler(
             self.nc, self.node_id, self.name, keys, self.feeds.event, interval_s=self.config.reconcile_interval_s,
             lease_s=self.config.lease_s, replicas=self.replicas,
-            registry_interval_s=self.config.registry_interval_s,
+            registry_interval_s=self.config.registry_interval_s, sample_threshold=self.config.sample_threshold,
             trust=Trust.of(self.config.trusted_issuers, self.config.admin_issuers))
 
     async def _start_embedded(self) -> AccountSigner | None:
