@@ -95,6 +95,7 @@ Progress = Callable[[int, int], None]
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_GATHER_S = 0.5
+REGISTRY_MAX_AGE_S = 1.0  # how long a read of NEX_NODES chooses whom a placement's auction asks
 # A failed first connect gives up after this many tries per server (nats-py loops
 # forever on -1); the same number bounds reconnects of a long `logs -f`.
 _CONNECT_ATTEMPTS = 2
@@ -183,6 +184,8 @@ class NexClient:
         self._owns_connection = False
         self._placing: Counter[str] = Counter()  # node id -> placements of this client under way there
         self._replies = _ReplyInbox(nc)
+        self._registry: tuple[float, list[NodeRecord]] | None = None  # (when read, the records)
+        self._registry_lock = asyncio.Lock()
 
     @classmethod
     async def connect(
@@ -309,13 +312,20 @@ class NexClient:
 
     async def registry(self) -> list[NodeRecord] | None:
         """Every node's record in NEX_NODES; None when it cannot be read (no registry, or a
-        client confined to a namespace, which may not read it with a consumer)."""
+        client confined to a namespace, which may not read it with a consumer). A read serves
+        the placements of the next :data:`REGISTRY_MAX_AGE_S` too: a burst reads it once."""
         if self.confined:
             return None
-        try:
-            return await AppStore(self.nc, timeout=self.timeout).nodes()
-        except (NexError, nats.errors.Error, asyncio.TimeoutError):
-            return None
+        async with self._registry_lock:
+            now = time.monotonic()
+            if self._registry is not None and now - self._registry[0] < REGISTRY_MAX_AGE_S:
+                return self._registry[1]
+            try:
+                records = await AppStore(self.nc, timeout=self.timeout).nodes()
+            except (NexError, nats.errors.Error, asyncio.TimeoutError):
+                return None
+            self._registry = (now, records)
+            return records
 
     async def live_node_count(self) -> int | None:
         """How many nodes the NEX_NODES registry lists now; None without a registry (or an empty one)."""

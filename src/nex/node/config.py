@@ -94,8 +94,8 @@ class NodeConfig(BaseModel):
     reconciler: bool = Field(default=True, description="stand for the fleet's reconciler lease")
     reconcile_interval_s: float = Field(default=1.0, gt=0, le=600)
     sample_threshold: int = Field(
-        default=SAMPLE_THRESHOLD, ge=0, le=1_000_000, description="past this many eligible nodes, the "
-        "reconciler's auctions ask a sample of them, not every node (nex.fleet.sampling)")
+        default=SAMPLE_THRESHOLD, ge=0, le=1_000_000, description="past this many nodes in NEX_NODES, the "
+        "reconciler's auctions ask the eligible nodes, or a sample of them, not every node (nex.fleet.sampling)")
     lease_s: float = Field(default=5.0, gt=0, le=600, description="TTL of the reconciler lease")
     fleet_keys: Path | None = Field(
         default=None, description="directory with the fleet's issuer.nk and xkey.xk, the same on every node "
