@@ -1,13 +1,14 @@
 """Whom an auction asks: a sample of the eligible nodes, once the fleet is past a threshold.
 
 Pure. An auction of every node costs a reply from every node, so placement would
-cost more as the fleet grows. Past :data:`SAMPLE_THRESHOLD` eligible nodes, an
-auction asks :data:`SAMPLE_SIZE` of them on their own subjects
-(``AUCTION.<node id>``), and the best of their bids wins: the power of d choices,
-with the bids' own scores (``nex.client.rank_bids``, ``nex.fleet.planner.choose_bid``)
-deciding, so the sample adds no scoring of its own. When no node of the sample
-bids, the caller widens the auction to every node before it fails
-(``NexClient.sampled_auction``), so a workload only one node can take still finds it.
+cost more as the fleet grows. Past :data:`SAMPLE_THRESHOLD` nodes in the registry,
+an auction asks only the eligible nodes, each on its own subject
+(``AUCTION.<node id>``): all of them when they are few, else :data:`SAMPLE_SIZE` of
+them, and the best of their bids wins: the power of d choices, with the bids' own
+scores (``nex.client.rank_bids``, ``nex.fleet.planner.choose_bid``) deciding, so the
+sample adds no scoring of its own. When no node asked bids, the caller widens the
+auction to every node before it fails (``NexClient.sampled_auction``), so a node the
+registry shows out of date still gets its chance.
 
 Eligibility is read from the registry (NEX_NODES) with the rule each node applies
 to itself (:func:`nex.node.bids.decline_reason`): running, the runtime, the tags,

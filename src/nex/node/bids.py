@@ -2,7 +2,9 @@
 
 Every node answers every auction, with a bid or with the reason it declines, so a
 client that knows how many nodes there are stops waiting when all have answered,
-and a user who gets no bid is told why ("node n2 lacks tag zone=a").
+and a user who gets no bid is told why ("node n2 lacks tag zone=a"). The same
+auction may be asked of one node, on ``AUCTION.<node id>`` (a sampled auction,
+nex.fleet.sampling, which applies :func:`decline_reason` to the registry's records).
 
 A bid is a promise with a deadline. Its id is the node's id and a secret token,
 ``<node id>.<token>``, so a deploy through it goes to
