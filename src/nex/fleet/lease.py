@@ -108,6 +108,10 @@ class Lease:
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             log.info("could not release the reconciler lease (it expires by itself): %s", exc)
 
+    def set_fleet(self, fleet_issuer: str, fleet_xkey: str) -> None:
+        """The fleet keys this node reconciles with, published from its next acquire on."""
+        self._value = self._value.model_copy(update={"fleet_issuer": fleet_issuer, "fleet_xkey": fleet_xkey})
+
     @property
     def value(self) -> ReconcilerLease:
         return self._value

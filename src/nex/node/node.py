@@ -27,6 +27,7 @@ from nex.api.models import (
 from nex.artifact_roots import ArtifactRoots
 from nex.artifacts import ArtifactCache, parse_nats_uri
 from nex.fleet.reconciler import Reconciler, fleet_keys
+from nex.fleet.sharedkeys import SharedFleetKeys
 from nex.fleet.verify import Trust
 from nex.jsreplicas import fleet_replicas, warn_fewer_replicas
 from nex.connection import ConnectOptions, connect
@@ -49,7 +50,7 @@ from nex.api.errors import NotBidder
 from nex.security.apps import AppDeployCheck
 from nex.security.claims import ClaimPolicy
 from nex.security.ledger import ClaimLedger
-from nex.security.keystore import NODE_XKEY_FILE, load_or_create_xkey
+from nex.security.keystore import NODE_XKEY_FILE, UserKeys, load_or_create_xkey
 from nex.security.natsauth import AccountSigner, EmbeddedAuth, WorkloadCredentials
 from nex.security.xkeys import open_env
 from nex.reaper import Reaper
@@ -190,13 +191,25 @@ class Node:
 
     def _make_reconciler(self) -> Reconciler:
         """This node's candidate for the fleet's reconciler lease (nex.fleet.reconciler)."""
-        keys = fleet_keys(self.config.fleet_keys or self.state_dir / "fleet")
-        self.app_checks.fleet_issuer = keys.issuer_public
+        own = self.state_dir / "fleet"
+        keys: UserKeys | None = None
+        shared: SharedFleetKeys | None = None
+        if self.config.fleet_keys is None and self.claims.dev_mode:
+            # No fleet keys given: the nodes share one set through NEX_FLEET, so that whichever
+            # reconciles next opens the apps' env and may stop the replicas the last one placed.
+            shared = SharedFleetKeys(self.nc, self.node_id, self.xkey, lambda: fleet_keys(own),
+                                     replicas=self.replicas)
+        else:
+            keys = fleet_keys(self.config.fleet_keys or own)
         return Reconciler(
             self.nc, self.node_id, self.name, keys, self.feeds.event, interval_s=self.config.reconcile_interval_s,
             lease_s=self.config.lease_s, replicas=self.replicas,
             registry_interval_s=self.config.registry_interval_s,
-            trust=Trust.of(self.config.trusted_issuers, self.config.admin_issuers))
+            trust=Trust.of(self.config.trusted_issuers, self.config.admin_issuers), shared=shared,
+            on_keys=self._fleet_keys_known)
+
+    def _fleet_keys_known(self, keys: UserKeys) -> None:
+        self.app_checks.fleet_issuer = keys.issuer_public
 
     async def _start_embedded(self) -> AccountSigner | None:
         """Start the embedded server; with ``auth``, in operator mode, returning the account's signer."""
