@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleet_fixtures import Cluster, NodeProcess
-from helpers import eventually, nex
+from helpers import eventually, nex, running_node
 from nex.api.apps import FleetKeysRecord
 from nex.api.errors import SealedEnvError, Unavailable
 from nex.api.models import WorkloadState
@@ -151,3 +151,24 @@ async def test_a_fleet_with_no_fleet_flags_keeps_an_app_with_env_through_the_rec
         assert await fleet.running() == {}
     finally:
         await client.close()
+
+
+# -- who stands for the lease ---------------------------------------------------------------------
+
+async def test_a_node_whose_fleet_key_its_fleet_does_not_trust_never_stands_for_the_lease(
+        nats_server, tmp_path: Path, caplog):
+    user = UserKeys.load(tmp_path / "user", create=True)
+    fast = {"registry_interval_s": 0.5, "node_timeout_s": 2.0, "lease_s": 2.0, "reconcile_interval_s": 0.3}
+    async with running_node(nats_server, tmp_path / "trusted", "trusted", trusted_issuers=[user.issuer_public],
+                            **fast) as trusted:
+        assert "does not stand for the reconciler lease: its fleet key" in caplog.text
+        async with running_node(nats_server, tmp_path / "dev", "dev", **fast) as dev:
+            store = AppStore(trusted.nc)
+            lease = await eventually(store.lease, timeout=15, interval=0.2)
+            assert lease.holder == dev.node_id, "the node that came first never took the lease"
+
+            code, out, err = await nex("node", "ls", "--server", nats_server.url)
+            assert code == 0, err
+            header, *rows = out.splitlines()
+            column = header.split().index("RECONCILES")
+            assert sorted((row.split()[1], row.split()[column]) for row in rows) == [("dev", "yes"), ("trusted", "no")]

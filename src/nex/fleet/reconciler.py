@@ -14,6 +14,11 @@ leaves the last verified record running, and is reported. A deploy for a signed
 app is signed with the fleet key and carries the user's app token; one for an
 unsigned app (dev mode) is sent unsigned, so that a node that trusts issuers
 refuses it.
+
+The fleet keys are the same on every node that may reconcile: given (``fleet_keys``), or,
+in dev mode without them, shared in NEX_FLEET (:mod:`nex.fleet.sharedkeys`). A node
+without them does not stand for the lease, and the holder seals a copy for each node
+that has none, every pass.
 """
 
 from __future__ import annotations
