@@ -8,6 +8,7 @@ with the user's keys, its env sealed to the fleet xkey the lease publishes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -15,12 +16,13 @@ import pytest
 
 from fleet_fixtures import Cluster, NodeProcess
 from helpers import eventually, nex, running_node
+from nex.api import subjects
 from nex.api.apps import FleetKeysRecord
 from nex.api.errors import SealedEnvError, Unavailable
-from nex.api.models import WorkloadState
+from nex.api.models import NodePing, NodeRecord, Resources, WorkloadState
 from nex.client import NexClient
 from nex.connection import ConnectOptions
-from nex.fleet.sharedkeys import open_copy, seal_copy
+from nex.fleet.sharedkeys import SharedFleetKeys, copy_key, open_copy, seal_copy
 from nex.fleet.store import AppStore
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import XKey
@@ -52,6 +54,34 @@ def test_a_copy_opens_only_for_its_node_and_only_to_the_fleets_keys(tmp_path):
     with pytest.raises(SealedEnvError) as refused:
         open_copy(forged, _record(forger).model_copy(update={"issuer": fleet.issuer_public}), node)
     assert "other keys" in str(refused.value)
+
+
+def _registered(node_id: str, xkey: XKey) -> NodeRecord:
+    ping = NodePing(node_id=node_id, name=node_id.lower(), version="0", api_version="v1", uptime_s=1.0,
+                    state="running", tags={}, xkey=xkey.public, workload_count=0)
+    return NodeRecord(node=ping, resources=Resources(cpus=1, memory_bytes=1, memory_available_bytes=1, load_1m=0.0),
+                      runtimes=[], workloads=[], seq=1)
+
+
+async def test_two_nodes_racing_get_one_set_of_keys_and_the_loser_its_copy_from_the_holder(nc, tmp_path):
+    xkeys = {"NA": XKey.create(), "NB": XKey.create()}
+    nodes = {node_id: SharedFleetKeys(nc, node_id, xkey, lambda n=node_id: UserKeys.load(tmp_path / n, create=True))
+             for node_id, xkey in xkeys.items()}
+    first, second = await asyncio.gather(nodes["NA"].load(), nodes["NB"].load())
+    (winner, keys), = [(n, k) for n, k in zip(nodes, (first, second)) if k is not None]
+    loser = "NB" if winner == "NA" else "NA"
+    assert await nodes[loser].load() is None, "no copy sealed to it yet: it does not stand"
+
+    assert await nodes[winner].share(keys, [_registered(n, x) for n, x in xkeys.items()]) == 1
+    assert await nodes[winner].share(keys, [_registered(n, x) for n, x in xkeys.items()]) == 0, "once each"
+    loaded = await nodes[loser].load()
+    assert (loaded.issuer_public, loaded.xkey.public) == (keys.issuer_public, keys.xkey.public)
+
+    # The maker of the keys whose own copy never landed takes its own keys again.
+    kv = await nc.jetstream().key_value(subjects.FLEET_BUCKET)
+    await kv.delete(copy_key(winner))
+    again = await SharedFleetKeys(nc, winner, xkeys[winner], lambda: UserKeys.load(tmp_path / winner)).load()
+    assert again is not None and again.issuer_public == keys.issuer_public
 
 
 # -- a fleet of three, on a cluster ---------------------------------------------------------------

@@ -111,6 +111,13 @@ class SharedFleetKeys:
                      keys.xkey.public, subjects.FLEET_BUCKET)
             return keys
         copy = await self._get(kv, copy_key(self._node_id), FleetKeysCopy)
+        if copy is None and fleet.created_by == self._node_id:
+            # This node made the fleet's keys but its own copy was not written (JetStream away
+            # just then): its own keys are still at hand, and no other node may have them yet.
+            keys = self._offer()
+            if (keys.issuer_public, keys.xkey.public) == (fleet.issuer, fleet.xkey):
+                await self._put_copy(kv, keys, self._node_id, self._node_xkey.public)
+                return keys
         if copy is None:
             if not self._waiting_said:
                 log.info("not standing for the reconciler lease until the reconciler seals this node a copy "
