@@ -34,7 +34,8 @@ REPLICAS = 3
 # -- the sealed copies (pure) ---------------------------------------------------------------------
 
 def _record(keys: UserKeys) -> FleetKeysRecord:
-    return FleetKeysRecord(issuer=keys.issuer_public, xkey=keys.xkey.public, created_by="N", created_at="2026-01-01T00:00:00Z")
+    return FleetKeysRecord(issuer=keys.issuer_public, xkey=keys.xkey.public, created_by="N",
+                           created_at="2026-01-01T00:00:00Z")
 
 
 def test_a_copy_opens_only_for_its_node_and_only_to_the_fleets_keys(tmp_path):

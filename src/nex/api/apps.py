@@ -198,7 +198,8 @@ class FleetKeysCopy(Strict):
 
 
 __all__ = [
-    "AppRecord", "AppSpec", "AppStatus", "AppWorkload", "Duration", "FleetKeysCopy", "FleetKeysRecord", "Placement", "ReconcilerLease",
+    "AppRecord", "AppSpec", "AppStatus", "AppWorkload", "Duration", "FleetKeysCopy", "FleetKeysRecord", "Placement",
+    "ReconcilerLease",
     "RestartPolicy", "RestartPolicyKind", "RolloutState", "UpdateStrategy", "WorkloadRollout",
     "parse_duration",
 ]

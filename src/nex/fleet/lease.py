@@ -60,6 +60,10 @@ class Lease:
             self._kv = await ensure_bucket(self._nc, config, timeout=max(self._timeout, 2.0))
         return self._kv
 
+    async def ensure(self) -> None:
+        """Create the bucket if it is missing (a node that stands for the lease makes it at start)."""
+        await self._bucket()
+
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it; True when this node holds it now."""
         if self.held:

@@ -160,8 +160,10 @@ class Reconciler:
     async def _run(self) -> None:
         while not self._stopping:
             try:
-                if not self.lease.held and await self._has_keys() and await self.lease.acquire():
-                    self._elected()
+                if not self.lease.held:
+                    await self.lease.ensure()
+                    if await self._has_keys() and await self.lease.acquire():
+                        self._elected()
                 if self.lease.held:
                     await self._pass_unless_lost()
             except _TRANSIENT as exc:
