@@ -198,8 +198,8 @@ class Node:
         if self.config.fleet_keys is None and self.claims.dev_mode:
             # No fleet keys given: the nodes share one set through NEX_FLEET, so that whichever
             # reconciles next opens the apps' env and may stop the replicas the last one placed.
-            shared = SharedFleetKeys(self.nc, self.node_id, self.xkey, lambda: fleet_keys(own),
-                                     replicas=self.replicas)
+            offer = fleet_keys(own)  # the fleet's, should this node be the first to stand
+            shared = SharedFleetKeys(self.nc, self.node_id, self.xkey, lambda: offer, replicas=self.replicas)
         else:
             keys = fleet_keys(self.config.fleet_keys or own)
             if not self.claims.dev_mode and keys.issuer_public not in self.claims.trusted:
