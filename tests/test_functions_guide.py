@@ -26,6 +26,7 @@ from click.testing import CliRunner, Result
 
 from helpers import eventually, running_node
 from nex.cli import cli
+from nex.fleet.store import AppStore
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "functions.md"
@@ -126,7 +127,10 @@ async def test_a_guide_example_does_what_the_guide_says(name, node, nats_server,
 
 async def test_the_guide_app_file_runs_its_functions(nats_server, tmp_path, monkeypatch):
     # nex apply stores the app; a node that stands for the fleet's reconciler places it.
-    async with running_node(nats_server, tmp_path / "node", "guide", reconciler=True):
+    async with running_node(nats_server, tmp_path / "node", "guide", reconciler=True) as node:
+        # The app seals env to the fleet key the lease publishes: applied once the node holds it,
+        # as a user who started the node a moment before would.
+        await eventually(AppStore(node.nc).lease, timeout=15, interval=0.2)
         await run_block("app", nats_server, tmp_path, monkeypatch, retry_s=30)
 
 

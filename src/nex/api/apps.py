@@ -179,8 +179,27 @@ class ReconcilerLease(Strict):
     acquired_at: datetime
 
 
+class FleetKeysRecord(Strict):
+    """The value of ``fleet`` in NEX_FLEET: which keys the fleet shares (a fleet started without
+    ``fleet_keys``). Written once, create-only, by the first node that stood for the lease."""
+
+    issuer: str = Field(description="the fleet's account key (A...)")
+    xkey: str = Field(description="the fleet's curve key (X...): the sender of every sealed copy")
+    created_by: str = Field(description="node id")
+    created_at: datetime
+
+
+class FleetKeysCopy(Strict):
+    """The value of ``node.<node id>`` in NEX_FLEET: the fleet's seeds, sealed to that node's xkey by
+    the fleet's xkey (nex.security.xkeys; the sealed JSON is ``{"issuer_seed", "xkey_seed"}``)."""
+
+    recipient: str = Field(description="the node's xkey (X...) the copy is sealed to")
+    sealed: str = Field(description="base64 of the xkv1 box")
+
+
 __all__ = [
-    "AppRecord", "AppSpec", "AppStatus", "AppWorkload", "Duration", "Placement", "ReconcilerLease",
+    "AppRecord", "AppSpec", "AppStatus", "AppWorkload", "Duration", "FleetKeysCopy", "FleetKeysRecord", "Placement",
+    "ReconcilerLease",
     "RestartPolicy", "RestartPolicyKind", "RolloutState", "UpdateStrategy", "WorkloadRollout",
     "parse_duration",
 ]

@@ -359,6 +359,9 @@ class NodePing(Strict):
     xkey: str | None = Field(default=None, description="the node's curve25519 public key, if it has one")
     dev_mode: bool = Field(
         default=False, description="true: the node trusts no issuer list and accepts unsigned requests")
+    reconciles: bool = Field(
+        default=False, description="true: the node stands for the fleet's reconciler lease; false: it was told "
+        "not to, or it cannot (on a fleet that trusts issuers, its fleet key is not one of them)")
     workload_count: int
 
 

@@ -28,6 +28,8 @@ SCHEMA_MODELS = {
     "app-status": apps.AppStatus,
     "app-token-payload": appsig.AppClaim,
     "reconciler-lease": apps.ReconcilerLease,
+    "fleet-keys-record": apps.FleetKeysRecord,
+    "fleet-keys-copy": apps.FleetKeysCopy,
     "error": models.ErrorResponse,
     "event": CloudEvent,
 }

@@ -81,6 +81,7 @@ FEED_STREAM_PREFIX = "NEXFEED"  # + _<ns>: feed_stream
 # JetStream KV buckets of the fleet (docs/operations.md).
 NODES_BUCKET = "NEX_NODES"  # key <node id>: NodeRecord; the bucket's TTL declares silent nodes gone
 APPS_BUCKET = "NEX_APPS"  # key app.<ns>.<name>: AppRecord; key status.<ns>.<name>: AppStatus
+FLEET_BUCKET = "NEX_FLEET"  # key fleet: FleetKeysRecord; key node.<node id>: FleetKeysCopy (dev mode's shared keys)
 LEASES_BUCKET = "NEX_LEASES"  # key reconciler: ReconcilerLease; the bucket's TTL is the lease time
 RECONCILER_LEASE_KEY = "reconciler"
 CLAIMS_BUCKET = "NEX_CLAIMS"  # key <jti>: a used claim, written once (create-only) by the node that took it

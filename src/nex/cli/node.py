@@ -28,7 +28,7 @@ def node_ls(opts: GlobalOptions) -> None:
         output.stderr().print(f"no node answered in namespace {opts.namespace!r}")
         return
     output.table(
-        ["ID", "NAME", "VERSION", "STATE", "UPTIME", "WORKLOADS", "TAGS"],
+        ["ID", "NAME", "VERSION", "STATE", "UPTIME", "WORKLOADS", "RECONCILES", "TAGS"],
         [_ping_row(n) for n in nodes],
     )
 
@@ -91,7 +91,7 @@ def node_lameduck(opts: GlobalOptions, node_id: str) -> None:
 
 def _ping_row(n: NodePing) -> list[object]:
     return [output.short(n.node_id), n.name, n.version, n.state.value,
-            output.duration(n.uptime_s), n.workload_count, _tags(n.tags)]
+            output.duration(n.uptime_s), n.workload_count, "yes" if n.reconciles else "no", _tags(n.tags)]
 
 
 def _tags(tags: dict[str, str]) -> str:

@@ -60,6 +60,10 @@ class Lease:
             self._kv = await ensure_bucket(self._nc, config, timeout=max(self._timeout, 2.0))
         return self._kv
 
+    async def ensure(self) -> None:
+        """Create the bucket if it is missing (a node that stands for the lease makes it at start)."""
+        await self._bucket()
+
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it; True when this node holds it now."""
         if self.held:
@@ -107,6 +111,10 @@ class Lease:
             await asyncio.wait_for(self._kv.delete(subjects.RECONCILER_LEASE_KEY, last=revision), self._timeout)
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             log.info("could not release the reconciler lease (it expires by itself): %s", exc)
+
+    def set_fleet(self, fleet_issuer: str, fleet_xkey: str) -> None:
+        """The fleet keys this node reconciles with, published from its next acquire on."""
+        self._value = self._value.model_copy(update={"fleet_issuer": fleet_issuer, "fleet_xkey": fleet_xkey})
 
     @property
     def value(self) -> ReconcilerLease:

@@ -14,6 +14,11 @@ leaves the last verified record running, and is reported. A deploy for a signed
 app is signed with the fleet key and carries the user's app token; one for an
 unsigned app (dev mode) is sent unsigned, so that a node that trusts issuers
 refuses it.
+
+The fleet keys are the same on every node that may reconcile: given (``fleet_keys``), or,
+in dev mode without them, shared in NEX_FLEET (:mod:`nex.fleet.sharedkeys`). A node
+without them does not stand for the lease, and the holder seals a copy for each node
+that has none, every pass.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from nex.fleet.planner import (
     AppKey, FleetMemory, PendingReplica, Place, Plan, Rollback, Settings, SlotKey, Stop, bid_bucket, choose_bid,
     plan,
 )
+from nex.fleet.sharedkeys import SharedFleetKeys
 from nex.fleet.store import AppStore
 from nex.fleet.verify import Decision, Trust, decide, signer_of
 from nex.security.keystore import UserKeys
@@ -76,18 +82,28 @@ def fleet_keys(directory: Path) -> UserKeys:
 
 
 class Reconciler:
-    def __init__(self, nc: Client, node_id: str, name: str, keys: UserKeys, publish: Publish, *,
+    """``keys``: the fleet keys, or None to load them from NEX_FLEET through ``shared`` before
+    standing for the lease (nex.fleet.sharedkeys); ``on_keys`` learns the keys once known."""
+
+    def __init__(self, nc: Client, node_id: str, name: str, keys: UserKeys | None, publish: Publish, *,
                  interval_s: float, lease_s: float, replicas: int = 1, registry_interval_s: float = 2.0,
-                 trust: Trust = Trust(), sample_threshold: int = SAMPLE_THRESHOLD) -> None:
+                 trust: Trust = Trust(), sample_threshold: int = SAMPLE_THRESHOLD,
+                 shared: SharedFleetKeys | None = None,
+                 on_keys: Callable[[UserKeys], None] | None = None) -> None:
+        if keys is None and shared is None:
+            raise ValueError("a reconciler needs the fleet keys or a place to load them from")
         self._nc = nc
         self._sample_threshold = sample_threshold
         self._trust = trust
         self.node_id = node_id
-        self._keys = keys
+        self._keys: UserKeys | None = None
+        self._shared = shared
+        self._on_keys = on_keys
         self._publish = publish
         self._interval = interval_s
-        self.lease = Lease(nc, node_id, name, lease_s, replicas, fleet_issuer=keys.issuer_public,
-                           fleet_xkey=keys.xkey.public)
+        self.lease = Lease(nc, node_id, name, lease_s, replicas)
+        if keys is not None:
+            self._take_keys(keys)
         self._store = AppStore(nc, replicas=replicas, timeout=max(2.0, lease_s))
         self._settings = Settings(pending_ttl_s=max(5.0, 4 * registry_interval_s))
         self._memory = FleetMemory()
@@ -132,11 +148,27 @@ class Reconciler:
     def leading(self) -> bool:
         return self.lease.held
 
+    def _take_keys(self, keys: UserKeys) -> None:
+        self._keys = keys
+        self.lease.set_fleet(keys.issuer_public, keys.xkey.public)
+        if self._on_keys is not None:
+            self._on_keys(keys)
+
+    async def _has_keys(self) -> bool:
+        """Whether this node holds the fleet keys; without them it does not stand for the lease."""
+        if self._keys is None and self._shared is not None:
+            keys = await self._shared.load()
+            if keys is not None:
+                self._take_keys(keys)
+        return self._keys is not None
+
     async def _run(self) -> None:
         while not self._stopping:
             try:
-                if not self.lease.held and await self.lease.acquire():
-                    self._elected()
+                if not self.lease.held:
+                    await self.lease.ensure()
+                    if await self._has_keys() and await self.lease.acquire():
+                        self._elected()
                 if self.lease.held:
                     await self._pass_unless_lost()
             except _TRANSIENT as exc:
@@ -162,6 +194,8 @@ class Reconciler:
         self._seeded = False
         self._written.clear()
         self._lost.clear()
+        if self._shared is not None:
+            self._shared.forget()
         self._renewer = asyncio.create_task(self._renew(), name="reconciler-lease")
         self._watcher = asyncio.create_task(self._watch_apps(), name="reconciler-watch")
         lease = self.lease.value
@@ -222,6 +256,7 @@ class Reconciler:
         if not self._liveness.trustworthy(listed):
             log.info("reconciler: the registry read lacks this node; not acting on it (JetStream busy?)")
             return Plan()
+        await self._share_keys(listed)
         statuses = await self._status_keys()
         if not self._seeded:
             await self._seed(apps)
@@ -239,6 +274,18 @@ class Reconciler:
         await self._write_statuses(decided)
         self.passes += 1
         return decided
+
+    async def _share_keys(self, listed: list[NodeRecord]) -> None:
+        """A copy of the fleet keys for each node that has none, so that any can take over."""
+        if self._shared is None or self._keys is None:
+            return
+        try:
+            sealed = await self._shared.share(self._keys, listed)
+        except _TRANSIENT as exc:
+            log.warning("reconciler: cannot share the fleet keys: %s (next pass)", _describe(exc))
+            return
+        if sealed:
+            log.info("reconciler: sealed a copy of the fleet keys for %d node(s)", sealed)
 
     async def _verified_apps(self) -> list[AppRecord]:
         """The records to reconcile: for each app, the stored record if it verifies, else the last

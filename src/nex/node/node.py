@@ -27,6 +27,7 @@ from nex.api.models import (
 from nex.artifact_roots import ArtifactRoots
 from nex.artifacts import ArtifactCache, parse_nats_uri
 from nex.fleet.reconciler import Reconciler, fleet_keys
+from nex.fleet.sharedkeys import SharedFleetKeys
 from nex.fleet.verify import Trust
 from nex.jsreplicas import fleet_replicas, warn_fewer_replicas
 from nex.connection import ConnectOptions, connect
@@ -49,7 +50,7 @@ from nex.api.errors import NotBidder
 from nex.security.apps import AppDeployCheck
 from nex.security.claims import ClaimPolicy
 from nex.security.ledger import ClaimLedger
-from nex.security.keystore import NODE_XKEY_FILE, load_or_create_xkey
+from nex.security.keystore import NODE_XKEY_FILE, UserKeys, load_or_create_xkey
 from nex.security.natsauth import AccountSigner, EmbeddedAuth, WorkloadCredentials
 from nex.security.xkeys import open_env
 from nex.reaper import Reaper
@@ -159,6 +160,8 @@ class Node:
         containers = await sweep_containers(self.oci, self.state_dir)
         if containers:
             log.warning("removed %d container(s) left by a previous node: %s", len(containers), ", ".join(containers))
+        if self.config.reconciler:  # made before the node answers, so its first PING says whether it reconciles
+            self.reconciler = self._make_reconciler()
         self.control = ControlService(self.nc, self, on_rejected=self._request_rejected)
         self.bids = BidBook(self.nc, self.node_id, self.config.bid_ttl_s, self.control.serve_bid_deploy,
                             hold_limit_mib=self.config.bid_hold_limit_mib)
@@ -176,8 +179,7 @@ class Node:
                         "from anyone who can publish on $NEX.SVC.>; give --trusted-issuer to close it")
         else:
             log.info("trusting %d issuer(s), %d of them admin", len(self.claims.trusted), len(self.claims.admins))
-        if self.config.reconciler:
-            self.reconciler = self._make_reconciler()
+        if self.reconciler is not None:
             self.reconciler.start()
 
     async def _decide_replicas(self) -> None:
@@ -188,15 +190,36 @@ class Node:
                  self.replicas, "" if self.replicas == 1 else "s", how)
         await warn_fewer_replicas(self.nc.jetstream(timeout=5.0), self.replicas)
 
-    def _make_reconciler(self) -> Reconciler:
+    def _make_reconciler(self) -> Reconciler | None:
         """This node's candidate for the fleet's reconciler lease (nex.fleet.reconciler)."""
-        keys = fleet_keys(self.config.fleet_keys or self.state_dir / "fleet")
-        self.app_checks.fleet_issuer = keys.issuer_public
+        own = self.state_dir / "fleet"
+        keys: UserKeys | None = None
+        shared: SharedFleetKeys | None = None
+        if self.config.fleet_keys is None and self.claims.dev_mode:
+            # No fleet keys given: the nodes share one set through NEX_FLEET, so that whichever
+            # reconciles next opens the apps' env and may stop the replicas the last one placed.
+            offer = fleet_keys(own)  # the fleet's, should this node be the first to stand
+            shared = SharedFleetKeys(self.nc, self.node_id, self.xkey, lambda: offer, replicas=self.replicas)
+        else:
+            keys = fleet_keys(self.config.fleet_keys or own)
+            if not self.claims.dev_mode and keys.issuer_public not in self.claims.trusted:
+                # Nodes that trust what this node trusts would refuse every deploy it signs.
+                log.warning(
+                    "this node does not stand for the reconciler lease: its fleet key (issuer %s, in %s) is not "
+                    "one of its trusted issuers, so the fleet's nodes would refuse its deploys. Give every "
+                    "reconciling node the fleet's key directory (--fleet-keys) and trust its issuer "
+                    "(--trusted-issuer), or start it with --no-reconciler", keys.issuer_public,
+                    self.config.fleet_keys or own)
+                return None
         return Reconciler(
             self.nc, self.node_id, self.name, keys, self.feeds.event, interval_s=self.config.reconcile_interval_s,
             lease_s=self.config.lease_s, replicas=self.replicas,
             registry_interval_s=self.config.registry_interval_s, sample_threshold=self.config.sample_threshold,
-            trust=Trust.of(self.config.trusted_issuers, self.config.admin_issuers))
+            trust=Trust.of(self.config.trusted_issuers, self.config.admin_issuers), shared=shared,
+            on_keys=self._fleet_keys_known)
+
+    def _fleet_keys_known(self, keys: UserKeys) -> None:
+        self.app_checks.fleet_issuer = keys.issuer_public
 
     async def _start_embedded(self) -> AccountSigner | None:
         """Start the embedded server; with ``auth``, in operator mode, returning the account's signer."""
@@ -287,7 +310,7 @@ class Node:
         return NodePing(
             node_id=self.node_id, name=self.name, version=__version__, api_version=API_VERSION,
             uptime_s=round(time.monotonic() - self.started, 3), state=self.state, tags=self.tags,
-            xkey=self.xkey.public, dev_mode=self.claims.dev_mode,
+            xkey=self.xkey.public, dev_mode=self.claims.dev_mode, reconciles=self.reconciler is not None,
             workload_count=len([w for w in self.supervisor.table.active() if w.namespace == namespace]),
         )
 

@@ -168,7 +168,8 @@ class WorkloadCredentials:
 
 # What only nodes (and their agents) write: the completion records of async invocations,
 # the fleet's buckets, and the feeds. NEX_CLAIMS is the fleet-wide replay memory of claims.
-NODE_ONLY_BUCKETS = (subjects.DONE_BUCKET, subjects.NODES_BUCKET, subjects.LEASES_BUCKET, subjects.CLAIMS_BUCKET)
+NODE_ONLY_BUCKETS = (subjects.DONE_BUCKET, subjects.NODES_BUCKET, subjects.LEASES_BUCKET, subjects.CLAIMS_BUCKET,
+                     subjects.FLEET_BUCKET)
 NODE_ONLY_SUBJECTS = (
     *(f"$KV.{bucket}.>" for bucket in NODE_ONLY_BUCKETS),
     f"$KV.{subjects.APPS_BUCKET}.status.>",  # app status: the reconciler's
