@@ -302,3 +302,18 @@ async def test_agent_exits_cleanly_on_eof_even_with_a_call_stuck(connect_options
 
     assert returncode == 0
     assert time.monotonic() - started < 5
+
+
+def test_a_late_ticker_owes_its_ticks_to_a_deadline_set_meanwhile():
+    """A deadline set while the ticker thread is late (a busy host) counts the ticks it has not
+    added yet: its catch-up would otherwise end the call early (a 200 ms limit at 198 ms)."""
+    from nex.agent.wasm_sandbox import EpochTicker
+
+    ticker = EpochTicker(wasmtime.Engine(wasmtime.Config()), 0.01)
+    ticker.stop()  # as late as a thread can be: it adds nothing from now on
+    owed = [ticker.lag()]
+    deadline = time.monotonic() + 2
+    while owed[-1] < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+        owed.append(ticker.lag())
+    assert owed[-1] >= 5 and owed == sorted(owed), owed

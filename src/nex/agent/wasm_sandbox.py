@@ -95,6 +95,8 @@ class EpochTicker:
         self._engine = engine
         self._tick = tick
         self._stopped = threading.Event()
+        self._started = time.monotonic()
+        self._ticks = 0  # added so far; only the thread writes it
         # Not named "wasm-...": at exit the agent waits for the threads so named, its function
         # threads, before it closes the engine; this one only ends in close(), so the agent
         # waited its whole THREAD_JOIN_S on every exit and never closed the engine.
@@ -105,15 +107,18 @@ class EpochTicker:
         self._stopped.set()
         self._thread.join()
 
+    def lag(self) -> int:
+        """Ticks already due that the thread has not added yet (it woke late, on a busy host).
+        A deadline set now must count them too: the catch-up would otherwise end a call early."""
+        return max(0, int((time.monotonic() - self._started) / self._tick) - self._ticks)
+
     def _run(self) -> None:
-        started = time.monotonic()
-        ticks = 0
         while not self._stopped.wait(self._tick):
             # Catch up on late wake-ups, so a deadline in ticks stays one in seconds.
-            due = int((time.monotonic() - started) / self._tick)
-            while ticks < due:
+            due = int((time.monotonic() - self._started) / self._tick)
+            while self._ticks < due:
                 self._engine.increment_epoch()
-                ticks += 1
+                self._ticks += 1
 
 
 class Warmer:
@@ -193,7 +198,7 @@ class WasmEngine:
         except OSError as exc:
             raise CompileError(f"cannot read the module {load.artifact_path}: {exc.strerror}") from None
         host = self.host_services.scope(load) if self.host_services is not None else None
-        sandbox = WasmSandbox(self._engine, module, load, host, self._warmer, self._warm_instances)
+        sandbox = WasmSandbox(self._engine, module, load, host, self._warmer, self._warm_instances, self._ticker)
         sandbox.want_refill()  # the first call is warm too
         return sandbox
 
@@ -244,7 +249,7 @@ class WasmSandbox:
 
     def __init__(self, engine: wasmtime.Engine, module: wasmtime.Module, load: protocol.Load,
                  host: FunctionHost | None = None, warmer: Warmer | None = None,
-                 warm_instances: int = WARM_INSTANCES) -> None:
+                 warm_instances: int = WARM_INSTANCES, ticker: EpochTicker | None = None) -> None:
         if not any(export.name == "_start" for export in module.exports):
             raise CompileError("the module exports no _start function: it is not a WASI command"
                                " (build an executable with a main function, not a library or reactor)")
@@ -265,6 +270,7 @@ class WasmSandbox:
         self._memory_bytes = load.memory_bytes
         self._limits = StoreLimits.for_memory(load.memory_bytes)
         self._deadline_ticks = math.ceil(load.timeout_ms / 1000 / EPOCH_TICK_S) + 1
+        self._ticker = ticker
         self._memory_used = 0
         self._warmer = warmer if warm_instances > 0 else None
         self._pool_size = warm_instances
@@ -288,7 +294,7 @@ class WasmSandbox:
             _set_stdin(call.wasi, payload)
         store = call.store
         store.set_wasi(call.wasi)
-        store.set_epoch_deadline(self._deadline_ticks)
+        store.set_epoch_deadline(self._deadline_ticks + (self._ticker.lag() if self._ticker is not None else 0))
         error: FunctionError | None
         try:
             if call.start is None:  # the pool was empty: instantiate on the call's path
