@@ -345,3 +345,51 @@ async def node_processes(nats_cluster: Cluster, tmp_path: Path):
         for node in started:
             print(node.describe())
         await probe.close()
+
+
+class AppFleet:
+    """A test's view of a fleet of node processes running one app: a client on the cluster, the
+    app store, the nodes; what runs is read from the nodes themselves (WPING), not the registry."""
+
+    def __init__(self, cluster: Cluster, nodes: list[NodeProcess], client: Any, app: str) -> None:
+        from nex.fleet.store import AppStore
+
+        self.cluster, self.nodes, self.client, self.app = cluster, nodes, client, app
+        self.store = AppStore(client.nc)
+
+    def node(self, node_id: str) -> NodeProcess:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    async def running(self) -> dict[str, str]:
+        """Workload id → node id of every running replica of the app, as the nodes answer WPING."""
+        from nex.api.models import WorkloadState
+
+        live = sum(1 for n in self.nodes if n.running)
+        found = await self.client.workloads(wait=1.5, expected_nodes=live)
+        return {w.id: w.node_id for w in found
+                if w.app is not None and w.app.name == self.app and w.state == WorkloadState.RUNNING}
+
+    async def converged(self, replicas: int, timeout: float = 20.0,
+                        not_on: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
+        """Once exactly ``replicas`` run (none on ``not_on``), and still do a second later."""
+        from helpers import eventually
+
+        async def exact() -> dict[str, str] | None:
+            running = await self.running()
+            if len(running) != replicas or set(running.values()) & not_on:
+                return None
+            await asyncio.sleep(1.0)
+            again = await self.running()
+            return running if again == running else None
+        return await eventually(exact, timeout=timeout, interval=0.3)
+
+    async def holder(self) -> str | None:
+        """The node id of the reconciler's lease holder; None while nobody (or no answer: JetStream
+        electing a leader for the bucket)."""
+        from nex.api.errors import Unavailable
+
+        try:
+            lease = await self.store.lease()
+        except Unavailable:
+            return None
+        return lease.holder if lease else None

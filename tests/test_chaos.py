@@ -11,31 +11,23 @@ from __future__ import annotations
 import asyncio
 import time
 
-from fleet_fixtures import Cluster, NodeProcess
+from fleet_fixtures import AppFleet, Cluster, NodeProcess
 from helpers import alive, eventually
-from nex.api.errors import Unavailable
 from nex.api.apps import AppSpec, AppWorkload, Placement, RestartPolicy
 from nex.api.models import NodeState, WorkloadState
 from nex.client import NexClient
 from nex.connection import ConnectOptions
 from nex.fleet.status import ReplicaView, replicas_of
-from nex.fleet.store import AppStore
 
 APP = "chaos"
 REPLICAS = 3
 
 
-class Fleet:
-    """The test's view of the fleet: a client on the cluster, the app store, the node processes."""
+class Fleet(AppFleet):
+    """The chaos app on the fleet: a native ticker spread over the zones."""
 
     def __init__(self, cluster: Cluster, nodes: list[NodeProcess], client: NexClient) -> None:
-        self.cluster = cluster
-        self.nodes = nodes
-        self.client = client
-        self.store = AppStore(client.nc)
-
-    def node(self, node_id: str) -> NodeProcess:
-        return next(n for n in self.nodes if n.node_id == node_id)
+        super().__init__(cluster, nodes, client, APP)
 
     async def apply(self, programs, replicas: int = REPLICAS) -> None:
         artifact = await self.client.upload_artifact(programs["ticker"])
@@ -46,31 +38,9 @@ class Fleet:
     async def registry_replicas(self) -> list[ReplicaView]:
         return replicas_of("default", APP, await self.store.nodes())
 
-    async def running(self) -> dict[str, str]:
-        """Workload id → node id of every running replica, as the nodes themselves answer WPING."""
-        live = sum(1 for n in self.nodes if n.running)
-        found = await self.client.workloads(wait=1.5, expected_nodes=live)
-        return {w.id: w.node_id for w in found
-                if w.app is not None and w.app.name == APP and w.state == WorkloadState.RUNNING}
-
     async def converged(self, replicas: int = REPLICAS, timeout: float = 20.0,
-                        not_on: set[str] = frozenset()) -> dict[str, str]:
-        """Once exactly ``replicas`` run (none on ``not_on``), and still do a second later."""
-        async def exact() -> dict[str, str] | None:
-            running = await self.running()
-            if len(running) != replicas or set(running.values()) & not_on:
-                return None
-            await asyncio.sleep(1.0)
-            again = await self.running()
-            return running if again == running else None
-        return await eventually(exact, timeout=timeout, interval=0.3)
-
-    async def holder(self) -> str | None:
-        try:
-            lease = await self.store.lease()
-        except Unavailable:  # JetStream electing a leader for the bucket: ask again
-            return None
-        return lease.holder if lease else None
+                        not_on: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
+        return await super().converged(replicas, timeout, not_on)
 
 
 async def start_fleet(nats_cluster: Cluster, node_processes, programs, n: int = 3, **config) -> Fleet:

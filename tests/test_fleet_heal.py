@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from fleet_fixtures import Cluster, NodeProcess
+from fleet_fixtures import AppFleet, Cluster, NodeProcess
 from helpers import eventually, nex, running_node
 from nex.api import subjects
 from nex.api.apps import FleetKeysRecord
-from nex.api.errors import SealedEnvError, Unavailable
-from nex.api.models import NodePing, NodeRecord, Resources, WorkloadState
+from nex.api.errors import SealedEnvError
+from nex.api.models import NodePing, NodeRecord, Resources
 from nex.client import NexClient
 from nex.connection import ConnectOptions
 from nex.fleet.sharedkeys import SharedFleetKeys, copy_key, open_copy, seal_copy
@@ -87,38 +87,13 @@ async def test_two_nodes_racing_get_one_set_of_keys_and_the_loser_its_copy_from_
 
 # -- a fleet of three, on a cluster ---------------------------------------------------------------
 
-class Fleet:
+class Fleet(AppFleet):
     def __init__(self, cluster: Cluster, nodes: list[NodeProcess], client: NexClient) -> None:
-        self.cluster, self.nodes, self.client = cluster, nodes, client
-        self.store = AppStore(client.nc)
-
-    def node(self, node_id: str) -> NodeProcess:
-        return next(n for n in self.nodes if n.node_id == node_id)
-
-    async def holder(self) -> str | None:
-        try:
-            lease = await self.store.lease()
-        except Unavailable:
-            return None
-        return lease.holder if lease else None
-
-    async def running(self) -> dict[str, str]:
-        """Workload id → node id of every running replica of the app, as the nodes answer WPING."""
-        live = sum(1 for n in self.nodes if n.running)
-        found = await self.client.workloads(wait=1.5, expected_nodes=live)
-        return {w.id: w.node_id for w in found
-                if w.app is not None and w.app.name == APP and w.state == WorkloadState.RUNNING}
+        super().__init__(cluster, nodes, client, APP)
 
     async def converged(self, replicas: int = REPLICAS, timeout: float = 20.0,
                         not_on: frozenset[str] = frozenset()) -> dict[str, str]:
-        """Once exactly ``replicas`` run (none on ``not_on``), and still do a second later."""
-        async def exact() -> dict[str, str] | None:
-            running = await self.running()
-            if len(running) != replicas or set(running.values()) & not_on:
-                return None
-            again = await self.running()
-            return running if again == running else None
-        return await eventually(exact, timeout=timeout, interval=0.3)
+        return await super().converged(replicas, timeout, not_on)
 
     async def status(self) -> dict | None:
         code, out, _ = await nex("app", "status", APP, "--json", "--server", self.cluster.urls)
