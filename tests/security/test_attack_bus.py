@@ -234,6 +234,30 @@ async def test_another_namespace_cannot_mark_an_invocation_done(auth_node: Node,
         await evil.nc.close()
 
 
+async def test_no_client_rewrites_the_fleets_memory(auth_node: Node, tmp_path: Path):
+    """What keeps the fleet honest lives in KV: the used claim ids (a deleted one could be replayed),
+    the shared fleet keys, the reconciler's lease and its last verified app records (a lowered one
+    lets an older signed record back in). A namespace client writes, deletes and purges none of them."""
+    shop = await tenant(auth_node, await mint(auth_node, tmp_path, "shop"))
+    used = await eventually(lambda: auth_node.nc.jetstream().key_value(subjects.CLAIMS_BUCKET), timeout=5)
+    await used.put("some-used-claim-id-0001", b"{}")
+    try:
+        for subject, headers in (
+                (f"$KV.{subjects.CLAIMS_BUCKET}.some-used-claim-id-0001", {"KV-Operation": "DEL"}),
+                (f"$KV.{subjects.CLAIMS_BUCKET}.some-used-claim-id-0001", {"KV-Operation": "PURGE"}),
+                (f"$KV.{subjects.FLEET_BUCKET}.fleet", None),
+                (f"$KV.{subjects.FLEET_BUCKET}.node.NSOMEONE", None),
+                (f"$KV.{subjects.LEASES_BUCKET}.{subjects.RECONCILER_LEASE_KEY}", None),
+                (f"$KV.{subjects.APPS_BUCKET}.{subjects.app_verified_key('shop', 'web')}", {"KV-Operation": "DEL"}),
+                (f"$KV.{subjects.APPS_BUCKET}.{subjects.app_status_key('shop', 'web')}", None)):
+            with pytest.raises(Exception):
+                await shop.nc.jetstream(timeout=1).publish(subject, b"{}", headers=headers)
+            assert await shop.refused(subject), subject
+        assert (await used.get("some-used-claim-id-0001")).value == b"{}"
+    finally:
+        await shop.nc.close()
+
+
 async def test_nobody_but_nodes_writes_the_feeds(auth_node: Node, tmp_path: Path):
     shop = await tenant(auth_node, await mint(auth_node, tmp_path, "shop"))
     evil = await tenant(auth_node, await mint(auth_node, tmp_path, "evil"))
