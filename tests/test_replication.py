@@ -13,9 +13,11 @@ import nats
 from nats.js.api import StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
-from fleet_fixtures import NodeProcess
+from fleet_fixtures import AppFleet, NodeProcess
 from helpers import eventually, nex
 from nex.api import subjects
+from nex.client import NexClient
+from nex.connection import ConnectOptions
 from nex.natsserver import NatsServer
 
 # What a node makes at start: its feeds, the claim ledger, its registry entry and the lease
@@ -148,13 +150,16 @@ workloads:
     artifact: ./ticker
     replicas: 3
     placement: {spread: zone}
+    env: {GREETING: sealed-hello}
 """
 
 
 async def test_the_app_store_outlives_one_server_of_three(nats_cluster, node_processes, programs, tmp_path):
     """The issue's failure: with R1 buckets, stopping the nats-server that held NEX_APPS took
-    `nex app status` and `nex app delete` down ("stream is offline")."""
-    await node_processes(3)
+    `nex app status` and `nex app delete` down ("stream is offline"), and replicas went missing.
+    The fleet is started the plain way (no fleet flags), and the app has env (sealed to the
+    fleet key the nodes share)."""
+    nodes = await node_processes(3)
     servers = nats_cluster.urls
     shutil.copy(programs["ticker"], tmp_path / "ticker")
     app = tmp_path / "shop.yaml"
@@ -181,10 +186,18 @@ async def test_the_app_store_outlives_one_server_of_three(nats_cluster, node_pro
         leader = info.cluster.leader
     finally:
         await nc.close()
-    await nats_cluster.stop(leader)  # the server that held NEX_APPS (alone, before)
+    client = await NexClient.connect(ConnectOptions(servers=nats_cluster.urls_from(0)), timeout=10.0)
+    fleet = AppFleet(nats_cluster, nodes, client, "shop")
+    try:
+        before = await fleet.converged(3, timeout=20)
+        await nats_cluster.stop(leader)  # the server that held NEX_APPS (alone, before)
 
-    view = await eventually(status, timeout=20, interval=0.5)
-    assert (view["name"], view["desired"]) == ("shop", 3)
+        # The nodes homed on it move to the others; the replicas run on, exactly three, untouched.
+        assert await fleet.converged(3, timeout=20) == before
+        view = await eventually(all_running, timeout=20, interval=0.5)
+        assert (view["name"], view["desired"]) == ("shop", 3)
+    finally:
+        await client.close()
     code, out, err = await nex("app", "delete", "shop", "--wait", "--timeout", "30", "--server", servers, timeout=60)
     assert code == 0, err
     assert out.strip() == "app 'shop' is deleted"
