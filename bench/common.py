@@ -121,6 +121,15 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` itself, children excluded; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def report(title: str, rows: dict) -> None:
     print(f"\n## {title}")
     for key, value in rows.items():

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import nkeys
-from common import build_static, children_of, echo_responder, report
+from common import build_static, children_of, cpu_seconds, echo_responder, report
 
 from nex.api.models import Artifact, AuctionRequest, DeployRequest, Trigger
 from nex.client import NexClient
@@ -73,18 +73,9 @@ async def bounded(count: int, in_flight: int, one: Callable[[int], Awaitable[obj
     return time.perf_counter() - started, results
 
 
-def _cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) used so far by ``pid`` itself; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _children_cpu(but: set[int] = frozenset()) -> float:
     """CPU seconds used so far by this process's children (the function agents), ``but`` excepted."""
-    return sum(_cpu_of(pid) for pid in children_of(os.getpid()) if pid not in but)
+    return sum(cpu_seconds(pid) for pid in children_of(os.getpid()) if pid not in but)
 
 
 def workload(native: bool, root: Path) -> Callable[[int], DeployRequest]:
@@ -178,7 +169,7 @@ async def in_process(count: int, in_flight: int, native: bool, profile: bool, si
                 server_pid = server.pid
                 cpu = {"nodes + client (this process)": time.process_time,
                        "agents/workloads": lambda: _children_cpu(but={server_pid}),
-                       "nats-server": lambda: _cpu_of(server_pid)}
+                       "nats-server": lambda: cpu_seconds(server_pid)}
                 await measure(nc, NexClient(nc, timeout=30, keys=keys), workload(native, root), native, count,
                               in_flight, cpu, profile, f"{NODES} in-process nodes, one nats-server"
                               + (", signed requests" if signed else ""))
@@ -188,7 +179,7 @@ async def in_process(count: int, in_flight: int, native: bool, profile: bool, si
 
 async def on_cluster(count: int, in_flight: int, native: bool, profile: bool) -> None:
     """Three `nex node up` processes, one homed on each server of a 3-server cluster (JetStream R3)."""
-    from convergence import DEFAULTS, BenchFleet  # the fleet of the fleet benches
+    from fleet import DEFAULTS, BenchFleet  # the fleet of the fleet benches
 
     with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
         root = Path(tmp)
@@ -198,9 +189,9 @@ async def on_cluster(count: int, in_flight: int, native: bool, profile: bool) ->
             node_pids = [n.pid for n in fleet.nodes]
             server_pids = [s.pid for s in fleet.cluster.servers]
             cpu = {"client (this process)": time.process_time,
-                   "node processes": lambda: sum(_cpu_of(pid) for pid in node_pids),
-                   "agents/workloads": lambda: sum(_cpu_of(c) for pid in node_pids for c in children_of(pid)),
-                   "nats-servers": lambda: sum(_cpu_of(pid) for pid in server_pids)}
+                   "node processes": lambda: sum(cpu_seconds(pid) for pid in node_pids),
+                   "agents/workloads": lambda: sum(cpu_seconds(c) for pid in node_pids for c in children_of(pid)),
+                   "nats-servers": lambda: sum(cpu_seconds(pid) for pid in server_pids)}
             await measure(fleet.client.nc, fleet.client, workload(native, root), native, count, in_flight, cpu,
                           profile, f"{NODES} node processes on a 3-server cluster")
         finally:

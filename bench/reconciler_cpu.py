@@ -24,26 +24,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from common import report
-from convergence import DEFAULTS, SHORT, BenchFleet, js_workload
+from common import cpu_seconds, report
+from fleet import DEFAULTS, SHORT, BenchFleet, js_workload
 
 from nex.api.apps import AppSpec
 from nex.fleet.planner import FleetMemory, Settings, plan
 
 PLANNER_PASSES = 30
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process itself (children excluded)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main(apps: int, replicas: int, window: float, short: bool) -> None:

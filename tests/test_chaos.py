@@ -9,10 +9,13 @@ The fleet runs with the short timings of tests/fleet_fixtures.py (registry every
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 from fleet_fixtures import AppFleet, Cluster, NodeProcess
 from helpers import alive, eventually
+from nex.api import subjects
 from nex.api.apps import AppSpec, AppWorkload, Placement, RestartPolicy
 from nex.api.models import NodeState, WorkloadState
 from nex.client import NexClient
@@ -155,4 +158,56 @@ async def test_a_lame_duck_node_is_drained_before_it_stops(nats_cluster, node_pr
         running = await fleet.converged(not_on={victim.node_id})
         assert len(running) == REPLICAS
     finally:
+        await fleet.client.close()
+
+
+# -- a dead node is known before its registry key expires -----------------------------------------
+# The TTL of the registry here is 30 s: only the reconciler's PING of a node that stopped writing
+# its key (no responders: its connection is gone) can explain a recovery within seconds.
+LONG_TTL = {"node_timeout_s": 30.0}
+
+
+async def test_a_killed_node_is_replaced_long_before_its_registry_key_expires(nats_cluster, node_processes, programs):
+    fleet = await start_fleet(nats_cluster, node_processes, programs, **LONG_TTL)
+    try:
+        before = await fleet.running()
+        holder = await fleet.holder()
+        victim = next(fleet.node(node_id) for node_id in before.values() if node_id != holder)
+        lost = {wid for wid, node_id in before.items() if node_id == victim.node_id}
+
+        await victim.kill()
+        running = await fleet.converged(timeout=10, not_on={victim.node_id})
+        assert len(running) == REPLICAS and not set(running) & lost
+        assert set(before) - lost <= set(running), "the survivors' replicas were left alone"
+        listed = {r.node.node_id for r in await fleet.store.nodes()}
+        assert victim.node_id in listed, "replaced while the dead node's key was still there"
+    finally:
+        await fleet.client.close()
+
+
+async def test_a_frozen_node_that_still_holds_its_connection_is_not_taken_for_gone(
+        nats_cluster, node_processes, programs):
+    """SIGSTOP: the node stops writing its key, but its connection stays and its subjects keep
+    their listener, so its PING goes unanswered rather than to no one: that proves nothing, and
+    the fleet waits for the key's TTL before replacing anything."""
+    fleet = await start_fleet(nats_cluster, node_processes, programs, **LONG_TTL)
+    placed = []
+
+    async def on_placed(msg) -> None:
+        placed.append(msg)
+    subscription = await fleet.client.nc.subscribe(subjects.events("default", "replica_placed"), cb=on_placed)
+    try:
+        before = await fleet.running()
+        holder = await fleet.holder()
+        victim = next(fleet.node(node_id) for node_id in before.values() if node_id != holder)
+
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(6.0)  # a dozen registry intervals, many reconciler passes: all silent
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        assert placed == [], "a replica was placed while the frozen node still ran its own"
+        assert await fleet.converged() == before
+    finally:
+        await subscription.unsubscribe()
         await fleet.client.close()

@@ -239,8 +239,11 @@ class NexClient:
         """Every node that answers within ``wait`` seconds (or as soon as ``expected`` have)."""
         return await self._gather(subjects.PING, NodePing, wait, expected)
 
-    async def ping_node(self, node_id: str) -> NodePing:
-        return await self._request(subjects.PING, _target(node_id, "node id"), NodePing, NodeNotFound)
+    async def ping_node(self, node_id: str, timeout: float | None = None) -> NodePing:
+        """The node's PING; NodeNotFound when nothing listens on its subject (no such node, or
+        one whose connection is gone), Unavailable when it does not answer in time."""
+        return await self._request(subjects.PING, _target(node_id, "node id"), NodePing, NodeNotFound,
+                                   timeout=timeout)
 
     async def node_info(self, node_id: str) -> NodeInfo:
         """The node, with every workload of the namespace on it (read page by page)."""

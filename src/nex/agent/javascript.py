@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from nex.agent.agent import run
-from nex.agent.sandbox import QuickJsEngine
-from nex.agent.worker import THREAD_STACK_BYTES
+if __name__ == "__main__":  # the agent's process, not a module imported by the node
+    from nex.agent.startup import leave_out_websockets
+
+    leave_out_websockets()  # before anything imports nats
+
+from nex.agent.agent import run  # noqa: E402
+from nex.agent.sandbox import QuickJsEngine  # noqa: E402
+from nex.agent.worker import THREAD_STACK_BYTES  # noqa: E402
 
 
 def main() -> int:

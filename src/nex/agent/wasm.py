@@ -10,8 +10,13 @@ import logging
 import os
 import sys
 
-from nex.agent.agent import run
-from nex.agent.wasm_sandbox import WASM_STACK_BYTES, WasmEngine
+if __name__ == "__main__":  # the agent's process, not a module imported by the node
+    from nex.agent.startup import leave_out_websockets
+
+    leave_out_websockets()  # before anything imports nats
+
+from nex.agent.agent import run  # noqa: E402
+from nex.agent.wasm_sandbox import WASM_STACK_BYTES, WasmEngine  # noqa: E402
 
 # wasmtime runs wasm on the calling thread's stack, up to WASM_STACK_BYTES, and
 # needs room below it for its own and Python's frames.

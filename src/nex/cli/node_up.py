@@ -53,6 +53,8 @@ from nex.sandbox.runner import SandboxUnavailable
                    "[default: min(3, the servers of the JetStream cluster)]")
 @click.option("--no-reconciler", "reconciler", flag_value=False, default=None,
               help="never act as the fleet's reconciler")
+@click.option("--cold-agents", "warm_agents", flag_value=False, default=None,
+              help="start each function agent with its first function, not with the node")
 @click.option("--fleet-keys", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="directory of the fleet's issuer and xkey, the same on every node that may reconcile")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,

@@ -40,7 +40,7 @@ from nats.js.kv import KeyValue
 
 from nex.api import appsig, subjects
 from nex.api.apps import AppRecord, AppStatus, AppWorkload
-from nex.api.errors import NexError, WorkloadNotFound
+from nex.api.errors import NexError, NodeNotFound, WorkloadNotFound
 from nex.api.events import EventType
 from nex.api.models import AppRef, AuctionReply, AuctionRequest, Bid, DeployRequest, NodeRecord
 from nex.client import NexClient
@@ -65,6 +65,10 @@ SYSTEM_NAMESPACE = "system"
 MAX_CONCURRENT_ACTIONS = 8
 MAX_CONCURRENT_PLACEMENTS = 32  # auctions, then deploys, of one batch at once
 AUCTION_WAIT_S = 1.0
+# A node whose registry key is this many registry intervals behind the newest write is asked
+# whether it is there (PING, no responders: gone); the answer is waited for this long.
+SILENT_AFTER_WRITES = 1.5
+SILENT_PING_TIMEOUT_S = 1.0
 REQUEST_TIMEOUT_S = 15.0  # an undeploy waits for the workload's grace period
 
 Publish = Callable[[str, EventType, dict[str, Any]], None]
@@ -109,6 +113,7 @@ class Reconciler:
         self._memory = FleetMemory()
         self._liveness = Liveness(node_id, grace_s=registry_interval_s)
         self._writing_within_s = 2 * registry_interval_s
+        self._silent_after_s = SILENT_AFTER_WRITES * registry_interval_s
         self._written: dict[AppKey, dict] = {}
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
@@ -217,6 +222,8 @@ class Reconciler:
         """Wake the loop at once when an app is applied or deleted (cheaper than a short interval)."""
         while True:
             try:
+                # Made here if no app was ever applied: the watch then sees the first apply too.
+                await self._store.ensure()
                 kv = await self._nc.jetstream().key_value(subjects.APPS_BUCKET)
                 watcher = await open_watch(kv, "app.>", meta_only=True)
                 try:
@@ -252,10 +259,12 @@ class Reconciler:
 
     async def reconcile_once(self) -> Plan:
         apps = await self._verified_apps()
-        listed = await self._store.nodes()
+        registry = await self._store.registry()
+        listed = registry.records
         if not self._liveness.trustworthy(listed):
             log.info("reconciler: the registry read lacks this node; not acting on it (JetStream busy?)")
             return Plan()
+        await self._confirm_silent(listed, registry.behind_s)
         await self._share_keys(listed)
         statuses = await self._status_keys()
         if not self._seeded:
@@ -274,6 +283,25 @@ class Reconciler:
         await self._write_statuses(decided)
         self.passes += 1
         return decided
+
+    async def _confirm_silent(self, listed: list[NodeRecord], behind_s: dict[str, float]) -> None:
+        """Ask each node that stopped writing its registry key whether it is there (nex.fleet.liveness):
+        one nothing listens for any more is gone now, not once its key expires."""
+        silent = self._liveness.silent(listed, behind_s, self._silent_after_s)
+        if not silent:
+            return
+        client = self._client(SYSTEM_NAMESPACE, signed=False)
+
+        async def ask(record: NodeRecord) -> None:
+            try:
+                await client.ping_node(record.node.node_id, timeout=SILENT_PING_TIMEOUT_S)
+            except NodeNotFound:
+                log.info("reconciler: node %s (%s) stopped writing its registry entry and no longer "
+                         "listens: it is gone", record.node.name, record.node.node_id)
+                self._liveness.gone(record)
+            except _TRANSIENT:
+                pass  # no answer proves nothing: its key's TTL decides
+        await asyncio.gather(*(ask(record) for record in silent))
 
     async def _share_keys(self, listed: list[NodeRecord]) -> None:
         """A copy of the fleet keys for each node that has none, so that any can take over."""

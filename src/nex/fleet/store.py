@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, TypeVar
@@ -51,6 +52,14 @@ _TORN_READS = 3  # reads of NEX_NODES while one of them catches a split record b
 KV_OPERATION = "KV-Operation"  # the header that marks a KV delete or purge
 
 M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class RegistryRead:
+    """One read of NEX_NODES (AppStore.registry)."""
+
+    records: list[NodeRecord]
+    behind_s: dict[str, float]  # node id → seconds between its last write and the read's newest
 
 
 class AppStore:
@@ -243,18 +252,27 @@ class AppStore:
     async def nodes(self) -> list[NodeRecord]:
         """Every live node's record, its parts put back (nex.api.paging); [] when no node has
         registered yet."""
+        return (await self.registry()).records
+
+    async def registry(self) -> RegistryRead:
+        """The node records, and how long before the read's newest write each node last wrote
+        its key (JetStream's times, so no two clocks are compared)."""
         kv = await self._bucket(subjects.NODES_BUCKET)
         if kv is None:
-            return []
+            return RegistryRead([], {})
         prefix = f"$KV.{subjects.NODES_BUCKET}."
         for _ in range(_TORN_READS):
             values = await _latest_values(self._js, subjects.NODES_BUCKET, ">", self._timeout)
-            found = assemble((subject.removeprefix(prefix), data) for subject, data in values)
+            found = assemble((subject.removeprefix(prefix), data) for subject, data, _ in values)
             if not found.torn:
                 break  # else a read fell between the writes of a split record: it is over at once
         for key in found.invalid:
             log.warning("key %s of %s is not a valid node record", key, subjects.NODES_BUCKET)
-        return found.records
+        written = {subject.removeprefix(prefix): at for subject, _, at in values}
+        newest = max(written.values(), default=0.0)
+        behind = {r.node.node_id: newest - written[r.node.node_id] for r in found.records
+                  if r.node.node_id in written}
+        return RegistryRead(found.records, behind)
 
     async def lease(self) -> ReconcilerLease | None:
         """The reconciler's lease, if some node holds it now."""
@@ -339,7 +357,7 @@ async def _latest(js: JetStreamContext, bucket: str, pattern: str, model: type[M
     """The latest value of every key of ``bucket`` matching ``pattern`` that parses as ``model``;
     deleted keys and values that do not parse (a newer writer's format, a stray put) are skipped."""
     values: list[M] = []
-    for subject, data in await _latest_values(js, bucket, pattern, timeout):
+    for subject, data, _ in await _latest_values(js, bucket, pattern, timeout):
         try:
             values.append(model.model_validate_json(data))
         except ValidationError as exc:
@@ -347,9 +365,11 @@ async def _latest(js: JetStreamContext, bucket: str, pattern: str, model: type[M
     return values
 
 
-async def _latest_values(js: JetStreamContext, bucket: str, pattern: str, timeout: float) -> list[tuple[str, bytes]]:
-    """(subject, value) of the latest value of every key of ``bucket`` matching ``pattern``, deleted
-    keys left out; a key written again during the read may come twice, the later value last.
+async def _latest_values(js: JetStreamContext, bucket: str, pattern: str,
+                         timeout: float) -> list[tuple[str, bytes, float]]:
+    """(subject, value, when it was stored, as a POSIX time of the server) of the latest value of
+    every key of ``bucket`` matching ``pattern``, deleted keys left out; a key written again during
+    the read may come twice, the later value last.
 
     Not nats-py's KV watch: it decides that the values present have all arrived from consumer
     info taken while they may still be on their way, and on a cluster it now and then ends before
@@ -368,7 +388,7 @@ async def _latest_values(js: JetStreamContext, bucket: str, pattern: str, timeou
                                         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
                                         inactive_threshold=_WATCH_INACTIVE_S),
                            lambda opened_sub: opened_sub.unsubscribe())
-    values: list[tuple[str, bytes]] = []
+    values: list[tuple[str, bytes, float]] = []
     try:
         while True:
             try:
@@ -377,7 +397,7 @@ async def _latest_values(js: JetStreamContext, bucket: str, pattern: str, timeou
                 raise Unavailable(f"no reply from JetStream while reading {bucket} {pattern!r}") from None
             operation = (msg.headers or {}).get(KV_OPERATION)
             if operation not in (KV_DEL, KV_PURGE) and msg.data:
-                values.append((msg.subject, msg.data))
+                values.append((msg.subject, msg.data, msg.metadata.timestamp.timestamp()))
             if msg.metadata.num_pending == 0:
                 return values
     finally:

@@ -60,6 +60,9 @@ class NodeConfig(BaseModel):
     logs_stream_bytes: int = Field(default=128 << 20, gt=0)
     events_stream_bytes: int = Field(default=64 << 20, gt=0)
     sandbox: SandboxMode = Field(default=SandboxMode.AUTO, description="how native workloads are isolated")
+    warm_agents: bool = Field(default=True, description="start the function agents (JavaScript, Wasm) with "
+                              "the node, so that no deploy waits for one; false: each starts with its first "
+                              "function (a process of about 40 MiB each)")
     image_disk_budget_bytes: int = Field(
         default=10 << 30, gt=0, description="disk for unpacked OCI images: images no workload uses are "
         "evicted to make room, an image that does not fit is refused")

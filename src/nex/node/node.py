@@ -101,6 +101,7 @@ class Node:
         self.feeds: Feeds | None = None
         self._stop = asyncio.Event()
         self._lameduck_task: asyncio.Task | None = None
+        self._warming: asyncio.Task | None = None  # the function agents starting with the node
         self._workloads_changed_event = asyncio.Event()  # wakes the lame duck drain
         self.registry: NodeRegistry | None = None
         self.reaper: Reaper | None = None
@@ -181,6 +182,8 @@ class Node:
             log.info("trusting %d issuer(s), %d of them admin", len(self.claims.trusted), len(self.claims.admins))
         if self.reconciler is not None:
             self.reconciler.start()
+        if self.config.warm_agents:  # in the background: the node answers meanwhile
+            self._warming = asyncio.create_task(self.supervisor.warm_agents(), name="warm agents")
 
     async def _decide_replicas(self) -> None:
         """The replicas of every stream and bucket this node creates, decided once (nex.jsreplicas)."""
@@ -264,6 +267,9 @@ class Node:
             await self.bids.close()
         if self.registry is not None and self.nc.is_connected:
             await self.registry.write_now()  # the fleet may start replacements while these stop
+        if self._warming is not None:
+            self._warming.cancel()  # an agent still starting is stopped by its start
+            await asyncio.wait({self._warming})
         if self.supervisor is not None:
             await self.supervisor.stop_all(self.config.stop_grace_s)
             await self.supervisor.close()

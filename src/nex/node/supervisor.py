@@ -179,8 +179,14 @@ class Supervisor:
         await asyncio.gather(*(runtime.stats() for runtime in self._runtimes.values()
                                if isinstance(runtime, AgentRuntime)))
 
+    async def warm_agents(self) -> None:
+        """Start the agent process of every function runtime now, rather than with its first function."""
+        await asyncio.gather(*(runtime.warm() for runtime in self._runtimes.values()
+                               if isinstance(runtime, AgentRuntime)))
+
     def agents_up(self) -> dict[str, bool]:
-        """Whether the agent process of each function runtime runs (it starts with the first function)."""
+        """Whether the agent process of each function runtime runs (with the node, or with its first
+        function when the node keeps its agents cold)."""
         return {runtime.engine_name: runtime.agent_pid is not None for runtime in self._runtimes.values()
                 if isinstance(runtime, AgentRuntime)}
 

@@ -105,6 +105,14 @@ class AgentRuntime(ABC):
     async def _artifact_fields(self, spec: WorkloadSpec) -> dict[str, str]:
         """The fields of the load request that carry the artifact (protocol.Load)."""
 
+    async def warm(self) -> None:
+        """Start the agent now, before any function needs it (NodeConfig.warm_agents). One that
+        fails to start is reported here and tried again by the first deploy."""
+        try:
+            await self._running_agent()
+        except (InternalError, Unavailable) as exc:
+            log.warning("%s (the first function tries again)", exc)
+
     async def start(self, spec: WorkloadSpec, logs: LogSink) -> Handle:
         if self._closed:
             raise Unavailable(f"the {self.engine_name} runtime is closed")
