@@ -12,8 +12,10 @@ SIGKILLed, and the bench watches two things at once:
 - back to N: the nodes themselves (WPING) list N running replicas of the app,
   and still list N for ``STABLE_S`` seconds (the time reported is the start of
   that stretch); the first replacement's arrival is noted too. Replacement is
-  back-to-N minus detection: the reconciler's grace for a missing node
-  (2 × ``registry_interval_s``), its next pass, the auctions and deploys.
+  back-to-N minus detection. A node whose connection is gone is found before its
+  key expires (the reconciler PINGs a node whose key stopped moving, and no
+  responders means gone: nex.fleet.liveness), so the expiry no longer gates the
+  replacement, which comes out negative.
 
 The killed node is then started again (empty: it sweeps what it ran) and the next
 round kills another one. The figures are medians over the rounds, printed with
