@@ -10,9 +10,10 @@ from pathlib import Path
 HERE = Path(__file__).parent
 BENCHMARKS = ["js_roundtrip.py", "wasm_roundtrip.py", "deploy_latency.py", "node_memory.py", "js_memory.py", "sandbox_start.py", "oci_start.py",
               "metrics_overhead.py", "async_throughput.py", "host_kv.py", "cold_start.py", "wasm_pool.py"]
-# The fleet benches, with their arguments; each takes 1 to 1.5 minutes.
+# The fleet benches, with their arguments; each takes 1 to 1.5 minutes (fleet_scale.py, 20 node
+# processes, about 1.5; registry_scale.py 10 s).
 FLEET_BENCHMARKS = [["placement.py"], ["placement.py", "600", "32", "--cluster"], ["convergence.py", "--rounds", "3"],
-                    ["reconciler_cpu.py", "--window", "20"]]
+                    ["reconciler_cpu.py", "--window", "20"], ["fleet_scale.py"], ["registry_scale.py"]]
 # 1,000 functions on one node (issue 6), JavaScript then Wasm: about a minute each; left out by --quick too.
 SCALE_BENCHMARKS = [["function_scale.py"], ["function_scale.py", "--wasm"]]
 
