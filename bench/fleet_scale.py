@@ -5,7 +5,7 @@ servers round-robin, with the node's default timings (nothing set but what the t
 fleet sets for every node: plain processes, short stop graces). In order:
 
 1. **Idle cost.** With no workload, over IDLE_S seconds: the CPU of each node process
-   (utime + stime in /proc) as % of a core, and the messages and bytes each node's
+   (utime + stime in /proc) as % of a core, alone and with its function agents, and the messages and bytes each node's
    connection sent and received (the servers' /connz). Baseline in the same window:
    a bare nats-py client process, connected and idle, and the three nats-servers.
 2. **Control latency.** p50 and p99 of PING and INFO sent to one node (every node in
@@ -120,6 +120,7 @@ async def idle_cost(fleet: BenchFleet, monitor: Monitor, window: float) -> dict:
         nodes = {n.name: n.pid for n in fleet.nodes}
         servers = [s.pid for s in fleet.cluster.servers]
         before_cpu = {name: cpu_seconds(pid) for name, pid in nodes.items()}
+        before_tree = {name: tree_cpu(pid) for name, pid in nodes.items()}
         before_servers = sum(cpu_seconds(pid) for pid in servers)
         before_idle = cpu_seconds(idle_client.pid)
         before_msgs = await monitor.counters()
@@ -131,6 +132,7 @@ async def idle_cost(fleet: BenchFleet, monitor: Monitor, window: float) -> dict:
         after_msgs = await monitor.counters()
         kinds = await traffic.stop(elapsed, len(fleet.nodes))
         used = {name: cpu_seconds(pid) - before_cpu[name] for name, pid in nodes.items()}
+        used_tree = {name: tree_cpu(pid) - before_tree[name] for name, pid in nodes.items()}
         servers_used = sum(cpu_seconds(pid) for pid in servers) - before_servers
         idle_used = cpu_seconds(idle_client.pid) - before_idle
     finally:
@@ -146,6 +148,8 @@ async def idle_cost(fleet: BenchFleet, monitor: Monitor, window: float) -> dict:
         "node CPU % of a core (median, not the reconciler)": pct(statistics.median(others)),
         "node CPU % of a core (max, not the reconciler)": pct(max(others)),
         "reconciler's node CPU % of a core": pct(used[holder]),
+        "node + its function agents CPU % (median, not the reconciler)": pct(statistics.median(
+            u for name, u in used_tree.items() if name != holder)),
         "baseline: idle nats-py client CPU %": pct(idle_used),
         "the 3 nats-servers CPU % (sum)": pct(servers_used),
         "msgs/s sent per node (median)": statistics.median(c["in_msgs"] for c in per_node) / elapsed,

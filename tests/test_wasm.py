@@ -310,6 +310,7 @@ def test_a_late_ticker_owes_its_ticks_to_a_deadline_set_meanwhile():
     from nex.agent.wasm_sandbox import EpochTicker
 
     ticker = EpochTicker(wasmtime.Engine(wasmtime.Config()), 0.01)
+    ticker.begin()  # a call runs
     ticker.stop()  # as late as a thread can be: it adds nothing from now on
     owed = [ticker.lag()]
     deadline = time.monotonic() + 2
@@ -317,3 +318,41 @@ def test_a_late_ticker_owes_its_ticks_to_a_deadline_set_meanwhile():
         time.sleep(0.005)
         owed.append(ticker.lag())
     assert owed[-1] >= 5 and owed == sorted(owed), owed
+
+
+def _ticker_wakeups() -> int:
+    """Voluntary context switches of this process's epoch ticker thread: one per wake-up."""
+    import threading
+
+    [thread] = [t for t in threading.enumerate() if t.name == "wasm epoch ticker"]
+    for line in Path(f"/proc/self/task/{thread.native_id}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no context switch count")
+
+
+def test_the_epoch_ticker_sleeps_while_no_call_runs():
+    """An idle wasm agent (started with the node, before any function) costs no CPU: its ticker
+    thread wakes 100 times a second only while a call runs."""
+    from nex.agent.wasm_sandbox import EpochTicker
+
+    ticker = EpochTicker(wasmtime.Engine(wasmtime.Config()), 0.01)
+    try:
+        time.sleep(0.05)
+        idle = _ticker_wakeups()
+        time.sleep(0.5)
+        assert _ticker_wakeups() - idle <= 2, "woke with no call running"
+
+        ticker.begin()
+        running = _ticker_wakeups()
+        time.sleep(0.3)
+        ticker.end()
+        assert _ticker_wakeups() - running >= 10, "a running call's deadline needs the ticks"
+
+        time.sleep(0.05)
+        quiet = _ticker_wakeups()
+        time.sleep(0.5)
+        assert _ticker_wakeups() - quiet <= 2, "the last call ended: asleep again"
+    finally:
+        ticker.stop()
+
