@@ -32,8 +32,10 @@ def record(app: AppSpec, version: int = 1, previous: AppSpec | None = None) -> A
 
 
 def replica(app: AppSpec, state: str = "running", health: str | None = "healthy", started: float = NOW - 100,
-            exit_code: int | None = None, revision: str | None = None, rid: str | None = None) -> ReplicaRecord:
-    workload = app.workloads[0]
+            exit_code: int | None = None, revision: str | None = None, rid: str | None = None,
+            workload: str | None = None) -> ReplicaRecord:
+    """A replica of ``workload`` of the app (its first by default)."""
+    workload = app.workload(workload) if workload else app.workloads[0]
     return ReplicaRecord(
         id=rid or f"w{next(_ids)}", name=workload.name, namespace=app.namespace, type=workload.type,
         lifecycle=workload.lifecycle, state=WorkloadState(state), health=Health(health) if health else None,
@@ -359,7 +361,7 @@ def test_after_the_rollback_the_failed_replicas_go_and_the_state_is_rolled_back(
     v1, v2, _ = _update(replicas=1, surge=1, unavailable=0, health={"tcp": 8080})
     memory = FleetMemory()
     rolled = record(v1, version=3)
-    memory.rolled_back(("default", "shop"), 3, "replica x failed")
+    memory.rolled_back(("default", "shop"), 3, "replica x failed", ["ticker"])
     old, bad = replica(v1), replica(v2, health="unhealthy")
     result = plan([rolled], three_nodes([old], [bad]), memory, NOW)
     assert [s.workload_id for s in result.stops] == [bad.id]
@@ -477,6 +479,30 @@ def test_a_new_reconciler_takes_over_restart_counts_and_outcomes_from_the_status
     stale = FleetMemory()
     stale.seed(record(v1, version=4), status)  # a newer version was applied since: nothing carries over
     assert not stale.outcome and not stale.history
+
+
+def test_a_rollback_marks_only_the_workloads_it_changed():
+    """An app of two workloads, an update that changes one of them and fails: the other ran on
+    untouched, and must not show as rolled back, nor with the other's reason."""
+    from nex.fleet.planner import changed_workloads
+
+    def spec(web_argv: str) -> AppSpec:
+        return AppSpec.model_validate({"name": "shop", "workloads": [
+            {"name": "web", "type": "native", "artifact": {"uri": "nats://NEXCLIFILES/web", "sha256": SHA},
+             "argv": [web_argv], "replicas": 1},
+            {"name": "worker", "type": "native", "artifact": {"uri": "nats://NEXCLIFILES/worker", "sha256": SHA},
+             "replicas": 1}]})
+    v1, v2 = spec("serve"), spec("serve-broken")
+    assert changed_workloads(v2, v1) == ["web"]
+
+    memory = FleetMemory()
+    memory.rolled_back(("default", "shop"), 3, "version 2 rolled back: replica x of web failed", changed_workloads(v2, v1))
+    rolled = AppRecord(spec=v1, version=3, applied_at=datetime.now(timezone.utc), rolled_back=True)
+    web, worker = (replica(v1, workload=w) for w in ("web", "worker"))
+    result = plan([rolled], three_nodes([web], [worker]), memory, NOW)
+    states = {r.name: (r.state, r.message) for r in result.rollouts[("default", "shop")][1]}
+    assert states["web"] == (RolloutState.ROLLED_BACK, "version 2 rolled back: replica x of web failed")
+    assert states["worker"] == (RolloutState.STABLE, None)
 
 
 def test_a_function_update_starts_a_new_replica_before_stopping_the_old_whatever_the_strategy():

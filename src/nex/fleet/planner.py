@@ -11,10 +11,11 @@ rolling updates and rollback) testable in milliseconds.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nex.api.apps import AppRecord, AppStatus, AppWorkload, RestartPolicyKind, RolloutState, WorkloadRollout
+from nex.api.apps import AppRecord, AppSpec, AppStatus, AppWorkload, RestartPolicyKind, RolloutState, WorkloadRollout
 from nex.api.events import EventType
 from nex.api.models import Bid, Health, Lifecycle, NodeRecord, NodeState, WorkloadState
 
@@ -123,7 +124,9 @@ class FleetMemory:
     history: dict[SlotKey, SlotHistory] = field(default_factory=dict)
     rollouts: dict[SlotKey, RolloutMemo] = field(default_factory=dict)
     failed_revision: dict[SlotKey, str] = field(default_factory=dict)
-    outcome: dict[AppKey, tuple[int, RolloutState, str]] = field(default_factory=dict)
+    # A workload's rollback, kept until the next version: (version, state, why). Only the
+    # workloads whose template the rollback changed; the others of the app ran on untouched.
+    outcome: dict[SlotKey, tuple[int, RolloutState, str]] = field(default_factory=dict)
     nodes_seen: dict[str, NodeRecord] = field(default_factory=dict)
     lost_nodes: dict[str, float] = field(default_factory=dict)
     returned_nodes: dict[str, float] = field(default_factory=dict)
@@ -138,8 +141,11 @@ class FleetMemory:
     def note(self, key: AppKey, text: str) -> None:
         self.events.setdefault(key, deque(maxlen=MAX_EVENTS)).append(text)
 
-    def rolled_back(self, key: AppKey, new_version: int, message: str) -> None:
-        self.outcome[key] = (new_version, RolloutState.ROLLED_BACK, message)
+    def rolled_back(self, key: AppKey, new_version: int, message: str, workloads: Iterable[str]) -> None:
+        """The app's record is now ``new_version``, its previous spec; ``workloads``: those whose
+        template that changed (the failed update's), each of which now shows rolled back."""
+        for name in workloads:
+            self.outcome[(key[0], key[1], name)] = (new_version, RolloutState.ROLLED_BACK, message)
 
     def seed(self, record: AppRecord, status: AppStatus) -> None:
         """Take over from the status a previous reconciler wrote for this app."""
@@ -154,9 +160,21 @@ class FleetMemory:
             slot = (key[0], key[1], rollout.name)
             self.history.setdefault(slot, SlotHistory()).restarts = rollout.restarts
             if rollout.state == RolloutState.ROLLED_BACK:
-                self.outcome[key] = (record.version, RolloutState.ROLLED_BACK, rollout.message or "rolled back")
+                self.outcome[slot] = (record.version, RolloutState.ROLLED_BACK, rollout.message or "rolled back")
             elif rollout.state == RolloutState.FAILED:
                 self.failed_revision[slot] = rollout.revision
+
+
+def changed_workloads(before: AppSpec, after: AppSpec) -> list[str]:
+    """The workloads of ``before`` whose template ``after`` changes (or lacks, or adds): those an
+    update of one into the other rolls, and a rollback rolls back."""
+    names = {w.name for w in before.workloads} | {w.name for w in after.workloads}
+    changed = []
+    for name in sorted(names):
+        old, new = before.workload(name), after.workload(name)
+        if old is None or new is None or old.revision() != new.revision():
+            changed.append(name)
+    return changed
 
 
 @dataclass(frozen=True)
@@ -517,7 +535,7 @@ def _plan_workload(record: AppRecord, workload: AppWorkload, replicas: list[Repl
             memory.note((namespace, app), f"{workload.name} now runs {revision}")
             result.announcements.append(Announce(namespace, EventType.ROLLOUT_COMPLETED, {
                 "app": app, "workload": workload.name, "revision": revision, "version": record.version}))
-    outcome = memory.outcome.get((namespace, app))
+    outcome = memory.outcome.get(slot)
     if outcome is not None and outcome[0] == record.version:
         state, message = outcome[1], outcome[2]
     elif rolling:
@@ -546,10 +564,10 @@ def _stop_orphans(by_slot: dict[SlotKey, list[Replica]], wanted: set[SlotKey], m
 
 
 def _forget_apps(memory: FleetMemory, keep: set[AppKey]) -> None:
-    for table in (memory.history, memory.rollouts, memory.failed_revision, memory.unplaceable, memory.jobs_done):
+    for table in (memory.history, memory.rollouts, memory.failed_revision, memory.unplaceable, memory.jobs_done,
+                  memory.outcome):
         for slot in [s for s in table if (s[0], s[1]) not in keep]:
             del table[slot]
-    for table in (memory.outcome, memory.events):
-        for key in [k for k in table if k not in keep]:
-            del table[key]
+    for key in [k for k in memory.events if k not in keep]:
+        del memory.events[key]
     memory.known_apps &= keep

@@ -51,7 +51,7 @@ from nex.fleet.liveness import Liveness
 from nex.fleet.sampling import SAMPLE_THRESHOLD
 from nex.fleet.planner import (
     AppKey, FleetMemory, PendingReplica, Place, Plan, Rollback, Settings, SlotKey, Stop, bid_bucket, choose_bid,
-    plan,
+    changed_workloads, plan,
 )
 from nex.fleet.sharedkeys import SharedFleetKeys
 from nex.fleet.store import AppStore
@@ -518,7 +518,8 @@ class Reconciler:
         await self._store.replace(restored, revision)
         self.actions["rollback"] += 1
         message = f"version {record.version} rolled back to the previous spec: {rollback.reason}"
-        self._memory.rolled_back((rollback.namespace, rollback.app), restored.version, message)
+        self._memory.rolled_back((rollback.namespace, rollback.app), restored.version, message,
+                                 changed_workloads(record.previous, record.spec))
         self._memory.note((rollback.namespace, rollback.app), message)
         log.warning("reconciler: app %s/%s: %s", rollback.namespace, rollback.app, message)
         self._publish(rollback.namespace, EventType.ROLLOUT_ROLLED_BACK, {
