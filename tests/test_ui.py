@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
+from nex.api.models import DeployRequest, Trigger
 from nex.client import NexClient
 from nex.connection import ConnectOptions
 from nex.ui import Dashboard
@@ -243,6 +244,51 @@ async def test_a_failed_deploy_shows_the_error_in_the_dialog_and_deploys_nothing
     assert page.confirm_dialog_open()
     await step(page.shoot, "deploy-error")
     assert await NexClient(nc).workloads() == []
+
+
+async def test_heartbeats_wait_behind_their_filter_and_functions_of_one_name_show_their_ids(
+        browser, nats_server, nc, tmp_path):
+    """A node's heartbeats would fill the Events panel: hidden until asked. Two copies of one
+    function are told apart by their ids in the Functions panel."""
+    from fleet_fixtures import NodeProcess
+
+    source = tmp_path / "greeter.js"
+    source.write_text(GREETER_JS)
+    node = NodeProcess("beating", [nats_server.url], tmp_path / "node", nc, config={"heartbeat_s": 0.2})
+    await node.start()
+    try:
+        client = await NexClient.connect(ConnectOptions(servers=[nats_server.url]))
+        dashboard = Dashboard([client], refresh_s=1.0)
+        url = await dashboard.start("127.0.0.1", 0)
+        try:
+            artifact = await client.upload_artifact(source)
+            copies = [await client.deploy(node.node_id, DeployRequest(
+                name="greeter", type="javascript", artifact=artifact, triggers=[Trigger(subject="ui.twins")]))
+                for _ in range(2)]
+            page = Page(browser, tmp_path)
+            await step(page.open, url)
+            for i in range(6):  # a queue group: both copies get calls
+                await client.nc.request("ui.twins", f"t{i}".encode(), timeout=10)
+            await step(page.until, lambda: int(page.text("#heartbeat-count") or 0) >= 3, "heartbeats received")
+            await step(page.until, lambda: page.exists('#events li[data-type="workload_started"]'), "other events")
+            assert not page.exists('#events li[data-type="heartbeat"]'), "heartbeats shown by default"
+
+            await step(page.click, "#show-heartbeats")
+            await step(page.until, lambda: page.exists('#events li[data-type="heartbeat"]'), "heartbeats on demand")
+            await step(page.click, "#show-heartbeats")
+            await step(page.until, lambda: not page.exists('#events li[data-type="heartbeat"]'), "hidden again")
+
+            for copy in copies:
+                await step(page.until, lambda copy=copy: page.exists(f'#rates tr[data-workload-id="{copy.id}"]'),
+                           "both copies in the rates")
+            shown = {page.text(f'#rates tr[data-workload-id="{c.id}"] td') for c in copies}
+            assert shown == {f"greeter {c.id[:12]}" for c in copies}, shown
+            await step(page.shoot, "twins-and-heartbeats")
+        finally:
+            await dashboard.stop()
+            await client.close()
+    finally:
+        await node.stop()
 
 
 def test_chromium_is_where_the_tests_look_for_it():

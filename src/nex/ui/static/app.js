@@ -268,11 +268,20 @@ function workloadRow(w) {
       running ? el("button", { class: "small danger-outline stop", onclick: () => stopWorkload(w) }, "Stop") : null));
 }
 
+// The names that more than one of ``items`` carries: those rows show their ids too.
+function repeatedNames(items) {
+  const seen = new Map();
+  for (const item of items) seen.set(item.name, (seen.get(item.name) || 0) + 1);
+  return new Set([...seen].filter(([, n]) => n > 1).map(([name]) => name));
+}
+
 function renderRates(rates) {
   $("rates-empty").hidden = rates.length > 0;
   if (rates.length) $("rates-window").textContent = `last ${rates[0].window_s}s`;
+  const repeated = repeatedNames(rates);
   $("rates").tBodies[0].replaceChildren(...rates.map((r) => el("tr", { "data-workload-id": r.workload_id },
-    el("td", { class: "strong", title: r.workload_id }, r.name || short(r.workload_id)),
+    el("td", { class: "strong", title: r.workload_id }, r.name || short(r.workload_id),
+      r.name && repeated.has(r.name) ? el("span", { class: "mono muted id" }, ` ${short(r.workload_id)}`) : null),
     el("td", { class: "num calls" }, r.calls),
     el("td", { class: "num" }, r.calls_per_s.toFixed(2)),
     el("td", { class: "num" }, r.errors_per_s.toFixed(2)),
@@ -291,11 +300,27 @@ function eventItem(e) {
     el("span", { class: "details" }, details));
 }
 
-function renderEvents(events) {
-  $("events").replaceChildren(...events.slice(-MAX_EVENTS).reverse().map(eventItem));
+// Every event received, newest last; the list shows them, heartbeats only when asked: a
+// node's heartbeat every few seconds would push everything else out of sight.
+let events = [];
+const NOISE = new Set(["heartbeat"]);
+
+function shown(e) {
+  return $("show-heartbeats").checked || !NOISE.has(e.type);
+}
+
+function renderEvents(received) {
+  events = received.slice(-MAX_EVENTS * 4);
+  const visible = events.filter(shown);
+  $("events").replaceChildren(...visible.slice(-MAX_EVENTS).reverse().map(eventItem));
+  $("heartbeat-count").textContent = events.filter((e) => NOISE.has(e.type)).length;
 }
 
 function addEvent(e) {
+  events.push(e);
+  if (events.length > MAX_EVENTS * 4) events.shift();
+  if (NOISE.has(e.type)) $("heartbeat-count").textContent = events.filter((x) => NOISE.has(x.type)).length;
+  if (!shown(e)) return;
   const list = $("events");
   list.prepend(eventItem(e));
   while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
@@ -364,5 +389,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("confirm-cancel").addEventListener("click", () => $("confirm-dialog").close());
   $("log-workload").addEventListener("change", (e) => tailLogs(e.target.value));
   $("show-ended").addEventListener("change", () => renderWorkloads(fleet.workloads));
+  $("show-heartbeats").addEventListener("change", () => renderEvents(events));
   connect();
 });
