@@ -283,6 +283,12 @@ async def test_an_update_whose_health_check_fails_is_rolled_back(fleet, store, p
     status = await eventually(
         lambda: _status_with(store, "shop", lambda s: s.workloads[0].state == RolloutState.ROLLED_BACK), timeout=30)
     assert status.version == 2
+    # The status says why: the check's own words, not only "replica ... failed".
+    port = nobody_listens["tcp"]
+    [rollout] = status.workloads
+    assert f"port {port}: Connection refused" in rollout.message, rollout.message
+    assert rollout.last_failure.endswith(f"was not healthy within the deadline: port {port}: Connection refused") \
+        or rollout.last_failure.endswith(f"failed: port {port}: Connection refused"), rollout.last_failure
     await eventually(lambda: _only(store, "shop", "ticker", {running[0][1].id}), timeout=20)
 
 

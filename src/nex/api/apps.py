@@ -151,6 +151,8 @@ class WorkloadRollout(Strict):
     state: RolloutState = RolloutState.STABLE
     message: str | None = None
     restarts: int = Field(default=0, ge=0, description="replicas started again after a failure or loss")
+    last_failure: str | None = Field(default=None, max_length=500,
+                                     description="the last failure of a replica the reconciler saw, with its cause")
 
 
 class AppStatus(Strict):

@@ -188,6 +188,13 @@ class Trigger(Strict):
         return self
 
 
+MAX_REASON_CHARS = 300
+"""The longest failure reason a workload's summary and registry record carry (cut with an ellipsis)."""
+
+STDERR_TAIL_LINES = 10
+"""The stderr lines a failed workload's summary keeps."""
+
+
 class Health(StrEnum):
     UNKNOWN = "unknown"  # not checked yet (or starting)
     HEALTHY = "healthy"
@@ -342,6 +349,11 @@ class WorkloadSummary(Strict):
     rejected: int | None = Field(default=None, description="functions: calls answered 429 (max_concurrency reached)")
     health: Health | None = Field(default=None, description="of a running workload")
     app: AppRef | None = None
+    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS,
+                               description="why it failed or is unhealthy: how it ended, or its last failed check")
+    stderr_tail: list[str] | None = Field(
+        default=None, max_length=STDERR_TAIL_LINES,
+        description="of a failed workload: the last lines it wrote on stderr, oldest first")
 
 
 class UndeployRequest(Strict):
@@ -456,6 +468,8 @@ class ReplicaRecord(Strict):
     app: AppRef | None = None
     started_at: datetime
     exit_code: int | None = None
+    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS,
+                               description="why it failed or is unhealthy: how it ended, or its last failed check")
 
 
 class NodeRecord(Strict):

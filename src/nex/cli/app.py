@@ -204,6 +204,8 @@ def app_status(opts: GlobalOptions, name: str) -> None:
         click.echo(line)
         if w.message:
             click.echo(f"  {w.message}")
+        if w.last_failure and w.last_failure not in (w.message or ""):
+            click.echo(f"  last failure: {w.last_failure}")
         _replica_table(w.replicas)
     if view.leftover:
         click.echo()
@@ -215,12 +217,14 @@ def _replica_table(replicas: list[ReplicaView]) -> None:
     if not replicas:
         click.echo("  no replica")
         return
+    reasons = any(r.reason for r in replicas)  # a column only when some replica has something to say
     output.table(
-        ["REPLICA", "NODE", "STATE", "HEALTH", "REVISION", "AGE"],
+        ["REPLICA", "NODE", "STATE", "HEALTH", "REVISION", "AGE"] + (["REASON"] if reasons else []),
         [[r.id, f"{r.node_name} ({output.short(r.node_id)})"
           + ("" if r.node_state.value == "running" else f" {r.node_state.value}"),
           r.state.value, r.health.value if r.health else "-",
-          r.revision + ("" if r.current else " (old)"), output.age(r.started_at)] for r in replicas],
+          r.revision + ("" if r.current else " (old)"), output.age(r.started_at)]
+         + ([r.reason or "-"] if reasons else []) for r in replicas],
     )
 
 

@@ -74,7 +74,13 @@ def workload_info(opts: GlobalOptions, workload_id: str) -> None:
         pairs.append(("Invocations", f"{w.invocations} ({w.errors or 0} failed{rejected})"))
     if w.exit:
         pairs.append(("Exit", _exit_text(w.exit.model_dump(exclude_none=True))))
+    if w.reason:
+        pairs.append(("Reason", w.reason))
     output.fields(pairs)
+    if w.stderr_tail:
+        click.echo(f"\nLast lines on stderr (all of them: nex logs {w.id}):")
+        for line in w.stderr_tail:
+            click.echo(f"  {line}")
 
 
 @workload.command("stop")

@@ -107,6 +107,7 @@ class SlotHistory:
     restarts: int = 0
     retry_at: float = 0.0
     last_failure: float = 0.0
+    last_failure_reason: str | None = None  # what the last failed replica said, for the app's status
 
 
 @dataclass
@@ -158,7 +159,8 @@ class FleetMemory:
             if workload is None or workload.revision() != rollout.revision:
                 continue
             slot = (key[0], key[1], rollout.name)
-            self.history.setdefault(slot, SlotHistory()).restarts = rollout.restarts
+            history = self.history.setdefault(slot, SlotHistory())
+            history.restarts, history.last_failure_reason = rollout.restarts, rollout.last_failure
             if rollout.state == RolloutState.ROLLED_BACK:
                 self.outcome[slot] = (record.version, RolloutState.ROLLED_BACK, rollout.message or "rolled back")
             elif rollout.state == RolloutState.FAILED:
@@ -204,6 +206,11 @@ class Replica:
     returned: bool = False  # on a node that vanished and came back
     pending: bool = False  # placed by us, not listed yet
     node_tags: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None  # why it failed or is unhealthy, as its node says
+
+    def failure_text(self, what: str = "failed") -> str:
+        """``replica <id> of <workload> failed: <why>``, the why when its node said it."""
+        return f"replica {self.id} of {self.name} {what}" + (f": {self.reason}" if self.reason else "")
 
     @property
     def live(self) -> bool:
@@ -318,7 +325,7 @@ def _replicas(live: dict[str, NodeRecord], memory: FleetMemory, now: float,
                 name=record.name, revision=record.app.revision, state=record.state, health=record.health,
                 started=record.started_at.timestamp(), exit_code=record.exit_code, lifecycle=record.lifecycle,
                 draining=node.node.state != NodeState.RUNNING, returned=node_id in memory.returned_nodes,
-                node_tags=node.node.tags,
+                node_tags=node.node.tags, reason=record.reason,
             ))
     for workload_id, pending in list(memory.pending.items()):
         if workload_id in seen_ids or pending.node_id not in live or now - pending.since > settings.pending_ttl_s:
@@ -404,13 +411,14 @@ def _plan_workload(record: AppRecord, workload: AppWorkload, replicas: list[Repl
                 and now - r.started > workload.update.health_deadline]
         bad = [r for r in current if failed_update(r)] + late
         if bad:
-            reason = (f"replica {bad[0].id} of {workload.name} "
-                      f"{'was not healthy within the deadline' if bad[0] in late else 'failed'}")
+            reason = bad[0].failure_text("was not healthy within the deadline" if bad[0] in late else "failed")
+            history.last_failure_reason = reason
             previous = record.previous.workload(workload.name) if record.previous is not None else None
             if workload.update.auto_rollback and previous is not None and previous.revision() != revision:
                 result.rollbacks.append(Rollback(namespace, app, record.version, reason))
                 return WorkloadRollout(name=workload.name, revision=revision, state=RolloutState.ROLLING,
-                                       message=f"rolling back: {reason}", restarts=history.restarts)
+                                       message=f"rolling back: {reason}", restarts=history.restarts,
+                                       last_failure=history.last_failure_reason)
             memory.failed_revision[slot] = revision
             memory.note((namespace, app), f"update of {workload.name} to {revision} failed: {reason}")
     if memory.failed_revision.get(slot) == revision:
@@ -420,7 +428,8 @@ def _plan_workload(record: AppRecord, workload: AppWorkload, replicas: list[Repl
         why = "auto_rollback is off" if not workload.update.auto_rollback else "there is no previous spec"
         return WorkloadRollout(name=workload.name, revision=revision, state=RolloutState.FAILED,
                                message=f"the update to {revision} failed and {why}: the old replicas keep "
-                               "running until a new spec is applied", restarts=history.restarts)
+                               "running until a new spec is applied", restarts=history.restarts,
+                               last_failure=history.last_failure_reason)
 
     # Failures of the current template: restart per policy, with backoff.
     done: list[Replica] = []
@@ -442,11 +451,11 @@ def _plan_workload(record: AppRecord, workload: AppWorkload, replicas: list[Repl
         history.failures_in_row += 1
         history.restarts += 1
         history.last_failure = now
+        history.last_failure_reason = replica.failure_text()
         history.retry_at = now + backoff_delay(workload.restart.backoff, workload.restart.max_backoff,
                                                history.failures_in_row)
         _stop(result, memory, replica, "failed: restarting", now)
-        memory.note((namespace, app), f"replica {replica.id} of {workload.name} failed; restart "
-                    f"{history.failures_in_row} in a row")
+        memory.note((namespace, app), f"{replica.failure_text()}; restart {history.failures_in_row} in a row")
     current = [r for r in current if r.id not in memory.stopping]
     serving = [r for r in current if r.live and not r.draining]
     ready_current = [r for r in serving if _is_ready(r, workload)]
@@ -544,7 +553,7 @@ def _plan_workload(record: AppRecord, workload: AppWorkload, replicas: list[Repl
     if gave_up:
         message = f"gave up after {history.failures_in_row} restarts in a row"
     return WorkloadRollout(name=workload.name, revision=revision, state=state, message=message,
-                           restarts=history.restarts)
+                           restarts=history.restarts, last_failure=history.last_failure_reason)
 
 
 def _stop_orphans(by_slot: dict[SlotKey, list[Replica]], wanted: set[SlotKey], managed: set[AppKey],

@@ -33,6 +33,7 @@ class ReplicaView(Strict):
     revision: str
     current: bool = Field(description="made from the workload's current template")
     started_at: datetime
+    reason: str | None = Field(default=None, description="why it failed or is unhealthy, as its node says")
 
 
 class WorkloadView(Strict):
@@ -46,6 +47,8 @@ class WorkloadView(Strict):
     rollout: RolloutState | None = Field(default=None, description="None: the reconciler has not reported yet")
     message: str | None = None
     restarts: int = 0
+    last_failure: str | None = Field(default=None, description="the last failure of a replica the reconciler "
+                                     "saw, with its cause")
     replicas: list[ReplicaView] = Field(default_factory=list)
 
 
@@ -96,7 +99,7 @@ def replicas_of(namespace: str, app: str, nodes: Iterable[NodeRecord],
             found.append(ReplicaView(
                 id=replica.id, workload=replica.name, node_id=node.node.node_id, node_name=node.node.name,
                 node_state=node.node.state, state=replica.state, health=replica.health,
-                revision=replica.app.revision, started_at=replica.started_at,
+                revision=replica.app.revision, started_at=replica.started_at, reason=replica.reason,
                 current=(revisions or {}).get(replica.name) == replica.app.revision,
             ))
     return sorted(found, key=lambda r: (r.workload, not r.current, r.node_name, r.id))
@@ -121,6 +124,7 @@ def app_view(record: AppRecord, nodes: Iterable[NodeRecord], status: AppStatus |
             rollout=rollout.state if rollout else None,
             message=rollout.message if rollout else None,
             restarts=rollout.restarts if rollout else 0,
+            last_failure=rollout.last_failure if rollout else None,
             replicas=mine,
         ))
     return AppView(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import errno
 import logging
 import os
 import socket
@@ -124,7 +123,8 @@ async def probe_tcp(port: int, timeout: float, pid: int | None) -> str | None:
     except TimeoutError:
         return f"port {port}: no connection within {timeout:g}s"
     except OSError as exc:
-        return f"port {port}: {exc.strerror or errno.errorcode.get(exc.errno, exc)}"
+        # By its errno: asyncio's own words ("Connect call failed ('127.0.0.1', 8080)") say less.
+        return f"port {port}: {os.strerror(exc.errno) if exc.errno else exc.strerror or exc}"
     finally:
         sock.close()
 

@@ -89,7 +89,7 @@ class Supervisor:
         workload = Workload(id=workload_id, namespace=namespace, request=request, node_id=self.node_id)
         self.table.add(workload)
         try:
-            workload.handle = await runtime.start(spec, partial(self._feeds.log, namespace, workload_id))
+            workload.handle = await runtime.start(spec, partial(self._log, workload))
         except BaseException:
             self.table.remove(workload_id)
             raise
@@ -145,9 +145,14 @@ class Supervisor:
         self._feeds.event(workload.namespace, event_type, data, workload.id)
         self._on_changed()
 
+    def _log(self, workload: Workload, stream: str, line: bytes) -> None:
+        workload.log_line(stream, line)
+        self._feeds.log(workload.namespace, workload.id, stream, line)
+
     def _health_changed(self, workload: Workload, old: Health, reason: str | None) -> None:
         if workload.state != WorkloadState.RUNNING:
             return  # a probe that ended as the workload stopped: its verdict means nothing now
+        workload.problem = reason if workload.checked == Health.UNHEALTHY else None
         data = {**self._event_data(workload), "health": workload.checked.value, "previous": old.value}
         if reason is not None:
             data["reason"] = reason

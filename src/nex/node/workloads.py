@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from nex.api.errors import WorkloadNotFound
-from nex.api.models import DeployRequest, Health, ReplicaRecord, Usage, WorkloadState, WorkloadSummary
+from nex.api.models import (
+    MAX_REASON_CHARS,
+    STDERR_TAIL_LINES,
+    DeployRequest,
+    Health,
+    ReplicaRecord,
+    Usage,
+    WorkloadState,
+    WorkloadSummary,
+)
 from nex.runtimes.base import ExitResult, Handle
 
 ENDED_STATES = frozenset({WorkloadState.STOPPED, WorkloadState.FAILED})
@@ -36,6 +47,9 @@ class Workload:
     stats: dict = field(default_factory=dict)
     issuer: str | None = None  # who signed the deploy; only it (or an admin) may stop the workload
     checked: Health = Health.UNKNOWN  # the verdict of its health check (nex.node.health), if it has one
+    problem: str | None = None  # what its health check last found wrong, while unhealthy
+    # Its last stderr lines, for the summary of a failed workload (the log stream has them all).
+    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES), repr=False)
     # record() of the last write, and what it was made from: the registry lists every workload at
     # every write, and a workload rarely changes between two.
     _record: tuple[tuple, ReplicaRecord] | None = field(default=None, repr=False, compare=False)
@@ -60,6 +74,20 @@ class Workload:
             return self.checked
         return Health.HEALTHY if self.stats.get("running", True) else Health.UNHEALTHY
 
+    @property
+    def reason(self) -> str | None:
+        """Why it failed, or why it is unhealthy; None while all is well (or once it stopped as asked)."""
+        if self.state == WorkloadState.FAILED and self.exit is not None:
+            return _cut(describe_failure(self.exit))
+        if self.health == Health.UNHEALTHY:
+            return _cut(self.problem or "its health check fails")
+        return None
+
+    def log_line(self, stream: str, line: bytes) -> None:
+        """Keep what it writes on stderr for the summary, should it fail."""
+        if stream == "stderr":
+            self.stderr_tail.append(line.decode("utf-8", "replace").rstrip("\n")[:MAX_REASON_CHARS])
+
     def summary(self) -> WorkloadSummary:
         request = self.request
         return WorkloadSummary(
@@ -71,19 +99,20 @@ class Workload:
             exit=self.exit.info() if self.exit else None, usage=self.usage(),
             invocations=self.stats.get("invocations"), errors=self.stats.get("errors"),
             rejected=self.stats.get("rejected"),
-            health=self.health, app=request.app,
+            health=self.health, app=request.app, reason=self.reason,
+            stderr_tail=list(self.stderr_tail) if self.state == WorkloadState.FAILED else None,
         )
 
     def record(self) -> ReplicaRecord:
         """The compact form the node registry lists (docs/operations.md)."""
-        made_from = (self.state, self.health, self.exit.exit_code if self.exit else None)
+        made_from = (self.state, self.health, self.exit.exit_code if self.exit else None, self.reason)
         if self._record is None or self._record[0] != made_from:
             request = self.request
-            state, health, exit_code = made_from
+            state, health, exit_code, reason = made_from
             self._record = made_from, ReplicaRecord(
                 id=self.id, name=request.name, namespace=self.namespace, type=request.type,
                 lifecycle=request.lifecycle, state=state, health=health, app=request.app,
-                started_at=self.started_at, exit_code=exit_code,
+                started_at=self.started_at, exit_code=exit_code, reason=reason,
             )
         return self._record[1]
 
@@ -93,6 +122,27 @@ class Workload:
             return None
         values = {k: self.stats.get(k) for k in Usage.model_fields}
         return Usage(**values) if any(v is not None for v in values.values()) else None
+
+
+def describe_failure(result: ExitResult) -> str:
+    """How a workload ended, in words: its error, else the signal or the exit code."""
+    if result.error:
+        return result.error
+    if result.oom_killed:
+        return "killed: out of memory (its memory limit)"
+    if result.signal is not None:
+        try:
+            name = signal.Signals(result.signal).name
+        except ValueError:
+            name = f"signal {result.signal}"
+        return f"killed by {name}"
+    if result.exit_code is not None:
+        return f"exited with code {result.exit_code}"
+    return "ended"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 1] + "…"
 
 
 class WorkloadTable:
