@@ -16,8 +16,10 @@ from nex.api.models import (
 from nex.cli import output
 from nex.cli.options import GlobalOptions, NexCommand, global_options_except, positive
 from nex.cli.session import resolve_node, run
+from nex.api.errors import NexError
 from nex.client import NexClient
 from nex.node.config import ConfigError, parse_tags
+from nex.shadowing import Shadow, same_name_copies, shadows
 
 
 def parse_env(values: tuple[str, ...]) -> dict[str, str]:
@@ -104,13 +106,15 @@ def file_or_reference(ctx: click.Context, param: click.Parameter, value: str) ->
                    "nex --timeout S devrun ...)")
 @click.option("--max-concurrency", type=int, callback=positive, metavar="N",
               help="functions: calls at once on a copy; past it a call is answered 429 at once")
+@click.option("--replace", is_flag=True,
+              help="stop the other copies of this name in the namespace once the new one runs")
 @global_options_except("timeout")
 def devrun(
     opts: GlobalOptions, file: Path | str, workload_type: str | None, triggers: tuple[str, ...],
     env: tuple[str, ...], argv: str | None, name: str | None, lifecycle: str | None,
     node_id: str | None, tags: tuple[str, ...], memory: int | None, cpus: float | None, pids: int | None,
     network: str | None, timeout_ms: int | None, max_concurrency: int | None,
-    async_triggers: tuple[str, ...], schedules: tuple[str, ...],
+    async_triggers: tuple[str, ...], schedules: tuple[str, ...], replace: bool,
 ) -> None:
     """Upload FILE (or name an image) and run it as a workload on a node.
 
@@ -122,6 +126,10 @@ def devrun(
     nex devrun ./image.tar --argv serve             (an OCI image layout tarball)
     nex devrun oci://127.0.0.1:5000/hello:1         (pulled by the node; nothing uploaded)
     nex devrun ./server --tag zone=a                (on a node tagged zone=a, by auction)
+    nex devrun ./hello.js --trigger hello --replace (the new code in place of the old)
+
+    A copy of a name that already runs, or a trigger that overlaps another
+    workload's, is said on stderr: both would get the calls.
     """
     environment = parse_env(env)
     all_triggers = [*triggers, *parse_async_triggers(async_triggers, schedules)]
@@ -149,18 +157,33 @@ def devrun(
             bar.start()
         bar.update(task, completed=done, total=total)
 
-    async def action(client: NexClient) -> WorkloadSummary:
+    async def action(client: NexClient) -> tuple[WorkloadSummary, list[Shadow], list[str]]:
         node = await resolve_node(client, node_id) if node_id else None
         try:
-            return await client.devrun(
+            summary = await client.devrun(
                 file, type=workload_type, name=name, triggers=all_triggers, env=environment,
                 argv=arguments, lifecycle=lifecycle, limits=limits, node_id=node, progress=on_progress,
                 network=network, tags=placement,
             )
         finally:
             bar.stop()
+        try:
+            running = await client.workloads(expected_nodes=await client.live_node_count())
+        except NexError:
+            return summary, [], []  # deployed; what else runs is only worth a note
 
-    summary = run(opts, action, create_keys=True)
+        stopped = []
+        if replace:
+            for copy in same_name_copies(summary, running):
+                await client.undeploy(copy.id)
+                stopped.append(copy.id)
+        return summary, [s for s in shadows(summary, running) if s.other.id not in stopped], stopped
+
+    summary, shadowed, stopped = run(opts, action, create_keys=True)
+    for shadow in shadowed:
+        click.echo(f"nex: note: {shadow.describe(summary.namespace)}", err=True)
+    for workload_id in stopped:
+        click.echo(f"nex: stopped the old copy {workload_id}", err=True)
     if opts.json:
         output.print_json(summary)
         return
