@@ -342,6 +342,9 @@ class WorkloadSummary(Strict):
     rejected: int | None = Field(default=None, description="functions: calls answered 429 (max_concurrency reached)")
     health: Health | None = Field(default=None, description="of a running workload")
     app: AppRef | None = None
+    warnings: list[str] | None = Field(
+        default=None, description="what the node found at deploy that may stop the workload from running "
+        "elsewhere or later (a dynamically linked executable on a node without a sandbox); absent: none")
 
 
 class UndeployRequest(Strict):

@@ -161,6 +161,8 @@ def devrun(
             bar.stop()
 
     summary = run(opts, action, create_keys=True)
+    for warning in summary.warnings or []:  # the node runs it, but may not elsewhere or later
+        click.echo(f"nex: warning: {warning}", err=True)
     if opts.json:
         output.print_json(summary)
         return

@@ -74,6 +74,7 @@ def workload_info(opts: GlobalOptions, workload_id: str) -> None:
         pairs.append(("Invocations", f"{w.invocations} ({w.errors or 0} failed{rejected})"))
     if w.exit:
         pairs.append(("Exit", _exit_text(w.exit.model_dump(exclude_none=True))))
+    pairs.extend(("Warning", warning) for warning in w.warnings or [])
     output.fields(pairs)
 
 

@@ -36,6 +36,7 @@ class Workload:
     stats: dict = field(default_factory=dict)
     issuer: str | None = None  # who signed the deploy; only it (or an admin) may stop the workload
     checked: Health = Health.UNKNOWN  # the verdict of its health check (nex.node.health), if it has one
+    warnings: list[str] = field(default_factory=list)  # what the runtime's prepare() found
     # record() of the last write, and what it was made from: the registry lists every workload at
     # every write, and a workload rarely changes between two.
     _record: tuple[tuple, ReplicaRecord] | None = field(default=None, repr=False, compare=False)
@@ -71,7 +72,7 @@ class Workload:
             exit=self.exit.info() if self.exit else None, usage=self.usage(),
             invocations=self.stats.get("invocations"), errors=self.stats.get("errors"),
             rejected=self.stats.get("rejected"),
-            health=self.health, app=request.app,
+            health=self.health, app=request.app, warnings=self.warnings or None,
         )
 
     def record(self) -> ReplicaRecord:
