@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,39 @@ def programs(tmp_path_factory) -> dict[str, Path]:
         binary = out / source.stem
         subprocess.run(["gcc", "-static", "-O1", "-o", str(binary), str(source)], check=True)
         built[source.stem] = binary
+    return built
+
+
+@pytest.fixture(scope="session")
+def linked(tmp_path_factory, programs) -> dict[str, Path | None]:
+    """tests/programs/ticker.c linked every other way, and other files deployed as native by
+    mistake: what a node refuses, or runs with a warning (tests/test_native_refusals.py).
+
+    dynamic, dynamic_nopie: plain gcc (with the dynamic loader as interpreter); static_pie:
+    gcc -static-pie (None where this toolchain cannot); shared: a shared library; object: a .o;
+    other_arch: the static ticker with e_machine 183 (aarch64), or 62 (x86_64) on an aarch64 host."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("linked")
+    source = str(PROGRAMS / "ticker.c")
+    builds = {
+        "dynamic": ["gcc", "-O1"], "dynamic_nopie": ["gcc", "-O1", "-no-pie"],
+        "static_pie": ["gcc", "-O1", "-static-pie"], "shared": ["gcc", "-O1", "-shared", "-fPIC"],
+        "object": ["gcc", "-O1", "-c"],
+    }
+    built: dict[str, Path | None] = {}
+    for name, command in builds.items():
+        target = out / name
+        done = subprocess.run([*command, "-o", str(target), source], capture_output=True)
+        if done.returncode != 0 and name != "static_pie":
+            raise AssertionError(f"{' '.join(command)}: {done.stderr.decode()}")
+        built[name] = target if done.returncode == 0 else None
+    other = out / "other_arch"
+    image = bytearray(programs["ticker"].read_bytes())
+    image[18:20] = (62 if os.uname().machine == "aarch64" else 183).to_bytes(2, "little")
+    other.write_bytes(bytes(image))
+    other.chmod(0o755)
+    built["other_arch"] = other
     return built
 
 

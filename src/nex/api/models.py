@@ -354,6 +354,9 @@ class WorkloadSummary(Strict):
     stderr_tail: list[str] | None = Field(
         default=None, max_length=STDERR_TAIL_LINES,
         description="of a failed workload: the last lines it wrote on stderr, oldest first")
+    warnings: list[str] | None = Field(
+        default=None, description="what the node found at deploy that may stop the workload from running "
+        "elsewhere or later (a dynamically linked executable on a node without a sandbox); absent: none")
 
 
 class UndeployRequest(Strict):

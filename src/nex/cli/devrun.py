@@ -180,6 +180,8 @@ def devrun(
         return summary, [s for s in shadows(summary, running) if s.other.id not in stopped], stopped
 
     summary, shadowed, stopped = run(opts, action, create_keys=True)
+    for warning in summary.warnings or []:  # the node runs it, but may not elsewhere or later
+        click.echo(f"nex: warning: {warning}", err=True)
     for shadow in shadowed:
         click.echo(f"nex: note: {shadow.describe(summary.namespace)}", err=True)
     for workload_id in stopped:

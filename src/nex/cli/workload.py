@@ -76,6 +76,7 @@ def workload_info(opts: GlobalOptions, workload_id: str) -> None:
         pairs.append(("Exit", _exit_text(w.exit.model_dump(exclude_none=True))))
     if w.reason:
         pairs.append(("Reason", w.reason))
+    pairs.extend(("Warning", warning) for warning in w.warnings or [])
     output.fields(pairs)
     if w.stderr_tail:
         click.echo(f"\nLast lines on stderr (all of them: nex logs {w.id}):")

@@ -85,8 +85,9 @@ class Supervisor:
             work_dir=self._work_root / workload_id, argv=list(request.argv), env=dict(request.env),
             triggers=list(request.triggers), limits=request.limits, network=request.network,
         )
-        await runtime.prepare(spec)
-        workload = Workload(id=workload_id, namespace=namespace, request=request, node_id=self.node_id)
+        warnings = await runtime.prepare(spec)
+        workload = Workload(id=workload_id, namespace=namespace, request=request, node_id=self.node_id,
+                            warnings=warnings)
         self.table.add(workload)
         try:
             workload.handle = await runtime.start(spec, partial(self._log, workload))
@@ -100,7 +101,12 @@ class Supervisor:
         workload.watcher = asyncio.create_task(self._watch(workload, runtime))
         if workload.has_check:
             self._health.start(workload, lambda: self.refresh(workload).stats.get("pid"))
-        self._feeds.event(namespace, EventType.WORKLOAD_STARTED, self._event_data(workload), workload_id)
+        started = self._event_data(workload)
+        for warning in warnings:
+            log.warning("workload %s (%s) in %s: %s", request.name, workload_id, namespace, warning)
+        if warnings:
+            started["warnings"] = warnings
+        self._feeds.event(namespace, EventType.WORKLOAD_STARTED, started, workload_id)
         self._on_changed()
         return workload
 

@@ -50,6 +50,7 @@ class Workload:
     problem: str | None = None  # what its health check last found wrong, while unhealthy
     # Its last stderr lines, for the summary of a failed workload (the log stream has them all).
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES), repr=False)
+    warnings: list[str] = field(default_factory=list)  # what the runtime's prepare() found
     # record() of the last write, and what it was made from: the registry lists every workload at
     # every write, and a workload rarely changes between two.
     _record: tuple[tuple, ReplicaRecord] | None = field(default=None, repr=False, compare=False)
@@ -101,6 +102,7 @@ class Workload:
             rejected=self.stats.get("rejected"),
             health=self.health, app=request.app, reason=self.reason,
             stderr_tail=list(self.stderr_tail) if self.state == WorkloadState.FAILED else None,
+            warnings=self.warnings or None,
         )
 
     def record(self) -> ReplicaRecord:

@@ -6,7 +6,10 @@ the only caller; the control service, feeds and placement never import a runtime
 Contract, for every implementation:
 
 - ``prepare(spec)`` checks that the artifact can run (format, compile) without
-  starting anything; it raises :class:`nex.api.errors.BadArtifact` otherwise.
+  starting anything; it raises :class:`nex.api.errors.BadArtifact` otherwise. It
+  returns warnings: what the user should know about an artifact that runs here but
+  depends on the host (a dynamically linked executable on a node without a sandbox);
+  the deploy's reply carries them.
 - ``start(spec, logs)`` returns a :class:`Handle` only once the workload runs (a
   process exists, a function is subscribed to its triggers). A failure raises and
   leaves nothing behind.
@@ -155,7 +158,7 @@ class Runtime(Protocol):
     type: WorkloadType
     capabilities: Capabilities
 
-    async def prepare(self, spec: WorkloadSpec) -> None: ...
+    async def prepare(self, spec: WorkloadSpec) -> list[str]: ...
 
     async def start(self, spec: WorkloadSpec, logs: LogSink) -> Handle: ...
 

@@ -94,8 +94,8 @@ class AgentRuntime(ABC):
         return agent.pid if agent is not None and agent.returncode is None else None
 
     @abstractmethod
-    async def prepare(self, spec: WorkloadSpec) -> None:
-        """Check the artifact without the agent; raises BadArtifact."""
+    async def prepare(self, spec: WorkloadSpec) -> list[str]:
+        """Check the artifact without the agent; raises BadArtifact, returns warnings."""
 
     def _agent_environment(self) -> dict[str, str]:
         """Variables the agent needs beside the connection and node id."""

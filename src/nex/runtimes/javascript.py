@@ -35,8 +35,9 @@ class JavaScriptRuntime(AgentRuntime):
         super().__init__(context)
         self._scripts = ScriptCache(SCRIPT_CACHE_BYTES)
 
-    async def prepare(self, spec: WorkloadSpec) -> None:
+    async def prepare(self, spec: WorkloadSpec) -> list[str]:
         await self._script(spec)
+        return []
 
     async def _artifact_fields(self, spec: WorkloadSpec) -> dict[str, str]:
         return {"source": await self._script(spec)}

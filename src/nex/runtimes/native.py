@@ -1,5 +1,8 @@
 """Native workloads: a 64-bit Linux executable run as a supervised process.
 
+An executable that cannot run here is refused at deploy (:func:`check_executable`);
+a dynamically linked one, or a script, runs with a warning: it depends on the host.
+
 Each workload gets its own process group (so stop reaches every child it forks),
 a working dir under the node's state dir, only the environment of its deploy
 request (never the node's), and PR_SET_PDEATHSIG so that it dies with a
@@ -10,7 +13,9 @@ start kill what a dead node left without ever hitting a recycled pid.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
+import platform
 import signal
 from pathlib import Path
 from typing import Any
@@ -19,36 +24,32 @@ from nex.api.errors import BadArtifact, BadRequest
 from nex.api.models import Lifecycle, NetworkMode, WorkloadType
 from nex.procutil import group_alive, new_group_dying_with_parent, signal_group
 from nex.runtimes.base import Capabilities, ExitResult, Handle, LogSink, RuntimeContext, WorkloadSpec
+from nex.runtimes.executable import missing_interpreter, read_executable, verdict
 
-ELF_MAGIC = b"\x7fELF"
-_ELFCLASS64 = 2
-_ET_EXEC, _ET_DYN = 2, 3
-_EM_BY_ARCH = {"x86_64": 62, "aarch64": 183}
 MAX_LINE = 64 * 1024
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 CREDS_FILE = "nats.creds"
 
 
-def check_elf(path: Path, machine: str | None = None) -> None:
-    """Raise BadArtifact unless ``path`` is a 64-bit executable for this machine."""
-    header = _head(path, 20)
-    if len(header) < 20 or header[:4] != ELF_MAGIC:
-        raise BadArtifact("native artifact is not an ELF executable")
-    if header[4] != _ELFCLASS64:
-        raise BadArtifact("native artifact is a 32-bit ELF; a 64-bit executable is needed")
-    e_type = int.from_bytes(header[16:18], "little")
-    if e_type not in (_ET_EXEC, _ET_DYN):
-        raise BadArtifact(f"native artifact is an ELF file of type {e_type}, not an executable")
-    arch = machine or os.uname().machine
-    e_machine = int.from_bytes(header[18:20], "little")
-    expected = _EM_BY_ARCH.get(arch)
-    if expected is not None and e_machine != expected:
-        raise BadArtifact(f"native artifact is built for ELF machine {e_machine}, this node is {arch}")
-
-
-def _head(path: Path, size: int) -> bytes:
+def check_executable(path: Path, sandboxed: bool, machine: str | None = None) -> list[str]:
+    """Raise BadArtifact unless this node can run ``path`` (:mod:`nex.runtimes.executable`);
+    the warnings its deploy carries. ``machine``: the node's, ``uname -m``."""
+    node_machine = machine or platform.machine()
     with open(path, "rb") as f:
-        return f.read(size)
+        if os.fstat(f.fileno()).st_size == 0:
+            executable = read_executable(b"")
+        else:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                executable = read_executable(data)
+    warnings = verdict(executable, node_machine, sandboxed)
+    # Only a node without a sandbox gets this far with an interpreter, and runs it from the host.
+    if executable.interpreter is not None and not _runnable(executable.interpreter):
+        raise missing_interpreter(executable, node_machine)
+    return warnings
+
+
+def _runnable(program: str) -> bool:
+    return os.path.isfile(program) and os.access(program, os.X_OK)
 
 
 def process_start_time(pid: int) -> int | None:
@@ -119,11 +120,12 @@ class NativeRuntime:
         self._context = context
         self._running: dict[str, _Running] = {}
 
-    async def prepare(self, spec: WorkloadSpec) -> None:
-        check_elf(spec.artifact_path)
+    async def prepare(self, spec: WorkloadSpec) -> list[str]:
+        warnings = check_executable(spec.artifact_path, sandboxed=False)
         if spec.network == NetworkMode.NONE:
             raise BadRequest("network none needs a sandbox, and this node runs native workloads "
                              "as plain processes (nex node up --sandbox)")
+        return warnings
 
     async def start(self, spec: WorkloadSpec, logs: LogSink) -> Handle:
         spec.work_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from nex.api.models import Lifecycle, NetworkMode, WorkloadType
 from nex.runtimes.base import Capabilities, Handle, LogSink, WorkloadSpec
 from nex.runtimes.containers import ContainerWorkloads
-from nex.runtimes.native import NativeRuntime, check_elf, workload_environment
+from nex.runtimes.native import NativeRuntime, check_executable, workload_environment
 from nex.sandbox.bundle import ContainerSpec
 from nex.sandbox.runner import ID_PREFIX
 
@@ -30,8 +30,10 @@ class SandboxedNativeRuntime(ContainerWorkloads):
     type = WorkloadType.NATIVE
     capabilities = Capabilities(lifecycles=frozenset({Lifecycle.SERVICE, Lifecycle.JOB}), sandboxed=True)
 
-    async def prepare(self, spec: WorkloadSpec) -> None:
-        check_elf(spec.artifact_path)
+    async def prepare(self, spec: WorkloadSpec) -> list[str]:
+        # The rootfs holds the artifact alone: a dynamic loader, its libraries or a script's
+        # interpreter would be missing, and the start would fail a moment after it was reported.
+        return check_executable(spec.artifact_path, sandboxed=True)
 
     def _container(self, spec: WorkloadSpec, rootfs: Path, id_base: int) -> ContainerSpec:
         env = workload_environment(spec, self._context.node_id, SANDBOX_HOME)

@@ -45,7 +45,7 @@ class OciRuntime(ContainerWorkloads):
         self._prepared: dict[str, Image] = {}
         self._holding: dict[str, str] = {}  # workload id -> the digest of the image it holds
 
-    async def prepare(self, spec: WorkloadSpec) -> None:
+    async def prepare(self, spec: WorkloadSpec) -> list[str]:
         image = await self.images.acquire(spec.artifact_path)
         try:
             # An image that cannot run (no program, an unknown user) fails the deploy here, as a 400.
@@ -54,6 +54,7 @@ class OciRuntime(ContainerWorkloads):
             await self.images.release(image.digest, discard=True)
             raise
         self._prepared[spec.id] = image
+        return []
 
     def _container(self, spec: WorkloadSpec, image: Image, nats_env: dict[str, str], rootfs: Path,
                    id_base: int) -> ContainerSpec:

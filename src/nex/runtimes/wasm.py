@@ -37,8 +37,9 @@ class WasmRuntime(AgentRuntime):
     def cache_dir(self) -> Path:
         return self.context.state_dir / CACHE_DIR_NAME
 
-    async def prepare(self, spec: WorkloadSpec) -> None:
+    async def prepare(self, spec: WorkloadSpec) -> list[str]:
         await asyncio.to_thread(_check_header, spec)
+        return []
 
     def _agent_environment(self) -> dict[str, str]:
         return {ENV_CACHE_DIR: str(self.cache_dir)}

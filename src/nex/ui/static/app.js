@@ -148,7 +148,8 @@ function setUpDeploy() {
       `${trigger}) in namespace "${data.get("namespace")}"? The node is chosen by auction.`, "Deploy", async () => {
       const summary = await post("/api/deploy", data);
       form.reset();
-      return `Deployed ${summary.name} (${summary.id}) on ${short(summary.node_id)}: ${summary.state}.`;
+      const warnings = (summary.warnings || []).map((w) => ` Warning: ${w}.`).join("");
+      return `Deployed ${summary.name} (${summary.id}) on ${short(summary.node_id)}: ${summary.state}.${warnings}`;
     });
   });
 }
