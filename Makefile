@@ -11,7 +11,7 @@ OCI_DEBS     := umoci skopeo docker-registry runc
 UI_DEBS      := chromium chromium-driver
 TEST_DEBS    := $(NATIVE_DEBS) $(SANDBOX_DEBS) $(WASM_DEBS) $(OCI_DEBS) $(UI_DEBS)
 
-.PHONY: run test bench schemas system-deps clean
+.PHONY: run test bench schemas system-deps clean examples
 
 $(PY):
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || $(MAKE) --no-print-directory system-deps DEBS=python3-venv
@@ -41,6 +41,11 @@ run: $(STAMP)
 test: $(STAMP)
 	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+# The programs of the README's quick start, in examples/quickstart: a Wasm function and two static executables.
+examples:
+	@$(MAKE) --no-print-directory system-deps DEBS="$(NATIVE_DEBS) $(WASM_DEBS)"
+	$(MAKE) --no-print-directory -C examples/quickstart
 
 schemas: $(STAMP)
 	$(PY) -m nex.api.schema docs/schemas

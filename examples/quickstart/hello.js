@@ -1,0 +1,5 @@
+(subject, payload) => {
+  const name = new TextDecoder().decode(payload);
+  console.log(`said hello to ${name}`);
+  return {hello: name, on: subject};
+}
