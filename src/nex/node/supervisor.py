@@ -27,8 +27,7 @@ from nex.artifacts import ArtifactCache
 from nex.node.feeds import Feeds
 from nex.node.health import HealthChecks, check_supported
 from nex.node.workloads import Workload, WorkloadTable, utcnow
-from nex.runtimes.base import ExitResult, Handle, Runtime, WorkloadSpec
-from nex.runtimes.function_agent import AgentRuntime
+from nex.runtimes.base import ExitResult, Handle, IncompatibleHandle, Runtime, WorkloadSpec
 
 log = logging.getLogger(__name__)
 
@@ -186,20 +185,17 @@ class Supervisor:
         return workload
 
     async def refresh_function_stats(self) -> None:
-        """Ask every function agent for its counters now (inspect() answers from the last ones)."""
-        await asyncio.gather(*(runtime.stats() for runtime in self._runtimes.values()
-                               if isinstance(runtime, AgentRuntime)))
+        """Ask every runtime for fresh counters now (a function's inspect() answers from the last ones)."""
+        await asyncio.gather(*(runtime.refresh_stats() for runtime in self._runtimes.values()))
 
     async def warm_agents(self) -> None:
-        """Start the agent process of every function runtime now, rather than with its first function."""
-        await asyncio.gather(*(runtime.warm() for runtime in self._runtimes.values()
-                               if isinstance(runtime, AgentRuntime)))
+        """Start what every runtime keeps ahead of its first workload (the function agents) now."""
+        await asyncio.gather(*(runtime.warm() for runtime in self._runtimes.values()))
 
     def agents_up(self) -> dict[str, bool]:
-        """Whether the agent process of each function runtime runs (with the node, or with its first
+        """Whether each agent process of the runtimes runs (with the node, or with its first
         function when the node keeps its agents cold)."""
-        return {runtime.engine_name: runtime.agent_pid is not None for runtime in self._runtimes.values()
-                if isinstance(runtime, AgentRuntime)}
+        return {name: up for runtime in self._runtimes.values() for name, up in runtime.agents_up().items()}
 
     def app_records(self) -> list[ReplicaRecord]:
         """The app replicas as the node registry lists them (by id), written often: only functions
@@ -224,7 +220,10 @@ class Supervisor:
         self._handle_path(workload_id).unlink(missing_ok=True)
 
     async def sweep_leftovers(self) -> int:
-        """Clean up after a node that died: every recorded handle is a workload nobody watches."""
+        """Clean up after a node that died: every recorded handle is a workload nobody watches.
+
+        A handle of another version of nex is not given back to its runtime to read; its
+        workload is swept by its id instead (``Runtime.sweep``), so an upgrade leaves no orphans."""
         swept = 0
         for path in sorted(self._handles_dir.glob("*.json")):
             try:
@@ -235,7 +234,11 @@ class Supervisor:
                 continue
             runtime = self._runtimes.get(handle.type)
             if runtime is not None:
-                await runtime.cleanup(handle)
+                try:
+                    await runtime.cleanup(handle)
+                except IncompatibleHandle as exc:
+                    log.warning("%s: sweeping workload %s by its id", exc, handle.workload_id)
+                    await runtime.sweep(handle.workload_id)
             path.unlink(missing_ok=True)
             shutil.rmtree(self._work_root / handle.workload_id, ignore_errors=True)
             swept += 1

@@ -19,9 +19,24 @@ Contract, for every implementation:
   it after ``grace`` seconds, and returns once it has ended. Stopping twice is harmless.
 - ``cleanup(handle)`` removes what a handle left behind by a node that died
   (recorded handles are replayed on the next start). It must not need the process
-  that started the workload.
+  that started the workload: a fresh instance cleans up after another. A handle of
+  another version (``Handle.version``) is refused with :class:`IncompatibleHandle`,
+  touching nothing: its data may mean something else.
+- ``sweep(workload_id)`` removes what a workload left when its handle cannot be read
+  (another version of nex wrote it), from the id alone: so an upgrade leaves no orphans.
 - ``inspect(handle)`` returns what the runtime knows of a running workload.
-- ``close()`` stops everything the runtime itself started (agents).
+- ``close()`` releases everything the runtime started: its agents, and any workload
+  still running (killed; the supervisor stops them in order before). Closing twice is harmless.
+
+What the supervisor needs beyond workloads is here too, so that it never asks what
+class a runtime is: ``warm()`` starts what the runtime keeps ahead of its first
+workload (an agent), ``refresh_stats()`` fetches fresh counters for ``inspect()``,
+``agents_up()`` names the helper processes it keeps and whether each runs. A runtime
+that keeps none does nothing and returns ``{}``. What a runtime supports is in its
+:class:`Capabilities`.
+
+Every runtime of :mod:`nex.runtimes.registry` passes tests/test_runtime_conformance.py,
+which checks this contract on real processes, containers and agents.
 """
 
 from __future__ import annotations
@@ -39,6 +54,16 @@ if TYPE_CHECKING:
     from nex.security.natsauth import WorkloadCredentials
 
 HANDLE_VERSION = 1
+
+
+class IncompatibleHandle(Exception):
+    """A handle written by another version of nex: its data is not read (see ``Runtime.sweep``)."""
+
+    def __init__(self, handle: Handle) -> None:
+        super().__init__(f"the handle of workload {handle.workload_id} has version {handle.version}; "
+                         f"this nex reads version {HANDLE_VERSION}")
+        self.workload_id = handle.workload_id
+        self.version = handle.version
 
 
 @dataclass(frozen=True)
@@ -103,8 +128,14 @@ class Handle:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Handle:
+        """Any version: the envelope (id, type, version) is the same in all; ``data`` is not read."""
         return cls(workload_id=raw["workload_id"], type=WorkloadType(raw["type"]),
                    data=dict(raw["data"]), version=int(raw["version"]))
+
+    def require_current(self) -> None:
+        """Raise IncompatibleHandle unless this version of nex wrote the handle."""
+        if self.version != HANDLE_VERSION:
+            raise IncompatibleHandle(self)
 
 
 class LogSink(Protocol):
@@ -168,6 +199,14 @@ class Runtime(Protocol):
 
     async def cleanup(self, handle: Handle) -> None: ...
 
+    async def sweep(self, workload_id: str) -> None: ...
+
     def inspect(self, handle: Handle) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
+
+    async def warm(self) -> None: ...
+
+    async def refresh_stats(self) -> None: ...
+
+    def agents_up(self) -> dict[str, bool]: ...

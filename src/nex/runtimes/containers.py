@@ -20,7 +20,7 @@ from nex.api.errors import TooManyRequests
 from nex.runtimes.base import ExitResult, Handle, LogSink, RuntimeContext
 from nex.sandbox.bundle import ContainerSpec, write_bundle
 from nex.sandbox.idranges import IdRange, IdRanges, NoFreeRange, host_ranges
-from nex.sandbox.runner import OciRunner, make_bundle_dir, remove_bundle
+from nex.sandbox.runner import ID_PREFIX, OciRunner, make_bundle_dir, remove_bundle
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ class ContainerWorkloads:
         self._context = context
         self._runner = runner
         self._ranges = ranges or host_ranges()
+        # Containers not yet ended, with their bundle and range (the runner may serve another runtime).
+        self._started: dict[str, tuple[Path, int]] = {}
 
     def open_bundle(self, workload_id: str) -> tuple[IdRange, Path]:
         """A uid range of the workload's own and its (empty) bundle dir."""
@@ -62,12 +64,14 @@ class ContainerWorkloads:
         """Write the bundle's config and run the container (handle data)."""
         write_bundle(container, bundle)
         data = await self._runner.start(container, bundle, logs)
+        self._started[container.id] = (bundle, ids.slot)
         return {**data, "id_slot": ids.slot}
 
     async def wait(self, handle: Handle) -> ExitResult:
         try:
             return await self._runner.wait(handle.data["container_id"])
         finally:
+            self._started.pop(handle.data["container_id"], None)
             self.close_bundle(Path(handle.data["bundle"]), handle.data.get("id_slot"))
             await self.released(handle)
 
@@ -78,6 +82,7 @@ class ContainerWorkloads:
         await self._runner.stop(handle.data["container_id"], grace)
 
     async def cleanup(self, handle: Handle) -> None:
+        handle.require_current()
         if "container_id" not in handle.data:
             return
         slot = handle.data.get("id_slot")
@@ -89,9 +94,30 @@ class ContainerWorkloads:
             self.close_bundle(Path(handle.data["bundle"]), slot if isinstance(slot, int) else None)
         await self.released(handle)
 
+    async def sweep(self, workload_id: str) -> None:
+        # Container and bundle are named by the workload id in every version; the uid range's
+        # lock went with the dead node's process.
+        await self._runner.cleanup(f"{ID_PREFIX}{workload_id}")
+        bundle = self._runner.bundles_dir / workload_id
+        if bundle.exists():
+            self.close_bundle(bundle, None)
+
     def inspect(self, handle: Handle) -> dict[str, Any]:
         container_id = handle.data["container_id"]
         return {"pid": self._runner.pid(container_id), **self._runner.usage(container_id).model_dump()}
 
     async def close(self) -> None:
+        # The supervisor has stopped every workload in order; a container still running goes now.
+        for container_id, (bundle, slot) in list(self._started.items()):
+            await self._runner.cleanup(container_id)
+            if self._started.pop(container_id, None) is not None and bundle.exists():
+                self.close_bundle(bundle, slot)
+
+    async def warm(self) -> None:
         pass
+
+    async def refresh_stats(self) -> None:
+        pass
+
+    def agents_up(self) -> dict[str, bool]:
+        return {}

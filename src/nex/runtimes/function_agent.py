@@ -157,6 +157,16 @@ class AgentRuntime(ABC):
 
     async def cleanup(self, handle: Handle) -> None:
         """Nothing to clean: functions live in the agent, which dies with its node."""
+        handle.require_current()
+
+    async def sweep(self, workload_id: str) -> None:
+        """Nothing to sweep, for the same reason."""
+
+    async def refresh_stats(self) -> None:
+        await self.stats()
+
+    def agents_up(self) -> dict[str, bool]:
+        return {self.engine_name: self.agent_pid is not None}
 
     def inspect(self, handle: Handle) -> dict[str, Any]:
         self._refresh_stats_soon()

@@ -7,12 +7,15 @@ Each workload gets its own process group (so stop reaches every child it forks),
 a working dir under the node's state dir, only the environment of its deploy
 request (never the node's), and PR_SET_PDEATHSIG so that it dies with a
 SIGKILLed node. The handle records pid and start time, which lets the next node
-start kill what a dead node left without ever hitting a recycled pid.
+start kill what a dead node left without ever hitting a recycled pid. A handle it
+cannot read is swept by the workload id every process of the workload carries in
+its environment (``NEX_WORKLOAD_ID``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import os
 import platform
@@ -76,6 +79,22 @@ def process_cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def workload_processes(workload_id: str) -> list[int]:
+    """The live processes whose environment names ``workload_id`` (those a native workload started)."""
+    marker = f"NEX_WORKLOAD_ID={workload_id}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to read
+        if marker in environ.split(b"\0"):
+            found.append(int(entry))
+    return found
 
 
 def workload_environment(spec: WorkloadSpec, node_id: str, home: str) -> dict[str, str]:
@@ -178,6 +197,7 @@ class NativeRuntime:
             await running.process.wait()
 
     async def cleanup(self, handle: Handle) -> None:
+        handle.require_current()
         pid, pgid = handle.data.get("pid"), handle.data.get("pgid")
         if not pgid:
             return
@@ -187,6 +207,19 @@ class NativeRuntime:
         if group_alive(pgid):
             signal_group(pgid, signal.SIGKILL)
 
+    async def sweep(self, workload_id: str) -> None:
+        own = os.getpgrp()
+        for pid in workload_processes(workload_id):
+            try:
+                pgid = os.getpgid(pid)
+            except ProcessLookupError:
+                continue
+            if pgid != own:
+                signal_group(pgid, signal.SIGKILL)
+            else:  # never the node's own group
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
     def inspect(self, handle: Handle) -> dict[str, Any]:
         pid = handle.data.get("pid")
         if not pid:
@@ -194,4 +227,18 @@ class NativeRuntime:
         return {"pid": pid, "memory_bytes": process_rss_bytes(pid), "cpu_seconds": process_cpu_seconds(pid)}
 
     async def close(self) -> None:
+        # The supervisor has stopped every workload in order; what still runs goes now.
+        for running in list(self._running.values()):
+            if running.process.returncode is None:
+                signal_group(running.process.pid, signal.SIGKILL)
+                await running.process.wait()
         self._running.clear()
+
+    async def warm(self) -> None:
+        pass
+
+    async def refresh_stats(self) -> None:
+        pass
+
+    def agents_up(self) -> dict[str, bool]:
+        return {}

@@ -65,3 +65,7 @@ class SandboxedNativeRuntime(ContainerWorkloads):
             await super().cleanup(handle)
         else:  # left by a node that ran native workloads as plain processes
             await NativeRuntime(self._context).cleanup(handle)
+
+    async def sweep(self, workload_id: str) -> None:
+        await super().sweep(workload_id)
+        await NativeRuntime(self._context).sweep(workload_id)  # a node that ran plain processes

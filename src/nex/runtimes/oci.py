@@ -107,6 +107,7 @@ class OciRuntime(ContainerWorkloads):
             await self.images.release(digest, discard=failed)
 
     async def close(self) -> None:
+        await super().close()
         for image in self._prepared.values():
             await self.images.release(image.digest)
         self._prepared.clear()
