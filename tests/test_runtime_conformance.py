@@ -50,10 +50,6 @@ def registered() -> list[str]:
                        for context in (plain, sandboxed) for kind, runtime in available_runtimes(context).items()})
 
 
-def noop_logs(stream: str, line: bytes) -> None:
-    pass
-
-
 # -- how to use each runtime -----------------------------------------------------------------------
 
 @dataclass
@@ -63,6 +59,7 @@ class Conformer:
     request: pytest.FixtureRequest
     state_dir: Path
     made: list[Runtime] = field(default_factory=list)
+    lines: dict[str, list[bytes]] = field(default_factory=dict)  # stdout by workload id
 
     type: ClassVar[WorkloadType] = WorkloadType.NATIVE
 
@@ -77,6 +74,16 @@ class Conformer:
 
     def build(self, context: RuntimeContext) -> Runtime:
         raise NotImplementedError
+
+    async def started(self, runtime: Runtime, spec: WorkloadSpec) -> Handle:
+        """Prepared and started, its stdout kept in ``lines``."""
+        lines = self.lines.setdefault(spec.id, [])
+
+        def logs(stream: str, line: bytes) -> None:
+            if stream == "stdout":
+                lines.append(line)
+        await runtime.prepare(spec)
+        return await runtime.start(spec, logs)
 
     def spec(self, **fields: Any) -> WorkloadSpec:
         workload_id = uuid.uuid4().hex[:20]
@@ -137,6 +144,11 @@ class Processes(Conformer):
 
     def stubborn(self) -> WorkloadSpec:
         return self.spec(artifact_path=self.programs["stubborn"])
+
+    async def provoke(self, spec: WorkloadSpec) -> None:
+        # It runs before it ignores SIGTERM: its parent and child say when they do.
+        await eventually(lambda: {line.split()[0] for line in self.lines[spec.id]} >= {b"parent", b"child"},
+                         timeout=10)
 
     async def runs(self, spec: WorkloadSpec) -> bool:
         return bool(workload_processes(spec.id))
@@ -348,11 +360,6 @@ async def nothing_left(subject: Conformer, spec: WorkloadSpec) -> bool:
     return await subject.left(spec) == []
 
 
-async def started(runtime: Runtime, spec: WorkloadSpec) -> Handle:
-    await runtime.prepare(spec)
-    return await runtime.start(spec, noop_logs)
-
-
 # -- the contract ----------------------------------------------------------------------------------
 
 async def test_it_is_a_runtime_and_answers_what_the_supervisor_asks(subject: Conformer):
@@ -371,7 +378,7 @@ async def test_a_bad_artifact_is_refused_and_leaves_nothing(subject: Conformer):
     runtime = await subject.make()
     spec = subject.bad()
     with pytest.raises(BadArtifact):
-        await started(runtime, spec)
+        await subject.started(runtime, spec)
 
     assert await subject.left(spec) == []
 
@@ -379,7 +386,7 @@ async def test_a_bad_artifact_is_refused_and_leaves_nothing(subject: Conformer):
 async def test_start_returns_once_running(subject: Conformer):
     runtime = await subject.make()
     spec = subject.service()
-    handle = await started(runtime, spec)
+    handle = await subject.started(runtime, spec)
 
     assert await subject.runs(spec)  # at once: no waiting for it
     assert handle.workload_id == spec.id and handle.type == subject.type
@@ -391,7 +398,7 @@ async def test_wait_gives_an_exit_result(subject: Conformer):
     failing, succeeding = subject.job(3), subject.job(0)
     if failing is None or succeeding is None:  # it ends when stopped
         spec = subject.service()
-        handle = await started(runtime, spec)
+        handle = await subject.started(runtime, spec)
         waiting = asyncio.create_task(runtime.wait(handle))
         await asyncio.sleep(0.2)
         assert not waiting.done()
@@ -399,8 +406,8 @@ async def test_wait_gives_an_exit_result(subject: Conformer):
         result = await asyncio.wait_for(waiting, 10)
         assert isinstance(result, ExitResult) and result.success, result
         return
-    failed = await asyncio.wait_for(runtime.wait(await started(runtime, failing)), 30)
-    succeeded = await asyncio.wait_for(runtime.wait(await started(runtime, succeeding)), 30)
+    failed = await asyncio.wait_for(runtime.wait(await subject.started(runtime, failing)), 30)
+    succeeded = await asyncio.wait_for(runtime.wait(await subject.started(runtime, succeeding)), 30)
 
     assert isinstance(failed, ExitResult) and (failed.exit_code, failed.success) == (3, False), failed
     assert isinstance(succeeded, ExitResult) and (succeeded.exit_code, succeeded.success) == (0, True), succeeded
@@ -410,7 +417,7 @@ async def test_wait_gives_an_exit_result(subject: Conformer):
 async def test_stop_is_idempotent(subject: Conformer):
     runtime = await subject.make()
     spec = subject.service()
-    handle = await started(runtime, spec)
+    handle = await subject.started(runtime, spec)
     waiting = asyncio.create_task(runtime.wait(handle))
     await runtime.stop(handle, GRACE)
     await asyncio.wait_for(runtime.stop(handle, GRACE), 5)
@@ -424,7 +431,7 @@ async def test_stop_is_idempotent(subject: Conformer):
 async def test_the_grace_period_is_followed_by_a_kill(subject: Conformer):
     runtime = await subject.make()
     spec = subject.stubborn()
-    handle = await started(runtime, spec)
+    handle = await subject.started(runtime, spec)
     waiting = asyncio.create_task(runtime.wait(handle))
     await subject.provoke(spec)
     begun = time.monotonic()
@@ -442,7 +449,7 @@ async def test_the_grace_period_is_followed_by_a_kill(subject: Conformer):
 async def test_cleanup_from_a_persisted_handle_in_a_fresh_instance(subject: Conformer):
     old = await subject.make()
     spec = subject.service()
-    handle = await started(old, spec)
+    handle = await subject.started(old, spec)
     persisted = Handle.from_dict(json.loads(json.dumps(handle.to_dict())))
     fresh = await subject.make()
     await fresh.cleanup(persisted)
@@ -457,7 +464,7 @@ async def test_cleanup_from_a_persisted_handle_in_a_fresh_instance(subject: Conf
 async def test_a_handle_of_another_version_is_refused_yet_swept_at_start(subject: Conformer):
     old = await subject.make()
     spec = subject.service()
-    await started(old, spec)
+    await subject.started(old, spec)
     # Another version's data may mean anything: it is not read.
     other = Handle(workload_id=spec.id, type=subject.type, data={"layout": "of another version"},
                    version=HANDLE_VERSION + 1)
@@ -482,7 +489,7 @@ async def test_a_handle_of_another_version_is_refused_yet_swept_at_start(subject
 async def test_close_releases_everything(subject: Conformer):
     runtime = await subject.make()
     spec = subject.service()
-    handle = await started(runtime, spec)
+    handle = await subject.started(runtime, spec)
     agents = [pid for pid in (handle.data.get("agent_pid"),) if pid]
     await runtime.close()
     await runtime.close()
