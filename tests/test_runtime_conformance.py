@@ -400,7 +400,7 @@ async def test_wait_gives_an_exit_result(subject: Conformer):
         spec = subject.service()
         handle = await subject.started(runtime, spec)
         waiting = asyncio.create_task(runtime.wait(handle))
-        await asyncio.sleep(0.2)
+        assert await subject.runs(spec)  # a call answered: the wait goes on
         assert not waiting.done()
         await runtime.stop(handle, GRACE)
         result = await asyncio.wait_for(waiting, 10)
