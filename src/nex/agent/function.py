@@ -234,22 +234,6 @@ class LoadedFunction:
     async def _drain_subscriptions(self, grace: float) -> None:
         """Unsubscribe, and hand on what the server sent before it saw that (nats-py's drain)."""
         subscriptions, self._subscriptions = self._subscriptions, []
-        try:
-            await self._drain_or_unsubscribe(subscriptions, grace)
-        finally:
-            if subscriptions:
-                await self._flush_unsubscribes()
-
-    async def _flush_unsubscribes(self) -> None:
-        # Unloaded means no longer subscribed at the server: a request sent after the unload
-        # reply gets "no responders", not a timeout. nats-py's drain flushes with a PING that
-        # may overtake its UNSUB (see flush_subscriptions).
-        try:
-            await flush_subscriptions(self._nc)
-        except (NatsError, ConnectionError, asyncio.TimeoutError) as exc:
-            log.warning("function %s: the server may not have its unsubscribe yet: %s", self.spec.workload_id, exc)
-
-    async def _drain_or_unsubscribe(self, subscriptions: list[Subscription], grace: float) -> None:
         if grace <= 0:
             for subscription in subscriptions:
                 try:
