@@ -37,6 +37,8 @@ from nex.api.errors import (
     BidNotFound,
     Conflict,
     InternalError,
+    NatsRefused,
+    NatsUnavailable,
     NexError,
     NodeNotFound,
     NotFound,
@@ -75,7 +77,7 @@ from nex.api.models import (
 from nex.artifacts import sha256_file
 from nex.fleet import sampling
 from nex.fleet.store import AppStore
-from nex.connection import ConnectOptions, confined_inbox_prefix, connect
+from nex.connection import ConnectOptions, NoNatsServer, confined_inbox_prefix, connect
 from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
 from nex.jsreplicas import nodes_replicas
@@ -208,15 +210,18 @@ class NexClient:
         where = ",".join(options.servers)
         try:
             nc = await connect(
-                options.with_name(options.name or "nex-client"), error_cb=on_error,
+                options.with_name(options.name or "nex-client"), error_cb=on_error, fail_fast=True,
                 max_reconnect_attempts=_CONNECT_ATTEMPTS, connect_timeout=max(1, round(timeout)),
             )
+        except NoNatsServer as exc:
+            raise NatsUnavailable(where, exc.problem) from None
         except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
             # The server refuses bad credentials with -ERR and then closes: the refusal,
             # not the reset that follows it, is what the user needs to read.
             refusals = [e for e in connect_errors if isinstance(e, nats.errors.Error) and "authoriz" in str(e).lower()]
-            cause = refusals[-1] if refusals else connect_errors[-1] if connect_errors else exc
-            raise Unavailable(f"cannot connect to NATS at {where}: {_describe(cause)}") from None
+            if refusals:
+                raise NatsRefused(where, _describe(refusals[-1])) from None
+            raise NatsUnavailable(where, _describe(connect_errors[-1] if connect_errors else exc)) from None
         connected = True
         confined = options.creds is not None and confined_inbox_prefix(options.creds) is not None
         client = cls(nc, namespace, timeout, keys, confined)

@@ -14,7 +14,8 @@ from rich.logging import RichHandler
 from nats.errors import NoServersError
 
 from nex.cli.options import GlobalOptions, with_global_options
-from nex.cli.output import describe_error
+from nex.cli.output import describe_error, print_error
+from nex.connection import NoNatsServer
 from nex.natsserver import NatsServerError
 from nex.node.config import ConfigError, load_config, parse_tags
 from nex.node.statelock import StateDirInUse
@@ -94,15 +95,20 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
         tune_for_service()
         asyncio.run(Node(config).run())
     except StateDirInUse as exc:
-        click.echo(f"nex: error: {exc}\n{another_node_hint(config.server is None)}", err=True)
+        print_error(str(exc), another_node_hint(config.server is None))
         sys.exit(1)
-    except NoServersError:
-        click.echo(f"nex: error: cannot connect to NATS at {config.server}", err=True)
+    except (NoServersError, NoNatsServer) as exc:
+        problem = exc.problem if isinstance(exc, NoNatsServer) else "no server answered"
+        print_error(f"cannot connect to NATS at {config.server}: {problem}", NODE_SERVER_HINT)
         sys.exit(1)
     except (ConfigError, NatsServerError, SandboxUnavailable, MetricsEndpointError, OSError,
             asyncio.TimeoutError) as exc:
-        click.echo(f"nex: error: {describe_error(exc) or exc}", err=True)
+        print_error(describe_error(exc) or str(exc) or type(exc).__name__)
         sys.exit(1)
+
+
+NODE_SERVER_HINT = ("Is a NATS server with JetStream running there? Without --server (and NATS_URL) the node "
+                    "starts its own.")
 
 
 def another_node_hint(embedded: bool) -> str:

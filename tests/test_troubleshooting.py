@@ -1,0 +1,176 @@
+"""docs/troubleshooting.md, message by message: what a user sees (stderr, exit status, and how soon
+where nothing answers) against real nats-servers, nodes, ports and `nex` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from nex.api.errors import START_NODE_HINT, NatsRefused, NatsUnavailable
+from nex.cli.creds import make_namespace_buckets
+from nex.cli.node_up import NODE_SERVER_HINT
+from nex.client import NexClient
+from nex.connection import BadServerUrl, ConnectOptions, check_server, check_server_url
+from nex.natsserver import NatsServer, free_port
+
+from helpers import nex, running_node
+
+FAST_S = 2.0  # where nothing answers, the error comes within this (the command's own start included)
+JOBS = Path(__file__).parent / "functions" / "jobs.js"
+
+
+async def timed_nex(*args: str) -> tuple[int, str, list[str], float]:
+    """`nex ARGS` as a process: (exit status, stdout, the lines of stderr, seconds it took)."""
+    started = time.monotonic()
+    code, out, err = await nex(*args, timeout=30)
+    return code, out, err.splitlines(), time.monotonic() - started
+
+
+async def listen_silently() -> tuple[int, object]:
+    """A TCP port that accepts connections and never says a word, and how to close it."""
+    held: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda reader, writer: held.append(writer), "127.0.0.1", 0)
+
+    async def close() -> None:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    return server.sockets[0].getsockname()[1], close
+
+
+async def serve_http() -> tuple[int, object]:
+    """A real HTTP server, as nats-server's monitoring port is one, and how to close it."""
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner.addresses[0][1], runner.cleanup
+
+
+@pytest.fixture
+async def silent_port():
+    port, close = await listen_silently()
+    yield port
+    await close()
+
+
+@pytest.fixture(params=[listen_silently, serve_http], ids=["silent", "http"])
+async def not_nats_port(request):
+    """A port where something else than NATS listens."""
+    port, close = await request.param()
+    yield port
+    await close()
+
+
+# -- a --server where nothing answers as NATS ------------------------------------------------
+
+
+async def test_a_port_that_is_not_nats_fails_at_once(not_nats_port):
+    url = f"nats://127.0.0.1:{not_nats_port}"
+    code, out, err, took = await timed_nex("node", "ls", "-s", url)
+    assert (code, out) == (1, "")
+    assert err[0].startswith(f"nex: error: cannot connect to NATS at {url}: nothing there answers as NATS: "
+                             "it accepts connections but sent nothing within")
+    assert err[1:] == [START_NODE_HINT]
+    assert took < FAST_S  # it took 16.5 s, three tries of 5 s, to say TimeoutError
+
+
+async def test_a_refused_connection_fails_at_once():
+    port = free_port()  # nothing listens on it
+    code, out, err, took = await timed_nex("workload", "ls", "-s", f"nats://127.0.0.1:{port}")
+    assert (code, out) == (1, "")
+    assert err == [f"nex: error: cannot connect to NATS at nats://127.0.0.1:{port}: connection refused: "
+                   f"nothing listens on port {port} of 127.0.0.1", START_NODE_HINT]
+    assert took < FAST_S
+    assert "nex node up" in START_NODE_HINT and "make run" in START_NODE_HINT
+
+
+async def test_the_client_reports_what_it_found(silent_port, nats_server):
+    started = time.monotonic()
+    with pytest.raises(NatsUnavailable) as caught:
+        await NexClient.connect(ConnectOptions(servers=[f"nats://127.0.0.1:{silent_port}"]))
+    assert time.monotonic() - started < 1.0
+    assert caught.value.problem.startswith("nothing there answers as NATS")
+    assert caught.value.hint == START_NODE_HINT and caught.value.code == 503
+    assert (await check_server(nats_server.url, 1.0)).problem is None  # a NATS server greets
+
+
+async def test_an_unknown_host():
+    code, _, err, _ = await timed_nex("node", "ls", "-s", "nats://nats.invalid:4222")
+    assert code == 1
+    assert err == ["nex: error: cannot connect to NATS at nats://nats.invalid:4222: unknown host 'nats.invalid'",
+                   START_NODE_HINT]
+
+
+async def test_refused_credentials_say_so_and_not_to_start_a_node(tmp_path):
+    config = tmp_path / "server.conf"
+    config.write_text("authorization { users = [ {user: alice, password: s3cret} ] }\n")
+    server = NatsServer(store_dir=tmp_path / "js", port=0, jetstream=False, extra_args=["-c", str(config)])
+    await server.start()
+    try:
+        code, _, err, _ = await timed_nex("node", "ls", "-s", server.url, "--user", "alice", "--password", "nope")
+    finally:
+        await server.stop()
+    assert code == 1
+    assert err == [f"nex: error: cannot connect to NATS at {server.url}: nats: 'Authorization Violation'",
+                   NatsRefused.hint]
+
+
+async def test_nex_creds_no_longer_waits_for_ever_on_a_refused_connection():
+    # It connected with max_reconnect_attempts=0, which nats-py takes as "try for ever".
+    url = f"nats://127.0.0.1:{free_port()}"
+    with pytest.raises(NatsUnavailable) as caught:
+        await asyncio.wait_for(make_namespace_buckets(ConnectOptions(servers=[url]), "shop", 1.0), FAST_S)
+    assert caught.value.problem.startswith("connection refused")
+
+
+async def test_node_up_on_a_server_that_is_not_nats(silent_port, tmp_path):
+    url = f"nats://127.0.0.1:{silent_port}"
+    code, _, err, took = await timed_nex("node", "up", "-s", url, "--state-dir", str(tmp_path / "n"), "--sandbox", "none")
+    assert code == 1
+    assert err[-2].startswith(f"nex: error: cannot connect to NATS at {url}: nothing there answers as NATS")
+    assert err[-1] == NODE_SERVER_HINT
+    assert took < 5  # three tries of 2 s, and the waits between them, before
+
+
+async def test_a_lost_connection_suggests_starting_a_node(nats_server, tmp_path):
+    async with running_node(nats_server, tmp_path / "node", "events-node"):
+        follower = asyncio.create_task(nex("events", "-f", "-s", nats_server.url, timeout=30))
+        await asyncio.sleep(1.5)  # it reads the history, then follows
+    await nats_server.stop()
+    code, _, err = await follower
+    assert code == 1
+    assert err.splitlines()[-2:] == ["nex: error: the connection to NATS was closed", START_NODE_HINT]
+
+
+# -- a URL of another scheme --------------------------------------------------------------------
+
+
+async def test_an_http_url_is_corrected():
+    code, out, err, took = await timed_nex("node", "ls", "-s", "http://127.0.0.1:8222")
+    assert (code, out) == (1, "")
+    assert err == ["nex: error: http://127.0.0.1:8222 is not a NATS URL: NATS URLs start with nats:// (or tls://, "
+                   "ws://, wss://); use nats://127.0.0.1:4222 (8222 is nats-server's HTTP monitoring port, for "
+                   "browsers; NATS clients connect to its client port, 4222 unless configured otherwise)"]
+    assert took < FAST_S
+
+
+@pytest.mark.parametrize("url, corrected", [
+    ("http://nats.example:8222/varz", "nats://nats.example:4222"),
+    ("https://nats.example", "tls://nats.example"),
+    ("http://me:secret@10.0.0.5:4222", "nats://me:secret@10.0.0.5:4222"),
+    ("HTTP://[::1]:8222", "nats://[::1]:4222"),
+])
+def test_the_corrected_url(url, corrected):
+    with pytest.raises(BadServerUrl) as caught:
+        check_server_url(url)
+    assert caught.value.corrected == corrected
+
+
+@pytest.mark.parametrize("url", ["nats://h:4222", "tls://h", "ws://h:8080", "wss://h", "h:4222", "h"])
+def test_nats_urls_pass(url):
+    assert check_server_url(url) == url
