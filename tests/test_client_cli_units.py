@@ -23,6 +23,7 @@ from nex.api.errors import (
     NodeNotFound,
     NotFound,
     Unavailable,
+    UnknownWorkload,
     WorkloadNotFound,
 )
 from nex.api.events import EventType, make_event
@@ -374,7 +375,9 @@ async def test_logs_history_then_follow(nc, client):
     history = [line async for line in client.logs("w1")]
     assert [(line.stream, line.text) for line in history] == [("stdout", "one"), ("stderr", "two")]
     assert {line.workload_id for line in history} == {"w1"}
-    assert [line async for line in client.logs("w3")] == []
+    with pytest.raises(UnknownWorkload) as unknown:  # no line kept, and no node runs it
+        [line async for line in client.logs("w3")]
+    assert (unknown.value.workload_id, unknown.value.namespace) == ("w3", "default")
 
     async def follow_three() -> list[str]:
         lines = client.logs("w1", follow=True)

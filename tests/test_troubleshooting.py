@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from nex.api.errors import START_NODE_HINT, NatsRefused, NatsUnavailable
+from nex.api.errors import START_NODE_HINT, NatsRefused, NatsUnavailable, UnknownWorkload
 from nex.cli.creds import make_namespace_buckets
 from nex.cli.node_up import NODE_SERVER_HINT
 from nex.client import NexClient
 from nex.connection import BadServerUrl, ConnectOptions, check_server, check_server_url
 from nex.natsserver import NatsServer, free_port
 
-from helpers import nex, running_node
+from helpers import control, eventually, file_artifact, nex, running_node
 
 FAST_S = 2.0  # where nothing answers, the error comes within this (the command's own start included)
 JOBS = Path(__file__).parent / "functions" / "jobs.js"
@@ -64,6 +64,36 @@ async def not_nats_port(request):
     port, close = await request.param()
     yield port
     await close()
+
+
+# -- nex logs of a workload nobody knows -------------------------------------------------------
+
+
+async def test_logs_of_an_unknown_workload_say_so_with_or_without_follow(nats_server, tmp_path):
+    async with running_node(nats_server, tmp_path / "node", "logs-node"):
+        for follow in ([], ["-f"]):  # -f waited for ever
+            code, out, err, _ = await timed_nex("logs", "nosuchworkload", *follow, "-s", nats_server.url)
+            assert (code, out) == (1, "")
+            assert err == ["nex: error: no workload 'nosuchworkload' in namespace 'default': no node runs it, "
+                           "and the logs stream keeps none of its lines", UnknownWorkload.hint]
+        code, _, err, _ = await timed_nex("logs", "nosuchworkload", "-n", "shop", "-s", nats_server.url)
+        assert code == 1 and "in namespace 'shop'" in err[0]
+
+
+async def test_logs_of_a_workload_that_ended_are_still_shown(nats_server, tmp_path, programs):
+    async with running_node(nats_server, tmp_path / "node", "logs-node") as node:
+        code, workload = await control(node.nc, "DEPLOY", node.node_id, {
+            "name": "job", "type": "native", "lifecycle": "job", "argv": ["0", "x"],
+            "artifact": file_artifact(programs["job"])})
+        assert code is None, workload
+
+        async def logged() -> bool:
+            code, out, _ = await nex("logs", workload["id"], "-s", nats_server.url)
+            return code == 0 and out == "job arg 0\njob arg x\n"
+        await eventually(logged, timeout=15, interval=0.3)
+    # No node runs it, or remembers it, any more: its lines are in the stream still.
+    code, out, err, _ = await timed_nex("logs", workload["id"], "-s", nats_server.url)
+    assert (code, out, err) == (0, "job arg 0\njob arg x\n", [])
 
 
 # -- a --server where nothing answers as NATS ------------------------------------------------

@@ -19,7 +19,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
 from urllib.parse import quote
 
 import nats.errors
@@ -43,6 +43,7 @@ from nex.api.errors import (
     NodeNotFound,
     NotFound,
     Unavailable,
+    UnknownWorkload,
     WorkloadNotFound,
     from_reply,
 )
@@ -570,9 +571,19 @@ class NexClient:
     # -- feeds -------------------------------------------------------------------------
 
     async def logs(self, workload_id: str, follow: bool = False) -> AsyncIterator[LogLine]:
-        """The log lines of a workload kept in the logs stream, then new ones when ``follow``."""
+        """The log lines of a workload kept in the logs stream, then new ones when ``follow``.
+
+        UnknownWorkload when the stream keeps none of its lines and no node runs it: there is
+        nothing to print, and nothing will come to follow."""
         filter_subject = subjects.logs_filter(self.namespace, _target(workload_id, "workload id"))
-        messages = self._stream(subjects.LOGS_STREAM, filter_subject, follow, "logs")
+
+        async def unknown_unless_running() -> None:
+            try:
+                await self.workload_info(workload_id)
+            except WorkloadNotFound:
+                raise UnknownWorkload(workload_id, self.namespace) from None
+
+        messages = self._stream(subjects.LOGS_STREAM, filter_subject, follow, "logs", when_empty=unknown_unless_running)
         async with aclosing(messages):
             async for msg in messages:
                 tokens = msg.subject.split(".")
@@ -840,11 +851,13 @@ class NexClient:
                 await sub.unsubscribe()
 
     async def _stream(
-        self, stream: str, filter_subject: str, follow: bool, what: str
+        self, stream: str, filter_subject: str, follow: bool, what: str,
+        when_empty: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncIterator[FeedMessage]:
-        """The messages of a stream under a filter, oldest first; live ones too when ``follow``."""
+        """The messages of a stream under a filter, oldest first; live ones too when ``follow``.
+        ``when_empty`` is awaited (and may raise) when the stream keeps no message under the filter."""
         if self.confined:
-            async with aclosing(self._namespace_feed(filter_subject, follow, what)) as messages:
+            async with aclosing(self._namespace_feed(filter_subject, follow, what, when_empty)) as messages:
                 async for msg in messages:
                     yield msg
             return
@@ -857,7 +870,10 @@ class NexClient:
             ) from None
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
             raise Unavailable("JetStream is not enabled on this NATS server") from None
-        if not follow and not any((info.state.subjects or {}).values()):
+        kept = any((info.state.subjects or {}).values())
+        if not kept and when_empty is not None:
+            await when_empty()
+        if not follow and not kept:
             return
         sub = await js.subscribe(
             filter_subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
@@ -876,7 +892,8 @@ class NexClient:
             if not self.nc.is_closed:
                 await sub.unsubscribe()
 
-    async def _namespace_feed(self, filter_subject: str, follow: bool, what: str) -> AsyncIterator[FeedMessage]:
+    async def _namespace_feed(self, filter_subject: str, follow: bool, what: str,
+                              when_empty: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[FeedMessage]:
         """The kept feed of a confined client: its namespace's feed stream (a copy that ``nex creds``
         makes), read a message at a time with direct gets, which make no consumer; then, when
         ``follow``, the live subjects (subscribed before the history is read, so nothing falls
@@ -897,6 +914,8 @@ class NexClient:
                 try:
                     raw = await js.get_msg(stream, seq=seq, subject=filter_subject, next=True, direct=True)
                 except nats.js.errors.NotFoundError:
+                    if seq == 1 and when_empty is not None:
+                        await when_empty()
                     break  # nothing past seq
                 except nats.errors.TimeoutError:
                     raise Unavailable(f"no answer from JetStream about {stream}") from None

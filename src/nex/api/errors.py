@@ -55,6 +55,18 @@ class WorkloadNotFound(NotFound):
         self.workload_id = workload_id
 
 
+class UnknownWorkload(WorkloadNotFound):
+    """A workload that no node of ``namespace`` runs and of which the logs stream keeps no line: wrong id or
+    namespace, or ended so long ago that its lines are gone."""
+
+    hint = "`nex workload ls` lists the workloads of the namespace; -n NAMESPACE reads another namespace."
+
+    def __init__(self, workload_id: str, namespace: str) -> None:
+        NotFound.__init__(self, f"no workload {workload_id!r} in namespace {namespace!r}: no node runs it, and the logs "
+                                "stream keeps none of its lines")
+        self.workload_id, self.namespace = workload_id, namespace
+
+
 class NodeNotFound(NotFound):
     def __init__(self, node_id: str) -> None:
         super().__init__(f"no node {node_id!r}")
