@@ -4,6 +4,7 @@ where nothing answers) against real nats-servers, nodes, ports and `nex` process
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from nex.cli.creds import make_namespace_buckets
 from nex.cli.node_up import NODE_SERVER_HINT
 from nex.client import NexClient
 from nex.connection import BadServerUrl, ConnectOptions, check_server, check_server_url
-from nex.natsserver import NatsServer, free_port
+from nex.natsserver import NatsServer, free_port, port_in_use
 
 from helpers import control, eventually, file_artifact, nex, running_node
 
@@ -204,3 +205,25 @@ def test_the_corrected_url(url, corrected):
 @pytest.mark.parametrize("url", ["nats://h:4222", "tls://h", "ws://h:8080", "wss://h", "h:4222", "h"])
 def test_nats_urls_pass(url):
     assert check_server_url(url) == url
+
+
+# -- a port taken for the embedded nats-server --------------------------------------------------
+
+
+async def test_a_taken_port_says_which_port_to_take(nats_server, tmp_path):
+    taken = nats_server.port
+    code, _, err, took = await timed_nex("node", "up", "--port", str(taken), "--state-dir", str(tmp_path / "n"),
+                                         "--sandbox", "none")
+    assert code == 1
+    assert err[-2] == f"nex: error: port {taken} of 127.0.0.1 is in use (by another node or server)"
+    free = int(re.fullmatch(r"Start the node on a free port: nex node up --port (\d+) .*", err[-1]).group(1))
+    assert err[-1] == (f"Start the node on a free port: nex node up --port {free} (or make run ARGS=\"--port {free}\"); "
+                       f"commands then connect to it with --server nats://127.0.0.1:{free}.")
+    assert free != taken and not port_in_use("127.0.0.1", free)
+    assert took < FAST_S  # said before the sandbox probe and the rest, not by nats-server after them
+    assert "[FTL]" not in "\n".join(err)
+
+
+def test_the_readme_shows_make_run_with_arguments():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert 'make run ARGS="--port 4223"' in readme.split("## Five minutes with Nex")[1].split("## A fleet")[0]
