@@ -14,6 +14,7 @@ from aiohttp import web
 from nex.api.errors import START_NODE_HINT, NatsRefused, NatsUnavailable, UnknownWorkload
 from nex.cli.creds import make_namespace_buckets
 from nex.cli.node_up import NODE_SERVER_HINT
+from nex.cli.options import unknown_command
 from nex.client import NexClient
 from nex.connection import BadServerUrl, ConnectOptions, check_server, check_server_url
 from nex.natsserver import NatsServer, free_port, port_in_use
@@ -227,3 +228,25 @@ async def test_a_taken_port_says_which_port_to_take(nats_server, tmp_path):
 def test_the_readme_shows_make_run_with_arguments():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert 'make run ARGS="--port 4223"' in readme.split("## Five minutes with Nex")[1].split("## A fleet")[0]
+
+
+# -- a command typed wrong -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nod", "ls"], "No such command 'nod'. Did you mean 'node'?"),
+    (["node", "lss"], "No such command 'lss'. Did you mean 'ls'?"),
+    (["workload", "sotp", "x"], "No such command 'sotp'. Did you mean 'stop'?"),
+    (["wor", "ls"], "No such command 'wor'. Did you mean 'workload'?"),
+    (["zzz"], "No such command 'zzz'."),
+])
+async def test_a_mistyped_command_gets_suggestions(args, message):
+    code, out, err, _ = await timed_nex(*args)
+    assert (code, out) == (2, "")
+    assert err[-1] == f"Error: {message}"
+
+
+def test_several_suggestions():
+    assert unknown_command("lo", ["logs", "lameduck", "ls"]) == "No such command 'lo'. Did you mean 'logs'?"
+    assert unknown_command("l", ["logs", "ls", "lameduck", "info"]) == (
+        "No such command 'l'. Did you mean one of 'logs', 'ls', 'lameduck'?")
