@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from croniter import croniter
 
 from nex.api.errors import START_NODE_HINT, NatsRefused, NatsUnavailable, UnknownWorkload
+from nex.api.models import Trigger
 from nex.cli.creds import make_namespace_buckets
 from nex.cli.node_up import NODE_SERVER_HINT
 from nex.cli.options import unknown_command
@@ -250,3 +252,40 @@ def test_several_suggestions():
     assert unknown_command("lo", ["logs", "lameduck", "ls"]) == "No such command 'lo'. Did you mean 'logs'?"
     assert unknown_command("l", ["logs", "ls", "lameduck", "info"]) == (
         "No such command 'l'. Did you mean one of 'logs', 'ls', 'lameduck'?")
+
+
+# -- a bad cron expression -------------------------------------------------------------------------
+
+
+async def test_a_bad_schedule_says_what_is_wrong_with_an_example():
+    code, out, err, _ = await timed_nex("devrun", str(JOBS), "--schedule", "reports=* * *", "-s", "nats://127.0.0.1:1")
+    assert (code, out) == (2, "")
+    assert err[-1] == ("Error: Invalid value for '--schedule': invalid schedule '* * *': it has 3 fields, where a cron "
+                       "expression has 5 (minute hour day-of-month month day-of-week, in UTC), or 6 with seconds last; "
+                       "e.g. '*/5 * * * *' (every 5 minutes), '0 6 * * mon-fri' (06:00 UTC on weekdays) or @daily")
+
+
+@pytest.mark.parametrize("expression, problem", [
+    ("daily", "it has 1 field, where a cron expression has 5"),
+    ("", "it is empty"),
+    ("61 * * * *", "the minute field, '61', is not valid: it takes 0-59"),
+    ("0 24 * * *", "the hour field, '24', is not valid: it takes 0-23"),
+    ("0 0 32 * *", "the day of the month field, '32', is not valid: it takes 1-31"),
+    ("0 0 * 13 *", "the month field, '13', is not valid: it takes 1-12 or jan-dec"),
+    ("0 0 * * funday", "the day of the week field, 'funday', is not valid"),
+    ("* * * * * 61", "the second field, '61', is not valid"),
+    ("0 0 30 2 *", "no date ever matches it"),
+    ("@reboot", "@reboot is not one of @yearly"),
+])
+def test_each_bad_schedule_names_its_problem(expression, problem):
+    with pytest.raises(ValueError) as caught:
+        Trigger(subject="reports", schedule=expression)
+    message = str(caught.value)
+    assert f"invalid schedule {expression!r}: {problem}" in message
+    assert "e.g. '*/5 * * * *'" in message and "String should have" not in message
+
+
+@pytest.mark.parametrize("expression", ["@hourly", "@daily", "@weekly", "@monthly", "@yearly", "*/5 * * * *"])
+def test_the_schedules_the_examples_offer_are_taken(expression):
+    assert Trigger(subject="reports", schedule=expression).mode == "async"
+    assert croniter(expression).get_next(float) > 0  # what nex.agent.schedule computes the fire times with
