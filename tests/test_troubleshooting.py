@@ -289,3 +289,12 @@ def test_each_bad_schedule_names_its_problem(expression, problem):
 def test_the_schedules_the_examples_offer_are_taken(expression):
     assert Trigger(subject="reports", schedule=expression).mode == "async"
     assert croniter(expression).get_next(float) > 0  # what nex.agent.schedule computes the fire times with
+
+
+# -- the page itself ---------------------------------------------------------------------------
+
+
+def test_the_page_shows_every_hint_as_printed():
+    page = (Path(__file__).parent.parent / "docs" / "troubleshooting.md").read_text()
+    for hint in (START_NODE_HINT, NatsRefused.hint, NODE_SERVER_HINT, UnknownWorkload.hint):
+        assert f"\n{hint}\n" in page, hint
