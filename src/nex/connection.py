@@ -29,8 +29,9 @@ MONITORING_PORT = 8222  # its usual HTTP monitoring port: the port a browser sho
 # A connect not done after this long is checked alongside (check_server): a port where nothing answers
 # as NATS is then reported at once instead of after every try's time-out.
 CHECK_AFTER_S = 0.1
-# How long a port that accepted a connection is given to greet with INFO, at least; more on a slow link
-# (a few times the time the TCP connect took). A NATS server sends INFO as soon as it accepts.
+# How long a port that accepted a connection is given to greet with INFO by a command (fail_fast), at
+# least; more on a slow link (a few times the time the TCP connect took). A NATS server sends INFO as
+# soon as it accepts.
 GREETING_WAIT_S = 0.4
 
 
@@ -191,10 +192,11 @@ def _host_port(url: str) -> tuple[str, int] | None:
     return parts.hostname or "127.0.0.1", parts.port or CLIENT_PORT
 
 
-async def check_server(url: str, timeout: float) -> ServerCheck:
+async def check_server(url: str, timeout: float, greeting_wait: float = GREETING_WAIT_S) -> ServerCheck:
     """Connect to ``url`` and wait for the INFO a NATS server sends as soon as it accepts a connection,
     sending nothing: an HTTP server, or any other service, waits for its client to speak first and
-    never greets. The connect may take up to ``timeout``."""
+    never greets. The connect may take up to ``timeout``; the greeting ``greeting_wait``, or four
+    times what the connect took when that is longer (a slow link)."""
     where = _host_port(url)
     if where is None:
         return ServerCheck(url)  # a websocket server speaks only after an HTTP upgrade: left to nats-py
@@ -211,7 +213,7 @@ async def check_server(url: str, timeout: float) -> ServerCheck:
         return ServerCheck(url, f"connection refused: nothing listens on port {port} of {host}")
     except OSError as exc:
         return ServerCheck(url, exc.strerror or str(exc) or type(exc).__name__)
-    wait = max(GREETING_WAIT_S, 4 * (loop.time() - started))
+    wait = max(greeting_wait, 4 * (loop.time() - started))
     try:
         greeting = await asyncio.wait_for(reader.readexactly(5), wait)
     except asyncio.TimeoutError:
@@ -297,7 +299,11 @@ async def _connected_or_hopeless(connecting: asyncio.Future[None], failed: async
     finally:
         failing.cancel()
     if not connecting.done():
-        checking = asyncio.ensure_future(asyncio.gather(*(check_server(url, patience) for url in servers)))
+        # A node is not in a hurry: its server is given the whole connect time-out to greet, so that a
+        # server slow under load is not taken for something else.
+        greeting_wait = GREETING_WAIT_S if fail_fast else patience
+        checking = asyncio.ensure_future(asyncio.gather(*(check_server(url, patience, greeting_wait)
+                                                          for url in servers)))
         try:
             done, _ = await asyncio.wait({connecting, checking}, return_when=asyncio.FIRST_COMPLETED)
             if connecting not in done:
