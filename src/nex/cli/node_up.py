@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 
 from nats.errors import NoServersError
 
+from nex.api.errors import NatsUnavailable
 from nex.cli.options import GlobalOptions, with_global_options
 from nex.cli.output import describe_error, print_error
 from nex.connection import NoNatsServer
@@ -99,7 +100,7 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
         sys.exit(1)
     except (NoServersError, NoNatsServer) as exc:
         problem = exc.problem if isinstance(exc, NoNatsServer) else "no server answered"
-        print_error(f"cannot connect to NATS at {config.server}: {problem}", NODE_SERVER_HINT)
+        print_error(NatsUnavailable(str(config.server), problem).message, NODE_SERVER_HINT)
         sys.exit(1)
     except PortTaken as exc:
         print_error(str(exc), port_taken_hint(exc))
