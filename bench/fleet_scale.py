@@ -39,7 +39,9 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from common import cpu_seconds, children_of, percentile, report
+import nats.errors
+
+from common import children_of, cpu_seconds, percentile, report
 from fleet import TRANSIENT, BenchFleet, js_workload
 
 from nex.api import subjects
@@ -166,6 +168,8 @@ async def control_latency(fleet: BenchFleet, rounds: int, gathers: int) -> dict:
     client = fleet.client
     echo = await helper_process(ECHO, ",".join(fleet.cluster.urls_from(1)))
     try:
+        # Its subscription reaches the bench's server over a route a moment after it says ready.
+        await fleet.until(lambda: _answers(client.nc, "bench.echo"), 10, "the echo answered across the cluster")
         async def timed(call, count: int) -> list[float]:
             samples = []
             for i in range(count):
@@ -239,6 +243,14 @@ class Traffic:
             rows[f"  {kind}"] = (f"{count / elapsed / nodes:.3f} msgs/s per node, "
                                  f"{self.sizes[kind] / count:.0f} B each")
         return rows
+
+
+async def _answers(nc, subject: str) -> bool:
+    try:
+        await nc.request(subject, b"x", timeout=0.5)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        return False
+    return True
 
 
 class AuctionCounter:

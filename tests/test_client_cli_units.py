@@ -23,6 +23,7 @@ from nex.api.errors import (
     NodeNotFound,
     NotFound,
     Unavailable,
+    UnknownWorkload,
     WorkloadNotFound,
 )
 from nex.api.events import EventType, make_event
@@ -49,8 +50,9 @@ async def invoke_cli_async(args: list[str], **kwargs: Any) -> Result:
 
 
 def the_error_line(result: Result) -> str:
+    """The one line of an expected failure (a hint may follow it)."""
     lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
+    assert len(lines) in (1, 2), result.stderr
     assert lines[0].startswith("nex: error: ")
     return lines[0].removeprefix("nex: error: ")
 
@@ -373,7 +375,9 @@ async def test_logs_history_then_follow(nc, client):
     history = [line async for line in client.logs("w1")]
     assert [(line.stream, line.text) for line in history] == [("stdout", "one"), ("stderr", "two")]
     assert {line.workload_id for line in history} == {"w1"}
-    assert [line async for line in client.logs("w3")] == []
+    with pytest.raises(UnknownWorkload) as unknown:  # no line kept, and no node runs it
+        [line async for line in client.logs("w3")]
+    assert (unknown.value.workload_id, unknown.value.namespace) == ("w3", "default")
 
     async def follow_three() -> list[str]:
         lines = client.logs("w1", follow=True)

@@ -18,7 +18,7 @@ from nex.api import subjects
 from nex.api.models import DeployRequest, WorkloadState
 from nex.client import NexClient
 from nex.connection import ConnectOptions
-from nex.natsserver import NatsServer, NatsServerError
+from nex.natsserver import NatsServer, NatsServerError, PortTaken
 
 
 async def client_on(*urls: str) -> NexClient:
@@ -210,9 +210,11 @@ async def test_a_killed_node_leaves_no_workload_process(nats_cluster, node_proce
 
 async def test_a_server_whose_port_is_taken_says_so(nats_server, tmp_path):
     second = NatsServer(store_dir=tmp_path / "second", port=nats_server.port)
-    with pytest.raises(NatsServerError) as caught:
+    with pytest.raises(PortTaken) as caught:
         await second.start()
-    assert "address already in use" in str(caught.value)
+    assert caught.value.port == nats_server.port  # read from nats-server's last words
+    assert str(caught.value) == f"port {nats_server.port} of 127.0.0.1 is in use (by another node or server)"
+    assert "address already in use" in second.log_path.read_text()
     assert not second.running
 
 

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 
 from nex.api.errors import from_reply
 from nex.node.node import Node
@@ -59,3 +60,26 @@ async def test_undeploying_one_of_two_copies_loses_no_call(node: Node, nc, tmp_p
 
     assert failures == []
     assert sum(answers.values()) > after_undeploy, "the second copy kept answering"
+
+
+@pytest.mark.parametrize("node", ["none"], indirect=True)
+async def test_once_an_undeploy_is_answered_the_subject_has_no_responder(node: Node, nc, tmp_path):
+    """The node answers an undeploy only once the server has the agent's unsubscribes. Before,
+    a drain that outlasted its grace (or a grace of 0) could answer first, on a busy host: a
+    request sent right after found the dropped subscription still there and waited out its
+    whole timeout (seen once as a flaky test_wasm stop test)."""
+    script = tmp_path / "slow.js"
+    script.write_text("(subject, payload) => { const end = Date.now() + 200; while (Date.now() < end) {} return 'done' }")
+    for grace_ms, queued in ((0, 0), (50, 3), (0, 3)):
+        subject = f"gone.{uuid.uuid4().hex}"
+        code, workload = await control(nc, "DEPLOY", node.node_id, {
+            "name": "slow", "type": "javascript", "artifact": file_artifact(script),
+            "triggers": [{"subject": subject}]})
+        assert code is None, workload
+        busy = [asyncio.ensure_future(nc.request(subject, b"", timeout=1)) for _ in range(queued)]
+        await nc.flush()
+        code, stopped = await control(nc, "UNDEPLOY", workload["id"], {"grace_ms": grace_ms}, timeout=10)
+        assert code is None and stopped["state"] == "stopped"
+        with pytest.raises(NoRespondersError):
+            await nc.request(subject, b"", timeout=2)
+        await asyncio.gather(*busy, return_exceptions=True)

@@ -19,7 +19,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
 from urllib.parse import quote
 
 import nats.errors
@@ -37,10 +37,13 @@ from nex.api.errors import (
     BidNotFound,
     Conflict,
     InternalError,
+    NatsRefused,
+    NatsUnavailable,
     NexError,
     NodeNotFound,
     NotFound,
     Unavailable,
+    UnknownWorkload,
     WorkloadNotFound,
     from_reply,
 )
@@ -75,7 +78,7 @@ from nex.api.models import (
 from nex.artifacts import sha256_file
 from nex.fleet import sampling
 from nex.fleet.store import AppStore
-from nex.connection import ConnectOptions, confined_inbox_prefix, connect
+from nex.connection import ConnectOptions, NoNatsServer, confined_inbox_prefix, connect
 from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
 from nex.jsreplicas import nodes_replicas
@@ -208,15 +211,18 @@ class NexClient:
         where = ",".join(options.servers)
         try:
             nc = await connect(
-                options.with_name(options.name or "nex-client"), error_cb=on_error,
+                options.with_name(options.name or "nex-client"), error_cb=on_error, fail_fast=True,
                 max_reconnect_attempts=_CONNECT_ATTEMPTS, connect_timeout=max(1, round(timeout)),
             )
+        except NoNatsServer as exc:
+            raise NatsUnavailable(where, exc.problem) from None
         except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
             # The server refuses bad credentials with -ERR and then closes: the refusal,
             # not the reset that follows it, is what the user needs to read.
             refusals = [e for e in connect_errors if isinstance(e, nats.errors.Error) and "authoriz" in str(e).lower()]
-            cause = refusals[-1] if refusals else connect_errors[-1] if connect_errors else exc
-            raise Unavailable(f"cannot connect to NATS at {where}: {_describe(cause)}") from None
+            if refusals:
+                raise NatsRefused(where, _describe(refusals[-1])) from None
+            raise NatsUnavailable(where, _describe(connect_errors[-1] if connect_errors else exc)) from None
         connected = True
         confined = options.creds is not None and confined_inbox_prefix(options.creds) is not None
         client = cls(nc, namespace, timeout, keys, confined)
@@ -565,9 +571,19 @@ class NexClient:
     # -- feeds -------------------------------------------------------------------------
 
     async def logs(self, workload_id: str, follow: bool = False) -> AsyncIterator[LogLine]:
-        """The log lines of a workload kept in the logs stream, then new ones when ``follow``."""
+        """The log lines of a workload kept in the logs stream, then new ones when ``follow``.
+
+        UnknownWorkload when the stream keeps none of its lines and no node runs it: there is
+        nothing to print, and nothing will come to follow."""
         filter_subject = subjects.logs_filter(self.namespace, _target(workload_id, "workload id"))
-        messages = self._stream(subjects.LOGS_STREAM, filter_subject, follow, "logs")
+
+        async def unknown_unless_running() -> None:
+            try:
+                await self.workload_info(workload_id)
+            except WorkloadNotFound:
+                raise UnknownWorkload(workload_id, self.namespace) from None
+
+        messages = self._stream(subjects.LOGS_STREAM, filter_subject, follow, "logs", when_empty=unknown_unless_running)
         async with aclosing(messages):
             async for msg in messages:
                 tokens = msg.subject.split(".")
@@ -835,11 +851,13 @@ class NexClient:
                 await sub.unsubscribe()
 
     async def _stream(
-        self, stream: str, filter_subject: str, follow: bool, what: str
+        self, stream: str, filter_subject: str, follow: bool, what: str,
+        when_empty: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncIterator[FeedMessage]:
-        """The messages of a stream under a filter, oldest first; live ones too when ``follow``."""
+        """The messages of a stream under a filter, oldest first; live ones too when ``follow``.
+        ``when_empty`` is awaited (and may raise) when the stream keeps no message under the filter."""
         if self.confined:
-            async with aclosing(self._namespace_feed(filter_subject, follow, what)) as messages:
+            async with aclosing(self._namespace_feed(filter_subject, follow, what, when_empty)) as messages:
                 async for msg in messages:
                     yield msg
             return
@@ -852,7 +870,10 @@ class NexClient:
             ) from None
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
             raise Unavailable("JetStream is not enabled on this NATS server") from None
-        if not follow and not any((info.state.subjects or {}).values()):
+        kept = any((info.state.subjects or {}).values())
+        if not kept and when_empty is not None:
+            await when_empty()
+        if not follow and not kept:
             return
         sub = await js.subscribe(
             filter_subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
@@ -871,7 +892,8 @@ class NexClient:
             if not self.nc.is_closed:
                 await sub.unsubscribe()
 
-    async def _namespace_feed(self, filter_subject: str, follow: bool, what: str) -> AsyncIterator[FeedMessage]:
+    async def _namespace_feed(self, filter_subject: str, follow: bool, what: str,
+                              when_empty: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[FeedMessage]:
         """The kept feed of a confined client: its namespace's feed stream (a copy that ``nex creds``
         makes), read a message at a time with direct gets, which make no consumer; then, when
         ``follow``, the live subjects (subscribed before the history is read, so nothing falls
@@ -892,6 +914,8 @@ class NexClient:
                 try:
                     raw = await js.get_msg(stream, seq=seq, subject=filter_subject, next=True, direct=True)
                 except nats.js.errors.NotFoundError:
+                    if seq == 1 and when_empty is not None:
+                        await when_empty()
                     break  # nothing past seq
                 except nats.errors.TimeoutError:
                     raise Unavailable(f"no answer from JetStream about {stream}") from None

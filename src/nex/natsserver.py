@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +22,10 @@ from pathlib import Path
 
 from nex.procutil import new_group_dying_with_parent
 
+# nats-server's last words when a port it listens on is taken, for any of its listeners:
+# ... [FTL] Error listening on port: 127.0.0.1:4222, "listen tcp 127.0.0.1:4222: bind: address already in use"
+_TAKEN = re.compile(r"listen tcp \S*:(\d+): bind: address already in use")
+DEFAULT_HOST = "127.0.0.1"
 LOG_FILE = "nats-server.log"
 CONFIG_FILE = "nats-server.conf"
 # Tries of a start whose ports are chosen by that start: another process (a test running
@@ -33,7 +38,31 @@ class NatsServerError(RuntimeError):
 
 
 class PortTaken(NatsServerError):
-    """The server exited because another process holds one of its ports."""
+    """Another process holds ``port`` of ``host``, where the server was to listen."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"port {port} of {host} is in use (by another node or server)")
+        self.host, self.port = host, port
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a process listens on ``port`` of ``host``: a bind there fails. SO_REUSEADDR as nats-server
+    sets it, so that connections of a server that just stopped (TIME_WAIT) do not count."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def next_free_port(host: str, after: int, tries: int = 100) -> int:
+    """The first port above ``after`` that nothing listens on (any free port past ``tries`` of them)."""
+    for port in range(after + 1, min(after + tries, 65535) + 1):
+        if not port_in_use(host, port):
+            return port
+    return free_port(host)
 
 
 def find_binary() -> str:
@@ -70,7 +99,7 @@ class NatsServer:
     """
 
     store_dir: Path
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     port: int = 4222
     jetstream: bool = True
     extra_args: list[str] = field(default_factory=list)
@@ -238,8 +267,10 @@ class NatsServer:
                 tail = self._logged_since(log_start).strip().splitlines()
                 self._process = None
                 last = tail[-1] if tail else "no output"
-                error = PortTaken if "address already in use" in last else NatsServerError
-                raise error(f"nats-server exited: {last}")
+                if "address already in use" in last:
+                    taken = _TAKEN.search(last)
+                    raise PortTaken(self.host, int(taken.group(1)) if taken else self.port)
+                raise NatsServerError(f"nats-server exited: {last}")
             if "Server is ready" in self._logged_since(log_start):
                 return
             if accepted_at is not None:

@@ -52,6 +52,8 @@ from nex.api.tracecontext import TRACEPARENT
 from nex.connection import flush_subscriptions
 
 log = logging.getLogger(__name__)
+# How long an unload waits for the server to confirm its unsubscribes (one PING's PONG).
+UNSUBSCRIBE_CONFIRM_S = 5.0
 
 MAX_IN_FLIGHT = 64
 MAX_CALL_THREADS = 64  # threads of one function that runs calls in parallel (wasm, max_concurrency)
@@ -232,7 +234,12 @@ class LoadedFunction:
         self._events.emit(*self._dead_lettered, data)
 
     async def _drain_subscriptions(self, grace: float) -> None:
-        """Unsubscribe, and hand on what the server sent before it saw that (nats-py's drain)."""
+        """Unsubscribe, and hand on what the server sent before it saw that (nats-py's drain).
+
+        Whatever the grace, this returns only once the server has the unsubscribes (a flush:
+        they were written before its PING): the node answers the undeploy when this returns,
+        and a request sent after that answer, on another connection, must find no responder
+        rather than a subscription that drops it (it would wait out its timeout)."""
         subscriptions, self._subscriptions = self._subscriptions, []
         if grace <= 0:
             for subscription in subscriptions:
@@ -240,6 +247,7 @@ class LoadedFunction:
                     await subscription.unsubscribe()
                 except NatsError as exc:
                     log.warning("unsubscribing %s from %s: %s", self.spec.workload_id, subscription.subject, exc)
+            await self._confirm_unsubscribed()
             return
         drains = [asyncio.ensure_future(subscription.drain()) for subscription in subscriptions]
         if not drains:
@@ -255,6 +263,14 @@ class LoadedFunction:
             self._late_drains = pending  # held: the loop keeps only weak references to tasks
             for task in pending:
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            await self._confirm_unsubscribed()  # the drains' own flush may be what is late
+
+    async def _confirm_unsubscribed(self) -> None:
+        try:
+            await self._nc.flush(timeout=UNSUBSCRIBE_CONFIRM_S)
+        except (NatsError, asyncio.TimeoutError) as exc:
+            log.warning("function %s: the server did not confirm its unsubscribes: %s", self.spec.workload_id,
+                        exc or type(exc).__name__)
 
     async def _on_message(self, msg: Msg) -> None:
         if self._unloaded:

@@ -16,9 +16,13 @@ ERROR_HEADER = "Nats-Service-Error"
 
 
 class NexError(Exception):
-    """A failure with a wire code. Subclasses fix the code."""
+    """A failure with a wire code. Subclasses fix the code.
+
+    ``message`` says what went wrong, in one line; ``hint``, when a subclass has one, what to do next,
+    for the person reading it (the CLI prints it on the line below; it is not part of the wire form)."""
 
     code = 500
+    hint: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -49,6 +53,18 @@ class WorkloadNotFound(NotFound):
     def __init__(self, workload_id: str) -> None:
         super().__init__(f"no workload {workload_id!r}")
         self.workload_id = workload_id
+
+
+class UnknownWorkload(WorkloadNotFound):
+    """A workload that no node of ``namespace`` runs and of which the logs stream keeps no line: wrong id or
+    namespace, or ended so long ago that its lines are gone."""
+
+    hint = "`nex workload ls` lists the workloads of the namespace; -n NAMESPACE reads another namespace."
+
+    def __init__(self, workload_id: str, namespace: str) -> None:
+        NotFound.__init__(self, f"no workload {workload_id!r} in namespace {namespace!r}: no node runs it, and the logs "
+                                "stream keeps none of its lines")
+        self.workload_id, self.namespace = workload_id, namespace
 
 
 class NodeNotFound(NotFound):
@@ -199,6 +215,27 @@ class Unavailable(NexError):
     """No node answered, or a node is draining."""
 
     code = 503
+
+
+START_NODE_HINT = ("Is a node running? `nex node up` (or `make run` in the Nex repository) starts one with its own "
+                   "NATS server on nats://127.0.0.1:4222, where commands connect when given no --server.")
+
+
+class NatsUnavailable(Unavailable):
+    """The client found no NATS server to talk to at ``servers``; ``problem`` says what happened there."""
+
+    hint = START_NODE_HINT
+
+    def __init__(self, servers: str, problem: str) -> None:
+        super().__init__(f"cannot connect to NATS at {servers}: {problem}")
+        self.servers, self.problem = servers, problem
+
+
+class NatsRefused(NatsUnavailable):
+    """A NATS server answered and refused the client's credentials."""
+
+    hint = ("The server is there and refused these credentials: check --creds, --user and --password, or --nkey "
+            "(a namespace's clients use the creds file `nex creds` makes).")
 
 
 class FunctionError(NexError):

@@ -16,16 +16,20 @@ import click
 from nex import __version__
 from nex.cli.completion import version_text
 from nex.cli.options import GlobalOptions, NexGroupHelp, root_options
-from nex.cli.output import describe_error
+from nex.cli.output import describe_error, error_hint, print_error
 
 __all__ = ["ErrorExit", "cli", "main"]
 
 
 class ErrorExit(click.ClickException):
-    """An expected failure: one line on stderr, exit status 1."""
+    """An expected failure: one line on stderr (and the hint, if any, on the next), exit status 1."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"nex: error: {self.message}", err=True)
+        print_error(self.message, self.hint)
 
 
 class NexGroup(NexGroupHelp):
@@ -54,7 +58,7 @@ class NexGroup(NexGroupHelp):
             message = describe_error(exc)
             if message is None:
                 raise  # a bug: keep the traceback
-            raise ErrorExit(message) from None
+            raise ErrorExit(message, error_hint(exc)) from None
 
 
 @click.group(cls=NexGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -14,10 +14,10 @@ from nats.js.api import DiscardPolicy, ObjectStoreConfig, StorageType, StreamCon
 
 from nex.agent.durable import DLQ_MAX_AGE_S
 from nex.api import subjects
-from nex.api.errors import NexError, Unavailable
+from nex.api.errors import NatsUnavailable, NexError, Unavailable
 from nex.cli import ErrorExit
 from nex.cli.options import GlobalOptions, with_global_options
-from nex.connection import ConnectOptions, connect
+from nex.connection import ConnectOptions, NoNatsServer, connect
 from nex.jsreplicas import nodes_replicas
 from nex.security import natsauth
 
@@ -83,8 +83,8 @@ def creds(opts: GlobalOptions, state_dir: Path | None, account_seed: Path | None
             asyncio.run(make_namespace_buckets(
                 ConnectOptions.from_url(opts.server, creds=node_creds, name="nex-creds"), namespace, opts.timeout))
         except NexError as exc:
-            click.echo(f"nex: warning: {exc.message}; create the bucket {subjects.artifact_bucket(namespace)}"
-                       " before the namespace's clients upload files (nats object add)", err=True)
+            click.echo(f"nex: warning: the bucket {subjects.artifact_bucket(namespace)} was not made (make it before"
+                       f" the namespace's clients upload files: nats object add): {exc.message}", err=True)
     if output is None:
         sys.stdout.write(text)
         return
@@ -97,10 +97,14 @@ async def make_namespace_buckets(options: ConnectOptions, namespace: str, timeou
     which its clients cannot create."""
     from nex.fleet.store import AppStore
 
+    where = ",".join(options.servers)
     try:
-        nc = await connect(options, connect_attempts=1, max_reconnect_attempts=0)
+        # Not max_reconnect_attempts=0: nats-py reads it as "try for ever" on a server that is not there.
+        nc = await connect(options, connect_attempts=1, fail_fast=True)
+    except NoNatsServer as exc:
+        raise NatsUnavailable(where, exc.problem) from None
     except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
-        raise Unavailable(f"cannot connect to NATS at {','.join(options.servers)}: {exc or type(exc).__name__}")
+        raise NatsUnavailable(where, str(exc) or type(exc).__name__) from None
     try:
         js = nc.jetstream(timeout=timeout)
         bucket = subjects.artifact_bucket(namespace)

@@ -13,9 +13,11 @@ from rich.logging import RichHandler
 
 from nats.errors import NoServersError
 
+from nex.api.errors import NatsUnavailable
 from nex.cli.options import GlobalOptions, with_global_options
-from nex.cli.output import describe_error
-from nex.natsserver import NatsServerError
+from nex.cli.output import describe_error, print_error
+from nex.connection import NoNatsServer
+from nex.natsserver import NatsServerError, PortTaken, next_free_port
 from nex.node.config import ConfigError, load_config, parse_tags
 from nex.node.statelock import StateDirInUse
 from nex.sandbox.runner import SandboxUnavailable
@@ -94,15 +96,23 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
         tune_for_service()
         asyncio.run(Node(config).run())
     except StateDirInUse as exc:
-        click.echo(f"nex: error: {exc}\n{another_node_hint(config.server is None)}", err=True)
+        print_error(str(exc), another_node_hint(config.server is None))
         sys.exit(1)
-    except NoServersError:
-        click.echo(f"nex: error: cannot connect to NATS at {config.server}", err=True)
+    except (NoServersError, NoNatsServer) as exc:
+        problem = exc.problem if isinstance(exc, NoNatsServer) else "no server answered"
+        print_error(NatsUnavailable(str(config.server), problem).message, NODE_SERVER_HINT)
+        sys.exit(1)
+    except PortTaken as exc:
+        print_error(str(exc), port_taken_hint(exc))
         sys.exit(1)
     except (ConfigError, NatsServerError, SandboxUnavailable, MetricsEndpointError, OSError,
             asyncio.TimeoutError) as exc:
-        click.echo(f"nex: error: {describe_error(exc) or exc}", err=True)
+        print_error(describe_error(exc) or str(exc) or type(exc).__name__)
         sys.exit(1)
+
+
+NODE_SERVER_HINT = ("Is a NATS server with JetStream running there? Without --server (and NATS_URL) the node "
+                    "starts its own.")
 
 
 def another_node_hint(embedded: bool) -> str:
@@ -111,3 +121,10 @@ def another_node_hint(embedded: bool) -> str:
     flags = "--state-dir DIR --port PORT" if embedded else "--state-dir DIR"
     return (f"Each node needs a state dir of its own. To start another node on this host: "
             f"nex node up {flags} (or make run ARGS=\"{flags}\").")
+
+
+def port_taken_hint(taken: PortTaken) -> str:
+    """How to start the node's embedded nats-server on a port that is free."""
+    free = next_free_port(taken.host, taken.port)
+    return (f"Start the node on a free port: nex node up --port {free} (or make run ARGS=\"--port {free}\"); "
+            f"commands then connect to it with --server nats://{taken.host}:{free}.")

@@ -8,6 +8,7 @@ defaults, to a command and merges: a value given after the subcommand wins.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -144,13 +145,35 @@ class NexCommand(click.Command):
 
 
 class NexGroupHelp(click.Group):
-    """A group whose help lists the global options after its own (see :class:`NexCommand`)."""
+    """A group whose help lists the global options after its own (see :class:`NexCommand`), and
+    which answers an unknown command with the commands it may have meant."""
 
     command_class = NexCommand
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         _format_split_options(self, ctx, formatter)
         self.format_commands(ctx, formatter)
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        # click suggests only among the commands loaded so far, and the root group loads them lazily.
+        name = args[0]
+        if not ctx.resilient_parsing and not name.startswith("-") and self.get_command(ctx, name) is None:
+            ctx.fail(unknown_command(name, self.list_commands(ctx)))
+        return super().resolve_command(ctx, args)
+
+
+def unknown_command(name: str, commands: list[str]) -> str:
+    """The usage error of an unknown command, with up to three ``commands`` it may have meant: those
+    that start with ``name``, then those that are close to it (``nod``: ``node``)."""
+    close = [c for c in commands if c.startswith(name)] + difflib.get_close_matches(name, commands, n=3, cutoff=0.6)
+    meant = list(dict.fromkeys(close))[:3]
+    message = f"No such command {name!r}."
+    if len(meant) == 1:
+        return f"{message} Did you mean {meant[0]!r}?"
+    if meant:
+        return f"{message} Did you mean one of {', '.join(repr(c) for c in meant)}?"
+    return message
 
 
 NexGroupHelp.group_class = NexGroupHelp

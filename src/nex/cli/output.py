@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from nex.api.errors import FunctionError, NexError
+from nex.api.errors import START_NODE_HINT, FunctionError, NexError
 from nex.api.models import Usage, describe_validation_error
 
 SHORT_ID = 12
@@ -96,7 +96,7 @@ def describe_error(exc: BaseException) -> str | None:
     if isinstance(exc, nats.errors.ConnectionClosedError):
         return "the connection to NATS was closed"
     if isinstance(exc, nats.errors.NoServersError):
-        return "cannot connect to NATS"
+        return "no NATS server answers any more"
     if isinstance(exc, nats.errors.Error):
         return str(exc) or type(exc).__name__
     if isinstance(exc, OSError):
@@ -105,6 +105,22 @@ def describe_error(exc: BaseException) -> str | None:
     if isinstance(exc, ValueError):
         return str(exc)
     return None
+
+
+def error_hint(exc: BaseException) -> str | None:
+    """What to do about an expected failure, when there is something to say: the line under its message."""
+    if isinstance(exc, NexError):
+        return exc.hint
+    if isinstance(exc, (nats.errors.ConnectionClosedError, nats.errors.NoServersError)):
+        return START_NODE_HINT
+    return None
+
+
+def print_error(message: str, hint: str | None = None) -> None:
+    """An expected failure as the CLI shows it: ``nex: error: <message>``, then the hint, if any."""
+    click.echo(f"nex: error: {message}", err=True)
+    if hint:
+        click.echo(hint, err=True)
 
 
 def usage_text(usage: Usage | None) -> str:

@@ -65,10 +65,16 @@ class Lease:
         await self._bucket()
 
     async def acquire(self) -> bool:
-        """Take the lease if nobody holds it; True when this node holds it now."""
+        """Take the lease if nobody holds it; True when this node holds it now.
+
+        The key is read first, and created only when it is not there: every node that stands
+        tries every ``lease_s / 3``, and a read is one request where a create that fails is a
+        write refused by the stream's leader, then a read (docs/scale.md)."""
         if self.held:
             return True
         kv = await self._bucket()
+        if await self._taken(kv):
+            return False
         value = self._value.model_copy(update={"acquired_at": datetime.now(timezone.utc)})
         sent = time.monotonic()
         try:
@@ -84,6 +90,16 @@ class Lease:
             return False
         self._value, self._written_at = value, sent
         return True
+
+    async def _taken(self, kv: KeyValue) -> bool:
+        """Whether another node holds the lease now, as far as a read says (no answer: taken)."""
+        try:
+            entry = await asyncio.wait_for(kv.get(subjects.RECONCILER_LEASE_KEY), self._timeout * 2)
+        except nats.js.errors.KeyNotFoundError:  # never taken, expired, or released
+            return False
+        except (nats.errors.Error, asyncio.TimeoutError):
+            return True  # JetStream slow to answer: try again next time, as after a create that timed out
+        return entry.value is not None and entry.operation is None
 
     async def renew(self) -> bool:
         """Extend the lease; False (and no longer held) when it is lost."""

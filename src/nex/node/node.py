@@ -31,7 +31,7 @@ from nex.fleet.sharedkeys import SharedFleetKeys
 from nex.fleet.verify import Trust
 from nex.jsreplicas import fleet_replicas, warn_fewer_replicas
 from nex.connection import ConnectOptions, connect
-from nex.natsserver import NatsServer
+from nex.natsserver import DEFAULT_HOST, NatsServer, PortTaken, port_in_use
 from nex.node import identity
 from nex.node.bids import Bidder, BidBook, BidTicket
 from nex.node.config import NodeConfig
@@ -116,6 +116,9 @@ class Node:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.server_url is None and self.config.port and port_in_use(DEFAULT_HOST, self.config.port):
+            # Said now, not by the embedded server once the sandbox probe and the rest are done.
+            raise PortTaken(DEFAULT_HOST, self.config.port)
         if self.config.metrics_port is not None:  # first: a port in use stops the node before it did anything
             metrics = MetricsServer(self, self.config.metrics_host, self.config.metrics_port)
             await metrics.start()
