@@ -30,6 +30,7 @@ from nex.api.errors import BadArtifact
 from nex.api.models import Lifecycle, Limits, Trigger, WorkloadType
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
+from nex.node.sandboxing import sweep_containers
 from nex.node.supervisor import Supervisor
 from nex.runtimes.base import HANDLE_VERSION, ExitResult, Handle, IncompatibleHandle, Runtime, RuntimeContext, WorkloadSpec
 from nex.runtimes.native import workload_processes
@@ -182,7 +183,7 @@ class Sandboxed(Processes):
     async def teardown(self) -> None:
         await super().teardown()
         if self.runner is not None:  # even a failed case leaves nothing
-            await self.runner.sweep()
+            await sweep_containers(self.runner, self.state_dir)  # rootfs unmounted before removal
             shutil.rmtree(self.runner.bundles_dir, ignore_errors=True)
 
 
