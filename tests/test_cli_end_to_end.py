@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -37,7 +37,7 @@ async def test_the_info_of_a_failed_workload_says_how_it_ended_and_shows_its_las
 
 
 async def test_app_status_names_the_cause_of_the_last_failure(nats_server, programs, tmp_path):
-    async with running_node(nats_server, tmp_path / "node", "reconciles", **FAST) as node:
+    async with running_node(nats_server, tmp_path / "node", "reconciles", **FAST):
         async with await NexClient.connect(ConnectOptions(servers=[nats_server.url])) as client:
             store = AppStore(client.nc)
             await eventually(store.lease, timeout=15, interval=0.2)

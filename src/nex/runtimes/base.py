@@ -210,3 +210,17 @@ class Runtime(Protocol):
     async def refresh_stats(self) -> None: ...
 
     def agents_up(self) -> dict[str, bool]: ...
+
+
+class WithoutAgent:
+    """The part of :class:`Runtime` a runtime with no agent process has nothing to do for:
+    nothing to start ahead, no counters to fetch, no agent to report."""
+
+    async def warm(self) -> None:
+        """Nothing starts ahead of a workload."""
+
+    async def refresh_stats(self) -> None:
+        """``inspect`` reads what it reports when asked."""
+
+    def agents_up(self) -> dict[str, bool]:
+        return {}

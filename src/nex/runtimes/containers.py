@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nex.api.errors import TooManyRequests
-from nex.runtimes.base import ExitResult, Handle, LogSink, RuntimeContext
+from nex.runtimes.base import ExitResult, Handle, LogSink, RuntimeContext, WithoutAgent
 from nex.sandbox.bundle import ContainerSpec, write_bundle
 from nex.sandbox.idranges import IdRange, IdRanges, NoFreeRange, host_ranges
 from nex.sandbox.runner import ID_PREFIX, OciRunner, make_bundle_dir, remove_bundle
@@ -25,7 +25,7 @@ from nex.sandbox.runner import ID_PREFIX, OciRunner, make_bundle_dir, remove_bun
 log = logging.getLogger(__name__)
 
 
-class ContainerWorkloads:
+class ContainerWorkloads(WithoutAgent):
     def __init__(self, context: RuntimeContext, runner: OciRunner, ranges: IdRanges | None = None) -> None:
         self._context = context
         self._runner = runner
@@ -113,11 +113,3 @@ class ContainerWorkloads:
             if self._started.pop(container_id, None) is not None and bundle.exists():
                 self.close_bundle(bundle, slot)
 
-    async def warm(self) -> None:
-        pass
-
-    async def refresh_stats(self) -> None:
-        pass
-
-    def agents_up(self) -> dict[str, bool]:
-        return {}

@@ -26,7 +26,9 @@ from typing import Any
 from nex.api.errors import BadArtifact, BadRequest
 from nex.api.models import Lifecycle, NetworkMode, WorkloadType
 from nex.procutil import group_alive, new_group_dying_with_parent, signal_group
-from nex.runtimes.base import Capabilities, ExitResult, Handle, LogSink, RuntimeContext, WorkloadSpec
+from nex.runtimes.base import (
+    Capabilities, ExitResult, Handle, LogSink, RuntimeContext, WithoutAgent, WorkloadSpec,
+)
 from nex.runtimes.executable import missing_interpreter, read_executable, verdict
 
 MAX_LINE = 64 * 1024
@@ -131,7 +133,7 @@ class _Running:
         self.stop_requested = False
 
 
-class NativeRuntime:
+class NativeRuntime(WithoutAgent):
     type = WorkloadType.NATIVE
     capabilities = Capabilities(lifecycles=frozenset({Lifecycle.SERVICE, Lifecycle.JOB}))
 
@@ -234,11 +236,3 @@ class NativeRuntime:
                 await running.process.wait()
         self._running.clear()
 
-    async def warm(self) -> None:
-        pass
-
-    async def refresh_stats(self) -> None:
-        pass
-
-    def agents_up(self) -> dict[str, bool]:
-        return {}
