@@ -47,6 +47,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, N
 from nex.agent import hops, protocol
 from nex.agent.tracing import Propagation, Tracing
 from nex.api.errors import NexError
+from nex.api import subjects
 from nex.api.subjects import WorkloadScope
 
 T = TypeVar("T")
@@ -59,10 +60,7 @@ MAX_OBJECT_BYTES = 8 * 1024 * 1024
 MAX_HTTP_BODY_BYTES = 4 * 1024 * 1024  # sent or received
 MAX_KEYS = 10_000  # listed by keys() and list()
 MAX_NAME_CHARS = 1024
-KV_PREFIX = "NEXKV"
-OBJECTS_PREFIX = "NEXOBJ"
 
-_BUCKET = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 
 # HostError kinds, in JavaScript error.code; the Wasm status of each is in nex.agent.host_wasm.
@@ -96,12 +94,12 @@ class Reply:
 
 def kv_bucket(namespace: str, bucket: str) -> str:
     """The JetStream KV bucket behind ``nex.kv(bucket)`` in ``namespace``."""
-    return f"{KV_PREFIX}_{namespace}_{_check_bucket(bucket)}"
+    return subjects.host_kv_bucket(namespace, _check_bucket(bucket))
 
 
 def object_bucket(namespace: str, bucket: str) -> str:
     """The JetStream object store behind ``nex.objects(bucket)`` in ``namespace``."""
-    return f"{OBJECTS_PREFIX}_{namespace}_{_check_bucket(bucket)}"
+    return subjects.host_object_bucket(namespace, _check_bucket(bucket))
 
 
 def host_allowed(host: str, allowed: list[str]) -> bool:
@@ -418,7 +416,7 @@ def _http_exchange(method: str, url: str, body: bytes, headers: dict[str, str], 
 
 
 def _check_bucket(bucket: str) -> str:
-    if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket):
+    if not subjects.is_host_bucket(bucket):
         raise HostError(INVALID, f"invalid bucket name {bucket!r}: use 1 to 64 letters, digits and '-'")
     return bucket
 

@@ -172,6 +172,26 @@ def artifact_bucket(namespace: str) -> str:
     return f"{ARTIFACT_BUCKET}_{namespace}"
 
 
+HOST_KV_PREFIX = "NEXKV"  # + _<ns>_<bucket>: host_kv_bucket
+HOST_OBJECTS_PREFIX = "NEXOBJ"  # + _<ns>_<bucket>: host_object_bucket
+_HOST_BUCKET = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def is_host_bucket(bucket: object) -> bool:
+    """A bucket name a function may give ``nex.kv`` or ``nex.objects``: 1 to 64 letters, digits and '-'."""
+    return isinstance(bucket, str) and _HOST_BUCKET.fullmatch(bucket) is not None
+
+
+def host_kv_bucket(namespace: str, bucket: str) -> str:
+    """The JetStream KV bucket behind ``nex.kv(bucket)`` in ``namespace`` (the name already checked)."""
+    return f"{HOST_KV_PREFIX}_{namespace}_{bucket}"
+
+
+def host_object_bucket(namespace: str, bucket: str) -> str:
+    """The JetStream object store behind ``nex.objects(bucket)`` in ``namespace`` (the name already checked)."""
+    return f"{HOST_OBJECTS_PREFIX}_{namespace}_{bucket}"
+
+
 def dead_letters(namespace: str, name: str) -> str:
     return f"{DLQ_PREFIX}.{namespace}.{name}"
 

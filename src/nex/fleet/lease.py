@@ -23,7 +23,7 @@ from nats.js.kv import KeyValue
 
 from nex.api import subjects
 from nex.api.apps import ReconcilerLease
-from nex.node.registry import ensure_bucket
+from nex.kvbucket import ensure_bucket
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ auction to every node before it fails (``NexClient.sampled_auction``), so a node
 registry shows out of date still gets its chance.
 
 Eligibility is read from the registry (NEX_NODES) with the rule each node applies
-to itself (:func:`nex.node.bids.decline_reason`): running, the runtime, the tags,
+to itself (:func:`nex.fleet.eligibility.decline_reason`): running, the runtime, the tags,
 the free memory of the record, not excluded.
 
 For the replicas of one workload placed together, each replica's sample is drawn
@@ -26,7 +26,7 @@ import random
 from collections.abc import Mapping, Sequence
 
 from nex.api.models import AuctionRequest, NodeRecord
-from nex.node.bids import Bidder, decline_reason
+from nex.fleet.eligibility import Bidder, decline_reason
 
 SAMPLE_THRESHOLD = 8
 """Up to this many nodes in the registry, an auction asks every node (the broadcast); past it, the

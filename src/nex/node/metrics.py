@@ -21,7 +21,7 @@ import errno
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -32,11 +32,14 @@ from prometheus_client.registry import Collector
 from nex import __version__
 from nex.agent.protocol import LATENCY_BOUNDS_MS
 from nex.api.errors import NexError
-from nex.api.models import Lifecycle, WorkloadState, WorkloadType
+from nex.api.models import Lifecycle, NodeState, WorkloadState, WorkloadType
 from nex.node.resources import resources
 
 if TYPE_CHECKING:
-    from nex.node.node import Node
+    from nex.fleet.reconciler import Reconciler
+    from nex.node.bids import BidBook
+    from nex.node.control import ControlService
+    from nex.node.supervisor import Supervisor
     from nex.node.workloads import Workload
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,34 @@ FUNCTION_LABELS = ("namespace", "name", "workload_id")
 RECONCILER_ACTIONS = ("place", "stop", "restart", "rollback")
 
 
+class MeteredNode(Protocol):
+    """What the collector reads of the node (nex.node.node.Node, which starts this endpoint)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> NodeState: ...
+
+    @property
+    def started(self) -> float: ...
+
+    @property
+    def supervisor(self) -> Supervisor | None: ...
+
+    @property
+    def bids(self) -> BidBook | None: ...
+
+    @property
+    def reconciler(self) -> Reconciler | None: ...
+
+    @property
+    def control(self) -> ControlService | None: ...
+
+
 class MetricsEndpointError(NexError):
     """The metrics endpoint cannot listen where it was told to."""
 
@@ -57,7 +88,7 @@ class MetricsEndpointError(NexError):
 class NodeCollector(Collector):
     """Reads one node at scrape time; see the module docstring."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: MeteredNode) -> None:
         self._node = node
 
     def collect(self) -> Iterator[Metric]:
@@ -73,7 +104,7 @@ class NodeCollector(Collector):
         yield from self._placements(node)
         yield from _control(node)
 
-    def _node_gauges(self, node: Node) -> Iterator[Metric]:
+    def _node_gauges(self, node: MeteredNode) -> Iterator[Metric]:
         info = GaugeMetricFamily("nex_node_info", "The node: always 1, its identity in the labels",
                                  labels=("node_id", "name", "version", "state"))
         info.add_metric((node.node_id, node.name, __version__, node.state.value), 1)
@@ -88,7 +119,7 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily("nex_node_load1", "Load average of the host over one minute", value=found.load_1m)
 
     @staticmethod
-    def _placements(node: Node) -> Iterator[Metric]:
+    def _placements(node: MeteredNode) -> Iterator[Metric]:
         bids = node.bids
         if bids is not None:
             made = CounterMetricFamily("nex_bids", "Auctions this node answered", labels=("result",))
@@ -181,7 +212,7 @@ def histogram_buckets(counts: list[int]) -> list[tuple[str, float]]:
     return buckets
 
 
-def _control(node: Node) -> Iterator[Metric]:
+def _control(node: MeteredNode) -> Iterator[Metric]:
     stats = node.control.stats() if node.control is not None else None
     if stats is None:
         return
@@ -203,7 +234,7 @@ def _control(node: Node) -> Iterator[Metric]:
 class MetricsServer:
     """``GET /metrics`` of one node, on its event loop."""
 
-    def __init__(self, node: Node, host: str, port: int) -> None:
+    def __init__(self, node: MeteredNode, host: str, port: int) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(NodeCollector(node))
         self._node = node

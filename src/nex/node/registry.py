@@ -23,12 +23,12 @@ from collections.abc import Callable
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from nex.api import subjects
 from nex.api.models import NodeRecord
 from nex.api.paging import encoded, part_key, split_record
+from nex.kvbucket import ensure_bucket
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +38,6 @@ MAX_WRITE_TIMEOUT_S = 5.0
 
 Snapshot = Callable[[int], NodeRecord]
 """Builds the node's record with the given sequence number."""
-
-
-async def ensure_bucket(nc: Client, config: KeyValueConfig, timeout: float = MAX_WRITE_TIMEOUT_S) -> KeyValue:
-    """The bucket, created if missing; one that exists is left as its operator set it.
-
-    Two nodes may race to create it: the loser of the race (its create refused because the
-    stream now exists, possibly with another node's settings) takes the winner's bucket.
-    """
-    js = nc.jetstream(timeout=timeout)
-    try:
-        return await js.key_value(config.bucket)
-    except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(config)
-    except BadRequestError:
-        return await js.key_value(config.bucket)
 
 
 class NodeRegistry:

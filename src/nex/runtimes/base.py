@@ -41,17 +41,23 @@ which checks this contract on real processes, containers and agents.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from nex.agent.protocol import HostSettings
-from nex.api.models import ExitInfo, Lifecycle, Limits, NetworkMode, Trigger, WorkloadType
+from nex.api.models import Lifecycle, Limits, NetworkMode, Trigger, WorkloadType
 from nex.connection import ConnectOptions
+from nex.types import ExitResult, LogSink, NoGuard, ProcessGuard
 
 if TYPE_CHECKING:
     from nex.sandbox.runner import OciRunner
     from nex.security.natsauth import WorkloadCredentials
+
+__all__ = [
+    "HANDLE_VERSION", "Capabilities", "ExitResult", "Handle", "IncompatibleHandle", "LogSink", "NoGuard",
+    "ProcessGuard", "Runtime", "RuntimeContext", "WithoutAgent", "WorkloadSpec",
+]
 
 HANDLE_VERSION = 1
 
@@ -74,21 +80,6 @@ class Capabilities:
     # Its workloads can outlive a node that dies (processes, containers): the supervisor keeps
     # a handle on disk for the next node to clean up with. Functions die with their agent.
     outlives_node: bool = True
-
-
-@dataclass(frozen=True)
-class ExitResult:
-    exit_code: int | None = None
-    signal: int | None = None
-    oom_killed: bool = False
-    error: str | None = None
-
-    @property
-    def success(self) -> bool:
-        return self.exit_code == 0 and self.error is None and not self.oom_killed
-
-    def info(self) -> ExitInfo:
-        return ExitInfo(**asdict(self))
 
 
 @dataclass(frozen=True)
@@ -136,38 +127,6 @@ class Handle:
         """Raise IncompatibleHandle unless this version of nex wrote the handle."""
         if self.version != HANDLE_VERSION:
             raise IncompatibleHandle(self)
-
-
-class LogSink(Protocol):
-    def __call__(self, stream: str, line: bytes) -> None: ...
-
-
-class ProcessGuard(Protocol):
-    """Kills the process groups and containers it watches if the node dies (see nex.reaper)."""
-
-    def watch(self, pgid: int) -> None: ...
-
-    def release(self, pgid: int) -> None: ...
-
-    def watch_container(self, runtime: str, root: str, container_id: str) -> None: ...
-
-    def release_container(self, runtime: str, root: str, container_id: str) -> None: ...
-
-
-class NoGuard:
-    """A guard that watches nothing: for code run outside a node (tests, benchmarks)."""
-
-    def watch(self, pgid: int) -> None:
-        pass
-
-    def release(self, pgid: int) -> None:
-        pass
-
-    def watch_container(self, runtime: str, root: str, container_id: str) -> None:
-        pass
-
-    def release_container(self, runtime: str, root: str, container_id: str) -> None:
-        pass
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,12 @@ from typing import Any
 
 from nex.api.errors import BadArtifact, BadRequest
 from nex.api.models import Lifecycle, NetworkMode, WorkloadType
-from nex.procutil import group_alive, new_group_dying_with_parent, signal_group
+from nex.procutil import MAX_LINE, group_alive, new_group_dying_with_parent, pump_lines, signal_group
 from nex.runtimes.base import (
     Capabilities, ExitResult, Handle, LogSink, RuntimeContext, WithoutAgent, WorkloadSpec,
 )
 from nex.runtimes.executable import missing_interpreter, read_executable, verdict
 
-MAX_LINE = 64 * 1024
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 CREDS_FILE = "nats.creds"
 
@@ -108,22 +107,6 @@ def workload_environment(spec: WorkloadSpec, node_id: str, home: str) -> dict[st
         "NEX_NAMESPACE": spec.namespace, "NEX_NODE_ID": node_id,
     })
     return env
-
-
-async def pump_lines(stream: asyncio.StreamReader, emit: LogSink, name: str) -> None:
-    """Forward a pipe line by line; a line longer than MAX_LINE is cut into pieces."""
-    while True:
-        try:
-            line = await stream.readuntil(b"\n")
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                emit(name, exc.partial)
-            return
-        except asyncio.LimitOverrunError as exc:
-            line = await stream.readexactly(exc.consumed)
-            emit(name, line)
-            continue
-        emit(name, line.rstrip(b"\n"))
 
 
 class _Running:

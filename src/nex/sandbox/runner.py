@@ -29,14 +29,13 @@ from typing import Any
 
 from nex.api.errors import InternalError
 from nex.api.models import Limits, NetworkMode, Usage
-from nex.procutil import new_group_dying_with_parent, signal_group
-from nex.runtimes.base import ExitResult, LogSink, ProcessGuard, NoGuard
-from nex.runtimes.native import MAX_LINE, pump_lines
+from nex.procutil import MAX_LINE, new_group_dying_with_parent, pump_lines, signal_group
 from nex.sandbox import cgroups
 from nex.sandbox.bundle import CGROUP_PARENT, ContainerSpec, write_bundle
 from nex.sandbox.idmap import unmount
 from nex.sandbox.idranges import NoFreeRange, host_ranges
 from nex.sandbox.probe import exit_zero_elf
+from nex.types import ExitResult, LogSink, NoGuard, ProcessGuard
 
 RUNTIMES = ("runc", "crun")
 ID_PREFIX = "nex-"

@@ -17,16 +17,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import nkeys
 
 from nex.api import natsjwt, subjects
+from nex.api.errors import BadRequest
 from nex.api.models import Trigger
 from nex.api.subjects import INBOXES, RESERVED_SUBJECTS, WorkloadScope
-
-if TYPE_CHECKING:
-    from nex.runtimes.base import WorkloadSpec
 
 AUTH_DIR = "nats"
 
@@ -134,6 +132,23 @@ def write_private(path: Path, text: str, mode: int = 0o600) -> None:
         f.write(text)
 
 
+class ScopedWorkload(Protocol):
+    """What a workload's NATS user is minted from; a runtime's ``WorkloadSpec`` is one (this
+    module sits below the runtimes and names none of them)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def triggers(self) -> list[Trigger]: ...
+
+
 @dataclass
 class WorkloadCredentials:
     """Gives each workload its own NATS user, scoped by :func:`workload_permissions`.
@@ -147,19 +162,19 @@ class WorkloadCredentials:
     signer: AccountSigner
     servers: list[str]
 
-    def _user(self, spec: WorkloadSpec) -> tuple[str, str]:
+    def _user(self, spec: ScopedWorkload) -> tuple[str, str]:
         return self.signer.mint_user(f"{spec.namespace}.{spec.name}.{spec.id}",
                                      workload_permissions(spec.namespace, spec.id, spec.triggers))
 
-    def _common(self, spec: WorkloadSpec) -> dict[str, str]:
+    def _common(self, spec: ScopedWorkload) -> dict[str, str]:
         return {"NATS_URL": ",".join(self.servers), "NATS_INBOX_PREFIX": inbox_prefix(spec.id)}
 
-    def file_environment(self, spec: WorkloadSpec, path: Path) -> dict[str, str]:
+    def file_environment(self, spec: ScopedWorkload, path: Path) -> dict[str, str]:
         """Write the workload's creds file at ``path`` and return its environment."""
         write_private(path, natsjwt.creds_file(*self._user(spec)), mode=0o400)
         return {**self._common(spec), "NATS_CREDS": str(path)}
 
-    def inline_environment(self, spec: WorkloadSpec) -> dict[str, str]:
+    def inline_environment(self, spec: ScopedWorkload) -> dict[str, str]:
         jwt, seed = self._user(spec)
         return {**self._common(spec), "NATS_JWT": jwt, "NATS_NKEY_SEED": seed}
 
@@ -177,6 +192,12 @@ NODE_ONLY_SUBJECTS = (
     f"{subjects.FEED_PREFIX}.>",
 )
 _JS_API = "$JS.API"
+
+
+def _checked_bucket(bucket: str) -> str:
+    if not subjects.is_host_bucket(bucket):
+        raise BadRequest(f"invalid bucket name {bucket!r}: use 1 to 64 letters, digits and '-'")
+    return bucket
 
 
 def client_inbox_prefix(user_public: str) -> str:
@@ -218,13 +239,11 @@ def client_permissions(namespace: str, user_public: str, app_subjects_extra: lis
     body, could capture another namespace's traffic. JetStream names are single subject
     tokens, so a permission names a bucket, never "every bucket of the namespace".
     """
-    from nex.agent.hostservices import kv_bucket  # (hostservices imports this module)
-
     ns = namespace
     apps = subjects.APPS_BUCKET
     files = subjects.artifact_bucket(ns)
     app_space = [subjects.app_subjects(ns), *dict.fromkeys(app_subjects_extra)]
-    kv_streams = [kv_bucket(ns, bucket) for bucket in dict.fromkeys(kv_buckets)]
+    kv_streams = [subjects.host_kv_bucket(ns, _checked_bucket(bucket)) for bucket in dict.fromkeys(kv_buckets)]
     publish = [
         f"{subjects.SVC_PREFIX}.{ns}.>", *app_space,
         *_stream_reads(subjects.feed_stream(ns)),
