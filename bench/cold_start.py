@@ -10,7 +10,7 @@ UNDEPLOY. Medians of ``--starts`` runs:
 - JavaScript: a one-line function (QuickJS compiles the script at load);
 - Wasm compiling: tests/wasm/fn.c built with clang, made unique for every start (a
   custom section with a counter changes its sha256), so the node's compiled-module
-  cache (nex.agent.module_cache) never has it and Cranelift compiles it;
+  cache (nex.agent.wasm.module_cache) never has it and Cranelift compiles it;
 - Wasm from the cache: the same module every time, compiled once before.
 
 The baseline is the bare nats-py echo round trip in the same run. Native processes

@@ -70,9 +70,12 @@ def threads_of(pid: int) -> int:
     return 0
 
 
+AGENT_MODULES = {"javascript": "nex.agent.js", "wasm": "nex.agent.wasm"}
+
+
 def agent_of(node_pid: int, engine: str) -> int:
     for pid in children_of(node_pid):
-        if f"nex.agent.{engine}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+        if AGENT_MODULES[engine].encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
             return pid
     raise RuntimeError(f"no {engine} agent under node {node_pid}")
 

@@ -47,7 +47,7 @@ async def main(counts: list[int]) -> None:
         await server.start()
         options = ConnectOptions(servers=[server.url])
         env = {**os.environ, ENV_CONNECT: options.to_json(), ENV_NODE_ID: "BENCH"}
-        agent = await AgentProcess.start([sys.executable, "-m", "nex.agent.javascript"], env,
+        agent = await AgentProcess.start([sys.executable, "-m", "nex.agent.js"], env,
                                          name="javascript agent", ready_timeout=15)
         nc = await connect(options)
         try:

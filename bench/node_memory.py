@@ -24,7 +24,7 @@ MIB = 1 << 20
 def agent_pid(node_pid: int) -> int | None:
     for pid in children_of(node_pid):
         try:
-            if b"nex.agent.javascript" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"nex.agent.js" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
         except OSError:
             pass

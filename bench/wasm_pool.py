@@ -23,7 +23,7 @@ from common import build_wasm
 from roundtrip import ECHO_SUBJECT, echo_process, measure
 from wasm_roundtrip import SOURCE, spec_for
 
-from nex.agent.wasm_sandbox import ENV_WARM_INSTANCES, WARM_INSTANCES
+from nex.agent.wasm.wasmtime_engine import ENV_WARM_INSTANCES, WARM_INSTANCES
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
 from nex.runtimes.base import RuntimeContext

@@ -21,7 +21,8 @@ from nats.js.errors import NotFoundError
 
 from helpers import collect, control, eventually, file_artifact
 from nex.agent import protocol
-from nex.agent.durable import backoff_s, done_key, reply_allowed
+from nex.agent.durable.runner import backoff_s, reply_allowed
+from nex.agent.durable.streams import done_key
 from nex.api import subjects
 from nex.api.errors import NotFound, from_reply
 from nex.api.models import Trigger

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 
 from helpers import build_wasm, collect, control, eventually, file_artifact, nex
 from nex.agent import protocol
-from nex.agent.wasm_sandbox import WARM_INSTANCES, WasmEngine
+from nex.agent.wasm.wasmtime_engine import WARM_INSTANCES, WasmEngine
 from nex.api import subjects
 from nex.api.errors import TooManyRequests, error_code, from_reply
 from nex.api.events import CloudEvent

@@ -1,5 +1,5 @@
 """The limits of functions: the hop count (nex.api.hops) and the node's setting of it, how a
-Wasm function's memory limit is shared out (nex.agent.wasm_limits), the proposals left out.
+Wasm function's memory limit is shared out (nex.agent.wasm.limits), the proposals left out.
 The attacks they stop are tests/security/test_attack_limits.py."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import wasmtime
 from helpers import collect, control, eventually, running_node
 from nex.agent import protocol
 from nex.agent.engine import CompileError
-from nex.agent.wasm_limits import MAX_TABLES, TABLE_ELEMENT_BYTES, StoreLimits
-from nex.agent.wasm_sandbox import WasmEngine
+from nex.agent.wasm.limits import MAX_TABLES, TABLE_ELEMENT_BYTES, StoreLimits
+from nex.agent.wasm.wasmtime_engine import WasmEngine
 from nex.api import subjects
 from nex.api.hops import HOP_HEADER, MAX_HOPS, hop_of, loop_error, onward, past_limit
 from nex.client import NexClient

@@ -32,7 +32,7 @@ def agent_pids() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if parent == os.getpid() and b"nex.agent.javascript" in cmdline:
+        if parent == os.getpid() and b"nex.agent.js" in cmdline:
             found.append(int(entry.name))
     return found
 

@@ -322,7 +322,7 @@ async def test_agent_exits_on_eof_and_sigterm_even_with_a_call_stuck(connect_opt
                                                                      nc: Client):
     env = {**os.environ, ENV_CONNECT: connect_options.to_json(), ENV_NODE_ID: "NTEST"}
     for ending in ("eof", "sigterm"):
-        agent = await AgentProcess.start([sys.executable, "-m", "nex.agent.javascript"], env,
+        agent = await AgentProcess.start([sys.executable, "-m", "nex.agent.js"], env,
                                          name="javascript agent", ready_timeout=15)
         load = protocol.Load(workload_id=ending, name=ending, namespace=NAMESPACE,
                              source="(subject, payload) => { while (true) {} }",

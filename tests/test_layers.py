@@ -1,4 +1,4 @@
-"""The layers of nex, checked from the imports of its source (docs/architecture.md, "Layers").
+"""The layers of nex, checked from the imports of its source (issue 16; docs/architecture.md).
 
 Every import counts: at the top of a module, under ``if TYPE_CHECKING:``, inside a
 function. A type hint that names a module above is a dependency on it all the same: it

@@ -48,12 +48,12 @@ async def test_a_node_starts_its_function_agents_with_it_and_its_first_function_
         up = await eventually(lambda: all(node.supervisor.agents_up().values()) and node.supervisor.agents_up(),
                               timeout=20, interval=0.05)
         assert up == {"javascript": True, "wasm": True}
-        warmed = agent_pids("nex.agent.javascript")
+        warmed = agent_pids("nex.agent.js")
         assert len(warmed) == 1 and len(agent_pids("nex.agent.wasm")) == 1
 
         await deploy_function(nats_server, node.node_id, tmp_path)
-        assert agent_pids("nex.agent.javascript") == warmed, "the deploy started no agent of its own"
-    assert agent_pids("nex.agent.javascript") == set() and agent_pids("nex.agent.wasm") == set()
+        assert agent_pids("nex.agent.js") == warmed, "the deploy started no agent of its own"
+    assert agent_pids("nex.agent.js") == set() and agent_pids("nex.agent.wasm") == set()
 
 
 async def test_cold_agents_start_with_their_first_function_only(nats_server, tmp_path):
@@ -61,7 +61,7 @@ async def test_cold_agents_start_with_their_first_function_only(nats_server, tmp
         assert node.supervisor.agents_up() == {"javascript": False, "wasm": False}
         await deploy_function(nats_server, node.node_id, tmp_path)
         assert node.supervisor.agents_up() == {"javascript": True, "wasm": False}
-        assert len(agent_pids("nex.agent.javascript")) == 1 and agent_pids("nex.agent.wasm") == set()
+        assert len(agent_pids("nex.agent.js")) == 1 and agent_pids("nex.agent.wasm") == set()
 
 
 def loads_websockets(servers: list[str]) -> bool:

@@ -1,6 +1,6 @@
 """An agent process: runs a node's functions of one engine (:mod:`nex.agent.engine`).
 
-The node starts one per engine, as ``python -m nex.agent.javascript`` or
+The node starts one per engine, as ``python -m nex.agent.js`` or
 ``python -m nex.agent.wasm``, with the environment variables ``NEX_AGENT_CONNECT``
 (:class:`nex.connection.ConnectOptions` as JSON), ``NEX_NODE_ID`` and, optionally,
 ``NEX_AGENT_HOST_SERVICES`` (:class:`nex.agent.protocol.HostSettings` as JSON; by
@@ -49,9 +49,11 @@ log = logging.getLogger("nex.agent")
 class Agent:
     """The functions of one agent process, keyed by workload id."""
 
-    def __init__(self, nc: Client, node_id: str, engine: Engine, tracing: Tracing | None = None) -> None:
+    def __init__(self, nc: Client, node_id: str, engine: Engine, tracing: Tracing | None = None,
+                 settings: protocol.HostSettings | None = None) -> None:
         self._nc = nc
         self._tracing = tracing or Propagation()
+        self._settings = settings or protocol.HostSettings()
         self._node_id = node_id
         self._engine = engine
         self._events = EventFeed(nc)
@@ -75,7 +77,7 @@ class Agent:
         loading = self._functions.get(request.workload_id)
         if loading is None:  # a repeated load joins the first one
             loading = asyncio.create_task(LoadedFunction.load(self._nc, self._events, self._engine, request, self._node_id,
-                                                       self._tracing))
+                                                              self._tracing, self._settings))
             loading.add_done_callback(lambda task: self._forget_failed(request.workload_id, task))
             self._functions[request.workload_id] = loading
             self._quiet_freeze.changed()
@@ -114,29 +116,34 @@ class Agent:
         return [function.snapshot() for function in loaded]
 
 
-async def serve(options: ConnectOptions, node_id: str, engine: Engine, requests: BinaryIO,
-                replies: BinaryIO, host_settings: protocol.HostSettings | None = None) -> None:
-    """Run until ``requests`` ends or SIGTERM."""
+EngineMaker = Callable[[HostServices], Engine]
+"""Builds the agent's engine, given the host services of its functions."""
+
+
+async def serve(options: ConnectOptions, node_id: str, name: str, make_engine: EngineMaker, requests: BinaryIO,
+                replies: BinaryIO, host_settings: protocol.HostSettings | None = None) -> Engine | None:
+    """Run until ``requests`` ends or SIGTERM. Returns the engine it built, for the caller to close
+    once the function threads have ended; None when it stopped before it connected."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     stop = asyncio.create_task(stopping.wait())
     # nats-py retries the first connection for ever: SIGTERM must still end the agent.
-    connecting = asyncio.create_task(connect(options.with_name(f"nex-agent-{engine.name}-{node_id}")))
+    connecting = asyncio.create_task(connect(options.with_name(f"nex-agent-{name}-{node_id}")))
     await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
     if not connecting.done():
         connecting.cancel()
         log.info("stopped before it connected to NATS")
-        return
+        return None
     nc = connecting.result()
-    # Before the first load: every sandbox the engine builds gets the function's scope of them.
     host_settings = host_settings or protocol.HostSettings()
-    tracing = for_agent(host_settings.otel_endpoint, engine.name, node_id)
-    engine.host_services = HostServices(nc, host_settings, loop, tracing)  # type: ignore[attr-defined]
+    tracing = for_agent(host_settings.otel_endpoint, name, node_id)
+    # Every sandbox the engine builds gets its function's scope of the host services.
+    engine = make_engine(HostServices(nc, host_settings, loop, tracing))
     reader = asyncio.StreamReader(limit=protocol.MAX_LINE_BYTES)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), requests)
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, replies)
-    agent = Agent(nc, node_id, engine, tracing)
+    agent = Agent(nc, node_id, engine, tracing, host_settings)
     transport.write(protocol.encode(protocol.Ready()))
     reading = asyncio.create_task(_read_requests(reader, agent, transport.write))
     try:
@@ -152,6 +159,7 @@ async def serve(options: ConnectOptions, node_id: str, engine: Engine, requests:
         await nc.close()
         transport.close()
         tracing.close()
+    return engine
 
 
 async def _read_requests(reader: asyncio.StreamReader, agent: Agent, write: Callable[[bytes], None]) -> None:
@@ -184,8 +192,11 @@ async def _handle_line(line: bytes, agent: Agent, write: Callable[[bytes], None]
     write(protocol.encode(reply))
 
 
-def run(make_engine: Callable[[], Engine], thread_stack_bytes: int) -> int:
+def run(name: str, make_engine: EngineMaker, thread_stack_bytes: int) -> int:
     """The agent's main(): serve until the node lets go, then exit with a status for the shell.
+
+    ``name`` is the engine's (:attr:`nex.agent.engine.Engine.name`): the agent's connection and
+    traces carry it before the engine is built, once connected, with the host services.
 
     ``thread_stack_bytes`` is the stack of every function thread: it must hold the
     engine's own stack limit plus the Python and C frames below it. Only the pages
@@ -208,14 +219,13 @@ def run(make_engine: Callable[[], Engine], thread_stack_bytes: int) -> int:
     # The protocol owns fd 1: anything else printed goes to stderr.
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
-    engine = make_engine()
     tune_for_service()
     try:
-        asyncio.run(serve(options, node_id, engine, sys.stdin.buffer, replies, host_settings))
+        engine = asyncio.run(serve(options, node_id, name, make_engine, sys.stdin.buffer, replies, host_settings))
     except (OSError, NatsError) as exc:
-        log.error("%s agent stopped: %s", engine.name, exc)
+        log.error("%s agent stopped: %s", name, exc)
         return 1
-    if _join_function_threads(f"{engine.name}-", THREAD_JOIN_S):
+    if engine is not None and _join_function_threads(f"{engine.name}-", THREAD_JOIN_S):
         engine.close()
     return 0
 

@@ -38,7 +38,7 @@ from nats.errors import Error as NatsError
 
 from nex.agent import hops, protocol
 from nex.agent.admission import OVERLOADED, ConcurrencyLimit
-from nex.agent.durable import DurableRunner
+from nex.agent.durable.runner import DurableRunner
 from nex.agent.events import EventFeed
 from nex.agent.engine import Engine, Outcome, Sandbox
 from nex.agent.schedule import Schedule
@@ -47,7 +47,7 @@ from nex.agent.worker import ContextThread
 from nex.api import subjects
 from nex.api.errors import FunctionError, NexError
 from nex.api.events import EventEncoder, EventType
-from nex.api.hops import MAX_HOPS, hop_of, loop_error, past_limit
+from nex.api.hops import hop_of, loop_error, past_limit
 from nex.api.tracecontext import TRACEPARENT
 from nex.connection import flush_subscriptions
 
@@ -64,7 +64,8 @@ class LoadedFunction:
     """Subscribed to its triggers until :meth:`unload`."""
 
     def __init__(self, nc: Client, events: EventFeed, spec: protocol.Load, thread: ContextThread,
-                 engine: Engine, sandbox: Sandbox, node_id: str, tracing: Tracing | None = None) -> None:
+                 engine: Engine, sandbox: Sandbox, node_id: str, tracing: Tracing | None = None,
+                 settings: protocol.HostSettings | None = None) -> None:
         self.spec = spec
         self.invocations = 0
         self.errors = 0
@@ -107,14 +108,15 @@ class LoadedFunction:
                         EventEncoder(EventType.FUNCTION_FAILED, node_id, spec.workload_id, static))
         self._loop = (subjects.events(spec.namespace, EventType.INVOCATION_LOOP.value),
                       EventEncoder(EventType.INVOCATION_LOOP, node_id, spec.workload_id, static))
-        host_services = getattr(engine, "host_services", None)
-        self._max_hops = host_services.settings.max_hops if host_services is not None else MAX_HOPS
+        self._settings = settings or protocol.HostSettings()
+        self._max_hops = self._settings.max_hops
         self._log_subjects = {stream: subjects.logs(spec.namespace, spec.workload_id, stream)
                               for stream in subjects.LOG_STREAMS}
 
     @classmethod
     async def load(cls, nc: Client, events: EventFeed, engine: Engine, spec: protocol.Load,
-                   node_id: str, tracing: Tracing | None = None) -> LoadedFunction:
+                   node_id: str, tracing: Tracing | None = None,
+                   settings: protocol.HostSettings | None = None) -> LoadedFunction:
         """Compile, subscribe, flush; raises CompileError for an artifact that cannot run."""
         thread = ContextThread(f"{engine.name}-{spec.name}")
         built = False
@@ -124,7 +126,7 @@ class LoadedFunction:
         finally:
             if not built:
                 thread.stop()
-        function = cls(nc, events, spec, thread, engine, sandbox, node_id, tracing)
+        function = cls(nc, events, spec, thread, engine, sandbox, node_id, tracing, settings)
         subscribed = False
         try:
             await function._publish_logs(await thread.call(sandbox.startup_logs))
@@ -134,7 +136,7 @@ class LoadedFunction:
             # Answer load only once the server has the subscriptions: a request sent
             # right after the deploy reply is then served.
             await flush_subscriptions(nc)
-            await function._start_async(engine, node_id)
+            await function._start_async(node_id)
             subscribed = True
         finally:
             if not subscribed:
@@ -189,13 +191,12 @@ class LoadedFunction:
         self._thread.call(self._sandbox.close)
         self._thread.stop()
 
-    async def _start_async(self, engine: Engine, node_id: str) -> None:
+    async def _start_async(self, node_id: str) -> None:
         """The durable consumer of the async triggers and the schedules (nex.agent.durable, .schedule)."""
         triggers = [t for t in self.spec.triggers if t.mode == "async"]
         if not triggers:
             return
-        host_services = getattr(engine, "host_services", None)
-        replicas = host_services.settings.replicas if host_services is not None else 1
+        replicas = self._settings.replicas
         static = {"workload_id": self.spec.workload_id, "name": self.spec.name, "namespace": self.spec.namespace}
         kind = EventType.FUNCTION_DEAD_LETTERED
         self._dead_lettered = (subjects.events(self.spec.namespace, kind.value),

@@ -3,7 +3,7 @@
 One :class:`HostServices` per agent performs the operations on the agent's event
 loop, over the agent's NATS connection. Each function gets a
 :class:`FunctionHost`, called from the function's own thread (JavaScript through
-:mod:`nex.agent.host_js`, Wasm through :mod:`nex.agent.host_wasm`): a call hands
+:mod:`nex.agent.js.host`, Wasm through :mod:`nex.agent.wasm.host`): a call hands
 the operation to the loop and blocks that thread, never the loop, until it is
 done or its time is up.
 
@@ -63,7 +63,7 @@ MAX_NAME_CHARS = 1024
 
 _KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 
-# HostError kinds, in JavaScript error.code; the Wasm status of each is in nex.agent.host_wasm.
+# HostError kinds, in JavaScript error.code; the Wasm status of each is in nex.agent.wasm.host.
 INVALID = "invalid"  # a bad argument
 DENIED = "denied"  # outside the function's scope, or not allowed by the node
 NOT_FOUND = "not_found"

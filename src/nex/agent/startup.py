@@ -1,5 +1,5 @@
 """What an agent process settles before it imports anything heavy: run first by each agent's
-``python -m`` entry (nex.agent.javascript, nex.agent.wasm).
+``python -m`` entry (nex.agent.js, nex.agent.wasm).
 
 A node starts an agent when its first function of that kind is deployed (or at start:
 NodeConfig.warm_agents), and on a fleet's first deploys every node starts one at once,

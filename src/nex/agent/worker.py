@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 # Set with threading.stack_size() by the agent. It must hold the JavaScript stack
-# (nex.agent.sandbox.JS_STACK_BYTES) plus the Python and C frames below it. Only the
+# (nex.agent.js.quickjs_engine.JS_STACK_BYTES) plus the Python and C frames below it. Only the
 # pages a thread touches count in its RSS; this bounds the address space.
 THREAD_STACK_BYTES = 1024 * 1024
 MAX_BATCH = 32

@@ -12,7 +12,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, ObjectStoreConfig, StorageType, StreamConfig, StreamSource
 
-from nex.agent.durable import DLQ_MAX_AGE_S
+from nex.agent.durable.streams import DLQ_MAX_AGE_S
 from nex.api import subjects
 from nex.api.errors import NatsUnavailable, NexError, Unavailable
 from nex.cli import ErrorExit

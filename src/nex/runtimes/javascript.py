@@ -1,4 +1,4 @@
-"""JavaScript functions, run by one agent process per node (see :mod:`nex.agent.javascript`).
+"""JavaScript functions, run by one agent process per node (see :mod:`nex.agent.js`).
 
 Everything but the script is :class:`nex.runtimes.function_agent.AgentRuntime`'s:
 the agent, its restarts, loading and unloading, stats. ``prepare()`` reads the
@@ -29,7 +29,7 @@ class JavaScriptRuntime(AgentRuntime):
 
     type = WorkloadType.JAVASCRIPT
     engine_name = "javascript"
-    agent_module = "nex.agent.javascript"
+    agent_module = "nex.agent.js"
 
     def __init__(self, context: RuntimeContext) -> None:
         super().__init__(context)

@@ -2,7 +2,7 @@
 
 The agent (:mod:`nex.agent.wasm`) compiles each module once, keeping it compiled
 under ``<state dir>/wasm-modules`` by sha256, and runs every call in a fresh
-wasmtime instance (:mod:`nex.agent.wasm_sandbox` holds the contract with the
+wasmtime instance (:mod:`nex.agent.wasm.wasmtime_engine` holds the contract with the
 module). Everything else is :class:`nex.runtimes.function_agent.AgentRuntime`'s.
 
 ``prepare()`` checks the module's header; compiling it, and checking that it is a

@@ -3,7 +3,7 @@
 The QuickJS binding cannot call Python while a time limit is set (its guard
 refuses every callback then), so calls go the other way: ``nex.kv(b).get(k)``
 queues the call and returns a promise (the prelude's ``enqueue``); between jobs,
-:class:`nex.agent.sandbox.Sandbox` takes the queue, hands each call to
+:class:`nex.agent.js.quickjs_engine.QuickJsSandbox` takes the queue, hands each call to
 :func:`perform` on the function's thread, and gives the answer back, which
 settles the promise. Arguments and answers are JSON; bytes cross as latin-1
 text, where JSON escapes NUL (strings cross the binding NUL-terminated).

@@ -1,7 +1,7 @@
 """One function in one QuickJS context.
 
 A ``quickjs.Context`` must only ever be called from the thread that created it, so
-a :class:`Sandbox` is thread-confined: build it, call it and close it on one thread
+a :class:`QuickJsSandbox` is thread-confined: build it, call it and close it on one thread
 (see :mod:`nex.agent.worker`). Its calls release the GIL while JavaScript runs.
 
 Limits come from the binding: ``set_time_limit`` counts CPU time with ``clock()``,
@@ -19,10 +19,11 @@ from typing import Any
 
 import quickjs
 
-from nex.agent import host_js, protocol
+from nex.agent import protocol
 from nex.agent.engine import ERROR, OUT_OF_MEMORY, TIMEOUT, CompileError, Outcome
 from nex.agent.hostservices import FunctionHost, HostServices
-from nex.agent.prelude import PRELUDE, TEXT_CODECS
+from nex.agent.js import host as host_js
+from nex.agent.js.prelude import PRELUDE, TEXT_CODECS
 from nex.api.errors import FunctionError
 
 # JavaScript stack per context; the thread that runs it must be larger (see nex.agent.worker).
@@ -47,20 +48,23 @@ class QuickJsEngine:
 
     name = "javascript"
     parallel_calls = False  # a QuickJS context is bound to its thread and keeps state between calls
-    # Set by the agent once it is connected; None: functions get no `nex` global.
-    host_services: HostServices | None = None
 
-    def build(self, load: protocol.Load) -> Sandbox:
-        host = self.host_services.scope(load) if self.host_services is not None else None
-        return Sandbox(FunctionConfig(source=load.source, timeout_ms=load.timeout_ms,
+    def __init__(self, host_services: HostServices | None = None) -> None:
+        # None: functions get no `nex` global.
+        self._host_services = host_services
+
+    def build(self, load: protocol.Load) -> QuickJsSandbox:
+        host = self._host_services.scope(load) if self._host_services is not None else None
+        return QuickJsSandbox(FunctionConfig(source=load.source, timeout_ms=load.timeout_ms,
                                       memory_bytes=load.memory_bytes, env=dict(load.env)), host)
 
     def close(self) -> None:
         pass
 
 
-class Sandbox:
-    """A compiled function, ready to be called with (subject, payload)."""
+class QuickJsSandbox:
+    """A compiled function, ready to be called with (subject, payload): the
+    :class:`nex.agent.engine.Sandbox` of a QuickJS context."""
 
     def __init__(self, config: FunctionConfig, host: FunctionHost | None = None) -> None:
         self.config = config
@@ -156,7 +160,7 @@ class Sandbox:
         return encoded
 
     def _serve_host_calls(self) -> None:
-        """Perform the host calls the function queued (nex.agent.host_js), on this thread, in order."""
+        """Perform the host calls the function queued (nex.agent.js.host), on this thread, in order."""
         assert self._host is not None and self._host_take is not None and self._host_give is not None
         for call_id, op, args in json.loads(self._text(self._host_take()) or "[]"):
             self._host_give(call_id, host_js.perform(self._host, op, args))

@@ -1,4 +1,4 @@
-"""The JavaScript agent: ``python -m nex.agent.javascript`` (see :mod:`nex.agent.agent`)."""
+"""The JavaScript agent: ``python -m nex.agent.js`` (see :mod:`nex.agent.agent`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ if __name__ == "__main__":  # the agent's process, not a module imported by the 
     leave_out_websockets()  # before anything imports nats
 
 from nex.agent.agent import run  # noqa: E402
-from nex.agent.sandbox import QuickJsEngine  # noqa: E402
+from nex.agent.js.quickjs_engine import QuickJsEngine  # noqa: E402
 from nex.agent.worker import THREAD_STACK_BYTES  # noqa: E402
 
 
 def main() -> int:
-    return run(QuickJsEngine, THREAD_STACK_BYTES)
+    return run(QuickJsEngine.name, QuickJsEngine, THREAD_STACK_BYTES)
 
 
 if __name__ == "__main__":

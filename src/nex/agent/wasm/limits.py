@@ -14,7 +14,7 @@ cannot bound their sum. So the function's memory limit is split ahead of time:
   (componentize-py's need more than 4, two tables and over 5,600 elements, under 16 MiB).
 
 So linear memory plus tables never pass ``memory_bytes``. The proposals whose objects
-live in wasmtime's GC heap (GC, exceptions) are off in the engine (:mod:`nex.agent.wasm_sandbox`):
+live in wasmtime's GC heap (GC, exceptions) are off in the engine (:mod:`nex.agent.wasm.wasmtime_engine`):
 the limiter bounds that heap like one more memory, beside the linear one, so it would double
 what a function may hold.
 """

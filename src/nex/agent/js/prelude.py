@@ -14,7 +14,7 @@ lookup(name) for the entry points the agent calls:
 Host calls go one way only, from the agent into JavaScript: the binding cannot
 call Python while a time limit is set. A host call queues itself and returns a
 promise; the agent takes the queue between jobs, performs the calls and gives
-the answers back (nex.agent.host_js). A call that queued host calls is pending
+the answers back (nex.agent.js.host). A call that queued host calls is pending
 until they are answered, even when it returned a plain value, so no call is lost.
 An encoded result is an optional "L" + JSON(console lines) + newline, then a tag
 and data. Tags: "s" text; "S" text as a JSON string (it holds NUL); "b" bytes as

@@ -4,12 +4,12 @@ The contract with the module, the same in every language and without an SDK:
 argv is ``[name, subject]``, stdin is the payload, what it writes to stdout is the
 reply, every line it writes to stderr is one log message, its environment is
 the deploy request's. Besides WASI it may import the host services, the module
-``nex`` of :mod:`nex.agent.host_wasm`. A call that traps, exits with a code other than 0, runs past
+``nex`` of :mod:`nex.agent.wasm.host`. A call that traps, exits with a code other than 0, runs past
 its time or out of memory gets an error reply.
 
 Every call runs in a fresh Store and instance: nothing leaks from one call to the
 next, and a trap leaves nothing half-updated. The module is compiled once per
-function (or loaded compiled from :mod:`nex.agent.module_cache`) and
+function (or loaded compiled from :mod:`nex.agent.wasm.module_cache`) and
 pre-linked, so an instance costs an instantiation, not a compile.
 
 Warm pool: each function keeps up to ``WARM_INSTANCES`` instances made ahead of
@@ -39,7 +39,7 @@ host (WASI's ``poll_oneoff`` sleeping) is not interrupted until it comes back.
 
 Memory limit: the function's limit is shared among its linear memory and its
 tables, and its store may hold only so many instances, tables and memories
-(:mod:`nex.agent.wasm_limits`). The store's limiter refuses to grow linear memory or
+(:mod:`nex.agent.wasm.limits`). The store's limiter refuses to grow linear memory or
 a table past its share (``memory.grow`` and ``table.grow`` return -1, so malloc returns
 NULL). wasmtime does not report that refusal, so a call that traps with at least
 ``OUT_OF_MEMORY_SHARE`` of the linear memory, or of an exported table, in use is
@@ -66,11 +66,11 @@ import wasmtime
 
 from nex.agent import protocol
 from nex.agent.engine import ERROR, EXIT, OUT_OF_MEMORY, TIMEOUT, CompileError, Outcome
-from nex.agent.host_wasm import WasmHost
 from nex.agent.hostservices import FunctionHost, HostServices
-from nex.agent.module_cache import ModuleCache
 from nex.agent.protocol import ENV_CACHE_DIR
-from nex.agent.wasm_limits import StoreLimits
+from nex.agent.wasm.host import WasmHost
+from nex.agent.wasm.limits import StoreLimits
+from nex.agent.wasm.module_cache import ModuleCache
 from nex.api.errors import FunctionError
 
 log = logging.getLogger(__name__)
@@ -195,17 +195,17 @@ class WasmEngine:
     """The :class:`nex.agent.engine.Engine` of the wasm agent: one wasmtime engine for all its functions."""
 
     name = "wasm"
-    # Set by the agent once it is connected; None: modules that import `nex` do not link.
-    host_services: HostServices | None = None
-
     parallel_calls = True
 
-    def __init__(self, cache_dir: Path | None, warm_instances: int = WARM_INSTANCES) -> None:
+    def __init__(self, cache_dir: Path | None, warm_instances: int = WARM_INSTANCES,
+                 host_services: HostServices | None = None) -> None:
+        # None: modules that import `nex` do not link.
+        self._host_services = host_services
         config = wasmtime.Config()
         config.epoch_interruption = True
         config.max_wasm_stack = WASM_STACK_BYTES
         # Their objects live in wasmtime's GC heap, which the store limits bound only
-        # separately from linear memory (see nex.agent.wasm_limits): off.
+        # separately from linear memory (see nex.agent.wasm.limits): off.
         config.wasm_gc = False
         config.wasm_exceptions = False
         self._engine = wasmtime.Engine(config)
@@ -215,14 +215,14 @@ class WasmEngine:
         self._warmer = Warmer() if warm_instances > 0 else None
 
     @classmethod
-    def from_environment(cls) -> WasmEngine:
+    def from_environment(cls, host_services: HostServices | None = None) -> WasmEngine:
         cache_dir = os.environ.get(ENV_CACHE_DIR)
         warm = os.environ.get(ENV_WARM_INSTANCES, "")
         if warm and not (warm.isdigit() and int(warm) <= 100):
             log.error("%s must be a number of instances from 0 to 100, not %r: using %d",
                       ENV_WARM_INSTANCES, warm, WARM_INSTANCES)
             warm = ""
-        return cls(Path(cache_dir) if cache_dir else None, int(warm) if warm else WARM_INSTANCES)
+        return cls(Path(cache_dir) if cache_dir else None, int(warm) if warm else WARM_INSTANCES, host_services)
 
     def build(self, load: protocol.Load) -> WasmSandbox:
         if not load.artifact_path:
@@ -233,7 +233,7 @@ class WasmEngine:
             raise CompileError(f"the module does not compile: {_one_line(exc)}") from None
         except OSError as exc:
             raise CompileError(f"cannot read the module {load.artifact_path}: {exc.strerror}") from None
-        host = self.host_services.scope(load) if self.host_services is not None else None
+        host = self._host_services.scope(load) if self._host_services is not None else None
         sandbox = WasmSandbox(self._engine, module, load, host, self._warmer, self._warm_instances, self._ticker)
         sandbox.want_refill()  # the first call is warm too
         return sandbox

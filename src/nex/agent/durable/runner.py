@@ -1,72 +1,34 @@
-"""Durable async invocation: one function's work-queue stream, run at least once, with retries.
-
-A function's async triggers (``mode: async`` or a ``schedule``) are captured by a
-JetStream stream of its own, ``NEXFN_<len(ns)>_<ns>_<name>`` (one name per namespace
-and function: :func:`nex.api.subjects.scoped_name`; work-queue retention, the node's
-replicas, a duplicate window of ``DUPLICATE_WINDOW_S``). Every copy of the function,
-on every node, pulls from one durable consumer of the same name, so the copies share
-the work. For each message:
-
-1. The idempotency key is the ``Nex-Key`` header, else ``Nats-Msg-Id``, else the
-   stream sequence. A key already in the done bucket (``NEX_DONE``, kept
-   ``DONE_TTL_S``) is acked without running: it completed before. (A sequence key
-   on its first delivery is not looked up: it cannot have completed.)
-2. A message delivered more than ``max_attempts`` times (its last run's copy died
-   before it answered) is dead-lettered without running again.
-3. Otherwise it runs through the function's own call path (the thread the sync calls
-   use). Success: the key is recorded with ``create`` (compare-and-set: one completion
-   record per key however many copies raced), the result is published on the
-   ``Nex-Reply-To`` subject if there is one (with the invocation's ``Nex-Hop`` plus one,
-   :mod:`nex.api.hops`), and the message is acked. Failure: a
-   ``nak`` with the delay ``backoff_ms * 2**(attempt-1)`` capped at ``max_backoff_ms``;
-   after the last attempt the message goes to the dead-letter stream ``NEX_DLQ``
-   (subject ``$NEX.DLQ.<ns>.<name>``, headers naming the subject, key, attempts and
-   last error), the final error goes to ``Nex-Reply-To``, a ``function_dead_lettered``
-   event is published, and the message is acked.
-
-A copy holds at most ``capacity`` messages (``max_concurrency``, else
-``DEFAULT_CAPACITY``) and fetches only as many as it has room for. The ack wait is
-the function's timeout plus ``ACK_MARGIN_S``; while a message waits for its turn
-on the function's thread the copy tells JetStream it is in progress, so only a dead
-copy's messages come back, one ack wait after it died.
+"""The runner of durable async invocation (:mod:`nex.agent.durable`): pulls one copy's share of
+a function's stream, runs each message at least once through the function's call path, with
+retries, the done record, the dead letter and the ``Nex-Reply-To`` reply. What it pulls from
+is made by :mod:`nex.agent.durable.streams`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import logging
-import weakref
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError, TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from nex.agent import protocol
+from nex.agent.durable.streams import SharedStores, bind_function_consumer, done_key, shared_stores
 from nex.agent.engine import Outcome
 from nex.api import subjects
-from nex.api.errors import BadRequest, FunctionError
+from nex.api.errors import FunctionError
 from nex.api.hops import LOOP, hop_of, onward
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_WINDOW_S = 10 * 60.0  # a re-publish of the same Nats-Msg-Id within this is dropped
-DONE_TTL_S = 24 * 60 * 60.0  # how long a completed key suppresses a new run
-DLQ_MAX_AGE_S = 30 * 24 * 60 * 60.0
 DEFAULT_CAPACITY = 16
 ACK_MARGIN_S = 2.0
 FETCH_WAIT_S = 1.0
 RETRY_PAUSE_S = 0.5  # after a failed fetch (JetStream away)
-STREAM_OVERLAP = 10065  # JetStream: subjects overlap with an existing stream
-
-
-class TriggerConflict(BadRequest):
-    """An async trigger subject another function's stream (or another stream) already captures."""
 
 
 class RunsCalls(Protocol):
@@ -84,12 +46,6 @@ def backoff_s(retry: protocol.RetrySettings, attempt: int) -> float:
     return min(delay_ms, retry.max_backoff_ms) / 1000
 
 
-def done_key(namespace: str, name: str, key: str) -> str:
-    """The done bucket's key of one idempotency key: any text, base64url so that KV accepts it."""
-    encoded = base64.urlsafe_b64encode(key.encode()).decode().rstrip("=") or "-"
-    return f"{namespace}.{name}.{encoded}"
-
-
 def reply_allowed(namespace: str, triggers: list[str], subject: str) -> bool:
     """Whether a Nex-Reply-To may be published on: only where the function itself may publish
     (:meth:`nex.api.subjects.WorkloadScope.may_publish`). Not an inbox: an async message is not
@@ -98,100 +54,11 @@ def reply_allowed(namespace: str, triggers: list[str], subject: str) -> bool:
     return subjects.WorkloadScope.of(namespace, triggers).may_publish(subject)
 
 
-@dataclass
-class _Shared:
-    """What every durable function of one agent shares: the dead-letter stream and the done bucket."""
-
-    done: Any
-
-
-_shared: weakref.WeakKeyDictionary[Client, asyncio.Task[_Shared]] = weakref.WeakKeyDictionary()
-
-
-async def _shared_stores(nc: Client, replicas: int) -> _Shared:
-    task = _shared.get(nc)
-    if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-        task = asyncio.ensure_future(_create_shared(nc.jetstream(), replicas))
-        _shared[nc] = task
-    return await asyncio.shield(task)
-
-
-async def _create_shared(js: JetStreamContext, replicas: int) -> _Shared:
-    try:
-        await js.stream_info(subjects.DLQ_STREAM)
-    except NotFoundError:
-        try:
-            await js.add_stream(api.StreamConfig(
-                name=subjects.DLQ_STREAM, subjects=[f"{subjects.DLQ_PREFIX}.>"],
-                retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE, num_replicas=replicas,
-                max_age=DLQ_MAX_AGE_S, duplicate_window=DUPLICATE_WINDOW_S,
-                description="nex: async invocations that failed max_attempts times"))
-        except BadRequestError:
-            await js.stream_info(subjects.DLQ_STREAM)  # another agent made it meanwhile
-    try:
-        done = await js.key_value(subjects.DONE_BUCKET)
-    except NotFoundError:
-        try:
-            done = await js.create_key_value(api.KeyValueConfig(
-                bucket=subjects.DONE_BUCKET, history=1, ttl=DONE_TTL_S, replicas=replicas,
-                storage=api.StorageType.FILE, description="nex: completed idempotency keys of async invocations"))
-        except BadRequestError:
-            done = await js.key_value(subjects.DONE_BUCKET)
-    return _Shared(done=done)
-
-
-async def ensure_function_stream(js: JetStreamContext, namespace: str, name: str, trigger_subjects: list[str],
-                                 replicas: int) -> str:
-    """Create the function's stream, or point it at ``trigger_subjects`` (the last copy loaded wins);
-    raises TriggerConflict when another stream captures one of them."""
-    stream = subjects.function_stream(namespace, name)
-    owner = f"nex function {namespace}/{name}"
-    wanted = sorted(set(trigger_subjects))
-    for _ in range(2):
-        try:
-            info = await js.stream_info(stream)
-        except NotFoundError:
-            config = api.StreamConfig(
-                name=stream, subjects=wanted, retention=api.RetentionPolicy.WORK_QUEUE,
-                storage=api.StorageType.FILE, num_replicas=replicas, duplicate_window=DUPLICATE_WINDOW_S,
-                description=owner)
-            try:
-                await js.add_stream(config)
-                return stream
-            except BadRequestError as exc:
-                if exc.err_code == STREAM_OVERLAP:
-                    raise await _conflict(js, namespace, name, wanted) from None
-                continue  # made by another copy meanwhile: look again
-        if info.config.description != owner:
-            raise TriggerConflict(f"stream {stream} belongs to {info.config.description or 'something else'},"
-                                  f" not to function {namespace}/{name}")
-        if sorted(info.config.subjects or []) != wanted:
-            try:
-                await js.update_stream(info.config.evolve(subjects=wanted))
-            except BadRequestError as exc:
-                if exc.err_code == STREAM_OVERLAP:
-                    raise await _conflict(js, namespace, name, wanted) from None
-                raise
-        return stream
-    raise TriggerConflict(f"cannot create stream {stream}")
-
-
-async def _conflict(js: JetStreamContext, namespace: str, name: str, wanted: list[str]) -> TriggerConflict:
-    for subject in wanted:
-        try:
-            other = await js.find_stream_name_by_subject(subject)
-        except NotFoundError:
-            continue
-        return TriggerConflict(f"async trigger {subject!r} of {namespace}/{name} overlaps the subjects of"
-                               f" stream {other}: two functions cannot share an async subject")
-    return TriggerConflict(f"the async triggers {', '.join(wanted)} of {namespace}/{name} overlap another stream")
-
-
 class DurableRunner:
     """Pulls one copy's share of a function's async invocations and runs them. :meth:`start`, :meth:`stop`."""
 
     def __init__(self, nc: Client, function: RunsCalls, spec: protocol.Load,
-                 triggers: list[protocol.TriggerSubscription], shared: _Shared, subscription: Any) -> None:
+                 triggers: list[protocol.TriggerSubscription], shared: SharedStores, subscription: Any) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._function = function
@@ -214,19 +81,10 @@ class DurableRunner:
     @classmethod
     async def start(cls, nc: Client, function: RunsCalls, spec: protocol.Load,
                     triggers: list[protocol.TriggerSubscription], replicas: int) -> DurableRunner:
-        js = nc.jetstream()
-        shared = await _shared_stores(nc, replicas)
-        stream = await ensure_function_stream(js, spec.namespace, spec.name, [t.subject for t in triggers], replicas)
-        capacity = spec.max_concurrency or DEFAULT_CAPACITY
-        config = api.ConsumerConfig(
-            durable_name=stream, ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL,
-            ack_wait=spec.timeout_ms / 1000 + ACK_MARGIN_S, max_deliver=-1, max_ack_pending=max(1000, capacity),
-            description=f"nex function {spec.namespace}/{spec.name}")
-        try:
-            await js.add_consumer(stream, config)
-        except BadRequestError as exc:  # exists with other settings (another revision): use it as it is
-            log.warning("function %s: consumer %s kept as it is: %s", spec.workload_id, stream, exc)
-        subscription = await js.pull_subscribe_bind(durable=stream, stream=stream)
+        shared = await shared_stores(nc, replicas)
+        subscription = await bind_function_consumer(
+            nc.jetstream(), spec, [t.subject for t in triggers], replicas,
+            capacity=spec.max_concurrency or DEFAULT_CAPACITY, ack_wait_s=spec.timeout_ms / 1000 + ACK_MARGIN_S)
         return cls(nc, function, spec, triggers, shared, subscription)
 
     async def stop(self, grace: float) -> None:
