@@ -34,7 +34,14 @@ MUST_NOT_IMPORT: dict[str, tuple[str, ...]] = {
     "nex.security": ("nex.runtimes", "nex.node", "nex.agent", "nex.fleet", "nex.client", "nex.cli", "nex.ui"),
     # desired state and placement run on any node, or in the CLI, without a node's internals
     "nex.fleet": ("nex.node", "nex.runtimes", "nex.sandbox", "nex.agent", "nex.cli", "nex.ui"),
+    # placement and control handling never meet execution: only the supervisor drives runtimes
+    "nex.node.bids": ("nex.runtimes", "nex.sandbox", "nex.agent"),
+    "nex.node.control": ("nex.runtimes", "nex.sandbox", "nex.agent"),
 }
+
+# Outside nex.runtimes, only its contract and its registry are imported: a runtime is added
+# (or changed) without touching anything else.
+RUNTIMES_FACE = ("nex.runtimes.base", "nex.runtimes.registry")
 
 
 def module_name(path: Path) -> str:
@@ -115,6 +122,12 @@ def test_the_graph_knows_the_packages() -> None:
 def test_layer_imports_only_what_it_may(layer: str) -> None:
     found = [v for module, targets in sorted(GRAPH.items()) if within(module, layer)
              for v in layer_violations(module, targets)]
+    assert found == []
+
+
+def test_only_the_registry_knows_the_runtimes() -> None:
+    found = [f"{module} imports {t}" for module, targets in sorted(GRAPH.items()) if not within(module, "nex.runtimes")
+             for t in sorted(targets) if within(t, "nex.runtimes") and t not in RUNTIMES_FACE and t != "nex.runtimes"]
     assert found == []
 
 

@@ -59,7 +59,11 @@ class Sandbox(Protocol):
 
 
 class Engine(Protocol):
-    """Builds sandboxes; one per agent process."""
+    """Builds sandboxes; one per agent process.
+
+    The agent makes it once connected to NATS, handing its constructor the host services
+    (:class:`nex.agent.hostservices.HostServices`), which it scopes to each function it builds
+    (:data:`nex.agent.agent.EngineMaker`); built without them, its functions get none."""
 
     name: str  # "javascript", "wasm": names the agent in logs, threads and errors
     # Its sandboxes' invoke may run on several threads at once (each call on one thread):

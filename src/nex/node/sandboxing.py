@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 from nex.node.config import SandboxMode
-from nex.runtimes.base import ProcessGuard
 from nex.sandbox.runner import OciRunner, SandboxUnavailable, remove_bundle
+from nex.types import ProcessGuard
 
 log = logging.getLogger(__name__)
 
