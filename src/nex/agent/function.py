@@ -17,7 +17,7 @@ a function in one queue group, undeploying one of them loses no call: what the
 server routed to it is answered by it, and the rest goes to the others.
 
 Async triggers (``mode: async``, schedules) are not subscribed: a
-:class:`nex.agent.durable.DurableRunner` pulls them from the function's stream and
+:class:`nex.agent.durable.runner.DurableRunner` pulls them from the function's stream and
 runs them through :meth:`LoadedFunction.run_async`, and a
 :class:`nex.agent.schedule.Schedule` per scheduled trigger publishes its fire times.
 Unloading stops both first, letting the invocations they hold finish within the grace.
