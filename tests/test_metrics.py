@@ -138,6 +138,7 @@ async def test_placements_and_reconciler_actions_are_counted(nats_server, nc, tm
             return samples if value(samples, "nex_reconciler_actions_total", action="place") == 2 else None
         samples = await eventually(placed, timeout=20, interval=0.2)
         assert value(samples, "nex_reconciler_leading") == 1
+        assert value(samples, "nex_reconciler_passes_total") >= 1
         assert value(samples, "nex_bids_total", result="bid") >= 2
         assert value(samples, "nex_bid_deploys_total") == 2
 
