@@ -14,6 +14,9 @@ from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from nex.api import claims, subjects
 from nex.api.errors import FunctionError, error_code, from_reply
 
@@ -88,6 +91,33 @@ async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: f
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def reconciler_passes(nodes: Any, count: int = 3, timeout: float = 10.0) -> None:
+    """Return once the reconcilers of ``nodes`` (an in-process node, or a list of them) made ``count``
+    more passes between them: time for a reconciler to act on what it should not. Only the lease
+    holder makes passes, so a fleet is counted as a whole, whoever holds the lease meanwhile."""
+    nodes = nodes if isinstance(nodes, list) else [nodes]
+
+    def made() -> int:
+        return sum(node.reconciler.passes for node in nodes if node.reconciler is not None)
+    start = made()
+    await eventually(lambda: made() >= start + count, timeout=timeout)
+
+
+async def scrape(url: str, timeout: float = 10.0) -> dict[tuple[str, tuple], float]:
+    """Every sample of a node's metrics endpoint, by (name, sorted labels)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
+            session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples: dict, metric: str, /, **labels: str) -> float | None:
+    return samples.get((metric, tuple(sorted(labels.items()))))
 
 
 async def collect(nc, subject: str) -> list:

@@ -12,7 +12,7 @@ import pytest
 from nats.aio.client import Client
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
-from helpers import ARTIFACT_ROOTS, eventually, file_artifact
+from helpers import ARTIFACT_ROOTS, eventually, file_artifact, reconciler_passes
 from nex.api.apps import AppSpec, RolloutState
 from nex.api.models import WorkloadState
 from nex.fleet.store import AppStore
@@ -118,7 +118,7 @@ async def test_a_stopped_nodes_replicas_are_placed_on_the_others(fleet, store, p
         return running if running and all(name != "node-c" for name, _ in running) else None
     running = await eventually(moved, timeout=20)
     assert sorted(name for name, _ in running) in (["node-a", "node-a", "node-b"], ["node-a", "node-b", "node-b"])
-    await asyncio.sleep(1.5)  # a few more passes: still exactly three, no doubles
+    await reconciler_passes(fleet, 5)  # still exactly three, no doubles
     assert len(await replicas_of(store, "shop", "ticker")) == 3
 
 
@@ -127,7 +127,7 @@ async def test_one_reconciler_holds_the_lease_and_another_takes_over(fleet, stor
     assert len(first) == 1
     lease = await store.lease()
     assert lease.holder == first[0].node_id and lease.fleet_xkey and lease.fleet_issuer
-    await asyncio.sleep(1.0)
+    await reconciler_passes(fleet, 4)  # more than a lease renewal (every lease_s / 3)
     assert leaders(fleet) == first  # still one, the same
     await first[0].shutdown()
     others = [n for n in fleet if n is not first[0]]
@@ -267,7 +267,7 @@ async def test_a_node_that_restarts_rejoins_without_doubling_replicas(fleet, sto
     await again.start()
     fleet.append(again)
     await eventually(lambda: _registered(store, again.node_id), timeout=10)
-    await asyncio.sleep(2.0)  # several passes with the node back
+    await reconciler_passes(fleet, 6)  # with the node back
     assert await _exactly(store, "shop", "ticker", 3)
 
 
