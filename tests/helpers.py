@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nex.api import claims, subjects
 from nex.api.errors import FunctionError, error_code, from_reply
+from nex.api.models import DeployRequest
 
 
 def cli_environment() -> dict[str, str]:
@@ -57,6 +58,38 @@ def build_wasm(source: Path, out: Path) -> Path:
 def file_artifact(path: Path) -> dict[str, str]:
     """A file:// artifact: the tests' nodes serve it from ARTIFACT_ROOTS."""
     return {"uri": f"file://{path}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def native_body(path: Path, name: str, **extra: Any) -> dict[str, Any]:
+    """The body of a DEPLOY of the native program at ``path``, a file:// artifact; ``extra`` adds to
+    it or overrides (with ``replicas``, it is a workload of an app)."""
+    return {"name": name, "type": "native", "artifact": file_artifact(path), **extra}
+
+
+def ticker(programs: dict[str, Path], name: str = "ticker", **extra: Any) -> dict[str, Any]:
+    """tests/programs/ticker.c (a service: a tick a line until SIGTERM) as a native workload."""
+    return native_body(programs["ticker"], name, **extra)
+
+
+def ticker_request(programs: dict[str, Path], name: str = "ticker", **extra: Any) -> DeployRequest:
+    """:func:`ticker` as the client's DeployRequest."""
+    return DeployRequest(**ticker(programs, name, **extra))
+
+
+def function_body(path: Path, name: str, subject: str, **extra: Any) -> dict[str, Any]:
+    """The body of a DEPLOY of the function at ``path`` (Wasm for a .wasm file, else JavaScript), a
+    file:// artifact, called on ``subject``; ``extra`` adds to it or overrides."""
+    kind = "wasm" if path.suffix == ".wasm" else "javascript"
+    return {"name": name, "type": kind, "artifact": file_artifact(path), "triggers": [{"subject": subject}], **extra}
+
+
+async def deploy(nc, node: Any, body: dict[str, Any], *, namespace: str = "default",
+                 timeout: float = 15.0) -> dict:
+    """``body`` deployed on ``node`` (anything with a ``node_id``) by a raw DEPLOY, as any NATS client
+    sends it: the workload summary. Fails on an error reply (a test of a refusal sends ``control``)."""
+    code, summary = await control(nc, "DEPLOY", node.node_id, body, namespace=namespace, timeout=timeout)
+    assert code is None, summary
+    return summary
 
 
 def artifact_root_args() -> list[str]:

@@ -15,7 +15,7 @@ from nex.node.node import Node
 from nex.node.registry import MIN_SPACING_S, NodeRegistry
 from nex.node.resources import resources
 
-from helpers import ARTIFACT_ROOTS, alive, control, eventually, file_artifact, start_node, wait_for_node
+from helpers import ARTIFACT_ROOTS, alive, control, eventually, start_node, ticker, wait_for_node
 
 
 async def entry(nc, node_id: str) -> NodeRecord | None:
@@ -32,10 +32,6 @@ def node_config(nats_server, **values) -> NodeConfig:
     """A node of these tests: plain processes, and no reconciler (the registry alone is under test)."""
     return NodeConfig(artifact_roots=ARTIFACT_ROOTS,
                       server=nats_server.url, **{"sandbox": "none", "reconciler": False, **values})
-
-
-def ticker(programs, name: str = "ticker") -> dict:
-    return {"name": name, "type": "native", "artifact": file_artifact(programs["ticker"])}
 
 
 def replica(programs, name: str = "ticker") -> dict:
