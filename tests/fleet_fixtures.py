@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import aiohttp
 import nats
 import pytest
 from nats.errors import Error as NatsError
@@ -27,16 +29,18 @@ from nex.api import subjects
 from nex.natsserver import NatsServer
 from nex.node import identity
 
-from helpers import ARTIFACT_ROOTS
+from helpers import ARTIFACT_ROOTS, eventually, scrape, value
 
 SERVER_NAMES = ("n1", "n2", "n3")
 ZONES = ("a", "b", "c")
 # Short fleet timings, so that the chaos tests converge within their bounds; not shorter,
 # because a SIGKILLed nats-server leaves its streams leaderless for a few seconds.
 # No "replicas": on the cluster, the nodes give their streams and buckets 3 by themselves.
+# Metrics on a port of the system's choosing, which the node logs: how a test counts reconciler passes.
 FLEET_CONFIG: dict[str, Any] = {
     "registry_interval_s": 0.5, "node_timeout_s": 3.0, "lease_s": 3.0,
     "reconcile_interval_s": 0.5, "sandbox": "none", "stop_grace_s": 2.0, "lameduck_s": 0.5,
+    "metrics_port": 0,
 }
 _PROBE_STREAM = "FLEET_FIXTURE_PROBE"
 
@@ -308,6 +312,24 @@ class NodeProcess:
         await self.stop()
         await self.start(timeout)
 
+    def metrics_url(self) -> str | None:
+        """Where this run of the node serves its metrics, as its log says (the last start's line)."""
+        found = re.findall(r"metrics on (http://\S+)", self.log_tail(10_000))
+        return found[-1] if found else None
+
+    async def reconciler_passes(self) -> int | None:
+        """The passes its reconciler made (nex_reconciler_passes_total); None when the node does not
+        answer (stopped, killed, frozen) or its reconciler is off."""
+        url = self.metrics_url() if self.running else None
+        if url is None:
+            return None
+        try:
+            samples = await scrape(url, timeout=2.0)
+        except (OSError, asyncio.TimeoutError, aiohttp.ClientError):
+            return None
+        passes = value(samples, "nex_reconciler_passes_total")
+        return None if passes is None else int(passes)
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -372,8 +394,6 @@ class AppFleet:
     async def converged(self, replicas: int, timeout: float = 20.0,
                         not_on: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
         """Once exactly ``replicas`` run (none on ``not_on``), and still do a second later."""
-        from helpers import eventually
-
         async def exact() -> dict[str, str] | None:
             running = await self.running()
             if len(running) != replicas or set(running.values()) & not_on:
@@ -382,6 +402,23 @@ class AppFleet:
             again = await self.running()
             return running if again == running else None
         return await eventually(exact, timeout=timeout, interval=0.3)
+
+    async def reconciler_passes(self, count: int, nodes: list[NodeProcess] | None = None,
+                                timeout: float = 30.0) -> None:
+        """Return once the reconcilers of ``nodes`` (every node by default; leave out a frozen one,
+        it cannot answer a scrape) made ``count`` more passes between them, read from their metrics.
+        Only the lease holder makes passes, so they are counted together, whoever holds the lease."""
+        watched = nodes if nodes is not None else self.nodes
+
+        async def made() -> dict[str, int]:
+            counts = await asyncio.gather(*(n.reconciler_passes() for n in watched))
+            return {n.node_id: c for n, c in zip(watched, counts) if c is not None}
+        start = await made()
+
+        async def enough() -> bool:
+            now = await made()
+            return sum(max(0, c - start.get(node_id, 0)) for node_id, c in now.items()) >= count
+        await eventually(enough, timeout=timeout, interval=0.2)
 
     async def holder(self) -> str | None:
         """The node id of the reconciler's lease holder; None while nobody (or no answer: JetStream

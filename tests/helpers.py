@@ -14,8 +14,12 @@ from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from nex.api import claims, subjects
 from nex.api.errors import FunctionError, error_code, from_reply
+from nex.api.models import DeployRequest
 
 
 def cli_environment() -> dict[str, str]:
@@ -56,6 +60,38 @@ def file_artifact(path: Path) -> dict[str, str]:
     return {"uri": f"file://{path}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
+def native_body(path: Path, name: str, **extra: Any) -> dict[str, Any]:
+    """The body of a DEPLOY of the native program at ``path``, a file:// artifact; ``extra`` adds to
+    it or overrides (with ``replicas``, it is a workload of an app)."""
+    return {"name": name, "type": "native", "artifact": file_artifact(path), **extra}
+
+
+def ticker(programs: dict[str, Path], name: str = "ticker", **extra: Any) -> dict[str, Any]:
+    """tests/programs/ticker.c (a service: a tick a line until SIGTERM) as a native workload."""
+    return native_body(programs["ticker"], name, **extra)
+
+
+def ticker_request(programs: dict[str, Path], name: str = "ticker", **extra: Any) -> DeployRequest:
+    """:func:`ticker` as the client's DeployRequest."""
+    return DeployRequest(**ticker(programs, name, **extra))
+
+
+def function_body(path: Path, name: str, subject: str, **extra: Any) -> dict[str, Any]:
+    """The body of a DEPLOY of the function at ``path`` (Wasm for a .wasm file, else JavaScript), a
+    file:// artifact, called on ``subject``; ``extra`` adds to it or overrides."""
+    kind = "wasm" if path.suffix == ".wasm" else "javascript"
+    return {"name": name, "type": kind, "artifact": file_artifact(path), "triggers": [{"subject": subject}], **extra}
+
+
+async def deploy(nc, node: Any, body: dict[str, Any], *, namespace: str = "default",
+                 timeout: float = 15.0) -> dict:
+    """``body`` deployed on ``node`` (anything with a ``node_id``) by a raw DEPLOY, as any NATS client
+    sends it: the workload summary. Fails on an error reply (a test of a refusal sends ``control``)."""
+    code, summary = await control(nc, "DEPLOY", node.node_id, body, namespace=namespace, timeout=timeout)
+    assert code is None, summary
+    return summary
+
+
 def artifact_root_args() -> list[str]:
     """``--artifact-root DIR`` for each test artifact root, for a `nex node up` process."""
     return [arg for root in ARTIFACT_ROOTS for arg in ("--artifact-root", str(root))]
@@ -88,6 +124,33 @@ async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: f
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def reconciler_passes(nodes: Any, count: int = 3, timeout: float = 10.0) -> None:
+    """Return once the reconcilers of ``nodes`` (an in-process node, or a list of them) made ``count``
+    more passes between them: time for a reconciler to act on what it should not. Only the lease
+    holder makes passes, so a fleet is counted as a whole, whoever holds the lease meanwhile."""
+    nodes = nodes if isinstance(nodes, list) else [nodes]
+
+    def made() -> int:
+        return sum(node.reconciler.passes for node in nodes if node.reconciler is not None)
+    start = made()
+    await eventually(lambda: made() >= start + count, timeout=timeout)
+
+
+async def scrape(url: str, timeout: float = 10.0) -> dict[tuple[str, tuple], float]:
+    """Every sample of a node's metrics endpoint, by (name, sorted labels)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
+            session.get(url) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples: dict, metric: str, /, **labels: str) -> float | None:
+    return samples.get((metric, tuple(sorted(labels.items()))))
 
 
 async def collect(nc, subject: str) -> list:

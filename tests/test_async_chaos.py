@@ -17,7 +17,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from fleet_fixtures import NodeProcess
-from helpers import control, eventually, file_artifact
+from helpers import deploy, eventually, function_body
 from nex.api import subjects
 from nex.client import NexClient
 from nex.natsserver import NatsServer
@@ -28,12 +28,9 @@ COUNT = 1000
 CAPACITY = 16  # max_concurrency: the messages one copy holds at most
 
 
-async def deploy(nc: Client, node: NodeProcess) -> None:
-    body = {"name": "jobs", "type": "javascript", "artifact": file_artifact(JOBS),
-            "triggers": [{"subject": SUBJECT, "mode": "async"}],
-            "limits": {"timeout_ms": 2000, "max_concurrency": CAPACITY}}
-    code, summary = await control(nc, "DEPLOY", node.node_id, body=body, timeout=20)
-    assert code is None, summary
+def jobs() -> dict:
+    return function_body(JOBS, "jobs", SUBJECT, triggers=[{"subject": SUBJECT, "mode": "async"}],
+                         limits={"timeout_ms": 2000, "max_concurrency": CAPACITY})
 
 
 async def test_a_node_killed_mid_batch_completes_every_key_once(nats_server: NatsServer, nc: Client, tmp_path: Path):
@@ -42,7 +39,7 @@ async def test_a_node_killed_mid_batch_completes_every_key_once(nats_server: Nat
     stream = subjects.function_stream("default", "jobs")
     try:
         await node.start()
-        await deploy(nc, node)
+        await deploy(nc, node, jobs(), timeout=20)
         keys = [f"job-{i:04d}" for i in range(COUNT)]
         for start in range(0, COUNT, 100):
             acks = await asyncio.gather(*(
@@ -58,7 +55,7 @@ async def test_a_node_killed_mid_batch_completes_every_key_once(nats_server: Nat
         assert 0 < remaining < COUNT, remaining  # killed in the middle of the batch
 
         await node.start()
-        await deploy(nc, node)
+        await deploy(nc, node, jobs(), timeout=20)
         await eventually(lambda: _at_most(left, 0), timeout=30, interval=0.1)
 
         done = await js.stream_info(f"KV_{subjects.DONE_BUCKET}")

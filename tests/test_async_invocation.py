@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from helpers import collect, control, eventually, file_artifact
+from helpers import collect, control, deploy, eventually, function_body
 from nex.agent import protocol
 from nex.agent.durable.runner import backoff_s, reply_allowed
 from nex.agent.durable.streams import done_key
@@ -37,12 +37,9 @@ SUBJECT = "jobs.run"
 RESULTS = "nex.default.results"
 
 
-async def deploy(nc: Client, node: Node, name: str, triggers: list[dict], artifact: Path = JOBS,
-                 limits: dict | None = None) -> tuple[int | None, dict]:
-    body: dict = {"name": name, "type": "javascript", "artifact": file_artifact(artifact), "triggers": triggers}
-    if limits:
-        body["limits"] = limits
-    return await control(nc, "DEPLOY", node.node_id, body=body, timeout=15)
+def jobs(name: str, triggers: list[dict], **extra: object) -> dict:
+    """jobs.js as function ``name``, called by ``triggers``."""
+    return function_body(JOBS, name, SUBJECT, triggers=triggers, **extra)
 
 
 async def deployed(nc: Client, node: Node, name: str = "jobs", retry: dict | None = None,
@@ -50,9 +47,7 @@ async def deployed(nc: Client, node: Node, name: str = "jobs", retry: dict | Non
     trigger: dict = {"subject": subject, "mode": "async"}
     if retry:
         trigger["retry"] = retry
-    code, summary = await deploy(nc, node, name, [trigger], limits={"timeout_ms": 2000})
-    assert code is None, summary
-    return summary
+    return await deploy(nc, node, jobs(name, [trigger], limits={"timeout_ms": 2000}))
 
 
 def job(job_id: str, fail: int = 0) -> bytes:
@@ -245,12 +240,13 @@ async def test_bad_async_triggers_are_refused_and_change_nothing(node: Node, nc:
         ({"subject": "ticks", "mode": "sync", "schedule": "* * * * *"}, "scheduled trigger is async"),
         ({"subject": "ticks", "retry": {"max_attempts": 3}}, "retry applies to async"),
     ]:
-        code, body = await deploy(nc, node, "bad", [trigger])
+        code, body = await control(nc, "DEPLOY", node.node_id, jobs("bad", [trigger]), timeout=15)
         assert code == 400, body
         assert expected in body["error"]["message"]
 
     await deployed(nc, node, name="jobs")
-    code, body = await deploy(nc, node, "thief", [{"subject": SUBJECT, "mode": "async"}])
+    code, body = await control(nc, "DEPLOY", node.node_id, jobs("thief", [{"subject": SUBJECT, "mode": "async"}]),
+                               timeout=15)
     assert code == 400, body
     assert f"overlaps the subjects of stream {subjects.function_stream('default', 'jobs')}" in body["error"]["message"]
     names = sorted(w.name for w in await NexClient(nc).workloads())
@@ -270,8 +266,7 @@ async def test_bad_async_triggers_are_refused_and_change_nothing(node: Node, nc:
 async def test_a_message_whose_last_attempt_died_is_dead_lettered_without_running(node: Node, nc: Client):
     retry = {"max_attempts": 1, "backoff_ms": 50, "max_backoff_ms": 50}
     trigger = [{"subject": SUBJECT, "mode": "async", "retry": retry}]
-    code, summary = await deploy(nc, node, "jobs", trigger, limits={"timeout_ms": 500})
-    assert code is None, summary
+    summary = await deploy(nc, node, jobs("jobs", trigger, limits={"timeout_ms": 500}))
     code, body = await control(nc, "UNDEPLOY", summary["id"], body={}, timeout=15)
     assert code is None, body
     # A copy that takes the message for its only attempt and dies before it answers: this
@@ -285,8 +280,7 @@ async def test_a_message_whose_last_attempt_died_is_dead_lettered_without_runnin
 
     dead = await collect(nc, subjects.events("default", "function_dead_lettered"))
     await flush_subscriptions(nc)
-    code, summary = await deploy(nc, node, "jobs", trigger, limits={"timeout_ms": 500})
-    assert code is None, summary
+    await deploy(nc, node, jobs("jobs", trigger, limits={"timeout_ms": 500}))
     await eventually(lambda: dead, timeout=15)  # after the ack wait: delivered a second time
     event = json.loads(dead[0].data)["data"]
     assert (event["key"], event["attempts"]) == ("lost", 1) and "stopped before it answered" in event["error"]

@@ -17,14 +17,14 @@ import pytest
 
 from nex.api import subjects
 from nex.api.errors import BidNotFound, Unavailable
-from nex.api.models import AuctionReply, AuctionRequest, Bid, DeployRequest, WorkloadType
+from nex.api.models import AuctionReply, AuctionRequest, Bid, WorkloadType
 from nex.cli.devrun import parse_placement_tags
 from nex.client import NexClient, rank_bids
 from nex.node.node import Node
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import XKey
 
-from helpers import collect, control, eventually, file_artifact, running_node
+from helpers import collect, control, eventually, running_node, ticker_request
 
 DOCS = Path(__file__).parent.parent / "docs"
 
@@ -45,10 +45,6 @@ async def fleet(nats_server, tmp_path) -> list[Node]:
 @pytest.fixture
 def client(nc) -> NexClient:
     return NexClient(nc)
-
-
-def ticker(programs, name: str = "ticker", **extra) -> DeployRequest:
-    return DeployRequest(name=name, type="native", artifact=file_artifact(programs["ticker"]), **extra)
 
 
 def by_node(replies: list[AuctionReply]) -> dict[str, AuctionReply]:
@@ -101,7 +97,8 @@ async def test_held_memory_is_not_promised_twice(fleet, client):
 
 async def test_place_without_a_fitting_node_lists_the_reasons(fleet, client, programs):
     with pytest.raises(Unavailable) as caught:
-        await client.place(ticker(programs), AuctionRequest(type="native", tags={"zone": "c"}), wait=5, expected=3)
+        await client.place(ticker_request(programs), AuctionRequest(type="native", tags={"zone": "c"}), wait=5,
+                           expected=3)
     assert caught.value.message == (
         "no node can take the workload: node n1 lacks tag zone=c (has zone=a); "
         "node n2 lacks tag zone=c (has zone=b); node n3 lacks tag zone=c (has zone=b)")
@@ -109,7 +106,7 @@ async def test_place_without_a_fitting_node_lists_the_reasons(fleet, client, pro
 
 async def test_no_node_at_all(client, programs):
     with pytest.raises(Unavailable) as caught:
-        await client.place(ticker(programs))
+        await client.place(ticker_request(programs))
     assert caught.value.message == "no node is running in namespace 'default'"
 
 
@@ -117,14 +114,14 @@ async def test_deploy_through_a_bid_runs_on_the_bidding_node(fleet, client, prog
     n1 = fleet[0]
     replies = await client.auction(AuctionRequest(type="native", tags={"zone": "a"}), wait=5, expected=3)
     bid = by_node(replies)[n1.node_id].bid
-    summary = await client.deploy(bid.bid_id, ticker(programs))
+    summary = await client.deploy(bid.bid_id, ticker_request(programs))
     assert summary.node_id == n1.node_id and summary.state == "running"
     assert [w.id for w in n1.supervisor.table.active()] == [summary.id]
     assert n1.bids.outstanding == 0, "the used bid is gone"
 
     # The same bid again: the node refuses it.
     with pytest.raises(BidNotFound) as caught:
-        await client.deploy(bid.bid_id, ticker(programs, name="again"))
+        await client.deploy(bid.bid_id, ticker_request(programs, name="again"))
     assert caught.value.code == 404 and caught.value.message == f"bid {bid.bid_id!r} expired or already used"
     assert len(n1.supervisor.table.active()) == 1
 
@@ -134,9 +131,9 @@ async def test_a_bid_is_good_in_its_own_namespace_only(fleet, nc, client, progra
     replies = await client.auction(AuctionRequest(type="native", tags={"zone": "a"}), wait=5, expected=3)
     bid = by_node(replies)[n1.node_id].bid
     with pytest.raises(BidNotFound):
-        await NexClient(nc, namespace="other").deploy(bid.bid_id, ticker(programs))
+        await NexClient(nc, namespace="other").deploy(bid.bid_id, ticker_request(programs))
     assert n1.supervisor.table.active() == [] and n1.bids.outstanding == 1, "the bid still holds in its namespace"
-    summary = await client.deploy(bid.bid_id, ticker(programs))
+    summary = await client.deploy(bid.bid_id, ticker_request(programs))
     assert summary.node_id == n1.node_id
 
 
@@ -146,7 +143,7 @@ async def test_a_bid_expires(nats_server, tmp_path, client, programs):
         assert reply.bid.expires_in_ms == 300
         await eventually(lambda: node.bids.outstanding == 0, timeout=5)
         with pytest.raises(BidNotFound):
-            await client.deploy(reply.bid.bid_id, ticker(programs))
+            await client.deploy(reply.bid.bid_id, ticker_request(programs))
         assert node.supervisor.table.active() == []
 
 
@@ -155,18 +152,18 @@ async def test_bids_go_away_with_the_node(nats_server, tmp_path, client, program
         [reply] = await client.auction(AuctionRequest(type="native"), wait=5, expected=1)
     assert node.bids.outstanding == 0
     with pytest.raises(BidNotFound):
-        await client.deploy(reply.bid.bid_id, ticker(programs))
+        await client.deploy(reply.bid.bid_id, ticker_request(programs))
 
 
 async def test_a_burst_of_placements_spreads(fleet, client, programs):
     summaries = await asyncio.gather(*(
-        client.place(ticker(programs, name=f"t{i}"), wait=5, expected=3) for i in range(12)))
+        client.place(ticker_request(programs, name=f"t{i}"), wait=5, expected=3) for i in range(12)))
     counts = Counter(s.node_id for s in summaries)
     assert set(counts) == {n.node_id for n in fleet}, counts
     assert max(counts.values()) <= 6, counts
     # Placed one at a time, each on the least busy node: the fleet evens out.
     for i in range(6):
-        await client.place(ticker(programs, name=f"s{i}"), wait=5, expected=3)
+        await client.place(ticker_request(programs, name=f"s{i}"), wait=5, expected=3)
     totals = sorted(len(n.supervisor.table.active()) for n in fleet)
     assert sum(totals) == 18 and totals[-1] - totals[0] <= 3, totals
 
@@ -174,11 +171,11 @@ async def test_a_burst_of_placements_spreads(fleet, client, programs):
 async def test_place_honours_tags_and_the_request_memory(fleet, client, programs):
     n1 = fleet[0]
     for i in range(3):
-        summary = await client.place(ticker(programs, name=f"a{i}"),
+        summary = await client.place(ticker_request(programs, name=f"a{i}"),
                                      AuctionRequest(type="native", tags={"zone": "a"}), wait=5, expected=3)
         assert summary.node_id == n1.node_id
     with pytest.raises(Unavailable) as caught:
-        await client.place(ticker(programs, limits={"memory_mib": 1024 * 1024}), wait=5, expected=3)
+        await client.place(ticker_request(programs, limits={"memory_mib": 1024 * 1024}), wait=5, expected=3)
     assert "needs 1048576 MiB" in caught.value.message
 
 
@@ -201,7 +198,7 @@ async def test_placement_stops_waiting_once_every_listed_node_answered(fleet, cl
     assert await client.live_node_count() == 3
     loop = asyncio.get_running_loop()
     started = loop.time()
-    summary = await client.place(ticker(programs), wait=5)
+    summary = await client.place(ticker_request(programs), wait=5)
     assert summary.state == "running" and loop.time() - started < 2.5, "stopped once every node had answered"
 
 
@@ -225,7 +222,7 @@ async def test_signed_deploy_through_a_bid_seals_env_to_the_bidder(nats_server, 
         logs = await collect(nc, subjects.logs_filter("default"))
         wire = await collect(nc, subjects.control("default", subjects.DEPLOY, ">"))
         client = NexClient(nc, keys=keys)
-        summary = await client.place(ticker(programs, env={"GREETING": "sealed-hello"}), wait=5, expected=1)
+        summary = await client.place(ticker_request(programs, env={"GREETING": "sealed-hello"}), wait=5, expected=1)
         assert summary.node_id == node.node_id and summary.issuer == keys.issuer_public
         assert summary.env_keys == ["GREETING"]
         await eventually(lambda: any(m.data == b"started sealed-hello with 0 args" for m in logs), timeout=10)

@@ -14,7 +14,7 @@ import signal
 import time
 
 from fleet_fixtures import AppFleet, Cluster, NodeProcess
-from helpers import alive, eventually
+from helpers import alive, collect, eventually
 from nex.api import subjects
 from nex.api.apps import AppSpec, AppWorkload, Placement, RestartPolicy
 from nex.api.models import NodeState, WorkloadState
@@ -82,14 +82,21 @@ async def test_a_killed_nodes_replicas_are_back_within_10_seconds(nats_cluster, 
 async def test_a_stopped_nats_server_changes_nothing(nats_cluster, node_processes, programs):
     # A silent node is declared gone only after 6 s here: longer than a reconnect plus a
     # JetStream leader election, which is what this test is about.
-    fleet = await start_fleet(nats_cluster, node_processes, programs, node_timeout_s=6.0)
+    ttl_s = 6.0
+    fleet = await start_fleet(nats_cluster, node_processes, programs, node_timeout_s=ttl_s)
+    placed = await collect(fleet.client.nc, subjects.events("default", "replica_placed"))
     try:
         before = await fleet.running()
+        stopped_at = time.monotonic()
         await nats_cluster.stop("n2")
         on_n2 = next(n for n in fleet.nodes if nats_cluster.home(n) == "n2")
         await eventually(lambda: "reconnected to NATS at" in on_n2.log_tail(200), timeout=15, interval=0.2)
-        # Past the registry's TTL: had the reconciler counted a node as gone, it would have acted by now.
-        await asyncio.sleep(7.0)
+        # Past the registry's TTL from the stop, a real-time window: a key the outage kept from being
+        # written has expired by then or been written again. Then passes of the reconciler on what it
+        # reads from then on: had it counted a node as gone, it would have acted by now.
+        await asyncio.sleep(max(0.0, stopped_at + ttl_s + 1.0 - time.monotonic()))
+        await fleet.reconciler_passes(4)
+        assert placed == [], "a replica was placed: a node was taken for gone"
         after = await fleet.converged()
         assert after == before, "the same replicas on the same nodes: none lost, none doubled"
         assert len(await fleet.registry_replicas()) == REPLICAS
@@ -203,7 +210,9 @@ async def test_a_frozen_node_that_still_holds_its_connection_is_not_taken_for_go
 
         os.kill(victim.pid, signal.SIGSTOP)
         try:
-            await asyncio.sleep(6.0)  # a dozen registry intervals, many reconciler passes: all silent
+            # The frozen node is silent after 1.5 registry intervals, then asked at each pass (1 s
+            # without an answer, then the next pass): in five passes it was asked at least three times.
+            await fleet.reconciler_passes(5, nodes=[n for n in fleet.nodes if n is not victim])
         finally:
             os.kill(victim.pid, signal.SIGCONT)
         assert placed == [], "a replica was placed while the frozen node still ran its own"

@@ -36,6 +36,8 @@ from nex.client import NexClient, guess_type, workload_name_for
 from nex.connection import ConnectOptions, flush_subscriptions
 from nex.natsserver import NatsServer
 
+from helpers import eventually
+
 NOWHERE = "nats://127.0.0.1:1"
 
 
@@ -379,9 +381,10 @@ async def test_logs_history_then_follow(nc, client):
         [line async for line in client.logs("w3")]
     assert (unknown.value.workload_id, unknown.value.namespace) == ("w3", "default")
 
+    texts: list[str] = []
+
     async def follow_three() -> list[str]:
         lines = client.logs("w1", follow=True)
-        texts = []
         async for line in lines:
             texts.append(line.text)
             if len(texts) == 3:
@@ -390,7 +393,7 @@ async def test_logs_history_then_follow(nc, client):
         return texts
 
     follower = asyncio.create_task(follow_three())
-    await asyncio.sleep(0.2)
+    await eventually(lambda: len(texts) == 2, timeout=5)  # the history read: a line from now on is followed
     await js.publish(subjects.logs("default", "w1", "stdout"), "three ✓".encode())
     assert await asyncio.wait_for(follower, 5) == ["one", "two", "three ✓"]
 

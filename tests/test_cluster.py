@@ -12,7 +12,7 @@ import pytest
 from nats.errors import Error as NatsError
 from nats.js.api import StreamInfo
 
-from helpers import alive, eventually, file_artifact, process_group
+from helpers import alive, eventually, native_body, process_group, ticker_request
 from fleet_fixtures import NodeProcess
 from nex.api import subjects
 from nex.api.models import DeployRequest, WorkloadState
@@ -23,11 +23,6 @@ from nex.natsserver import NatsServer, NatsServerError, PortTaken
 
 async def client_on(*urls: str) -> NexClient:
     return await NexClient.connect(ConnectOptions(servers=list(urls)), timeout=5.0)
-
-
-def ticker(programs, artifact: dict | None = None) -> DeployRequest:
-    return DeployRequest.model_validate(
-        {"name": "ticker", "type": "native", "artifact": artifact or file_artifact(programs["ticker"])})
 
 
 async def log_lines(client: NexClient, workload_id: str) -> list[str]:
@@ -64,7 +59,7 @@ async def test_nodes_on_three_servers_are_one_fleet(nats_cluster, node_processes
 
         on_n3 = nodes[2]
         assert nats_cluster.home(on_n3) == "n3"
-        workload = await client.deploy(on_n3.node_id, ticker(programs))
+        workload = await client.deploy(on_n3.node_id, ticker_request(programs))
         assert workload.node_id == on_n3.node_id and workload.state == WorkloadState.RUNNING
         lines = await ticked(client, workload.id, 3)
         assert lines[:4] == ["started - with 0 args", "tick 0", "tick 1", "tick 2"]
@@ -84,7 +79,7 @@ async def test_a_node_keeps_its_workload_when_its_server_goes(nats_cluster, node
     # A client on n2 and n3 only: it must not notice n1 going away.
     client = await client_on(nats_cluster.servers[1].url, nats_cluster.servers[2].url)
     try:
-        workload = await client.deploy(on_n1.node_id, ticker(programs))
+        workload = await client.deploy(on_n1.node_id, ticker_request(programs))
         before = len(await ticked(client, workload.id, 1))
         assert "reconnected to NATS" not in on_n1.log_tail(100)
 
@@ -121,7 +116,7 @@ async def test_a_node_leaves_a_server_that_stops_answering(nats_cluster, node_pr
     on_n1 = nodes[0]
     client = await client_on(nats_cluster.servers[1].url, nats_cluster.servers[2].url)
     try:
-        workload = await client.deploy(on_n1.node_id, ticker(programs))
+        workload = await client.deploy(on_n1.node_id, ticker_request(programs))
 
         nats_cluster.freeze("n1")  # no reset, no EOF: only the missing PONGs tell
 
@@ -170,7 +165,7 @@ async def test_a_node_behind_a_leaf_server_runs_hub_artifacts(nats_cluster, leaf
         assert ping.name == "leafnode" and ping.tags["site"] == "edge"
 
         artifact = await client.upload_artifact(programs["ticker"], key="ticker")
-        workload = await client.deploy(node.node_id, ticker(programs, artifact.model_dump()))
+        workload = await client.deploy(node.node_id, ticker_request(programs, artifact=artifact.model_dump()))
         assert workload.state == WorkloadState.RUNNING
         lines = await ticked(client, workload.id, 2)
         assert lines[:3] == ["started - with 0 args", "tick 0", "tick 1"]
@@ -193,9 +188,8 @@ async def test_a_killed_node_leaves_no_workload_process(nats_cluster, node_proce
     node, = await node_processes(1)
     client = await client_on(*nats_cluster.urls.split(","))
     try:
-        first = await client.deploy(node.node_id, ticker(programs))
-        stubborn = await client.deploy(node.node_id, DeployRequest.model_validate(
-            {"name": "stubborn", "type": "native", "artifact": file_artifact(programs["stubborn"])}))
+        first = await client.deploy(node.node_id, ticker_request(programs))
+        stubborn = await client.deploy(node.node_id, DeployRequest(**native_body(programs["stubborn"], "stubborn")))
         # stubborn forks a child that outlives its parent's PR_SET_PDEATHSIG; the reaper gets it.
         children = await eventually(lambda: [p for p in process_group(stubborn.pid) if p != stubborn.pid])
 

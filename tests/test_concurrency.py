@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from helpers import build_wasm, collect, control, eventually, file_artifact, nex
+from helpers import build_wasm, collect, control, deploy, eventually, file_artifact, function_body, nex
 from nex.agent import protocol
 from nex.agent.wasm.wasmtime_engine import WARM_INSTANCES, WasmEngine
 from nex.api import subjects
@@ -84,17 +84,14 @@ class Gate:
         await msg.respond(f"passed {msg.data.decode()}".encode())
 
 
-async def deploy(nc: Client, node: Node, artifact: Path, subject: str, *, max_concurrency: int | None,
-                 env: dict[str, str] | None = None, timeout_ms: int = 30_000) -> dict:
-    kind = "wasm" if artifact.suffix == ".wasm" else "javascript"
+def busy(artifact: Path, subject: str, *, max_concurrency: int | None, env: dict[str, str] | None = None,
+         timeout_ms: int = 30_000) -> dict:
+    """The function at ``artifact`` (JavaScript or Wasm) as ``busy-<engine>``, with these limits."""
     limits: dict = {"timeout_ms": timeout_ms}
     if max_concurrency is not None:
         limits["max_concurrency"] = max_concurrency
-    code, summary = await control(nc, "DEPLOY", node.node_id, body={
-        "name": f"busy-{kind}", "type": kind, "artifact": file_artifact(artifact),
-        "triggers": [{"subject": subject}], "env": env or {}, "limits": limits})
-    assert code is None, summary
-    return summary
+    kind = "wasm" if artifact.suffix == ".wasm" else "javascript"
+    return function_body(artifact, f"busy-{kind}", subject, env=env or {}, limits=limits)
 
 
 async def timed_request(nc: Client, subject: str, payload: bytes) -> tuple[float, object]:
@@ -116,7 +113,7 @@ async def test_calls_past_max_concurrency_are_refused_at_once_with_429(
         language: str, node: Node, nc: Client, gate_js: Path, slow_wasm: Path):
     gate = await Gate(nc, f"nex.{NAMESPACE}.gate.{language}").start()
     artifact = gate_js if language == "javascript" else slow_wasm
-    summary = await deploy(nc, node, artifact, f"busy.{language}", max_concurrency=2, env={"GATE": gate.subject})
+    summary = await deploy(nc, node, busy(artifact, f"busy.{language}", max_concurrency=2, env={"GATE": gate.subject}))
     failed = await collect(nc, subjects.events(NAMESPACE, "function_failed"))
     await flush_subscriptions(nc)
     payload = b"gate call" if language == "wasm" else b"call"
@@ -162,7 +159,7 @@ async def test_calls_past_max_concurrency_are_refused_at_once_with_429(
 async def test_without_max_concurrency_calls_queue_instead_of_being_refused(node: Node, nc: Client,
                                                                            gate_js: Path):
     gate = await Gate(nc, f"nex.{NAMESPACE}.gate.queue").start()
-    await deploy(nc, node, gate_js, "queue.js", max_concurrency=None, env={"GATE": gate.subject})
+    await deploy(nc, node, busy(gate_js, "queue.js", max_concurrency=None, env={"GATE": gate.subject}))
 
     calls = [asyncio.create_task(nc.request("queue.js", b"call", timeout=25)) for _ in range(5)]
     await eventually(lambda: len(gate.waiting) == 1)
@@ -175,7 +172,7 @@ async def test_without_max_concurrency_calls_queue_instead_of_being_refused(node
 
 
 async def test_wasm_runs_max_concurrency_calls_in_parallel(node: Node, nc: Client, slow_wasm: Path):
-    await deploy(nc, node, slow_wasm, "parallel.wasm", max_concurrency=4)
+    await deploy(nc, node, busy(slow_wasm, "parallel.wasm", max_concurrency=4))
     await nc.request("parallel.wasm", b"sleep 1", timeout=25)  # compiled and warm
 
     started = time.monotonic()
@@ -191,7 +188,7 @@ async def test_wasm_runs_max_concurrency_calls_in_parallel(node: Node, nc: Clien
 async def test_no_state_leaks_from_one_wasm_call_to_the_next(max_concurrency: int | None, node: Node,
                                                              nc: Client, slow_wasm: Path):
     """Every call gets an instance no call has touched, also from the warm pool and after a trap."""
-    await deploy(nc, node, slow_wasm, "fresh.wasm", max_concurrency=max_concurrency)
+    await deploy(nc, node, busy(slow_wasm, "fresh.wasm", max_concurrency=max_concurrency))
 
     counts = []
     for _ in range(WARM_INSTANCES + 2):
@@ -206,7 +203,7 @@ async def test_no_state_leaks_from_one_wasm_call_to_the_next(max_concurrency: in
 
 async def test_the_client_and_the_cli_report_429(node: Node, nc: Client, gate_js: Path, nats_server):
     gate = await Gate(nc, f"nex.{NAMESPACE}.gate.cli").start()
-    summary = await deploy(nc, node, gate_js, "single.js", max_concurrency=1, env={"GATE": gate.subject})
+    summary = await deploy(nc, node, busy(gate_js, "single.js", max_concurrency=1, env={"GATE": gate.subject}))
     held = asyncio.create_task(nc.request("single.js", b"held", timeout=25))
     await eventually(lambda: gate.waiting == ["held"])
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from helpers import ARTIFACT_ROOTS, build_wasm, collect, control, eventually, file_artifact, function_error, request
+from helpers import ARTIFACT_ROOTS, build_wasm, collect, deploy, eventually, function_body, function_error, request
 from nex.agent.hostservices import MAX_VALUE_BYTES, host_allowed, kv_bucket
 from nex.api.subjects import subjects_overlap as subject_matches
 from nex.natsserver import NatsServer
@@ -87,18 +87,6 @@ def wasm_modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             for source in (WASM_SOURCES / "hostcalls.c", EXAMPLES / "counter.c")}
 
 
-async def deploy(nc: Client, node: Node, artifact: Path, namespace: str, subject: str, *,
-                 name: str = "probe", env: dict[str, str] | None = None, timeout_ms: int | None = None) -> dict:
-    kind = "wasm" if artifact.suffix == ".wasm" else "javascript"
-    body: dict = {"name": name, "type": kind, "artifact": file_artifact(artifact),
-                  "triggers": [{"subject": subject}], "env": env or {}}
-    if timeout_ms is not None:
-        body["limits"] = {"timeout_ms": timeout_ms}
-    code, summary = await control(nc, "DEPLOY", node.node_id, namespace=namespace, body=body)
-    assert code is None, summary
-    return summary
-
-
 async def probe(nc: Client, subject: str, op: str, *args: object, timeout: float = 10.0) -> dict:
     """One host call through hostprobe.js: {"ok": result} or {"error", "code"}."""
     msg = await request(nc, subject, json.dumps({"op": op, "args": list(args)}).encode(), timeout=timeout)
@@ -112,7 +100,7 @@ async def wasm_call(nc: Client, subject: str, command: str, timeout: float = 10.
 # -- JavaScript --
 
 async def test_js_key_value(node: Node, nc: Client):
-    await deploy(nc, node, FUNCTIONS / "hostprobe.js", "shop", "probe.shop")
+    await deploy(nc, node, function_body(FUNCTIONS / "hostprobe.js", "probe", "probe.shop"), namespace="shop")
 
     put = await probe(nc, "probe.shop", "kv.put", "carts", "alice", "two apples")
     text = await probe(nc, "probe.shop", "kv.get", "carts", "alice")
@@ -139,7 +127,7 @@ async def test_js_key_value(node: Node, nc: Client):
 
 
 async def test_js_object_store(node: Node, nc: Client):
-    await deploy(nc, node, FUNCTIONS / "hostprobe.js", "shop", "probe.shop")
+    await deploy(nc, node, function_body(FUNCTIONS / "hostprobe.js", "probe", "probe.shop"), namespace="shop")
 
     put = await probe(nc, "probe.shop", "objects.put", "images", "logo.svg", "<svg/>")
     got = await probe(nc, "probe.shop", "objects.get", "images", "logo.svg")
@@ -157,7 +145,7 @@ async def test_js_object_store(node: Node, nc: Client):
 
 
 async def test_js_publish_and_request_within_the_namespace(node: Node, nc: Client):
-    await deploy(nc, node, FUNCTIONS / "hostprobe.js", "shop", "probe.shop")
+    await deploy(nc, node, function_body(FUNCTIONS / "hostprobe.js", "probe", "probe.shop"), namespace="shop")
     received = await collect(nc, "nex.shop.orders.>")
 
     async def echo(msg):
@@ -185,7 +173,7 @@ async def test_js_publish_and_request_within_the_namespace(node: Node, nc: Clien
 
 
 async def test_js_http_to_allowed_hosts_only(node: Node, nc: Client, http_url: str):
-    await deploy(nc, node, FUNCTIONS / "hostprobe.js", "shop", "probe.shop")
+    await deploy(nc, node, function_body(FUNCTIONS / "hostprobe.js", "probe", "probe.shop"), namespace="shop")
 
     got = await probe(nc, "probe.shop", "http", "get", f"{http_url}/hello")
     posted = await probe(nc, "probe.shop", "http", "post", f"{http_url}/echo", {"body": "a parcel"})
@@ -203,7 +191,7 @@ async def test_js_http_to_allowed_hosts_only(node: Node, nc: Client, http_url: s
 async def test_calls_not_awaited_are_made_before_the_reply(node: Node, nc: Client, tmp_path: Path):
     script = tmp_path / "noted.js"
     script.write_text('(subject, payload) => { nex.kv("log").put("last", subject); return "noted"; }\n')
-    await deploy(nc, node, script, "shop", "noted.shop", name="noted")
+    await deploy(nc, node, function_body(script, "noted", "noted.shop"), namespace="shop")
 
     reply = await request(nc, "noted.shop")
     stored = await (await nc.jetstream().key_value("NEXKV_shop_log")).get("last")
@@ -213,8 +201,8 @@ async def test_calls_not_awaited_are_made_before_the_reply(node: Node, nc: Clien
 
 
 async def test_a_namespace_cannot_see_another_namespaces_buckets(node: Node, nc: Client):
-    await deploy(nc, node, FUNCTIONS / "hostprobe.js", "a", "probe.a")
-    await deploy(nc, node, FUNCTIONS / "hostprobe.js", "b", "probe.b")
+    await deploy(nc, node, function_body(FUNCTIONS / "hostprobe.js", "probe", "probe.a"), namespace="a")
+    await deploy(nc, node, function_body(FUNCTIONS / "hostprobe.js", "probe", "probe.b"), namespace="b")
 
     await probe(nc, "probe.a", "kv.put", "secrets", "token", "only for a")
     from_b = await probe(nc, "probe.b", "kv.get", "secrets", "token")
@@ -233,7 +221,7 @@ async def test_a_namespace_cannot_see_another_namespaces_buckets(node: Node, nc:
 async def test_a_request_nobody_answers_fails_with_a_timeout_in_the_function(node: Node, nc: Client):
     silent = await collect(nc, "nex.a.silent")
     await nc.flush()
-    await deploy(nc, node, FUNCTIONS / "unanswered.js", "a", "unanswered.a", name="unanswered")
+    await deploy(nc, node, function_body(FUNCTIONS / "unanswered.js", "unanswered", "unanswered.a"), namespace="a")
 
     started = time.monotonic()
     reply = await request(nc, "unanswered.a", b"", timeout=10)
@@ -248,7 +236,8 @@ async def test_host_calls_end_with_the_invocation(node: Node, nc: Client):
     """A call may not outlive its invocation: a 5 s request in a function limited to 600 ms."""
     await collect(nc, "nex.a.silent")
     await nc.flush()
-    await deploy(nc, node, FUNCTIONS / "hostprobe.js", "a", "probe.a", timeout_ms=600)
+    await deploy(nc, node, function_body(FUNCTIONS / "hostprobe.js", "probe", "probe.a", limits={"timeout_ms": 600}),
+                 namespace="a")
 
     started = time.monotonic()
     reply = await request(nc, "probe.a", json.dumps({"op": "request", "args": ["nex.a.silent", "x", {"timeout": 5000}]}).encode())
@@ -260,7 +249,7 @@ async def test_host_calls_end_with_the_invocation(node: Node, nc: Client):
 
 
 async def test_bad_arguments_get_clear_errors_and_change_nothing(node: Node, nc: Client):
-    await deploy(nc, node, FUNCTIONS / "hostprobe.js", "shop", "probe.shop")
+    await deploy(nc, node, function_body(FUNCTIONS / "hostprobe.js", "probe", "probe.shop"), namespace="shop")
 
     bad_bucket = await probe(nc, "probe.shop", "kv.put", "my_bucket", "k", "v")
     bad_key = await probe(nc, "probe.shop", "kv.put", "carts", "a key with spaces", "v")
@@ -282,7 +271,7 @@ async def test_bad_arguments_get_clear_errors_and_change_nothing(node: Node, nc:
 async def test_the_cart_example_of_the_docs(node: Node, nc: Client):
     changes = await collect(nc, "nex.shop.cart.changed")
     await nc.flush()
-    await deploy(nc, node, EXAMPLES / "cart.js", "shop", "shop.cart", name="cart")
+    await deploy(nc, node, function_body(EXAMPLES / "cart.js", "cart", "shop.cart"), namespace="shop")
 
     await request(nc, "shop.cart", b'{"user": "alice", "add": "apple"}')
     reply = await request(nc, "shop.cart", b'{"user": "alice", "add": "pear"}')
@@ -296,7 +285,7 @@ async def test_the_cart_example_of_the_docs(node: Node, nc: Client):
 # -- Wasm --
 
 async def test_wasm_key_value_and_objects(node: Node, nc: Client, wasm_modules: dict[str, Path]):
-    await deploy(nc, node, wasm_modules["hostcalls"], "shop", "calls.shop", name="calls")
+    await deploy(nc, node, function_body(wasm_modules["hostcalls"], "calls", "calls.shop"), namespace="shop")
 
     put = await wasm_call(nc, "calls.shop", "put carts alice two apples")
     got = await wasm_call(nc, "calls.shop", "get carts alice")
@@ -332,7 +321,7 @@ async def test_wasm_messaging(node: Node, nc: Client, wasm_modules: dict[str, Pa
     await nc.subscribe("nex.shop.echo", cb=echo)
     await collect(nc, "nex.shop.silent")
     await nc.flush()
-    await deploy(nc, node, wasm_modules["hostcalls"], "shop", "calls.shop", name="calls")
+    await deploy(nc, node, function_body(wasm_modules["hostcalls"], "calls", "calls.shop"), namespace="shop")
 
     sent = await wasm_call(nc, "calls.shop", "pub nex.shop.orders order 7")
     outside = await wasm_call(nc, "calls.shop", "pub nex.other.orders order 8")
@@ -349,7 +338,7 @@ async def test_wasm_messaging(node: Node, nc: Client, wasm_modules: dict[str, Pa
 
 
 async def test_wasm_http(node: Node, nc: Client, wasm_modules: dict[str, Path], http_url: str):
-    await deploy(nc, node, wasm_modules["hostcalls"], "shop", "calls.shop", name="calls")
+    await deploy(nc, node, function_body(wasm_modules["hostcalls"], "calls", "calls.shop"), namespace="shop")
 
     got = await wasm_call(nc, "calls.shop", f"http GET {http_url}/hello")
     posted = await wasm_call(nc, "calls.shop", f"http POST {http_url}/echo a parcel")
@@ -363,8 +352,8 @@ async def test_wasm_http(node: Node, nc: Client, wasm_modules: dict[str, Path], 
 async def test_the_wasm_counter_example_of_the_docs(node: Node, nc: Client, wasm_modules: dict[str, Path]):
     counts = await collect(nc, "nex.shop.counted")
     await nc.flush()
-    await deploy(nc, node, wasm_modules["counter"], "shop", "shop.count", name="counter",
-                 env={"NOTIFY": "nex.shop.counted"})
+    await deploy(nc, node, function_body(wasm_modules["counter"], "counter", "shop.count",
+                                         env={"NOTIFY": "nex.shop.counted"}), namespace="shop")
 
     replies = [(await request(nc, "shop.count", b"visits")).data for _ in range(3)]
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import socket
 
-import aiohttp
 import pytest
 from click.testing import CliRunner
-from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import control, eventually, file_artifact, running_node
+from helpers import control, eventually, file_artifact, running_node, scrape, value
 from nex.agent.protocol import LATENCY_BOUNDS_MS
 from nex.api.apps import AppSpec
 from nex.cli import cli as nex_main
@@ -27,20 +25,6 @@ MOODY_JS = """
   return "ok " + text;
 }
 """
-
-
-async def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    """Every sample of the endpoint, by (name, sorted labels)."""
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = await response.text()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def value(samples: dict, metric: str, /, **labels: str) -> float | None:
-    return samples.get((metric, tuple(sorted(labels.items()))))
 
 
 def matching(samples: dict, metric: str, /, **labels: str) -> list[tuple[dict, float]]:
@@ -138,6 +122,7 @@ async def test_placements_and_reconciler_actions_are_counted(nats_server, nc, tm
             return samples if value(samples, "nex_reconciler_actions_total", action="place") == 2 else None
         samples = await eventually(placed, timeout=20, interval=0.2)
         assert value(samples, "nex_reconciler_leading") == 1
+        assert value(samples, "nex_reconciler_passes_total") >= 1
         assert value(samples, "nex_bids_total", result="bid") >= 2
         assert value(samples, "nex_bid_deploys_total") == 2
 

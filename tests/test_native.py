@@ -11,25 +11,19 @@ import pytest
 from nex.api import subjects
 from nex.node.node import Node
 
-from helpers import ARTIFACT_ROOTS, collect, control, eventually, file_artifact
+from helpers import ARTIFACT_ROOTS, collect, control, eventually, native_body
 
 
 # Every behaviour holds for plain processes and for sandboxed ones.
 both_modes = pytest.mark.parametrize("node", ["none", "oci"], indirect=True)
 
 
-def deploy_body(path, **extra):
-    body = {"name": "ticker", "type": "native", "artifact": file_artifact(path)}
-    body.update(extra)
-    return body
-
-
 @both_modes
 async def test_service_runs_logs_and_stops(node: Node, nc, programs):
     logs = await collect(nc, subjects.logs_filter("default"))
     events = await collect(nc, subjects.events_filter("default"))
-    code, workload = await control(nc, "DEPLOY", node.node_id, deploy_body(
-        programs["ticker"], argv=["one", "two"], env={"GREETING": "hello"}))
+    code, workload = await control(nc, "DEPLOY", node.node_id, native_body(
+        programs["ticker"], "ticker", argv=["one", "two"], env={"GREETING": "hello"}))
     assert code is None, workload
     assert workload["state"] == "running" and workload["node_id"] == node.node_id
     assert workload["env_keys"] == ["GREETING"] and "env" not in workload
@@ -58,11 +52,11 @@ async def test_service_runs_logs_and_stops(node: Node, nc, programs):
 @both_modes
 async def test_job_runs_to_completion_and_reports_exit_code(node: Node, nc, programs):
     events = await collect(nc, subjects.events_filter("default"))
-    code, ok = await control(nc, "DEPLOY", node.node_id, deploy_body(
-        programs["job"], name="job-ok", lifecycle="job", argv=["0"]))
+    code, ok = await control(nc, "DEPLOY", node.node_id, native_body(
+        programs["job"], "job-ok", lifecycle="job", argv=["0"]))
     assert code is None
-    code, bad = await control(nc, "DEPLOY", node.node_id, deploy_body(
-        programs["job"], name="job-bad", lifecycle="job", argv=["3"]))
+    code, bad = await control(nc, "DEPLOY", node.node_id, native_body(
+        programs["job"], "job-bad", lifecycle="job", argv=["3"]))
     assert code is None
 
     async def states():
@@ -85,7 +79,7 @@ async def _ended(states):
 @both_modes
 async def test_stop_kills_a_group_that_ignores_sigterm(node: Node, nc, programs):
     node.config.stop_grace_s = 0.3
-    code, workload = await control(nc, "DEPLOY", node.node_id, deploy_body(programs["stubborn"], name="stubborn"))
+    code, workload = await control(nc, "DEPLOY", node.node_id, native_body(programs["stubborn"], "stubborn"))
     assert code is None
     pgid = workload["pid"]
     await eventually(lambda: _group_size(pgid) == 2)
@@ -120,7 +114,7 @@ async def test_node_shutdown_stops_every_workload(nats_server, tmp_path, nc, pro
     stopped_events = await collect(nc, subjects.events_filter("system"))
     pids = []
     for i in range(3):
-        _, workload = await control(nc, "DEPLOY", node.node_id, deploy_body(programs["ticker"], name=f"t{i}"))
+        _, workload = await control(nc, "DEPLOY", node.node_id, native_body(programs["ticker"], f"t{i}"))
         pids.append(workload["pid"])
     await node.shutdown()
     await eventually(lambda: all(_group_size(pid) == 0 for pid in pids))

@@ -18,7 +18,7 @@ from nex.api import subjects
 from nex.node.node import Node
 from nex.sandbox.runner import OciRunner
 
-from helpers import collect, control, eventually, file_artifact, nex
+from helpers import collect, control, eventually, native_body, nex
 
 sandboxed = pytest.mark.parametrize("node", ["oci"], indirect=True)
 unsandboxed = pytest.mark.parametrize("node", ["none"], indirect=True)
@@ -47,11 +47,6 @@ def processes_named(name: str) -> list[int]:
     return found
 
 
-async def deploy(nc, node: Node, path: Path, name: str, **extra) -> tuple[int | None, dict]:
-    return await control(nc, "DEPLOY", node.node_id,
-                         {"name": name, "type": "native", "artifact": file_artifact(path), **extra})
-
-
 async def assert_nothing_started(nc, node: Node, name: str, events: list) -> None:
     """No workload listed, no process, no workload event, no container or bundle: as if never sent.
     (Each test that calls it has deployed nothing else.)"""
@@ -71,7 +66,7 @@ async def test_a_sandboxed_node_refuses_a_dynamic_executable_naming_its_interpre
     events = await collect(nc, subjects.events_filter("default"))
     loader = loader_of(linked["dynamic"])
     name = unique("dynamic")
-    code, body = await deploy(nc, node, linked["dynamic"], name)
+    code, body = await control(nc, "DEPLOY", node.node_id, native_body(linked["dynamic"], name))
     assert code == 400
     reason = body["error"]["message"]
     assert f"dynamically linked (its interpreter is {loader})" in reason
@@ -84,7 +79,7 @@ async def test_a_node_without_a_sandbox_runs_a_dynamic_executable_with_a_warning
     logs = await collect(nc, subjects.logs_filter("default"))
     events = await collect(nc, subjects.events_filter("default"))
     loader = loader_of(linked["dynamic"])
-    code, workload = await deploy(nc, node, linked["dynamic"], "dynamic")
+    code, workload = await control(nc, "DEPLOY", node.node_id, native_body(linked["dynamic"], "dynamic"))
     assert code is None, workload
     assert workload["state"] == "running"
     [warning] = workload["warnings"]
@@ -103,7 +98,7 @@ async def test_a_static_executable_deploys_without_warnings(node: Node, nc, prog
     for path in [programs["ticker"], linked["static_pie"]]:
         if path is None:
             continue  # gcc -static-pie does not link here
-        code, workload = await deploy(nc, node, path, unique("static"))
+        code, workload = await control(nc, "DEPLOY", node.node_id, native_body(path, unique("static")))
         assert code is None and workload["state"] == "running"
         assert "warnings" not in workload
 
@@ -113,7 +108,7 @@ async def test_a_static_pie_runs_in_the_sandbox(node: Node, nc, linked):
     if linked["static_pie"] is None:
         pytest.skip("gcc -static-pie does not link here")
     logs = await collect(nc, subjects.logs_filter("default"))
-    code, workload = await deploy(nc, node, linked["static_pie"], "pie")
+    code, workload = await control(nc, "DEPLOY", node.node_id, native_body(linked["static_pie"], "pie"))
     assert code is None and "warnings" not in workload
     await eventually(lambda: any(m.data == b"tick 2" for m in logs))
 
@@ -127,7 +122,7 @@ async def test_a_static_pie_runs_in_the_sandbox(node: Node, nc, linked):
 async def test_what_cannot_run_anywhere_is_refused_on_every_node(node: Node, nc, linked, build, words):
     events = await collect(nc, subjects.events_filter("default"))
     name = unique(build.replace("_", "-"))
-    code, body = await deploy(nc, node, linked[build], name)
+    code, body = await control(nc, "DEPLOY", node.node_id, native_body(linked[build], name))
     assert code == 400 and words in body["error"]["message"]
     await assert_nothing_started(nc, node, name, events)
 
@@ -136,7 +131,7 @@ async def test_what_cannot_run_anywhere_is_refused_on_every_node(node: Node, nc,
 async def test_a_text_file_is_refused_on_every_node(node: Node, nc, tmp_path):
     notes = tmp_path / "notes"
     notes.write_text("echo hi\n")
-    code, body = await deploy(nc, node, notes, "notes")
+    code, body = await control(nc, "DEPLOY", node.node_id, native_body(notes, "notes"))
     assert code == 400 and "not an ELF executable: it is neither an ELF file nor a script" in body["error"]["message"]
 
 
@@ -146,7 +141,7 @@ async def test_a_sandboxed_node_refuses_a_script(node: Node, nc, tmp_path):
     script = tmp_path / "hello.sh"
     script.write_text("#!/bin/sh\necho from a script\n")
     name = unique("script")
-    code, body = await deploy(nc, node, script, name, lifecycle="job")
+    code, body = await control(nc, "DEPLOY", node.node_id, native_body(script, name, lifecycle="job"))
     assert code == 400
     assert "is a script (#!/bin/sh), and a sandboxed node runs it alone, with no /bin/sh" in body["error"]["message"]
     await assert_nothing_started(nc, node, name, events)
@@ -157,14 +152,15 @@ async def test_a_node_without_a_sandbox_runs_a_script_with_a_warning(node: Node,
     logs = await collect(nc, subjects.logs_filter("default"))
     script = tmp_path / "hello.sh"
     script.write_text("#!/bin/sh\necho from a script \"$1\"\n")
-    code, workload = await deploy(nc, node, script, "script", lifecycle="job", argv=["arg"])
+    code, workload = await control(nc, "DEPLOY", node.node_id,
+                                   native_body(script, "script", lifecycle="job", argv=["arg"]))
     assert code is None, workload
     assert "is a script (#!/bin/sh)" in workload["warnings"][0]
     await eventually(lambda: any(m.data == b"from a script arg" for m in logs))
 
     missing = tmp_path / "missing.sh"
     missing.write_text("#!/usr/bin/no-such-shell\necho hi\n")
-    code, body = await deploy(nc, node, missing, "missing", lifecycle="job")
+    code, body = await control(nc, "DEPLOY", node.node_id, native_body(missing, "missing", lifecycle="job"))
     assert code == 400 and "this node has no /usr/bin/no-such-shell" in body["error"]["message"]
 
 

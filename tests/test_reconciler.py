@@ -12,7 +12,7 @@ import pytest
 from nats.aio.client import Client
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
-from helpers import ARTIFACT_ROOTS, eventually, file_artifact
+from helpers import ARTIFACT_ROOTS, eventually, file_artifact, reconciler_passes, ticker
 from nex.api.apps import AppSpec, RolloutState
 from nex.api.models import WorkloadState
 from nex.fleet.store import AppStore
@@ -54,11 +54,6 @@ def app_spec(name: str, workloads: list[dict]) -> AppSpec:
     return AppSpec.model_validate({"name": name, "workloads": workloads})
 
 
-def ticker(programs: dict[str, Path], replicas: int, **extra) -> dict:
-    return {"name": "ticker", "type": "native", "artifact": file_artifact(programs["ticker"]),
-            "replicas": replicas, **extra}
-
-
 async def replicas_of(store: AppStore, app: str, name: str, state: WorkloadState | None = WorkloadState.RUNNING):
     """(node name, replica) for each replica of an app's workload the registry lists."""
     found = []
@@ -75,7 +70,7 @@ def leaders(nodes: list[Node]) -> list[Node]:
 
 
 async def test_replicas_are_placed_and_spread_over_the_zones(fleet, store, programs):
-    await store.apply(app_spec("shop", [ticker(programs, 3, placement={"spread": "zone"})]), None)
+    await store.apply(app_spec("shop", [ticker(programs, replicas=3, placement={"spread": "zone"})]), None)
 
     running = await eventually(lambda: _exactly(store, "shop", "ticker", 3), timeout=20)
     assert sorted(name for name, _ in running) == ["node-a", "node-b", "node-c"]
@@ -85,14 +80,14 @@ async def test_replicas_are_placed_and_spread_over_the_zones(fleet, store, progr
 
 
 async def test_placement_tags_are_respected(fleet, store, programs):
-    await store.apply(app_spec("pinned", [ticker(programs, 2, placement={"tags": {"zone": "b"}})]), None)
+    await store.apply(app_spec("pinned", [ticker(programs, replicas=2, placement={"tags": {"zone": "b"}})]), None)
     running = await eventually(lambda: _exactly(store, "pinned", "ticker", 2), timeout=20)
     assert [name for name, _ in running] == ["node-b", "node-b"]
 
 
 async def test_a_killed_replica_is_restarted_and_the_restart_counted(fleet, store, programs):
-    await store.apply(app_spec("shop", [ticker(programs, 2, restart={"policy": "on-failure", "backoff": "200ms"})]),
-                      None)
+    restart = {"policy": "on-failure", "backoff": "200ms"}
+    await store.apply(app_spec("shop", [ticker(programs, replicas=2, restart=restart)]), None)
     running = await eventually(lambda: _exactly(store, "shop", "ticker", 2), timeout=20)
     victim = running[0][1].id
     pid = next(w.stats.get("pid") for n in fleet for w in n.supervisor.table if w.id == victim)
@@ -108,7 +103,7 @@ async def test_a_killed_replica_is_restarted_and_the_restart_counted(fleet, stor
 
 
 async def test_a_stopped_nodes_replicas_are_placed_on_the_others(fleet, store, programs):
-    await store.apply(app_spec("shop", [ticker(programs, 3, placement={"spread": "zone"})]), None)
+    await store.apply(app_spec("shop", [ticker(programs, replicas=3, placement={"spread": "zone"})]), None)
     await eventually(lambda: _exactly(store, "shop", "ticker", 3), timeout=20)
     gone = fleet[2]
     await gone.shutdown()
@@ -118,7 +113,7 @@ async def test_a_stopped_nodes_replicas_are_placed_on_the_others(fleet, store, p
         return running if running and all(name != "node-c" for name, _ in running) else None
     running = await eventually(moved, timeout=20)
     assert sorted(name for name, _ in running) in (["node-a", "node-a", "node-b"], ["node-a", "node-b", "node-b"])
-    await asyncio.sleep(1.5)  # a few more passes: still exactly three, no doubles
+    await reconciler_passes(fleet, 5)  # still exactly three, no doubles
     assert len(await replicas_of(store, "shop", "ticker")) == 3
 
 
@@ -127,7 +122,7 @@ async def test_one_reconciler_holds_the_lease_and_another_takes_over(fleet, stor
     assert len(first) == 1
     lease = await store.lease()
     assert lease.holder == first[0].node_id and lease.fleet_xkey and lease.fleet_issuer
-    await asyncio.sleep(1.0)
+    await reconciler_passes(fleet, 4)  # more than a lease renewal (every lease_s / 3)
     assert leaders(fleet) == first  # still one, the same
     await first[0].shutdown()
     others = [n for n in fleet if n is not first[0]]
@@ -176,7 +171,7 @@ async def test_a_rolling_update_of_a_function_answers_every_call(fleet, store, n
 
 
 async def test_an_update_that_fails_its_health_is_rolled_back(fleet, store, programs):
-    good = app_spec("shop", [ticker(programs, 2, update={"max_surge": 1, "max_unavailable": 0})])
+    good = app_spec("shop", [ticker(programs, replicas=2, update={"max_surge": 1, "max_unavailable": 0})])
     await store.apply(good, None)
     running = await eventually(lambda: _exactly(store, "shop", "ticker", 2), timeout=20)
     before = {r.id for _, r in running}
@@ -199,11 +194,11 @@ async def test_an_update_that_fails_its_health_is_rolled_back(fleet, store, prog
 
 
 async def test_scale_to_zero_then_delete(fleet, store, programs):
-    await store.apply(app_spec("shop", [ticker(programs, 2)]), None)
+    await store.apply(app_spec("shop", [ticker(programs, replicas=2)]), None)
     await eventually(lambda: _exactly(store, "shop", "ticker", 2), timeout=20)
-    await store.apply(app_spec("shop", [ticker(programs, 0)]), None)
+    await store.apply(app_spec("shop", [ticker(programs, replicas=0)]), None)
     await eventually(lambda: _none_listed(store, "shop"), timeout=20)
-    await store.apply(app_spec("shop", [ticker(programs, 1)]), None)
+    await store.apply(app_spec("shop", [ticker(programs, replicas=1)]), None)
     await eventually(lambda: _exactly(store, "shop", "ticker", 1), timeout=20)
     await store.delete("default", "shop")
     await eventually(lambda: _none_listed(store, "shop"), timeout=20)
@@ -240,7 +235,7 @@ async def _lease_held_by(store: AppStore, node_id: str) -> bool:
 async def test_a_lame_duck_node_has_its_replicas_started_elsewhere_first(fleet, store, nc, programs):
     from nex.client import NexClient
 
-    await store.apply(app_spec("shop", [ticker(programs, 3, placement={"spread": "zone"})]), None)
+    await store.apply(app_spec("shop", [ticker(programs, replicas=3, placement={"spread": "zone"})]), None)
     await eventually(lambda: _exactly(store, "shop", "ticker", 3), timeout=20)
     ducking = fleet[0]
     await NexClient(nc).lameduck(ducking.node_id)
@@ -255,7 +250,7 @@ async def test_a_lame_duck_node_has_its_replicas_started_elsewhere_first(fleet, 
 
 
 async def test_a_node_that_restarts_rejoins_without_doubling_replicas(fleet, store, nats_server, tmp_path, programs):
-    await store.apply(app_spec("shop", [ticker(programs, 3, placement={"spread": "zone"})]), None)
+    await store.apply(app_spec("shop", [ticker(programs, replicas=3, placement={"spread": "zone"})]), None)
     await eventually(lambda: _exactly(store, "shop", "ticker", 3), timeout=20)
     await fleet[2].shutdown()
 
@@ -267,18 +262,18 @@ async def test_a_node_that_restarts_rejoins_without_doubling_replicas(fleet, sto
     await again.start()
     fleet.append(again)
     await eventually(lambda: _registered(store, again.node_id), timeout=10)
-    await asyncio.sleep(2.0)  # several passes with the node back
+    await reconciler_passes(fleet, 6)  # with the node back
     assert await _exactly(store, "shop", "ticker", 3)
 
 
 async def test_an_update_whose_health_check_fails_is_rolled_back(fleet, store, programs, closed_port):
     update = {"max_surge": 1, "max_unavailable": 0, "health_deadline": "3s"}
-    good = app_spec("shop", [ticker(programs, 1, update=update)])
+    good = app_spec("shop", [ticker(programs, replicas=1, update=update)])
     await store.apply(good, None)
     running = await eventually(lambda: _exactly(store, "shop", "ticker", 1), timeout=20)
     nobody_listens = {"tcp": closed_port.getsockname()[1], "interval_ms": 100, "timeout_ms": 100, "failures": 2}
-    await store.apply(app_spec("shop", [ticker(programs, 1, argv=["v2"], health=nobody_listens, update=update)]),
-                      None)
+    await store.apply(app_spec("shop", [ticker(programs, replicas=1, argv=["v2"], health=nobody_listens,
+                                               update=update)]), None)
 
     status = await eventually(
         lambda: _status_with(store, "shop", lambda s: s.workloads[0].state == RolloutState.ROLLED_BACK), timeout=30)
@@ -294,7 +289,7 @@ async def test_an_update_whose_health_check_fails_is_rolled_back(fleet, store, p
 
 async def test_a_failed_update_without_rollback_leaves_the_old_replicas(fleet, store, programs):
     update = {"max_surge": 1, "max_unavailable": 0, "auto_rollback": False}
-    await store.apply(app_spec("shop", [ticker(programs, 2, update=update)]), None)
+    await store.apply(app_spec("shop", [ticker(programs, replicas=2, update=update)]), None)
     running = await eventually(lambda: _exactly(store, "shop", "ticker", 2), timeout=20)
     bad = {"name": "ticker", "type": "native", "artifact": file_artifact(programs["job"]), "argv": ["1"],
            "replicas": 2, "update": update}
@@ -354,7 +349,7 @@ async def test_sealed_app_env_reaches_the_replica_and_events_tell_what_happened(
     sealed = seal_env({"GREETING": "from-the-fleet"}, user, lease.fleet_xkey)
     logs = await nc.subscribe(subjects.logs_filter("default"))
     placed = await nc.subscribe(subjects.events("default", "replica_placed"))
-    await store.apply(app_spec("shop", [ticker(programs, 1, sealed_env=sealed, sender_xkey=user.public,
+    await store.apply(app_spec("shop", [ticker(programs, replicas=1, sealed_env=sealed, sender_xkey=user.public,
                                                env_keys=["GREETING"])]), None)
 
     async def greeted():
@@ -366,7 +361,7 @@ async def test_sealed_app_env_reaches_the_replica_and_events_tell_what_happened(
 
 
 async def test_an_app_no_node_can_take_says_why_in_its_status(fleet, store, programs):
-    await store.apply(app_spec("nowhere", [ticker(programs, 1, placement={"tags": {"zone": "z"}})]), None)
+    await store.apply(app_spec("nowhere", [ticker(programs, replicas=1, placement={"tags": {"zone": "z"}})]), None)
 
     status = await eventually(
         lambda: _status_with(store, "nowhere", lambda s: "not placed" in (s.workloads[0].message or "")), timeout=15)

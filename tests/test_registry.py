@@ -15,7 +15,7 @@ from nex.node.node import Node
 from nex.node.registry import MIN_SPACING_S, NodeRegistry
 from nex.node.resources import resources
 
-from helpers import ARTIFACT_ROOTS, alive, control, eventually, file_artifact, start_node, wait_for_node
+from helpers import ARTIFACT_ROOTS, alive, control, eventually, start_node, ticker, wait_for_node
 
 
 async def entry(nc, node_id: str) -> NodeRecord | None:
@@ -32,10 +32,6 @@ def node_config(nats_server, **values) -> NodeConfig:
     """A node of these tests: plain processes, and no reconciler (the registry alone is under test)."""
     return NodeConfig(artifact_roots=ARTIFACT_ROOTS,
                       server=nats_server.url, **{"sandbox": "none", "reconciler": False, **values})
-
-
-def ticker(programs, name: str = "ticker") -> dict:
-    return {"name": name, "type": "native", "artifact": file_artifact(programs["ticker"])}
 
 
 def replica(programs, name: str = "ticker") -> dict:
@@ -155,9 +151,12 @@ async def test_clean_shutdown_deletes_the_entry(nats_server, nc, tmp_path, progr
     assert await entry(nc, node.node_id) is None  # the bucket stays, for the rest of the fleet
 
 
+TTL_S = 2.0
+
+
 async def test_entry_of_a_killed_node_expires(nats_server, nc, tmp_path, programs):
     config = tmp_path / "fleet.toml"
-    config.write_text("registry_interval_s = 0.5\nnode_timeout_s = 2.0\nreconciler = false\n")
+    config.write_text(f"registry_interval_s = 0.5\nnode_timeout_s = {TTL_S}\nreconciler = false\n")
     process = await start_node("--server", nats_server.url, "--state-dir", str(tmp_path / "state"),
                                "--name", "doomed", "--sandbox", "none", "--config", str(config))
     try:
@@ -165,9 +164,15 @@ async def test_entry_of_a_killed_node_expires(nats_server, nc, tmp_path, program
         code, _ = await control(nc, "DEPLOY", ping["node_id"], replica(programs))
         assert code is None
         await eventually(lambda: _with_workloads(nc, ping["node_id"], 1))
-        # Alive, it keeps its entry well past the TTL.
-        await asyncio.sleep(3)
-        assert await entry(nc, ping["node_id"]) is not None
+        # Alive, it keeps its entry well past the TTL: there at every look, rewritten all along.
+        first = await entry(nc, ping["node_id"])
+        since = time.monotonic()
+
+        async def kept_past_the_ttl() -> bool:
+            current = await entry(nc, ping["node_id"])
+            assert current is not None, f"expired {time.monotonic() - since:.1f}s in, the node alive"
+            return time.monotonic() - since > 1.5 * TTL_S and current.seq >= first.seq + 4
+        await eventually(kept_past_the_ttl, timeout=10, interval=0.1)
     finally:
         process.kill()
         await process.wait()
@@ -228,7 +233,7 @@ async def test_writes_survive_nats_going_away(nats_server, tmp_path, caplog):
     try:
         before = node.registry.seq
         await nats_server.stop()
-        await asyncio.sleep(2.5)  # longer than a write waits (node_timeout_s / 2): writes fail
+        await eventually(lambda: _cannot_write(caplog), timeout=10, interval=0.05)  # writes fail
         await nats_server.start()
         observer = await connect(ConnectOptions(servers=[nats_server.url]))
         try:
@@ -238,8 +243,12 @@ async def test_writes_survive_nats_going_away(nats_server, tmp_path, caplog):
             await observer.close()
     finally:
         await node.shutdown()
-    failures = [r for r in caplog.records if "cannot write" in r.getMessage()]
+    failures = _cannot_write(caplog)
     assert len(failures) == 1, [r.getMessage() for r in failures]
+
+
+def _cannot_write(caplog) -> list:
+    return [r for r in caplog.records if "cannot write" in r.getMessage()]
 
 
 async def _newer(nc, node_id: str, seq: int) -> NodeRecord | None:
@@ -252,7 +261,8 @@ APP = {"name": "shop", "revision": "0123456789ab"}
 
 
 async def test_lame_duck_leaves_once_its_app_replicas_are_gone(nats_server, nc, tmp_path, programs):
-    node = Node(node_config(nats_server, state_dir=tmp_path / "n", name="draining", lameduck_s=60, stop_grace_s=1))
+    node = Node(node_config(nats_server, state_dir=tmp_path / "n", name="draining", lameduck_s=60, stop_grace_s=1,
+                            registry_interval_s=0.2, node_timeout_s=2))
     running = asyncio.create_task(node.run())
     try:
         await wait_for_node(nc, "draining")
@@ -267,7 +277,7 @@ async def test_lame_duck_leaves_once_its_app_replicas_are_gone(nats_server, nc, 
         assert listed.node.state == "lameduck"
         assert [(w.name, w.app.name) for w in listed.workloads] == [("ticker", "shop")]
         assert listed.node.workload_count == 2
-        await asyncio.sleep(0.5)
+        await eventually(lambda: _newer(nc, node.node_id, listed.seq + 2), timeout=5)  # it lives on, in lame duck
         assert not running.done(), "an app replica is still here: the node waits"
 
         # What the reconciler does once the replacement runs elsewhere.

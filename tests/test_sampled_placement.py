@@ -14,7 +14,7 @@ import pytest
 from nex.api import subjects
 from nex.api.apps import AppSpec
 from nex.api.errors import Unavailable
-from nex.api.models import AuctionRequest, DeployRequest, NodeState
+from nex.api.models import AuctionRequest, NodeState
 from nex.client import NexClient
 from nex.fleet.sampling import SAMPLE_SIZE
 from nex.fleet.store import AppStore
@@ -22,7 +22,7 @@ from nex.node.node import Node
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import XKey
 
-from helpers import collect, eventually, file_artifact, running_node
+from helpers import collect, eventually, running_node, ticker, ticker_request
 
 THRESHOLD = 2  # so that four nodes are past it
 ZONES = {"n1": "a", "n2": "a", "n3": "a", "n4": "z"}
@@ -59,15 +59,11 @@ def asked_since(before: dict[str, int], fleet: list[Node]) -> set[str]:
     return {name for name, seen in auctions_seen(fleet).items() if seen > before[name]}
 
 
-def ticker(programs, name: str = "ticker") -> DeployRequest:
-    return DeployRequest(name=name, type="native", artifact=file_artifact(programs["ticker"]))
-
-
 async def test_a_placement_past_the_threshold_asks_only_a_sample(listed, nc, programs):
     client = NexClient(nc, sample_threshold=THRESHOLD)
     broadcast = await collect(nc, subjects.control("default", subjects.AUCTION))
     before = auctions_seen(listed)
-    summary = await client.place(ticker(programs), wait=5)
+    summary = await client.place(ticker_request(programs), wait=5)
     asked = asked_since(before, listed)
     assert len(asked) == SAMPLE_SIZE and summary.node_id in {n.node_id for n in listed if n.name in asked}
     await nc.flush()
@@ -77,14 +73,14 @@ async def test_a_placement_past_the_threshold_asks_only_a_sample(listed, nc, pro
 async def test_at_or_below_the_threshold_every_node_is_asked(listed, nc, programs):
     client = NexClient(nc, sample_threshold=len(listed))
     before = auctions_seen(listed)
-    await client.place(ticker(programs), wait=5)
+    await client.place(ticker_request(programs), wait=5)
     assert asked_since(before, listed) == set(ZONES)
 
 
 async def test_a_tag_only_one_node_has_is_found_by_asking_that_node(listed, nc, programs):
     client = NexClient(nc, sample_threshold=THRESHOLD)
     before = auctions_seen(listed)
-    summary = await client.place(ticker(programs), AuctionRequest(type="native", tags={"zone": "z"}), wait=5)
+    summary = await client.place(ticker_request(programs), AuctionRequest(type="native", tags={"zone": "z"}), wait=5)
     assert summary.node_id == listed[3].node_id
     assert asked_since(before, listed) == {"n4"}
 
@@ -111,7 +107,7 @@ async def test_when_no_node_fits_the_declines_are_those_of_the_nodes_asked(liste
     client = NexClient(nc, sample_threshold=THRESHOLD)
     await listed[3].lameduck()  # the one node of zone z
     with pytest.raises(Unavailable) as caught:
-        await client.place(ticker(programs), AuctionRequest(type="native", tags={"zone": "z"}), wait=5)
+        await client.place(ticker_request(programs), AuctionRequest(type="native", tags={"zone": "z"}), wait=5)
     reasons = caught.value.message
     assert "node n4 is in lame duck mode" in reasons
     assert all(f"node {name} lacks tag zone=z (has zone=a)" in reasons for name in ("n1", "n2", "n3"))
@@ -132,8 +128,7 @@ async def test_the_reconciler_decides_a_batch_before_it_deploys(listed, nc, prog
     await nc.flush()
     store = AppStore(nc)
     await store.ensure()
-    spec = AppSpec.model_validate({"name": "shop", "workloads": [{
-        "name": "ticker", "type": "native", "artifact": file_artifact(programs["ticker"]), "replicas": replicas}]})
+    spec = AppSpec.model_validate({"name": "shop", "workloads": [ticker(programs, replicas=replicas)]})
     await store.apply(spec, None)
 
     async def running():

@@ -21,7 +21,7 @@ from nex.sandbox import cgroups
 from nex.sandbox.bundle import HOST_ID_BASE, ID_RANGE, NOBODY
 from nex.sandbox.runner import OciRunner
 
-from helpers import ARTIFACT_ROOTS, alive, collect, control, eventually, file_artifact, nex, start_node, wait_for_node
+from helpers import ARTIFACT_ROOTS, alive, collect, control, eventually, native_body, nex, start_node, wait_for_node
 
 sandboxed = pytest.mark.parametrize("node", ["oci"], indirect=True)
 
@@ -35,10 +35,6 @@ async def no_container_outlives_a_test(tmp_path):
         if runner is not None:
             await runner.sweep()
             shutil.rmtree(runner.bundles_dir, ignore_errors=True)
-
-
-def deploy_body(path: Path, name: str, **extra) -> dict:
-    return {"name": name, "type": "native", "artifact": file_artifact(path), **extra}
 
 
 async def run_job(node: Node, nc, body: dict) -> tuple[dict, list[str]]:
@@ -78,7 +74,7 @@ def container_left(workload_id: str) -> list[str]:
 async def test_a_sandboxed_workload_sees_only_itself(node: Node, nc, programs):
     secret = node.state_dir / "node.nk"
     assert secret.exists()
-    result, lines = await run_job(node, nc, deploy_body(
+    result, lines = await run_job(node, nc, native_body(
         programs["probe"], "probe", argv=["report", str(os.getpid()), str(secret), str(node.state_dir)]))
     seen = report(lines)
     assert "end" in seen, lines
@@ -101,7 +97,7 @@ async def test_a_sandboxed_workload_sees_only_itself(node: Node, nc, programs):
 
 @sandboxed
 async def test_network_host_shares_the_hosts_interfaces(node: Node, nc, programs):
-    _, lines = await run_job(node, nc, deploy_body(programs["probe"], "probe", network="host", argv=["report"]))
+    _, lines = await run_job(node, nc, native_body(programs["probe"], "probe", network="host", argv=["report"]))
     interfaces = report(lines)["net_ifaces"].split()
     host = [line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]]
     assert sorted(interfaces) == sorted(host)
@@ -110,7 +106,7 @@ async def test_network_host_shares_the_hosts_interfaces(node: Node, nc, programs
 @sandboxed
 async def test_stop_ends_every_process_and_leaves_nothing(node: Node, nc, programs):
     node.config.stop_grace_s = 0.3
-    code, workload = await control(nc, "DEPLOY", node.node_id, deploy_body(programs["stubborn"], "stubborn"))
+    code, workload = await control(nc, "DEPLOY", node.node_id, native_body(programs["stubborn"], "stubborn"))
     assert code is None, workload
     pid = workload["pid"]
     uid_line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("Uid:"))
@@ -129,7 +125,7 @@ async def test_stop_ends_every_process_and_leaves_nothing(node: Node, nc, progra
 
 @sandboxed
 async def test_a_crash_leaves_nothing(node: Node, nc, programs):
-    result, _ = await run_job(node, nc, deploy_body(programs["job"], "crash", argv=["3"]))
+    result, _ = await run_job(node, nc, native_body(programs["job"], "crash", argv=["3"]))
     assert result["exit_code"] == 3 and result["state"] == "failed"
     assert container_left(result["workload_id"]) == []
     assert await node.oci.list_containers() == []
@@ -138,7 +134,7 @@ async def test_a_crash_leaves_nothing(node: Node, nc, programs):
 
 @sandboxed
 async def test_memory_over_the_limit_is_an_oom_kill(node: Node, nc, programs):
-    result, lines = await run_job(node, nc, deploy_body(
+    result, lines = await run_job(node, nc, native_body(
         programs["probe"], "hog", argv=["hog", "256"], limits={"memory_mib": 32}))
     assert result["oom_killed"] is True and result["signal"] == signal.SIGKILL
     assert "out of memory" in result["error"] and result["state"] == "failed"
@@ -148,7 +144,7 @@ async def test_memory_over_the_limit_is_an_oom_kill(node: Node, nc, programs):
 @sandboxed
 async def test_a_fork_bomb_stops_at_the_pids_limit(node: Node, nc, programs):
     logs = await collect(nc, subjects.logs_filter("default"))
-    code, workload = await control(nc, "DEPLOY", node.node_id, deploy_body(
+    code, workload = await control(nc, "DEPLOY", node.node_id, native_body(
         programs["probe"], "bomb", argv=["forkbomb"], limits={"pids": 20}))
     assert code is None, workload
     line = await eventually(lambda: next((m.data.decode() for m in logs if m.data.startswith(b"forks ")), None),
@@ -164,7 +160,7 @@ async def test_a_fork_bomb_stops_at_the_pids_limit(node: Node, nc, programs):
 
 @sandboxed
 async def test_cpu_quota_holds_and_usage_shows_in_info(node: Node, nc, programs):
-    code, workload = await control(nc, "DEPLOY", node.node_id, deploy_body(
+    code, workload = await control(nc, "DEPLOY", node.node_id, native_body(
         programs["probe"], "spin", argv=["spin"], limits={"cpus": 0.2, "memory_mib": 16}))
     assert code is None, workload
 
@@ -228,7 +224,7 @@ async def test_a_sigkilled_node_leaves_no_container(nats_server, nc, tmp_path, p
     assert ping["tags"]["nex.sandbox"] == "runc" or ping["tags"]["nex.sandbox"] == "crun"
     workloads = []
     for program in ("ticker", "stubborn"):
-        code, workload = await control(nc, "DEPLOY", ping["node_id"], deploy_body(programs[program], program))
+        code, workload = await control(nc, "DEPLOY", ping["node_id"], native_body(programs[program], program))
         assert code is None, workload
         workloads.append(workload)
     pids = [w["pid"] for w in workloads]
@@ -281,7 +277,7 @@ async def test_auto_without_a_runtime_runs_plain_processes_tagged_unsafe(nats_se
         assert node.oci is None and node.tags["nex.unsafe"] == "true"
         _, ping = await control(nc, "PING", node.node_id)
         assert ping["tags"]["nex.unsafe"] == "true"
-        code, error = await control(nc, "DEPLOY", node.node_id, deploy_body(programs["ticker"], "t", network="none"))
+        code, error = await control(nc, "DEPLOY", node.node_id, native_body(programs["ticker"], "t", network="none"))
         assert code == 400 and "sandbox" in error["error"]["message"]
     finally:
         await node.shutdown()
@@ -329,7 +325,7 @@ async def test_a_node_cleans_up_after_a_dead_node_of_the_other_mode(nats_server,
     process = await start_node(*args, "--sandbox", before)
     ping = await wait_for_node(nc, "switch")
     logs = await collect(nc, subjects.logs_filter("default"))
-    code, workload = await control(nc, "DEPLOY", ping["node_id"], deploy_body(programs["stubborn"], "stubborn"))
+    code, workload = await control(nc, "DEPLOY", ping["node_id"], native_body(programs["stubborn"], "stubborn"))
     assert code is None, workload
     # stubborn forks: its group is the workload (a plain leader dies with the node, its child does not).
     group = await eventually(lambda: len(group_of(workload["pid"])) == 2 and group_of(workload["pid"]))

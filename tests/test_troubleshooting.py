@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from croniter import croniter
 
+from nex.api import subjects
 from nex.api.errors import START_NODE_HINT, NatsRefused, NatsUnavailable, UnknownWorkload
 from nex.api.models import Trigger
 from nex.cli.creds import make_namespace_buckets
@@ -172,9 +173,13 @@ async def test_node_up_on_a_server_that_is_not_nats(silent_port, tmp_path):
 
 
 async def test_a_lost_connection_suggests_starting_a_node(nats_server, tmp_path):
-    async with running_node(nats_server, tmp_path / "node", "events-node"):
+    async with running_node(nats_server, tmp_path / "node", "events-node") as node:
         follower = asyncio.create_task(nex("events", "-f", "-s", nats_server.url, timeout=30))
-        await asyncio.sleep(1.5)  # it reads the history, then follows
+
+        async def following() -> bool:  # its consumer of the events stream: it reads the history, then follows
+            info = await node.nc.jetstream().stream_info(subjects.EVENTS_STREAM)
+            return info.state.consumer_count >= 1
+        await eventually(following, timeout=20, interval=0.1)
     await nats_server.stop()
     code, _, err = await follower
     assert code == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from helpers import eventually, nex, running_node
+from helpers import eventually, nex, reconciler_passes, running_node
 from nex.api import subjects
 from nex.api.apps import AppRecord, AppSpec, RolloutState
 from nex.api.models import WorkloadState
@@ -95,12 +95,6 @@ async def refused(store: AppStore, app: str, words: str):
     return status if status is not None and status.refused is not None and words in status.refused else None
 
 
-async def passes(node, count: int = 3) -> None:
-    """Let the reconciler make ``count`` more passes (time for it to act on what it should not)."""
-    start = node.reconciler.passes
-    await eventually(lambda: node.reconciler.passes >= start + count, timeout=10)
-
-
 async def signed_and_running(store: AppStore, user: UserKeys, spec: AppSpec, replicas: int = 1) -> dict[str, str]:
     await store.apply(spec, user)
     revision = spec.workloads[0].revision()
@@ -121,7 +115,7 @@ async def test_an_unsigned_record_is_not_placed_and_is_refused(trusted_node, sto
     status = await eventually(lambda: refused(store, "shop", "not signed"), timeout=15)
     event = json.loads((await events.next_msg(timeout=5)).data)
     assert event["data"]["app"] == "shop" and "not signed" in event["data"]["reason"]
-    await passes(trusted_node)
+    await reconciler_passes(trusted_node)
     assert await running(store) == {}
     stored, _ = await store.get("default", "shop")
     view = app_view(stored, await store.nodes(), status)
@@ -136,7 +130,7 @@ async def test_an_edited_artifact_does_not_run_and_the_old_replicas_keep_running
     await put_raw(attacker, subjects.app_key("default", "shop"), json.dumps(edited).encode())
 
     await eventually(lambda: refused(store, "shop", "does not match its signature"), timeout=15)
-    await passes(trusted_node)
+    await reconciler_passes(trusted_node)
     assert await running(store) == before
 
     # What runs is still reconciled: a replica that dies is started again, from the signed spec.
@@ -158,7 +152,7 @@ async def test_a_record_signed_by_an_untrusted_key_is_refused(trusted_node, stor
 
     status = await eventually(lambda: refused(store, "shop", "does not trust"), timeout=15)
     assert stranger.issuer_public in status.refused
-    await passes(trusted_node)
+    await reconciler_passes(trusted_node)
     assert await running(store) == {}
 
 
@@ -169,7 +163,7 @@ async def test_a_replayed_older_signed_version_is_refused(trusted_node, store, a
     await put_raw(attacker, subjects.app_key("default", "shop"), json.dumps(first).encode())
 
     await eventually(lambda: refused(store, "shop", "older than the verified version 2"), timeout=15)
-    await passes(trusted_node)
+    await reconciler_passes(trusted_node)
     assert await running(store) == second
 
 
@@ -183,7 +177,7 @@ async def test_a_record_that_vanishes_stops_nothing(trusted_node, store, attacke
 
     await eventually(lambda: refused(store, "shop", "deleted without a signed tombstone"), timeout=15)
     assert "without a signed tombstone" in json.loads((await events.next_msg(timeout=5)).data)["data"]["reason"]
-    await passes(trusted_node)
+    await reconciler_passes(trusted_node)
     assert await running(store) == before
     code, out, err = await nex("app", "status", "shop", "--server", nats_server.url)
     assert code == 0, err
@@ -200,7 +194,7 @@ async def test_only_a_signed_tombstone_stops_the_app(trusted_node, store, attack
     forged.pop("token")
     await put_raw(attacker, subjects.app_key("default", "shop"), json.dumps(forged).encode())
     await eventually(lambda: refused(store, "shop", "not signed"), timeout=15)
-    await passes(trusted_node)
+    await reconciler_passes(trusted_node)
     assert await running(store) == before
 
     await store.delete("default", "shop", user)
@@ -257,7 +251,7 @@ async def test_a_dev_mode_reconciler_cannot_turn_an_unsigned_record_into_a_signe
             return event if event["what"]["verb"] == "DEPLOY" and event["why"]["code"] == 403 else None
         event = await eventually(refused_with_403, timeout=20)
         assert event["who"]["claimed_issuer"] is None and "needs a claim" in event["why"]["message"]
-        await passes(dev)
+        await reconciler_passes(dev)
         assert await running(store) == {}
 
 
@@ -323,5 +317,5 @@ async def test_a_refused_record_with_nothing_verified_stops_nothing(nats_server,
         async with running_node(nats_server, tmp_path / "trusted", "trusted", fleet_keys=tmp_path / "fleet",
                                 trusted_issuers=[user.issuer_public, fleet.issuer_public], **FLEET) as node:
             await eventually(lambda: refused(store, "shop", "not signed"), timeout=15)
-            await passes(node)
+            await reconciler_passes(node)
             assert await running(store) == before

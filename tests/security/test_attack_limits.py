@@ -16,7 +16,7 @@ import pytest
 import wasmtime
 from nats.aio.client import Client
 
-from helpers import build_wasm, collect, control, eventually, function_error, request
+from helpers import build_wasm, collect, control, deploy, eventually, function_error, request
 from nex.api import subjects
 from nex.api.hops import HOP_HEADER, MAX_HOPS
 from nex.client import NexClient
@@ -87,16 +87,14 @@ def hostcalls_wasm(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return build_wasm(WASM_SOURCES / "hostcalls.c", tmp_path_factory.mktemp("limits") / "hostcalls.wasm").read_bytes()
 
 
-async def deploy(nc: Client, node: Node, tmp_path: Path, name: str, kind: str, code: bytes, subject: str,
-                 **body: object) -> dict:
+async def deploy_code(nc: Client, node: Node, tmp_path: Path, name: str, kind: str, code: bytes, subject: str,
+                      **body: object) -> dict:
     """Deploy ``code`` as function ``name`` through the Object Store, as any client can."""
     path = tmp_path / f"{name}.{'wasm' if kind == 'wasm' else 'js'}"
     path.write_bytes(code)
     artifact = await NexClient(nc).upload_artifact(path, key=name)
-    code_, summary = await control(nc, "DEPLOY", node.node_id, body={
-        "name": name, "type": kind, "artifact": artifact.model_dump(), "triggers": [{"subject": subject}], **body})
-    assert code_ is None, summary
-    return summary
+    return await deploy(nc, node, {"name": name, "type": kind, "artifact": artifact.model_dump(),
+                                   "triggers": [{"subject": subject}], **body}, timeout=5.0)
 
 
 def agent_peak_rss(engine_module: str) -> int:
@@ -119,8 +117,8 @@ def agent_peak_rss(engine_module: str) -> int:
 
 async def test_table_grow_fails_the_call_and_keeps_the_agent_within_memory_mib(
         node: Node, nc: Client, tmp_path: Path):
-    await deploy(nc, node, tmp_path, "grower", "wasm", wasmtime.wat2wasm(TABLE_GROW_WAT), "attack.grow",
-                 limits={"memory_mib": 16})
+    await deploy_code(nc, node, tmp_path, "grower", "wasm", wasmtime.wat2wasm(TABLE_GROW_WAT), "attack.grow",
+                      limits={"memory_mib": 16})
     assert (await request(nc, "attack.grow", b"warm up")).data == b"ok"
     before = agent_peak_rss("nex.agent.wasm")
 
@@ -134,8 +132,8 @@ async def test_table_grow_fails_the_call_and_keeps_the_agent_within_memory_mib(
 
 
 async def test_two_tables_of_6000_elements_run_under_16_mib(node: Node, nc: Client, tmp_path: Path):
-    await deploy(nc, node, tmp_path, "tables", "wasm", wasmtime.wat2wasm(TWO_TABLES_WAT), "room.tables",
-                 limits={"memory_mib": 16})
+    await deploy_code(nc, node, tmp_path, "tables", "wasm", wasmtime.wat2wasm(TWO_TABLES_WAT), "room.tables",
+                      limits={"memory_mib": 16})
     assert (await request(nc, "room.tables")).data == b"two tables"
 
 
@@ -150,8 +148,8 @@ async def _function_stats(nc: Client, node: Node, workload_id: str) -> dict:
 
 
 async def test_a_function_that_triggers_itself_stops_at_the_hop_limit(node: Node, nc: Client, tmp_path: Path):
-    summary = await deploy(nc, node, tmp_path, "looper", "javascript", SELF_TRIGGER_JS.encode(), "loop.x",
-                           env={"NEXT": "loop.x"})
+    summary = await deploy_code(nc, node, tmp_path, "looper", "javascript", SELF_TRIGGER_JS.encode(), "loop.x",
+                                env={"NEXT": "loop.x"})
     invoked, loops, seen = await _events(nc, "function_invoked"), await _events(nc, "invocation_loop"), \
         await collect(nc, "loop.x")
     await nc.flush()
@@ -177,10 +175,10 @@ async def _errors_are(nc: Client, node: Node, workload_id: str, errors: int) -> 
 
 
 async def test_two_functions_that_trigger_each_other_stop_at_the_hop_limit(node: Node, nc: Client, tmp_path: Path):
-    await deploy(nc, node, tmp_path, "ping", "javascript", SELF_TRIGGER_JS.encode(), "nex.default.ping",
-                 env={"NEXT": "nex.default.pong"})
-    await deploy(nc, node, tmp_path, "pong", "javascript", SELF_TRIGGER_JS.encode(), "nex.default.pong",
-                 env={"NEXT": "nex.default.ping"})
+    await deploy_code(nc, node, tmp_path, "ping", "javascript", SELF_TRIGGER_JS.encode(), "nex.default.ping",
+                      env={"NEXT": "nex.default.pong"})
+    await deploy_code(nc, node, tmp_path, "pong", "javascript", SELF_TRIGGER_JS.encode(), "nex.default.pong",
+                      env={"NEXT": "nex.default.ping"})
     invoked, loops = await _events(nc, "function_invoked"), await _events(nc, "invocation_loop")
     await nc.flush()
 
@@ -195,7 +193,7 @@ async def test_two_functions_that_trigger_each_other_stop_at_the_hop_limit(node:
 
 
 async def test_a_function_cannot_reset_its_hop_count(node: Node, nc: Client, tmp_path: Path):
-    await deploy(nc, node, tmp_path, "forger", "javascript", FORGING_JS.encode(), "nex.default.forge")
+    await deploy_code(nc, node, tmp_path, "forger", "javascript", FORGING_JS.encode(), "nex.default.forge")
     invoked, loops, seen = await _events(nc, "function_invoked"), await _events(nc, "invocation_loop"), \
         await collect(nc, "nex.default.forge")
     await nc.flush()
@@ -209,7 +207,7 @@ async def test_a_function_cannot_reset_its_hop_count(node: Node, nc: Client, tmp
 async def test_a_chain_of_wasm_publishes_stops_at_the_hop_limit(node: Node, nc: Client, tmp_path: Path,
                                                                 hostcalls_wasm: bytes):
     subject = "nex.default.wchain"
-    await deploy(nc, node, tmp_path, "wchain", "wasm", hostcalls_wasm, subject)
+    await deploy_code(nc, node, tmp_path, "wchain", "wasm", hostcalls_wasm, subject)
     invoked, loops = await _events(nc, "function_invoked"), await _events(nc, "invocation_loop")
     await nc.flush()
 
@@ -221,7 +219,7 @@ async def test_a_chain_of_wasm_publishes_stops_at_the_hop_limit(node: Node, nc: 
 
 
 async def test_a_message_past_the_hop_limit_gets_an_error_reply(node: Node, nc: Client, tmp_path: Path):
-    await deploy(nc, node, tmp_path, "echo", "javascript", b"(subject, payload) => payload", "hop.echo")
+    await deploy_code(nc, node, tmp_path, "echo", "javascript", b"(subject, payload) => payload", "hop.echo")
 
     refused = function_error(await nc.request("hop.echo", b"x", headers={HOP_HEADER: str(MAX_HOPS + 1)}, timeout=5))
     served = await nc.request("hop.echo", b"x", headers={HOP_HEADER: str(MAX_HOPS)}, timeout=5)
@@ -238,7 +236,7 @@ async def test_a_message_past_the_hop_limit_gets_an_error_reply(node: Node, nc: 
 ], ids=["repeat", "concatenated", "json"])
 async def test_javascript_returns_a_mebibyte_string_whole(node: Node, nc: Client, tmp_path: Path,
                                                           script: str, size: int | None):
-    await deploy(nc, node, tmp_path, "big", "javascript", script.encode(), "big.string")
+    await deploy_code(nc, node, tmp_path, "big", "javascript", script.encode(), "big.string")
 
     reply = await request(nc, "big.string", timeout=15)
 
@@ -251,8 +249,8 @@ async def test_javascript_returns_a_mebibyte_string_whole(node: Node, nc: Client
 
 
 async def test_a_result_over_max_payload_is_a_clear_error(node: Node, nc: Client, tmp_path: Path):
-    await deploy(nc, node, tmp_path, "huge", "javascript", b"() => 'y'.repeat(3 << 20)", "big.huge",
-                 limits={"memory_mib": 64})
+    await deploy_code(nc, node, tmp_path, "huge", "javascript", b"() => 'y'.repeat(3 << 20)", "big.huge",
+                      limits={"memory_mib": 64})
 
     error = function_error(await request(nc, "big.huge", timeout=15))
 
@@ -261,8 +259,8 @@ async def test_a_result_over_max_payload_is_a_clear_error(node: Node, nc: Client
 
 async def test_a_function_that_invokes_itself_async_stops_at_the_hop_limit(node: Node, nc: Client, tmp_path: Path):
     subject = "nex.default.chain"
-    await deploy(nc, node, tmp_path, "chain", "javascript", SELF_TRIGGER_JS.encode(), subject, env={"NEXT": subject},
-                 triggers=[{"subject": subject, "mode": "async"}])
+    await deploy_code(nc, node, tmp_path, "chain", "javascript", SELF_TRIGGER_JS.encode(), subject,
+                      env={"NEXT": subject}, triggers=[{"subject": subject, "mode": "async"}])
     invoked, loops, dead = (await _events(nc, "function_invoked"), await _events(nc, "invocation_loop"),
                             await _events(nc, "function_dead_lettered"))
     await nc.flush()

@@ -139,6 +139,8 @@ class NodeCollector(Collector):
             for action in RECONCILER_ACTIONS:
                 actions.add_metric((action,), reconciler.actions[action])
             yield actions
+            yield CounterMetricFamily("nex_reconciler_passes", "Passes this node's reconciler made as the lease holder",
+                                      value=reconciler.passes)
 
 
 def _workload_counts(table: Iterable[Workload]) -> Iterator[Metric]:
