@@ -11,7 +11,6 @@ import asyncio
 import base64
 import itertools
 import logging
-import random
 import re
 import time
 from collections import Counter
@@ -76,13 +75,14 @@ from nex.api.models import (
     describe_validation_error,
 )
 from nex.artifacts import sha256_file
-from nex.fleet import sampling
 from nex.fleet.store import AppStore
 from nex.connection import ConnectOptions, NoNatsServer, confined_inbox_prefix, connect
 from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
 from nex.jsreplicas import nodes_replicas
 from nex.localfiles import CountingReader, guess_type, workload_name_for
+from nex.placement import sampling
+from nex.placement.scoring import rank_bids
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import seal_env
 
@@ -176,7 +176,7 @@ class NexClient:
                  keys: UserKeys | None = None, confined: bool = False,
                  sample_threshold: int = sampling.SAMPLE_THRESHOLD) -> None:
         self.nc = nc
-        # Past this many eligible nodes in the registry, place() asks a sample of them (nex.fleet.sampling).
+        # Past this many eligible nodes in the registry, place() asks a sample of them (nex.placement.sampling).
         self.sample_threshold = sample_threshold
         # Connected with the credentials of one namespace (nex creds): JetStream is read without
         # consumers, which such a user may not create (nex.security.natsauth.client_permissions).
@@ -310,7 +310,7 @@ class NexClient:
 
     async def sampled_auction(self, request: AuctionRequest, nodes: Sequence[str] | None,
                               wait: float = DEFAULT_GATHER_S, expected: int | None = None) -> list[AuctionReply]:
-        """The answers of ``nodes`` (a sample, nex.fleet.sampling), or, when none of them bids
+        """The answers of ``nodes`` (a sample, nex.placement.sampling), or, when none of them bids
         (or ``nodes`` is None), of every node: a workload only an unsampled node can take still
         finds it. The declines returned are those of the nodes asked last."""
         if nodes:
@@ -363,7 +363,7 @@ class NexClient:
 
     async def _bids(self, constraints: AuctionRequest, wait: float, expected: int | None) -> list[Bid]:
         """The bids of an auction, of the eligible nodes or a sample of them once the registry lists
-        more than ``sample_threshold`` (nex.fleet.sampling.whom_to_ask); Unavailable, with every
+        more than ``sample_threshold`` (nex.placement.sampling.whom_to_ask); Unavailable, with every
         decline of the nodes asked, when there is none."""
         if expected is None:
             expected = await self.live_node_count()
@@ -968,28 +968,6 @@ def _dead_letter(raw: Any) -> DeadLetter:
 def constraints_of(request: DeployRequest) -> AuctionRequest:
     """The auction a deploy request implies: its type, lifecycle and memory limit."""
     return AuctionRequest(type=request.type, lifecycle=request.lifecycle, memory_mib=request.limits.memory_mib)
-
-
-WORKLOAD_POINTS = 0.3
-"""What one more workload takes off a node's score (nex.node.bids): a placement of this client
-under way on a node counts that much against the node's next bids."""
-
-SCORE_TIE = 0.1
-"""Bids this close to the best count as equal (less than one workload apart): one of them is
-taken at random, so that equal nodes share the work instead of one taking all of it."""
-
-
-def rank_bids(bids: list[Bid], placing: Mapping[str, int] | None = None) -> list[Bid]:
-    """Best first, each score lowered by the placements under way on its node (``placing``);
-    among bids within :data:`SCORE_TIE` of the best, a random order."""
-    if not bids:
-        return []
-    placing = placing or {}
-    scored = [(b.score - WORKLOAD_POINTS * placing.get(b.node_id, 0), b) for b in bids]
-    random.shuffle(scored)  # ties in a random order; the sort below is stable
-    best = max(s for s, _ in scored)
-    scored.sort(key=lambda sb: (best - sb[0] > SCORE_TIE, -sb[0] if best - sb[0] > SCORE_TIE else 0))
-    return [b for _, b in scored]
 
 
 def _deploy_target(target: str) -> str:

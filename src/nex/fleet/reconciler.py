@@ -44,18 +44,18 @@ from nex.api.errors import NexError, NodeNotFound, WorkloadNotFound
 from nex.api.events import EventType
 from nex.api.models import AppRef, AuctionReply, AuctionRequest, Bid, DeployRequest, NodeRecord
 from nex.client import NexClient
-from nex.fleet import sampling
 from nex.fleet.kvwatch import open_watch, watched_keys
 from nex.fleet.lease import Lease
 from nex.fleet.liveness import Liveness
-from nex.fleet.sampling import SAMPLE_THRESHOLD
 from nex.fleet.planner import (
-    AppKey, FleetMemory, PendingReplica, Place, Plan, Rollback, Settings, SlotKey, Stop, bid_bucket, choose_bid,
-    changed_workloads, plan,
+    AppKey, FleetMemory, PendingReplica, Place, Plan, Rollback, Settings, SlotKey, Stop, changed_workloads, plan,
 )
 from nex.fleet.sharedkeys import SharedFleetKeys
 from nex.fleet.store import AppStore
 from nex.fleet.verify import Decision, Trust, decide, signer_of
+from nex.placement import sampling
+from nex.placement.sampling import SAMPLE_THRESHOLD
+from nex.placement.scoring import bid_bucket, choose_bid
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import open_env, seal_env
 
@@ -394,7 +394,7 @@ class Reconciler:
 
     async def _place_all(self, places: list[Place], counts: dict[str, int], nodes: list[NodeRecord]) -> None:
         """The replicas of one workload, as a batch. Each gets an auction, all at once: past
-        ``sample_threshold`` nodes, of the eligible nodes or a sample of them (nex.fleet.sampling),
+        ``sample_threshold`` nodes, of the eligible nodes or a sample of them (nex.placement.sampling),
         widened to every node when none of them bids. Then each replica is given a bid in turn, so
         the batch keeps the spread (``choose_bid``); then the deploys go, all at once."""
         first = places[0]

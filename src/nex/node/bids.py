@@ -4,7 +4,7 @@ Every node answers every auction, with a bid or with the reason it declines, so 
 client that knows how many nodes there are stops waiting when all have answered,
 and a user who gets no bid is told why ("node n2 lacks tag zone=a"). The same
 auction may be asked of one node, on ``AUCTION.<node id>`` (a sampled auction,
-nex.fleet.sampling, which applies :func:`decline_reason` to the registry's records).
+nex.placement.sampling, which applies the node's own rule to the registry's records).
 
 A bid is a promise with a deadline. Its id is the node's id and a secret token,
 ``<node id>.<token>``, so a deploy through it goes to
@@ -26,19 +26,8 @@ reservation. A bid belongs to whoever asked for it: a deploy through a bid of a
 signed auction must be signed by that issuer. The bid is used up only once the
 deploy passed every check; a malformed or refused deploy leaves it as it was.
 
-Scoring (higher is better; 100 for an idle node with all its memory free)::
-
-    memory = (available memory - memory held by outstanding bids) / total memory
-    cpu    = max(0, 1 - load_1m / cpus)
-    busy   = running workloads + 0.5 * outstanding bids
-    score  = 100 * (0.4 * memory + 0.3 * cpu + 0.3 * (1 - busy / 100))
-
-Each workload costs 0.3 points and each outstanding bid 0.15, without a floor (the
-score goes below zero on a very busy node), so two nodes alike in memory and CPU
-always differ by their load, however many workloads they run. An outstanding bid
-weighs half a workload: while a burst of auctions is under way every node holds
-about as many bids as the others, and once one bid turns into a workload on the
-winner, the winner weighs half a workload more than the nodes that lost.
+Who may bid (``decline_reason``) and what a bid is worth (``score``, its weights) are
+placement's rules, shared with the client and the reconciler: ``nex.placement.scoring``.
 """
 
 from __future__ import annotations
@@ -57,28 +46,13 @@ from nats.errors import Error as NatsError
 
 from nex.api import subjects
 from nex.api.errors import BidNotFound, Conflict
-from nex.api.models import (
-    FUNCTION_TYPES, AuctionReply, AuctionRequest, Bid, Lifecycle, NodeState, Resources, WorkloadType,
-)
+from nex.api.models import AuctionReply, AuctionRequest, Bid, Resources
 from nex.node.resources import resources
+from nex.placement.scoring import Bidder, decline_reason, score
 
 log = logging.getLogger(__name__)
 
-BID_WEIGHT = 0.5  # an outstanding bid counts as half a running workload
 RESOURCES_MAX_AGE_S = 0.25  # /proc readings are shared by the auctions of a burst
-
-
-@dataclass(frozen=True)
-class Bidder:
-    """What the node is at the moment of an auction."""
-
-    node_id: str
-    name: str
-    state: NodeState
-    tags: dict[str, str]
-    xkey: str | None
-    runtimes: frozenset[WorkloadType]
-    workload_count: int
 
 
 @dataclass
@@ -116,46 +90,6 @@ class BidTicket:
     def release_unless_used(self) -> None:
         if not self.used:
             self._bid.deploying = False
-
-
-def lifecycle_of(request: AuctionRequest) -> Lifecycle:
-    """The lifecycle the workload will have: as given, or the type's default (as for a deploy)."""
-    if request.lifecycle is not None:
-        return request.lifecycle
-    return Lifecycle.FUNCTION if request.type in FUNCTION_TYPES else Lifecycle.SERVICE
-
-
-def decline_reason(request: AuctionRequest, bidder: Bidder, free_mib: int, held_mib: int) -> str | None:
-    """Why ``bidder`` cannot take the workload, or None when it can. The text names the node."""
-    node = f"node {bidder.name}"
-    if bidder.state != NodeState.RUNNING:
-        return f"{node} is {'in lame duck mode' if bidder.state == NodeState.LAMEDUCK else 'stopping'}"
-    if bidder.node_id in request.exclude_nodes:
-        return f"{node} is excluded by the request"
-    if request.type not in bidder.runtimes:
-        return f"{node} has no {request.type.value} runtime"
-    lifecycle = lifecycle_of(request)
-    if (request.type in FUNCTION_TYPES) != (lifecycle == Lifecycle.FUNCTION):
-        return f"{node} cannot run a {request.type.value} workload with lifecycle {lifecycle.value}"
-    for key, wanted in sorted(request.tags.items()):
-        have = bidder.tags.get(key)
-        if have is None:
-            return f"{node} lacks tag {key}={wanted}"
-        if have != wanted:
-            return f"{node} lacks tag {key}={wanted} (has {key}={have})"
-    if request.memory_mib is not None and request.memory_mib > free_mib:
-        held = f", {held_mib} MiB of it held by other bids" if held_mib else ""
-        return f"{node} has {max(free_mib, 0)} MiB free{held}, needs {request.memory_mib} MiB"
-    return None
-
-
-def score(found: Resources, held_mib: int, workload_count: int, outstanding: int) -> float:
-    """The bid's score; see the module docstring."""
-    total = max(found.memory_bytes, 1)
-    memory = max(0.0, (found.memory_available_bytes - (held_mib << 20)) / total)
-    cpu = max(0.0, 1.0 - found.load_1m / max(found.cpus, 1))
-    busy = workload_count + BID_WEIGHT * outstanding
-    return round(100 * (0.4 * memory + 0.3 * cpu + 0.3 * (1 - busy / 100)), 3)
 
 
 class BidBook:
