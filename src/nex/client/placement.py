@@ -17,6 +17,8 @@ from nex.api.errors import BidNotFound, Conflict, NexError, Unavailable
 from nex.api.models import AuctionReply, AuctionRequest, Bid, DeployRequest, NodeRecord, WorkloadSummary
 from nex.client.transport import DEFAULT_GATHER_S, target_token
 from nex.client.workloads import Workloads
+# The one read of NEX_NODES that reassembles split records and never misses a key on a cluster
+# (nex.fleet.store.AppStore.registry) is the fleet's; the client reuses it rather than keep a copy.
 from nex.fleet.store import AppStore
 from nex.placement import sampling
 from nex.placement.scoring import rank_bids
