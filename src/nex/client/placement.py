@@ -15,11 +15,9 @@ from nats.aio.client import Client
 from nex.api import subjects
 from nex.api.errors import BidNotFound, Conflict, NexError, Unavailable
 from nex.api.models import AuctionReply, AuctionRequest, Bid, DeployRequest, NodeRecord, WorkloadSummary
+from nex.client.registry import read_registry
 from nex.client.transport import DEFAULT_GATHER_S, target_token
 from nex.client.workloads import Workloads
-# The one read of NEX_NODES that reassembles split records and never misses a key on a cluster
-# (nex.fleet.store.AppStore.registry) is the fleet's; the client reuses it rather than keep a copy.
-from nex.fleet.store import AppStore
 from nex.placement import sampling
 from nex.placement.scoring import rank_bids
 from nex.security.keystore import UserKeys
@@ -78,7 +76,7 @@ class Placement(Workloads):
             if self._registry is not None and now - self._registry[0] < REGISTRY_MAX_AGE_S:
                 return self._registry[1]
             try:
-                records = await AppStore(self.nc, timeout=self.timeout).nodes()
+                records = (await read_registry(self.nc.jetstream(timeout=self.timeout), self.timeout)).records
             except (NexError, nats.errors.Error, asyncio.TimeoutError):
                 return None
             self._registry = (now, records)

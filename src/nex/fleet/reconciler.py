@@ -44,7 +44,6 @@ from nex.api.errors import NexError, NodeNotFound, WorkloadNotFound
 from nex.api.events import EventType
 from nex.api.models import AppRef, AuctionReply, AuctionRequest, Bid, DeployRequest, NodeRecord
 from nex.client import NexClient
-from nex.fleet.kvwatch import open_watch, watched_keys
 from nex.fleet.lease import Lease
 from nex.fleet.liveness import Liveness
 from nex.fleet.planner import (
@@ -53,6 +52,7 @@ from nex.fleet.planner import (
 from nex.fleet.sharedkeys import SharedFleetKeys
 from nex.fleet.store import AppStore
 from nex.fleet.verify import Decision, Trust, decide, signer_of
+from nex.kvwatch import open_watch, watched_keys
 from nex.placement import sampling
 from nex.placement.sampling import SAMPLE_THRESHOLD
 from nex.placement.scoring import bid_bucket, choose_bid
