@@ -1,12 +1,11 @@
 """The async Python client of the control API; the ``nex`` CLI is a thin shell over it.
 
-:class:`NexClient` is the one front door. Its parts live in their own modules, each a
-
-
-class that NexClient is made of: ``transport`` (the connection, requests, scatter-gather,
-claims, errors), ``workloads`` (nodes and workloads), ``placement`` (auctions and deploys
-through bids), ``artifacts`` (uploads and devrun), ``feeds`` (logs and events) and
-``functions`` (calls, async invocations, dead letters).
+:class:`NexClient` is the one front door, made of one class per part, each in its own
+module: ``transport`` (the connection, requests, scatter-gather, claims, errors),
+``workloads`` (nodes and workloads), ``placement`` (auctions and deploys through bids, with
+``registry``, its read of NEX_NODES), ``artifacts`` (uploads and devrun), ``feeds`` (logs and
+events) and ``functions`` (calls, async invocations, dead letters). Each part builds on the
+ones it uses (``Placement`` on ``Workloads``, everything on ``Transport``).
 
 Every failure surfaces as a :class:`nex.api.errors.NexError`: an error reply from a
 node, a subject nobody answers (``NodeNotFound``, ``WorkloadNotFound``), a request
