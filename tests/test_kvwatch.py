@@ -12,7 +12,7 @@ import time
 
 from nats.js.api import KeyValueConfig
 
-from nex.fleet.kvwatch import open_watch, watched_keys
+from nex.kvwatch import open_watch, watched_keys
 
 
 async def _cancelled_while_opening(nc, kv) -> None:

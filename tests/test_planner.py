@@ -13,8 +13,9 @@ from nex.api.models import (
     AppRef, Bid, Health, NodePing, NodeRecord, NodeState, ReplicaRecord, Resources, WorkloadState,
 )
 from nex.fleet.planner import (
-    FleetMemory, PendingReplica, Settings, backoff_delay, choose_bid, plan,
+    FleetMemory, PendingReplica, Settings, backoff_delay, plan,
 )
+from nex.placement.scoring import choose_bid
 
 SHA = "0" * 64
 NOW = 1_000_000.0

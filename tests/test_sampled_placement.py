@@ -16,7 +16,7 @@ from nex.api.apps import AppSpec
 from nex.api.errors import Unavailable
 from nex.api.models import AuctionRequest, NodeState
 from nex.client import NexClient
-from nex.fleet.sampling import SAMPLE_SIZE
+from nex.placement.sampling import SAMPLE_SIZE
 from nex.fleet.store import AppStore
 from nex.node.node import Node
 from nex.security.keystore import UserKeys

@@ -1,4 +1,4 @@
-"""Whom a sampled auction asks (nex.fleet.sampling): pure, from registry records."""
+"""Whom a sampled auction asks (nex.placement.sampling): pure, from registry records."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 from collections import Counter
 
 from nex.api.models import AuctionRequest, NodePing, NodeRecord, NodeState, Resources
-from nex.fleet.sampling import SAMPLE_SIZE, eligible, samples, whom_to_ask
+from nex.placement.sampling import SAMPLE_SIZE, eligible, samples, whom_to_ask
 
 
 def node(node_id: str, zone: str = "a", state: str = "running", runtimes=("native",),

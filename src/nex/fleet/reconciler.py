@@ -2,12 +2,12 @@
 
 Every node with ``config.reconciler`` runs one; only the holder of the lease
 (:mod:`nex.fleet.lease`) acts. Each pass reads the apps and the node registry,
-asks the pure planner (:mod:`nex.fleet.planner`) what to do, and does it: a
-placement is an auction plus a deploy to the chosen bid, a stop an undeploy,
-a rollback a compare-and-set of the app record back to its previous spec. One
-action failing (a node gone between bid and deploy, a node in lame duck, NATS
-reconnecting) is logged and tried again next pass; nothing stops the loop but
-:meth:`Reconciler.stop`.
+asks the pure planner (:mod:`nex.fleet.planner`) what to do, and does it
+(:mod:`nex.fleet.execution`): a placement is an auction plus a deploy to the
+chosen bid, a stop an undeploy, a rollback a compare-and-set of the app record
+back to its previous spec. One action failing (a node gone between bid and
+deploy, a node in lame duck, NATS reconnecting) is logged and tried again next
+pass; nothing stops the loop but :meth:`Reconciler.stop`.
 
 Only records that :mod:`nex.fleet.verify` accepts are acted on: a refused one
 leaves the last verified record running, and is reported. A deploy for a signed
@@ -31,51 +31,36 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from nex.api import appsig, subjects
-from nex.api.apps import AppRecord, AppStatus, AppWorkload
-from nex.api.errors import NexError, NodeNotFound, WorkloadNotFound
+from nex.api import subjects
+from nex.api.apps import AppRecord, AppStatus
+from nex.api.errors import NodeNotFound
 from nex.api.events import EventType
-from nex.api.models import AppRef, AuctionReply, AuctionRequest, Bid, DeployRequest, NodeRecord
+from nex.api.models import NodeRecord
 from nex.client import NexClient
-from nex.fleet import sampling
-from nex.fleet.kvwatch import open_watch, watched_keys
+from nex.fleet.execution import TRANSIENT, PlanExecution, Publish, describe
 from nex.fleet.lease import Lease
 from nex.fleet.liveness import Liveness
-from nex.fleet.sampling import SAMPLE_THRESHOLD
-from nex.fleet.planner import (
-    AppKey, FleetMemory, PendingReplica, Place, Plan, Rollback, Settings, SlotKey, Stop, bid_bucket, choose_bid,
-    changed_workloads, plan,
-)
+from nex.fleet.planner import AppKey, FleetMemory, Plan, Settings, plan
 from nex.fleet.sharedkeys import SharedFleetKeys
 from nex.fleet.store import AppStore
 from nex.fleet.verify import Decision, Trust, decide, signer_of
+from nex.kvwatch import open_watch, watched_keys
+from nex.placement.sampling import SAMPLE_THRESHOLD
 from nex.security.keystore import UserKeys
-from nex.security.xkeys import open_env, seal_env
 
 log = logging.getLogger(__name__)
 
 SYSTEM_NAMESPACE = "system"
-MAX_CONCURRENT_ACTIONS = 8
-MAX_CONCURRENT_PLACEMENTS = 32  # auctions, then deploys, of one batch at once
-AUCTION_WAIT_S = 1.0
 # A node whose registry key is this many registry intervals behind the newest write is asked
 # whether it is there (PING, no responders: gone); the answer is waited for this long.
 SILENT_AFTER_WRITES = 1.5
 SILENT_PING_TIMEOUT_S = 1.0
-REQUEST_TIMEOUT_S = 15.0  # an undeploy waits for the workload's grace period
-
-Publish = Callable[[str, EventType, dict[str, Any]], None]
-"""Publishes an event: (namespace, type, data)."""
-
-# What the reconciler tolerates from one action or one pass: the engine's own errors and NATS's.
-_TRANSIENT = (NexError, nats.errors.Error, asyncio.TimeoutError, OSError)
 
 
 def fleet_keys(directory: Path) -> UserKeys:
@@ -85,7 +70,7 @@ def fleet_keys(directory: Path) -> UserKeys:
     return keys
 
 
-class Reconciler:
+class Reconciler(PlanExecution):
     """``keys``: the fleet keys, or None to load them from NEX_FLEET through ``shared`` before
     standing for the lease (nex.fleet.sharedkeys); ``on_keys`` learns the keys once known."""
 
@@ -176,8 +161,8 @@ class Reconciler:
                         self._elected()
                 if self.lease.held:
                     await self._pass_unless_lost()
-            except _TRANSIENT as exc:
-                self._trouble(_describe(exc))
+            except TRANSIENT as exc:
+                self._trouble(describe(exc))
             else:
                 self._last_trouble = None
             self._wake.clear()
@@ -232,10 +217,10 @@ class Reconciler:
                             if await watcher.updates(timeout=60) is not None:
                                 self._wake.set()
                 finally:
-                    with contextlib.suppress(*_TRANSIENT):
+                    with contextlib.suppress(*TRANSIENT):
                         await watcher.stop()
-            except _TRANSIENT as exc:
-                log.debug("reconciler: app watch: %s", _describe(exc))
+            except TRANSIENT as exc:
+                log.debug("reconciler: app watch: %s", describe(exc))
                 await asyncio.sleep(self._interval * 5)
 
     async def _pass_unless_lost(self) -> None:
@@ -299,7 +284,7 @@ class Reconciler:
                 log.info("reconciler: node %s (%s) stopped writing its registry entry and no longer "
                          "listens: it is gone", record.node.name, record.node.node_id)
                 self._liveness.gone(record)
-            except _TRANSIENT:
+            except TRANSIENT:
                 pass  # no answer proves nothing: its key's TTL decides
         await asyncio.gather(*(ask(record) for record in silent))
 
@@ -309,8 +294,8 @@ class Reconciler:
             return
         try:
             sealed = await self._shared.share(self._keys, listed)
-        except _TRANSIENT as exc:
-            log.warning("reconciler: cannot share the fleet keys: %s (next pass)", _describe(exc))
+        except TRANSIENT as exc:
+            log.warning("reconciler: cannot share the fleet keys: %s (next pass)", describe(exc))
             return
         if sealed:
             log.info("reconciler: sealed a copy of the fleet keys for %d node(s)", sealed)
@@ -354,178 +339,6 @@ class Reconciler:
     def _restarts_counted(self) -> int:
         """Replicas the planner has found failed or lost so far (it restarts each)."""
         return sum(history.restarts for history in self._memory.history.values())
-
-    async def _execute(self, decided: Plan, nodes: list[NodeRecord] | None = None) -> None:
-        """Every action of the plan, a bounded number at once; one failing does not stop the others."""
-        limit = asyncio.Semaphore(MAX_CONCURRENT_ACTIONS)
-        by_slot: dict[SlotKey, list[Place]] = {}
-        for place in decided.places:
-            by_slot.setdefault((place.namespace, place.app, place.workload.name), []).append(place)
-
-        async def bounded(action: Any, coro_fn: Callable[[], Any]) -> None:
-            async with limit:
-                try:
-                    await coro_fn()
-                except _TRANSIENT as exc:
-                    log.warning("reconciler: %s: %s", _what(action), _describe(exc))
-
-        jobs = [bounded(r, lambda r=r: self._rollback(r)) for r in decided.rollbacks]
-        jobs += [bounded(s, lambda s=s: self._stop(s)) for s in decided.stops]
-        # The replicas of one workload are placed as a batch: targets decided together, then deployed.
-        jobs += [bounded(places[0], lambda slot=slot, places=places: self._place_all(
-            places, decided.spread_counts.get(slot, {}), nodes or [])) for slot, places in by_slot.items()]
-        await asyncio.gather(*jobs)
-        for announce in decided.announcements:
-            self._publish(announce.namespace, announce.type, announce.data)
-        for namespace, app in decided.delete_statuses:
-            with contextlib.suppress(*_TRANSIENT):
-                await self._store.delete_status(namespace, app)
-                self._written.pop((namespace, app), None)
-                self._memory.events.pop((namespace, app), None)
-
-    def _client(self, namespace: str, signed: bool = True) -> NexClient:
-        """A client that signs with the fleet key, or (for the replicas of an unsigned app) one that
-        signs nothing: the fleet key never vouches for a record that no user signed."""
-        client = self._clients.get((namespace, signed))
-        if client is None:
-            client = self._clients[(namespace, signed)] = NexClient(
-                self._nc, namespace, REQUEST_TIMEOUT_S, keys=self._keys if signed else None)
-        return client
-
-    async def _place_all(self, places: list[Place], counts: dict[str, int], nodes: list[NodeRecord]) -> None:
-        """The replicas of one workload, as a batch. Each gets an auction, all at once: past
-        ``sample_threshold`` nodes, of the eligible nodes or a sample of them (nex.fleet.sampling),
-        widened to every node when none of them bids. Then each replica is given a bid in turn, so
-        the batch keeps the spread (``choose_bid``); then the deploys go, all at once."""
-        first = places[0]
-        record = self._acting.get((first.namespace, first.app))
-        if record is None:
-            return  # no longer verified since the plan was made
-        workload = first.workload
-        client = self._client(first.namespace, signed=record.token is not None)
-        constraints = AuctionRequest(type=workload.type, lifecycle=workload.lifecycle, tags=first.tags,
-                                     memory_mib=workload.limits.memory_mib, exclude_nodes=list(first.exclude_nodes))
-        asked = sampling.whom_to_ask(nodes, constraints, len(places), self._sample_threshold, spread=first.spread,
-                                     counts=counts)
-        limit = asyncio.Semaphore(MAX_CONCURRENT_PLACEMENTS)
-
-        async def auction(sample: list[str] | None) -> list[AuctionReply] | BaseException:
-            async with limit:
-                try:
-                    return await client.sampled_auction(constraints, sample, AUCTION_WAIT_S,
-                                                        self._live_nodes or None)
-                except _TRANSIENT as exc:
-                    return exc
-
-        answers = await asyncio.gather(*(auction(sample) for sample in asked))
-        counts = dict(counts)
-        chosen: list[tuple[Place, Bid]] = []
-        for place, replies in zip(places, answers):
-            if isinstance(replies, BaseException):
-                self._placing_failed(place, _describe(replies))
-                continue
-            bid = choose_bid([r.bid for r in replies if r.bid is not None], place.spread, counts)
-            if bid is None:
-                self._unplaceable(place, "; ".join(f"{r.node_id}: {r.declined}" for r in replies if r.declined)
-                                  or "no node answered")
-                continue
-            bucket = bid_bucket(bid, place.spread)
-            counts[bucket] = counts.get(bucket, 0) + 1
-            chosen.append((place, bid))
-
-        async def deploy(place: Place, bid: Bid) -> None:
-            async with limit:
-                try:
-                    await self._deploy(client, place, record, bid)
-                except _TRANSIENT as exc:
-                    self._placing_failed(place, _describe(exc))
-
-        await asyncio.gather(*(deploy(place, bid) for place, bid in chosen))
-
-    def _placing_failed(self, place: Place, reason: str) -> None:
-        # Tried again next pass; shown in the app's status, and logged once, not every pass.
-        slot = (place.namespace, place.app, place.workload.name)
-        if self._memory.unplaceable.get(slot) != reason:
-            log.warning("reconciler: %s: %s", _what(place), reason)
-            self._memory.note((place.namespace, place.app), f"placing {place.workload.name} failed: {reason}")
-        self._memory.unplaceable[slot] = reason
-
-    def _unplaceable(self, place: Place, reasons: str) -> None:
-        slot = (place.namespace, place.app, place.workload.name)
-        if self._memory.unplaceable.get(slot) != reasons:  # said once, not every pass
-            self._memory.note((place.namespace, place.app), f"no node can take {place.workload.name}: {reasons}")
-            log.warning("reconciler: no node can take %s of app %s: %s", place.workload.name, place.app, reasons)
-        self._memory.unplaceable[slot] = reasons
-
-    async def _deploy(self, client: NexClient, place: Place, record: AppRecord, chosen: Bid) -> None:
-        workload = place.workload
-        summary = await client.deploy(chosen.bid_id, self._deploy_request(place, record, chosen.xkey),
-                                      xkey=chosen.xkey)
-        self.actions["place"] += 1
-        self._memory.unplaceable.pop((place.namespace, place.app, workload.name), None)
-        self._memory.placed(PendingReplica(summary.id, summary.node_id, place.namespace, place.app, workload.name,
-                                           place.revision, time.time()))
-        self._memory.note((place.namespace, place.app), f"placed {workload.name} {summary.id} on {chosen.name}")
-        self._publish(place.namespace, EventType.REPLICA_PLACED, {
-            "app": place.app, "workload": workload.name, "workload_id": summary.id, "node_id": summary.node_id,
-            "revision": place.revision, "reason": place.reason})
-
-    def _deploy_request(self, place: Place, record: AppRecord, node_xkey: str | None) -> DeployRequest:
-        workload: AppWorkload = place.workload
-        env = open_env(workload.sealed_env, workload.sender_xkey, self._keys.xkey) if workload.sealed_env else {}
-        sealed: dict[str, Any] = {}
-        if env and record.token is None and node_xkey is not None:
-            # Unsigned, so the client seals nothing: sealed here, the env never travels in the clear.
-            sealed = {"sealed_env": seal_env(env, self._keys.xkey, node_xkey), "sender_xkey": self._keys.xkey.public}
-            env = {}
-        app = AppRef(name=place.app, revision=place.revision)
-        if record.token is not None:
-            # What the user signed, for the node to check this deploy against (nex.security.apps).
-            app = app.model_copy(update={
-                "token": record.token, "template": appsig.template(workload),
-                "digests": appsig.workload_digests(record.spec), "rolled_back": record.rolled_back or None})
-        return DeployRequest(
-            name=workload.name, type=workload.type, lifecycle=workload.lifecycle, artifact=workload.artifact,
-            namespace=place.namespace, argv=list(workload.argv), env=env, triggers=list(workload.triggers),
-            limits=workload.limits, network=workload.network, health=workload.health, app=app,
-            description=f"replica of app {place.app} ({place.reason})", **sealed)
-
-    async def _stop(self, stop: Stop) -> None:
-        """Undeploy until the node no longer lists it: the first stops it, the second removes it."""
-        client = self._client(stop.namespace)
-        try:
-            await client.undeploy(stop.workload_id)
-            await client.undeploy(stop.workload_id)
-        except WorkloadNotFound:
-            pass
-        self.actions["stop"] += 1
-        self._memory.note((stop.namespace, stop.app), f"stopped {stop.name} {stop.workload_id}: {stop.reason}")
-        self._publish(stop.namespace, EventType.REPLICA_STOPPED, {
-            "app": stop.app, "workload": stop.name, "workload_id": stop.workload_id, "node_id": stop.node_id,
-            "reason": stop.reason})
-
-    async def _rollback(self, rollback: Rollback) -> None:
-        """Restore the previous spec of the verified record. No new signature: the record keeps
-        its token, which signs the previous spec's digest, and is marked rolled back."""
-        key = (rollback.namespace, rollback.app)
-        record = self._acting.get(key)
-        if record is None or record.version != rollback.version or record.previous is None or record.rolled_back:
-            return
-        stored, revision = await self._store.get(rollback.namespace, rollback.app, deleted=True)
-        if stored != record and decide(stored, record, self._trust).refused is None:
-            return  # someone applied (or deleted) meanwhile: theirs wins
-        restored = record.model_copy(update={"spec": record.previous, "previous": None, "rolled_back": True})
-        await self._store.replace(restored, revision)
-        self.actions["rollback"] += 1
-        message = f"version {record.version} rolled back to the previous spec: {rollback.reason}"
-        self._memory.rolled_back((rollback.namespace, rollback.app), restored.version, message,
-                                 changed_workloads(record.previous, record.spec))
-        self._memory.note((rollback.namespace, rollback.app), message)
-        log.warning("reconciler: app %s/%s: %s", rollback.namespace, rollback.app, message)
-        self._publish(rollback.namespace, EventType.ROLLOUT_ROLLED_BACK, {
-            "app": rollback.app, "failed_version": record.version, "version": restored.version, "rolled_back": True,
-            "reason": rollback.reason})
-        self._wake.set()
 
     # -- status ------------------------------------------------------------------------------
 
@@ -571,19 +384,5 @@ class Reconciler:
             try:
                 await self._store.put_status(status)
                 self._written[(namespace, app)] = content
-            except _TRANSIENT as exc:
-                log.warning("reconciler: cannot write the status of %s/%s: %s", namespace, app, _describe(exc))
-
-
-def _what(action: Any) -> str:
-    if isinstance(action, Place):
-        return f"placing {action.workload.name} of app {action.namespace}/{action.app}"
-    if isinstance(action, Stop):
-        return f"stopping {action.workload_id} of app {action.namespace}/{action.app}"
-    if isinstance(action, Rollback):
-        return f"rolling back app {action.namespace}/{action.app}"
-    return str(action)
-
-
-def _describe(exc: BaseException) -> str:
-    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            except TRANSIENT as exc:
+                log.warning("reconciler: cannot write the status of %s/%s: %s", namespace, app, describe(exc))

@@ -38,8 +38,8 @@ from nex.api import subjects
 from nex.api.apps import FleetKeysCopy, FleetKeysRecord
 from nex.api.errors import SealedEnvError
 from nex.api.models import NodeRecord
-from nex.fleet.kvwatch import watched_keys
 from nex.kvbucket import ensure_bucket
+from nex.kvwatch import watched_keys
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import XKey
 

@@ -12,32 +12,28 @@ version.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from contextlib import asynccontextmanager
-from typing import AsyncIterator, TypeVar
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
 from nex.api import appsig, subjects
 from nex.api.appsig import AppClaim, AppOp
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease
-from nex.api.errors import AppNotFound, Conflict, Forbidden, Unavailable
+from nex.api.errors import AppNotFound, Conflict, Forbidden
 from nex.api.models import NodeRecord
-from nex.api.paging import assemble
-from nex.fleet.kvwatch import opened
+from nex.client.registry import RegistryRead, read_registry
 from nex.fleet.verify import RecordRefused, Trust, check_record, signer_of
 from nex.jsreplicas import nodes_replicas
+from nex.kvwatch import jetstream_errors, latest_values
 from nex.security.keystore import UserKeys
 
 __all__ = ["APPS_HISTORY", "AppStore", "same_spec", "sign_record", "verified_key"]
@@ -47,19 +43,8 @@ log = logging.getLogger(__name__)
 APPS_HISTORY = 5
 # Concurrent applies of one app retry this often before giving up with Conflict.
 _CAS_ATTEMPTS = 10
-_WATCH_INACTIVE_S = 5.0
-_TORN_READS = 3  # reads of NEX_NODES while one of them catches a split record between its writes
-KV_OPERATION = "KV-Operation"  # the header that marks a KV delete or purge
 
 M = TypeVar("M", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class RegistryRead:
-    """One read of NEX_NODES (AppStore.registry)."""
-
-    records: list[NodeRecord]
-    behind_s: dict[str, float]  # node id → seconds between its last write and the read's newest
 
 
 class AppStore:
@@ -86,7 +71,7 @@ class AppStore:
                                 # direct gets name the key in the API subject, where a namespace's creds confine it
                                 direct=True)
         try:
-            async with _jetstream_errors():
+            async with jetstream_errors():
                 self._buckets[subjects.APPS_BUCKET] = await self._js.create_key_value(config)
         except nats.js.errors.BadRequestError:
             # Someone else created it between our look and our create.
@@ -98,7 +83,7 @@ class AppStore:
         if name in self._buckets:
             return self._buckets[name]
         try:
-            async with _jetstream_errors():
+            async with jetstream_errors():
                 kv = await self._js.key_value(name)
         except nats.js.errors.BucketNotFoundError:
             return None
@@ -141,7 +126,7 @@ class AppStore:
         return max(current[0].version if current else 0, verified.version if verified else 0) + 1
 
     async def _write(self, kv: KeyValue, key: str, record: AppRecord, last_revision: int | None) -> int:
-        async with _jetstream_errors():
+        async with jetstream_errors():
             if last_revision is None:
                 return await kv.create(key, _encode(record))
             return await kv.update(key, _encode(record), last=last_revision)
@@ -170,7 +155,7 @@ class AppStore:
         kv = await self._apps()
         key = subjects.app_key(record.spec.namespace, record.spec.name)
         try:
-            async with _jetstream_errors():
+            async with jetstream_errors():
                 return await kv.update(key, _encode(record), last=last_revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise Conflict(f"app {record.spec.name!r} changed since revision {last_revision}") from None
@@ -207,7 +192,7 @@ class AppStore:
     async def put_verified(self, record: AppRecord) -> None:
         """The last record of an app the reconciler verified (nex.fleet.verify)."""
         kv = await self._apps()
-        async with _jetstream_errors():
+        async with jetstream_errors():
             await kv.put(verified_key(record.spec.namespace, record.spec.name), _encode(record))
 
     async def get_verified(self, namespace: str, name: str) -> AppRecord | None:
@@ -225,14 +210,14 @@ class AppStore:
         kv = await self._bucket(subjects.APPS_BUCKET)
         if kv is None:
             return
-        async with _jetstream_errors():
+        async with jetstream_errors():
             await kv.delete(verified_key(namespace, name))
 
     # -- status ------------------------------------------------------------------------
 
     async def put_status(self, status: AppStatus) -> None:
         kv = await self._apps()
-        async with _jetstream_errors():
+        async with jetstream_errors():
             await kv.put(subjects.app_status_key(status.namespace, status.name), _encode(status))
 
     async def get_status(self, namespace: str, name: str) -> AppStatus | None:
@@ -244,7 +229,7 @@ class AppStore:
         kv = await self._bucket(subjects.APPS_BUCKET)
         if kv is None:
             return
-        async with _jetstream_errors():
+        async with jetstream_errors():
             await kv.delete(subjects.app_status_key(namespace, name))
 
     # -- what the nodes write ----------------------------------------------------------
@@ -256,23 +241,10 @@ class AppStore:
 
     async def registry(self) -> RegistryRead:
         """The node records, and how long before the read's newest write each node last wrote
-        its key (JetStream's times, so no two clocks are compared)."""
-        kv = await self._bucket(subjects.NODES_BUCKET)
-        if kv is None:
+        its key (nex.client.registry.read_registry)."""
+        if await self._bucket(subjects.NODES_BUCKET) is None:
             return RegistryRead([], {})
-        prefix = f"$KV.{subjects.NODES_BUCKET}."
-        for _ in range(_TORN_READS):
-            values = await _latest_values(self._js, subjects.NODES_BUCKET, ">", self._timeout)
-            found = assemble((subject.removeprefix(prefix), data) for subject, data, _ in values)
-            if not found.torn:
-                break  # else a read fell between the writes of a split record: it is over at once
-        for key in found.invalid:
-            log.warning("key %s of %s is not a valid node record", key, subjects.NODES_BUCKET)
-        written = {subject.removeprefix(prefix): at for subject, _, at in values}
-        newest = max(written.values(), default=0.0)
-        behind = {r.node.node_id: newest - written[r.node.node_id] for r in found.records
-                  if r.node.node_id in written}
-        return RegistryRead(found.records, behind)
+        return await read_registry(self._js, self._timeout)
 
     async def lease(self) -> ReconcilerLease | None:
         """The reconciler's lease, if some node holds it now."""
@@ -284,7 +256,7 @@ class AppStore:
 
     async def _get_model(self, kv: KeyValue, key: str, model: type[M]) -> tuple[M, int] | None:
         try:
-            async with _jetstream_errors():
+            async with jetstream_errors():
                 entry = await kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return None
@@ -357,60 +329,9 @@ async def _latest(js: JetStreamContext, bucket: str, pattern: str, model: type[M
     """The latest value of every key of ``bucket`` matching ``pattern`` that parses as ``model``;
     deleted keys and values that do not parse (a newer writer's format, a stray put) are skipped."""
     values: list[M] = []
-    for subject, data, _ in await _latest_values(js, bucket, pattern, timeout):
+    for subject, data, _ in await latest_values(js, bucket, pattern, timeout):
         try:
             values.append(model.model_validate_json(data))
         except ValidationError as exc:
             log.warning("key %s is not a valid %s: %s", subject, model.__name__, exc)
     return values
-
-
-async def _latest_values(js: JetStreamContext, bucket: str, pattern: str,
-                         timeout: float) -> list[tuple[str, bytes, float]]:
-    """(subject, value, when it was stored, as a POSIX time of the server) of the latest value of
-    every key of ``bucket`` matching ``pattern``, deleted keys left out; a key written again during
-    the read may come twice, the later value last.
-
-    Not nats-py's KV watch: it decides that the values present have all arrived from consumer
-    info taken while they may still be on their way, and on a cluster it now and then ends before
-    the first one (measured: 8 reads of 1,000 missed an app that was there), which the reconciler
-    would take for a deleted app. Here the stream says which keys exist, an ordered consumer
-    delivers the last message of each, and the read ends at the one the server marks as the last.
-    """
-    stream, subject = f"KV_{bucket}", f"$KV.{bucket}.{pattern}"
-    async with _jetstream_errors():
-        info = await js.stream_info(stream, subjects_filter=subject)
-        if not info.state.subjects:
-            return []
-        # The server drops the consumer this soon after we stop reading (nats-py's default is
-        # 5 minutes: a reconciler listing every second would pile up hundreds of them).
-        sub = await opened(js.subscribe(subject, stream=stream, ordered_consumer=True,
-                                        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                                        inactive_threshold=_WATCH_INACTIVE_S),
-                           lambda opened_sub: opened_sub.unsubscribe())
-    values: list[tuple[str, bytes, float]] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError:
-                raise Unavailable(f"no reply from JetStream while reading {bucket} {pattern!r}") from None
-            operation = (msg.headers or {}).get(KV_OPERATION)
-            if operation not in (KV_DEL, KV_PURGE) and msg.data:
-                values.append((msg.subject, msg.data, msg.metadata.timestamp.timestamp()))
-            if msg.metadata.num_pending == 0:
-                return values
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
-
-
-@asynccontextmanager
-async def _jetstream_errors() -> AsyncIterator[None]:
-    """Turns 'JetStream is not there' into Unavailable, with a message a user can act on."""
-    try:
-        yield
-    except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
-        raise Unavailable("JetStream is not enabled on this NATS server") from None
-    except asyncio.TimeoutError:
-        raise Unavailable("JetStream did not answer in time") from None

@@ -4,8 +4,7 @@ Every node answers every auction, with a bid or with the reason it declines, so 
 client that knows how many nodes there are stops waiting when all have answered,
 and a user who gets no bid is told why ("node n2 lacks tag zone=a"). The same
 auction may be asked of one node, on ``AUCTION.<node id>`` (a sampled auction,
-nex.fleet.sampling, which applies :func:`nex.fleet.eligibility.decline_reason`, the rule a
-node applies to itself, to the registry's records).
+nex.placement.sampling, which applies the node's own rule to the registry's records).
 
 A bid is a promise with a deadline. Its id is the node's id and a secret token,
 ``<node id>.<token>``, so a deploy through it goes to
@@ -27,19 +26,8 @@ reservation. A bid belongs to whoever asked for it: a deploy through a bid of a
 signed auction must be signed by that issuer. The bid is used up only once the
 deploy passed every check; a malformed or refused deploy leaves it as it was.
 
-Scoring (higher is better; 100 for an idle node with all its memory free)::
-
-    memory = (available memory - memory held by outstanding bids) / total memory
-    cpu    = max(0, 1 - load_1m / cpus)
-    busy   = running workloads + 0.5 * outstanding bids
-    score  = 100 * (0.4 * memory + 0.3 * cpu + 0.3 * (1 - busy / 100))
-
-Each workload costs 0.3 points and each outstanding bid 0.15, without a floor (the
-score goes below zero on a very busy node), so two nodes alike in memory and CPU
-always differ by their load, however many workloads they run. An outstanding bid
-weighs half a workload: while a burst of auctions is under way every node holds
-about as many bids as the others, and once one bid turns into a workload on the
-winner, the winner weighs half a workload more than the nodes that lost.
+Who may bid (``decline_reason``) and what a bid is worth (``score``, its weights) are
+placement's rules, shared with the client and the reconciler: ``nex.placement.scoring``.
 """
 
 from __future__ import annotations
@@ -59,12 +47,11 @@ from nats.errors import Error as NatsError
 from nex.api import subjects
 from nex.api.errors import BidNotFound, Conflict
 from nex.api.models import AuctionReply, AuctionRequest, Bid, Resources
-from nex.fleet.eligibility import Bidder, decline_reason
 from nex.node.resources import resources
+from nex.placement.scoring import Bidder, decline_reason, score
 
 log = logging.getLogger(__name__)
 
-BID_WEIGHT = 0.5  # an outstanding bid counts as half a running workload
 RESOURCES_MAX_AGE_S = 0.25  # /proc readings are shared by the auctions of a burst
 
 
@@ -103,15 +90,6 @@ class BidTicket:
     def release_unless_used(self) -> None:
         if not self.used:
             self._bid.deploying = False
-
-
-def score(found: Resources, held_mib: int, workload_count: int, outstanding: int) -> float:
-    """The bid's score; see the module docstring."""
-    total = max(found.memory_bytes, 1)
-    memory = max(0.0, (found.memory_available_bytes - (held_mib << 20)) / total)
-    cpu = max(0.0, 1.0 - found.load_1m / max(found.cpus, 1))
-    busy = workload_count + BID_WEIGHT * outstanding
-    return round(100 * (0.4 * memory + 0.3 * cpu + 0.3 * (1 - busy / 100)), 3)
 
 
 class BidBook:

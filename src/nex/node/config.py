@@ -12,7 +12,7 @@ from typing import Any
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nex.fleet.sampling import SAMPLE_THRESHOLD
+from nex.placement.sampling import SAMPLE_THRESHOLD
 from nex.api.hops import MAX_HOPS, MAX_HOPS_LIMIT
 from nex.api.keys import PREFIX_ACCOUNT, KeyDecodeError, decode_public
 from nex.api.models import DEFAULT_STOP_GRACE_S, describe_validation_error
@@ -98,7 +98,7 @@ class NodeConfig(BaseModel):
     reconcile_interval_s: float = Field(default=1.0, gt=0, le=600)
     sample_threshold: int = Field(
         default=SAMPLE_THRESHOLD, ge=0, le=1_000_000, description="past this many nodes in NEX_NODES, the "
-        "reconciler's auctions ask the eligible nodes, or a sample of them, not every node (nex.fleet.sampling)")
+        "reconciler's auctions ask the eligible nodes, or a sample of them, not every node (nex.placement.sampling)")
     lease_s: float = Field(default=5.0, gt=0, le=600, description="TTL of the reconciler lease")
     fleet_keys: Path | None = Field(
         default=None, description="directory with the fleet's issuer.nk and xkey.xk, the same on every node "

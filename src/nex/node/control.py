@@ -191,7 +191,7 @@ class ControlService:
             ("lameduck", subjects.control("*", subjects.LAMEDUCK, node_id), self._lameduck),
             ("wping", subjects.control("*", subjects.WPING), self._wping_all),
             ("auction", subjects.control("*", subjects.AUCTION), self._auction),
-            # A sampled auction (nex.fleet.sampling) asks a few nodes, each on its own subject.
+            # A sampled auction (nex.placement.sampling) asks a few nodes, each on its own subject.
             ("auction-node", subjects.control("*", subjects.AUCTION, node_id), self._auction),
         ]
         for name, subject, handler in endpoints:

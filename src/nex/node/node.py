@@ -33,7 +33,7 @@ from nex.jsreplicas import fleet_replicas, warn_fewer_replicas
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import DEFAULT_HOST, NatsServer, PortTaken, port_in_use
 from nex.node import identity
-from nex.node.bids import Bidder, BidBook, BidTicket
+from nex.node.bids import BidBook, BidTicket
 from nex.node.config import NodeConfig
 from nex.node.control import ControlService
 from nex.node.feeds import Feeds
@@ -45,6 +45,7 @@ from nex.node.statedir import make_private
 from nex.node.statelock import StateDirLock
 from nex.node.supervisor import Supervisor
 from nex.node.workloads import Workload
+from nex.placement.scoring import Bidder
 from nex.api.claims import SignedRequest
 from nex.api.errors import NotBidder
 from nex.security.apps import AppDeployCheck

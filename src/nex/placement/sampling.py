@@ -5,13 +5,13 @@ cost more as the fleet grows. Past :data:`SAMPLE_THRESHOLD` nodes in the registr
 an auction asks only the eligible nodes, each on its own subject
 (``AUCTION.<node id>``): all of them when they are few, else :data:`SAMPLE_SIZE` of
 them, and the best of their bids wins: the power of d choices, with the bids' own
-scores (``nex.client.rank_bids``, ``nex.fleet.planner.choose_bid``) deciding, so the
+scores (``nex.placement.scoring``: ``rank_bids``, ``choose_bid``) deciding, so the
 sample adds no scoring of its own. When no node asked bids, the caller widens the
 auction to every node before it fails (``NexClient.sampled_auction``), so a node the
 registry shows out of date still gets its chance.
 
 Eligibility is read from the registry (NEX_NODES) with the rule each node applies
-to itself (:func:`nex.fleet.eligibility.decline_reason`): running, the runtime, the tags,
+to itself (:func:`nex.placement.scoring.decline_reason`): running, the runtime, the tags,
 the free memory of the record, not excluded.
 
 For the replicas of one workload placed together, each replica's sample is drawn
@@ -26,7 +26,7 @@ import random
 from collections.abc import Mapping, Sequence
 
 from nex.api.models import AuctionRequest, NodeRecord
-from nex.fleet.eligibility import Bidder, decline_reason
+from nex.placement.scoring import Bidder, decline_reason, spread_bucket
 
 SAMPLE_THRESHOLD = 8
 """Up to this many nodes in the registry, an auction asks every node (the broadcast); past it, the
@@ -49,8 +49,8 @@ def eligible(nodes: Sequence[NodeRecord], request: AuctionRequest) -> list[NodeR
 
 
 def bucket_of(record: NodeRecord, spread: str | None) -> str:
-    """The spread bucket of a node, as the planner names it (``nex.fleet.planner.bid_bucket``)."""
-    return f"node:{record.node.node_id}" if spread is None else record.node.tags.get(spread, "")
+    """The spread bucket of a node, as a bid's (``nex.placement.scoring.bid_bucket``)."""
+    return spread_bucket(record.node.node_id, record.node.tags, spread)
 
 
 def samples(candidates: Sequence[NodeRecord], replicas: int, size: int = SAMPLE_SIZE,
