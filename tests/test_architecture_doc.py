@@ -23,13 +23,19 @@ def modules() -> list[str]:
 
 
 def named(module: str, doc: str) -> bool:
-    """Whether the doc names the module: dotted in full, or by its last part in the row or
-    paragraph of its package (`nex.fleet` ... `lease`)."""
+    """Whether the doc names the module: dotted in full, or by the rest of its name in the row
+    or paragraph that names one of its packages (`nex.agent` ... `durable.streams`)."""
     if re.search(rf"`{re.escape(module)}`", doc) or f"{module}." in doc or f"python -m {module}" in doc:
         return True
-    package, _, leaf = module.rpartition(".")
-    short = rf"`(?:[\w.]+\.)?{re.escape(leaf)}\b[^`]*`"  # `lease`, `js.quickjs_engine`, `durable.streams (...)`
-    return any(f"`{package}`" in block and re.search(short, block) for block in re.split(r"\n(?=\|)|\n\n", doc))
+    blocks = re.split(r"\n(?=\|)|\n\n", doc)
+    parts = module.split(".")
+    for cut in range(2, len(parts)):
+        package, rest = ".".join(parts[:cut]), ".".join(parts[cut:])
+        # `lease`, `js.quickjs_engine`, `durable.streams (...)`
+        short = rf"`(?:[\w.]+\.)?{re.escape(rest)}\b[^`]*`"
+        if any(f"`{package}`" in block and re.search(short, block) for block in blocks):
+            return True
+    return False
 
 
 def test_every_module_is_in_the_architecture_doc():
