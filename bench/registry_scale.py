@@ -38,18 +38,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nex.api import subjects
 from nex.api.apps import AppRecord, AppSpec, AppWorkload
 from nex.api.models import (
-    AppRef,
-    Artifact,
-    Lifecycle,
-    NodePing,
-    NodeRecord,
-    NodeState,
-    ReplicaRecord,
-    Resources,
-    Trigger,
-    WorkloadState,
-    WorkloadType,
+    AppRef, Artifact, Lifecycle, NodePing, NodeState, Resources, Trigger, WorkloadState, WorkloadType,
 )
+from nex.api.records import NodeRecord, ReplicaRecord
 from nex.connection import ConnectOptions, connect
 from nex.fleet.planner import FleetMemory, Settings, plan
 from nex.fleet.store import AppStore

@@ -18,9 +18,9 @@ from nex.api import subjects
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease, RolloutState, WorkloadRollout
 from nex.api.errors import AppNotFound, Conflict, Forbidden, Unavailable
 from nex.api.models import (
-    AppRef, Health, Lifecycle, NodePing, NodeRecord, NodeState, ReplicaRecord, Resources, WorkloadState,
-    WorkloadType,
+    AppRef, Health, Lifecycle, NodePing, NodeState, Resources, WorkloadState, WorkloadType,
 )
+from nex.api.records import NodeRecord, ReplicaRecord
 from nex.client import NexClient
 from nex.connection import ConnectOptions, connect
 from nex.fleet.appfile import AppFileError, build_spec, parse_app_file

@@ -19,7 +19,8 @@ from helpers import eventually, nex, running_node
 from nex.api import subjects
 from nex.api.apps import FleetKeysRecord
 from nex.api.errors import SealedEnvError
-from nex.api.models import NodePing, NodeRecord, Resources
+from nex.api.models import NodePing, Resources
+from nex.api.records import NodeRecord
 from nex.client import NexClient
 from nex.connection import ConnectOptions
 from nex.fleet.sharedkeys import SharedFleetKeys, copy_key, open_copy, seal_copy

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from nex.api.apps import AppSpec, AppWorkload
-from nex.api.models import (
-    NodePing, NodeRecord, NodeState, ReplicaRecord, Resources, WorkloadPing, WorkloadSummary,
-)
+from nex.api.models import NodePing, NodeState, Resources, WorkloadPing, WorkloadSummary
+from nex.api.records import NodeRecord, ReplicaRecord
 from nex.api.paging import assemble, encoded, fill_page, part_key, split_record
 from nex.client import NexClient
 from nex.connection import ConnectOptions, connect

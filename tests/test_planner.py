@@ -9,9 +9,8 @@ import pytest
 
 from nex.api.apps import AppRecord, AppSpec, RolloutState
 from nex.api.events import EventType
-from nex.api.models import (
-    AppRef, Bid, Health, NodePing, NodeRecord, NodeState, ReplicaRecord, Resources, WorkloadState,
-)
+from nex.api.models import AppRef, Bid, Health, NodePing, NodeState, Resources, WorkloadState
+from nex.api.records import NodeRecord, ReplicaRecord
 from nex.fleet.planner import (
     FleetMemory, PendingReplica, Settings, backoff_delay, plan,
 )

@@ -8,7 +8,8 @@ import time
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from nex.api import subjects
-from nex.api.models import NodePing, NodeRecord
+from nex.api.models import NodePing
+from nex.api.records import NodeRecord
 from nex.connection import ConnectOptions, connect
 from nex.node.config import NodeConfig
 from nex.node.node import Node

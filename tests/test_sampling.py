@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from nex.api.models import AuctionRequest, NodePing, NodeRecord, NodeState, Resources
+from nex.api.models import AuctionRequest, NodePing, NodeState, Resources
+from nex.api.records import NodeRecord
 from nex.placement.sampling import SAMPLE_SIZE, eligible, samples, whom_to_ask
 
 

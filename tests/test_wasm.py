@@ -291,7 +291,7 @@ async def test_agent_exits_cleanly_on_eof_even_with_a_call_stuck(connect_options
 def test_a_late_ticker_owes_its_ticks_to_a_deadline_set_meanwhile():
     """A deadline set while the ticker thread is late (a busy host) counts the ticks it has not
     added yet: its catch-up would otherwise end the call early (a 200 ms limit at 198 ms)."""
-    from nex.agent.wasm.wasmtime_engine import EpochTicker
+    from nex.agent.wasm.epoch import EpochTicker
 
     ticker = EpochTicker(wasmtime.Engine(wasmtime.Config()), 0.01)
     ticker.begin()  # a call runs
@@ -318,7 +318,7 @@ def _ticker_wakeups() -> int:
 def test_the_epoch_ticker_sleeps_while_no_call_runs():
     """An idle wasm agent (started with the node, before any function) costs no CPU: its ticker
     thread wakes 100 times a second only while a call runs."""
-    from nex.agent.wasm.wasmtime_engine import EpochTicker
+    from nex.agent.wasm.epoch import EpochTicker
 
     ticker = EpochTicker(wasmtime.Engine(wasmtime.Config()), 0.01)
     try:

@@ -11,9 +11,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from croniter import CroniterBadDateError, CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nex.api.cron import check_schedule
 from nex.api.errors import BadRequest
 from nex.api.subjects import RESERVED_SUBJECTS, TOKEN_PATTERN, first_overlap, is_literal, is_token
 
@@ -118,57 +118,6 @@ class Artifact(Strict):
 class TriggerMode(StrEnum):
     SYNC = "sync"  # a request on the subject is answered by one copy of the function
     ASYNC = "async"  # messages on the subject are kept in JetStream and run at least once (docs/functions.md)
-
-
-SCHEDULE_SHORTHANDS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-SCHEDULE_EXAMPLES = "e.g. '*/5 * * * *' (every 5 minutes), '0 6 * * mon-fri' (06:00 UTC on weekdays) or @daily"
-# A cron expression's fields in order (the sixth, seconds, is croniter's), with what each takes.
-_CRON_FIELDS = (("minute", "0-59"), ("hour", "0-23"), ("day of the month", "1-31"), ("month", "1-12 or jan-dec"),
-                ("day of the week", "0-7 or sun-sat (0 and 7 are Sunday)"), ("second", "0-59"))
-
-
-def check_schedule(expression: str) -> str:
-    """A cron expression the schedules can run: 5 fields (minute hour day month weekday, UTC),
-    or 6 with seconds last (croniter's form), or one of :data:`SCHEDULE_SHORTHANDS`. A ValueError
-    says what is wrong with it, with examples. Pure parsing, no I/O."""
-    fields = expression.split()
-    if len(fields) == 1 and fields[0].startswith("@"):
-        problem = None if fields[0] in SCHEDULE_SHORTHANDS else (
-            f"{fields[0]} is not one of {', '.join(SCHEDULE_SHORTHANDS)}")
-    elif not fields:
-        problem = "it is empty"
-    elif len(fields) not in (5, 6):
-        problem = (f"it has {len(fields)} field{'' if len(fields) == 1 else 's'}, where a cron expression has 5 "
-                   "(minute hour day-of-month month day-of-week, in UTC), or 6 with seconds last")
-    else:
-        problem = _cron_field_problem(fields) or _never_fires(fields)
-    if problem is not None:
-        raise ValueError(f"invalid schedule {expression!r}: {problem}; {SCHEDULE_EXAMPLES}")
-    return expression
-
-
-def _cron_field_problem(fields: list[str]) -> str | None:
-    """The first field croniter refuses, read alone (the others '*'), and what that field takes."""
-    for index, value in enumerate(fields):
-        alone = ["*"] * len(fields)
-        alone[index] = value
-        try:
-            croniter(" ".join(alone))
-        except (CroniterError, ValueError):
-            name, takes = _CRON_FIELDS[index]
-            return (f"the {name} field, {value!r}, is not valid: it takes {takes}, as a single value, a range "
-                    "(1-5), a list (1,15) or a step (*/10)")
-    return None
-
-
-def _never_fires(fields: list[str]) -> str | None:
-    try:
-        croniter(" ".join(fields)).get_next(float)
-    except CroniterBadDateError:
-        return "no date ever matches it (a day the month never has, such as the 30th of February)"
-    except (CroniterError, ValueError) as exc:
-        return str(exc)
-    return None
 
 
 class RetryPolicy(Strict):
@@ -495,48 +444,6 @@ class AuctionReply(Strict):
     declined: str | None = Field(default=None, description="why this node cannot take the workload")
 
 
-class ReplicaRecord(Strict):
-    """One workload as the node registry lists it: small, so a node with many stays small."""
-
-    id: str
-    name: str
-    namespace: str
-    type: WorkloadType
-    lifecycle: Lifecycle
-    state: WorkloadState
-    health: Health | None = None
-    app: AppRef | None = None
-    started_at: datetime
-    exit_code: int | None = None
-    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS,
-                               description="why it failed or is unhealthy: how it ended, or its last failed check")
-
-
-class NodeRecord(Strict):
-    """A node's entry in the NEX_NODES bucket (key ``<node id>``), rewritten every registry
-    interval and on each change. It lists the node's app replicas, what the reconciler needs;
-    ``node.workload_count`` counts all its workloads. When the replicas do not fit in one
-    value, the rest are in ``parts - 1`` more keys (:class:`NodeRecordPart`, nex.api.paging)."""
-
-    node: NodePing
-    resources: Resources
-    runtimes: list[WorkloadType]
-    workloads: list[ReplicaRecord] = Field(description="the node's app replicas (those of the first part)")
-    seq: int = Field(ge=0, description="grows with every write of this node process")
-    parts: int | None = Field(default=None, ge=2, description="absent: one key holds every replica; else the "
-                              "replicas continue in the keys <node id>.1 to <node id>.<parts - 1>")
-
-
-class NodeRecordPart(Strict):
-    """More app replicas of a node whose record did not fit in one value: key ``<node id>.<part>``,
-    written just before the :class:`NodeRecord` of the same ``seq``."""
-
-    node_id: str
-    seq: int = Field(ge=0, description="the seq of the NodeRecord this part belongs with")
-    part: int = Field(ge=1)
-    workloads: list[ReplicaRecord]
-
-
 class DeadLetter(Strict):
     """An async invocation that failed max_attempts times, kept in the NEX_DLQ stream (docs/functions.md)."""
 
@@ -588,7 +495,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 __all__ = [
     "AppRef", "Artifact", "AuctionReply", "AuctionRequest", "Bid", "DeadLetter", "DeployRequest", "Health",
     "HealthCheck",
-    "NodeRecord", "NodeRecordPart", "PageRequest", "ReplicaRecord", "ErrorResponse", "ExitInfo", "Lifecycle", "LameDuckResponse",
+    "PageRequest", "ErrorResponse", "ExitInfo", "Lifecycle", "LameDuckResponse",
     "Limits", "NodeInfo", "NodePing", "NodeState", "Resources", "RetryPolicy", "Trigger", "TriggerMode",
     "UndeployRequest",
     "UndeployResponse", "WorkloadPing", "WorkloadState", "WorkloadSummary", "WorkloadType",

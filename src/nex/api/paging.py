@@ -20,7 +20,8 @@ from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from nex.api.models import CURSOR_MAX_LENGTH, NodeRecord, NodeRecordPart, WorkloadSummary
+from nex.api.models import CURSOR_MAX_LENGTH, WorkloadSummary
+from nex.api.records import NodeRecord, NodeRecordPart
 
 T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel)

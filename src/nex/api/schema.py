@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from nex.api import apps, appsig, models
+from nex.api import apps, appsig, models, records
 from nex.api.events import CloudEvent
 
 SCHEMA_MODELS = {
@@ -21,8 +21,8 @@ SCHEMA_MODELS = {
     "lameduck-response": models.LameDuckResponse,
     "auction-request": models.AuctionRequest,
     "auction-reply": models.AuctionReply,
-    "node-record": models.NodeRecord,
-    "node-record-part": models.NodeRecordPart,
+    "node-record": records.NodeRecord,
+    "node-record-part": records.NodeRecordPart,
     "app-spec": apps.AppSpec,
     "app-record": apps.AppRecord,
     "app-status": apps.AppStatus,

@@ -14,7 +14,8 @@ from nats.aio.client import Client
 
 from nex.api import subjects
 from nex.api.errors import BidNotFound, Conflict, NexError, Unavailable
-from nex.api.models import AuctionReply, AuctionRequest, Bid, DeployRequest, NodeRecord, WorkloadSummary
+from nex.api.models import AuctionReply, AuctionRequest, Bid, DeployRequest, WorkloadSummary
+from nex.api.records import NodeRecord
 from nex.client.registry import read_registry
 from nex.client.transport import DEFAULT_GATHER_S, target_token
 from nex.client.workloads import Workloads

@@ -13,7 +13,7 @@ import nats.js.errors
 from nats.js.client import JetStreamContext
 
 from nex.api import subjects
-from nex.api.models import NodeRecord
+from nex.api.records import NodeRecord
 from nex.api.paging import assemble
 from nex.kvwatch import latest_values
 

@@ -25,7 +25,8 @@ from nex.api import appsig
 from nex.api.apps import AppRecord, AppWorkload
 from nex.api.errors import NexError, WorkloadNotFound
 from nex.api.events import EventType
-from nex.api.models import AppRef, AuctionReply, AuctionRequest, Bid, DeployRequest, NodeRecord
+from nex.api.models import AppRef, AuctionReply, AuctionRequest, Bid, DeployRequest
+from nex.api.records import NodeRecord
 from nex.client import NexClient
 from nex.fleet.planner import (
     AppKey, FleetMemory, PendingReplica, Place, Plan, Rollback, SlotKey, Stop, changed_workloads,

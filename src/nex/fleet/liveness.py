@@ -28,7 +28,7 @@ No I/O here.
 
 from __future__ import annotations
 
-from nex.api.models import NodeRecord
+from nex.api.records import NodeRecord
 
 
 class Liveness:

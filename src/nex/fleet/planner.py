@@ -15,7 +15,8 @@ memory, settings) is :mod:`nex.fleet.plans`', re-exported here.
 from __future__ import annotations
 
 from nex.api.apps import AppRecord, WorkloadRollout
-from nex.api.models import Lifecycle, NodeRecord, NodeState, WorkloadState
+from nex.api.models import Lifecycle, NodeState, WorkloadState
+from nex.api.records import NodeRecord
 from nex.fleet.plans import (
     MAX_EVENTS, Announce, AppKey, FleetMemory, PendingReplica, Place, Plan, Replica, Rollback, RolloutMemo, Settings,
     SlotHistory, SlotKey, Stop, backoff_delay, changed_workloads, replica_bucket, stop,

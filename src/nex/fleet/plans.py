@@ -13,7 +13,8 @@ from typing import Any
 
 from nex.api.apps import AppRecord, AppSpec, AppStatus, AppWorkload, RolloutState, WorkloadRollout
 from nex.api.events import EventType
-from nex.api.models import Health, Lifecycle, NodeRecord, WorkloadState
+from nex.api.models import Health, Lifecycle, WorkloadState
+from nex.api.records import NodeRecord
 from nex.placement.scoring import spread_bucket
 
 AppKey = tuple[str, str]  # (namespace, app)

@@ -41,7 +41,7 @@ from nex.api import subjects
 from nex.api.apps import AppRecord, AppStatus
 from nex.api.errors import NodeNotFound
 from nex.api.events import EventType
-from nex.api.models import NodeRecord
+from nex.api.records import NodeRecord
 from nex.client import NexClient
 from nex.fleet.execution import TRANSIENT, PlanExecution, Publish, describe
 from nex.fleet.lease import Lease

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from nex.api import subjects
 from nex.api.apps import FleetKeysCopy, FleetKeysRecord
 from nex.api.errors import SealedEnvError
-from nex.api.models import NodeRecord
+from nex.api.records import NodeRecord
 from nex.kvbucket import ensure_bucket
 from nex.kvwatch import watched_keys
 from nex.security.keystore import UserKeys

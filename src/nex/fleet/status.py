@@ -14,7 +14,8 @@ from typing import Iterable
 from pydantic import Field, computed_field
 
 from nex.api.apps import AppRecord, AppSpec, AppStatus, AppWorkload, RolloutState
-from nex.api.models import Health, NodeRecord, NodeState, Strict, WorkloadState, WorkloadType
+from nex.api.models import Health, NodeState, Strict, WorkloadState, WorkloadType
+from nex.api.records import NodeRecord
 from nex.fleet.verify import signer_of
 
 __all__ = [

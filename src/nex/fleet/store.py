@@ -29,7 +29,7 @@ from nex.api import appsig, subjects
 from nex.api.appsig import AppClaim, AppOp
 from nex.api.apps import AppRecord, AppSpec, AppStatus, ReconcilerLease
 from nex.api.errors import AppNotFound, Conflict, Forbidden
-from nex.api.models import NodeRecord
+from nex.api.records import NodeRecord
 from nex.client.registry import RegistryRead, read_registry
 from nex.fleet.verify import RecordRefused, Trust, check_record, signer_of
 from nex.jsreplicas import nodes_replicas

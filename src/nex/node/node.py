@@ -20,10 +20,9 @@ from nex.api import subjects
 from nex.api.paging import fill_page
 from nex.api.subjects import first_overlap, namespace_subject_problem
 from nex.api.models import (
-    AppRef, AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState,
-    UndeployRequest,
-    NodeRecord, PageRequest, UndeployResponse, WorkloadPing,
+    AppRef, AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState, UndeployRequest, PageRequest, UndeployResponse, WorkloadPing,
 )
+from nex.api.records import NodeRecord
 from nex.artifact_roots import ArtifactRoots
 from nex.artifacts import ArtifactCache, parse_nats_uri
 from nex.fleet.reconciler import Reconciler, fleet_keys

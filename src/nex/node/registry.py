@@ -26,7 +26,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from nex.api import subjects
-from nex.api.models import NodeRecord
+from nex.api.records import NodeRecord
 from nex.api.paging import encoded, part_key, split_record
 from nex.kvbucket import ensure_bucket
 

@@ -21,7 +21,8 @@ from nats.aio.client import Client
 
 from nex.api.errors import BadRequest, Conflict, NexError
 from nex.api.events import EventType
-from nex.api.models import DeployRequest, Health, Lifecycle, ReplicaRecord, WorkloadState, WorkloadType
+from nex.api.models import DeployRequest, Health, Lifecycle, WorkloadState, WorkloadType
+from nex.api.records import ReplicaRecord
 from nex.api.subjects import WorkloadScope
 from nex.artifacts import ArtifactCache
 from nex.node.feeds import Feeds

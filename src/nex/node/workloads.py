@@ -11,15 +11,9 @@ from datetime import datetime, timezone
 
 from nex.api.errors import WorkloadNotFound
 from nex.api.models import (
-    MAX_REASON_CHARS,
-    STDERR_TAIL_LINES,
-    DeployRequest,
-    Health,
-    ReplicaRecord,
-    Usage,
-    WorkloadState,
-    WorkloadSummary,
+    MAX_REASON_CHARS, STDERR_TAIL_LINES, DeployRequest, Health, Usage, WorkloadState, WorkloadSummary,
 )
+from nex.api.records import ReplicaRecord
 from nex.runtimes.base import ExitResult, Handle
 
 ENDED_STATES = frozenset({WorkloadState.STOPPED, WorkloadState.FAILED})

@@ -25,7 +25,8 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
-from nex.api.models import AuctionRequest, NodeRecord
+from nex.api.models import AuctionRequest
+from nex.api.records import NodeRecord
 from nex.placement.scoring import Bidder, decline_reason, spread_bucket
 
 SAMPLE_THRESHOLD = 8
