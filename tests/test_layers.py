@@ -34,6 +34,11 @@ MUST_NOT_IMPORT: dict[str, tuple[str, ...]] = {
     "nex.security": ("nex.runtimes", "nex.node", "nex.agent", "nex.fleet", "nex.client", "nex.cli", "nex.ui"),
     # desired state and placement run on any node, or in the CLI, without a node's internals
     "nex.fleet": ("nex.node", "nex.runtimes", "nex.sandbox", "nex.agent", "nex.cli", "nex.ui"),
+    # the one client talks to nodes over NATS only: nothing of the node, the fleet's loop or the CLI
+    "nex.client": ("nex.node", "nex.fleet", "nex.runtimes", "nex.sandbox", "nex.agent", "nex.cli", "nex.ui"),
+    # placement's rules are pure, below the node's bids, the client and the reconciler
+    "nex.placement": ("nex.node", "nex.fleet", "nex.client", "nex.runtimes", "nex.sandbox", "nex.agent",
+                      "nex.cli", "nex.ui"),
     # placement and control handling never meet execution: only the supervisor drives runtimes
     "nex.node.bids": ("nex.runtimes", "nex.sandbox", "nex.agent"),
     "nex.node.control": ("nex.runtimes", "nex.sandbox", "nex.agent"),
