@@ -55,3 +55,26 @@ async def test_app_status_names_the_cause_of_the_last_failure(nats_server, progr
             code, out, err = await nex("app", "status", "shop", "--server", nats_server.url)
             assert code == 0, err
             assert "last failure: replica " in out and "of worker failed: exited with code 4" in out
+
+
+def test_what_a_workload_writes_on_stderr_stays_bounded_in_its_summary():
+    """A tenant's workload decides what it writes: its summary keeps the last lines only, each cut,
+    so INFO and WPING replies stay small whatever it prints."""
+    from datetime import datetime, timezone
+
+    from nex.api.models import MAX_REASON_CHARS, STDERR_TAIL_LINES
+    from nex.node.workloads import Workload
+    from nex.runtimes.base import ExitResult
+
+    request = DeployRequest(name="noisy", type="native", artifact=Artifact(uri="file:///x", sha256="0" * 64))
+    workload = Workload(id="w1", namespace="default", request=request, node_id="N",
+                        started_at=datetime.now(timezone.utc))
+    for i in range(1000):
+        workload.log_line("stderr", f"{i} ".encode() + b"x" * 100_000 + b"\n")
+    workload.log_line("stdout", b"not kept")
+    workload.state, workload.exit = WorkloadState.FAILED, ExitResult(exit_code=1, error="y" * 10_000)
+    summary = workload.summary()
+    assert len(summary.stderr_tail) == STDERR_TAIL_LINES
+    assert summary.stderr_tail[-1].startswith("999 ") and all(len(l) <= MAX_REASON_CHARS for l in summary.stderr_tail)
+    assert len(summary.reason) == MAX_REASON_CHARS and summary.reason.endswith("…")
+    assert workload.record().reason == summary.reason
