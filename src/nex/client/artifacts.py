@@ -27,6 +27,7 @@ from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
 from nex.jsreplicas import nodes_replicas
 from nex.localfiles import CountingReader, guess_type, workload_name_for
+from nex.pyfunc import build_function, is_python_function
 
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) while an artifact uploads."""
@@ -71,6 +72,10 @@ class Artifacts(Placement):
         registry gives now (resolved here with skopeo). Without ``node_id`` the node is
         placed by auction, among the nodes that have every one of ``tags``. The request
         is checked and the auction held before anything is uploaded.
+
+        A Python file (``hello.py``, with ``handle(subject, payload)``) is built here into a
+        WebAssembly component, or found in the build cache, and deployed as a ``wasm``
+        function; a module that does not build raises a BadRequest that names its file and line.
         """
         if node_id is not None and tags:
             raise BadRequest("give a node or placement tags, not both")
@@ -81,6 +86,14 @@ class Artifacts(Placement):
             sha256 = (await manifest_digest(reference)).removeprefix("sha256:")
             artifact = Artifact(uri=path, sha256=sha256)
             default_name = workload_name_for(reference.repository.rsplit("/", 1)[-1])
+        elif is_python_function(path):
+            if type is not None and WorkloadType(type) != WorkloadType.WASM:
+                raise BadRequest(f"{path} is a Python function, built into a wasm component: its type is wasm")
+            default_name = workload_name_for(path)
+            path = (await asyncio.to_thread(build_function, path, str(path))).path
+            workload_type = WorkloadType.WASM
+            sha256 = await asyncio.to_thread(sha256_file, path)
+            artifact = Artifact(uri=self._artifact_uri(sha256), sha256=sha256)
         else:
             path = Path(path)
             workload_type = WorkloadType(type) if type else await asyncio.to_thread(guess_type, path)

@@ -35,6 +35,7 @@ from nex.client import NexClient
 from nex.fleet.store import AppStore
 from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
+from nex.pyfunc import build_function, is_python_function
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import open_env, seal_env
 
@@ -96,8 +97,20 @@ def _trigger_from_text(value: Any) -> Any:
     return {"subject": value} if isinstance(value, str) else value
 
 
+def _python_is_wasm(data: Any) -> Any:
+    """A local ``.py`` artifact is a Python function, built into a wasm component: no type needed."""
+    if isinstance(data, dict) and data.get("type") is None:
+        artifact = data.get("artifact")
+        uri = artifact.get("uri") if isinstance(artifact, dict) else artifact
+        if isinstance(uri, str) and "://" not in uri and is_python_function(uri):
+            return {**data, "type": WorkloadType.WASM.value}
+    return data
+
+
 class FileWorkload(AppWorkload):
     """An app workload as written in a file: the stored form, plus the friendlier fields."""
+
+    _python_type = model_validator(mode="before")(lambda cls, data: _python_is_wasm(data))
 
     artifact: Annotated[ArtifactSource, BeforeValidator(_artifact_from_text)]  # type: ignore[assignment]
     triggers: list[Annotated[Trigger, BeforeValidator(_trigger_from_text)]] = Field(
@@ -111,6 +124,9 @@ class FileWorkload(AppWorkload):
     def _artifact_fits(self) -> FileWorkload:
         if self.artifact.uri.startswith(OCI_SCHEME) and self.type != WorkloadType.OCI:
             raise ValueError(f"an oci:// artifact is an image: the type must be oci, not {self.type}")
+        if self.artifact.is_local and is_python_function(self.artifact.uri) and self.type != WorkloadType.WASM:
+            raise ValueError(f"a .py artifact is a Python function, built into a wasm component: the type is wasm,"
+                             f" not {self.type}")
         if self.env and self.sealed_env is not None:
             raise ValueError("give env (sealed by nex apply) or sealed_env, not both")
         return self
@@ -322,6 +338,10 @@ async def _resolve_artifact(parsed: ParsedApp, index: int, workload: FileWorkloa
             path = (parsed.path.parent / source.uri).resolve()
             if not path.is_file():
                 raise fail(f"no file {source.uri!r} (looked for {path})")
+            if is_python_function(path):  # the artifact is the component built from it
+                if source.sha256 is not None:
+                    raise fail("a .py artifact is built here: give no sha256 (the component's is found)")
+                path = (await asyncio.to_thread(build_function, path, source.uri)).path
             sha256 = checked(await asyncio.to_thread(sha256_file, path), str(path))
             uri = f"nats://{subjects.artifact_bucket(parsed.namespace)}/{sha256}"
             return _Resolved(Artifact(uri=uri, sha256=sha256), upload=path)
