@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import shlex
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -18,7 +20,9 @@ from nex.cli.options import GlobalOptions, NexCommand, global_options_except, po
 from nex.cli.session import resolve_node, run
 from nex.api.errors import NexError
 from nex.client import NexClient
+from nex.localfiles import workload_name_for
 from nex.node.config import ConfigError, parse_tags
+from nex.pyfunc import build_function, is_python_function
 from nex.shadowing import Shadow, same_name_copies, shadows
 
 
@@ -127,6 +131,7 @@ def devrun(
     nex devrun oci://127.0.0.1:5000/hello:1         (pulled by the node; nothing uploaded)
     nex devrun ./server --tag zone=a                (on a node tagged zone=a, by auction)
     nex devrun ./hello.js --trigger hello --replace (the new code in place of the old)
+    nex devrun ./hello.py --trigger hello           (built into a wasm component, cached)
 
     A copy of a name that already runs, or a trigger that overlaps another
     workload's, is said on stderr: both would get the calls.
@@ -137,6 +142,9 @@ def devrun(
     if placement and node_id:
         raise click.UsageError("--tag places by auction; it does not go with --node")
     arguments = parse_argv(argv)
+    if isinstance(file, Path) and is_python_function(file) and workload_type not in (None, WorkloadType.WASM.value):
+        raise click.BadParameter(f"{file} is a Python function, built into a wasm component: its type is wasm",
+                                 param_hint="'--type'")
     try:
         limits = Limits(memory_mib=memory, cpus=cpus, pids=pids, timeout_ms=timeout_ms,
                         max_concurrency=max_concurrency)
@@ -159,9 +167,16 @@ def devrun(
 
     async def action(client: NexClient) -> tuple[WorkloadSummary, list[Shadow], list[str]]:
         node = await resolve_node(client, node_id) if node_id else None
+        deployed, deployed_type, deployed_name = file, workload_type, name
+        if isinstance(file, Path) and is_python_function(file):
+            # Built here (the client would do it too) to show that it is: the first build takes seconds.
+            with console.status(f"building {file.name}", spinner="dots") if console.is_terminal else nullcontext():
+                deployed = (await asyncio.to_thread(build_function, file, str(file))).path
+            deployed_type = WorkloadType.WASM.value
+            deployed_name = name or workload_name_for(file)
         try:
             summary = await client.devrun(
-                file, type=workload_type, name=name, triggers=all_triggers, env=environment,
+                deployed, type=deployed_type, name=deployed_name, triggers=all_triggers, env=environment,
                 argv=arguments, lifecycle=lifecycle, limits=limits, node_id=node, progress=on_progress,
                 network=network, tags=placement,
             )
