@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from nex.client import NexClient
 from nex.fleet.appfile import AppFileError, build_spec, parse_app_file
 from nex.fleet.store import AppStore
 from nex.pyfunc import BuildError, build_function
+from nex.pyfunc import build
 from nex.pyfunc.build import _imports_module, build_digest, build_failure
 
 PROBE = Path(__file__).parent / "functions" / "probe.py"
@@ -167,24 +169,50 @@ def test_a_failure_in_componentize_py_output_is_read_as_file_line_message():
                                " standard library and the nex module, nothing installed)", 1)
 
 
-def test_builds_are_cached_by_source_digest_and_shared_by_processes(tmp_path):
+def test_builds_are_cached_by_source_digest_and_one_build_serves_concurrent_callers(tmp_path, monkeypatch):
+    # The cache's logic, with a stand-in for componentize-py (the real one is run above): two
+    # callers of one digest at once, one builds while the other waits for it, then finds it.
     source = tmp_path / "cached.py"
     source.write_text("def handle(subject, payload):\n    return b'cached ' + payload\n")
     cache = tmp_path / "cache"
+    builds = []
+
+    def slow_build(work, text, imports, target, shown):
+        builds.append(text)
+        time.sleep(0.3)
+        target.write_bytes(b"component of " + text)
+
+    monkeypatch.setattr(build, "_build", slow_build)
     results = []
-    # Two builds of one digest at once: one builds, the other waits for it and finds it.
     threads = [threading.Thread(target=lambda: results.append(build_function(source, cache_dir=cache)))
                for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(r.cached for r in results) == [False, True]
-    assert results[0].path == results[1].path and len(list(cache.glob("*.wasm"))) == 1
-    assert build_function(source, cache_dir=cache).cached
-    # Another source, or another toolchain (the guest files, the WIT, componentize-py), is another digest.
-    assert build_digest(b"def handle(s, p): return 1\n", "") != build_digest(b"def handle(s, p): return 2\n", "")
+    assert len(builds) == 1 and sorted(r.cached for r in results) == [False, True]
+    assert results[0].path == results[1].path
     assert results[0].path.name == build_digest(source.read_bytes(), _imports_module(())) + ".wasm"
+    assert build_function(source, cache_dir=cache).cached
+    source.write_text("def handle(subject, payload):\n    return b'changed'\n")  # another digest
+    changed = build_function(source, cache_dir=cache)
+    assert not changed.cached and changed.path != results[0].path and len(builds) == 2
+
+
+def test_the_cache_keeps_the_builds_used_last(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_build", lambda work, text, imports, target, shown: target.write_bytes(text))
+    monkeypatch.setattr(build, "KEEP_BUILDS", 2)
+    cache = tmp_path / "cache"
+    paths = []
+    for n in range(3):
+        (tmp_path / f"f{n}.py").write_text(f"def handle(subject, payload):\n    return {n}\n")
+        paths.append(build_function(tmp_path / f"f{n}.py", cache_dir=cache).path)
+        os.utime(paths[-1], (n + 1000, n + 1000))  # distinct times, oldest first
+    build_function(tmp_path / "f0.py", cache_dir=cache)  # used again: now the newest
+    (tmp_path / "f3.py").write_text("def handle(subject, payload):\n    return 3\n")
+    build_function(tmp_path / "f3.py", cache_dir=cache)
+    assert sorted(p.name for p in cache.glob("*.wasm")) == sorted(
+        [paths[0].name, build_function(tmp_path / "f3.py", cache_dir=cache).path.name])
 
 
 def test_devrun_shows_a_build_error_like_a_javascript_syntax_error(tmp_path, nats_server, monkeypatch):
