@@ -115,3 +115,76 @@ async def test_a_component_answers_through_the_node_with_its_host_services(
     assert outside.startswith("error denied") and "nex.other.orders is outside the function's subjects" in outside
     assert http == "200 hello from http"
     assert http_refused.startswith("error denied") and "does not allow requests to example.com" in http_refused
+
+
+async def test_the_instance_is_kept_between_calls_and_made_again_after_a_failure(
+        node: Node, nc: Client, components: dict[str, Path]):
+    await deploy(nc, node, function_body(components["probe"], "probe", "probe.kept",
+                                         limits={"timeout_ms": 300, "memory_mib": 4}))
+    counts = [await call(nc, "probe.kept", "count") for _ in range(3)]
+    refused = await request(nc, "probe.kept", b"error out of stock")
+    after_error = await call(nc, "probe.kept", "count")  # an error result is no failure: same instance
+    trapped = function_error(await request(nc, "probe.kept", b"trap"))
+    after_trap = await call(nc, "probe.kept", "count")
+    timed_out = function_error(await request(nc, "probe.kept", b"loop"))
+    after_timeout = await call(nc, "probe.kept", "count")
+    out_of_memory = function_error(await request(nc, "probe.kept", b"grow"))
+    after_oom = await call(nc, "probe.kept", "count")
+    # A keyless client's payload larger than what the function may hold: the host cannot even pass it in.
+    await deploy(nc, node, function_body(components["probe"], "small", "probe.small", limits={"memory_mib": 1}))
+    too_big = function_error(await request(nc, "probe.small", b"x" * (1000 * 1024)))
+    after_too_big = await call(nc, "probe.small", "hello")
+
+    assert counts == ["1", "2", "3"]
+    refusal = function_error(refused)
+    assert (refusal.kind, refusal.message) == ("error", "out of stock")
+    assert after_error == "5"
+    assert trapped.kind == "error" and "unreachable" in trapped.message and "handle" in trapped.message
+    assert (timed_out.kind, timed_out.message) == ("timeout", "timed out: ran longer than 300 ms")
+    assert out_of_memory.kind == "out_of_memory" and "the limit is 4194304 bytes" in out_of_memory.message
+    assert too_big.kind == "out_of_memory"
+    assert after_trap == after_timeout == after_oom == "1"  # each a new instance
+    assert after_too_big == "HELLO"
+
+
+class Gate:
+    """A responder that holds every request until opened."""
+
+    def __init__(self, nc: Client, subject: str) -> None:
+        self.nc, self.subject = nc, subject
+        self.waiting: list = []
+        self._open = asyncio.Event()
+        self._held: set[asyncio.Task] = set()
+
+    async def start(self) -> Gate:
+        async def hold(msg):
+            self.waiting.append(msg)
+            await self._open.wait()
+            await msg.respond(b"passed")
+        async def on_msg(msg):
+            self._held.add(asyncio.create_task(hold(msg)))
+        await self.nc.subscribe(self.subject, cb=on_msg)
+        await flush_subscriptions(self.nc)
+        return self
+
+    def open(self) -> None:
+        self._open.set()
+
+
+async def test_max_concurrency_runs_calls_at_once_each_on_an_instance_of_its_own(
+        node: Node, nc: Client, components: dict[str, Path]):
+    gate = await Gate(nc, "nex.default.gate").start()
+    await deploy(nc, node, function_body(components["probe"], "probe", "probe.busy",
+                                         limits={"timeout_ms": 20_000, "max_concurrency": 2}))
+    calls = [asyncio.create_task(request(nc, "probe.busy", b"req nex.default.gate x 15000", timeout=25))
+             for _ in range(3)]
+    await eventually(lambda: len(gate.waiting) == 2 and sum(c.done() for c in calls) == 1, timeout=15)
+    refused = [c.result() for c in calls if c.done()]
+    pending = [c for c in calls if not c.done()]
+    gate.open()
+    answered = [(await c).data for c in pending]
+    counts = sorted([await call(nc, "probe.busy", "count"), await call(nc, "probe.busy", "count")])
+
+    assert refused[0].headers["Nats-Service-Error-Code"] == "429"
+    assert answered == [b"passed", b"passed"]
+    assert counts[-1] in ("2", "3")  # instances kept: each has answered a call already
