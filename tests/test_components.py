@@ -188,3 +188,77 @@ async def test_max_concurrency_runs_calls_at_once_each_on_an_instance_of_its_own
     assert refused[0].headers["Nats-Service-Error-Code"] == "429"
     assert answered == [b"passed", b"passed"]
     assert counts[-1] in ("2", "3")  # instances kept: each has answered a call already
+
+
+# -- the compiled cache: a foreign or corrupt entry is never loaded --
+
+def _cache(directory: Path):
+    import wasmtime
+
+    from nex.agent.wasm.module_cache import ModuleCache
+
+    return ModuleCache(wasmtime.Engine(), directory)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_cache_loads_what_it_wrote(components: dict[str, Path], tmp_path: Path):
+    probe = components["probe"]
+    _cache(tmp_path / "cache").component(probe, _sha(probe))
+    again = _cache(tmp_path / "cache")
+    again.component(probe, _sha(probe))
+    assert (again.loaded, again.compiled, again.refused) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("tampering", ["raw wasmtime output", "another cache's entry", "another artifact's entry",
+                                       "a flipped byte", "truncated"])
+def test_a_foreign_or_corrupt_entry_is_compiled_again_never_loaded(
+        components: dict[str, Path], tmp_path: Path, tampering: str):
+    """The attack: native code planted in the cache under the name of a function's artifact. Here the
+    planted code is echo's, so loading it would answer the probe's calls with echo's replies."""
+    import wasmtime
+    from wasmtime import component
+
+    probe, echo = components["probe"], components["echo"]
+    cache = _cache(tmp_path / "cache")
+    cache.component(probe, _sha(probe))
+    entry = cache.path_for(_sha(probe))
+    assert entry is not None
+    if tampering == "raw wasmtime output":
+        entry.write_bytes(component.Component.from_file(wasmtime.Engine(), str(echo)).serialize())
+    elif tampering == "another cache's entry":
+        other = _cache(tmp_path / "other")
+        other.component(echo, _sha(echo))
+        entry.write_bytes(other.path_for(_sha(echo)).read_bytes())  # type: ignore[union-attr]
+    elif tampering == "another artifact's entry":
+        cache.component(echo, _sha(echo))
+        entry.write_bytes(cache.path_for(_sha(echo)).read_bytes())  # type: ignore[union-attr]
+    elif tampering == "a flipped byte":
+        data = bytearray(entry.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        entry.write_bytes(bytes(data))
+    else:
+        entry.write_bytes(entry.read_bytes()[:1000])
+
+    again = _cache(tmp_path / "cache")
+    loaded = again.component(probe, _sha(probe))
+    reloaded = _cache(tmp_path / "cache")
+    reloaded.component(probe, _sha(probe))
+
+    assert (again.loaded, again.compiled, again.refused) == (0, 1, 1)
+    assert (reloaded.loaded, reloaded.refused) == (1, 0)  # the entry was replaced by a good one
+    assert "nex:host/kv@0.1.0" in loaded.type.imports(wasmtime.Engine())  # the probe's, not echo's
+
+
+def test_a_cache_directory_another_user_may_write_is_not_used(components: dict[str, Path], tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    cache = _cache(shared)
+    cache.component(components["echo"], _sha(components["echo"]))
+    assert cache.directory is None and cache.compiled == 1
+    assert not list(shared.iterdir())
+    assert "not private to this user" in caplog.text
