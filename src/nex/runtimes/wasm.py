@@ -1,12 +1,13 @@
-"""WebAssembly functions (WASI preview 1 commands), run by one agent process per node.
+"""WebAssembly functions (WASI preview 1 commands, WASI 0.2 components), run by one agent process per node.
 
 The agent (:mod:`nex.agent.wasm`) compiles each module once, keeping it compiled
 under ``<state dir>/wasm-modules`` by sha256, and runs every call in a fresh
 wasmtime instance (:mod:`nex.agent.wasm.wasmtime_engine` holds the contract with the
 module). Everything else is :class:`nex.runtimes.function_agent.AgentRuntime`'s.
 
-``prepare()`` checks the module's header; compiling it, and checking that it is a
-WASI command (it exports ``_start``), happens in the agent at ``start()``, which
+``prepare()`` checks the header (a core module or a component); compiling it, and
+checking that it is a WASI command (it exports ``_start``) or a component of the world
+``nex:function`` (it exports ``handle``), happens in the agent at ``start()``, which
 raises :class:`BadArtifact` with wasmtime's message.
 """
 
@@ -24,6 +25,7 @@ from nex.runtimes.function_agent import AgentRuntime
 
 CACHE_DIR_NAME = "wasm-modules"
 _CORE_MODULE_HEADER = b"\0asm\x01\x00\x00\x00"
+_COMPONENT_HEADER = b"\0asm\x0d\x00\x01\x00"  # version 13 of the component binary format, layer 1
 
 
 class WasmRuntime(AgentRuntime):
@@ -56,9 +58,9 @@ def _check_header(spec: WorkloadSpec) -> None:
             header = f.read(len(_CORE_MODULE_HEADER))
     except OSError as exc:
         raise BadArtifact(f"cannot read the module {spec.artifact_path}: {exc.strerror}") from None
-    if header == _CORE_MODULE_HEADER:
+    if header in (_CORE_MODULE_HEADER, _COMPONENT_HEADER):
         return
     if header[:4] == b"\0asm":
-        raise BadArtifact("the file is a WebAssembly component, not a core module: build a WASI preview 1"
-                          " command (wasm32-wasip1, wasm32-wasi)")
+        raise BadArtifact(f"the file is a WebAssembly binary of a version this node cannot run ({header[4:].hex()}):"
+                          " build a WASI preview 1 command (wasm32-wasip1) or a WASI 0.2 component (wasm32-wasip2)")
     raise BadArtifact("the file is not a WebAssembly module (it does not start with \\0asm)")

@@ -31,6 +31,11 @@ class EpochTicker:
         self._thread = threading.Thread(target=self._run, name="wasm epoch ticker", daemon=True)
         self._thread.start()
 
+    @property
+    def tick(self) -> float:
+        """Seconds of wall-clock time per epoch."""
+        return self._tick
+
     def begin(self) -> int:
         """A call starts; returns the ticks its deadline must add for the ticker's lag (:meth:`lag`)."""
         with self._lock:

@@ -1,5 +1,8 @@
 """WebAssembly functions: WASI preview 1 command modules run by wasmtime.
 
+(A WASI 0.2 component is told apart by its header and built by :mod:`nex.agent.wasm.components`;
+everything below is about command modules.)
+
 The contract with the module, the same in every language and without an SDK:
 argv is ``[name, subject]``, stdin is the payload, what it writes to stdout is the
 reply, every line it writes to stderr is one log message, its environment is
@@ -68,10 +71,12 @@ from nex.agent import protocol
 from nex.agent.engine import ERROR, EXIT, OUT_OF_MEMORY, TIMEOUT, CompileError, Outcome
 from nex.agent.hostservices import FunctionHost, HostServices
 from nex.agent.protocol import ENV_CACHE_DIR
+from nex.agent.wasm.components import ComponentSandbox, is_component
 from nex.agent.wasm.epoch import EpochTicker
 from nex.agent.wasm.host import WasmHost
 from nex.agent.wasm.limits import StoreLimits
 from nex.agent.wasm.module_cache import ModuleCache
+from nex.agent.wasm.output import LogLines as _LogLines, one_line as _one_line
 from nex.api.errors import FunctionError
 
 log = logging.getLogger(__name__)
@@ -79,8 +84,6 @@ log = logging.getLogger(__name__)
 EPOCH_TICK_S = 0.01
 WASM_STACK_BYTES = 512 * 1024  # the function threads' stack must be larger (see nex.agent.wasm)
 MAX_REPLY_BYTES = 8 * 1024 * 1024
-MAX_LOG_LINES = 1000
-MAX_LOG_LINE_BYTES = 64 * 1024
 OUT_OF_MEMORY_SHARE = 0.75
 WARM_INSTANCES = 2  # per function: bounds the pool's memory with many functions deployed
 # The agent's environment may set another pool size (0: no pool, every call instantiates).
@@ -157,11 +160,19 @@ class WasmEngine:
             warm = ""
         return cls(Path(cache_dir) if cache_dir else None, int(warm) if warm else WARM_INSTANCES, host_services)
 
-    def build(self, load: protocol.Load) -> WasmSandbox:
+    def build(self, load: protocol.Load) -> WasmSandbox | ComponentSandbox:
         if not load.artifact_path:
             raise CompileError("the load request names no module file")
+        path = Path(load.artifact_path)
         try:
-            module = self.modules.module(Path(load.artifact_path), load.artifact_sha256)
+            with path.open("rb") as f:
+                header = f.read(8)
+        except OSError as exc:
+            raise CompileError(f"cannot read the module {load.artifact_path}: {exc.strerror}") from None
+        if is_component(header):
+            return self._build_component(path, load)
+        try:
+            module = self.modules.module(path, load.artifact_sha256)
         except wasmtime.WasmtimeError as exc:
             raise CompileError(f"the module does not compile: {_one_line(exc)}") from None
         except OSError as exc:
@@ -170,6 +181,18 @@ class WasmEngine:
         sandbox = WasmSandbox(self._engine, module, load, host, self._warmer, self._warm_instances, self._ticker)
         sandbox.want_refill()  # the first call is warm too
         return sandbox
+
+    def _build_component(self, path: Path, load: protocol.Load) -> ComponentSandbox:
+        """A WASI 0.2 component (:mod:`nex.agent.wasm.components`): compiled once, its instances kept."""
+        try:
+            compiled = self.modules.component(path, load.artifact_sha256)
+        except wasmtime.WasmtimeError as exc:
+            raise CompileError(f"the component does not compile: {_one_line(exc)}") from None
+        except OSError as exc:
+            raise CompileError(f"cannot read the component {load.artifact_path}: {exc.strerror}") from None
+        host = self._host_services.scope(load) if self._host_services is not None else None
+        return ComponentSandbox(self._engine, compiled, load, host, self._ticker,
+                                self._warmer.submit if self._warmer is not None else None)
 
     def close(self) -> None:
         if self._warmer is not None:
@@ -402,39 +425,6 @@ class _Reply:
         return b"".join(self._chunks)
 
 
-class _LogLines:
-    """Splits a stream into lines: one log message each, capped in number and length."""
-
-    def __init__(self, stream: str) -> None:
-        self._stream = stream
-        self._lines: list[tuple[str, str]] = []
-        self._partial = b""
-        self._dropped = 0
-
-    def write(self, chunk: bytes) -> None:
-        *complete, self._partial = (self._partial + chunk).split(b"\n")
-        for line in complete:
-            self._add(line)
-        if len(self._partial) > MAX_LOG_LINE_BYTES:
-            self._add(self._partial)
-            self._partial = b""
-
-    def lines(self) -> list[tuple[str, str]]:
-        if self._partial:
-            self._add(self._partial)
-            self._partial = b""
-        if self._dropped:
-            self._lines.append((self._stream, f"nex: {self._dropped} log lines dropped"))
-            self._dropped = 0
-        return self._lines
-
-    def _add(self, line: bytes) -> None:
-        if len(self._lines) >= MAX_LOG_LINES:
-            self._dropped += 1
-            return
-        self._lines.append((self._stream, line[:MAX_LOG_LINE_BYTES].decode(errors="replace")))
-
-
 def _set_stdin(wasi: wasmtime.WasiConfig, payload: bytes) -> None:
     # WasiConfig takes stdin only from a file: a memory file, opened by wasmtime
     # through /proc at a fresh offset, then closed here.
@@ -452,9 +442,3 @@ def _trap_message(trap: wasmtime.Trap) -> str:
     # The message is a backtrace, then "Caused by:" and the cause, on its last line.
     lines = [line.strip() for line in trap.message.splitlines() if line.strip()]
     return lines[-1] if lines else "the module trapped"
-
-
-def _one_line(exc: Exception) -> str:
-    # wasmtime's errors read "what\n\nCaused by:\n    why"
-    parts = [line.strip() for line in str(exc).splitlines() if line.strip() and line.strip() != "Caused by:"]
-    return ": ".join(parts)

@@ -1,0 +1,264 @@
+"""WebAssembly components (WASI 0.2) as functions, against a real nats-server, a real node and agent,
+and wasmtime: the world nex:function/function (src/nex/wit), its host services nex:host, kept
+instances, limits and the compiled cache.
+
+tests/components/probe.c is a component in C with the canonical ABI by hand (built with clang and
+wasm-tools, no libc, no bindings generator); echo.wat is the smallest component, in the component
+text format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from helpers import (ARTIFACT_ROOTS, assemble, build_component, collect, control, deploy, eventually, file_artifact,
+                     function_body, function_error, request)
+from nex.connection import flush_subscriptions
+from nex.natsserver import NatsServer
+from nex.node.config import NodeConfig
+from nex.node.node import Node
+
+SOURCES = Path(__file__).parent / "components"
+
+
+@pytest.fixture(scope="session")
+def components(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """probe.wasm (tests/components/probe.c) and echo.wasm (echo.wat), built once."""
+    out = tmp_path_factory.mktemp("components")
+    return {"probe": build_component(SOURCES / "probe.c", out / "probe.wasm"),
+            "echo": assemble(SOURCES / "echo.wat", out / "echo.wasm")}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"hello from http"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+async def node(nats_server: NatsServer, tmp_path: Path):
+    """A node that lets functions GET from 127.0.0.1."""
+    config = NodeConfig(artifact_roots=ARTIFACT_ROOTS, server=nats_server.url, state_dir=tmp_path / "node",
+                        name="component-node", sandbox="none", stop_grace_s=2.0, lameduck_s=0.2, reconciler=False,
+                        http_allow_hosts=["127.0.0.1"], http_allow_methods=["GET"])
+    started = Node(config)
+    await started.start()
+    yield started
+    await started.shutdown()
+
+
+async def call(nc: Client, subject: str, command: str, timeout: float = 10.0) -> str:
+    return (await request(nc, subject, command.encode(), timeout=timeout)).data.decode()
+
+
+async def test_a_component_answers_through_the_node_with_its_host_services(
+        node: Node, nc: Client, components: dict[str, Path], http_url: str):
+    summary = await deploy(nc, node, function_body(components["probe"], "probe", "probe.shop"), namespace="shop")
+    received = await collect(nc, "nex.shop.orders.>")
+
+    async def echo(msg):
+        await msg.respond(b"echo: " + msg.data)
+    await nc.subscribe("nex.shop.echo", cb=echo)
+    await flush_subscriptions(nc)
+
+    shouted = await call(nc, "probe.shop", "hello component")
+    put = await call(nc, "probe.shop", "put carts alice two apples")
+    got = await call(nc, "probe.shop", "get carts alice")
+    missing = await call(nc, "probe.shop", "get carts nobody")
+    keys = await call(nc, "probe.shop", "keys carts")
+    bad_bucket = await call(nc, "probe.shop", "get bad_bucket alice")
+    oput = await call(nc, "probe.shop", "oput images logo.svg <svg/>")
+    oget = await call(nc, "probe.shop", "oget images logo.svg")
+    olist = await call(nc, "probe.shop", "olist images")
+    published = await call(nc, "probe.shop", "pub nex.shop.orders.new order-7")
+    answered = await call(nc, "probe.shop", "req nex.shop.echo ping 2000")
+    nobody = await call(nc, "probe.shop", "req nex.shop.nobody ping 500")
+    outside = await call(nc, "probe.shop", "pub nex.other.orders order-8")
+    http = await call(nc, "probe.shop", f"http GET {http_url}/hello")
+    http_refused = await call(nc, "probe.shop", "http GET http://example.com/")
+    stored = await (await nc.jetstream().key_value("NEXKV_shop_carts")).get("alice")
+
+    assert summary["type"] == "wasm" and summary["state"] == "running"
+    assert shouted == "HELLO COMPONENT"
+    assert put == "ok" and got == "two apples" and missing == "(none)" and keys == "alice\n"
+    assert stored.value == b"two apples"
+    assert bad_bucket.startswith("error invalid invalid bucket name 'bad_bucket'")
+    assert oput == "ok" and oget == "<svg/>" and olist == "logo.svg 6\n"
+    await eventually(lambda: [(m.subject, m.data, m.headers.get("from")) for m in received]
+                     == [("nex.shop.orders.new", b"order-7", "probe")])
+    assert published == "ok" and answered == "echo: ping"
+    assert nobody == "error unavailable request: no responders on nex.shop.nobody"
+    assert outside.startswith("error denied") and "nex.other.orders is outside the function's subjects" in outside
+    assert http == "200 hello from http"
+    assert http_refused.startswith("error denied") and "does not allow requests to example.com" in http_refused
+
+
+async def test_the_instance_is_kept_between_calls_and_made_again_after_a_failure(
+        node: Node, nc: Client, components: dict[str, Path]):
+    await deploy(nc, node, function_body(components["probe"], "probe", "probe.kept",
+                                         limits={"timeout_ms": 300, "memory_mib": 4}))
+    counts = [await call(nc, "probe.kept", "count") for _ in range(3)]
+    refused = await request(nc, "probe.kept", b"error out of stock")
+    after_error = await call(nc, "probe.kept", "count")  # an error result is no failure: same instance
+    trapped = function_error(await request(nc, "probe.kept", b"trap"))
+    after_trap = await call(nc, "probe.kept", "count")
+    timed_out = function_error(await request(nc, "probe.kept", b"loop"))
+    after_timeout = await call(nc, "probe.kept", "count")
+    out_of_memory = function_error(await request(nc, "probe.kept", b"grow"))
+    after_oom = await call(nc, "probe.kept", "count")
+    # A keyless client's payload larger than what the function may hold: the host cannot even pass it in.
+    await deploy(nc, node, function_body(components["probe"], "small", "probe.small", limits={"memory_mib": 1}))
+    too_big = function_error(await request(nc, "probe.small", b"x" * (1000 * 1024)))
+    after_too_big = await call(nc, "probe.small", "hello")
+
+    assert counts == ["1", "2", "3"]
+    refusal = function_error(refused)
+    assert (refusal.kind, refusal.message) == ("error", "out of stock")
+    assert after_error == "5"
+    assert trapped.kind == "error" and "unreachable" in trapped.message and "handle" in trapped.message
+    assert (timed_out.kind, timed_out.message) == ("timeout", "timed out: ran longer than 300 ms")
+    assert out_of_memory.kind == "out_of_memory" and "the limit is 4194304 bytes" in out_of_memory.message
+    assert too_big.kind == "out_of_memory"
+    assert after_trap == after_timeout == after_oom == "1"  # each a new instance
+    assert after_too_big == "HELLO"
+
+
+class Gate:
+    """A responder that holds every request until opened."""
+
+    def __init__(self, nc: Client, subject: str) -> None:
+        self.nc, self.subject = nc, subject
+        self.waiting: list = []
+        self._open = asyncio.Event()
+        self._held: set[asyncio.Task] = set()
+
+    async def start(self) -> Gate:
+        async def hold(msg):
+            self.waiting.append(msg)
+            await self._open.wait()
+            await msg.respond(b"passed")
+        async def on_msg(msg):
+            self._held.add(asyncio.create_task(hold(msg)))
+        await self.nc.subscribe(self.subject, cb=on_msg)
+        await flush_subscriptions(self.nc)
+        return self
+
+    def open(self) -> None:
+        self._open.set()
+
+
+async def test_max_concurrency_runs_calls_at_once_each_on_an_instance_of_its_own(
+        node: Node, nc: Client, components: dict[str, Path]):
+    gate = await Gate(nc, "nex.default.gate").start()
+    await deploy(nc, node, function_body(components["probe"], "probe", "probe.busy",
+                                         limits={"timeout_ms": 20_000, "max_concurrency": 2}))
+    calls = [asyncio.create_task(request(nc, "probe.busy", b"req nex.default.gate x 15000", timeout=25))
+             for _ in range(3)]
+    await eventually(lambda: len(gate.waiting) == 2 and sum(c.done() for c in calls) == 1, timeout=15)
+    refused = [c.result() for c in calls if c.done()]
+    pending = [c for c in calls if not c.done()]
+    gate.open()
+    answered = [(await c).data for c in pending]
+    counts = sorted([await call(nc, "probe.busy", "count"), await call(nc, "probe.busy", "count")])
+
+    assert refused[0].headers["Nats-Service-Error-Code"] == "429"
+    assert answered == [b"passed", b"passed"]
+    assert counts[-1] in ("2", "3")  # instances kept: each has answered a call already
+
+
+# -- the compiled cache: a foreign or corrupt entry is never loaded --
+
+def _cache(directory: Path):
+    import wasmtime
+
+    from nex.agent.wasm.module_cache import ModuleCache
+
+    return ModuleCache(wasmtime.Engine(), directory)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_cache_loads_what_it_wrote(components: dict[str, Path], tmp_path: Path):
+    probe = components["probe"]
+    _cache(tmp_path / "cache").component(probe, _sha(probe))
+    again = _cache(tmp_path / "cache")
+    again.component(probe, _sha(probe))
+    assert (again.loaded, again.compiled, again.refused) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("tampering", ["raw wasmtime output", "another cache's entry", "another artifact's entry",
+                                       "a flipped byte", "truncated"])
+def test_a_foreign_or_corrupt_entry_is_compiled_again_never_loaded(
+        components: dict[str, Path], tmp_path: Path, tampering: str):
+    """The attack: native code planted in the cache under the name of a function's artifact. Here the
+    planted code is echo's, so loading it would answer the probe's calls with echo's replies."""
+    import wasmtime
+    from wasmtime import component
+
+    probe, echo = components["probe"], components["echo"]
+    cache = _cache(tmp_path / "cache")
+    cache.component(probe, _sha(probe))
+    entry = cache.path_for(_sha(probe))
+    assert entry is not None
+    if tampering == "raw wasmtime output":
+        entry.write_bytes(component.Component.from_file(wasmtime.Engine(), str(echo)).serialize())
+    elif tampering == "another cache's entry":
+        other = _cache(tmp_path / "other")
+        other.component(echo, _sha(echo))
+        entry.write_bytes(other.path_for(_sha(echo)).read_bytes())  # type: ignore[union-attr]
+    elif tampering == "another artifact's entry":
+        cache.component(echo, _sha(echo))
+        entry.write_bytes(cache.path_for(_sha(echo)).read_bytes())  # type: ignore[union-attr]
+    elif tampering == "a flipped byte":
+        data = bytearray(entry.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        entry.write_bytes(bytes(data))
+    else:
+        entry.write_bytes(entry.read_bytes()[:1000])
+
+    again = _cache(tmp_path / "cache")
+    loaded = again.component(probe, _sha(probe))
+    reloaded = _cache(tmp_path / "cache")
+    reloaded.component(probe, _sha(probe))
+
+    assert (again.loaded, again.compiled, again.refused) == (0, 1, 1)
+    assert (reloaded.loaded, reloaded.refused) == (1, 0)  # the entry was replaced by a good one
+    assert "nex:host/kv@0.1.0" in loaded.type.imports(wasmtime.Engine())  # the probe's, not echo's
+
+
+def test_a_cache_directory_another_user_may_write_is_not_used(components: dict[str, Path], tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    cache = _cache(shared)
+    cache.component(components["echo"], _sha(components["echo"]))
+    assert cache.directory is None and cache.compiled == 1
+    assert not list(shared.iterdir())
+    assert "not private to this user" in caplog.text
