@@ -20,7 +20,6 @@ from nex.cli.options import GlobalOptions, NexCommand, global_options_except, po
 from nex.cli.session import resolve_node, run
 from nex.api.errors import NexError
 from nex.client import NexClient
-from nex.localfiles import workload_name_for
 from nex.node.config import ConfigError, parse_tags
 from nex.pyfunc import build_function, is_python_function
 from nex.shadowing import Shadow, same_name_copies, shadows
@@ -167,16 +166,13 @@ def devrun(
 
     async def action(client: NexClient) -> tuple[WorkloadSummary, list[Shadow], list[str]]:
         node = await resolve_node(client, node_id) if node_id else None
-        deployed, deployed_type, deployed_name = file, workload_type, name
         if isinstance(file, Path) and is_python_function(file):
-            # Built here (the client would do it too) to show that it is: the first build takes seconds.
+            # Built first, to show that it is (the first build takes seconds); devrun finds it in the cache.
             with console.status(f"building {file.name}", spinner="dots") if console.is_terminal else nullcontext():
-                deployed = (await asyncio.to_thread(build_function, file, str(file))).path
-            deployed_type = WorkloadType.WASM.value
-            deployed_name = name or workload_name_for(file)
+                await asyncio.to_thread(build_function, file, str(file))
         try:
             summary = await client.devrun(
-                deployed, type=deployed_type, name=deployed_name, triggers=all_triggers, env=environment,
+                file, type=workload_type, name=name, triggers=all_triggers, env=environment,
                 argv=arguments, lifecycle=lifecycle, limits=limits, node_id=node, progress=on_progress,
                 network=network, tags=placement,
             )

@@ -29,6 +29,10 @@ from nex.jsreplicas import nodes_replicas
 from nex.localfiles import CountingReader, guess_type, workload_name_for
 from nex.pyfunc import build_function, is_python_function
 
+# A node compiles a component on its first deploy, before it answers: seconds for the 18 MB of
+# a Python function, where a JavaScript file or a core module takes milliseconds.
+PYTHON_DEPLOY_TIMEOUT_S = 60.0
+
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) while an artifact uploads."""
 
@@ -80,6 +84,7 @@ class Artifacts(Placement):
         if node_id is not None and tags:
             raise BadRequest("give a node or placement tags, not both")
         is_reference = isinstance(path, str) and path.startswith(OCI_SCHEME)
+        deploy_timeout = None
         if is_reference:
             reference = parse_reference(path)
             workload_type = WorkloadType(type or WorkloadType.OCI)
@@ -92,6 +97,7 @@ class Artifacts(Placement):
             default_name = workload_name_for(path)
             path = (await asyncio.to_thread(build_function, path, str(path))).path
             workload_type = WorkloadType.WASM
+            deploy_timeout = max(self.timeout, PYTHON_DEPLOY_TIMEOUT_S)
             sha256 = await asyncio.to_thread(sha256_file, path)
             artifact = Artifact(uri=self._artifact_uri(sha256), sha256=sha256)
         else:
@@ -118,7 +124,7 @@ class Artifacts(Placement):
         if node_id is not None:
             if not is_reference:
                 await self._upload(Path(path), sha256, sha256, progress)
-            return await self.deploy(node_id, request)
+            return await self.deploy(node_id, request, timeout=deploy_timeout)
         try:
             constraints = AuctionRequest(type=request.type, lifecycle=request.lifecycle, tags=dict(tags or {}),
                                          memory_mib=request.limits.memory_mib)
@@ -128,9 +134,9 @@ class Artifacts(Placement):
         if not is_reference:
             await self._upload(Path(path), sha256, sha256, progress)
         try:
-            return await self._deploy_to_best(bids, request)
+            return await self._deploy_to_best(bids, request, deploy_timeout)
         except BidNotFound:  # the upload outlasted the bids: hold the auction again
-            return await self.place(request, constraints)
+            return await self.place(request, constraints, timeout=deploy_timeout)
 
     def _artifact_uri(self, key: str, namespace: str | None = None) -> str:
         return f"nats://{subjects.artifact_bucket(namespace or self.namespace)}/{quote(key)}"

@@ -101,12 +101,13 @@ class Placement(Workloads):
             return None  # no registry (or no JetStream): the auction waits its whole window
 
     async def place(self, request: DeployRequest, constraints: AuctionRequest | None = None,
-                    wait: float = DEFAULT_GATHER_S, expected: int | None = None) -> WorkloadSummary:
+                    wait: float = DEFAULT_GATHER_S, expected: int | None = None,
+                    timeout: float | None = None) -> WorkloadSummary:
         """Deploy on the node with the best bid; ``constraints`` default to the request's type,
         lifecycle and memory limit. Raises :class:`Unavailable` naming each node's reason
-        when no node bids."""
+        when no node bids. ``timeout`` is the deploy's (default: the client's)."""
         bids = await self._bids(constraints or constraints_of(request), wait, expected)
-        return await self._deploy_to_best(bids, request)
+        return await self._deploy_to_best(bids, request, timeout)
 
     async def _bids(self, constraints: AuctionRequest, wait: float, expected: int | None) -> list[Bid]:
         """The bids of an auction, of the eligible nodes or a sample of them once the registry lists
@@ -127,7 +128,8 @@ class Placement(Workloads):
             raise Unavailable(f"no node can take the workload: {reasons}")
         return bids
 
-    async def _deploy_to_best(self, bids: list[Bid], request: DeployRequest) -> WorkloadSummary:
+    async def _deploy_to_best(self, bids: list[Bid], request: DeployRequest,
+                              timeout: float | None = None) -> WorkloadSummary:
         """Deploy through the best bid that still holds; a bid that expired or a node gone
         lame duck meanwhile passes the turn to the next bid.
 
@@ -138,7 +140,7 @@ class Placement(Workloads):
         for bid in rank_bids(bids, self._placing):
             self._placing[bid.node_id] += 1  # before any await: the next placement sees it
             try:
-                return await self.deploy(bid.bid_id, request, xkey=bid.xkey)
+                return await self.deploy(bid.bid_id, request, xkey=bid.xkey, timeout=timeout)
             except (BidNotFound, Conflict) as exc:  # not e.g. a missing artifact: any node would say so
                 last = exc
             finally:

@@ -70,11 +70,13 @@ class Workloads(Transport):
 
     # -- workloads ---------------------------------------------------------------------
 
-    async def deploy(self, target: str, request: DeployRequest, xkey: str | None = None) -> WorkloadSummary:
+    async def deploy(self, target: str, request: DeployRequest, xkey: str | None = None,
+                     timeout: float | None = None) -> WorkloadSummary:
         """Deploy on ``target``, a node id or the id of a bid the node made in an auction.
 
         With keys, the request is signed and env sealed to ``xkey`` (the target node's
-        key; looked up with a PING when not given).
+        key; looked up with a PING when not given). ``timeout`` (default: the client's) is how
+        long to wait for the node's reply, which comes once the workload runs.
         """
         _deploy_target(target)
         if self.keys is not None and request.env:
@@ -82,7 +84,7 @@ class Workloads(Transport):
         try:
             return await self._request(
                 subjects.DEPLOY, target, WorkloadSummary, _deploy_target_not_found,
-                body=request.model_dump_json(exclude_none=True).encode(), signed=True,
+                body=request.model_dump_json(exclude_none=True).encode(), timeout=timeout, signed=True,
             )
         except NotFound as exc:
             if "." in target and not isinstance(exc, BidNotFound):  # the node refused the bid
