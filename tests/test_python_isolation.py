@@ -36,7 +36,7 @@ async def deployed(tmp_path_factory):
     try:
         async with running_node(server, tmp / "node", "python-probe") as node:
             nc = await connect(ConnectOptions(servers=[server.url]))
-            client = NexClient(nc, timeout=30.0)
+            client = NexClient(nc, timeout=30.0)  # the deploy itself waits up to 120 s (a loaded machine compiles slowly)
             try:
                 summary = await client.devrun(PROBE, triggers=[SUBJECT], env={"GIVEN": "yes"})
                 yield SimpleNamespace(client=client, node=node, summary=summary, state_dir=tmp / "node", url=server.url)

@@ -31,7 +31,7 @@ from nex.pyfunc import build_function, is_python_function
 
 # A node compiles a component on its first deploy, before it answers: seconds for the 18 MB of
 # a Python function, where a JavaScript file or a core module takes milliseconds.
-PYTHON_DEPLOY_TIMEOUT_S = 60.0
+PYTHON_DEPLOY_TIMEOUT_S = 120.0
 
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) while an artifact uploads."""
