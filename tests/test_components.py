@@ -262,3 +262,12 @@ def test_a_cache_directory_another_user_may_write_is_not_used(components: dict[s
     assert cache.directory is None and cache.compiled == 1
     assert not list(shared.iterdir())
     assert "not private to this user" in caplog.text
+
+
+async def test_bytes_cross_unchanged_both_ways(node: Node, nc: Client, components: dict[str, Path]):
+    """Every byte value, in a payload of 256 KiB, through echo.wat and back (the payload and the
+    reply are passed as a whole, not byte by byte: nex.agent.wasm.component_values)."""
+    await deploy(nc, node, function_body(components["echo"], "echo", "echo.bytes"))
+    payload = bytes(range(256)) * 1024
+    assert (await request(nc, "echo.bytes", payload, timeout=20)).data == payload
+    assert (await request(nc, "echo.bytes", b"")).data == b""

@@ -41,6 +41,7 @@ from wasmtime import component
 from nex.agent import protocol
 from nex.agent.engine import ERROR, OUT_OF_MEMORY, TIMEOUT, CompileError, Outcome
 from nex.agent.hostservices import FunctionHost
+from nex.agent.wasm import component_values
 from nex.agent.wasm.component_host import ComponentHost
 from nex.agent.wasm.epoch import EpochTicker
 from nex.agent.wasm.limits import StoreLimits
@@ -67,7 +68,7 @@ def is_component(header: bytes) -> bool:
 class _Instance:
     """A store with its limits and WASI settings, the component's instance in it, and its output."""
 
-    __slots__ = ("store", "handle", "stdout", "stderr")
+    __slots__ = ("store", "handle", "call", "stdout", "stderr")
 
     def __init__(self, engine: wasmtime.Engine, linker: component.Linker, compiled: component.Component,
                  limits: StoreLimits, deadline_ticks: int, env: list[tuple[str, str]]) -> None:
@@ -92,6 +93,7 @@ class _Instance:
             self.store.close()
             raise CompileError(f"the component exports no function {EXPORT}: it is not of the world {WORLD}")
         self.handle = handle
+        self.call = component_values.HandleCall(handle)
 
     def _write_stdout(self, chunk: bytes) -> None:
         self.stdout.write(chunk)
@@ -129,6 +131,7 @@ class ComponentSandbox:
         self._limits = StoreLimits.for_memory(load.memory_bytes)
         # Without a ticker the epoch never moves: any deadline is never reached.
         self._deadline_ticks = math.ceil(load.timeout_ms / 1000 / ticker.tick) + 1 if ticker is not None else 1
+        component_values.install()
         self._linker = component.Linker(engine)
         self._linker.add_wasip2()
         ComponentHost(host).define(self._linker)
@@ -159,7 +162,7 @@ class ComponentSandbox:
         failed = False
         try:
             instance.store.set_epoch_deadline(self._deadline_ticks + owed)
-            result = instance.handle(instance.store, subject, payload)
+            result = instance.call(instance.store, subject, payload)
         except wasmtime.WasmtimeError as exc:
             error, failed = self._trap_error(exc), True
         except Exception as exc:  # a host value wasmtime-py could not lower: the instance is not to be trusted
