@@ -271,3 +271,26 @@ async def test_bytes_cross_unchanged_both_ways(node: Node, nc: Client, component
     payload = bytes(range(256)) * 1024
     assert (await request(nc, "echo.bytes", payload, timeout=20)).data == payload
     assert (await request(nc, "echo.bytes", b"")).data == b""
+
+
+OTHER_WORLDS = [
+    ("(component)", "the component exports no function handle: it is not of the world nex:function/function"),
+    ('''(component
+         (core module $m (func (export "h") (param i32) (result i32) local.get 0))
+         (core instance $i (instantiate $m))
+         (func (export "handle") (param "n" u32) (result u32) (canon lift (core func $i "h"))))''',
+     "the component's handle is not the one of the world nex:function/function"),
+    ('(component (import "acme:missiles/launch@1.0.0" (instance (export "fire" (func)))))',
+     "the component cannot be linked (WASI 0.2 and the nex:host interfaces are all it may import)"),
+]
+
+
+async def test_a_component_of_another_world_is_refused_at_deploy(node: Node, nc: Client, tmp_path: Path):
+    refusals = []
+    for number, (text, _) in enumerate(OTHER_WORLDS):
+        source = tmp_path / f"other{number}.wat"
+        source.write_text(text)
+        component = assemble(source, tmp_path / f"other{number}.wasm")
+        refusals.append(await control(nc, "DEPLOY", node.node_id, function_body(component, "other", "other.world")))
+    for (code, refused), (_, words) in zip(refusals, OTHER_WORLDS):
+        assert code == 400 and words in refused["error"]["message"], refused
