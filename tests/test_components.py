@@ -130,6 +130,9 @@ async def test_the_instance_is_kept_between_calls_and_made_again_after_a_failure
     after_timeout = await call(nc, "probe.kept", "count")
     out_of_memory = function_error(await request(nc, "probe.kept", b"grow"))
     after_oom = await call(nc, "probe.kept", "count")
+    await call(nc, "probe.kept", "count")
+    said_oom = function_error(await request(nc, "probe.kept", b"error out of memory: a MemoryError"))
+    after_said_oom = await call(nc, "probe.kept", "count")
     # A keyless client's payload larger than what the function may hold: the host cannot even pass it in.
     await deploy(nc, node, function_body(components["probe"], "small", "probe.small", limits={"memory_mib": 1}))
     too_big = function_error(await request(nc, "probe.small", b"x" * (1000 * 1024)))
@@ -143,7 +146,8 @@ async def test_the_instance_is_kept_between_calls_and_made_again_after_a_failure
     assert (timed_out.kind, timed_out.message) == ("timeout", "timed out: ran longer than 300 ms")
     assert out_of_memory.kind == "out_of_memory" and "the limit is 4194304 bytes" in out_of_memory.message
     assert too_big.kind == "out_of_memory"
-    assert after_trap == after_timeout == after_oom == "1"  # each a new instance
+    assert (said_oom.kind, said_oom.message) == ("out_of_memory", "out of memory: a MemoryError")
+    assert after_trap == after_timeout == after_oom == after_said_oom == "1"  # each a new instance
     assert after_too_big == "HELLO"
 
 

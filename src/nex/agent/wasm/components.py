@@ -22,7 +22,9 @@ store with the function's memory split (:mod:`nex.agent.wasm.limits`), and an ep
 set before each call. wasmtime does not say when it refused a component's memory growth,
 and a component's memories are not visible from the host; so a call that traps in an
 allocator (a frame whose name holds ``alloc``, ``oom`` or ``out_of_memory``, as Rust's
-``handle_alloc_error`` or a ``cabi_realloc``) is reported out of memory.
+``handle_alloc_error`` or a ``cabi_realloc``) is reported out of memory. A component that
+notices it itself (Python's ``MemoryError``) returns an ``err`` that starts with
+``out of memory``: reported as such, and its instance, whose memory stays grown, replaced.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 EXPORT = "handle"
 MAX_IDLE_INSTANCES = 4
 MAX_REPLY_BYTES = 8 * 1024 * 1024
+OUT_OF_MEMORY_ERR = "out of memory"  # an err that starts so is an out-of-memory
 WORLD = "nex:function/function"
 _FRAME = re.compile(r"^\s*\d+:\s+0x[0-9a-f]+ - (?:.*!)?(.+)$")
 _ALLOCATOR = re.compile(r"alloc|oom|out_of_memory", re.I)
@@ -172,7 +175,10 @@ class ComponentSandbox:
             if self._ticker is not None:
                 self._ticker.end()
         if not failed:
-            if isinstance(result, str):
+            if isinstance(result, str) and result.startswith(OUT_OF_MEMORY_ERR):
+                # The component says so itself (a Python MemoryError): its memory stays grown, so it is replaced.
+                error, failed = FunctionError(result, OUT_OF_MEMORY), True
+            elif isinstance(result, str):
                 error = FunctionError(result, ERROR)
             elif len(result) > MAX_REPLY_BYTES:
                 error = FunctionError(f"the reply is over the limit of {MAX_REPLY_BYTES} bytes", ERROR)
