@@ -15,7 +15,9 @@ trust: that instance is dropped (wasmtime refuses to enter it again anyway) and 
 call gets a new one, made on the warmer's thread when it can be, so no call sees another's
 failure. Calls that run at once (``max_concurrency``, on several threads) each take an
 instance of their own: the pool grows to the calls in flight, and keeps up to
-``MAX_IDLE_INSTANCES`` between bursts.
+``MAX_IDLE_INSTANCES`` between bursts. The last used is taken first, so calls one after
+another keep to one instance (after a failure, the call may make one while the warmer
+makes another: the spare waits).
 
 Limits are the command modules' (:mod:`nex.agent.wasm.wasmtime_engine`): every instance has a
 store with the function's memory split (:mod:`nex.agent.wasm.limits`), and an epoch deadline
@@ -220,8 +222,10 @@ class ComponentSandbox:
             raise CompileError(self._instantiation_error(exc).message) from None
 
     def _take(self) -> _Instance:
+        # The most recently used first: calls one after another keep to one instance (and its
+        # state), even when a refill and a call both made one after a failure.
         try:
-            return self._idle.popleft()
+            return self._idle.pop()
         except IndexError:  # a call in flight has each of the others, or the last one failed
             return self._new_instance()
 
