@@ -130,6 +130,9 @@ async def test_the_instance_is_kept_between_calls_and_made_again_after_a_failure
     after_timeout = await call(nc, "probe.kept", "count")
     out_of_memory = function_error(await request(nc, "probe.kept", b"grow"))
     after_oom = await call(nc, "probe.kept", "count")
+    await call(nc, "probe.kept", "count")
+    said_oom = function_error(await request(nc, "probe.kept", b"error out of memory: a MemoryError"))
+    after_said_oom = await call(nc, "probe.kept", "count")
     # A keyless client's payload larger than what the function may hold: the host cannot even pass it in.
     await deploy(nc, node, function_body(components["probe"], "small", "probe.small", limits={"memory_mib": 1}))
     too_big = function_error(await request(nc, "probe.small", b"x" * (1000 * 1024)))
@@ -143,7 +146,8 @@ async def test_the_instance_is_kept_between_calls_and_made_again_after_a_failure
     assert (timed_out.kind, timed_out.message) == ("timeout", "timed out: ran longer than 300 ms")
     assert out_of_memory.kind == "out_of_memory" and "the limit is 4194304 bytes" in out_of_memory.message
     assert too_big.kind == "out_of_memory"
-    assert after_trap == after_timeout == after_oom == "1"  # each a new instance
+    assert (said_oom.kind, said_oom.message) == ("out_of_memory", "out of memory: a MemoryError")
+    assert after_trap == after_timeout == after_oom == after_said_oom == "1"  # each a new instance
     assert after_too_big == "HELLO"
 
 
@@ -262,3 +266,35 @@ def test_a_cache_directory_another_user_may_write_is_not_used(components: dict[s
     assert cache.directory is None and cache.compiled == 1
     assert not list(shared.iterdir())
     assert "not private to this user" in caplog.text
+
+
+async def test_bytes_cross_unchanged_both_ways(node: Node, nc: Client, components: dict[str, Path]):
+    """Every byte value, in a payload of 256 KiB, through echo.wat and back (the payload and the
+    reply are passed as a whole, not byte by byte: nex.agent.wasm.component_values)."""
+    await deploy(nc, node, function_body(components["echo"], "echo", "echo.bytes"))
+    payload = bytes(range(256)) * 1024
+    assert (await request(nc, "echo.bytes", payload, timeout=20)).data == payload
+    assert (await request(nc, "echo.bytes", b"")).data == b""
+
+
+OTHER_WORLDS = [
+    ("(component)", "the component exports no function handle: it is not of the world nex:function/function"),
+    ('''(component
+         (core module $m (func (export "h") (param i32) (result i32) local.get 0))
+         (core instance $i (instantiate $m))
+         (func (export "handle") (param "n" u32) (result u32) (canon lift (core func $i "h"))))''',
+     "the component's handle is not the one of the world nex:function/function"),
+    ('(component (import "acme:missiles/launch@1.0.0" (instance (export "fire" (func)))))',
+     "the component cannot be linked (WASI 0.2 and the nex:host interfaces are all it may import)"),
+]
+
+
+async def test_a_component_of_another_world_is_refused_at_deploy(node: Node, nc: Client, tmp_path: Path):
+    refusals = []
+    for number, (text, _) in enumerate(OTHER_WORLDS):
+        source = tmp_path / f"other{number}.wat"
+        source.write_text(text)
+        component = assemble(source, tmp_path / f"other{number}.wasm")
+        refusals.append(await control(nc, "DEPLOY", node.node_id, function_body(component, "other", "other.world")))
+    for (code, refused), (_, words) in zip(refusals, OTHER_WORLDS):
+        assert code == 400 and words in refused["error"]["message"], refused

@@ -39,8 +39,8 @@ _RUN = re.compile(r"<!-- run: (\S+) -->\n```sh\n(.*?)```\n", re.S)
 _COMMENT = re.compile(r"^(.*?)\s+#\s(.*)$")
 NOT_YET_THERE = "no function is triggered by"  # an app's replicas are still being placed
 # The guide's blocks of commands; "app" needs a node that stands for the reconciler (its own test).
-RUNS = ("hello", "double", "broken", "visits", "ask", "spin", "hog", "cart", "upper", "counter", "rust", "go",
-        "greet", "broken-py")
+RUNS = ("hello", "double", "broken", "visits", "ask", "spin", "hog", "cart", "upper", "counter", "rust", "go", "greet",
+        "visitors", "broken-py")
 
 
 def examples() -> dict[str, str]:

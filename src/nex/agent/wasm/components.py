@@ -15,14 +15,18 @@ trust: that instance is dropped (wasmtime refuses to enter it again anyway) and 
 call gets a new one, made on the warmer's thread when it can be, so no call sees another's
 failure. Calls that run at once (``max_concurrency``, on several threads) each take an
 instance of their own: the pool grows to the calls in flight, and keeps up to
-``MAX_IDLE_INSTANCES`` between bursts.
+``MAX_IDLE_INSTANCES`` between bursts. The last used is taken first, so calls one after
+another keep to one instance (after a failure, the call may make one while the warmer
+makes another: the spare waits).
 
 Limits are the command modules' (:mod:`nex.agent.wasm.wasmtime_engine`): every instance has a
 store with the function's memory split (:mod:`nex.agent.wasm.limits`), and an epoch deadline
 set before each call. wasmtime does not say when it refused a component's memory growth,
 and a component's memories are not visible from the host; so a call that traps in an
 allocator (a frame whose name holds ``alloc``, ``oom`` or ``out_of_memory``, as Rust's
-``handle_alloc_error`` or a ``cabi_realloc``) is reported out of memory.
+``handle_alloc_error`` or a ``cabi_realloc``) is reported out of memory. A component that
+notices it itself (Python's ``MemoryError``) returns an ``err`` that starts with
+``out of memory``: reported as such, and its instance, whose memory stays grown, replaced.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from wasmtime import component
 from nex.agent import protocol
 from nex.agent.engine import ERROR, OUT_OF_MEMORY, TIMEOUT, CompileError, Outcome
 from nex.agent.hostservices import FunctionHost
+from nex.agent.wasm import component_values
 from nex.agent.wasm.component_host import ComponentHost
 from nex.agent.wasm.epoch import EpochTicker
 from nex.agent.wasm.limits import StoreLimits
@@ -52,6 +57,7 @@ log = logging.getLogger(__name__)
 EXPORT = "handle"
 MAX_IDLE_INSTANCES = 4
 MAX_REPLY_BYTES = 8 * 1024 * 1024
+OUT_OF_MEMORY_ERR = "out of memory"  # an err that starts so is an out-of-memory
 WORLD = "nex:function/function"
 _FRAME = re.compile(r"^\s*\d+:\s+0x[0-9a-f]+ - (?:.*!)?(.+)$")
 _ALLOCATOR = re.compile(r"alloc|oom|out_of_memory", re.I)
@@ -67,7 +73,7 @@ def is_component(header: bytes) -> bool:
 class _Instance:
     """A store with its limits and WASI settings, the component's instance in it, and its output."""
 
-    __slots__ = ("store", "handle", "stdout", "stderr")
+    __slots__ = ("store", "handle", "call", "stdout", "stderr")
 
     def __init__(self, engine: wasmtime.Engine, linker: component.Linker, compiled: component.Component,
                  limits: StoreLimits, deadline_ticks: int, env: list[tuple[str, str]]) -> None:
@@ -92,6 +98,7 @@ class _Instance:
             self.store.close()
             raise CompileError(f"the component exports no function {EXPORT}: it is not of the world {WORLD}")
         self.handle = handle
+        self.call = component_values.HandleCall(handle)
 
     def _write_stdout(self, chunk: bytes) -> None:
         self.stdout.write(chunk)
@@ -129,6 +136,7 @@ class ComponentSandbox:
         self._limits = StoreLimits.for_memory(load.memory_bytes)
         # Without a ticker the epoch never moves: any deadline is never reached.
         self._deadline_ticks = math.ceil(load.timeout_ms / 1000 / ticker.tick) + 1 if ticker is not None else 1
+        component_values.install()
         self._linker = component.Linker(engine)
         self._linker.add_wasip2()
         ComponentHost(host).define(self._linker)
@@ -159,7 +167,7 @@ class ComponentSandbox:
         failed = False
         try:
             instance.store.set_epoch_deadline(self._deadline_ticks + owed)
-            result = instance.handle(instance.store, subject, payload)
+            result = instance.call(instance.store, subject, payload)
         except wasmtime.WasmtimeError as exc:
             error, failed = self._trap_error(exc), True
         except Exception as exc:  # a host value wasmtime-py could not lower: the instance is not to be trusted
@@ -169,7 +177,10 @@ class ComponentSandbox:
             if self._ticker is not None:
                 self._ticker.end()
         if not failed:
-            if isinstance(result, str):
+            if isinstance(result, str) and result.startswith(OUT_OF_MEMORY_ERR):
+                # The component says so itself (a Python MemoryError): its memory stays grown, so it is replaced.
+                error, failed = FunctionError(result, OUT_OF_MEMORY), True
+            elif isinstance(result, str):
                 error = FunctionError(result, ERROR)
             elif len(result) > MAX_REPLY_BYTES:
                 error = FunctionError(f"the reply is over the limit of {MAX_REPLY_BYTES} bytes", ERROR)
@@ -211,8 +222,10 @@ class ComponentSandbox:
             raise CompileError(self._instantiation_error(exc).message) from None
 
     def _take(self) -> _Instance:
+        # The most recently used first: calls one after another keep to one instance (and its
+        # state), even when a refill and a call both made one after a failure.
         try:
-            return self._idle.popleft()
+            return self._idle.pop()
         except IndexError:  # a call in flight has each of the others, or the last one failed
             return self._new_instance()
 

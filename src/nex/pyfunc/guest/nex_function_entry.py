@@ -25,6 +25,7 @@ _handle = getattr(nex_user_function, "handle", None)
 if not callable(_handle):
     raise TypeError("the module defines no function handle(subject, payload)")
 
+OUT_OF_MEMORY = "out of memory"
 _NO_HOST = ("a function sees no file, socket or process of the host: use the nex module's host services"
             " (nex.kv, nex.objects, nex.publish, nex.request, nex.http)")
 
@@ -73,4 +74,6 @@ class WitWorld(wit_world.WitWorld):
                 message = describe(error)
             except BaseException:  # noqa: BLE001 (a __str__ that raises must not trap the instance)
                 message = type(error).__name__
+            if isinstance(error, MemoryError):  # the engine's mark: reported out of memory, the instance replaced
+                message = f"{OUT_OF_MEMORY}: {message}"
             raise Err(message) from None
