@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from helpers import running_node
 from nex.api.errors import NexError
+from nex.api.models import Limits
 from nex.client import NexClient
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import NatsServer
@@ -25,6 +26,7 @@ from nex.natsserver import NatsServer
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PROBE = Path(__file__).parent / "functions" / "probe.py"
+MEMORY_MIB = 128
 SUBJECT = "nex.default.probe"
 
 
@@ -38,7 +40,8 @@ async def deployed(tmp_path_factory):
             nc = await connect(ConnectOptions(servers=[server.url]))
             client = NexClient(nc, timeout=30.0)  # the deploy itself waits up to 120 s (a loaded machine compiles slowly)
             try:
-                summary = await client.devrun(PROBE, triggers=[SUBJECT], env={"GIVEN": "yes"})
+                summary = await client.devrun(PROBE, triggers=[SUBJECT], env={"GIVEN": "yes"},
+                                              limits=Limits(memory_mib=MEMORY_MIB))
                 yield SimpleNamespace(client=client, node=node, summary=summary, state_dir=tmp / "node", url=server.url)
             finally:
                 await nc.close()
@@ -91,3 +94,12 @@ async def test_the_host_services_are_its_way_out_within_its_namespace(deployed):
     assert json.loads(await call(deployed, "host")) == {"kv": {"subject": SUBJECT}, "keys": ["seen"]}
     denied = json.loads(await call(deployed, "denied"))
     assert denied["code"] == "denied", denied
+
+
+async def test_a_memory_hog_is_stopped_at_its_limit_and_the_next_call_gets_a_new_instance(deployed):
+    with pytest.raises(NexError) as raised:
+        await call(deployed, "hog")
+    assert raised.value.kind == "out_of_memory", raised.value
+    assert "out of memory" in raised.value.message
+    assert await call(deployed, "echo after") == b"echo after"
+    assert int(await call(deployed, "calls")) == 2  # a new instance: its globals start again (echo, then this)

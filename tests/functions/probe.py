@@ -33,6 +33,10 @@ def handle(subject, payload):
         raise ValueError(f"too big: {arg}")
     if what == "exit":
         raise SystemExit(3)
+    if what == "hog":
+        hoard = []
+        while True:
+            hoard.append(bytearray(1 << 20))
     if what == "files":
         paths = arg.split(",")
         found = {path: attempt(lambda path=path: open(path, "rb").read(64)) for path in paths}
