@@ -14,8 +14,8 @@ componentize-py (the build is not timed: see its cache) and deployed from a file
 - **deploy to first reply**: the build found in the cache (``build_function``), the
   DEPLOY, and the first reply, with the node's compiled component cached (the first
   deploy, which compiles it, is shown apart); median of ``--deploys``.
-- **memory**: the wasm agent's RSS before and after ``--idle`` more copies of the function
-  are deployed and called once each, per copy.
+- **memory**: the wasm agent's RSS (and PSS) before and after ``--idle`` more copies of the
+  function are deployed and called once each, per copy.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from common import children_of, nats_and_node, rss_bytes
-from deploy_latency import deploy, undeploy
+from deploy_latency import undeploy
 from roundtrip import ECHO_SUBJECT, Figures, echo_process, measure, print_comparison
 
 from nex.pyfunc import build_function
@@ -37,8 +38,25 @@ from nex.pyfunc import build_function
 SOURCE = 'def handle(subject, payload):\n    return b"hello " + payload\n'
 
 
+async def deploy(nc, node_id: str, body: dict, timeout: float = 10) -> dict:
+    msg = await nc.request(f"$NEX.SVC.default.control.DEPLOY.{node_id}", json.dumps(body).encode(), timeout=timeout)
+    reply = json.loads(msg.data)
+    if "error" in reply:
+        raise RuntimeError(reply["error"]["message"])
+    return reply
+
+
 def artifact(path: Path) -> dict:
     return {"uri": f"file://{path}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: pages shared with other mappings (the compiled code of one file
+    mapped once per function) counted once, split among them."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def wasm_agent(node_pid: int) -> int:
@@ -61,11 +79,12 @@ async def main(rounds: int, sequential: int, concurrent: int, parallel: int, dep
         build_started = time.perf_counter()
         built = build_function(source, cache_dir=cache)
         build_s = time.perf_counter() - build_started
+        size_mib = built.path.stat().st_size / 2**20
         async with nats_and_node(["--sandbox", "none"], artifact_root=cache) as (server, nc, node_id, node_pid):
             async with echo_process(server.url):
                 started = time.perf_counter()
                 first = await deploy(nc, node_id, {"name": "hello", "type": "wasm", "artifact": artifact(built.path),
-                                                   "triggers": [{"subject": "bench.hello"}]})
+                                                   "triggers": [{"subject": "bench.hello"}]}, timeout=300)
                 assert (await nc.request("bench.hello", b"x", timeout=30)).data == b"hello x"
                 first_deploy_s = time.perf_counter() - started
 
@@ -93,15 +112,15 @@ async def main(rounds: int, sequential: int, concurrent: int, parallel: int, dep
                 keep = await deploy(nc, node_id, {"name": "idle0", "type": "wasm", "artifact": artifact(built.path),
                                                   "triggers": [{"subject": "bench.idle0"}]})
                 await nc.request("bench.idle0", b"x", timeout=10)
-                before = rss_bytes(agent)
+                before, before_pss = rss_bytes(agent), pss_bytes(agent)
                 for i in range(1, idle + 1):
                     await deploy(nc, node_id, {"name": f"idle{i}", "type": "wasm", "artifact": artifact(built.path),
                                                "triggers": [{"subject": f"bench.idle{i}"}]})
                     await nc.request(f"bench.idle{i}", b"x", timeout=10)
-                after = rss_bytes(agent)
+                after, after_pss = rss_bytes(agent), pss_bytes(agent)
                 del keep
 
-    print(f"build (componentize-py, not cached): {build_s:.1f} s, component {built.path.stat().st_size / 2**20:.1f} MiB")
+    print(f"build (componentize-py, not cached): {build_s:.1f} s, component {size_mib:.1f} MiB")
     print(f"medians of {rounds} rounds:")
     print_comparison("python", median_figures(echo_rounds), median_figures(function_rounds),
                      sequential, concurrent, parallel)
@@ -111,6 +130,8 @@ async def main(rounds: int, sequential: int, concurrent: int, parallel: int, dep
           f"{statistics.median(lookups) * 1e3:.1f} ms")
     print(f"wasm agent RSS: {before / 2**20:.0f} MiB with 1 Python function, {after / 2**20:.0f} MiB with {idle + 1}:"
           f" {(after - before) / idle / 2**20:.2f} MiB per idle Python function")
+    print(f"wasm agent PSS: {before_pss / 2**20:.0f} MiB with 1, {after_pss / 2**20:.0f} MiB with {idle + 1}:"
+          f" {(after_pss - before_pss) / idle / 2**20:.2f} MiB per idle Python function")
 
 
 if __name__ == "__main__":
