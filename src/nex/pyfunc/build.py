@@ -37,7 +37,7 @@ IMPORTS_MODULE = "nex_function_imports"
 ENTRY_MODULE = "nex_function_entry"
 CACHE_ENV = "NEX_PYTHON_BUILD_CACHE"
 KEEP_BUILDS = 16  # the cache keeps the builds used last; each is about 18 MB
-BUILD_TIMEOUT_S = 600
+BUILD_TIMEOUT_S = 300  # a build takes seconds; a module that never finishes importing is stopped
 
 
 @dataclass(frozen=True)
