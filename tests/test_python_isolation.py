@@ -95,6 +95,24 @@ async def test_the_host_services_are_its_way_out_within_its_namespace(deployed):
     denied = json.loads(await call(deployed, "denied"))
     assert denied["code"] == "denied", denied
 
+    nc = deployed.client.nc
+
+    async def oracle(msg):
+        answer = {"asked": json.loads(msg.data), "probe": (msg.headers or {}).get("x-probe")}
+        await nc.publish(msg.reply, json.dumps(answer).encode(), headers={"x-oracle": "yes"})
+
+    subscription = await nc.subscribe("nex.default.oracle", cb=oracle)
+    await nc.flush()
+    try:
+        services = json.loads(await call(deployed, "services rain"))
+    finally:
+        await subscription.unsubscribe()
+    assert services == {
+        "objects": [[{"name": "a.txt", "size": 5}], "alpha", None],
+        "reply": [{"asked": {"q": "rain"}, "probe": "1"}, "yes"],
+        "http": "denied",  # the node allows no HTTP host by default
+    }
+
 
 async def test_a_memory_hog_is_stopped_at_its_limit_and_the_next_call_gets_a_new_instance(deployed):
     with pytest.raises(NexError) as raised:

@@ -62,6 +62,20 @@ def handle(subject, payload):
         store = nex.kv("probe")
         store.put("seen", {"subject": subject})
         return {"kv": store.get("seen", type="json"), "keys": store.keys()}
+    if what == "services":
+        images = nex.objects("images")
+        images.put("a.txt", "alpha")
+        listed = images.list()
+        got = images.get("a.txt")
+        images.delete("a.txt")
+        reply = nex.request("nex.default.oracle", {"q": arg}, timeout=2000, headers={"x-probe": "1"})
+        try:
+            nex.http.get("http://127.0.0.1:1/")
+            http = "sent"
+        except nex.NexError as error:
+            http = error.code
+        return {"objects": [listed, got, images.get("a.txt")], "reply": [reply.json(), reply.headers.get("x-oracle")],
+                "http": http}
     if what == "denied":
         try:
             nex.publish("$NEX.SVC.default.control.PING", b"")
