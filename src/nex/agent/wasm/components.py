@@ -166,7 +166,7 @@ class ComponentSandbox:
         data = b""
         failed = False
         try:
-            instance.store.set_epoch_deadline(self._deadline_ticks + owed)
+            component_values.set_epoch_deadline(instance.store, self._deadline_ticks + owed)
             result = instance.call(instance.store, subject, payload)
         except wasmtime.WasmtimeError as exc:
             error, failed = self._trap_error(exc), True
