@@ -16,6 +16,10 @@ per call), each deployed through the control API. Then, in the same node:
   called once, less its RSS before, divided by their number (a component keeps one instance; a
   command module its warm pool of two).
 
+``--direct`` leaves the node out: the functions run in a wasm agent started by ``WasmRuntime``
+on a nats-server without JetStream (as bench/wasm_roundtrip.py does), so the figures are the
+agent's and the engine's alone, without what the node does per call.
+
 Prints every run and the medians; the ratios are against the echo of the same run.
 """
 
@@ -40,6 +44,11 @@ from roundtrip import ECHO_SUBJECT, Figures, echo_process, measure
 from nats.aio.client import Client
 
 from nex.api import subjects
+from nex.api.models import Lifecycle, Trigger, WorkloadType
+from nex.connection import ConnectOptions, connect
+from nex.natsserver import NatsServer
+from nex.runtimes.base import RuntimeContext, WorkloadSpec
+from nex.runtimes.wasm import WasmRuntime
 
 COMPONENT_SOURCE = ROOT / "tests" / "components" / "echo.wat"
 MODULE_SOURCE = "tests/wasm/fn.c"
@@ -108,6 +117,35 @@ async def one_run(component: Path, module: Path, root: Path, args: argparse.Name
         module_first = await deploy_to_first_reply_ms(nc, node_id, module, args.starts)
         component_idle = await idle_bytes_each(nc, node_id, agent, component, args.idle, "component")
         module_idle = await idle_bytes_each(nc, node_id, agent, module, args.idle, "module")
+    return _row(figures) | {
+        "component deploy to first reply ms": component_first, "preview1 deploy to first reply ms": module_first,
+        "component idle KiB each": component_idle / 1024, "preview1 idle KiB each": module_idle / 1024}
+
+
+async def one_direct_run(component: Path, module: Path, root: Path, args: argparse.Namespace) -> dict[str, float]:
+    server = NatsServer(store_dir=root / f"js-{uuid.uuid4().hex}", port=0, jetstream=False)
+    await server.start()
+    options = ConnectOptions(servers=[server.url])
+    runtime = WasmRuntime(RuntimeContext(node_id="BENCH", state_dir=root / "state", connect_options=options))
+    nc = await connect(options)
+    try:
+        async with echo_process(server.url):
+            for path, subject in ((component, "bench.component"), (module, "bench.module")):
+                await runtime.start(WorkloadSpec(id=uuid.uuid4().hex, name=path.stem, namespace="bench",
+                                                 type=WorkloadType.WASM, lifecycle=Lifecycle.FUNCTION,
+                                                 artifact_path=path, work_dir=path.parent,
+                                                 triggers=[Trigger(subject=subject)]), lambda stream, line: None)
+            figures = {name: await measure(nc, subject, args.sequential, args.concurrent, args.parallel)
+                       for name, subject in (("echo", ECHO_SUBJECT), ("component", "bench.component"),
+                                             ("preview1", "bench.module"))}
+    finally:
+        await nc.close()
+        await runtime.close()
+        await server.stop()
+    return _row(figures)
+
+
+def _row(figures: dict[str, Figures]) -> dict[str, float]:
     echo = figures["echo"]
     row = {"echo p50 µs": echo.p50_us, "echo req/s": echo.throughput}
     for name in ("component", "preview1"):
@@ -115,8 +153,6 @@ async def one_run(component: Path, module: Path, root: Path, args: argparse.Name
         row |= {f"{name} p50 µs": f.p50_us, f"{name} p50 ratio": f.p50_us / echo.p50_us,
                 f"{name} p99 µs": f.p99_us, f"{name} req/s": f.throughput,
                 f"{name} throughput ratio": f.throughput / echo.throughput}
-    row |= {"component deploy to first reply ms": component_first, "preview1 deploy to first reply ms": module_first,
-            "component idle KiB each": component_idle / 1024, "preview1 idle KiB each": module_idle / 1024}
     return row
 
 
@@ -127,9 +163,9 @@ async def main(args: argparse.Namespace) -> None:
         module = build_wasm(MODULE_SOURCE, root)
         runs = []
         for number in range(args.runs):
-            runs.append(await one_run(component, module, root, args))
+            runs.append(await (one_direct_run if args.direct else one_run)(component, module, root, args))
             print(f"run {number + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in runs[-1].items()), flush=True)
-    print(f"\nmedians of {args.runs} runs ({args.sequential} sequential requests, {args.concurrent} with"
+    print(f"\n{'direct (no node)' if args.direct else 'through a node'}: medians of {args.runs} runs ({args.sequential} sequential requests, {args.concurrent} with"
           f" {args.parallel} in flight; {args.starts} deploys; {args.idle} idle copies):")
     for key in runs[0]:
         values = [run[key] for run in runs]
@@ -144,4 +180,5 @@ if __name__ == "__main__":
     parser.add_argument("--parallel", type=int, default=64)
     parser.add_argument("--starts", type=int, default=10)
     parser.add_argument("--idle", type=int, default=20)
+    parser.add_argument("--direct", action="store_true", help="no node: a WasmRuntime on a server without JetStream")
     asyncio.run(main(parser.parse_args()))

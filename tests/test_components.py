@@ -298,3 +298,33 @@ async def test_a_component_of_another_world_is_refused_at_deploy(node: Node, nc:
         refusals.append(await control(nc, "DEPLOY", node.node_id, function_body(component, "other", "other.world")))
     for (code, refused), (_, words) in zip(refusals, OTHER_WORLDS):
         assert code == 400 and words in refused["error"]["message"], refused
+
+
+def test_host_errors_reach_the_component_from_threads_at_once(components: dict[str, Path]):
+    """The errors of nex:host calls, from four threads at once, each with its own instance (as with
+    max_concurrency): wasmtime-py 51 alone could not return the err of kv.get at all, and chose the
+    cases of a result by a set shared by every thread (nex.agent.wasm.component_values). Without
+    host services (an agent not connected to NATS) every call is an ``unavailable`` error."""
+    from nex.agent import protocol
+    from nex.agent.wasm.wasmtime_engine import WasmEngine
+
+    engine = WasmEngine(None)
+    load = protocol.Load(workload_id="w", name="probe", namespace="default", artifact_path=str(components["probe"]),
+                         triggers=[], timeout_ms=5000, memory_bytes=16 * 1024 * 1024)
+    sandbox = engine.build(load)
+    answers: list[bytes] = []
+
+    def calls() -> None:
+        for command in [b"get b k", b"keys b", b"del b k", b"olist b"] * 50:
+            outcome = sandbox.invoke("probe.threads", command)
+            answers.append(outcome.data if outcome.error is None else outcome.error.message.encode())
+    threads = [threading.Thread(target=calls) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sandbox.close()
+    engine.close()
+
+    assert len(answers) == 800
+    assert set(answers) == {b"error unavailable this agent has no host services (it is not connected to NATS)"}

@@ -1,9 +1,9 @@
 """WebAssembly functions (WASI preview 1 commands, WASI 0.2 components), run by one agent process per node.
 
-The agent (:mod:`nex.agent.wasm`) compiles each module once, keeping it compiled
-under ``<state dir>/wasm-modules`` by sha256, and runs every call in a fresh
-wasmtime instance (:mod:`nex.agent.wasm.wasmtime_engine` holds the contract with the
-module). Everything else is :class:`nex.runtimes.function_agent.AgentRuntime`'s.
+The agent (:mod:`nex.agent.wasm`) compiles each module or component once, keeping it
+compiled under ``<state dir>/wasm-modules`` by sha256, and runs every call of a command
+module in a fresh wasmtime instance (:mod:`nex.agent.wasm.wasmtime_engine` holds the contract
+with the module), a component's in its kept instance (:mod:`nex.agent.wasm.components`). Everything else is :class:`nex.runtimes.function_agent.AgentRuntime`'s.
 
 ``prepare()`` checks the header (a core module or a component); compiling it, and
 checking that it is a WASI command (it exports ``_start``) or a component of the world

@@ -43,6 +43,30 @@ _VALUE_AT = _VAL.of.offset  # a u8 is the first byte of the union
 _KIND_U8 = bytes([ffi.WASMTIME_COMPONENT_U8.value])
 assert _VAL.kind.offset == 0 and _VAL.kind.size == 1
 _installed = False
+
+# The same library, through ctypes.PyDLL: its calls keep the GIL. The library's own binding
+# releases it around every call, however short; a call of handle made a dozen of them, and a
+# thread that gives the GIL up must win it back from the event loop's thread each time (on a
+# busy agent, most of a small call's time). Only the call into the component releases it here.
+_held = ctypes.PyDLL(ffi.dll._name)
+
+
+def _held_function(name: str, argtypes: list[Any]) -> Any:
+    function = getattr(_held, name)
+    function.restype = None
+    function.argtypes = argtypes
+    return function
+
+
+_vallist_new = _held_function("wasmtime_component_vallist_new",
+                              [ctypes.POINTER(ffi.wasmtime_component_vallist_t), ctypes.c_size_t, ctypes.c_void_p])
+_vallist_new_empty = _held_function("wasmtime_component_vallist_new_empty",
+                                    [ctypes.POINTER(ffi.wasmtime_component_vallist_t)])
+_byte_vec_new = _held_function("wasm_byte_vec_new", [ctypes.POINTER(ffi.wasm_byte_vec_t), ctypes.c_size_t,
+                                                     ctypes.c_char_p])
+_val_delete = _held_function("wasmtime_component_val_delete", [ctypes.POINTER(_VAL)])
+_set_epoch_deadline = _held_function("wasmtime_context_set_epoch_deadline",
+                                     [ctypes.POINTER(ffi.wasmtime_context_t), ctypes.c_uint64])
 _list_to_c = _types.ListType.convert_to_c
 _list_from_c = _types.ListType.convert_from_c
 
@@ -102,12 +126,13 @@ def _bytes_from_c(self: Any, c: Any) -> Any:
 
 def _bytes_into(value: Any, data: bytes) -> None:
     raw = ffi.wasmtime_component_vallist_t()
-    ffi.wasmtime_component_vallist_new_uninit(raw, len(data))
     if data:
         values = bytearray(len(data) * _VAL_SIZE)  # zeroed: the rest of each union is padding
         values[0::_VAL_SIZE] = _KIND_U8 * len(data)
         values[_VALUE_AT::_VAL_SIZE] = data
-        ctypes.memmove(raw.data, (ctypes.c_char * len(values)).from_buffer(values), len(values))
+        _vallist_new(ctypes.byref(raw), len(data), ctypes.addressof((ctypes.c_char * len(values)).from_buffer(values)))
+    else:
+        _vallist_new_empty(ctypes.byref(raw))
     value.kind = ffi.WASMTIME_COMPONENT_LIST
     value.of.list = raw
 
@@ -129,7 +154,8 @@ class HandleCall:
         params = (_VAL * 2)()
         result = _VAL()  # zeroed: a bool until the call writes it, which frees as nothing
         params[0].kind = ffi.WASMTIME_COMPONENT_STRING
-        params[0].of.string = ffi.str_to_capi(subject)
+        encoded = subject.encode()
+        _byte_vec_new(ctypes.byref(params[0].of.string), len(encoded), encoded)
         _bytes_into(params[1], payload)
         try:
             enter_wasm(lambda: ffi.wasmtime_component_func_call(ctypes.byref(self._func), store._context(), params,
@@ -140,9 +166,14 @@ class HandleCall:
                 return _bytes_of(inner)
             return ffi.to_str(inner.of.string)
         finally:
-            ffi.wasmtime_component_val_delete(ctypes.byref(params[0]))
-            ffi.wasmtime_component_val_delete(ctypes.byref(params[1]))
-            ffi.wasmtime_component_val_delete(ctypes.byref(result))
+            _val_delete(ctypes.byref(params[0]))
+            _val_delete(ctypes.byref(params[1]))
+            _val_delete(ctypes.byref(result))
+
+
+def set_epoch_deadline(store: Any, ticks: int) -> None:
+    """``Store.set_epoch_deadline``, keeping the GIL (see ``_held``)."""
+    _set_epoch_deadline(store._context(), ticks)
 
 
 def install() -> None:

@@ -65,6 +65,10 @@ _ALLOCATOR = re.compile(r"alloc|oom|out_of_memory", re.I)
 Submit = Callable[[Callable[[], None]], None]
 
 
+def _is_bytes(ty: object) -> bool:
+    return isinstance(ty, component.ListType) and isinstance(ty.element, component.U8)
+
+
 def is_component(header: bytes) -> bool:
     """The first 8 bytes of a binary: a component's, not a core module's (its layer field is 1)."""
     return header[:4] == b"\0asm" and header[6:8] == b"\x01\x00"
@@ -166,7 +170,7 @@ class ComponentSandbox:
         data = b""
         failed = False
         try:
-            instance.store.set_epoch_deadline(self._deadline_ticks + owed)
+            component_values.set_epoch_deadline(instance.store, self._deadline_ticks + owed)
             result = instance.call(instance.store, subject, payload)
         except wasmtime.WasmtimeError as exc:
             error, failed = self._trap_error(exc), True
@@ -261,12 +265,11 @@ class ComponentSandbox:
 
     def _check_signature(self, instance: _Instance) -> None:
         ty = instance.handle.type(instance.store)
-        params = [(name, type(t).__name__) for name, t in ty.params]
-        result = ty.result
-        ok = isinstance(result, component.ResultType) and isinstance(result.ok, component.ListType) \
-            and isinstance(result.ok.element, component.U8) and isinstance(result.err, component.String)
-        if params != [("subject", "String"), ("payload", "ListType")] or not ok or not isinstance(
-                ty.params[1][1].element, component.U8):
+        params, result = ty.params, ty.result
+        if not (len(params) == 2 and params[0][0] == "subject" and isinstance(params[0][1], component.String)
+                and params[1][0] == "payload" and _is_bytes(params[1][1])
+                and isinstance(result, component.ResultType) and _is_bytes(result.ok)
+                and isinstance(result.err, component.String)):
             instance.close()
             raise CompileError(f"the component's {EXPORT} is not the one of the world {WORLD}: it must be"
                                f" {EXPORT}: func(subject: string, payload: list<u8>) -> result<list<u8>, string>")
@@ -278,7 +281,7 @@ class ComponentSandbox:
         if "limit" in message:
             return FunctionError(f"cannot instantiate the component: {message} (under the limit of"
                                  f" {self._memory_bytes} bytes it may hold {self._limits.describe()})", OUT_OF_MEMORY)
-        if "matching implementation was not found" in message or "import" in message:
+        if "matching implementation was not found" in message:
             return FunctionError(f"the component cannot be linked (WASI 0.2 and the nex:host interfaces are all"
                                  f" it may import): {message}", ERROR)
         return FunctionError(f"cannot instantiate the component: {message}", ERROR)
