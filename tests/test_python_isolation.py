@@ -27,6 +27,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PROBE = Path(__file__).parent / "functions" / "probe.py"
 MEMORY_MIB = 128
+TIMEOUT_MS = 3000
 SUBJECT = "nex.default.probe"
 
 
@@ -41,7 +42,7 @@ async def deployed(tmp_path_factory):
             client = NexClient(nc, timeout=30.0)  # the deploy itself waits up to 120 s (a loaded machine compiles slowly)
             try:
                 summary = await client.devrun(PROBE, triggers=[SUBJECT], env={"GIVEN": "yes"},
-                                              limits=Limits(memory_mib=MEMORY_MIB))
+                                              limits=Limits(memory_mib=MEMORY_MIB, timeout_ms=TIMEOUT_MS))
                 yield SimpleNamespace(client=client, node=node, summary=summary, state_dir=tmp / "node", url=server.url)
             finally:
                 await nc.close()
@@ -121,3 +122,10 @@ async def test_a_memory_hog_is_stopped_at_its_limit_and_the_next_call_gets_a_new
     assert "out of memory" in raised.value.message
     assert await call(deployed, "echo after") == b"echo after"
     assert int(await call(deployed, "calls")) == 2  # a new instance: its globals start again (echo, then this)
+
+
+async def test_a_call_that_never_ends_is_stopped_at_its_timeout_and_the_next_call_is_answered(deployed):
+    with pytest.raises(NexError) as raised:
+        await call(deployed, "spin")
+    assert raised.value.kind == "timeout", raised.value
+    assert await call(deployed, "echo after") == b"echo after"

@@ -33,6 +33,9 @@ def handle(subject, payload):
         raise ValueError(f"too big: {arg}")
     if what == "exit":
         raise SystemExit(3)
+    if what == "spin":
+        while True:
+            pass
     if what == "hog":
         hoard = []
         while True:
