@@ -3,7 +3,8 @@
 :class:`NexClient` is the one front door, made of one class per part, each in its own
 module: ``transport`` (the connection, requests, scatter-gather, claims, errors),
 ``workloads`` (nodes and workloads), ``placement`` (auctions and deploys through bids, with
-``registry``, its read of NEX_NODES), ``artifacts`` (uploads and devrun), ``feeds`` (logs and
+``registry``, its read of NEX_NODES), ``artifacts`` (uploads and devrun, a Python file built
+first with ``nex.pyfunc``), ``feeds`` (logs and
 events) and ``functions`` (calls, async invocations, dead letters). Each part builds on the
 ones it uses (``Placement`` on ``Workloads``, everything on ``Transport``).
 
