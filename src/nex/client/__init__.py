@@ -4,8 +4,8 @@
 module: ``transport`` (the connection, requests, scatter-gather, claims, errors),
 ``workloads`` (nodes and workloads), ``placement`` (auctions and deploys through bids, with
 ``registry``, its read of NEX_NODES), ``artifacts`` (uploads and devrun, a Python file built
-first with ``nex.pyfunc``), ``feeds`` (logs and
-events) and ``functions`` (calls, async invocations, dead letters). Each part builds on the
+first with ``nex.pyfunc``), ``feeds`` (logs and events) and ``functions`` (calls, async
+invocations, dead letters). Each part builds on the
 ones it uses (``Placement`` on ``Workloads``, everything on ``Transport``).
 
 Every failure surfaces as a :class:`nex.api.errors.NexError`: an error reply from a
