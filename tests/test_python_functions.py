@@ -96,6 +96,10 @@ def test_return_values_are_the_reply_as_in_javascript(probe):
     assert probe.call("return none") == b""
 
 
+def test_standard_library_modules_imported_inside_the_function_work(probe):
+    assert json.loads(probe.call("stdlib")) == ["3.3", "2d711642", "a#b#", True, "2026-12-05"]
+
+
 def test_a_raised_exception_is_the_error_reply_with_its_line(probe):
     assert probe.call("raise 500") == "ValueError: too big: 500 (line 33)"
     assert probe.call("exit") == "SystemExit: 3 (line 35)"
