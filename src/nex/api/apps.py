@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from nex.api.models import (
-    Artifact, HealthCheck, Lifecycle, Limits, NetworkMode, Strict, Token, Trigger, WorkloadType,
+    Artifact, HealthCheck, Isolation, Lifecycle, Limits, NetworkMode, Strict, Token, Trigger, WorkloadType,
     check_unique_names, settle_lifecycle,
 )
 from nex.api.subjects import DEFAULT_NAMESPACE
@@ -92,6 +92,8 @@ class AppWorkload(Strict):
     triggers: list[Trigger] = Field(default_factory=list, max_length=64)
     limits: Limits = Field(default_factory=Limits)
     network: NetworkMode | None = None
+    isolation: Isolation | None = Field(default=None, description="services and jobs: the weakest isolation tier "
+                                        "a node running a replica may have (process < container < gvisor)")
     replicas: int = Field(default=1, ge=0, le=10_000)
     placement: Placement = Field(default_factory=Placement)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
@@ -109,6 +111,8 @@ class AppWorkload(Strict):
         template = self.model_dump_json(
             include={"type", "lifecycle", "artifact", "argv", "sealed_env", "triggers", "limits", "network",
                      "health"})
+        if self.isolation is not None:  # only when given: the revisions of apps from before it stay as they were
+            template += f"isolation={self.isolation.value}"
         return hashlib.sha256(template.encode()).hexdigest()[:12]
 
 

@@ -67,6 +67,43 @@ class NetworkMode(StrEnum):
 
 FUNCTION_TYPES = frozenset({WorkloadType.JAVASCRIPT, WorkloadType.WASM})
 
+ISOLATION_TAG = "nex.isolation"
+"""The tag a node advertises its isolation tier with (docs/sandbox.md); ``nex.sandbox`` and
+``nex.unsafe`` are older aliases."""
+
+
+class Isolation(StrEnum):
+    """What separates a node's services and containers from its host, weakest first."""
+
+    PROCESS = "process"
+    """Plain processes with the node's user (``--sandbox none``, or ``auto`` without a runtime)."""
+    CONTAINER = "container"
+    """runc or crun: namespaces, a uid range of its own, no capabilities, seccomp, cgroups; the host's kernel."""
+    GVISOR = "gvisor"
+    """runsc: the container's system calls go to gVisor's kernel, not to the host's."""
+
+    @property
+    def rank(self) -> int:
+        """0 for the weakest tier; a node meets a requirement of its rank or lower."""
+        return list(Isolation).index(self)
+
+    def meets(self, required: Isolation | None) -> bool:
+        """Whether a node of this tier may run a workload that requires ``required``."""
+        return required is None or self.rank >= required.rank
+
+
+def node_isolation(tags: dict[str, str]) -> Isolation:
+    """A node's tier from its tags: ``nex.isolation``, or for a node from before the tag, its aliases
+    (``nex.sandbox=runsc``: gvisor; another ``nex.sandbox``: container; none: process)."""
+    try:
+        return Isolation(tags[ISOLATION_TAG])
+    except (KeyError, ValueError):
+        pass
+    sandbox = tags.get("nex.sandbox")
+    if sandbox is None or tags.get("nex.unsafe") == "true":
+        return Isolation.PROCESS
+    return Isolation.GVISOR if sandbox == "runsc" else Isolation.CONTAINER
+
 
 def check_env_names(env: dict[str, str]) -> dict[str, str]:
     for key in env:
@@ -97,6 +134,9 @@ def settle_lifecycle(workload: Any) -> None:
         raise ValueError("a function needs at least one trigger subject")
     if (workload.sealed_env is None) != (workload.sender_xkey is None):
         raise ValueError("sealed_env and sender_xkey go together")
+    if getattr(workload, "isolation", None) is not None and workload.lifecycle == Lifecycle.FUNCTION:
+        raise ValueError("isolation applies to services and jobs: a function runs in the node's function agent, "
+                         "a process of the node, whatever the node's isolation tier")
 
 
 class Artifact(Strict):
@@ -280,6 +320,9 @@ class DeployRequest(Strict):
     limits: Limits = Field(default_factory=Limits)
     network: NetworkMode | None = Field(
         default=None, description="services: none (own empty network namespace) or host; default: the node's")
+    isolation: Isolation | None = Field(
+        default=None, description="services and jobs: the weakest isolation tier the node may have "
+        "(process < container < gvisor, its nex.isolation tag); a node below it refuses the deploy (400)")
     health: HealthCheck | None = Field(default=None, description="default: the process is alive")
     app: AppRef | None = Field(default=None, description="set by the reconciler on the replicas of an app")
     description: str | None = Field(default=None, max_length=1024)
@@ -421,6 +464,7 @@ class AuctionRequest(Strict):
     tags: dict[str, str] = Field(default_factory=dict, max_length=64,
                                  description="the node must have every one (nex.os, nex.arch... included)")
     memory_mib: int | None = Field(default=None, gt=0, le=1024 * 1024, description="memory the workload needs")
+    isolation: Isolation | None = Field(default=None, description="the weakest isolation tier the node may have")
     exclude_nodes: list[str] = Field(default_factory=list, max_length=1024, description="node ids not to bid")
 
 

@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from nex.api import subjects
 from nex.api.errors import BadArtifact, BadRequest, BidNotFound, Unavailable
 from nex.api.models import (
-    Artifact, AuctionRequest, DeployRequest, Lifecycle, Limits, NetworkMode, Trigger, WorkloadSummary, WorkloadType,
+    Artifact, AuctionRequest, DeployRequest, Isolation, Lifecycle, Limits, NetworkMode, Trigger, WorkloadSummary,
+    WorkloadType,
     describe_validation_error,
 )
 from nex.artifacts import sha256_file
@@ -63,13 +64,15 @@ class Artifacts(Placement):
         node_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         progress: Progress | None = None,
+        isolation: Isolation | str | None = None,
     ) -> WorkloadSummary:
         """Upload a local file and deploy it: the quickest way from a file to a workload.
 
         ``path`` may also be an image reference ``oci://host/repo:tag``: nothing is
         uploaded, the node pulls it, and its sha256 is the manifest digest the
         registry gives now (resolved here with skopeo). Without ``node_id`` the node is
-        placed by auction, among the nodes that have every one of ``tags``. The request
+        placed by auction, among the nodes that have every one of ``tags`` and whose isolation
+        tier meets ``isolation`` (``process`` < ``container`` < ``gvisor``). The request
         is checked and the auction held before anything is uploaded.
         """
         if node_id is not None and tags:
@@ -99,6 +102,7 @@ class Artifacts(Placement):
                 triggers=[t if isinstance(t, Trigger) else Trigger(subject=t) for t in triggers],
                 limits=limits or Limits(),
                 network=NetworkMode(network) if network else None,
+                isolation=Isolation(isolation) if isolation else None,
             )
         except ValidationError as exc:
             raise BadRequest(describe_validation_error(exc)) from None
@@ -108,7 +112,7 @@ class Artifacts(Placement):
             return await self.deploy(node_id, request)
         try:
             constraints = AuctionRequest(type=request.type, lifecycle=request.lifecycle, tags=dict(tags or {}),
-                                         memory_mib=request.limits.memory_mib)
+                                         memory_mib=request.limits.memory_mib, isolation=request.isolation)
         except ValidationError as exc:
             raise BadRequest(describe_validation_error(exc)) from None
         bids = await self._bids(constraints, DEFAULT_GATHER_S, None)

@@ -20,7 +20,8 @@ from nex.api import subjects
 from nex.api.paging import fill_page
 from nex.api.subjects import first_overlap, namespace_subject_problem
 from nex.api.models import (
-    AppRef, AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState, UndeployRequest, PageRequest, UndeployResponse, WorkloadPing,
+    AppRef, AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState, UndeployRequest,
+    node_isolation, PageRequest, UndeployResponse, WorkloadPing,
 )
 from nex.api.records import NodeRecord
 from nex.artifact_roots import ArtifactRoots
@@ -124,7 +125,8 @@ class Node:
             await metrics.start()
             self.metrics = metrics
         self.reaper = Reaper()
-        self.oci, sandbox_tags = await choose_sandbox(self.config.sandbox, self.state_dir, self.reaper)
+        self.oci, sandbox_tags = await choose_sandbox(self.config.sandbox, self.state_dir, self.reaper,
+                                                      self.config.gvisor_platform)
         self.tags.update(sandbox_tags)
         signer: AccountSigner | None = None
         if self.config.auth and self.server_url is not None:
@@ -157,6 +159,7 @@ class Node:
             ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream(), ArtifactRoots(self.config.artifact_roots),
                           self.config.max_artifact_bytes), self.feeds,
             on_removed=self._workload_removed, nc=self.nc, on_changed=self._workloads_changed,
+            isolation=node_isolation(self.tags),
         )
         swept = await self.supervisor.sweep_leftovers()
         if swept:

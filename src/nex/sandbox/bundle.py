@@ -123,8 +123,15 @@ def _mounts(spec: ContainerSpec) -> list[dict[str, Any]]:
     return mounts
 
 
-def config(spec: ContainerSpec) -> dict[str, Any]:
-    """The config.json of ``spec`` as a dict."""
+def config(spec: ContainerSpec, pids_rlimit: bool = False) -> dict[str, Any]:
+    """The config.json of ``spec`` as a dict.
+
+    ``pids_rlimit``: the pids limit is also ``RLIMIT_NPROC`` of the process (gVisor, whose
+    cgroup counts its own kernel's tasks too: :mod:`nex.sandbox.gvisor`).
+    """
+    rlimits = [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]
+    if pids_rlimit and spec.limits.pids is not None:
+        rlimits.append({"type": "RLIMIT_NPROC", "hard": spec.limits.pids, "soft": spec.limits.pids})
     uid, gid = spec.user if spec.user is not None else (NOBODY, NOBODY)
     namespaces = [{"type": t} for t in ("pid", "mount", "ipc", "uts", "user")]
     if spec.network == NetworkMode.NONE:
@@ -140,7 +147,7 @@ def config(spec: ContainerSpec) -> dict[str, Any]:
             "env": [f"{k}={v}" for k, v in spec.env.items()],
             "cwd": spec.cwd,
             "capabilities": no_caps,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
+            "rlimits": rlimits,
             "noNewPrivileges": True,
         },
         "root": {"path": str(spec.rootfs), "readonly": spec.readonly_root},
@@ -159,7 +166,7 @@ def config(spec: ContainerSpec) -> dict[str, Any]:
     }
 
 
-def write_bundle(spec: ContainerSpec, bundle_dir: Path) -> Path:
+def write_bundle(spec: ContainerSpec, bundle_dir: Path, pids_rlimit: bool = False) -> Path:
     """Write ``bundle_dir/config.json`` for ``spec`` (whose rootfs must exist); returns its path."""
     bundle_dir.mkdir(parents=True, exist_ok=True)
     for name in MOUNT_POINTS:
@@ -173,5 +180,5 @@ def write_bundle(spec: ContainerSpec, bundle_dir: Path) -> Path:
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(config(spec), indent=1))
+        f.write(json.dumps(config(spec, pids_rlimit), indent=1))
     return path
