@@ -1,7 +1,8 @@
 """Sandboxed native workloads: what they cannot see or do, their limits, and what they leave behind.
 
-Real runc, real cgroups, a static C probe (tests/programs/probe.c). Every test
-skips, saying why, on a host where no OCI runtime works.
+Real runc, real runsc (gVisor), real cgroups, a static C probe (tests/programs/probe.c).
+The containment tests run under both tiers (``every_tier``); each skips, saying why, on
+a host where that runtime does not work.
 """
 
 from __future__ import annotations
@@ -19,20 +20,25 @@ from nex.api import subjects
 from nex.node.node import Node
 from nex.sandbox import cgroups
 from nex.sandbox.bundle import HOST_ID_BASE, ID_RANGE, NOBODY
+from nex.sandbox.gvisor import PIDS_BASE, PIDS_PER_TASK
 from nex.sandbox.runner import OciRunner
 
 from helpers import ARTIFACT_ROOTS, alive, collect, control, eventually, native_body, nex, start_node, wait_for_node
 
 sandboxed = pytest.mark.parametrize("node", ["oci"], indirect=True)
+every_tier = pytest.mark.parametrize("node", ["oci", "gvisor"], indirect=True)
+
+
+def under_gvisor(node: Node) -> bool:
+    return node.oci is not None and node.oci.gvisor is not None
 
 
 @pytest.fixture(autouse=True)
 async def no_container_outlives_a_test(tmp_path):
-    """Even a failed test leaves nothing: sweep every runc root its nodes made."""
+    """Even a failed test leaves nothing: sweep every runc and runsc root its nodes made."""
     yield
-    for root in [r for r in tmp_path.rglob("runc") if r.is_dir()]:
-        runner = OciRunner.find(root.parent)
-        if runner is not None:
+    for root in [r for r in [*tmp_path.rglob("runc"), *tmp_path.rglob("runsc")] if r.is_dir()]:
+        for runner in OciRunner.find_all(root.parent):
             await runner.sweep()
             shutil.rmtree(runner.bundles_dir, ignore_errors=True)
 
@@ -70,7 +76,7 @@ def container_left(workload_id: str) -> list[str]:
     return left
 
 
-@sandboxed
+@every_tier
 async def test_a_sandboxed_workload_sees_only_itself(node: Node, nc, programs):
     secret = node.state_dir / "node.nk"
     assert secret.exists()
@@ -90,12 +96,14 @@ async def test_a_sandboxed_workload_sees_only_itself(node: Node, nc, programs):
         "the filter covers the 32-bit ABI too"
     assert seen["uid"] == str(NOBODY) and seen["gid"] == str(NOBODY)
     assert seen["CapEff"] == "0000000000000000" and seen["CapBnd"] == "0000000000000000"
-    assert seen["NoNewPrivs"] == "1" and seen["Seccomp"] == "2"
+    # gVisor's /proc/self/status has no NoNewPrivs line; its seccomp is the bundle's, applied by its kernel.
+    assert seen.get("NoNewPrivs", "1") == "1" and seen["Seccomp"] == "2"
+    assert under_gvisor(node) != ("NoNewPrivs" in seen)
     assert seen["net_ifaces"] == "lo", "network none: loopback only"
     assert seen["hostname"] == "probe"
 
 
-@sandboxed
+@every_tier
 async def test_network_host_shares_the_hosts_interfaces(node: Node, nc, programs):
     _, lines = await run_job(node, nc, native_body(programs["probe"], "probe", network="host", argv=["report"]))
     interfaces = report(lines)["net_ifaces"].split()
@@ -103,18 +111,30 @@ async def test_network_host_shares_the_hosts_interfaces(node: Node, nc, programs
     assert sorted(interfaces) == sorted(host)
 
 
-@sandboxed
+def host_uid(pid: int) -> int:
+    uid_line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("Uid:"))
+    return int(uid_line.split()[1])
+
+
+@every_tier
 async def test_stop_ends_every_process_and_leaves_nothing(node: Node, nc, programs):
     node.config.stop_grace_s = 0.3
     code, workload = await control(nc, "DEPLOY", node.node_id, native_body(programs["stubborn"], "stubborn"))
     assert code is None, workload
-    pid = workload["pid"]
-    uid_line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("Uid:"))
-    host_uid = int(uid_line.split()[1])
-    assert host_uid >= HOST_ID_BASE and (host_uid - HOST_ID_BASE) % ID_RANGE == NOBODY, \
-        "nobody inside is an unmapped uid outside, in the workload's own range"
     procs = cgroups.controller_dir("pids", f"/nex/nex-{workload['id']}") / "cgroup.procs"
-    members = await eventually(lambda: len(procs.read_text().split()) == 2 and procs.read_text().split())
+    if under_gvisor(node):
+        # The pid is gVisor's kernel: host nobody, in a user namespace that maps nothing else; the
+        # gofer, which opens the workload's files, is the root of the workload's own range.
+        assert host_uid(workload["pid"]) == NOBODY
+        assert Path(f"/proc/{workload['pid']}/uid_map").read_text().split() == [str(NOBODY), str(NOBODY), "1"]
+        members = await eventually(lambda: len(procs.read_text().split()) >= 3 and procs.read_text().split())
+        gofer = [int(p) for p in members if b"gofer" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(gofer) == 1 and (host_uid(gofer[0]) - HOST_ID_BASE) % ID_RANGE == 0
+    else:
+        uid = host_uid(workload["pid"])
+        assert uid >= HOST_ID_BASE and (uid - HOST_ID_BASE) % ID_RANGE == NOBODY, \
+            "nobody inside is an unmapped uid outside, in the workload's own range"
+        members = await eventually(lambda: len(procs.read_text().split()) == 2 and procs.read_text().split())
 
     code, stopped = await control(nc, "UNDEPLOY", workload["id"])
     assert code is None and stopped["exit"]["signal"] == signal.SIGKILL, "SIGTERM ignored, then SIGKILL"
@@ -123,7 +143,7 @@ async def test_stop_ends_every_process_and_leaves_nothing(node: Node, nc, progra
     assert await node.oci.list_containers() == []
 
 
-@sandboxed
+@every_tier
 async def test_a_crash_leaves_nothing(node: Node, nc, programs):
     result, _ = await run_job(node, nc, native_body(programs["job"], "crash", argv=["3"]))
     assert result["exit_code"] == 3 and result["state"] == "failed"
@@ -132,7 +152,7 @@ async def test_a_crash_leaves_nothing(node: Node, nc, programs):
     assert not any(node.oci.bundles_dir.iterdir()), "the bundle is removed"
 
 
-@sandboxed
+@every_tier
 async def test_memory_over_the_limit_is_an_oom_kill(node: Node, nc, programs):
     result, lines = await run_job(node, nc, native_body(
         programs["probe"], "hog", argv=["hog", "256"], limits={"memory_mib": 32}))
@@ -141,7 +161,7 @@ async def test_memory_over_the_limit_is_an_oom_kill(node: Node, nc, programs):
     assert "hog done" not in lines
 
 
-@sandboxed
+@every_tier
 async def test_a_fork_bomb_stops_at_the_pids_limit(node: Node, nc, programs):
     logs = await collect(nc, subjects.logs_filter("default"))
     code, workload = await control(nc, "DEPLOY", node.node_id, native_body(
@@ -152,7 +172,13 @@ async def test_a_fork_bomb_stops_at_the_pids_limit(node: Node, nc, programs):
     forks = int(line.split()[1])
     assert 10 <= forks < 20 and "Resource temporarily unavailable" in line
     _, info = await control(nc, "INFO", node.node_id)
-    assert info["workloads"][0]["usage"]["pids"] == 20
+    if under_gvisor(node):
+        # The limit is the guest's (RLIMIT_NPROC in gVisor's kernel); the cgroup also counts gVisor's own
+        # tasks, with room for them (nex.sandbox.gvisor), so the sandbox lives on.
+        assert 20 < info["workloads"][0]["usage"]["pids"] < PIDS_BASE + PIDS_PER_TASK * 20
+        assert info["workloads"][0]["state"] == "running"
+    else:
+        assert info["workloads"][0]["usage"]["pids"] == 20
     code, stopped = await control(nc, "UNDEPLOY", workload["id"], {"grace_ms": 200})
     assert code is None
     assert container_left(workload["id"]) == []
@@ -214,14 +240,21 @@ async def can_sandbox(tmp_path):
         pytest.skip(f"this host cannot sandbox: {reason}")
 
 
+@pytest.mark.parametrize("sandbox", ["oci", "gvisor"])
 @pytest.mark.parametrize("reaper_dies_too", [False, True])
-async def test_a_sigkilled_node_leaves_no_container(nats_server, nc, tmp_path, programs, can_sandbox,
+async def test_a_sigkilled_node_leaves_no_container(nats_server, nc, tmp_path, programs, sandbox,
                                                     reaper_dies_too):
+    from conftest import sandbox_verdict
+
+    reason = await sandbox_verdict(tmp_path / "probe", sandbox)
+    if reason is not None:
+        pytest.skip(f"this host cannot sandbox with {sandbox}: {reason}")
     state = tmp_path / "state"
-    args = ["--server", nats_server.url, "--state-dir", str(state), "--name", "doomed", "--sandbox", "oci"]
+    args = ["--server", nats_server.url, "--state-dir", str(state), "--name", "doomed", "--sandbox", sandbox]
     process = await start_node(*args)
     ping = await wait_for_node(nc, "doomed")
-    assert ping["tags"]["nex.sandbox"] == "runc" or ping["tags"]["nex.sandbox"] == "crun"
+    expected = {"oci": ("container", {"runc", "crun"}), "gvisor": ("gvisor", {"runsc"})}[sandbox]
+    assert ping["tags"]["nex.isolation"] == expected[0] and ping["tags"]["nex.sandbox"] in expected[1]
     workloads = []
     for program in ("ticker", "stubborn"):
         code, workload = await control(nc, "DEPLOY", ping["node_id"], native_body(programs[program], program))
@@ -234,9 +267,13 @@ async def test_a_sigkilled_node_leaves_no_container(nats_server, nc, tmp_path, p
         os.kill(reaper, signal.SIGKILL)  # nothing is left to clean up but the next start
     process.kill()
     await process.wait()
-    if reaper_dies_too:
+    if reaper_dies_too and sandbox == "oci":
         await asyncio.sleep(0.5)
         assert all(alive(pid) for pid in pids), "without the reaper the containers outlive the node"
+    elif reaper_dies_too:
+        # gVisor's sandbox dies with its runsc (attached): what is left is its state and its cgroup.
+        await eventually(lambda: not any(alive(pid) for pid in pids))
+        assert any(container_left(w["id"]) for w in workloads), "the node-made cgroups outlive the node"
     else:
         await eventually(lambda: not any(alive(pid) for pid in pids))
 
@@ -246,23 +283,45 @@ async def test_a_sigkilled_node_leaves_no_container(nats_server, nc, tmp_path, p
     for workload in workloads:
         assert container_left(workload["id"]) == []
     assert not list((state / "handles").glob("*.json"))
-    assert not (state / "runc").exists() or not [p for p in (state / "runc").iterdir()], "no runc state left"
+    for root in (state / "runc", state / "runsc"):
+        assert not root.exists() or not [p for p in root.iterdir()], f"no {root.name} state left"
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 15) == 0
 
 
 # -- choosing the sandbox ---------------------------------------------------------------------------
 
-async def test_sandbox_oci_refuses_to_start_without_a_runtime(nats_server, tmp_path):
+@pytest.mark.parametrize("sandbox, says", [
+    ("oci", "--sandbox oci: no OCI runtime works"),
+    ("gvisor", "--sandbox gvisor: gVisor does not run a container on this host (runsc is not on PATH)"),
+])
+async def test_sandbox_oci_or_gvisor_refuses_to_start_without_a_runtime(nats_server, tmp_path, sandbox, says):
     empty = tmp_path / "bin"
     empty.mkdir()
     process = await start_node("--server", nats_server.url, "--state-dir", str(tmp_path / "s"),
-                               "--sandbox", "oci", env={"PATH": str(empty)})
+                               "--sandbox", sandbox, env={"PATH": str(empty)})
     output, _ = await asyncio.wait_for(process.communicate(), 30)
     text = output.decode()
     assert process.returncode == 1
-    assert text.startswith("nex: error: --sandbox oci: no OCI runtime works") and "Traceback" not in text
+    assert text.startswith(f"nex: error: {says}") and "Traceback" not in text
     assert len(text.strip().splitlines()) == 1
+
+
+async def test_sandbox_gvisor_refuses_to_start_on_a_platform_that_does_not_run(nats_server, tmp_path):
+    """systrap is unknown to this host's runsc: the node says so instead of starting (kvm would
+    hang here until the probe's timeout)."""
+    from nex.sandbox.runner import OciRunner
+
+    runner, _ = await OciRunner.probe_gvisor(tmp_path / "probe", platform="systrap")
+    if runner is not None:
+        pytest.skip("this runsc runs the systrap platform")
+    process = await start_node("--server", nats_server.url, "--state-dir", str(tmp_path / "s"),
+                               "--sandbox", "gvisor", "--gvisor-platform", "systrap")
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    text = output.decode()
+    assert process.returncode == 1 and "Traceback" not in text
+    assert text.startswith("nex: error: --sandbox gvisor: gVisor does not run a container on this host "
+                           "(runsc --platform=systrap: "), text
 
 
 async def test_auto_without_a_runtime_runs_plain_processes_tagged_unsafe(nats_server, tmp_path, monkeypatch,

@@ -123,17 +123,18 @@ def _mounts(spec: ContainerSpec) -> list[dict[str, Any]]:
     return mounts
 
 
-def config(spec: ContainerSpec, pids_rlimit: bool = False) -> dict[str, Any]:
+def config(spec: ContainerSpec, pids_rlimit: bool = False, user_namespace: bool = True) -> dict[str, Any]:
     """The config.json of ``spec`` as a dict.
 
     ``pids_rlimit``: the pids limit is also ``RLIMIT_NPROC`` of the process (gVisor, whose
-    cgroup counts its own kernel's tasks too: :mod:`nex.sandbox.gvisor`).
+    cgroup counts its own kernel's tasks too: :mod:`nex.sandbox.gvisor`). ``user_namespace=False``:
+    no user namespace (gVisor with the host's network, which this runsc cannot set up in one).
     """
     rlimits = [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]
     if pids_rlimit and spec.limits.pids is not None:
         rlimits.append({"type": "RLIMIT_NPROC", "hard": spec.limits.pids, "soft": spec.limits.pids})
     uid, gid = spec.user if spec.user is not None else (NOBODY, NOBODY)
-    namespaces = [{"type": t} for t in ("pid", "mount", "ipc", "uts", "user")]
+    namespaces = [{"type": t} for t in ("pid", "mount", "ipc", "uts", *(["user"] if user_namespace else []))]
     if spec.network == NetworkMode.NONE:
         namespaces.append({"type": "network"})
     id_map = [{"containerID": 0, "hostID": spec.id_base, "size": ID_RANGE}]
@@ -154,8 +155,7 @@ def config(spec: ContainerSpec, pids_rlimit: bool = False) -> dict[str, Any]:
         "hostname": spec.hostname,
         "mounts": _mounts(spec),
         "linux": {
-            "uidMappings": id_map,
-            "gidMappings": id_map,
+            **({"uidMappings": id_map, "gidMappings": id_map} if user_namespace else {}),
             "namespaces": namespaces,
             "cgroupsPath": spec.cgroups_path,
             "resources": resources(spec.limits),
@@ -166,7 +166,8 @@ def config(spec: ContainerSpec, pids_rlimit: bool = False) -> dict[str, Any]:
     }
 
 
-def write_bundle(spec: ContainerSpec, bundle_dir: Path, pids_rlimit: bool = False) -> Path:
+def write_bundle(spec: ContainerSpec, bundle_dir: Path, pids_rlimit: bool = False,
+                 user_namespace: bool = True) -> Path:
     """Write ``bundle_dir/config.json`` for ``spec`` (whose rootfs must exist); returns its path."""
     bundle_dir.mkdir(parents=True, exist_ok=True)
     for name in MOUNT_POINTS:
@@ -180,5 +181,5 @@ def write_bundle(spec: ContainerSpec, bundle_dir: Path, pids_rlimit: bool = Fals
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(config(spec, pids_rlimit), indent=1))
+        f.write(json.dumps(config(spec, pids_rlimit, user_namespace), indent=1))
     return path

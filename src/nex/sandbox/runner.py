@@ -259,8 +259,14 @@ class OciRunner:
                 "--pid-file", str(bundle / "init.pid"), container_id]
 
     def write_bundle(self, spec: ContainerSpec, bundle: Path) -> Path:
-        """The bundle's config.json for this runtime (under gVisor, the pids limit is an rlimit too)."""
-        return write_bundle(spec, bundle, pids_rlimit=self.gvisor is not None)
+        """The bundle's config.json for this runtime (under gVisor, the pids limit is an rlimit too).
+
+        gVisor with the host's network runs without a user namespace: this runsc fails to set up
+        the sandbox's chroot in one ("error converting mounts"). Its kernel still runs as host
+        nobody in a user namespace of its own; its gofer then runs as host root, as under Docker.
+        """
+        host_network = self.gvisor is not None and spec.network == NetworkMode.HOST
+        return write_bundle(spec, bundle, pids_rlimit=self.gvisor is not None, user_namespace=not host_network)
 
     def _make_cgroup(self, spec: ContainerSpec) -> None:
         """gVisor: the node makes the cgroup, with headroom for gVisor's own tasks and memory."""
