@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 # Debian packages the tests need, by what needs them.
 NATIVE_DEBS  := gcc libc6-dev
-SANDBOX_DEBS := runc
+SANDBOX_DEBS := runc runsc
 WASM_DEBS    := clang lld wasi-libc libclang-rt-14-dev-wasm32
 OCI_DEBS     := umoci skopeo docker-registry runc
 UI_DEBS      := chromium chromium-driver
