@@ -1,6 +1,8 @@
 /* A static TCP echo service for the tier benchmark: listens on 127.0.0.1:<port> (argv[1]) and
  * echoes what each connection sends, one connection at a time, until SIGTERM. */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -21,10 +23,16 @@ int main(int argc, char **argv) {
         int c = accept(fd, NULL, NULL);
         if (c < 0) continue;
         setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+
         char buf[4096];
-        ssize_t n;
-        while ((n = read(c, buf, sizeof buf)) > 0) {
-            if (write(c, buf, n) != n) break;
+        for (;;) {
+            ssize_t n = read(c, buf, sizeof buf);
+            /* gVisor's host network (runsc 2022-12-19) fails a blocking read with EAGAIN now and
+             * then: wait until the socket is readable, and read again. */
+            if (n < 0 && errno == EAGAIN) { struct pollfd p = {.fd = c, .events = POLLIN}; poll(&p, 1, -1); continue; }
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) { if (n < 0) perror("read"); break; }
+            if (write(c, buf, n) != n) { perror("write"); break; }
         }
         close(c);
     }
