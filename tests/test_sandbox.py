@@ -424,3 +424,71 @@ async def test_the_config_file_sets_the_sandbox_mode(nats_server, nc, tmp_path):
     process = await start_node("--config", str(path), "--state-dir", str(tmp_path / "s"))
     output, _ = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1 and "sandbox" in output.decode() and "Traceback" not in output.decode()
+
+
+# -- failed starts, and what runsc logs ---------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["oci", "gvisor"])
+async def test_a_failed_start_says_why_and_leaves_no_cgroup_in_any_hierarchy(tmp_path, mode):
+    """runsc's failed starts left the cgroup in every hierarchy (cpuset, devices, freezer, blkio and
+    name=systemd too); the cleanup now looks in each."""
+    from conftest import sandbox_verdict
+    from nex.api.errors import InternalError
+    from nex.api.models import Limits
+    from nex.sandbox.bundle import ContainerSpec
+    from nex.sandbox.idranges import host_ranges
+    from nex.sandbox.runner import make_bundle_dir
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o711)
+    tmp_path.chmod(0o711)
+    reason = await sandbox_verdict(state, mode)
+    if reason is not None:
+        pytest.skip(f"this host cannot sandbox with {mode}: {reason}")
+    runner, _ = await (OciRunner.probe_gvisor(state) if mode == "gvisor" else OciRunner.probe(state))
+    ids = host_ranges().allocate(f"{runner.root} failed-start")
+    try:
+        bundle = make_bundle_dir(runner.bundles_dir / "failed", ids.base)
+        (bundle / "rootfs").mkdir(mode=0o755)
+        spec = ContainerSpec(id="nex-failed-start", rootfs=bundle / "rootfs", args=["/probe"],
+                             limits=Limits(memory_mib=32, pids=8), id_base=ids.base)
+        runner.write_bundle(spec, bundle)
+        shutil.rmtree(bundle / "rootfs")  # both runtimes fail before the container's process exists
+        with pytest.raises(InternalError) as caught:
+            await runner.start(spec, bundle, lambda stream, line: None)
+        assert "the sandbox did not start: " in str(caught.value)
+        assert "exited with" not in str(caught.value), "the runtime's own reason, not only its exit status"
+        assert not cgroups.exists(spec.cgroups_path), [d for d in cgroups.directories(spec.cgroups_path)
+                                                       if d.exists()]
+        assert await runner.list_containers() == []
+    finally:
+        shutil.rmtree(runner.bundles_dir, ignore_errors=True)
+        host_ranges().release(ids.slot)
+
+
+def test_runscs_log_of_objects_without_newlines_gives_the_cause_first(tmp_path):
+    from nex.sandbox.runner import _runtime_error
+
+    log = tmp_path / "runc.log"
+    log.write_text('{"msg":"Error setting up root FS: operation not permitted","level":"error","time":"t"}'
+                   '{"msg":"debug detail","level":"debug","time":"t"}'
+                   '{"msg":"running container: cannot create sandbox: EOF","level":"error","time":"t"}')
+    assert _runtime_error(log) == ("Error setting up root FS: operation not permitted "
+                                   "(then: running container: cannot create sandbox: EOF)")
+    log.write_text('{"level":"error","msg":"runc run failed: exec: \\"/x\\": not found","time":"t"}\n')
+    assert _runtime_error(log) == 'runc run failed: exec: "/x": not found'
+
+
+def test_gvisor_limits_leave_room_for_gvisors_own_tasks_and_memory():
+    from nex.api.models import Limits
+    from nex.sandbox.bundle import ContainerSpec, config
+    from nex.sandbox.gvisor import MEMORY_HEADROOM_MIB, host_limits
+
+    host = host_limits(Limits(memory_mib=32, pids=20, cpus=0.5))
+    assert host.memory_bytes == (32 + MEMORY_HEADROOM_MIB) << 20
+    assert host.pids == PIDS_BASE + PIDS_PER_TASK * 20 and host.cpu_quota_us == 50_000
+    assert host_limits(Limits()) == host_limits(Limits()).__class__(cpu_period_us=100_000)
+    spec = ContainerSpec(id="nex-x", rootfs=Path("/r"), args=["/p"], limits=Limits(pids=20))
+    rlimits = {r["type"]: r["hard"] for r in config(spec, pids_rlimit=True)["process"]["rlimits"]}
+    assert rlimits["RLIMIT_NPROC"] == 20, "the guest's own limit, enforced by gVisor's kernel"
+    assert "RLIMIT_NPROC" not in {r["type"] for r in config(spec)["process"]["rlimits"]}

@@ -433,16 +433,27 @@ async def _wait_for_pid(process: asyncio.subprocess.Process, pid_file: Path) -> 
 
 
 def _runtime_error(log_file: Path) -> str | None:
-    """The last error the runtime logged (runc writes JSON lines with a ``msg``)."""
+    """What the runtime logged as errors: runc writes JSON lines with a ``msg``, runsc the same
+    objects without newlines between them. The first error is the cause (runsc then adds what
+    failed because of it), the last runc's; both are said when they differ."""
     try:
-        lines = log_file.read_text().splitlines()
+        text = log_file.read_text()
     except OSError:
         return None
-    for line in reversed(lines):
+    decoder, errors, at = json.JSONDecoder(), [], 0
+    while at < len(text):
+        while at < len(text) and text[at].isspace():
+            at += 1
         try:
-            entry = json.loads(line)
+            entry, at = decoder.raw_decode(text, at)
         except ValueError:
+            next_line = text.find("\n", at)
+            if next_line < 0:
+                break
+            at = next_line + 1
             continue
-        if entry.get("level") in ("error", "fatal") and entry.get("msg"):
-            return str(entry["msg"])
-    return None
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal") and entry.get("msg"):
+            errors.append(str(entry["msg"]).strip())
+    if not errors:
+        return None
+    return errors[0] if len(errors) == 1 or errors[0] == errors[-1] else f"{errors[0]} (then: {errors[-1]})"
