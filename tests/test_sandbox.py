@@ -162,15 +162,19 @@ async def test_memory_over_the_limit_is_an_oom_kill(node: Node, nc, programs):
 
 
 @every_tier
-async def test_a_fork_bomb_stops_at_the_pids_limit(node: Node, nc, programs):
+@pytest.mark.parametrize("bomb", ["forkbomb", "threads"])
+async def test_a_fork_bomb_stops_at_the_pids_limit(node: Node, nc, programs, bomb):
+    """Processes or threads: both count (and a threaded program runs at all: under gVisor a seccomp
+    rule for clone3 once kept every thread from starting)."""
     logs = await collect(nc, subjects.logs_filter("default"))
     code, workload = await control(nc, "DEPLOY", node.node_id, native_body(
-        programs["probe"], "bomb", argv=["forkbomb"], limits={"pids": 20}))
+        programs["probe"], "bomb", argv=[bomb], limits={"pids": 20}))
     assert code is None, workload
-    line = await eventually(lambda: next((m.data.decode() for m in logs if m.data.startswith(b"forks ")), None),
+    prefix = b"forks " if bomb == "forkbomb" else b"threads "
+    line = await eventually(lambda: next((m.data.decode() for m in logs if m.data.startswith(prefix)), None),
                             timeout=10)
     forks = int(line.split()[1])
-    assert 10 <= forks < 20 and "Resource temporarily unavailable" in line
+    assert 10 <= forks < 20 and "Resource temporarily unavailable" in line, line
     _, info = await control(nc, "INFO", node.node_id)
     if under_gvisor(node):
         # The limit is the guest's (RLIMIT_NPROC in gVisor's kernel); the cgroup also counts gVisor's own
@@ -480,15 +484,22 @@ def test_runscs_log_of_objects_without_newlines_gives_the_cause_first(tmp_path):
 
 
 def test_gvisor_limits_leave_room_for_gvisors_own_tasks_and_memory():
-    from nex.api.models import Limits
+    from nex.api.models import Limits, NetworkMode
     from nex.sandbox.bundle import ContainerSpec, config
-    from nex.sandbox.gvisor import MEMORY_HEADROOM_MIB, host_limits
+    from nex.sandbox.gvisor import MEMORY_HEADROOM_MIB, GvisorSettings, host_limits
 
     host = host_limits(Limits(memory_mib=32, pids=20, cpus=0.5))
     assert host.memory_bytes == (32 + MEMORY_HEADROOM_MIB) << 20
     assert host.pids == PIDS_BASE + PIDS_PER_TASK * 20 and host.cpu_quota_us == 50_000
     assert host_limits(Limits()) == host_limits(Limits()).__class__(cpu_period_us=100_000)
     spec = ContainerSpec(id="nex-x", rootfs=Path("/r"), args=["/p"], limits=Limits(pids=20))
-    rlimits = {r["type"]: r["hard"] for r in config(spec, pids_rlimit=True)["process"]["rlimits"]}
+    under_runsc = config(spec, GvisorSettings.bundle_options())
+    rlimits = {r["type"]: r["hard"] for r in under_runsc["process"]["rlimits"]}
     assert rlimits["RLIMIT_NPROC"] == 20, "the guest's own limit, enforced by gVisor's kernel"
-    assert "RLIMIT_NPROC" not in {r["type"] for r in config(spec)["process"]["rlimits"]}
+    assert not [r for r in under_runsc["linux"]["seccomp"]["syscalls"] if r["names"] == ["clone3"]]
+    assert {"type": "user"} in under_runsc["linux"]["namespaces"]
+    host_network = config(spec, GvisorSettings.bundle_options(NetworkMode.HOST))["linux"]
+    assert {"type": "user"} not in host_network["namespaces"] and "uidMappings" not in host_network
+    under_runc = config(spec)
+    assert "RLIMIT_NPROC" not in {r["type"] for r in under_runc["process"]["rlimits"]}
+    assert [r for r in under_runc["linux"]["seccomp"]["syscalls"] if r["names"] == ["clone3"]]

@@ -123,15 +123,24 @@ def _mounts(spec: ContainerSpec) -> list[dict[str, Any]]:
     return mounts
 
 
-def config(spec: ContainerSpec, pids_rlimit: bool = False, user_namespace: bool = True) -> dict[str, Any]:
-    """The config.json of ``spec`` as a dict.
+@dataclass(frozen=True)
+class BundleOptions:
+    """What a runtime needs of a bundle beyond its spec (runc: the defaults; runsc:
+    :func:`nex.sandbox.gvisor.GvisorSettings.bundle_options`, which says why)."""
 
-    ``pids_rlimit``: the pids limit is also ``RLIMIT_NPROC`` of the process (gVisor, whose
-    cgroup counts its own kernel's tasks too: :mod:`nex.sandbox.gvisor`). ``user_namespace=False``:
-    no user namespace (gVisor with the host's network, which this runsc cannot set up in one).
-    """
+    pids_rlimit: bool = False
+    """The pids limit is also the process's ``RLIMIT_NPROC``."""
+    user_namespace: bool = True
+    """A user namespace mapping the container's ids to its host range."""
+    clone3_enosys: bool = True
+    """A seccomp rule answering clone3 with ENOSYS (so that libc falls back to clone)."""
+
+
+def config(spec: ContainerSpec, options: BundleOptions = BundleOptions()) -> dict[str, Any]:
+    """The config.json of ``spec`` as a dict."""
     rlimits = [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]
-    if pids_rlimit and spec.limits.pids is not None:
+    user_namespace = options.user_namespace
+    if options.pids_rlimit and spec.limits.pids is not None:
         rlimits.append({"type": "RLIMIT_NPROC", "hard": spec.limits.pids, "soft": spec.limits.pids})
     uid, gid = spec.user if spec.user is not None else (NOBODY, NOBODY)
     namespaces = [{"type": t} for t in ("pid", "mount", "ipc", "uts", *(["user"] if user_namespace else []))]
@@ -159,15 +168,14 @@ def config(spec: ContainerSpec, pids_rlimit: bool = False, user_namespace: bool 
             "namespaces": namespaces,
             "cgroupsPath": spec.cgroups_path,
             "resources": resources(spec.limits),
-            "seccomp": default_profile(),
+            "seccomp": default_profile(clone3_enosys=options.clone3_enosys),
             "maskedPaths": _MASKED,
             "readonlyPaths": _READONLY,
         },
     }
 
 
-def write_bundle(spec: ContainerSpec, bundle_dir: Path, pids_rlimit: bool = False,
-                 user_namespace: bool = True) -> Path:
+def write_bundle(spec: ContainerSpec, bundle_dir: Path, options: BundleOptions = BundleOptions()) -> Path:
     """Write ``bundle_dir/config.json`` for ``spec`` (whose rootfs must exist); returns its path."""
     bundle_dir.mkdir(parents=True, exist_ok=True)
     for name in MOUNT_POINTS:
@@ -181,5 +189,5 @@ def write_bundle(spec: ContainerSpec, bundle_dir: Path, pids_rlimit: bool = Fals
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(config(spec, pids_rlimit, user_namespace), indent=1))
+        f.write(json.dumps(config(spec, options), indent=1))
     return path

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nex.api.models import Limits, NetworkMode
-from nex.sandbox.bundle import CPU_PERIOD_US
+from nex.sandbox.bundle import CPU_PERIOD_US, BundleOptions
 from nex.sandbox.cgroups import HostLimits
 
 RUNSC = "runsc"
@@ -56,6 +56,19 @@ class GvisorSettings:
         """runsc's global flags for a sandbox of this network mode."""
         net = "host" if network == NetworkMode.HOST else "none"
         return [f"--platform={self.platform}", f"--network={net}", "--oci-seccomp"]
+
+    @staticmethod
+    def bundle_options(network: NetworkMode | None = None) -> BundleOptions:
+        """What a bundle needs under runsc.
+
+        - the pids limit as ``RLIMIT_NPROC``: the guest's own limit (the cgroup's has headroom);
+        - no user namespace with the host's network: this runsc fails to set up its sandbox's
+          chroot in one ("error converting mounts"). Its kernel still runs as host nobody in a
+          user namespace of its own; its gofer then runs as host root, as under Docker;
+        - no clone3 rule: gVisor's seccomp answers the rule's ENOSYS as EPERM, and glibc's
+          pthread_create does not fall back to clone on EPERM (tested: no thread started).
+        """
+        return BundleOptions(pids_rlimit=True, user_namespace=network != NetworkMode.HOST, clone3_enosys=False)
 
 
 def host_limits(limits: Limits) -> HostLimits:

@@ -36,7 +36,7 @@ from nex.api.errors import InternalError
 from nex.api.models import Limits, NetworkMode, Usage
 from nex.procutil import MAX_LINE, new_group_dying_with_parent, pump_lines, signal_group
 from nex.sandbox import cgroups
-from nex.sandbox.bundle import CGROUP_PARENT, ContainerSpec, write_bundle
+from nex.sandbox.bundle import CGROUP_PARENT, BundleOptions, ContainerSpec, write_bundle
 from nex.sandbox.gvisor import PLATFORMS, RUNSC, GvisorSettings, host_limits
 from nex.sandbox.idmap import unmount
 from nex.sandbox.idranges import NoFreeRange, host_ranges
@@ -259,14 +259,9 @@ class OciRunner:
                 "--pid-file", str(bundle / "init.pid"), container_id]
 
     def write_bundle(self, spec: ContainerSpec, bundle: Path) -> Path:
-        """The bundle's config.json for this runtime (under gVisor, the pids limit is an rlimit too).
-
-        gVisor with the host's network runs without a user namespace: this runsc fails to set up
-        the sandbox's chroot in one ("error converting mounts"). Its kernel still runs as host
-        nobody in a user namespace of its own; its gofer then runs as host root, as under Docker.
-        """
-        host_network = self.gvisor is not None and spec.network == NetworkMode.HOST
-        return write_bundle(spec, bundle, pids_rlimit=self.gvisor is not None, user_namespace=not host_network)
+        """The bundle's config.json for this runtime (gVisor's needs: ``GvisorSettings.bundle_options``)."""
+        options = self.gvisor.bundle_options(spec.network) if self.gvisor is not None else BundleOptions()
+        return write_bundle(spec, bundle, options)
 
     def _make_cgroup(self, spec: ContainerSpec) -> None:
         """gVisor: the node makes the cgroup, with headroom for gVisor's own tasks and memory."""
