@@ -78,6 +78,21 @@ def test_without_runc_sandbox_oci_fails_and_says_how_to_fix_it(tmp_path, no_oci_
     assert lines[-1].endswith("the node cannot sandbox and would refuse to start (--sandbox oci)")
 
 
+async def test_sandbox_gvisor_names_the_platform_or_fails_saying_how_to_fix_it(tmp_path, no_oci_runtime):
+    if (reason := await sandbox_verdict(tmp_path / "probe", "gvisor")) is not None:
+        pytest.skip(f"this host cannot sandbox with gvisor: {reason}")
+    result = preflight("--state-dir", str(tmp_path), "--sandbox", "gvisor")
+    assert result.returncode == 0, result.stdout
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("[ ok ] OCI runtime") and "under gVisor" in first and "--platform=" in first
+    result = preflight("--state-dir", str(tmp_path), "--sandbox", "gvisor", env=no_oci_runtime)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("[FAIL] OCI runtime") and "runsc is not on PATH" in lines[0]
+    assert lines[1].strip() == "fix: apt-get install runsc"
+    assert lines[-1].endswith("the node cannot sandbox and would refuse to start (--sandbox gvisor)")
+
+
 def test_without_runc_auto_only_warns(tmp_path, no_oci_runtime):
     result = preflight("--state-dir", str(tmp_path), "--json", env=no_oci_runtime)
     assert result.returncode == 0
@@ -132,7 +147,7 @@ def test_low_disk_is_a_warning_with_a_fix(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sandbox", "vm"], "'vm' is not one of 'auto', 'oci', 'none'"),
+    (["--sandbox", "vm"], "'vm' is not one of 'auto', 'oci', 'gvisor', 'none'"),
     (["--config", "/nonexistent/node.toml"], "/nonexistent/node.toml"),
 ])
 def test_bad_options_are_refused(args, message):
