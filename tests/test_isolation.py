@@ -20,7 +20,7 @@ from nex.api.models import AuctionRequest, DeployRequest, Isolation, NodeState, 
 from nex.client import NexClient
 from nex.placement.scoring import Bidder, decline_reason
 
-from helpers import control, file_artifact, nex, running_node, ticker
+from helpers import control, eventually, file_artifact, nex, running_node, ticker
 
 FUNCTIONS = Path(__file__).parent / "functions"
 
@@ -132,3 +132,27 @@ async def test_a_function_requiring_a_tier_is_a_400(nats_server, tmp_path, nc):
                 "triggers": [{"subject": "echo"}], "isolation": "container"}
         code, error = await control(nc, "DEPLOY", node.node_id, body)
     assert code == 400 and "a function runs in the node's function agent" in error["error"]["message"]
+
+
+async def test_an_app_that_requires_gvisor_runs_only_on_gvisor_nodes(tiers, nc, nats_server, tmp_path, programs):
+    """Through nex apply and the reconciler: the app file's isolation reaches the auctions."""
+    from nex.fleet.store import AppStore
+
+    plain, gvisor = tiers
+    await eventually(AppStore(nc).lease, timeout=15, interval=0.2)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "ticker").write_bytes(programs["ticker"].read_bytes())
+    app_file = tmp_path / "app" / "tenant.yaml"
+    app_file.write_text(json.dumps({"name": "tenant", "workloads": [{
+        "name": "ticker", "type": "native", "artifact": "ticker", "replicas": 2, "isolation": "gvisor"}]}))
+    code, out, err = await nex("apply", "-f", str(app_file), "--server", nats_server.url)
+    assert code == 0, err
+
+    async def placed():
+        code, out, _ = await nex("app", "status", "tenant", "--json", "--server", nats_server.url)
+        view = json.loads(out) if code == 0 else None
+        return view if view and view["running"] == 2 else None
+    view = await eventually(placed, timeout=30, interval=0.3)
+    assert {r["node_name"] for r in view["workloads"][0]["replicas"]} == {"gv"}
+    code, out, err = await nex("app", "delete", "tenant", "--wait", "--timeout", "30", "--server", nats_server.url)
+    assert code == 0, err
