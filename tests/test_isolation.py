@@ -156,3 +156,14 @@ async def test_an_app_that_requires_gvisor_runs_only_on_gvisor_nodes(tiers, nc, 
     assert {r["node_name"] for r in view["workloads"][0]["replicas"]} == {"gv"}
     code, out, err = await nex("app", "delete", "tenant", "--wait", "--timeout", "30", "--server", nats_server.url)
     assert code == 0, err
+
+
+async def test_a_tcp_health_check_under_gvisor_needs_the_host_network(tiers, nc, programs):
+    """gVisor's loopback is its own network stack: no host thread can enter it to probe a port, so
+    the check is refused at deploy rather than failing forever; with the host's network it runs."""
+    _, gvisor = tiers
+    code, error = await control(nc, "DEPLOY", gvisor.node_id, ticker(programs, health={"tcp": 8080}))
+    assert code == 400 and "tcp health check of a service under gVisor needs network host" in \
+        error["error"]["message"]
+    _, info = await control(nc, "INFO", gvisor.node_id)
+    assert info["workloads"] == []

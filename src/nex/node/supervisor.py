@@ -81,7 +81,8 @@ class Supervisor:
                              f"the workload requires at least {request.isolation}: deploy it by auction, or to "
                              f"a node of that tier")
         check_supported(request.health, request.lifecycle, runtime.capabilities.sandboxed, request.network,
-                        WorkloadScope.of(namespace, (t.subject for t in request.triggers)))
+                        WorkloadScope.of(namespace, (t.subject for t in request.triggers)),
+                        own_network_stack=self.isolation == Isolation.GVISOR)
         artifact_path = await self._artifacts.fetch(request.artifact)
         # Random, not sequential: ids differ from their first characters, so prefixes work in the CLI.
         workload_id = secrets.token_hex(10)
