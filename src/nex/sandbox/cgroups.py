@@ -150,6 +150,17 @@ async def kill_and_remove(cgroups_path: str, timeout: float = 5.0) -> None:
                 await asyncio.sleep(0.02)
 
 
+def kill_all(cgroups_path: str) -> int:
+    """SIGKILL every process of the cgroup, in every hierarchy; how many were signalled."""
+    killed = 0
+    for directory in directories(cgroups_path):
+        for pid in _procs(directory):
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
+
+
 def create(cgroups_path: str, limits: HostLimits) -> None:
     """Make the cgroup with these limits before a runtime joins it (runsc joins a cgroup that
     exists and leaves it in place: its OOM counter can be read after the sandbox ended).

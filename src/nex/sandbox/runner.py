@@ -375,8 +375,12 @@ class OciRunner:
 
     async def cleanup(self, container_id: str) -> None:
         """Kill and remove a container, running or left by a dead node; harmless when gone."""
-        await self._command("delete", "--force", container_id)
         cgroups_path = f"{CGROUP_PARENT}/{container_id}"
+        if self.gvisor is not None:
+            # runsc's delete --force first asks a live sandbox to stop, and waits 5 s for it:
+            # killed first (every process of its cgroup, its kernel included), it deletes at once.
+            cgroups.kill_all(cgroups_path)
+        await self._command("delete", "--force", container_id)
         if cgroups.exists(cgroups_path):
             # The runtime lost its state but the cgroup stayed: empty and remove it by hand.
             await cgroups.kill_and_remove(cgroups_path)
