@@ -244,8 +244,9 @@ async def can_sandbox(tmp_path):
         pytest.skip(f"this host cannot sandbox: {reason}")
 
 
-@pytest.mark.parametrize("sandbox", ["oci", "gvisor"])
-@pytest.mark.parametrize("reaper_dies_too", [False, True])
+# Under gVisor the reaper's case only: the next start's cleanup of what a dead node left is the
+# conformance suite's cleanup from a persisted handle, which runs under gVisor too.
+@pytest.mark.parametrize("sandbox, reaper_dies_too", [("oci", False), ("oci", True), ("gvisor", False)])
 async def test_a_sigkilled_node_leaves_no_container(nats_server, nc, tmp_path, programs, sandbox,
                                                     reaper_dies_too):
     from conftest import sandbox_verdict
@@ -271,13 +272,9 @@ async def test_a_sigkilled_node_leaves_no_container(nats_server, nc, tmp_path, p
         os.kill(reaper, signal.SIGKILL)  # nothing is left to clean up but the next start
     process.kill()
     await process.wait()
-    if reaper_dies_too and sandbox == "oci":
+    if reaper_dies_too:
         await asyncio.sleep(0.5)
         assert all(alive(pid) for pid in pids), "without the reaper the containers outlive the node"
-    elif reaper_dies_too:
-        # gVisor's sandbox dies with its runsc (attached): what is left is its state and its cgroup.
-        await eventually(lambda: not any(alive(pid) for pid in pids))
-        assert any(container_left(w["id"]) for w in workloads), "the node-made cgroups outlive the node"
     else:
         await eventually(lambda: not any(alive(pid) for pid in pids))
 
