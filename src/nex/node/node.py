@@ -40,7 +40,7 @@ from nex.node.feeds import Feeds
 from nex.node.metrics import MetricsServer
 from nex.node.registry import NodeRegistry
 from nex.node.resources import automatic_tags, resources
-from nex.node.sandboxing import choose_sandbox, sweep_containers
+from nex.node.sandboxing import TIER_TAGS, choose_sandbox, sweep_containers
 from nex.node.statedir import make_private
 from nex.node.statelock import StateDirLock
 from nex.node.supervisor import Supervisor
@@ -127,6 +127,9 @@ class Node:
         self.reaper = Reaper()
         self.oci, sandbox_tags = await choose_sandbox(self.config.sandbox, self.state_dir, self.reaper,
                                                       self.config.gvisor_platform)
+        # The tier's tags are the node's word alone: a config tag cannot claim a stronger one.
+        for tag in TIER_TAGS:
+            self.tags.pop(tag, None)
         self.tags.update(sandbox_tags)
         signer: AccountSigner | None = None
         if self.config.auth and self.server_url is not None:

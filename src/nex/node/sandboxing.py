@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 UNSAFE_TAG = "nex.unsafe"
 SANDBOX_TAG = "nex.sandbox"
+TIER_TAGS = (ISOLATION_TAG, SANDBOX_TAG, UNSAFE_TAG)
+"""Set by the node from its sandbox alone, whatever its config's tags say."""
 
 
 def _unsafe() -> dict[str, str]:
