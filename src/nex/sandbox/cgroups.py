@@ -187,10 +187,16 @@ def create(cgroups_path: str, limits: HostLimits) -> None:
             _write(cpu, "cpu.cfs_period_us", limits.cpu_period_us)
             _write(cpu, "cpu.cfs_quota_us", limits.cpu_quota_us)
         return
-    directory = controller_dir(UNIFIED, cgroups_path)
-    if directory is None:
+    base = hierarchies().get(UNIFIED)
+    if base is None:
         raise OSError("no cgroup hierarchy mounted")
-    directory.mkdir(parents=True, exist_ok=True)
+    # v2: a controller works in a cgroup only when every parent delegates it (cgroup.subtree_control).
+    directory = base
+    for part in Path(cgroups_path.lstrip("/")).parts:
+        with suppress(OSError):  # already on, or not ours to delegate: the limit's write below says
+            (directory / "cgroup.subtree_control").write_text("+cpu +memory +pids")
+        directory = directory / part
+        directory.mkdir(exist_ok=True)
     if limits.memory_bytes is not None:
         _write(directory, "memory.max", limits.memory_bytes)
     if limits.pids is not None:
