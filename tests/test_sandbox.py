@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -109,6 +110,19 @@ async def test_network_host_shares_the_hosts_interfaces(node: Node, nc, programs
     interfaces = report(lines)["net_ifaces"].split()
     host = [line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]]
     assert sorted(interfaces) == sorted(host)
+
+
+@every_tier
+async def test_network_none_cannot_reach_the_nats_server_on_the_hosts_loopback(node: Node, nc, programs,
+                                                                                nats_server):
+    """What a tenant's service would try first: the node's NATS server on 127.0.0.1. With network none
+    its loopback is its own (runc: a namespace; gVisor: gVisor's network stack); with host it is not."""
+    port = str(urlparse(nats_server.url).port)
+    _, lines = await run_job(node, nc, native_body(programs["probe"], "probe", argv=["connect", port]))
+    assert report(lines)["connect"] == "Connection refused", lines
+    _, lines = await run_job(node, nc, native_body(programs["probe"], "probe", argv=["connect", port],
+                                                   network="host"))
+    assert report(lines)["connect"] == "ok", "the probe does connect where there is something to reach"
 
 
 def host_uid(pid: int) -> int:
