@@ -238,6 +238,16 @@ class NatsRefused(NatsUnavailable):
             "(a namespace's clients use the creds file `nex creds` makes).")
 
 
+class AppNotRunning(Unavailable):
+    """An app that did not reach the state waited for: every replica of its current version running
+    and healthy (``nex.client.NexClient.wait_app``). ``problem`` says what is missing, or why the
+    fleet refuses the app's record."""
+
+    def __init__(self, namespace: str, name: str, problem: str) -> None:
+        super().__init__(f"app {name!r} in namespace {namespace!r}: {problem}")
+        self.namespace, self.name, self.problem = namespace, name, problem
+
+
 class FunctionError(NexError):
     """A function threw, timed out or ran out of memory; the function stays deployed."""
 

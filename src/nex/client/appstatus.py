@@ -1,6 +1,6 @@
 """Desired against actual: an app's record and status next to the replicas the nodes report.
 
-Pure: the inputs are what :class:`nex.fleet.store.AppStore` reads (the record, the
+Pure: the inputs are what :class:`nex.client.appstore.AppStore` reads (the record, the
 node registry, the reconciler's status); ``nex app status`` and ``nex app ls`` render
 the result. What runs is read from the nodes' own records, never from the
 reconciler's status, so the view is right even when no reconciler is running.
@@ -16,7 +16,7 @@ from pydantic import Field, computed_field
 from nex.api.apps import AppRecord, AppSpec, AppStatus, AppWorkload, RolloutState
 from nex.api.models import Health, NodeState, Strict, WorkloadState, WorkloadType
 from nex.api.records import NodeRecord
-from nex.fleet.verify import signer_of
+from nex.api.appverify import signer_of
 
 __all__ = [
     "AppChange", "AppView", "ReplicaView", "WorkloadChange", "WorkloadView", "app_change", "app_view", "replicas_of",
@@ -86,6 +86,24 @@ class AppView(Strict):
             if state in states:
                 return state.value
         return RolloutState.STABLE.value
+
+    @property
+    def ready(self) -> bool:
+        """Whether the reconciler acted on this version and every replica of it runs, healthy."""
+        return (self.refused is None and self.reconciled_version == self.version
+                and all(w.up_to_date >= w.desired and w.healthy >= w.desired for w in self.workloads))
+
+    def summary(self) -> str:
+        """One line: each workload's replicas of the current version running, and the last failure seen."""
+        parts = []
+        for w in self.workloads:
+            part = f"{w.name} {w.up_to_date}/{w.desired} up to date, {w.healthy} healthy"
+            if w.last_failure:
+                part += f" (last failure: {w.last_failure})"
+            parts.append(part)
+        if self.reconciled_version != self.version:
+            parts.append(f"the reconciler has not acted on version {self.version} yet")
+        return "; ".join(parts)
 
 
 def replicas_of(namespace: str, app: str, nodes: Iterable[NodeRecord],

@@ -31,8 +31,8 @@ from nex.api.apps import AppSpec, AppWorkload
 from nex.api.errors import AppNotFound, BadRequest, NexError, NotFound, Unavailable
 from nex.api.models import Artifact, Strict, Token, Trigger, WorkloadType, check_env_names, check_unique_names
 from nex.artifacts import parse_nats_uri, sha256_file
-from nex.client import NexClient
-from nex.fleet.store import AppStore
+from nex.client.appstore import AppStore
+from nex.client.artifacts import Artifacts
 from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
 from nex.security.keystore import UserKeys
@@ -245,7 +245,7 @@ class _Resolved:
     upload: Path | None = None  # a local file to put into the artifact bucket
 
 
-async def build_spec(parsed: ParsedApp, client: NexClient, store: AppStore, keys: UserKeys | None,
+async def build_spec(parsed: ParsedApp, client: Artifacts, store: AppStore, keys: UserKeys | None,
                      upload: bool = True) -> AppSpec:
     """The spec to store: every artifact's sha256 found, env sealed, local files uploaded
     (only when everything else succeeded, and not at all without ``upload``)."""
