@@ -85,6 +85,7 @@ class ArtifactSource(Strict):
 
     @property
     def is_local(self) -> bool:
+        """Whether the artifact is a local path (relative to the app file), uploaded by the apply."""
         return "://" not in self.uri
 
 
@@ -167,7 +168,7 @@ def parse_app_file(path: str | Path, namespace: str, namespace_given: bool = Fal
 def _check_subjects(shown: str, namespace: str, app: AppFile) -> None:
     """The subject rule of workloads (nex.api.subjects), as a node applies it at deploy: no trigger
     or health check in another namespace's subjects. (A node's namespace_subjects is checked by the
-    node: its refusal shows in the app's status.)"""
+    node: its refusal shows in the app's status)."""
     for index, workload in enumerate(app.workloads):
         for number, trigger in enumerate(workload.triggers):
             problem = subjects.namespace_subject_problem(namespace, trigger.subject)

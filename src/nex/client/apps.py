@@ -63,6 +63,7 @@ class Apps(Artifacts):
             change = await client.apply_app("shop.yaml")
             print(change.action, change.version)   # created 1
             ```
+
         """
         store = self.app_store
         if isinstance(app, AppSpec):
@@ -144,6 +145,7 @@ class Apps(Artifacts):
             view = await client.wait_app("shop", timeout=30)
             print(f"{view.running}/{view.desired} running")
             ```
+
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -24,6 +24,8 @@ __all__ = [
 
 
 class ReplicaView(Strict):
+    """One replica of an app workload, as its node reports it: node, state, health, revision."""
+
     id: str
     workload: str = Field(description="the app workload's name")
     node_id: str
@@ -38,6 +40,8 @@ class ReplicaView(Strict):
 
 
 class WorkloadView(Strict):
+    """One workload of an app: replicas desired, running, healthy and up to date, and its rollout."""
+
     name: str
     type: WorkloadType
     revision: str
@@ -54,6 +58,11 @@ class WorkloadView(Strict):
 
 
 class AppView(Strict):
+    """An app, desired against actual: what ``nex app status`` shows and :meth:`NexClient.app_status` returns.
+
+    :attr:`ready` says whether every replica of its current version runs, healthy.
+    """
+
     name: str
     namespace: str
     version: int
@@ -125,6 +134,7 @@ def replicas_of(namespace: str, app: str, nodes: Iterable[NodeRecord],
 
 
 def app_view(record: AppRecord, nodes: Iterable[NodeRecord], status: AppStatus | None) -> AppView:
+    """The view of ``record``: its replicas found in the nodes' records, its rollout from the reconciler's ``status``."""
     spec = record.spec
     revisions = {w.name: w.revision() for w in spec.workloads}
     replicas = replicas_of(spec.namespace, spec.name, nodes, revisions)
@@ -168,6 +178,8 @@ def _healthy(replica: ReplicaView, workload: AppWorkload) -> bool:
 
 
 class WorkloadChange(Strict):
+    """What an apply does to one workload: added, removed, replaced, scaled, changed or unchanged."""
+
     name: str
     change: str = Field(description="added, removed, replaced (new revision), scaled, changed (placement, "
                         "restart or update strategy) or unchanged")

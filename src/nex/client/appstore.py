@@ -186,11 +186,13 @@ class AppStore:
     # -- the reconciler's high-water marks (written by nex.fleet.store) ----------------------
 
     async def get_verified(self, namespace: str, name: str) -> AppRecord | None:
+        """The last record of the app the reconciler verified, or None."""
         kv = await self._bucket(subjects.APPS_BUCKET)
         found = await self._get_model(kv, verified_key(namespace, name), AppRecord) if kv else None
         return found[0] if found else None
 
     async def verified(self) -> list[AppRecord]:
+        """The last verified record of every app."""
         kv = await self._bucket(subjects.APPS_BUCKET)
         if kv is None:
             return []
@@ -199,6 +201,7 @@ class AppStore:
     # -- status ------------------------------------------------------------------------
 
     async def get_status(self, namespace: str, name: str) -> AppStatus | None:
+        """The reconciler's status of the app, or None before its first pass."""
         kv = await self._bucket(subjects.APPS_BUCKET)
         found = await self._get_model(kv, subjects.app_status_key(namespace, name), AppStatus) if kv else None
         return found[0] if found else None
@@ -239,6 +242,7 @@ class AppStore:
 
 
 def verified_key(namespace: str, name: str) -> str:
+    """The NEX_APPS key of the last record of an app the reconciler verified."""
     return subjects.app_verified_key(namespace, name)
 
 

@@ -36,6 +36,7 @@ class LogLine:
 
     @property
     def text(self) -> str:
+        """The line as text (invalid UTF-8 replaced)."""
         return self.data.decode(errors="replace")
 
 

@@ -74,6 +74,7 @@ async def connect(
             for node in await client.ping():
                 print(node.name)
         ```
+
     """
     options = connect_options(servers, creds=creds, nkey=nkey, user=user, password=password,
                               tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, name=name)

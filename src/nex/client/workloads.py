@@ -37,6 +37,15 @@ class Workloads(Transport):
         return first.model_copy(update={"workloads": first.workloads + rest, "next": None})
 
     async def lameduck(self, node_id: str) -> LameDuckResponse:
+        """Put the node in lame duck: it stops taking work, and its workloads stop after its lame-duck period.
+
+        Signed with the client's keys; a node that trusts issuers takes it from an admin only.
+
+        Raises:
+            NodeNotFound: no node ``node_id`` answers.
+            Forbidden: the node refuses the claim (``NotAdmin``, ``UntrustedIssuer``...).
+
+        """
         return await self._request(
             subjects.LAMEDUCK, target_token(node_id, "node id"), LameDuckResponse, NodeNotFound, signed=True,
         )
@@ -102,6 +111,16 @@ class Workloads(Transport):
             "sender_xkey": self.keys.xkey.public})
 
     async def undeploy(self, workload_id: str, grace_ms: int | None = None) -> UndeployResponse:
+        """Stop a workload: SIGTERM (or unloading a function), then SIGKILL after ``grace_ms``.
+
+        Signed with the client's keys; only the issuer that deployed it, or an admin, may stop it.
+        Returns once it has stopped, with how it exited.
+
+        Raises:
+            WorkloadNotFound: no node of the namespace runs it.
+            Forbidden: the node refuses the claim (``NotOwner``...).
+
+        """
         body = UndeployRequest(grace_ms=grace_ms).model_dump_json(exclude_none=True).encode()
         # The node answers once the workload is gone: after its grace period (and a SIGKILL) at worst.
         grace_s = DEFAULT_STOP_GRACE_S if grace_ms is None else grace_ms / 1000
@@ -142,6 +161,12 @@ class Workloads(Transport):
         return found
 
     async def workload_info(self, workload_id: str) -> WorkloadSummary:
+        """The workload ``workload_id`` (a full id) as the node that runs it reports it.
+
+        Raises:
+            WorkloadNotFound: no node of the namespace runs it.
+
+        """
         target_token(workload_id, "workload id")
         ping = await self._request(subjects.WPING, workload_id, WorkloadPing, WorkloadNotFound)
         for workload in ping.workloads:
