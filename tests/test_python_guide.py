@@ -1,0 +1,143 @@
+"""docs/python.md says what its examples do: this runs them and checks.
+
+Every example of the guide is a file under docs/examples/python/, included in the guide
+verbatim after an ``<!-- example: FILE -->`` marker. Each Python file is run as a user runs
+it (``python docs/examples/python/NAME.py`` from the top of the repository) against a real
+node: ``nex node up`` with its own nats-server, tagged ``zone=a``, that trusts only the
+issuer of the keys in the examples' ``$NEX_HOME`` (so every example that changes something
+shows that it signs), and acts as the fleet's reconciler (so the app example's replicas run).
+Each must print what :data:`EXPECTED` says, in order. ``python tests/test_python_guide.py
+--write`` rewrites the guide's copies of the files after they changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nats
+import pytest
+
+from nex.natsserver import free_port
+from nex.security.keystore import UserKeys
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "docs" / "python.md"
+EXAMPLES = ROOT / "docs" / "examples" / "python"
+_EXAMPLE = re.compile(r"<!-- example: (\S+) -->\n```\w*\n(.*?)```\n", re.S)
+
+# What each example prints, as fragments in order; ``ticker`` is the quick start's service, built here.
+EXPECTED: dict[str, list[str]] = {
+    "connect.py": ["node guide-node (", "workloads"],
+    "function.py": ["javascript function 'hello' is running", '{"hello":"python","on":"demo.hello"}'],
+    "service.py": ["service 'ticker' is running on guide-node (zone a)", "service 'ticker' is stopped"],
+    "invoke.py": ['{"hello":"sync","on":"demo.hello"}', "kept as ", "sent again: duplicate=True"],
+    "feeds.py": ["[stdout] hello logs", "workload_stopped: hello"],
+    "apps.py": ["app 'shop' created, version 1", "2/2 replicas running", '"on":"shop.hello"',
+                "version 2: hello scaled", "deleted; apps left: []"],
+    "errors.py": ["NatsUnavailable: cannot connect to NATS at nats://127.0.0.1:1", "hint: Is a node running?",
+                  "404 no function is triggered by 'nobody.listens'", "404 no workload 'no-such-workload'",
+                  "404 no app 'nothing' in namespace 'default'",
+                  "ArtifactNotFound 404: artifact not found: missing.js"],
+    "keys.py": ["your issuer: A", "deployed 'hello', signed by A", "unsigned: this node trusts only signed"],
+}
+WALL_LIMIT_S = 60
+
+
+def shown() -> dict[str, str]:
+    return dict(_EXAMPLE.findall(GUIDE.read_text()))
+
+
+def test_the_guide_shows_every_example_file_verbatim():
+    files = {p.name for p in EXAMPLES.iterdir() if p.is_file()}
+    assert set(shown()) == files, "every example file is in the guide, and only those"
+    for name, text in shown().items():
+        assert text == (EXAMPLES / name).read_text(), f"docs/python.md shows {name} differently (--write)"
+    assert set(EXPECTED) == {name for name in files if name.endswith(".py")}, "an example no test runs"
+
+
+@pytest.fixture(scope="module")
+def guide_node(tmp_path_factory):
+    """A node as a user starts one (``nex node up``), on its own nats-server, trusting the issuer
+    of the examples' keys; yields the environment the examples run in."""
+    base = tmp_path_factory.mktemp("python-guide")
+    home = base / "nexhome"
+    keys = UserKeys.load(home, create=True)
+    fleet = UserKeys.load(base / "fleet", create=True)  # the reconciler's keys: trusted too, as operations.md says
+    ticker = base / "ticker"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(ticker), str(ROOT / "examples" / "quickstart" / "ticker.c")],
+                   check=True)
+    port = free_port()
+    node_env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "NEX_NAMESPACE")}
+    env = {**node_env, "NEX_HOME": str(home), "NATS_URL": f"nats://127.0.0.1:{port}"}
+    log = (base / "node.log").open("wb")
+    node = subprocess.Popen(
+        [sys.executable, "-m", "nex", "node", "up", "--name", "guide-node", "--port", str(port), "--tags", "zone=a",
+         "--state-dir", str(base / "state"), "--sandbox", "none", "--trusted-issuer", keys.issuer_public,
+         "--fleet-keys", str(base / "fleet"), "--trusted-issuer", fleet.issuer_public],
+        env=node_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        asyncio.run(_wait_for_reconciler(env["NATS_URL"], node))
+        yield {"env": env, "ticker": ticker, "log": base / "node.log"}
+    finally:
+        node.terminate()
+        try:
+            node.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
+        log.close()
+
+
+async def _wait_for_reconciler(url: str, node: subprocess.Popen) -> None:
+    """Until the node answers PING and holds the reconciler's lease (the app example needs it)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        assert node.poll() is None, "the node exited"
+        try:
+            nc = await nats.connect(url, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=0)
+        except Exception:  # the node's nats-server is not listening yet
+            nc = None
+        if nc is not None:
+            try:
+                kv = await nc.jetstream().key_value("NEX_LEASES")
+                if (await kv.get("reconciler")).value:
+                    return
+            except Exception:  # no bucket or lease yet
+                pass
+            finally:
+                await nc.close()
+        assert asyncio.get_running_loop().time() < deadline, "no reconciler within 30 s"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.xdist_group("python_guide")
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_an_example_does_what_the_guide_says(name, guide_node):
+    args = [str(guide_node["ticker"])] if name == "service.py" else []
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=ROOT, env=guide_node["env"],
+                          capture_output=True, text=True, timeout=WALL_LIMIT_S)
+    output = done.stdout
+    assert done.returncode == 0, f"{name} failed:\n{output}\n{done.stderr}"
+    at = 0
+    for fragment in EXPECTED[name]:
+        found = output.find(fragment, at)
+        assert found >= 0, f"{name} did not print {fragment!r} (after what came before):\n{output}"
+        at = found + len(fragment)
+
+
+def write_guide() -> None:
+    """Put each example file's current text into the guide, after its marker."""
+    def current(match: re.Match[str]) -> str:
+        name = match.group(1)
+        fence = match.group(0).split("\n", 2)[1]
+        return f"<!-- example: {name} -->\n{fence}\n{(EXAMPLES / name).read_text()}```\n"
+    GUIDE.write_text(_EXAMPLE.sub(current, GUIDE.read_text()))
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
+    write_guide()
