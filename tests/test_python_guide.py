@@ -22,6 +22,8 @@ from pathlib import Path
 import nats
 import pytest
 
+from helpers import eventually
+
 from nex.natsserver import free_port
 from nex.security.keystore import UserKeys
 
@@ -128,6 +130,48 @@ def test_an_example_does_what_the_guide_says(name, guide_node):
         found = output.find(fragment, at)
         assert found >= 0, f"{name} did not print {fragment!r} (after what came before):\n{output}"
         at = found + len(fragment)
+
+
+@pytest.mark.xdist_group("python_guide")
+async def test_a_keyless_client_cannot_take_over_a_signed_app(guide_node, tmp_path):
+    """An attacker on the bus with no keys applies its own version of an app someone signed, then
+    deletes it: both records are stored (the bucket is writable), but the fleet refuses them,
+    wait_app says so at once, and the signed version keeps running until its signer deletes it."""
+    import nex
+    from nex.api.apps import AppSpec
+    from nex.api.errors import AppNotFound, AppNotRunning
+    from nex.client import AppView, UserKeys
+
+    url, home = guide_node["env"]["NATS_URL"], Path(guide_node["env"]["NEX_HOME"])
+    app = tmp_path / "vault.yaml"
+    app.write_text((EXAMPLES / "shop.yaml").read_text().replace("name: shop", "name: vault")
+                   .replace("./hello.js", str(EXAMPLES / "hello.js")).replace("shop.hello", "vault.hello"))
+    async with nex.connect(url, keys=UserKeys.load(home)) as owner, nex.connect(url, keys=None) as attacker:
+        await owner.apply_app(app)
+        signed = await owner.wait_app("vault", timeout=30)
+        record, _ = await attacker.app_store.get("default", "vault")
+        hijacked = record.spec.model_copy(update={"workloads": [
+            record.spec.workloads[0].model_copy(update={"replicas": 0})]})
+        change = await attacker.apply_app(AppSpec.model_validate(hijacked.model_dump()))
+        assert change.version == signed.version + 1  # stored: the bucket does not check signatures
+
+        with pytest.raises(AppNotRunning) as caught:
+            await attacker.wait_app("vault", timeout=30)
+        assert "refuses its record" in caught.value.message
+        await attacker.delete_app("vault")  # a tombstone nobody signed: stored too, and refused
+
+        async def still_running() -> AppView | None:
+            try:
+                view = await owner.app_status("vault")
+            except AppNotFound:
+                return None  # the reconciler has not yet refused the tombstone
+            # Shown past a tombstone only once the fleet refused it: the last verified, signed version.
+            return view if view.version == signed.version and view.running == 2 else None
+
+        await eventually(still_running, timeout=30, interval=0.2)
+        assert await owner.delete_app("vault", wait=True, timeout=30) == 0
+        with pytest.raises(AppNotFound):
+            await owner.app_status("vault")
 
 
 def write_guide() -> None:

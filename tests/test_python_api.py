@@ -1,0 +1,103 @@
+"""The front door of the Python API: ``nex.connect``, the names ``nex.client`` exports, and the
+rule that every failure is a typed :class:`NexError`, before any node is involved."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nex
+import nex.client
+from nex.api.errors import BadRequest, NatsUnavailable, NexError
+from nex.natsserver import free_port
+from nex.security.keystore import UserKeys
+
+CLIENT = Path(nex.client.__file__).parent
+
+
+def test_all_names_exactly_what_the_client_exports():
+    namespace: dict[str, object] = {}
+    exec("from nex.client import *", namespace)  # noqa: S102 (the star import a user writes)
+    exported = {name for name in namespace if not name.startswith("__")}
+    assert exported == set(nex.client.__all__)
+    assert len(nex.client.__all__) == len(set(nex.client.__all__)), "a name listed twice"
+
+
+def test_every_public_class_of_the_client_modules_is_exported_or_a_part():
+    """A class a user receives from the client (a view, a receipt, an error) can be imported from
+    nex.client; the parts NexClient is made of are reached through it."""
+    parts = {cls.__name__ for cls in nex.client.NexClient.__mro__}
+    internal = {"ReplyInbox", "AppStore", "ParsedApp", "AppFile", "FileWorkload", "ArtifactSource", "RegistryRead"}
+    missing = []
+    for path in sorted(CLIENT.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                if node.name not in nex.client.__all__ and node.name not in parts | internal:
+                    missing.append(f"{path.name}: {node.name}")
+    assert missing == []
+
+
+def test_nex_connect_is_the_clients_and_importing_nex_loads_no_client():
+    assert nex.connect is nex.client.connect
+    assert nex.NexClient is nex.client.NexClient
+    assert nex.NexError is NexError
+    # The agents import nex too: the client (nats-py's JetStream, pydantic models) stays out of them.
+    code = "import sys, nex, nex.api.models; print('nex.client' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_every_client_method_says_what_it_raises_or_returns():
+    """Docstrings worth reading on the methods a user calls most (the linter checks they exist)."""
+    for name in ("devrun", "upload_artifact", "apply_app", "wait_app", "delete_app", "undeploy", "lameduck",
+                 "workload_info"):
+        doc = inspect.getdoc(getattr(nex.client.NexClient, name)) or ""
+        assert "Raise" in doc, name
+    assert "Raises:" in (inspect.getdoc(nex.client.connect) or "")
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"user": "me"}, "--user and --password go together"),
+    ({"tls_cert": "/etc/hostname"}, "--tls-cert and --tls-key go together"),
+    ({"creds": "/nonexistent/user.creds"}, "creds: no file '/nonexistent/user.creds'"),
+    ({"nkey": "/nonexistent/seed.nk"}, "nkey: no file"),
+    ({"servers": "http://127.0.0.1:4222"}, "nats://127.0.0.1:4222"),
+    ({"namespace": "a.b"}, "invalid namespace 'a.b'"),
+    ({"timeout": 0}, "timeout 0 is not above zero"),
+])
+async def test_options_that_cannot_work_are_a_bad_request(options, problem):
+    with pytest.raises(BadRequest) as caught:
+        async with nex.connect(**options):
+            pass
+    assert problem in caught.value.message
+
+
+async def test_no_server_there_is_nats_unavailable_with_a_hint():
+    url = f"nats://127.0.0.1:{free_port()}"
+    with pytest.raises(NatsUnavailable) as caught:
+        async with nex.connect(url, timeout=1):
+            pass
+    assert caught.value.servers == url
+    assert "nex node up" in (caught.value.hint or "")
+
+
+async def test_connect_takes_the_environment_as_the_cli_does(nats_server, monkeypatch, nex_home):
+    monkeypatch.setenv("NATS_URL", nats_server.url)
+    monkeypatch.setenv("NEX_NAMESPACE", "shop")
+    async with nex.connect() as client:
+        assert client.namespace == "shop"
+        assert client.keys is None  # no keys in $NEX_HOME yet: nothing to sign with
+        assert client.nc.is_connected
+    assert client.nc.is_closed  # closed on leaving the block
+
+    made = UserKeys.load(nex_home, create=True)
+    async with nex.connect([nats_server.url], namespace="default") as client:
+        assert client.namespace == "default"
+        assert client.keys is not None and client.keys.issuer_public == made.issuer_public
+    async with nex.connect(nats_server.url, keys=None) as client:
+        assert client.keys is None
