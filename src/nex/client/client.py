@@ -21,7 +21,8 @@ class NexClient(Apps, Feeds, Functions):
     connected nats-py client: ``NexClient(nc, namespace="default")``. Its methods come in parts:
 
     - nodes and workloads: :meth:`ping`, :meth:`node_info`, :meth:`workloads`,
-      :meth:`workload_info`, :meth:`deploy`, :meth:`undeploy`, :meth:`lameduck`;
+      :meth:`workload_info`, :meth:`deploy`, :meth:`undeploy`, :meth:`lameduck`, and
+      :meth:`resolve_workload` / :meth:`resolve_node` (a name or id prefix to an id);
     - placement: :meth:`auction`, :meth:`place` (deploy through the best bid);
     - artifacts: :meth:`upload_artifact`, :meth:`devrun` (a local file or an image, uploaded and
       deployed);

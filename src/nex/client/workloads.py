@@ -11,6 +11,7 @@ from nex.api.models import (
     BID_ID_PATTERN, DEFAULT_STOP_GRACE_S, DeployRequest, LameDuckResponse, NodeInfo, NodePing, NodeState, PageRequest,
     UndeployRequest, UndeployResponse, WorkloadPing, WorkloadSummary, WorkloadType,
 )
+from nex.client.naming import NODE_ID_LENGTH, resolve_id
 from nex.client.transport import DEFAULT_GATHER_S, Transport, target_token
 from nex.security.xkeys import seal_env
 
@@ -173,6 +174,40 @@ class Workloads(Transport):
             if workload.id == workload_id:
                 return workload
         raise WorkloadNotFound(workload_id)
+
+
+    async def resolve_node(self, given: str) -> str:
+        """The id of the node ``given`` names: a node id, a unique node name, or a unique prefix of
+        an id (at least 4 characters), as the ``nex`` command takes them.
+
+        Raises:
+            NodeNotFound: no node of the namespace has that id, name or prefix.
+            BadRequest: the prefix is too short, or it (or the name) matches several nodes.
+
+        """
+        if len(given) == NODE_ID_LENGTH:
+            return given
+        return resolve_id(given, ((n.node_id, n.name) for n in await self.ping()), "node")
+
+    async def resolve_workload(self, given: str) -> str:
+        """The id of the workload ``given`` names: a workload id, a unique name, or a unique prefix
+        of an id (at least 4 characters), as ``nex workload stop`` takes them.
+
+        Raises:
+            WorkloadNotFound: no workload of the namespace has that id, name or prefix.
+            BadRequest: the prefix is too short, or it (or the name) matches several workloads.
+
+        Example:
+            ```python
+            await client.undeploy(await client.resolve_workload("ticker"))
+            ```
+
+        """
+        try:
+            return (await self.workload_info(given)).id
+        except WorkloadNotFound:
+            pass  # not a full id: a name, a prefix, or nothing
+        return resolve_id(given, ((w.id, w.name) for w in await self.workloads()), "workload")
 
 
 def _deploy_target(target: str) -> str:
