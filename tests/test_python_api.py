@@ -101,3 +101,54 @@ async def test_connect_takes_the_environment_as_the_cli_does(nats_server, monkey
         assert client.keys is not None and client.keys.issuer_public == made.issuer_public
     async with nex.connect(nats_server.url, keys=None) as client:
         assert client.keys is None
+
+
+async def test_apps_from_python_without_a_fleet(nats_server, nex_home):
+    """An AppSpec applied from Python is stored as nex apply stores it (signed, versioned, in the
+    client's namespace when it names none); with no reconciler running, wait_app says what is
+    missing instead of hanging, and the app can be deleted with a signed tombstone."""
+    from nex.api.apps import AppSpec, AppWorkload
+    from nex.api.errors import AppNotFound, AppNotRunning
+    from nex.api.models import Artifact, Trigger
+
+    keys = UserKeys.load(nex_home, create=True)
+    hello = AppWorkload(name="hello", type="javascript", artifact=Artifact(uri="nats://NEX_ARTIFACTS_shop/x",
+                        sha256="ab" * 32), triggers=[Trigger(subject="shop.hello")], replicas=2)
+    async with nex.connect(nats_server.url, namespace="shop") as client:
+        dry = await client.apply_app(AppSpec(name="web", workloads=[hello]), dry_run=True)
+        assert (dry.action, dry.dry_run, dry.namespace) == ("created", True, "shop")
+        with pytest.raises(AppNotFound):
+            await client.app_status("web")  # a dry run stores nothing
+
+        change = await client.apply_app(AppSpec(name="web", workloads=[hello]))
+        assert (change.action, change.version, change.namespace) == ("created", 1, "shop")
+        again = await client.apply_app(AppSpec(name="web", workloads=[hello]))
+        assert (again.action, again.version) == ("unchanged", 1)
+
+        view = await client.app_status("web")
+        assert (view.namespace, view.desired, view.running, view.applied_by) == ("shop", 2, 0, keys.issuer_public)
+        assert [app.name for app in await client.apps()] == ["web"]
+        with pytest.raises(AppNotRunning) as caught:
+            await client.wait_app("web", timeout=0.5)
+        assert "hello 0/2 up to date" in caught.value.message
+        assert "the reconciler has not acted on version 1 yet" in caught.value.message
+
+        assert await client.delete_app("web") == 0
+        with pytest.raises(AppNotFound):
+            await client.app_status("web")
+        assert await client.apps() == []
+
+
+async def test_an_app_spec_that_leaves_its_namespace_is_refused_before_it_is_stored(nats_server):
+    from nex.api.apps import AppSpec, AppWorkload
+    from nex.api.errors import AppNotFound
+    from nex.api.models import Artifact, HealthCheck
+
+    probe = AppWorkload(name="svc", type="native", artifact=Artifact(uri="nats://NEX_ARTIFACTS_shop/y",
+                        sha256="cd" * 32), health=HealthCheck(nats="other.health"))
+    async with nex.connect(nats_server.url, namespace="shop", keys=None) as client:
+        with pytest.raises(BadRequest) as caught:
+            await client.apply_app(AppSpec(name="svc", workloads=[probe]))
+        assert "workloads[0].health.nats" in caught.value.message
+        with pytest.raises(AppNotFound):
+            await client.app_status("svc")

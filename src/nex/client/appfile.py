@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Sequence
 from urllib.parse import unquote, urlparse
 
 import nats.errors
@@ -38,7 +38,9 @@ from nex.images.registry import manifest_digest
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import open_env, seal_env
 
-__all__ = ["AppFileError", "ArtifactSource", "FileWorkload", "ParsedApp", "build_spec", "parse_app_file"]
+__all__ = [
+    "AppFileError", "ArtifactSource", "FileWorkload", "ParsedApp", "build_spec", "check_subjects", "parse_app_file",
+]
 
 MAX_FILE_BYTES = 1 << 20
 _SCHEMES = ("nats://", "file://", OCI_SCHEME)
@@ -161,15 +163,15 @@ def parse_app_file(path: str | Path, namespace: str, namespace_given: bool = Fal
     if app.namespace is not None and namespace_given and app.namespace != namespace:
         raise AppFileError(shown, f"the file says namespace {app.namespace!r}, the command line {namespace!r}",
                            "namespace")
-    _check_subjects(shown, app.namespace or namespace, app)
+    check_subjects(shown, app.namespace or namespace, app.workloads)
     return ParsedApp(path=path, shown=shown, namespace=app.namespace or namespace, app=app)
 
 
-def _check_subjects(shown: str, namespace: str, app: AppFile) -> None:
+def check_subjects(shown: str, namespace: str, workloads: Sequence[AppWorkload]) -> None:
     """The subject rule of workloads (nex.api.subjects), as a node applies it at deploy: no trigger
-    or health check in another namespace's subjects. (A node's namespace_subjects is checked by the
+    or health check in another namespace's subjects; AppFileError naming ``shown`` otherwise. (A node's namespace_subjects is checked by the
     node: its refusal shows in the app's status)."""
-    for index, workload in enumerate(app.workloads):
+    for index, workload in enumerate(workloads):
         for number, trigger in enumerate(workload.triggers):
             problem = subjects.namespace_subject_problem(namespace, trigger.subject)
             if problem is not None:

@@ -13,14 +13,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nats.aio.client import Client
+
 from nex.api import subjects
 from nex.api.apps import AppRecord, AppSpec
 from nex.api.errors import AppNotFound, AppNotRunning, Unavailable
 from nex.api.events import EVENT_TYPE_PREFIX, CloudEvent, EventType
-from nex.client.appfile import ParsedApp, build_spec, parse_app_file
+from nex.client.appfile import ParsedApp, build_spec, check_subjects, parse_app_file
 from nex.client.appstatus import AppChange, AppView, app_change, app_view, replicas_of
 from nex.client.appstore import AppStore, same_spec
 from nex.client.artifacts import Artifacts
+from nex.security.keystore import UserKeys
 
 __all__ = ["Apps"]
 
@@ -31,13 +34,17 @@ DEFAULT_APP_WAIT_S = 60.0
 class Apps(Artifacts):
     """Desired state: apps the fleet's reconciler keeps running (docs/operations.md)."""
 
+    def __init__(self, nc: Client, namespace: str, timeout: float, keys: UserKeys | None, confined: bool,
+                 sample_threshold: int) -> None:
+        super().__init__(nc, namespace, timeout, keys, confined, sample_threshold)
+        self._app_store: AppStore | None = None  # made on first use: most clients never touch an app
+
     @property
     def app_store(self) -> AppStore:
         """The app store (``NEX_APPS``, the node registry, the lease) on this client's connection."""
-        store = getattr(self, "_app_store", None)
-        if store is None:
-            store = self._app_store = AppStore(self.nc, timeout=self.timeout)
-        return store
+        if self._app_store is None:
+            self._app_store = AppStore(self.nc, timeout=self.timeout)
+        return self._app_store
 
     async def apply_app(self, app: AppSpec | ParsedApp | str | os.PathLike[str], *,
                         dry_run: bool = False) -> AppChange:
@@ -53,8 +60,8 @@ class Apps(Artifacts):
         Returns what changed: created, updated (with each workload's change) or unchanged.
 
         Raises:
-            AppFileError: the file is unreadable or wrong (the message names the file and field).
-            BadRequest: the spec is not valid.
+            AppFileError: the file is unreadable or wrong (the message names the file and field), or
+                a trigger or health check of the spec is outside its namespace's subjects.
             Conflict: someone else kept changing the app while this apply retried.
             Unavailable: NATS or JetStream did not answer.
 
@@ -68,7 +75,7 @@ class Apps(Artifacts):
         store = self.app_store
         if isinstance(app, AppSpec):
             spec = app if "namespace" in app.model_fields_set else app.model_copy(update={"namespace": self.namespace})
-            subjects.check_token(spec.namespace, "namespace")
+            check_subjects(f"app {spec.name!r}", spec.namespace, spec.workloads)
         else:
             parsed = app if isinstance(app, ParsedApp) else parse_app_file(Path(app), self.namespace)
             spec = await build_spec(parsed, self, store, self.keys, upload=not dry_run)
