@@ -152,3 +152,18 @@ async def test_an_app_spec_that_leaves_its_namespace_is_refused_before_it_is_sto
         assert "workloads[0].health.nats" in caught.value.message
         with pytest.raises(AppNotFound):
             await client.app_status("svc")
+
+
+async def test_a_client_whose_connection_closed_fails_with_a_nex_error(nats_server):
+    """What no part expects (here, its connection closed under it) still arrives as a NexError."""
+    from nex.api.errors import Unavailable
+
+    async with nex.connect(nats_server.url, keys=None) as client:
+        await client.nc.close()
+        with pytest.raises(Unavailable) as caught:
+            await client.invoke("demo.hello", b"")
+        assert "connection to NATS" in caught.value.message
+        with pytest.raises(NexError):
+            [line async for line in client.logs("w1")]
+        with pytest.raises(NexError):
+            await client.apps()

@@ -6,6 +6,7 @@ from nats.aio.client import Client
 
 from nex.api import subjects
 from nex.client.apps import Apps
+from nex.client.failures import guard_public_methods
 from nex.client.feeds import Feeds
 from nex.client.functions import Functions
 from nex.placement import sampling
@@ -14,6 +15,7 @@ from nex.security.keystore import UserKeys
 __all__ = ["NexClient"]
 
 
+@guard_public_methods
 class NexClient(Apps, Feeds, Functions):
     """Everything Nex does, from Python: the nodes and workloads of one namespace, over NATS.
 
@@ -31,7 +33,8 @@ class NexClient(Apps, Feeds, Functions):
     - apps: :meth:`apply_app`, :meth:`apps`, :meth:`app_status`, :meth:`wait_app`,
       :meth:`delete_app`.
 
-    Every failure is a :class:`nex.api.errors.NexError` (docs/python.md lists them).
+    Every failure is a :class:`nex.api.errors.NexError` (docs/python.md lists them): what a part
+    does not convert itself, :mod:`nex.client.failures` does.
 
     With ``keys`` every control request that changes something (DEPLOY, UNDEPLOY,
     LAMEDUCK) and every AUCTION carries a claim signed by ``keys.issuer`` in its
