@@ -62,6 +62,15 @@ def test_the_guide_shows_every_example_file_verbatim():
     assert set(EXPECTED) == {name for name in files if name.endswith(".py")}, "an example no test runs"
 
 
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
+def test_the_front_pages_show_an_example_verbatim(page):
+    """The README and the site's home page show a Python example: one of these files, as it is."""
+    examples = _EXAMPLE.findall((ROOT / page).read_text())
+    assert examples, f"{page} shows no Python example"
+    for name, text in examples:
+        assert text == (EXAMPLES / name).read_text(), f"{page} shows {name} differently (--write)"
+
+
 @pytest.fixture(scope="module")
 def guide_node(tmp_path_factory):
     """A node as a user starts one (``nex node up``), on its own nats-server, trusting the issuer
@@ -149,9 +158,8 @@ async def test_a_keyless_client_cannot_take_over_a_signed_app(guide_node, tmp_pa
     async with nex.connect(url, keys=UserKeys.load(home)) as owner, nex.connect(url, keys=None) as attacker:
         await owner.apply_app(app)
         signed = await owner.wait_app("vault", timeout=30)
-        record, _ = await attacker.app_store.get("default", "vault")
-        hijacked = record.spec.model_copy(update={"workloads": [
-            record.spec.workloads[0].model_copy(update={"replicas": 0})]})
+        spec = await attacker.app_spec("vault")
+        hijacked = spec.model_copy(update={"workloads": [spec.workloads[0].model_copy(update={"replicas": 0})]})
         change = await attacker.apply_app(AppSpec.model_validate(hijacked.model_dump()))
         assert change.version == signed.version + 1  # stored: the bucket does not check signatures
 
@@ -175,12 +183,13 @@ async def test_a_keyless_client_cannot_take_over_a_signed_app(guide_node, tmp_pa
 
 
 def write_guide() -> None:
-    """Put each example file's current text into the guide, after its marker."""
+    """Put each example file's current text into the guide and the front pages, after its marker."""
     def current(match: re.Match[str]) -> str:
         name = match.group(1)
         fence = match.group(0).split("\n", 2)[1]
         return f"<!-- example: {name} -->\n{fence}\n{(EXAMPLES / name).read_text()}```\n"
-    GUIDE.write_text(_EXAMPLE.sub(current, GUIDE.read_text()))
+    for page in (GUIDE, ROOT / "README.md", ROOT / "docs" / "index.md"):
+        page.write_text(_EXAMPLE.sub(current, page.read_text()))
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:

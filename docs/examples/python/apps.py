@@ -18,9 +18,9 @@ async def main() -> None:
         print((await client.invoke("shop.hello", b"shop")).decode())
 
         # The stored spec is an AppSpec: change it and apply it again.
-        record, _ = await client.app_store.get(client.namespace, "shop")
-        hello = record.spec.workloads[0].model_copy(update={"replicas": 1})
-        scaled = record.spec.model_copy(update={"workloads": [hello]})
+        spec = await client.app_spec("shop")
+        hello = spec.workloads[0].model_copy(update={"replicas": 1})
+        scaled = spec.model_copy(update={"workloads": [hello]})
         change = await client.apply_app(scaled)
         print(f"version {change.version}: hello {change.workloads[0].change}")  # scaled
 

@@ -40,7 +40,7 @@ class Apps(Artifacts):
         self._app_store: AppStore | None = None  # made on first use: most clients never touch an app
 
     @property
-    def app_store(self) -> AppStore:
+    def _apps_kv(self) -> AppStore:
         """The app store (``NEX_APPS``, the node registry, the lease) on this client's connection."""
         if self._app_store is None:
             self._app_store = AppStore(self.nc, timeout=self.timeout)
@@ -72,7 +72,7 @@ class Apps(Artifacts):
             ```
 
         """
-        store = self.app_store
+        store = self._apps_kv
         if isinstance(app, AppSpec):
             spec = app if "namespace" in app.model_fields_set else app.model_copy(update={"namespace": self.namespace})
             check_subjects(f"app {spec.name!r}", spec.namespace, spec.workloads)
@@ -109,7 +109,7 @@ class Apps(Artifacts):
         An app whose record was deleted without a signed tombstone still runs, and is listed, as
         refused. Raises Unavailable when NATS or JetStream does not answer.
         """
-        store = self.app_store
+        store = self._apps_kv
         namespace = None if all_namespaces else self.namespace
         records = await store.list(namespace)
         stored = {(r.spec.namespace, r.spec.name) for r in await store.list(namespace, deleted=True)}
@@ -128,7 +128,7 @@ class Apps(Artifacts):
         name that cannot be one.
         """
         subjects.check_token(name, "app name")
-        store = self.app_store
+        store = self._apps_kv
         status = await store.get_status(self.namespace, name)
         try:
             record, _ = await store.get(self.namespace, name)
@@ -139,6 +139,25 @@ class Apps(Artifacts):
                 raise
             record = verified
         return app_view(record, await store.nodes(), status)
+
+    async def app_spec(self, name: str) -> AppSpec:
+        """The spec stored for an app of the client's namespace: what the last apply stored, to
+        change and apply again.
+
+        Raises AppNotFound when there is no such app (or only its tombstone).
+
+        Example:
+            ```python
+            spec = await client.app_spec("shop")
+            scaled = spec.model_copy(update={"workloads": [
+                spec.workloads[0].model_copy(update={"replicas": 3})]})
+            await client.apply_app(scaled)
+            ```
+
+        """
+        subjects.check_token(name, "app name")
+        record, _ = await self._apps_kv.get(self.namespace, name)
+        return record.spec
 
     async def wait_app(self, name: str, timeout: float = DEFAULT_APP_WAIT_S) -> AppView:
         """Wait until every replica of the app's current version runs and is healthy; returns its view.
@@ -176,7 +195,7 @@ class Apps(Artifacts):
         client has no keys, Unavailable when ``wait`` runs out first.
         """
         subjects.check_token(name, "app name")
-        store = self.app_store
+        store = self._apps_kv
         try:
             record: AppRecord | None = (await store.get(self.namespace, name))[0]
         except AppNotFound:

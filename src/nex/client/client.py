@@ -30,7 +30,7 @@ class NexClient(Apps, Feeds, Functions):
       deployed);
     - functions: :meth:`invoke`, :meth:`invoke_async`, :meth:`dlq_list`, :meth:`dlq_replay`;
     - feeds: :meth:`logs`, :meth:`events`;
-    - apps: :meth:`apply_app`, :meth:`apps`, :meth:`app_status`, :meth:`wait_app`,
+    - apps: :meth:`apply_app`, :meth:`apps`, :meth:`app_status`, :meth:`app_spec`, :meth:`wait_app`,
       :meth:`delete_app`.
 
     Every failure is a :class:`nex.api.errors.NexError` (docs/python.md lists them): what a part
