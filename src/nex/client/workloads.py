@@ -22,7 +22,11 @@ class Workloads(Transport):
     # -- nodes -------------------------------------------------------------------------
 
     async def ping(self, wait: float = DEFAULT_GATHER_S, expected: int | None = None) -> list[NodePing]:
-        """Every node that answers within ``wait`` seconds (or as soon as ``expected`` have)."""
+        """Every node that answers within ``wait`` seconds (or as soon as ``expected`` have).
+
+        Never raises for an empty fleet: no node answering is an empty list.
+
+        """
         return await self._gather(subjects.PING, NodePing, wait, expected)
 
     async def ping_node(self, node_id: str, timeout: float | None = None) -> NodePing:
@@ -32,7 +36,13 @@ class Workloads(Transport):
                                    timeout=timeout)
 
     async def node_info(self, node_id: str) -> NodeInfo:
-        """The node, with every workload of the namespace on it (read page by page)."""
+        """The node, with every workload of the namespace on it (read page by page).
+
+        Raises:
+            NodeNotFound: no node ``node_id`` answers in the namespace.
+            Unavailable: no reply within the client's timeout.
+
+        """
         first = await self._request(subjects.INFO, target_token(node_id, "node id"), NodeInfo, NodeNotFound)
         rest = await self._more_pages(node_id, first.next)
         return first.model_copy(update={"workloads": first.workloads + rest, "next": None})
@@ -85,6 +95,13 @@ class Workloads(Transport):
 
         With keys, the request is signed and env sealed to ``xkey`` (the target node's
         key; looked up with a PING when not given).
+
+        Raises:
+            NodeNotFound: no node ``target`` answers (BidNotFound: the bid expired or was used).
+            BadRequest: the node refuses the request (a field, a trigger, the artifact).
+            Forbidden: the node refuses the claim (unsigned, untrusted issuer...).
+            Unavailable: no reply within the client's timeout, or the node is draining.
+
         """
         _deploy_target(target)
         if self.keys is not None and request.env:
