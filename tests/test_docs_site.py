@@ -14,6 +14,9 @@ import yaml
 
 from nex.cli import cli
 
+# One build for the module, on one xdist worker.
+pytestmark = pytest.mark.xdist_group("docs_site")
+
 ROOT = Path(__file__).resolve().parent.parent
 MKDOCS = Path(sys.executable).parent / "mkdocs"
 ENV = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
