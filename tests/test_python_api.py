@@ -130,7 +130,7 @@ async def test_apps_from_python_without_a_fleet(nats_server, nex_home):
         assert [app.name for app in await client.apps()] == ["web"]
         with pytest.raises(AppNotRunning) as caught:
             await client.wait_app("web", timeout=0.5)
-        assert "hello 0/2 up to date" in caught.value.message
+        assert "hello 0/2 ready" in caught.value.message
         assert "the reconciler has not acted on version 1 yet" in caught.value.message
 
         assert await client.delete_app("web") == 0

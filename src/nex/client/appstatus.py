@@ -49,6 +49,8 @@ class WorkloadView(Strict):
     running: int = Field(description="replicas in state running, whatever their revision")
     healthy: int = Field(description="running replicas that pass their health check (or have none)")
     up_to_date: int = Field(description="running replicas of the current revision")
+    ready: int = Field(default=0, description="running replicas of the current revision that pass their health "
+                       "check (or have none)")
     rollout: RolloutState | None = Field(default=None, description="None: the reconciler has not reported yet")
     message: str | None = None
     restarts: int = 0
@@ -100,13 +102,13 @@ class AppView(Strict):
     def ready(self) -> bool:
         """Whether the reconciler acted on this version and every replica of it runs, healthy."""
         return (self.refused is None and self.reconciled_version == self.version
-                and all(w.up_to_date >= w.desired and w.healthy >= w.desired for w in self.workloads))
+                and all(w.ready >= w.desired for w in self.workloads))
 
     def summary(self) -> str:
         """One line: each workload's replicas of the current version running, and the last failure seen."""
         parts = []
         for w in self.workloads:
-            part = f"{w.name} {w.up_to_date}/{w.desired} up to date, {w.healthy} healthy"
+            part = f"{w.name} {w.ready}/{w.desired} ready ({w.up_to_date} of the current revision running)"
             if w.last_failure:
                 part += f" (last failure: {w.last_failure})"
             parts.append(part)
@@ -150,6 +152,7 @@ def app_view(record: AppRecord, nodes: Iterable[NodeRecord], status: AppStatus |
             desired=workload.replicas, running=len(running),
             healthy=sum(1 for r in running if _healthy(r, workload)),
             up_to_date=sum(1 for r in running if r.current),
+            ready=sum(1 for r in running if r.current and _healthy(r, workload)),
             rollout=rollout.state if rollout else None,
             message=rollout.message if rollout else None,
             restarts=rollout.restarts if rollout else 0,
