@@ -7,6 +7,7 @@ listings; on the site such a link would lead nowhere, so each linked directory t
 
 from __future__ import annotations
 
+import posixpath
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,7 +25,7 @@ def on_files(files: Files, config: Any) -> Files:
         text = Path(page.abs_src_path).read_text(encoding="utf-8")
         base = PurePosixPath(page.src_uri).parent
         for target in _DIRECTORY_LINK.findall(text):
-            directory = PurePosixPath(*(base / target).parts)
+            directory = PurePosixPath(posixpath.normpath(base / target))
             if (docs / directory).is_dir() and not (docs / directory / "index.md").exists():
                 linked.add(directory)
     _LISTED.clear()
@@ -43,7 +44,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
 
     def to_listing(match: re.Match[str]) -> str:
         target = match.group(1)
-        listed = PurePosixPath(*(base / target).parts) in _LISTED
+        listed = PurePosixPath(posixpath.normpath(base / target)) in _LISTED
         return f"]({target}index.md)" if listed else match.group(0)
 
     return _DIRECTORY_LINK.sub(to_listing, markdown)
