@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -95,11 +96,11 @@ def guide_node(tmp_path_factory):
         asyncio.run(_wait_for_reconciler(env["NATS_URL"], node))
         yield {"env": env, "ticker": ticker, "log": base / "node.log"}
     finally:
-        node.terminate()
+        node.terminate()  # the node stops its workloads and its nats-server
         try:
             node.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            node.kill()
+            os.killpg(node.pid, signal.SIGKILL)  # its session: the nats-server and agents with it
             node.wait()
         log.close()
 
