@@ -23,8 +23,8 @@ from nex.api.models import (
 from nex.api.records import NodeRecord, ReplicaRecord
 from nex.client import NexClient
 from nex.connection import ConnectOptions, connect
-from nex.fleet.appfile import AppFileError, build_spec, parse_app_file
-from nex.fleet.status import app_change, app_view
+from nex.client.appfile import AppFileError, build_spec, parse_app_file
+from nex.client.appstatus import app_change, app_view
 from nex.fleet.store import AppStore
 from nex.natsserver import NatsServer
 from nex.security.keystore import UserKeys

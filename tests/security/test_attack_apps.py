@@ -23,8 +23,9 @@ from nex.api.apps import AppRecord, AppSpec, RolloutState
 from nex.api.models import WorkloadState
 from nex.client import NexClient
 from nex.fleet.reconciler import fleet_keys
-from nex.fleet.status import app_view
-from nex.fleet.store import AppStore, sign_record
+from nex.client.appstatus import app_view
+from nex.client.appstore import sign_record
+from nex.fleet.store import AppStore
 from nex.security.keystore import UserKeys
 
 FLEET = {"registry_interval_s": 0.5, "node_timeout_s": 2.0, "lease_s": 2.0, "reconcile_interval_s": 0.3,

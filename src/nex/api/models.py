@@ -34,6 +34,8 @@ class Strict(BaseModel):
 
 
 class WorkloadType(StrEnum):
+    """What runs a workload: ``native`` (an executable), ``oci`` (an image), ``javascript``, ``wasm``."""
+
     NATIVE = "native"
     OCI = "oci"
     JAVASCRIPT = "javascript"
@@ -41,12 +43,16 @@ class WorkloadType(StrEnum):
 
 
 class Lifecycle(StrEnum):
+    """How long a workload lives: a ``service`` until stopped, a ``function`` per call, a ``job`` until done."""
+
     SERVICE = "service"
     FUNCTION = "function"
     JOB = "job"
 
 
 class WorkloadState(StrEnum):
+    """Where a workload is in its life: starting, running, stopping, stopped or failed."""
+
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
@@ -55,6 +61,8 @@ class WorkloadState(StrEnum):
 
 
 class NodeState(StrEnum):
+    """Where a node is: running, in lame duck (draining, taking no work) or stopping."""
+
     RUNNING = "running"
     LAMEDUCK = "lameduck"
     STOPPING = "stopping"
@@ -140,6 +148,8 @@ def settle_lifecycle(workload: Any) -> None:
 
 
 class Artifact(Strict):
+    """Where a workload's bytes are and their sha256, which the node checks before it runs them."""
+
     uri: str = Field(description="nats://BUCKET/KEY (JetStream Object Store), file:///path (inside one of "
                      "the node's artifact_roots), or oci://host/repo:tag")
     sha256: Sha256 = Field(description="of the file; for oci:// references, of the image manifest")
@@ -156,6 +166,8 @@ class Artifact(Strict):
 
 
 class TriggerMode(StrEnum):
+    """How a trigger runs its function: ``sync`` (request and reply) or ``async`` (kept in JetStream)."""
+
     SYNC = "sync"  # a request on the subject is answered by one copy of the function
     ASYNC = "async"  # messages on the subject are kept in JetStream and run at least once (docs/functions.md)
 
@@ -176,6 +188,8 @@ class RetryPolicy(Strict):
 
 
 class Trigger(Strict):
+    """A subject a function is subscribed to, with its queue group and mode."""
+
     subject: str = Field(min_length=1, max_length=256)
     queue: Token | None = Field(
         default=None, description="queue group; default: one group per namespace and workload name"
@@ -222,6 +236,8 @@ STDERR_TAIL_LINES = 10
 
 
 class Health(StrEnum):
+    """A workload's health, as its health check last said: unknown, healthy or unhealthy."""
+
     UNKNOWN = "unknown"  # not checked yet (or starting)
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
@@ -288,6 +304,8 @@ class AppRef(Strict):
 
 
 class Limits(Strict):
+    """What a workload may use: memory, CPUs, processes, and a function's time and concurrency."""
+
     memory_mib: int | None = Field(default=None, gt=0, le=1024 * 1024)
     cpus: float | None = Field(default=None, gt=0, le=1024)
     pids: int | None = Field(default=None, gt=0, le=1 << 22)
@@ -355,6 +373,8 @@ class Usage(Strict):
 
 
 class WorkloadSummary(Strict):
+    """A workload as a node reports it: id, name, type, state, where it runs, its counters."""
+
     id: str
     name: str
     namespace: str
@@ -389,10 +409,14 @@ class WorkloadSummary(Strict):
 
 
 class UndeployRequest(Strict):
+    """An UNDEPLOY request: how long to wait after SIGTERM before the kill."""
+
     grace_ms: int | None = Field(default=None, ge=0, le=10 * 60 * 1000)
 
 
 class NodePing(Strict):
+    """A node's reply to PING: id, name, version, uptime, tags, xkey, state and workload count."""
+
     node_id: str
     name: str
     version: str
@@ -410,6 +434,8 @@ class NodePing(Strict):
 
 
 class Resources(Strict):
+    """A node's resources: CPUs, memory, load, disk."""
+
     cpus: int
     memory_bytes: int
     memory_available_bytes: int
@@ -432,6 +458,8 @@ class PageRequest(Strict):
 
 
 class NodeInfo(NodePing):
+    """A node's reply to INFO: its PING, resources, runtimes, and one page of its workloads."""
+
     resources: Resources
     runtimes: list[WorkloadType]
     workloads: list[WorkloadSummary] = Field(description="one page of the namespace's workloads, by id")
@@ -439,17 +467,23 @@ class NodeInfo(NodePing):
 
 
 class WorkloadPing(Strict):
+    """A node's reply to WPING: one page of the workloads it runs."""
+
     node_id: str
     workloads: list[WorkloadSummary] = Field(description="one page of the namespace's workloads, by id")
     next: str | None = Field(default=None, max_length=CURSOR_MAX_LENGTH, description=NEXT_DESCRIPTION)
 
 
 class LameDuckResponse(Strict):
+    """A node's reply to LAMEDUCK: it now drains and takes no new work."""
+
     node_id: str
     state: NodeState
 
 
 class UndeployResponse(Strict):
+    """A node's reply to UNDEPLOY: the workload's final state and how it exited."""
+
     id: str
     node_id: str
     state: WorkloadState
@@ -469,6 +503,8 @@ class AuctionRequest(Strict):
 
 
 class Bid(Strict):
+    """A node's offer to run a workload: deploy through ``bid_id`` before it expires."""
+
     bid_id: str = Field(pattern=BID_ID_PATTERN,
                         description="<node id>.<token>: deploy to $NEX.SVC.<ns>.control.DEPLOY.<bid_id> "
                                     "before it expires")
@@ -483,6 +519,8 @@ class Bid(Strict):
 
 
 class AuctionReply(Strict):
+    """A node's answer to AUCTION: a bid, or why it declines."""
+
     node_id: str
     bid: Bid | None = None
     declined: str | None = Field(default=None, description="why this node cannot take the workload")
@@ -511,6 +549,8 @@ class ErrorDetail(Strict):
 
 
 class ErrorResponse(Strict):
+    """The body of an error reply: ``{"error": {"code", "message"}}``."""
+
     error: ErrorDetail
 
 

@@ -32,7 +32,7 @@ from nex.fleet.planner import (
     AppKey, FleetMemory, PendingReplica, Place, Plan, Rollback, SlotKey, Stop, changed_workloads,
 )
 from nex.fleet.store import AppStore
-from nex.fleet.verify import Trust, decide
+from nex.api.appverify import Trust, decide
 from nex.placement import sampling
 from nex.placement.scoring import bid_bucket, choose_bid
 from nex.security.keystore import UserKeys

@@ -28,7 +28,7 @@ from nex.artifact_roots import ArtifactRoots
 from nex.artifacts import ArtifactCache, parse_nats_uri
 from nex.fleet.reconciler import Reconciler, fleet_keys
 from nex.fleet.sharedkeys import SharedFleetKeys
-from nex.fleet.verify import Trust
+from nex.api.appverify import Trust
 from nex.jsreplicas import fleet_replicas, warn_fewer_replicas
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import DEFAULT_HOST, NatsServer, PortTaken, port_in_use
