@@ -5,13 +5,13 @@ STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 # Debian packages the tests need, by what needs them.
 NATIVE_DEBS  := gcc libc6-dev
-SANDBOX_DEBS := runc
+SANDBOX_DEBS := runc runsc
 WASM_DEBS    := clang lld wasi-libc libclang-rt-14-dev-wasm32
 OCI_DEBS     := umoci skopeo docker-registry runc
 UI_DEBS      := chromium chromium-driver
 TEST_DEBS    := $(NATIVE_DEBS) $(SANDBOX_DEBS) $(WASM_DEBS) $(OCI_DEBS) $(UI_DEBS)
 
-.PHONY: run test bench schemas system-deps clean examples
+.PHONY: run test bench schemas system-deps clean examples docs docs-serve
 
 $(PY):
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || $(MAKE) --no-print-directory system-deps DEBS=python3-venv
@@ -50,8 +50,18 @@ examples:
 schemas: $(STAMP)
 	$(PY) -m nex.api.schema docs/schemas
 
+# The documentation site (mkdocs.yml), strict: a broken link or a page missing from the nav fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	@echo "the site is in site/: open site/index.html, or serve it with make docs-serve"
+
+# The same site on http://127.0.0.1:8000/, rebuilt as the docs change (DOCS_ADDR=host:port to move it).
+DOCS_ADDR ?= 127.0.0.1:8000
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr $(DOCS_ADDR)
+
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build site src/*.egg-info

@@ -116,11 +116,15 @@ def linked(tmp_path_factory, programs) -> dict[str, Path | None]:
     return built
 
 
-async def sandbox_verdict(state_dir: Path) -> str | None:
-    """None when this host can sandbox; otherwise why not (the reason a sandbox test skips with)."""
+async def sandbox_verdict(state_dir: Path, mode: str = "oci") -> str | None:
+    """None when this host can sandbox (``oci``: runc or crun; ``gvisor``: runsc); otherwise why not
+    (the reason a sandbox test skips with)."""
     from nex.sandbox.runner import OciRunner
 
-    runner, reason = await OciRunner.probe(state_dir)
+    if mode == "gvisor":
+        runner, reason = await OciRunner.probe_gvisor(state_dir)
+    else:
+        runner, reason = await OciRunner.probe(state_dir)
     return None if runner is not None else reason
 
 
@@ -128,8 +132,8 @@ async def sandbox_verdict(state_dir: Path) -> str | None:
 async def node(nats_server: NatsServer, tmp_path: Path, request, artifact_roots):
     """A node in this test's event loop, on the test's nats-server.
 
-    Parametrize it indirectly with a sandbox mode (``auto`` by default); ``oci``
-    skips where this host cannot sandbox. It does not stand for the fleet's reconciler
+    Parametrize it indirectly with a sandbox mode (``auto`` by default); ``oci`` and
+    ``gvisor`` skip where this host cannot sandbox so. It does not stand for the fleet's reconciler
     (the product's default does): no test of a single node needs one, and its lease and
     passes cost every test time (the fleet tests start nodes that reconcile).
     """
@@ -137,10 +141,10 @@ async def node(nats_server: NatsServer, tmp_path: Path, request, artifact_roots)
     from nex.node.node import Node
 
     sandbox = getattr(request, "param", "auto")
-    if sandbox == "oci":
-        reason = await sandbox_verdict(tmp_path / "probe")
+    if sandbox in ("oci", "gvisor"):
+        reason = await sandbox_verdict(tmp_path / "probe", sandbox)
         if reason is not None:
-            pytest.skip(f"this host cannot sandbox: {reason}")
+            pytest.skip(f"this host cannot sandbox with {sandbox}: {reason}")
     config = NodeConfig(server=nats_server.url, state_dir=tmp_path / "node", name="test-node",
                         tags={"zone": "a"}, stop_grace_s=2.0, lameduck_s=0.2, sandbox=sandbox, reconciler=False,
                         artifact_roots=artifact_roots)

@@ -23,8 +23,8 @@ from nex.api.models import (
 from nex.api.records import NodeRecord, ReplicaRecord
 from nex.client import NexClient
 from nex.connection import ConnectOptions, connect
-from nex.fleet.appfile import AppFileError, build_spec, parse_app_file
-from nex.fleet.status import app_change, app_view
+from nex.client.appfile import AppFileError, build_spec, parse_app_file
+from nex.client.appstatus import app_change, app_view
 from nex.fleet.store import AppStore
 from nex.natsserver import NatsServer
 from nex.security.keystore import UserKeys
@@ -108,6 +108,9 @@ def test_json_files_mapping_artifacts_string_triggers_and_durations(tmp_path):
     (lambda w: w.update(health={"tcp": 1, "nats": "x"}), "workloads[0].health: a health check is tcp or nats"),
     (lambda w: w.update(env={"A=B": "c"}), "workloads[0].env: invalid environment variable name 'A=B'"),
     (lambda w: w.update(triggers=["$NEX.SVC.x"]), "workloads[0].triggers[0].subject: trigger subject"),
+    (lambda w: w.update(isolation="vm"), "workloads[0].isolation: Input should be 'process', 'container' or 'gvisor'"),
+    (lambda w: w.update(type="javascript", artifact="./f.js", triggers=["f"], isolation="gvisor"),
+     "workloads[0]: isolation applies to services and jobs"),
 ])
 def test_a_bad_field_is_named_with_file_and_workload(tmp_path, mutate, expected):
     workload = {"name": "ticker", "type": "native", "artifact": "./ticker", "restart": {}}

@@ -1,5 +1,5 @@
 """Signed desired state, the pure parts: the app token (nex.api.appsig), which records the
-reconciler acts on (nex.fleet.verify) and the node's check of an app replica's deploy
+reconciler acts on (nex.api.appverify) and the node's check of an app replica's deploy
 (nex.security.apps). The token decoder is fuzzed in tests/test_fuzz_decoders.py, beside the
 request claims' decoder."""
 
@@ -17,8 +17,8 @@ from nex.api.appsig import AppClaim, AppOp
 from nex.api.apps import AppRecord, AppSpec
 from nex.api.errors import ClaimMismatch, ClaimRejected, ClaimRequired, MalformedClaim, UntrustedIssuer
 from nex.api.models import AppRef, DeployRequest
-from nex.fleet.store import sign_record
-from nex.fleet.verify import Trust, decide
+from nex.client.appstore import sign_record
+from nex.api.appverify import Trust, decide
 from nex.security.apps import FLEET_KEY_SIGNS_ONLY_APPS, AppDeployCheck
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import XKey

@@ -20,7 +20,7 @@ from nex.api.apps import AppSpec, AppWorkload, Placement, RestartPolicy
 from nex.api.models import NodeState, WorkloadState
 from nex.client import NexClient
 from nex.connection import ConnectOptions
-from nex.fleet.status import ReplicaView, replicas_of
+from nex.client.appstatus import ReplicaView, replicas_of
 
 APP = "chaos"
 REPLICAS = 3

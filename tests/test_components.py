@@ -286,6 +286,9 @@ OTHER_WORLDS = [
      "the component's handle is not the one of the world nex:function/function"),
     ('(component (import "acme:missiles/launch@1.0.0" (instance (export "fire" (func)))))',
      "the component cannot be linked (WASI 0.2 and the nex:host interfaces are all it may import)"),
+    # A start function that never returns: bounded by the function's time limit, as its calls are.
+    ('(component (core module $m (func $forever (loop (br 0))) (start $forever)) (core instance (instantiate $m)))',
+     "cannot instantiate the component: its start-up ran longer than 300 ms"),
 ]
 
 
@@ -295,7 +298,8 @@ async def test_a_component_of_another_world_is_refused_at_deploy(node: Node, nc:
         source = tmp_path / f"other{number}.wat"
         source.write_text(text)
         component = assemble(source, tmp_path / f"other{number}.wasm")
-        refusals.append(await control(nc, "DEPLOY", node.node_id, function_body(component, "other", "other.world")))
+        refusals.append(await control(nc, "DEPLOY", node.node_id, function_body(
+            component, "other", "other.world", limits={"timeout_ms": 300})))
     for (code, refused), (_, words) in zip(refusals, OTHER_WORLDS):
         assert code == 400 and words in refused["error"]["message"], refused
 

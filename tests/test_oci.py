@@ -43,11 +43,18 @@ def oci_runtime():
 
 
 @pytest.fixture
-async def oci_node(oci_runtime, nats_server):
+async def oci_node(oci_runtime, nats_server, request):
+    """A node running containers with runc; parametrized indirectly with ``gvisor``, with runsc."""
+    sandbox = getattr(request, "param", "oci")
     state = searchable_temp_dir("nex-oci-node-")
+    if sandbox == "gvisor":
+        runner, reason = await OciRunner.probe_gvisor(state / "probe")
+        if runner is None:
+            shutil.rmtree(state, ignore_errors=True)
+            pytest.skip(f"gVisor does not run here: {reason}")
     config = NodeConfig(artifact_roots=ARTIFACT_ROOTS,
                         server=nats_server.url, state_dir=state / "node", name="oci-node",
-                        stop_grace_s=2.0, lameduck_s=0.2, sandbox="oci")
+                        stop_grace_s=2.0, lameduck_s=0.2, sandbox=sandbox)
     node = Node(config)
     await node.start()
     yield node
@@ -84,6 +91,7 @@ def oci_body(artifact: dict, **extra) -> dict:
     return {"name": "web", "type": "oci", "artifact": artifact, **extra}
 
 
+@pytest.mark.parametrize("oci_node", ["oci", "gvisor"], indirect=True)
 async def test_a_service_from_a_layout_tarball_runs_as_the_image_says(oci_node, nc, tarball):
     logs = await collect(nc, subjects.logs_filter("default"))
     events = await collect(nc, subjects.events_filter("default"))
@@ -159,6 +167,7 @@ async def test_a_registry_reference_is_pulled_by_its_manifest_digest(oci_node, n
     assert code == 400 and "type oci" in reply["error"]["message"]
 
 
+@pytest.mark.parametrize("oci_node", ["oci", "gvisor"], indirect=True)
 async def test_the_image_user_runs_the_process(oci_node, nc, programs, tmp_path):
     image = build_image(tmp_path, programs["imagemain"], entrypoint=["imagemain"], user="app",
                         files={"etc/passwd": "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n"})

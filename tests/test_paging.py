@@ -19,7 +19,7 @@ from nex.api.records import NodeRecord, ReplicaRecord
 from nex.api.paging import assemble, encoded, fill_page, part_key, split_record
 from nex.client import NexClient
 from nex.connection import ConnectOptions, connect
-from nex.fleet.status import app_view
+from nex.client.appstatus import app_view
 from nex.fleet.store import AppStore
 from nex.natsserver import NatsServer
 

@@ -78,6 +78,15 @@ def test_without_runc_sandbox_oci_fails_and_says_how_to_fix_it(tmp_path, no_oci_
     assert lines[-1].endswith("the node cannot sandbox and would refuse to start (--sandbox oci)")
 
 
+def test_without_runsc_sandbox_gvisor_fails_and_says_how_to_fix_it(tmp_path, no_oci_runtime):
+    result = preflight("--state-dir", str(tmp_path), "--sandbox", "gvisor", env=no_oci_runtime)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("[FAIL] OCI runtime") and "runsc is not on PATH" in lines[0]
+    assert lines[1].strip() == "fix: apt-get install runsc"
+    assert lines[-1].endswith("the node cannot sandbox and would refuse to start (--sandbox gvisor)")
+
+
 def test_without_runc_auto_only_warns(tmp_path, no_oci_runtime):
     result = preflight("--state-dir", str(tmp_path), "--json", env=no_oci_runtime)
     assert result.returncode == 0
@@ -132,7 +141,7 @@ def test_low_disk_is_a_warning_with_a_fix(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sandbox", "vm"], "'vm' is not one of 'auto', 'oci', 'none'"),
+    (["--sandbox", "vm"], "'vm' is not one of 'auto', 'oci', 'gvisor', 'none'"),
     (["--config", "/nonexistent/node.toml"], "/nonexistent/node.toml"),
 ])
 def test_bad_options_are_refused(args, message):

@@ -27,7 +27,7 @@ from nex.api import subjects
 from nex.api.models import Lifecycle, WorkloadType
 from nex.cli import cli
 from nex.client import NexClient
-from nex.fleet.appfile import AppFileError, build_spec, parse_app_file
+from nex.client.appfile import AppFileError, build_spec, parse_app_file
 from nex.fleet.store import AppStore
 from nex.pyfunc import BuildError, build_function
 from nex.pyfunc import build

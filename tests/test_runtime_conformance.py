@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import tempfile
@@ -35,6 +36,7 @@ from nex.node.supervisor import Supervisor
 from nex.runtimes.base import HANDLE_VERSION, ExitResult, Handle, IncompatibleHandle, Runtime, RuntimeContext, WorkloadSpec
 from nex.runtimes.native import workload_processes
 from nex.runtimes.registry import available_runtimes
+from nex.sandbox import cgroups
 from nex.sandbox.runner import ID_PREFIX, OciRunner
 
 NAMESPACE = "default"
@@ -187,6 +189,43 @@ class Sandboxed(Processes):
             shutil.rmtree(self.runner.bundles_dir, ignore_errors=True)
 
 
+class GvisorSandboxed(Sandboxed):
+    """Native workloads under gVisor (a node with ``--sandbox gvisor``): the same runtime, runsc's runner."""
+
+    async def context(self) -> RuntimeContext:
+        if self.runner is None:
+            runner, reason = await OciRunner.probe_gvisor(self.state_dir)
+            if runner is None:
+                pytest.skip(f"gVisor does not run here: {reason}")
+            self.runner = runner
+        return replace(await Processes.context(self), oci=self.runner)
+
+    def sandbox_processes(self, spec: WorkloadSpec) -> list[int]:
+        """runsc's processes of the workload (its kernel and gofer name the bundle); the guest's own
+        processes live in gVisor's kernel, not on the host."""
+        assert self.runner is not None
+        bundle = str(self.runner.bundles_dir / spec.id).encode()
+        found = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if bundle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                pass
+        return found
+
+    async def runs(self, spec: WorkloadSpec) -> bool:
+        return any(b"runsc-sandbox" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                   for pid in self.sandbox_processes(spec) if alive(pid))
+
+    async def left(self, spec: WorkloadSpec) -> list[str]:
+        left = await super().left(spec)
+        left += [f"runsc process {pid}" for pid in self.sandbox_processes(spec) if alive(pid)]
+        if cgroups.exists(f"/nex/{ID_PREFIX}{spec.id}"):
+            left.append(f"cgroup /nex/{ID_PREFIX}{spec.id}")
+        return left
+
+
 class Containers(Sandboxed):
     """OCI images in runc."""
 
@@ -312,10 +351,11 @@ class Wasm(Functions):
         return b"loop"
 
 
-# By ``<type>-<class>`` as registered() names them.
+# By ``<type>-<class>`` as registered() names them; ``@gvisor``: the same runtime on a gVisor node.
 CONFORMERS: dict[str, type[Conformer]] = {
     "native-NativeRuntime": Processes,
     "native-SandboxedNativeRuntime": Sandboxed,
+    "native-SandboxedNativeRuntime@gvisor": GvisorSandboxed,
     "oci-OciRuntime": Containers,
     "javascript-JavaScriptRuntime": JavaScript,
     "wasm-WasmRuntime": Wasm,
@@ -340,7 +380,9 @@ def wasm_module(tmp_path_factory) -> Path:
     return build_wasm(WASM_SOURCES / "fn.c", tmp_path_factory.mktemp("wasm") / "fn.wasm")
 
 
-@pytest.fixture(params=registered())
+# The tiers of a node are runners, not runtimes: under gVisor the native runtime runs the suite (OCI
+# images under gVisor are tests/test_oci.py's; their cleanup is the same runner's).
+@pytest.fixture(params=[*registered(), "native-SandboxedNativeRuntime@gvisor"])
 async def subject(request):
     conformer_class = CONFORMERS.get(request.param)
     if conformer_class is None:

@@ -9,7 +9,9 @@ reaper sends SIGKILL to every group still listed, then exits.
 Sandboxed workloads are containers, whose processes are no child of the node:
 ``+C<runtime>\t<root>\t<id>`` lists one, and the reaper removes what is still
 listed with ``<runtime> --root <root> delete --force <id>``, which kills every
-process of the container's cgroup and removes the cgroup.
+process of the container's cgroup and removes the cgroup. A gVisor sandbox's cgroup
+is the node's, not runsc's: the reaper then removes ``/nex/<id>`` from every cgroup
+hierarchy itself, killing what is left in it.
 
 ``python -m nex.reaper`` is the reaper; :class:`Reaper` is the node's side.
 Standard library only, so the process stays small.
@@ -105,6 +107,49 @@ def _delete_containers(containers: set[tuple[str, ...]]) -> None:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+    for _, _, container_id in containers:
+        _remove_cgroup(f"nex/{container_id}")
+
+
+def _cgroup_mounts() -> list[str]:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    mounts = []
+    for line in lines:
+        fields = line.split()
+        if "-" in fields and fields[fields.index("-") + 1] in ("cgroup", "cgroup2"):
+            mounts.append(fields[4])
+    return mounts
+
+
+def _remove_cgroup(path: str) -> None:
+    """Kill what is left in the cgroup ``path`` and remove it, in every hierarchy (a few tries each)."""
+    import time
+
+    for mount in _cgroup_mounts():
+        directory = os.path.join(mount, path)
+        for _ in range(50):
+            if not os.path.isdir(directory):
+                break
+            try:
+                with open(os.path.join(directory, "cgroup.procs")) as f:
+                    pids = [int(p) for p in f.read().split()]
+            except (OSError, ValueError):
+                pids = []
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.02)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,18 @@
  *   probe report NODE_PID PATH...  what it sees, then exits 0
  *   probe hog MIB                  touches MIB MiB, one MiB at a time, then waits
  *   probe forkbomb                 forks until it cannot, says how far it got, then waits
+ *   probe threads                  starts threads until it cannot, says how far it got, then waits
+ *   probe connect PORT             connects to 127.0.0.1:PORT over TCP, says whether it could, exits 0
  *   probe spin                     burns CPU until stopped
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -116,6 +122,32 @@ static void hog(long mib) {
     for (;;) pause();
 }
 
+static void *idle_thread(void *arg) {
+    (void)arg;
+    for (;;) pause();
+    return NULL;
+}
+
+static void threads(void) {
+    int started = 0, error;
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 65536);
+    while ((error = pthread_create(&thread, &attr, idle_thread, NULL)) == 0) started++;
+    printf("threads %d stopped by %s\n", started, strerror(error));
+    fflush(stdout);
+    for (;;) pause();
+}
+
+static void connect_loopback(const char *port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(port))};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    result("connect", fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0);
+    fflush(stdout);
+}
+
 static void forkbomb(void) {
     int forks = 0;
     for (;;) {
@@ -134,6 +166,8 @@ int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "report";
     if (strcmp(mode, "hog") == 0) hog(argc > 2 ? atol(argv[2]) : 64);
     else if (strcmp(mode, "forkbomb") == 0) forkbomb();
+    else if (strcmp(mode, "threads") == 0) threads();
+    else if (strcmp(mode, "connect") == 0 && argc > 2) connect_loopback(argv[2]);
     else if (strcmp(mode, "spin") == 0) { printf("spinning\n"); for (volatile unsigned long i = 0;; i++) {} }
     else report(argc, argv);
     return 0;

@@ -23,8 +23,9 @@ from nex.api.apps import AppRecord, AppSpec, RolloutState
 from nex.api.models import WorkloadState
 from nex.client import NexClient
 from nex.fleet.reconciler import fleet_keys
-from nex.fleet.status import app_view
-from nex.fleet.store import AppStore, sign_record
+from nex.client.appstatus import app_view
+from nex.client.appstore import sign_record
+from nex.fleet.store import AppStore
 from nex.security.keystore import UserKeys
 
 FLEET = {"registry_interval_s": 0.5, "node_timeout_s": 2.0, "lease_s": 2.0, "reconcile_interval_s": 0.3,
@@ -288,6 +289,27 @@ async def test_a_fleet_signed_deploy_that_strays_from_the_users_signature_is_ref
     # The same deploy, as signed, runs.
     summary = await fleet.deploy(trusted_node.node_id, request())
     assert summary.app.name == "shop" and summary.app.token is None  # the node keeps name and revision only
+
+
+async def test_a_fleet_signed_deploy_cannot_drop_the_isolation_the_user_signed(trusted_node, artifacts, user, nc,
+                                                                             tmp_path):
+    """A rogue reconciler that strips ``isolation: gvisor`` to place a tenant's workload on a weaker
+    node: the field is part of what the user signed, and the node refuses the deploy."""
+    from nex.api import appsig
+    from nex.api.errors import Forbidden
+    from nex.api.models import AppRef, DeployRequest
+
+    record = sign_record(AppRecord(spec=shop(artifacts["ticker"], isolation="gvisor"), version=1,
+                                   applied_at=datetime.now(timezone.utc)), user)
+    workload = record.spec.workloads[0]
+    app = AppRef(name="shop", revision=workload.revision(), token=record.token, template=appsig.template(workload),
+                 digests=appsig.workload_digests(record.spec))
+    fleet = NexClient(nc, timeout=10.0, keys=fleet_keys(tmp_path / "fleet"))
+    stripped = DeployRequest(name="ticker", type="native", artifact=workload.artifact, app=app)
+    with pytest.raises(Forbidden) as caught:
+        await fleet.deploy(trusted_node.node_id, stripped)
+    assert "app workload isolation" in caught.value.message
+    assert not [w for w in trusted_node.supervisor.table if w.request.name == "ticker"]
 
 
 async def test_a_signed_app_with_sealed_env_runs_on_a_node_that_trusts_its_issuer(trusted_node, store, artifacts,

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from nex.api.models import (
-    Artifact, HealthCheck, Lifecycle, Limits, NetworkMode, Strict, Token, Trigger, WorkloadType,
+    Artifact, HealthCheck, Isolation, Lifecycle, Limits, NetworkMode, Strict, Token, Trigger, WorkloadType,
     check_unique_names, settle_lifecycle,
 )
 from nex.api.subjects import DEFAULT_NAMESPACE
@@ -45,12 +45,16 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=7 * 
 
 
 class RestartPolicyKind(StrEnum):
+    """How a replica that ended is started again: ``always``, ``on-failure`` or ``never``."""
+
     ALWAYS = "always"  # services: start again whatever the exit
     ON_FAILURE = "on-failure"  # start again after a failure (non-zero exit, signal, unhealthy)
     NEVER = "never"
 
 
 class RestartPolicy(Strict):
+    """When and how soon a failed replica is started again: the policy, the retries, the backoff."""
+
     policy: RestartPolicyKind = RestartPolicyKind.ON_FAILURE
     max_retries: int = Field(default=5, ge=0, le=10_000, description="restarts of one replica slot in a row")
     backoff: Duration = Field(default=1.0, description="wait before the first restart; doubles each time")
@@ -58,12 +62,16 @@ class RestartPolicy(Strict):
 
 
 class Placement(Strict):
+    """Where an app workload's replicas may run: nodes with every one of ``tags``, spread over a tag's values."""
+
     tags: dict[str, str] = Field(default_factory=dict, max_length=64, description="a node must have every one")
     spread: str | None = Field(default=None, min_length=1, max_length=64,
                                description="a tag name: replicas are spread evenly over its values")
 
 
 class UpdateStrategy(Strict):
+    """How a changed workload rolls out: replicas replaced a few at a time, and rolled back on failure."""
+
     max_unavailable: int = Field(default=1, ge=0, le=1000)
     max_surge: int = Field(default=1, ge=0, le=1000)
     health_deadline: Duration = Field(default=30.0, gt=0,
@@ -92,6 +100,8 @@ class AppWorkload(Strict):
     triggers: list[Trigger] = Field(default_factory=list, max_length=64)
     limits: Limits = Field(default_factory=Limits)
     network: NetworkMode | None = None
+    isolation: Isolation | None = Field(default=None, description="services and jobs: the weakest isolation tier "
+                                        "a node running a replica may have (process < container < gvisor)")
     replicas: int = Field(default=1, ge=0, le=10_000)
     placement: Placement = Field(default_factory=Placement)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
@@ -109,10 +119,14 @@ class AppWorkload(Strict):
         template = self.model_dump_json(
             include={"type", "lifecycle", "artifact", "argv", "sealed_env", "triggers", "limits", "network",
                      "health"})
+        if self.isolation is not None:  # only when given: the revisions of apps from before it stay as they were
+            template += f"isolation={self.isolation.value}"
         return hashlib.sha256(template.encode()).hexdigest()[:12]
 
 
 class AppSpec(Strict):
+    """An app: a name, a namespace and its workloads, as ``nex apply`` stores it (docs/operations.md)."""
+
     name: Token
     namespace: Token = DEFAULT_NAMESPACE
     workloads: list[AppWorkload] = Field(min_length=1, max_length=256)
@@ -120,6 +134,7 @@ class AppSpec(Strict):
     _unique_names = field_validator("workloads")(lambda cls, workloads: check_unique_names(workloads))
 
     def workload(self, name: str) -> AppWorkload | None:
+        """The workload called ``name``, or None when the app has none."""
         return next((w for w in self.workloads if w.name == name), None)
 
 
@@ -139,6 +154,8 @@ class AppRecord(Strict):
 
 
 class RolloutState(StrEnum):
+    """Where a workload's rollout stands: ``stable``, ``rolling``, ``rolled_back`` or ``failed``."""
+
     STABLE = "stable"  # every replica runs the current template
     ROLLING = "rolling"  # replacing replicas with the current template
     ROLLED_BACK = "rolled_back"  # the new template failed; the previous one was restored
@@ -146,6 +163,8 @@ class RolloutState(StrEnum):
 
 
 class WorkloadRollout(Strict):
+    """The reconciler's report on one workload of an app: its revision, rollout, restarts, last failure."""
+
     name: str
     revision: str
     state: RolloutState = RolloutState.STABLE

@@ -43,6 +43,8 @@ Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class AppOp(StrEnum):
+    """What an app token signs: an ``apply`` of a spec, or a ``delete`` (a tombstone)."""
+
     APPLY = "apply"
     DELETE = "delete"
 
@@ -70,6 +72,7 @@ class AppClaim(Strict):
 
 
 def canonical(value: Any) -> bytes:
+    """The canonical JSON of ``value`` (sorted keys, no spaces): the bytes a digest is taken of."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -77,6 +80,8 @@ def template(workload: AppWorkload) -> dict[str, Any]:
     """What a workload's digest is computed over: its JSON, with the sealed env as a sha256
     (so a node can be shown the template without the box sealed to the fleet)."""
     form = workload.model_dump(mode="json")
+    if form.get("isolation") is None:  # absent unless given: apps signed before the field keep their digests
+        form.pop("isolation", None)
     sealed = form.pop("sealed_env", None)
     form["sealed_env_sha256"] = hashlib.sha256(sealed.encode()).hexdigest() if sealed else None
     return form
@@ -88,6 +93,7 @@ def workload_digest(form: dict[str, Any]) -> str:
 
 
 def workload_digests(spec: AppSpec) -> list[WorkloadDigest]:
+    """Each workload's name and the sha256 of its canonical form, in the spec's order."""
     return [WorkloadDigest(name=w.name, sha256=workload_digest(template(w))) for w in spec.workloads]
 
 
@@ -98,6 +104,7 @@ def spec_digest_of(namespace: str, name: str, digests: list[WorkloadDigest]) -> 
 
 
 def spec_digest(spec: AppSpec) -> str:
+    """The sha256 of the spec's canonical form: what an app token binds."""
     return spec_digest_of(spec.namespace, spec.name, workload_digests(spec))
 
 

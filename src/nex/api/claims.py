@@ -64,10 +64,12 @@ class Claim(Strict):
 
     @property
     def verb(self) -> str:
+        """The control verb the claim's subject names (DEPLOY, UNDEPLOY...)."""
         return self.sub.split(".")[4]
 
     @property
     def namespace(self) -> str:
+        """The namespace the claim's subject names."""
         return self.sub.split(".")[2]
 
 
@@ -81,10 +83,12 @@ class SignedRequest:
 
 
 def new_jti() -> str:
+    """A new claim id: random, unique enough to be remembered once by the fleet's ledger."""
     return secrets.token_urlsafe(18)
 
 
 def sha256_bytes(data: bytes) -> str:
+    """The hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
 
 

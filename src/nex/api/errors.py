@@ -29,6 +29,7 @@ class NexError(Exception):
         self.message = message
 
     def body(self) -> dict[str, Any]:
+        """The JSON body of this error's reply: ``{"error": {"code", "message"}}``."""
         return {"error": {"code": self.code, "message": self.message}}
 
     def encode(self) -> tuple[bytes, dict[str, str]]:
@@ -38,18 +39,26 @@ class NexError(Exception):
 
 
 class BadRequest(NexError):
+    """The request is wrong (400): a bad field, name, subject or file; it changed nothing."""
+
     code = 400
 
 
 class Forbidden(NexError):
+    """The request is refused (403): not signed as the node requires, or not allowed to its signer."""
+
     code = 403
 
 
 class NotFound(NexError):
+    """What the request names does not exist (404)."""
+
     code = 404
 
 
 class WorkloadNotFound(NotFound):
+    """No node of the namespace runs the workload ``workload_id``."""
+
     def __init__(self, workload_id: str) -> None:
         super().__init__(f"no workload {workload_id!r}")
         self.workload_id = workload_id
@@ -68,6 +77,8 @@ class UnknownWorkload(WorkloadNotFound):
 
 
 class NodeNotFound(NotFound):
+    """No node ``node_id`` answers in the namespace."""
+
     def __init__(self, node_id: str) -> None:
         super().__init__(f"no node {node_id!r}")
         self.node_id = node_id
@@ -82,12 +93,16 @@ class BidNotFound(NotFound):
 
 
 class ArtifactNotFound(NotFound):
+    """The artifact at ``uri`` is not there (an object not in the bucket, a missing file)."""
+
     def __init__(self, uri: str) -> None:
         super().__init__(f"artifact not found: {uri}")
         self.uri = uri
 
 
 class AppNotFound(NotFound):
+    """No app ``name`` in ``namespace`` (or only its tombstone)."""
+
     def __init__(self, namespace: str, name: str) -> None:
         super().__init__(f"no app {name!r} in namespace {namespace!r}")
         self.namespace, self.name = namespace, name
@@ -110,6 +125,8 @@ class HashMismatch(BadArtifact):
 
 
 class ArtifactTooLarge(BadArtifact):
+    """The artifact at ``uri`` is larger than the node's ``limit`` (``max_artifact_bytes``)."""
+
     def __init__(self, uri: str, limit: int) -> None:
         super().__init__(f"artifact {uri} is larger than this node's maximum of {limit} bytes "
                          "(max_artifact_bytes in its config)")
@@ -153,61 +170,83 @@ class ClaimRejected(Forbidden):
 
 
 class BadSignature(ClaimRejected):
+    """The claim's signature does not verify against the issuer it names."""
+
     def __init__(self) -> None:
         super().__init__("the claim's signature does not verify against its issuer")
 
 
 class UntrustedIssuer(ClaimRejected):
+    """The claim is signed by ``issuer``, which the node does not trust."""
+
     def __init__(self, issuer: str) -> None:
         super().__init__(f"issuer {issuer} is not trusted by this node")
         self.issuer = issuer
 
 
 class ClaimRequired(ClaimRejected):
+    """The node trusts issuers, and the request carries no claim."""
+
     def __init__(self, verb: str) -> None:
         super().__init__(f"this node trusts only signed requests: {verb} needs a claim")
 
 
 class ClaimExpired(ClaimRejected):
+    """The claim is not valid now: expired, or issued in the future."""
+
     def __init__(self, detail: str) -> None:
         super().__init__(f"the claim is not valid now: {detail}")
 
 
 class ClaimReplayed(ClaimRejected):
+    """The claim ``jti`` was used before: a claim is good for one request."""
+
     def __init__(self, jti: str) -> None:
         super().__init__(f"claim {jti} was already used")
         self.jti = jti
 
 
 class ClaimMismatch(ClaimRejected):
+    """The claim was signed for another request: its ``field`` (subject, body digest...) differs."""
+
     def __init__(self, field: str) -> None:
         super().__init__(f"the claim does not match the request: {field} differs")
         self.field = field
 
 
 class NotOwner(ClaimRejected):
+    """Only the issuer that deployed ``workload_id``, or an admin, may stop it."""
+
     def __init__(self, workload_id: str) -> None:
         super().__init__(f"only the issuer that deployed workload {workload_id} or an admin may stop it")
         self.workload_id = workload_id
 
 
 class NotAdmin(ClaimRejected):
+    """The node takes ``verb`` (LAMEDUCK, say) only from its admin issuers."""
+
     def __init__(self, verb: str) -> None:
         super().__init__(f"only an admin issuer may send {verb} to this node")
         self.verb = verb
 
 
 class NotBidder(ClaimRejected):
+    """The bid ``bid_id`` was asked for by another issuer, and only that one may deploy through it."""
+
     def __init__(self, bid_id: str) -> None:
         super().__init__(f"bid {bid_id} was asked for by another issuer: only that issuer's deploy may use it")
         self.bid_id = bid_id
 
 
 class Conflict(NexError):
+    """The request conflicts with the current state (409): a name in use, a record changed meanwhile."""
+
     code = 409
 
 
 class TooManyRequests(NexError):
+    """The function or node is at its limit (429): try again later."""
+
     code = 429
 
 
@@ -238,6 +277,16 @@ class NatsRefused(NatsUnavailable):
             "(a namespace's clients use the creds file `nex creds` makes).")
 
 
+class AppNotRunning(Unavailable):
+    """An app that did not reach the state waited for: every replica of its current version running
+    and healthy (``nex.client.NexClient.wait_app``). ``problem`` says what is missing, or why the
+    fleet refuses the app's record."""
+
+    def __init__(self, namespace: str, name: str, problem: str) -> None:
+        super().__init__(f"app {name!r} in namespace {namespace!r}: {problem}")
+        self.namespace, self.name, self.problem = namespace, name, problem
+
+
 class FunctionError(NexError):
     """A function threw, timed out or ran out of memory; the function stays deployed."""
 
@@ -248,10 +297,13 @@ class FunctionError(NexError):
         self.kind = kind
 
     def body(self) -> dict[str, Any]:
+        """The JSON body of the reply, with the ``kind`` of failure (error, timeout, memory...)."""
         return {"error": {"code": self.code, "message": self.message, "kind": self.kind}}
 
 
 class InternalError(NexError):
+    """A failure of Nex itself (500), or a reply the client could not read."""
+
     code = 500
 
 

@@ -43,6 +43,8 @@ class EventType(StrEnum):
 
 
 class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 event, as Nex publishes it on ``$NEX.FEED.<ns>.events.<TYPE>``."""
+
     model_config = ConfigDict(extra="allow")
 
     specversion: str = "1.0"
@@ -56,12 +58,14 @@ class CloudEvent(BaseModel):
 
     @property
     def event_type(self) -> str:
+        """The event's type without the Nex prefix: ``workload_started``..."""
         return self.type.removeprefix(EVENT_TYPE_PREFIX)
 
 
 def make_event(
     event_type: EventType, node_id: str, data: dict[str, Any], subject: str | None = None
 ) -> CloudEvent:
+    """A CloudEvent of ``event_type`` from ``source`` about ``subject``, with ``data``, stamped now."""
     return CloudEvent(
         source=f"nex/node/{node_id}", type=EVENT_TYPE_PREFIX + event_type.value,
         subject=subject, data=data,
@@ -96,6 +100,7 @@ class EventEncoder:
         return f"{self._second_text}.{int((now - second) * 1e6):06d}+00:00"
 
     def encode(self, data: dict[str, Any]) -> bytes:
+        """The JSON of an event carrying ``data``, stamped now."""
         now = self._now()
         changing = json.dumps(data, separators=(",", ":"))[1:-1]
         joined = f"{self._static},{changing}" if changing else self._static

@@ -36,6 +36,7 @@ def hop_of(headers: Mapping[str, str] | None) -> int:
 
 
 def past_limit(hop: int, limit: int = MAX_HOPS) -> bool:
+    """Whether a call at hop ``hop`` is past the limit of chained invocations."""
     return hop > limit
 
 

@@ -41,6 +41,7 @@ def _check_crc(raw: bytes) -> bytes:
 
 
 def encode_public(prefix: int, raw: bytes) -> str:
+    """The nkey text of a public key: ``prefix`` byte, ``raw`` key and CRC16, in base32."""
     if len(raw) != KEY_LEN:
         raise ValueError("a key is 32 bytes")
     return _with_crc(bytes([prefix]) + raw)
@@ -55,6 +56,7 @@ def decode_public(prefix: int, text: str) -> bytes:
 
 
 def encode_seed(prefix: int, raw: bytes) -> str:
+    """The nkey text of a seed: the seed prefix and ``prefix``, the ``raw`` seed and CRC16, in base32."""
     if len(raw) != KEY_LEN:
         raise ValueError("a seed is 32 bytes")
     return _with_crc(bytes([_PREFIX_SEED | prefix >> 5, (prefix & 31) << 3]) + raw)

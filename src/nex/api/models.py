@@ -34,6 +34,8 @@ class Strict(BaseModel):
 
 
 class WorkloadType(StrEnum):
+    """What runs a workload: ``native`` (an executable), ``oci`` (an image), ``javascript``, ``wasm``."""
+
     NATIVE = "native"
     OCI = "oci"
     JAVASCRIPT = "javascript"
@@ -41,12 +43,16 @@ class WorkloadType(StrEnum):
 
 
 class Lifecycle(StrEnum):
+    """How long a workload lives: a ``service`` until stopped, a ``function`` per call, a ``job`` until done."""
+
     SERVICE = "service"
     FUNCTION = "function"
     JOB = "job"
 
 
 class WorkloadState(StrEnum):
+    """Where a workload is in its life: starting, running, stopping, stopped or failed."""
+
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
@@ -55,6 +61,8 @@ class WorkloadState(StrEnum):
 
 
 class NodeState(StrEnum):
+    """Where a node is: running, in lame duck (draining, taking no work) or stopping."""
+
     RUNNING = "running"
     LAMEDUCK = "lameduck"
     STOPPING = "stopping"
@@ -66,6 +74,43 @@ class NetworkMode(StrEnum):
 
 
 FUNCTION_TYPES = frozenset({WorkloadType.JAVASCRIPT, WorkloadType.WASM})
+
+ISOLATION_TAG = "nex.isolation"
+"""The tag a node advertises its isolation tier with (docs/sandbox.md); ``nex.sandbox`` and
+``nex.unsafe`` are older aliases."""
+
+
+class Isolation(StrEnum):
+    """What separates a node's services and containers from its host, weakest first."""
+
+    PROCESS = "process"
+    """Plain processes with the node's user (``--sandbox none``, or ``auto`` without a runtime)."""
+    CONTAINER = "container"
+    """runc or crun: namespaces, a uid range of its own, no capabilities, seccomp, cgroups; the host's kernel."""
+    GVISOR = "gvisor"
+    """runsc: the container's system calls go to gVisor's kernel, not to the host's."""
+
+    @property
+    def rank(self) -> int:
+        """0 for the weakest tier; a node meets a requirement of its rank or lower."""
+        return list(Isolation).index(self)
+
+    def meets(self, required: Isolation | None) -> bool:
+        """Whether a node of this tier may run a workload that requires ``required``."""
+        return required is None or self.rank >= required.rank
+
+
+def node_isolation(tags: dict[str, str]) -> Isolation:
+    """A node's tier from its tags: ``nex.isolation``, or for a node from before the tag, its aliases
+    (``nex.sandbox=runsc``: gvisor; another ``nex.sandbox``: container; none: process)."""
+    try:
+        return Isolation(tags[ISOLATION_TAG])
+    except (KeyError, ValueError):
+        pass
+    sandbox = tags.get("nex.sandbox")
+    if sandbox is None or tags.get("nex.unsafe") == "true":
+        return Isolation.PROCESS
+    return Isolation.GVISOR if sandbox == "runsc" else Isolation.CONTAINER
 
 
 def check_env_names(env: dict[str, str]) -> dict[str, str]:
@@ -97,9 +142,14 @@ def settle_lifecycle(workload: Any) -> None:
         raise ValueError("a function needs at least one trigger subject")
     if (workload.sealed_env is None) != (workload.sender_xkey is None):
         raise ValueError("sealed_env and sender_xkey go together")
+    if getattr(workload, "isolation", None) is not None and workload.lifecycle == Lifecycle.FUNCTION:
+        raise ValueError("isolation applies to services and jobs: a function runs in the node's function agent, "
+                         "a process of the node, whatever the node's isolation tier")
 
 
 class Artifact(Strict):
+    """Where a workload's bytes are and their sha256, which the node checks before it runs them."""
+
     uri: str = Field(description="nats://BUCKET/KEY (JetStream Object Store), file:///path (inside one of "
                      "the node's artifact_roots), or oci://host/repo:tag")
     sha256: Sha256 = Field(description="of the file; for oci:// references, of the image manifest")
@@ -116,6 +166,8 @@ class Artifact(Strict):
 
 
 class TriggerMode(StrEnum):
+    """How a trigger runs its function: ``sync`` (request and reply) or ``async`` (kept in JetStream)."""
+
     SYNC = "sync"  # a request on the subject is answered by one copy of the function
     ASYNC = "async"  # messages on the subject are kept in JetStream and run at least once (docs/functions.md)
 
@@ -136,6 +188,8 @@ class RetryPolicy(Strict):
 
 
 class Trigger(Strict):
+    """A subject a function is subscribed to, with its queue group and mode."""
+
     subject: str = Field(min_length=1, max_length=256)
     queue: Token | None = Field(
         default=None, description="queue group; default: one group per namespace and workload name"
@@ -182,6 +236,8 @@ STDERR_TAIL_LINES = 10
 
 
 class Health(StrEnum):
+    """A workload's health, as its health check last said: unknown, healthy or unhealthy."""
+
     UNKNOWN = "unknown"  # not checked yet (or starting)
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
@@ -248,6 +304,8 @@ class AppRef(Strict):
 
 
 class Limits(Strict):
+    """What a workload may use: memory, CPUs, processes, and a function's time and concurrency."""
+
     memory_mib: int | None = Field(default=None, gt=0, le=1024 * 1024)
     cpus: float | None = Field(default=None, gt=0, le=1024)
     pids: int | None = Field(default=None, gt=0, le=1 << 22)
@@ -280,6 +338,9 @@ class DeployRequest(Strict):
     limits: Limits = Field(default_factory=Limits)
     network: NetworkMode | None = Field(
         default=None, description="services: none (own empty network namespace) or host; default: the node's")
+    isolation: Isolation | None = Field(
+        default=None, description="services and jobs: the weakest isolation tier the node may have "
+        "(process < container < gvisor, its nex.isolation tag); a node below it refuses the deploy (400)")
     health: HealthCheck | None = Field(default=None, description="default: the process is alive")
     app: AppRef | None = Field(default=None, description="set by the reconciler on the replicas of an app")
     description: str | None = Field(default=None, max_length=1024)
@@ -312,6 +373,8 @@ class Usage(Strict):
 
 
 class WorkloadSummary(Strict):
+    """A workload as a node reports it: id, name, type, state, where it runs, its counters."""
+
     id: str
     name: str
     namespace: str
@@ -346,10 +409,14 @@ class WorkloadSummary(Strict):
 
 
 class UndeployRequest(Strict):
+    """An UNDEPLOY request: how long to wait after SIGTERM before the kill."""
+
     grace_ms: int | None = Field(default=None, ge=0, le=10 * 60 * 1000)
 
 
 class NodePing(Strict):
+    """A node's reply to PING: id, name, version, uptime, tags, xkey, state and workload count."""
+
     node_id: str
     name: str
     version: str
@@ -367,6 +434,8 @@ class NodePing(Strict):
 
 
 class Resources(Strict):
+    """A node's resources: CPUs, memory, load, disk."""
+
     cpus: int
     memory_bytes: int
     memory_available_bytes: int
@@ -389,6 +458,8 @@ class PageRequest(Strict):
 
 
 class NodeInfo(NodePing):
+    """A node's reply to INFO: its PING, resources, runtimes, and one page of its workloads."""
+
     resources: Resources
     runtimes: list[WorkloadType]
     workloads: list[WorkloadSummary] = Field(description="one page of the namespace's workloads, by id")
@@ -396,17 +467,23 @@ class NodeInfo(NodePing):
 
 
 class WorkloadPing(Strict):
+    """A node's reply to WPING: one page of the workloads it runs."""
+
     node_id: str
     workloads: list[WorkloadSummary] = Field(description="one page of the namespace's workloads, by id")
     next: str | None = Field(default=None, max_length=CURSOR_MAX_LENGTH, description=NEXT_DESCRIPTION)
 
 
 class LameDuckResponse(Strict):
+    """A node's reply to LAMEDUCK: it now drains and takes no new work."""
+
     node_id: str
     state: NodeState
 
 
 class UndeployResponse(Strict):
+    """A node's reply to UNDEPLOY: the workload's final state and how it exited."""
+
     id: str
     node_id: str
     state: WorkloadState
@@ -421,10 +498,13 @@ class AuctionRequest(Strict):
     tags: dict[str, str] = Field(default_factory=dict, max_length=64,
                                  description="the node must have every one (nex.os, nex.arch... included)")
     memory_mib: int | None = Field(default=None, gt=0, le=1024 * 1024, description="memory the workload needs")
+    isolation: Isolation | None = Field(default=None, description="the weakest isolation tier the node may have")
     exclude_nodes: list[str] = Field(default_factory=list, max_length=1024, description="node ids not to bid")
 
 
 class Bid(Strict):
+    """A node's offer to run a workload: deploy through ``bid_id`` before it expires."""
+
     bid_id: str = Field(pattern=BID_ID_PATTERN,
                         description="<node id>.<token>: deploy to $NEX.SVC.<ns>.control.DEPLOY.<bid_id> "
                                     "before it expires")
@@ -439,6 +519,8 @@ class Bid(Strict):
 
 
 class AuctionReply(Strict):
+    """A node's answer to AUCTION: a bid, or why it declines."""
+
     node_id: str
     bid: Bid | None = None
     declined: str | None = Field(default=None, description="why this node cannot take the workload")
@@ -467,6 +549,8 @@ class ErrorDetail(Strict):
 
 
 class ErrorResponse(Strict):
+    """The body of an error reply: ``{"error": {"code", "message"}}``."""
+
     error: ErrorDetail
 
 

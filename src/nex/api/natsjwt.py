@@ -26,9 +26,11 @@ class Signer(Protocol):
     """An nkeys.KeyPair, or anything that signs with Ed25519 and knows its public key."""
 
     @property
-    def public_key(self) -> bytes: ...
+    def public_key(self) -> bytes:
+        """The signer's public key, as nkey text bytes."""
 
-    def sign(self, data: bytes) -> bytes: ...
+    def sign(self, data: bytes) -> bytes:
+        """The Ed25519 signature of ``data``."""
 
 
 def _b64(data: bytes) -> str:
@@ -66,6 +68,7 @@ class Permissions:
     responses: int | None = None  # allow this many replies to each request received
 
     def claims(self) -> dict[str, Any]:
+        """These permissions as the ``pub``/``sub``/``resp`` claims of a user JWT."""
         def part(allow: list[str], deny: list[str]) -> dict[str, list[str]]:
             return {k: v for k, v in (("allow", allow), ("deny", deny)) if v}
         out: dict[str, Any] = {"pub": part(self.pub_allow, self.pub_deny),
@@ -76,12 +79,14 @@ class Permissions:
 
 
 def operator_claims(operator_public: str, name: str, system_account: str) -> dict[str, Any]:
+    """The claims of an operator JWT naming its system account."""
     return {"sub": operator_public, "name": name,
             "nats": {"type": "operator", "version": 2, "system_account": system_account}}
 
 
 def account_claims(account_public: str, name: str, jetstream: bool = True,
                    signing_keys: list[str] | None = None) -> dict[str, Any]:
+    """The claims of an account JWT, with JetStream limits when ``jetstream``."""
     limits: dict[str, Any] = {"subs": UNLIMITED, "data": UNLIMITED, "payload": UNLIMITED,
                               "imports": UNLIMITED, "exports": UNLIMITED, "wildcards": True,
                               "conn": UNLIMITED, "leaf": UNLIMITED}
@@ -97,6 +102,7 @@ def account_claims(account_public: str, name: str, jetstream: bool = True,
 
 def user_claims(user_public: str, name: str, permissions: Permissions | None = None,
                 issuer_account: str | None = None, expires: int | None = None) -> dict[str, Any]:
+    """The claims of a user JWT, with its subject ``permissions``."""
     nats: dict[str, Any] = {"type": "user", "version": 2, "subs": UNLIMITED,
                             "data": UNLIMITED, "payload": UNLIMITED}
     nats.update((permissions or Permissions()).claims())

@@ -97,6 +97,7 @@ def fill_page(reply: R, workloads: Iterable[WorkloadSummary], max_bytes: int, li
 
 
 def part_key(node_id: str, part: int) -> str:
+    """The NEX_NODES key of part ``part`` of a node's record."""
     return f"{node_id}.{part}"
 
 
@@ -120,6 +121,8 @@ def split_record(record: NodeRecord, max_bytes: int) -> tuple[NodeRecord, list[N
 
 
 class Assembled(NamedTuple):
+    """The node records put back together, with the keys that did not parse and the nodes left out."""
+
     records: list[NodeRecord]
     invalid: list[str]  # keys whose value did not parse
     torn: list[str]  # node ids left out: their parts are missing or belong with another write

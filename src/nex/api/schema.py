@@ -36,6 +36,7 @@ SCHEMA_MODELS = {
 
 
 def render(name: str) -> str:
+    """The JSON Schema of the model ``name``, as text."""
     schema = SCHEMA_MODELS[name].model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"urn:nex:schema:v1:{name}"
@@ -43,6 +44,7 @@ def render(name: str) -> str:
 
 
 def write_all(directory: Path) -> list[Path]:
+    """Write every model's JSON Schema into ``directory``; returns the files written."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name in SCHEMA_MODELS:

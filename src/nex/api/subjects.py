@@ -33,10 +33,12 @@ LOG_STREAMS = ("stdout", "stderr")
 
 
 def is_token(value: str) -> bool:
+    """Whether ``value`` is one subject token: not empty, no dot, wildcard or whitespace."""
     return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
 
 
 def check_token(value: str, what: str) -> str:
+    """``value``, when it is one subject token; BadRequest naming ``what`` otherwise."""
     if not is_token(value):
         raise ValueError(f"invalid {what} {value!r}: use 1-64 letters, digits, '_' or '-'")
     return value
@@ -57,18 +59,22 @@ def namespace_of(subject: str) -> str:
 
 
 def logs(namespace: str, workload_id: str, stream: str) -> str:
+    """The subject of a workload's log lines on ``stream`` (stdout or stderr)."""
     return f"{FEED_PREFIX}.{namespace}.logs.{workload_id}.{stream}"
 
 
 def logs_filter(namespace: str = "*", workload_id: str = "*") -> str:
+    """The filter of the log subjects of a namespace, or of one workload."""
     return f"{FEED_PREFIX}.{namespace}.logs.{workload_id}.*"
 
 
 def events(namespace: str, event_type: str) -> str:
+    """The subject of an event of ``event_type`` in ``namespace``."""
     return f"{FEED_PREFIX}.{namespace}.events.{event_type}"
 
 
 def events_filter(namespace: str = "*") -> str:
+    """The filter of the event subjects of a namespace (of all with ``*``)."""
     return f"{FEED_PREFIX}.{namespace}.events.*"
 
 
@@ -193,18 +199,22 @@ def host_object_bucket(namespace: str, bucket: str) -> str:
 
 
 def dead_letters(namespace: str, name: str) -> str:
+    """The subject of the dead letters of the async function ``name``."""
     return f"{DLQ_PREFIX}.{namespace}.{name}"
 
 
 def dead_letters_filter(namespace: str = "*", name: str = "*") -> str:
+    """The filter of the dead-letter subjects of a namespace, or of one function."""
     return f"{DLQ_PREFIX}.{namespace}.{name}"
 
 
 def app_key(namespace: str, name: str) -> str:
+    """The NEX_APPS key of an app's record."""
     return f"app.{namespace}.{name}"
 
 
 def app_status_key(namespace: str, name: str) -> str:
+    """The NEX_APPS key of an app's status, written by the reconciler."""
     return f"status.{namespace}.{name}"
 
 
@@ -342,6 +352,7 @@ class WorkloadScope:
 
     @classmethod
     def of(cls, namespace: str, triggers: Iterable[str]) -> WorkloadScope:
+        """The scope of a workload of ``namespace`` triggered on ``triggers``."""
         return cls(namespace, tuple(dict.fromkeys(triggers)))
 
     @property
@@ -363,6 +374,7 @@ class WorkloadScope:
         return None
 
     def may_publish(self, subject: str) -> bool:
+        """Whether the workload may publish on ``subject`` (:meth:`publish_problem` says why not)."""
         return self.publish_problem(subject) is None
 
     def may_subscribe(self, subject: str) -> bool:

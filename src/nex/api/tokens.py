@@ -36,10 +36,12 @@ _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def b64url_encode(data: bytes) -> str:
+    """Base64url without padding."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def b64url_decode(text: str) -> bytes:
+    """The bytes of base64url text, padded or not."""
     if not text or not _BASE64URL.fullmatch(text):
         raise MalformedClaim("malformed claim: a part is not base64url")
     try:

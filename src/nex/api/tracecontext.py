@@ -59,6 +59,7 @@ class TraceParent:
 
     @property
     def sampled(self) -> bool:
+        """Whether the trace's caller records it (the sampled flag)."""
         return bool(self.flags & SAMPLED)
 
     def __str__(self) -> str:
@@ -66,12 +67,14 @@ class TraceParent:
 
 
 def new_trace_id() -> str:
+    """A new random trace id: 32 hex digits."""
     while (trace_id := secrets.token_hex(16)) == _INVALID_TRACE_ID:
         pass
     return trace_id
 
 
 def new_span_id() -> str:
+    """A new random span id: 16 hex digits."""
     while (span_id := secrets.token_hex(8)) == _INVALID_SPAN_ID:
         pass
     return span_id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +9,12 @@ import click
 from click.core import ParameterSource
 
 from nex.api import subjects
-from nex.api.apps import AppRecord
-from nex.api.errors import AppNotFound, Unavailable
-from nex.api.events import EVENT_TYPE_PREFIX, CloudEvent, EventType
 from nex.cli import output
 from nex.cli.options import GlobalOptions, NexCommand, NexGroupHelp, with_global_options
 from nex.cli.session import run
 from nex.client import NexClient
-from nex.fleet.appfile import build_spec, parse_app_file
-from nex.fleet.status import AppChange, AppView, ReplicaView, app_change, app_view, replicas_of
-from nex.fleet.store import AppStore, same_spec
-
-_POLL_S = 0.25
+from nex.client.appfile import parse_app_file
+from nex.client.appstatus import AppChange, AppView, ReplicaView
 
 
 @click.command("apply", cls=NexCommand)
@@ -39,42 +32,13 @@ def apply(opts: GlobalOptions, file: Path, dry_run: bool) -> None:
     parsed = parse_app_file(file, opts.namespace, namespace_given=_namespace_given())
 
     async def action(client: NexClient) -> AppChange:
-        store = AppStore(client.nc, timeout=opts.timeout)
-        spec = await build_spec(parsed, client, store, client.keys, upload=not dry_run)
-        try:
-            before: AppRecord | None = (await store.get(spec.namespace, spec.name))[0]
-        except AppNotFound:
-            before = None
-        if dry_run:
-            if before is None:
-                return app_change(None, spec, 1, dry_run=True)
-            if same_spec(before.spec, spec):
-                return app_change(before.spec, spec, before.version, dry_run=True)
-            return _updated(app_change(before.spec, spec, before.version + 1, dry_run=True))
-        applied_by = client.keys.issuer_public if client.keys else None
-        record = await store.apply(spec, client.keys)
-        if before is not None and record.version == before.version:
-            return app_change(record.spec, record.spec, record.version)
-        change = app_change(record.previous, record.spec, record.version)
-        if record.previous is not None:
-            change = _updated(change)
-        await _publish_event(client, EventType.APP_APPLIED, record.spec.namespace, record.spec.name, {
-            "name": record.spec.name, "namespace": record.spec.namespace, "version": record.version,
-            "applied_by": applied_by,
-            "workloads": {c.name: c.change for c in change.workloads},
-        })
-        return change
+        return await client.apply_app(parsed, dry_run=dry_run)
 
     change = run(opts, action, create_keys=True)
     if opts.json:
         output.print_json(change)
         return
     _print_change(change)
-
-
-def _updated(change: AppChange) -> AppChange:
-    # A new version even when no workload differs on its own (their order changed, say).
-    return change.model_copy(update={"action": "updated"})
 
 
 def _namespace_given() -> bool:
@@ -128,17 +92,7 @@ def app_ls(opts: GlobalOptions, all_namespaces: bool) -> None:
     """List the apps: versions, replicas desired and running, rollout state."""
 
     async def action(client: NexClient) -> list[AppView]:
-        store = AppStore(client.nc, timeout=opts.timeout)
-        namespace = None if all_namespaces else opts.namespace
-        records = await store.list(namespace)
-        stored = {(r.spec.namespace, r.spec.name) for r in await store.list(namespace, deleted=True)}
-        # Apps whose record was deleted without a tombstone still run: listed, as refused.
-        records += [r for r in await store.verified() if not r.deleted and (r.spec.namespace, r.spec.name) not in
-                    stored and namespace in (None, r.spec.namespace)]
-        records.sort(key=lambda r: (r.spec.namespace, r.spec.name))
-        nodes = await store.nodes() if records else []
-        statuses = await asyncio.gather(*(store.get_status(r.spec.namespace, r.spec.name) for r in records))
-        return [app_view(r, nodes, s) for r, s in zip(records, statuses)]
+        return await client.apps(all_namespaces)
 
     views = run(opts, action)
     if opts.json:
@@ -163,17 +117,7 @@ def app_status(opts: GlobalOptions, name: str) -> None:
     subjects.check_token(name, "app name")
 
     async def action(client: NexClient) -> AppView:
-        store = AppStore(client.nc, timeout=opts.timeout)
-        status = await store.get_status(opts.namespace, name)
-        try:
-            record, _ = await store.get(opts.namespace, name)
-        except AppNotFound:
-            # Deleted without a tombstone: the reconciler keeps running the last verified version.
-            verified = await store.get_verified(opts.namespace, name)
-            if verified is None or status is None or status.refused is None or verified.deleted:
-                raise
-            record = verified
-        return app_view(record, await store.nodes(), status)
+        return await client.app_status(name)
 
     view = run(opts, action)
     if opts.json:
@@ -237,27 +181,7 @@ def app_delete(opts: GlobalOptions, name: str, wait: bool) -> None:
     subjects.check_token(name, "app name")
 
     async def action(client: NexClient) -> int:
-        store = AppStore(client.nc, timeout=opts.timeout)
-        try:
-            record: AppRecord | None = (await store.get(opts.namespace, name))[0]
-        except AppNotFound:
-            record = await store.get_verified(opts.namespace, name)  # its record vanished; it still runs
-        tombstone = await store.delete(opts.namespace, name, client.keys)
-        issuer = client.keys.issuer_public if client.keys else None
-        await _publish_event(client, EventType.APP_DELETED, opts.namespace, name, {
-            "name": name, "namespace": opts.namespace, "version": record.version if record else tombstone.version - 1,
-            "deleted_by": issuer})
-        if not wait:
-            return len(replicas_of(opts.namespace, name, await store.nodes()))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + opts.timeout
-        while remaining := replicas_of(opts.namespace, name, await store.nodes()):
-            if loop.time() >= deadline:
-                raise Unavailable(
-                    f"app {name!r} is deleted, but {len(remaining)} replicas still run after {opts.timeout:g}s: "
-                    "the reconciler stops them (is a node with the reconciler running?)")
-            await asyncio.sleep(_POLL_S)
-        return 0
+        return await client.delete_app(name, wait=wait, timeout=opts.timeout)
 
     remaining = run(opts, action)
     if opts.json:
@@ -267,12 +191,3 @@ def app_delete(opts: GlobalOptions, name: str, wait: bool) -> None:
     else:
         click.echo(f"app {name!r} is deleted")
 
-
-async def _publish_event(client: NexClient, event_type: EventType, namespace: str, app_name: str,
-                         data: dict[str, Any]) -> None:
-    """An event in the app's namespace, from the CLI (source: the user's issuer key)."""
-    issuer = client.keys.issuer_public if client.keys else "anonymous"
-    event = CloudEvent(source=f"nex/cli/{issuer}", type=EVENT_TYPE_PREFIX + event_type.value,
-                       subject=app_name, data=data)
-    await client.nc.publish(subjects.events(namespace, event_type.value), event.model_dump_json().encode())
-    await client.nc.flush(timeout=client.timeout)

@@ -95,7 +95,7 @@ def creds(opts: GlobalOptions, state_dir: Path | None, account_seed: Path | None
 async def make_namespace_buckets(options: ConnectOptions, namespace: str, timeout: float) -> None:
     """The namespace's artifact bucket, its copies of the feeds and dead letters, and NEX_APPS,
     which its clients cannot create."""
-    from nex.fleet.store import AppStore
+    from nex.client.appstore import AppStore
 
     where = ",".join(options.servers)
     try:

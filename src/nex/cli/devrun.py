@@ -13,7 +13,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from pydantic import ValidationError
 
 from nex.api.models import (
-    Lifecycle, Limits, NetworkMode, Trigger, TriggerMode, WorkloadSummary, WorkloadType, describe_validation_error,
+    Isolation, Lifecycle, Limits, NetworkMode, Trigger, TriggerMode, WorkloadSummary, WorkloadType,
+    describe_validation_error,
 )
 from nex.cli import output
 from nex.cli.options import GlobalOptions, NexCommand, global_options_except, positive
@@ -104,6 +105,9 @@ def file_or_reference(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--pids", type=int, callback=positive, metavar="N", help="most processes and threads at once")
 @click.option("--network", type=click.Choice([m.value for m in NetworkMode]),
               help="services: none (loopback only) or host [default: the node's, none when sandboxed]")
+@click.option("--isolation", type=click.Choice([t.value for t in Isolation]),
+              help="services and jobs: run only on a node of this isolation tier or a stronger one "
+                   "(process < container < gvisor, the nex.isolation tag)")
 @click.option("--timeout", "--timeout-ms", "timeout_ms", type=int, callback=positive, metavar="MS",
               help="function timeout in milliseconds (the request timeout goes before the command: "
                    "nex --timeout S devrun ...)")
@@ -116,7 +120,7 @@ def devrun(
     opts: GlobalOptions, file: Path | str, workload_type: str | None, triggers: tuple[str, ...],
     env: tuple[str, ...], argv: str | None, name: str | None, lifecycle: str | None,
     node_id: str | None, tags: tuple[str, ...], memory: int | None, cpus: float | None, pids: int | None,
-    network: str | None, timeout_ms: int | None, max_concurrency: int | None,
+    network: str | None, isolation: str | None, timeout_ms: int | None, max_concurrency: int | None,
     async_triggers: tuple[str, ...], schedules: tuple[str, ...], replace: bool,
 ) -> None:
     """Upload FILE (or name an image) and run it as a workload on a node.
@@ -174,7 +178,7 @@ def devrun(
             summary = await client.devrun(
                 file, type=workload_type, name=name, triggers=all_triggers, env=environment,
                 argv=arguments, lifecycle=lifecycle, limits=limits, node_id=node, progress=on_progress,
-                network=network, tags=placement,
+                network=network, tags=placement, isolation=isolation,
             )
         finally:
             bar.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nex.api.models import LameDuckResponse, NodeInfo, NodePing, NodeState
+from nex.api.models import Isolation, LameDuckResponse, NodeInfo, NodePing, NodeState, node_isolation
 from nex.cli import output
 from nex.cli.options import GlobalOptions, NexGroupHelp, with_global_options
 from nex.cli.session import resolve_node, run
@@ -28,7 +28,7 @@ def node_ls(opts: GlobalOptions) -> None:
         output.stderr().print(f"no node answered in namespace {opts.namespace!r}")
         return
     output.table(
-        ["ID", "NAME", "VERSION", "STATE", "UPTIME", "WORKLOADS", "RECONCILES", "TAGS"],
+        ["ID", "NAME", "VERSION", "STATE", "ISOLATION", "UPTIME", "WORKLOADS", "RECONCILES", "TAGS"],
         [_ping_row(n) for n in nodes],
     )
 
@@ -53,6 +53,7 @@ def node_info(opts: GlobalOptions, node_id: str) -> None:
         ("Version", f"{info.version} (API {info.api_version})"),
         ("State", info.state.value),
         ("Uptime", output.duration(info.uptime_s)),
+        ("Isolation", _isolation_text(info.tags)),
         ("Tags", _tags(info.tags)),
         ("XKey", info.xkey),
         ("Trust", "DEV MODE: unsigned deploys accepted" if info.dev_mode else "signed deploys of trusted issuers"),
@@ -90,8 +91,16 @@ def node_lameduck(opts: GlobalOptions, node_id: str) -> None:
 
 
 def _ping_row(n: NodePing) -> list[object]:
-    return [output.short(n.node_id), n.name, n.version, n.state.value,
+    return [output.short(n.node_id), n.name, n.version, n.state.value, node_isolation(n.tags).value,
             output.duration(n.uptime_s), n.workload_count, "yes" if n.reconciles else "no", _tags(n.tags)]
+
+
+def _isolation_text(tags: dict[str, str]) -> str:
+    tier = node_isolation(tags)
+    runtime = f" ({tags['nex.sandbox']})" if "nex.sandbox" in tags else ""
+    return {Isolation.PROCESS: "process: plain processes with the node's user",
+            Isolation.CONTAINER: f"container{runtime}: namespaces, seccomp, cgroups; the host's kernel",
+            Isolation.GVISOR: f"gvisor{runtime}: gVisor's kernel between workloads and the host's"}[tier]
 
 
 def _tags(tags: dict[str, str]) -> str:

@@ -29,10 +29,12 @@ from nex.sandbox.runner import SandboxUnavailable
 @click.option("--tags", default=None, help="k=v,... tags added to the automatic ones")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="where the node keeps its state")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML or JSON config file")
-@click.option("--sandbox", type=click.Choice(["auto", "oci", "none"]), default=None,
-              help="native workloads: auto = sandboxed by runc/crun when it works here, else plain "
-                   "processes (tagged nex.unsafe=true); oci = sandboxed or refuse to start; "
-                   "none = plain processes [default: auto]")
+@click.option("--sandbox", type=click.Choice(["auto", "oci", "gvisor", "none"]), default=None,
+              help="native workloads and containers: auto = sandboxed by runc/crun when it works here, else "
+                   "plain processes (tagged nex.unsafe=true); oci = sandboxed or refuse to start; gvisor = "
+                   "under gVisor's runsc or refuse to start; none = plain processes [default: auto]")
+@click.option("--gvisor-platform", type=click.Choice(["systrap", "ptrace", "kvm"]), default=None,
+              help="with --sandbox gvisor: runsc's platform [default: the first of systrap, ptrace that works]")
 @click.option("--trusted-issuer", "trusted_issuers", multiple=True, metavar="A...",
               help="account nkey whose signed deploys run here (repeatable); none: dev mode, unsigned "
                    "requests accepted")

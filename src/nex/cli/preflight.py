@@ -23,8 +23,9 @@ _STYLES = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red", S
               help="the state dir the node would use [default: as nex node up]")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="the node's TOML or JSON config file (its state dir, sandbox and server count)")
-@click.option("--sandbox", type=click.Choice(["auto", "oci", "none"]), default=None,
-              help="as for nex node up: with oci, exit 1 when this host cannot sandbox [default: auto]")
+@click.option("--sandbox", type=click.Choice(["auto", "oci", "gvisor", "none"]), default=None,
+              help="as for nex node up: with oci or gvisor, exit 1 when this host cannot sandbox so "
+                   "[default: auto]")
 @with_global_options
 def preflight(opts: GlobalOptions, state_dir: Path | None, config_path: Path | None,
               sandbox: str | None) -> None:
@@ -60,7 +61,7 @@ def _print(report: Report) -> None:
     counts = {s: sum(1 for c in report.checks if c.status == s) for s in Status}
     runtime = report.sandbox_runtime
     verdict = (f"native workloads run sandboxed by {runtime}" if runtime else
-               "native workloads run as plain processes" if report.sandbox.value != "oci" else
-               "the node cannot sandbox and would refuse to start (--sandbox oci)")
+               "native workloads run as plain processes" if report.sandbox.value not in ("oci", "gvisor") else
+               f"the node cannot sandbox and would refuse to start (--sandbox {report.sandbox.value})")
     console.print(f"\n{counts[Status.OK]} ok, {counts[Status.WARN]} warnings, {counts[Status.FAIL]} failed; "
                   f"--sandbox {report.sandbox.value}: {verdict}", markup=False, highlight=False)

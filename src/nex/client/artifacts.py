@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import quote
@@ -15,9 +16,10 @@ from nats.js.api import ObjectStoreConfig
 from pydantic import ValidationError
 
 from nex.api import subjects
-from nex.api.errors import BadArtifact, BadRequest, BidNotFound, Unavailable
+from nex.api.errors import ArtifactNotFound, BadArtifact, BadRequest, BidNotFound, Unavailable
 from nex.api.models import (
-    Artifact, AuctionRequest, DeployRequest, Lifecycle, Limits, NetworkMode, Trigger, WorkloadSummary, WorkloadType,
+    Artifact, AuctionRequest, DeployRequest, Isolation, Lifecycle, Limits, NetworkMode, Trigger, WorkloadSummary,
+    WorkloadType,
     describe_validation_error,
 )
 from nex.artifacts import sha256_file
@@ -48,8 +50,14 @@ class Artifacts(Placement):
         the key defaults to its sha256.
 
         An object that already holds the same bytes under that key is not sent again.
+
+        Raises:
+            ArtifactNotFound: there is no file at ``path``.
+            BadRequest: ``path`` is not a readable file.
+            Unavailable: JetStream did not answer.
+
         """
-        path = Path(path)
+        path = local_file(path)
         sha256 = await asyncio.to_thread(sha256_file, path)
         return await self._upload(path, key or sha256, sha256, progress, namespace)
 
@@ -68,18 +76,33 @@ class Artifacts(Placement):
         node_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         progress: Progress | None = None,
+        isolation: Isolation | str | None = None,
     ) -> WorkloadSummary:
         """Upload a local file and deploy it: the quickest way from a file to a workload.
 
         ``path`` may also be an image reference ``oci://host/repo:tag``: nothing is
         uploaded, the node pulls it, and its sha256 is the manifest digest the
         registry gives now (resolved here with skopeo). Without ``node_id`` the node is
-        placed by auction, among the nodes that have every one of ``tags``. The request
+        placed by auction, among the nodes that have every one of ``tags`` and whose isolation
+        tier meets ``isolation`` (``process`` < ``container`` < ``gvisor``). The request
         is checked and the auction held before anything is uploaded.
 
         A Python file (``hello.py``, with ``handle(subject, payload)``) is built here into a
         WebAssembly component, or found in the build cache, and deployed as a ``wasm``
         function; a module that does not build raises a BadRequest that names its file and line.
+
+        Raises:
+            ArtifactNotFound: there is no file at ``path``.
+            BadRequest: a field is wrong (a name, a trigger, a limit), or the file's type cannot be guessed;
+                a Python file that does not build (``BuildError``: ``file:line: message``).
+            Unavailable: no node bids (the message gives each node's reason), or none answers.
+            Forbidden: the node refuses the claim (unsigned, untrusted issuer...).
+
+        Example:
+            ```python
+            workload = await client.devrun("hello.js", triggers=["demo.hello"], env={"WHO": "nex"})
+            ```
+
         """
         if node_id is not None and tags:
             raise BadRequest("give a node or placement tags, not both")
@@ -95,13 +118,13 @@ class Artifacts(Placement):
             if type is not None and WorkloadType(type) != WorkloadType.WASM:
                 raise BadRequest(f"{path} is a Python function, built into a wasm component: its type is wasm")
             default_name = workload_name_for(path)
-            path = (await asyncio.to_thread(build_function, path, str(path))).path
+            path = (await asyncio.to_thread(build_function, local_file(path), str(path))).path
             workload_type = WorkloadType.WASM
             deploy_timeout = max(self.timeout, PYTHON_DEPLOY_TIMEOUT_S)
             sha256 = await asyncio.to_thread(sha256_file, path)
             artifact = Artifact(uri=self._artifact_uri(sha256), sha256=sha256)
         else:
-            path = Path(path)
+            path = local_file(path)
             workload_type = WorkloadType(type) if type else await asyncio.to_thread(guess_type, path)
             sha256 = await asyncio.to_thread(sha256_file, path)
             artifact = Artifact(uri=self._artifact_uri(sha256), sha256=sha256)
@@ -118,6 +141,7 @@ class Artifacts(Placement):
                 triggers=[t if isinstance(t, Trigger) else Trigger(subject=t) for t in triggers],
                 limits=limits or Limits(),
                 network=NetworkMode(network) if network else None,
+                isolation=Isolation(isolation) if isolation else None,
             )
         except ValidationError as exc:
             raise BadRequest(describe_validation_error(exc)) from None
@@ -127,7 +151,7 @@ class Artifacts(Placement):
             return await self.deploy(node_id, request, timeout=deploy_timeout)
         try:
             constraints = AuctionRequest(type=request.type, lifecycle=request.lifecycle, tags=dict(tags or {}),
-                                         memory_mib=request.limits.memory_mib)
+                                         memory_mib=request.limits.memory_mib, isolation=request.isolation)
         except ValidationError as exc:
             raise BadRequest(describe_validation_error(exc)) from None
         bids = await self._bids(constraints, DEFAULT_GATHER_S, None)
@@ -188,3 +212,16 @@ class Artifacts(Placement):
             raise Unavailable(f"the artifact bucket {bucket} does not exist, and JetStream did not create it"
                               " for these credentials: an operator makes it (nex creds, or nats object add"
                               f" {bucket})") from None
+
+
+def local_file(path: str | Path) -> Path:
+    """``path`` when it is a file this process can read: ArtifactNotFound when there is nothing
+    there, BadRequest when it is something else (a directory, unreadable)."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactNotFound(str(path))
+    if not path.is_file():
+        raise BadRequest(f"{path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise BadRequest(f"{path} is not readable")
+    return path

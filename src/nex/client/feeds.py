@@ -36,6 +36,7 @@ class LogLine:
 
     @property
     def text(self) -> str:
+        """The line as text (invalid UTF-8 replaced)."""
         return self.data.decode(errors="replace")
 
 
@@ -55,7 +56,20 @@ class Feeds(Workloads):
         """The log lines of a workload kept in the logs stream, then new ones when ``follow``.
 
         UnknownWorkload when the stream keeps none of its lines and no node runs it: there is
-        nothing to print, and nothing will come to follow."""
+        nothing to print, and nothing will come to follow.
+
+        Raises:
+            UnknownWorkload: the stream keeps no line of the workload and no node runs it.
+            NotFound: the namespace has no logs stream (no node has started yet).
+            Unavailable: JetStream did not answer.
+
+        Example:
+            ```python
+            async for line in client.logs(workload.id, follow=True):
+                print(line.stream, line.text)
+            ```
+
+        """
         filter_subject = subjects.logs_filter(self.namespace, target_token(workload_id, "workload id"))
 
         async def unknown_unless_running() -> None:
@@ -76,6 +90,11 @@ class Feeds(Workloads):
         """The events kept in the events stream, then new ones when ``follow``.
 
         ``types`` are event type tokens (``workload_started``) or full CloudEvents types.
+
+        Raises:
+            NotFound: the namespace has no events stream (no node has started yet).
+            Unavailable: JetStream did not answer.
+
         """
         wanted = {t.rsplit(".", 1)[-1] for t in types or ()}
         if len(wanted) == 1:

@@ -36,6 +36,19 @@ class Functions(Transport):
 
         ``traceparent`` (W3C; ``TraceParent.new()`` starts a trace) makes the call a span of that
         trace: the function's host calls carry it on (docs/observability.md).
+
+        Raises:
+            NotFound: no function is triggered by ``subject``.
+            FunctionError: the function threw, timed out or ran out of memory (its ``kind``).
+            TooManyRequests: every copy of the function is at its concurrency limit.
+            Unavailable: no reply within ``timeout`` (the client's by default).
+            BadRequest: ``subject`` or ``traceparent`` is not valid.
+
+        Example:
+            ```python
+            reply = await client.invoke("demo.hello", b"world", timeout=2.0)
+            ```
+
         """
         timeout = self.timeout if timeout is None else timeout
         headers = _trace_headers(traceparent) or None
@@ -59,7 +72,21 @@ class Functions(Transport):
 
         ``key`` is the idempotency key (``Nats-Msg-Id``): a re-publish within the stream's
         duplicate window is dropped, and a key that completed is not run again. The result
-        goes to ``reply_to`` when given (a subject of the namespace or of the function)."""
+        goes to ``reply_to`` when given (a subject of the namespace or of the function).
+
+        Raises:
+            NotFound: no async function is triggered by ``subject`` (no stream captures it).
+            Unavailable: JetStream did not acknowledge within the client's timeout.
+            BadRequest: ``subject`` is not valid, or JetStream refused the message.
+
+        Example:
+            ```python
+            receipt = await client.invoke_async("orders.new", b'{"id": 42}', key="order-42")
+            if receipt.duplicate:
+                print("already sent")
+            ```
+
+        """
         headers = {subjects.MSG_ID_HEADER: key} if key else {}
         if reply_to:
             headers[subjects.REPLY_TO_HEADER] = reply_to
@@ -82,7 +109,12 @@ class Functions(Transport):
         return subjects.dead_letter_stream(self.namespace) if self.confined else subjects.DLQ_STREAM
 
     async def dlq_list(self, function: str | None = None) -> list[DeadLetter]:
-        """The dead letters of the namespace (of one function), oldest first."""
+        """The dead letters of the namespace (of one function), oldest first.
+
+        Raises:
+            Unavailable: JetStream did not answer.
+
+        """
         if function is not None:
             target_token(function, "function")
         js = self.nc.jetstream()
@@ -100,7 +132,13 @@ class Functions(Transport):
             seq = (raw.seq or seq) + 1
 
     async def dlq_replay(self, seq: int) -> AsyncReceipt:
-        """Publish dead letter ``seq`` again on its subject, with its idempotency key; then delete it."""
+        """Publish dead letter ``seq`` again on its subject, with its idempotency key; then delete it.
+
+        Raises:
+            NotFound: no dead letter ``seq`` in the namespace, or its function is gone.
+            Unavailable: JetStream did not acknowledge the new invocation.
+
+        """
         js = self.nc.jetstream()
         try:
             raw = await js.get_msg(self._dead_letters, seq=seq)

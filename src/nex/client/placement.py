@@ -152,5 +152,6 @@ class Placement(Workloads):
 
 
 def constraints_of(request: DeployRequest) -> AuctionRequest:
-    """The auction a deploy request implies: its type, lifecycle and memory limit."""
-    return AuctionRequest(type=request.type, lifecycle=request.lifecycle, memory_mib=request.limits.memory_mib)
+    """The auction a deploy request implies: its type, lifecycle, memory limit and isolation tier."""
+    return AuctionRequest(type=request.type, lifecycle=request.lifecycle, memory_mib=request.limits.memory_mib,
+                          isolation=request.isolation)

@@ -38,6 +38,7 @@ _CONNECT_ATTEMPTS = 2
 
 
 def target_token(value: str, what: str) -> str:
+    """``value``, when it can be a subject token; BadRequest naming ``what`` otherwise."""
     # The target becomes a subject token; a '*' or '.' would address other nodes.
     if not subjects.is_token(value):
         raise BadRequest(f"invalid {what} {value!r}")
@@ -76,6 +77,7 @@ class ReplyInbox:
         return inbox, arriving
 
     def close(self, inbox: str) -> None:
+        """Stop delivering to ``inbox``; what still comes for it is dropped."""
         self._waiting.pop(inbox, None)  # what still comes for it is dropped
 
     async def _deliver(self, msg: Msg) -> None:
@@ -138,6 +140,7 @@ class Transport:
         return client
 
     async def close(self) -> None:
+        """Close the connection, when the client made it (:meth:`connect`); a second close is harmless."""
         if self._owns_connection and not self.nc.is_closed:
             await self.nc.close()
 

@@ -11,6 +11,7 @@ from nex.api.models import (
     BID_ID_PATTERN, DEFAULT_STOP_GRACE_S, DeployRequest, LameDuckResponse, NodeInfo, NodePing, NodeState, PageRequest,
     UndeployRequest, UndeployResponse, WorkloadPing, WorkloadSummary, WorkloadType,
 )
+from nex.client.naming import NODE_ID_LENGTH, resolve_id
 from nex.client.transport import DEFAULT_GATHER_S, Transport, target_token
 from nex.security.xkeys import seal_env
 
@@ -21,7 +22,11 @@ class Workloads(Transport):
     # -- nodes -------------------------------------------------------------------------
 
     async def ping(self, wait: float = DEFAULT_GATHER_S, expected: int | None = None) -> list[NodePing]:
-        """Every node that answers within ``wait`` seconds (or as soon as ``expected`` have)."""
+        """Every node that answers within ``wait`` seconds (or as soon as ``expected`` have).
+
+        Never raises for an empty fleet: no node answering is an empty list.
+
+        """
         return await self._gather(subjects.PING, NodePing, wait, expected)
 
     async def ping_node(self, node_id: str, timeout: float | None = None) -> NodePing:
@@ -31,12 +36,27 @@ class Workloads(Transport):
                                    timeout=timeout)
 
     async def node_info(self, node_id: str) -> NodeInfo:
-        """The node, with every workload of the namespace on it (read page by page)."""
+        """The node, with every workload of the namespace on it (read page by page).
+
+        Raises:
+            NodeNotFound: no node ``node_id`` answers in the namespace.
+            Unavailable: no reply within the client's timeout.
+
+        """
         first = await self._request(subjects.INFO, target_token(node_id, "node id"), NodeInfo, NodeNotFound)
         rest = await self._more_pages(node_id, first.next)
         return first.model_copy(update={"workloads": first.workloads + rest, "next": None})
 
     async def lameduck(self, node_id: str) -> LameDuckResponse:
+        """Put the node in lame duck: it stops taking work, and its workloads stop after its lame-duck period.
+
+        Signed with the client's keys; a node that trusts issuers takes it from an admin only.
+
+        Raises:
+            NodeNotFound: no node ``node_id`` answers.
+            Forbidden: the node refuses the claim (``NotAdmin``, ``UntrustedIssuer``...).
+
+        """
         return await self._request(
             subjects.LAMEDUCK, target_token(node_id, "node id"), LameDuckResponse, NodeNotFound, signed=True,
         )
@@ -77,6 +97,13 @@ class Workloads(Transport):
         With keys, the request is signed and env sealed to ``xkey`` (the target node's
         key; looked up with a PING when not given). ``timeout`` (default: the client's) is how
         long to wait for the node's reply, which comes once the workload runs.
+
+        Raises:
+            NodeNotFound: no node ``target`` answers (BidNotFound: the bid expired or was used).
+            BadRequest: the node refuses the request (a field, a trigger, the artifact).
+            Forbidden: the node refuses the claim (unsigned, untrusted issuer...).
+            Unavailable: no reply within the client's timeout, or the node is draining.
+
         """
         _deploy_target(target)
         if self.keys is not None and request.env:
@@ -104,6 +131,16 @@ class Workloads(Transport):
             "sender_xkey": self.keys.xkey.public})
 
     async def undeploy(self, workload_id: str, grace_ms: int | None = None) -> UndeployResponse:
+        """Stop a workload: SIGTERM (or unloading a function), then SIGKILL after ``grace_ms``.
+
+        Signed with the client's keys; only the issuer that deployed it, or an admin, may stop it.
+        Returns once it has stopped, with how it exited.
+
+        Raises:
+            WorkloadNotFound: no node of the namespace runs it.
+            Forbidden: the node refuses the claim (``NotOwner``...).
+
+        """
         body = UndeployRequest(grace_ms=grace_ms).model_dump_json(exclude_none=True).encode()
         # The node answers once the workload is gone: after its grace period (and a SIGKILL) at worst.
         grace_s = DEFAULT_STOP_GRACE_S if grace_ms is None else grace_ms / 1000
@@ -144,12 +181,52 @@ class Workloads(Transport):
         return found
 
     async def workload_info(self, workload_id: str) -> WorkloadSummary:
+        """The workload ``workload_id`` (a full id) as the node that runs it reports it.
+
+        Raises:
+            WorkloadNotFound: no node of the namespace runs it.
+
+        """
         target_token(workload_id, "workload id")
         ping = await self._request(subjects.WPING, workload_id, WorkloadPing, WorkloadNotFound)
         for workload in ping.workloads:
             if workload.id == workload_id:
                 return workload
         raise WorkloadNotFound(workload_id)
+
+
+    async def resolve_node(self, given: str) -> str:
+        """The id of the node ``given`` names: a node id, a unique node name, or a unique prefix of
+        an id (at least 4 characters), as the ``nex`` command takes them.
+
+        Raises:
+            NodeNotFound: no node of the namespace has that id, name or prefix.
+            BadRequest: the prefix is too short, or it (or the name) matches several nodes.
+
+        """
+        if len(given) == NODE_ID_LENGTH:
+            return given
+        return resolve_id(given, ((n.node_id, n.name) for n in await self.ping()), "node")
+
+    async def resolve_workload(self, given: str) -> str:
+        """The id of the workload ``given`` names: a workload id, a unique name, or a unique prefix
+        of an id (at least 4 characters), as ``nex workload stop`` takes them.
+
+        Raises:
+            WorkloadNotFound: no workload of the namespace has that id, name or prefix.
+            BadRequest: the prefix is too short, or it (or the name) matches several workloads.
+
+        Example:
+            ```python
+            await client.undeploy(await client.resolve_workload("ticker"))
+            ```
+
+        """
+        try:
+            return (await self.workload_info(given)).id
+        except WorkloadNotFound:
+            pass  # not a full id: a name, a prefix, or nothing
+        return resolve_id(given, ((w.id, w.name) for w in await self.workloads()), "workload")
 
 
 def _deploy_target(target: str) -> str:

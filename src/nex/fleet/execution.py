@@ -32,7 +32,7 @@ from nex.fleet.planner import (
     AppKey, FleetMemory, PendingReplica, Place, Plan, Rollback, SlotKey, Stop, changed_workloads,
 )
 from nex.fleet.store import AppStore
-from nex.fleet.verify import Trust, decide
+from nex.api.appverify import Trust, decide
 from nex.placement import sampling
 from nex.placement.scoring import bid_bucket, choose_bid
 from nex.security.keystore import UserKeys
@@ -118,7 +118,8 @@ class PlanExecution:
         workload = first.workload
         client = self._client(first.namespace, signed=record.token is not None)
         constraints = AuctionRequest(type=workload.type, lifecycle=workload.lifecycle, tags=first.tags,
-                                     memory_mib=workload.limits.memory_mib, exclude_nodes=list(first.exclude_nodes))
+                                     memory_mib=workload.limits.memory_mib, isolation=workload.isolation,
+                                     exclude_nodes=list(first.exclude_nodes))
         asked = sampling.whom_to_ask(nodes, constraints, len(places), self._sample_threshold, spread=first.spread,
                                      counts=counts)
         limit = asyncio.Semaphore(MAX_CONCURRENT_PLACEMENTS)
@@ -201,7 +202,8 @@ class PlanExecution:
         return DeployRequest(
             name=workload.name, type=workload.type, lifecycle=workload.lifecycle, artifact=workload.artifact,
             namespace=place.namespace, argv=list(workload.argv), env=env, triggers=list(workload.triggers),
-            limits=workload.limits, network=workload.network, health=workload.health, app=app,
+            limits=workload.limits, network=workload.network, isolation=workload.isolation, health=workload.health,
+            app=app,
             description=f"replica of app {place.app} ({place.reason})", **sealed)
 
     async def _stop(self, stop: Stop) -> None:

@@ -9,7 +9,7 @@ back to its previous spec. One action failing (a node gone between bid and
 deploy, a node in lame duck, NATS reconnecting) is logged and tried again next
 pass; nothing stops the loop but :meth:`Reconciler.stop`.
 
-Only records that :mod:`nex.fleet.verify` accepts are acted on: a refused one
+Only records that :mod:`nex.api.appverify` accepts are acted on: a refused one
 leaves the last verified record running, and is reported. A deploy for a signed
 app is signed with the fleet key and carries the user's app token; one for an
 unsigned app (dev mode) is sent unsigned, so that a node that trusts issuers
@@ -49,7 +49,7 @@ from nex.fleet.liveness import Liveness
 from nex.fleet.planner import AppKey, FleetMemory, Plan, Settings, plan
 from nex.fleet.sharedkeys import SharedFleetKeys
 from nex.fleet.store import AppStore
-from nex.fleet.verify import Decision, Trust, decide, signer_of
+from nex.api.appverify import Decision, Trust, decide, signer_of
 from nex.kvwatch import open_watch, watched_keys
 from nex.placement.sampling import SAMPLE_THRESHOLD
 from nex.security.keystore import UserKeys
@@ -302,7 +302,7 @@ class Reconciler(PlanExecution):
 
     async def _verified_apps(self) -> list[AppRecord]:
         """The records to reconcile: for each app, the stored record if it verifies, else the last
-        verified one (nex.fleet.verify); refusals are announced once each."""
+        verified one (nex.api.appverify); refusals are announced once each."""
         stored = {(r.spec.namespace, r.spec.name): r for r in await self._store.list(deleted=True)}
         verified = {(r.spec.namespace, r.spec.name): r for r in await self._store.verified()}
         self._acting, self._refused = {}, {}

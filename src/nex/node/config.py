@@ -7,7 +7,7 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 class SandboxMode(StrEnum):
     AUTO = "auto"  # the OCI runtime when it works here, else plain processes and a loud warning
     OCI = "oci"  # the OCI runtime, or refuse to start
+    GVISOR = "gvisor"  # gVisor's runsc, or refuse to start
     NONE = "none"  # plain processes
 
 
@@ -59,7 +60,11 @@ class NodeConfig(BaseModel):
     heartbeat_s: float = Field(default=10.0, gt=0, le=3600)
     logs_stream_bytes: int = Field(default=128 << 20, gt=0)
     events_stream_bytes: int = Field(default=64 << 20, gt=0)
-    sandbox: SandboxMode = Field(default=SandboxMode.AUTO, description="how native workloads are isolated")
+    sandbox: SandboxMode = Field(default=SandboxMode.AUTO, description="how native workloads and containers "
+                                 "are isolated: auto (runc when it works, else plain processes), oci, gvisor, none")
+    gvisor_platform: Literal["systrap", "ptrace", "kvm"] | None = Field(
+        default=None, description="--sandbox gvisor: runsc's platform; none: the first of systrap, ptrace that "
+        "runs a container here (kvm only when named: it hangs on nested hosts)")
     warm_agents: bool = Field(default=True, description="start the function agents (JavaScript, Wasm) with "
                               "the node, so that no deploy waits for one; false: each starts with its first "
                               "function (a process of about 40 MiB each)")

@@ -53,9 +53,12 @@ def may_enter_network_namespaces() -> bool:
 
 
 def check_supported(check: HealthCheck | None, lifecycle: Lifecycle, sandboxed: bool,
-                    network: NetworkMode | None, scope: WorkloadScope) -> None:
+                    network: NetworkMode | None, scope: WorkloadScope, own_network_stack: bool = False) -> None:
     """Refuse, before anything starts, a check this node could never run, or may not: a nats
-    check requests with the node's own connection, so only on a subject the workload may use."""
+    check requests with the node's own connection, so only on a subject the workload may use.
+
+    ``own_network_stack``: the sandbox's network is a stack of its own (gVisor's, in its kernel),
+    not a namespace of the host's kernel that a thread could enter."""
     if check is not None and check.nats is not None:
         problem = scope.publish_problem(check.nats)
         if problem is not None:
@@ -64,6 +67,10 @@ def check_supported(check: HealthCheck | None, lifecycle: Lifecycle, sandboxed: 
         return
     if lifecycle == Lifecycle.FUNCTION:
         raise BadRequest("a function listens on no TCP port: give it a nats health check, or none")
+    if sandboxed and network != NetworkMode.HOST and own_network_stack:
+        raise BadRequest("a tcp health check of a service under gVisor needs network host: with network none "
+                         "its loopback is gVisor's own network stack, which no host process reaches; use "
+                         "network host, a nats check, or none")
     if sandboxed and network != NetworkMode.HOST and not may_enter_network_namespaces():
         raise BadRequest("a tcp health check of a sandboxed workload without host network needs a node "
                          "that may enter its network namespace (CAP_SYS_ADMIN); use network host, "

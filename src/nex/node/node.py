@@ -20,14 +20,15 @@ from nex.api import subjects
 from nex.api.paging import fill_page
 from nex.api.subjects import first_overlap, namespace_subject_problem
 from nex.api.models import (
-    AppRef, AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState, UndeployRequest, PageRequest, UndeployResponse, WorkloadPing,
+    AppRef, AuctionReply, AuctionRequest, DeployRequest, LameDuckResponse, Lifecycle, NodeInfo, NodePing, NodeState, UndeployRequest,
+    node_isolation, PageRequest, UndeployResponse, WorkloadPing,
 )
 from nex.api.records import NodeRecord
 from nex.artifact_roots import ArtifactRoots
 from nex.artifacts import ArtifactCache, parse_nats_uri
 from nex.fleet.reconciler import Reconciler, fleet_keys
 from nex.fleet.sharedkeys import SharedFleetKeys
-from nex.fleet.verify import Trust
+from nex.api.appverify import Trust
 from nex.jsreplicas import fleet_replicas, warn_fewer_replicas
 from nex.connection import ConnectOptions, connect
 from nex.natsserver import DEFAULT_HOST, NatsServer, PortTaken, port_in_use
@@ -39,7 +40,7 @@ from nex.node.feeds import Feeds
 from nex.node.metrics import MetricsServer
 from nex.node.registry import NodeRegistry
 from nex.node.resources import automatic_tags, resources
-from nex.node.sandboxing import choose_sandbox, sweep_containers
+from nex.node.sandboxing import TIER_TAGS, choose_sandbox, sweep_containers
 from nex.node.statedir import make_private
 from nex.node.statelock import StateDirLock
 from nex.node.supervisor import Supervisor
@@ -124,7 +125,11 @@ class Node:
             await metrics.start()
             self.metrics = metrics
         self.reaper = Reaper()
-        self.oci, sandbox_tags = await choose_sandbox(self.config.sandbox, self.state_dir, self.reaper)
+        self.oci, sandbox_tags = await choose_sandbox(self.config.sandbox, self.state_dir, self.reaper,
+                                                      self.config.gvisor_platform)
+        # The tier's tags are the node's word alone: a config tag cannot claim a stronger one.
+        for tag in TIER_TAGS:
+            self.tags.pop(tag, None)
         self.tags.update(sandbox_tags)
         signer: AccountSigner | None = None
         if self.config.auth and self.server_url is not None:
@@ -157,6 +162,7 @@ class Node:
             ArtifactCache(self.state_dir / "artifacts", self.nc.jetstream(), ArtifactRoots(self.config.artifact_roots),
                           self.config.max_artifact_bytes), self.feeds,
             on_removed=self._workload_removed, nc=self.nc, on_changed=self._workloads_changed,
+            isolation=node_isolation(self.tags),
         )
         swept = await self.supervisor.sweep_leftovers()
         if swept:

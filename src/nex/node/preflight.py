@@ -26,6 +26,7 @@ from pathlib import Path
 from nex.natsserver import NatsServerError, find_binary
 from nex.node.config import SandboxMode
 from nex.sandbox import cgroups
+from nex.sandbox.gvisor import RUNSC
 from nex.sandbox.runner import RUNTIMES, OciRunner
 
 MIN_FREE_BYTES = 1 << 30
@@ -130,6 +131,8 @@ async def check_oci_runtime(sandbox: SandboxMode) -> tuple[CheckResult, str | No
     if sandbox == SandboxMode.NONE:
         found = ", ".join(versions.values()) or "none on PATH"
         return CheckResult(OCI_CHECK, Status.INFO, f"not used with --sandbox none ({found})"), None
+    if sandbox == SandboxMode.GVISOR:
+        return await check_gvisor()
     # The probe's bundle goes to a scratch dir that others can search (the user
     # namespace's root must reach the rootfs), not to the state dir: preflight writes nothing there.
     with tempfile.TemporaryDirectory(prefix="nex-preflight-") as scratch:
@@ -152,6 +155,25 @@ async def check_oci_runtime(sandbox: SandboxMode) -> tuple[CheckResult, str | No
         detail += "; crun 1.8 refuses hybrid cgroup hierarchies"
         fix = "apt-get install runc"
     return CheckResult(OCI_CHECK, status, detail, fix), None
+
+
+async def check_gvisor() -> tuple[CheckResult, str | None]:
+    """--sandbox gvisor: runsc runs a trivial sandboxed bundle here, on the platform the node would pick."""
+    binary = shutil.which(RUNSC)
+    if binary is None:
+        return CheckResult(OCI_CHECK, Status.FAIL, "runsc is not on PATH: --sandbox gvisor: the node would "
+                           "refuse to start", "apt-get install runsc"), None
+    code, output = await _command(binary, "--version")
+    version = _first_line(output) if code == 0 else f"runsc --version failed: {_first_line(output)}"
+    with tempfile.TemporaryDirectory(prefix="nex-preflight-") as scratch:
+        os.chmod(scratch, 0o711)
+        runner, reason = await OciRunner.probe_gvisor(Path(scratch))
+    if runner is None or runner.gvisor is None:
+        return CheckResult(OCI_CHECK, Status.FAIL, f"gVisor does not run a container here ({reason}): "
+                           "--sandbox gvisor: the node would refuse to start",
+                           "see the cgroups and namespace checks below"), None
+    return CheckResult(OCI_CHECK, Status.OK, f"runsc runs sandboxed containers under gVisor ({version}; "
+                       f"{runner.binary} --platform={runner.gvisor.platform})"), runner.name
 
 
 def check_cgroups() -> CheckResult:

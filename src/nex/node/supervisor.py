@@ -21,7 +21,7 @@ from nats.aio.client import Client
 
 from nex.api.errors import BadRequest, Conflict, NexError
 from nex.api.events import EventType
-from nex.api.models import DeployRequest, Health, Lifecycle, WorkloadState, WorkloadType
+from nex.api.models import DeployRequest, Health, Isolation, Lifecycle, WorkloadState, WorkloadType
 from nex.api.records import ReplicaRecord
 from nex.api.subjects import WorkloadScope
 from nex.artifacts import ArtifactCache
@@ -45,8 +45,10 @@ class Supervisor:
         *,
         nc: Client | None = None,
         on_changed: Callable[[], None] = lambda: None,
+        isolation: Isolation = Isolation.PROCESS,
     ) -> None:
         self.node_id = node_id
+        self.isolation = isolation
         self._health = HealthChecks(nc, self._health_changed)  # nats checks request through ``nc``
         self._on_changed = on_changed
         self._runtimes = runtimes
@@ -74,8 +76,13 @@ class Supervisor:
             raise BadRequest(f"this node does not run {request.type} workloads")
         if request.lifecycle not in runtime.capabilities.lifecycles:
             raise BadRequest(f"{request.type} workloads cannot have lifecycle {request.lifecycle}")
+        if not self.isolation.meets(request.isolation):
+            raise BadRequest(f"this node isolates workloads as {self.isolation.value} (its nex.isolation tag); "
+                             f"the workload requires at least {request.isolation}: deploy it by auction, or to "
+                             f"a node of that tier")
         check_supported(request.health, request.lifecycle, runtime.capabilities.sandboxed, request.network,
-                        WorkloadScope.of(namespace, (t.subject for t in request.triggers)))
+                        WorkloadScope.of(namespace, (t.subject for t in request.triggers)),
+                        own_network_stack=self.isolation == Isolation.GVISOR)
         artifact_path = await self._artifacts.fetch(request.artifact)
         # Random, not sequential: ids differ from their first characters, so prefixes work in the CLI.
         workload_id = secrets.token_hex(10)

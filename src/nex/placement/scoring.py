@@ -27,7 +27,9 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nex.api.models import FUNCTION_TYPES, AuctionRequest, Bid, Lifecycle, NodeState, Resources, WorkloadType
+from nex.api.models import (
+    FUNCTION_TYPES, AuctionRequest, Bid, Lifecycle, NodeState, Resources, WorkloadType, node_isolation,
+)
 
 MEMORY_WEIGHT = 0.4
 CPU_WEIGHT = 0.3
@@ -79,6 +81,10 @@ def decline_reason(request: AuctionRequest, bidder: Bidder, free_mib: int, held_
     lifecycle = lifecycle_of(request)
     if (request.type in FUNCTION_TYPES) != (lifecycle == Lifecycle.FUNCTION):
         return f"{node} cannot run a {request.type.value} workload with lifecycle {lifecycle.value}"
+    tier = node_isolation(bidder.tags)
+    if not tier.meets(request.isolation):
+        return (f"{node} isolates workloads as {tier.value}, the workload needs at least "
+                f"{request.isolation.value if request.isolation else ''}")
     for key, wanted in sorted(request.tags.items()):
         have = bidder.tags.get(key)
         if have is None:

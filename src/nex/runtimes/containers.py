@@ -18,7 +18,7 @@ from typing import Any
 
 from nex.api.errors import TooManyRequests
 from nex.runtimes.base import ExitResult, Handle, LogSink, RuntimeContext, WithoutAgent
-from nex.sandbox.bundle import ContainerSpec, write_bundle
+from nex.sandbox.bundle import ContainerSpec
 from nex.sandbox.idranges import IdRange, IdRanges, NoFreeRange, host_ranges
 from nex.sandbox.runner import ID_PREFIX, OciRunner, make_bundle_dir, remove_bundle
 
@@ -62,7 +62,7 @@ class ContainerWorkloads(WithoutAgent):
     async def run_container(self, container: ContainerSpec, bundle: Path, ids: IdRange,
                             logs: LogSink) -> dict[str, Any]:
         """Write the bundle's config and run the container (handle data)."""
-        write_bundle(container, bundle)
+        self._runner.write_bundle(container, bundle)
         data = await self._runner.start(container, bundle, logs)
         self._started[container.id] = (bundle, ids.slot)
         return {**data, "id_slot": ids.slot}

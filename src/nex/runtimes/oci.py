@@ -82,7 +82,8 @@ class OciRuntime(ContainerWorkloads):
             rootfs = bundle / "rootfs"
             rootfs.mkdir(mode=0o700)
             try:
-                await asyncio.to_thread(mount_idmapped, image.rootfs, rootfs, ids.base, ids.size)
+                await asyncio.to_thread(mount_idmapped, image.rootfs, rootfs, ids.base, ids.size,
+                                        self._runner.gvisor is None)
             except OSError as exc:
                 raise BadRequest(f"this node cannot run OCI images: it cannot make an idmapped mount of "
                                  f"an image ({exc}); that needs Linux 5.12 or later and a state dir on "

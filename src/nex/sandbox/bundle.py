@@ -123,10 +123,27 @@ def _mounts(spec: ContainerSpec) -> list[dict[str, Any]]:
     return mounts
 
 
-def config(spec: ContainerSpec) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BundleOptions:
+    """What a runtime needs of a bundle beyond its spec (runc: the defaults; runsc:
+    :func:`nex.sandbox.gvisor.GvisorSettings.bundle_options`, which says why)."""
+
+    pids_rlimit: bool = False
+    """The pids limit is also the process's ``RLIMIT_NPROC``."""
+    user_namespace: bool = True
+    """A user namespace mapping the container's ids to its host range."""
+    clone3_enosys: bool = True
+    """A seccomp rule answering clone3 with ENOSYS (so that libc falls back to clone)."""
+
+
+def config(spec: ContainerSpec, options: BundleOptions = BundleOptions()) -> dict[str, Any]:
     """The config.json of ``spec`` as a dict."""
+    rlimits = [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]
+    user_namespace = options.user_namespace
+    if options.pids_rlimit and spec.limits.pids is not None:
+        rlimits.append({"type": "RLIMIT_NPROC", "hard": spec.limits.pids, "soft": spec.limits.pids})
     uid, gid = spec.user if spec.user is not None else (NOBODY, NOBODY)
-    namespaces = [{"type": t} for t in ("pid", "mount", "ipc", "uts", "user")]
+    namespaces = [{"type": t} for t in ("pid", "mount", "ipc", "uts", *(["user"] if user_namespace else []))]
     if spec.network == NetworkMode.NONE:
         namespaces.append({"type": "network"})
     id_map = [{"containerID": 0, "hostID": spec.id_base, "size": ID_RANGE}]
@@ -140,26 +157,25 @@ def config(spec: ContainerSpec) -> dict[str, Any]:
             "env": [f"{k}={v}" for k, v in spec.env.items()],
             "cwd": spec.cwd,
             "capabilities": no_caps,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
+            "rlimits": rlimits,
             "noNewPrivileges": True,
         },
         "root": {"path": str(spec.rootfs), "readonly": spec.readonly_root},
         "hostname": spec.hostname,
         "mounts": _mounts(spec),
         "linux": {
-            "uidMappings": id_map,
-            "gidMappings": id_map,
+            **({"uidMappings": id_map, "gidMappings": id_map} if user_namespace else {}),
             "namespaces": namespaces,
             "cgroupsPath": spec.cgroups_path,
             "resources": resources(spec.limits),
-            "seccomp": default_profile(),
+            "seccomp": default_profile(clone3_enosys=options.clone3_enosys),
             "maskedPaths": _MASKED,
             "readonlyPaths": _READONLY,
         },
     }
 
 
-def write_bundle(spec: ContainerSpec, bundle_dir: Path) -> Path:
+def write_bundle(spec: ContainerSpec, bundle_dir: Path, options: BundleOptions = BundleOptions()) -> Path:
     """Write ``bundle_dir/config.json`` for ``spec`` (whose rootfs must exist); returns its path."""
     bundle_dir.mkdir(parents=True, exist_ok=True)
     for name in MOUNT_POINTS:
@@ -173,5 +189,5 @@ def write_bundle(spec: ContainerSpec, bundle_dir: Path) -> Path:
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(config(spec), indent=1))
+        f.write(json.dumps(config(spec, options), indent=1))
     return path

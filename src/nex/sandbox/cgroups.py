@@ -10,12 +10,23 @@ import asyncio
 import os
 import signal
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from nex.api.models import Usage
 
 UNIFIED = "unified"
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    """Limits as the host's cgroup holds them (bytes, tasks, a CPU quota per period)."""
+
+    memory_bytes: int | None = None
+    pids: int | None = None
+    cpu_quota_us: int | None = None
+    cpu_period_us: int = 100_000
 
 
 @cache
@@ -103,23 +114,28 @@ def oom_killed(cgroups_path: str) -> bool:
     return _read_keyed(_file("memory", cgroups_path, "memory.events")).get("oom_kill", 0) > 0
 
 
+def directories(cgroups_path: str) -> list[Path]:
+    """Every directory ``cgroups_path`` may have, one per mounted hierarchy (v1 and the unified one).
+
+    A runtime creates the cgroup in every hierarchy it knows (runsc's failed starts leave
+    ``cpuset``, ``devices``, ``freezer``, ``blkio`` and ``name=systemd`` behind too), so cleanup
+    looks in each, not only in the controllers whose limits Nex sets.
+    """
+    mounts = sorted(set(hierarchies().values()))
+    return [mount / cgroups_path.lstrip("/") for mount in mounts]
+
+
 def exists(cgroups_path: str) -> bool:
-    """Whether any controller still has a directory for this cgroup."""
-    names = ("memory", "pids", "cpu", "cpuacct") if is_v1() else (UNIFIED,)
-    for name in names:
-        directory = controller_dir(name, cgroups_path)
-        if directory is not None and directory.exists():
-            return True
-    return False
+    """Whether any hierarchy still has a directory for this cgroup."""
+    return any(directory.exists() for directory in directories(cgroups_path))
 
 
 async def kill_and_remove(cgroups_path: str, timeout: float = 5.0) -> None:
-    """SIGKILL every process of the cgroup, then remove its directories."""
-    names = ("memory", "pids", "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio") if is_v1() else (UNIFIED,)
-    directories = [d for d in (controller_dir(n, cgroups_path) for n in names) if d is not None and d.exists()]
+    """SIGKILL every process of the cgroup, then remove its directories in every hierarchy."""
+    found = [d for d in directories(cgroups_path) if d.exists()]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    for directory in directories:
+    for directory in found:
         while directory.exists():
             for pid in _procs(directory):
                 with suppress(ProcessLookupError, PermissionError):
@@ -132,6 +148,67 @@ async def kill_and_remove(cgroups_path: str, timeout: float = 5.0) -> None:
                 if loop.time() > deadline:
                     break
                 await asyncio.sleep(0.02)
+
+
+def kill_all(cgroups_path: str) -> int:
+    """SIGKILL every process of the cgroup, in every hierarchy; how many were signalled."""
+    killed = 0
+    for directory in directories(cgroups_path):
+        for pid in _procs(directory):
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def create(cgroups_path: str, limits: HostLimits) -> None:
+    """Make the cgroup with these limits before a runtime joins it (runsc joins a cgroup that
+    exists and leaves it in place: its OOM counter can be read after the sandbox ended).
+
+    Raises OSError when a directory or a limit cannot be written; what was made stays, for
+    :func:`kill_and_remove`.
+    """
+    if is_v1():
+        wanted = {"memory": limits.memory_bytes is not None, "pids": limits.pids is not None,
+                  "cpu": limits.cpu_quota_us is not None, "cpuacct": True}
+        for name in ("memory", "pids", "cpu", "cpuacct"):
+            directory = controller_dir(name, cgroups_path)
+            if directory is None:
+                if wanted[name] and name != "cpuacct":
+                    raise OSError(f"no cgroup hierarchy for the {name} controller")
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+        if limits.memory_bytes is not None:
+            _write(controller_dir("memory", cgroups_path), "memory.limit_in_bytes", limits.memory_bytes)
+        if limits.pids is not None:
+            _write(controller_dir("pids", cgroups_path), "pids.max", limits.pids)
+        if limits.cpu_quota_us is not None:
+            cpu = controller_dir("cpu", cgroups_path)
+            _write(cpu, "cpu.cfs_period_us", limits.cpu_period_us)
+            _write(cpu, "cpu.cfs_quota_us", limits.cpu_quota_us)
+        return
+    base = hierarchies().get(UNIFIED)
+    if base is None:
+        raise OSError("no cgroup hierarchy mounted")
+    # v2: a controller works in a cgroup only when every parent delegates it (cgroup.subtree_control).
+    directory = base
+    for part in Path(cgroups_path.lstrip("/")).parts:
+        with suppress(OSError):  # already on, or not ours to delegate: the limit's write below says
+            (directory / "cgroup.subtree_control").write_text("+cpu +memory +pids")
+        directory = directory / part
+        directory.mkdir(exist_ok=True)
+    if limits.memory_bytes is not None:
+        _write(directory, "memory.max", limits.memory_bytes)
+    if limits.pids is not None:
+        _write(directory, "pids.max", limits.pids)
+    if limits.cpu_quota_us is not None:
+        (directory / "cpu.max").write_text(f"{limits.cpu_quota_us} {limits.cpu_period_us}")
+
+
+def _write(directory: Path | None, name: str, value: int) -> None:
+    if directory is None:
+        raise OSError(f"no cgroup directory for {name}")
+    (directory / name).write_text(str(value))
 
 
 def _procs(directory: Path) -> list[int]:

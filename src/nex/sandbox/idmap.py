@@ -86,16 +86,24 @@ def user_namespace(base: int, size: int) -> int:
         child.wait()
 
 
-def mount_idmapped(source: Path, target: Path, base: int, size: int) -> None:
-    """Bind ``source`` on ``target``, read-only, nosuid, nodev, with ids shifted by ``base``."""
+def mount_idmapped(source: Path, target: Path, base: int, size: int, nosuid_nodev: bool = True) -> None:
+    """Bind ``source`` on ``target``, read-only, nosuid, nodev, with ids shifted by ``base``.
+
+    ``nosuid_nodev=False`` for gVisor: its gofer remounts the rootfs read-only from inside the
+    user namespace, which the kernel refuses (EPERM) on a mount whose nosuid and nodev are locked.
+    gVisor's own kernel applies setuid and device semantics there, and the bundle that holds the
+    mount is entered only by root and the container's range.
+    """
     open_tree, move_mount, mount_setattr = _syscalls()
     tree = _check(_libc.syscall(open_tree, AT_FDCWD, os.fsencode(source),
                                 OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE), "open_tree")
     try:
         userns = user_namespace(base, size)
         try:
-            attr = _MountAttr(MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                              0, 0, userns)
+            flags = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY
+            if nosuid_nodev:
+                flags |= MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+            attr = _MountAttr(flags, 0, 0, userns)
             _check(_libc.syscall(mount_setattr, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE,
                                  ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr")
         finally:

@@ -10,6 +10,11 @@ If the node dies, the runtime process dies with it (PR_SET_PDEATHSIG) but the
 container, reparented, would not: every container is listed with the reaper
 (``guard.watch_container``), which deletes what is still listed, and the next
 node start deletes every ``nex-`` container left under its root (:meth:`sweep`).
+
+The same driver runs gVisor's ``runsc`` (``OciRunner(..., gvisor=GvisorSettings(...))``,
+root ``<state_dir>/runsc``): the same bundle, plus the flags, limits and node-made
+cgroup of :mod:`nex.sandbox.gvisor`. runsc has no ``--keep``: the container's state
+goes with its end, and the cgroup, which the node made, stays until :meth:`OciRunner.cleanup`.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from nex.api.errors import InternalError
 from nex.api.models import Limits, NetworkMode, Usage
 from nex.procutil import MAX_LINE, new_group_dying_with_parent, pump_lines, signal_group
 from nex.sandbox import cgroups
-from nex.sandbox.bundle import CGROUP_PARENT, ContainerSpec, write_bundle
+from nex.sandbox.bundle import CGROUP_PARENT, BundleOptions, ContainerSpec, write_bundle
+from nex.sandbox.gvisor import PLATFORMS, RUNSC, GvisorSettings, host_limits
 from nex.sandbox.idmap import unmount
 from nex.sandbox.idranges import NoFreeRange, host_ranges
 from nex.sandbox.probe import exit_zero_elf
@@ -41,12 +47,14 @@ RUNTIMES = ("runc", "crun")
 ID_PREFIX = "nex-"
 START_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 30.0
-# Verdict per runtime binary, for the life of the process: the host does not change under a node.
+PROBE_TIMEOUT_S = 15.0
+# Verdict per runtime binary (and gVisor platform), for the life of the process: the host does not
+# change under a node.
 _verdicts: dict[str, str | None] = {}
 
 
 class SandboxUnavailable(RuntimeError):
-    """The node was told to sandbox (``--sandbox oci``) and no OCI runtime works here."""
+    """The node was told to sandbox (``--sandbox oci`` or ``gvisor``) and its runtime does not work here."""
 
 
 def bundle_base(state_dir: Path) -> Path:
@@ -115,11 +123,13 @@ class _Container:
 
 
 class OciRunner:
-    def __init__(self, binary: str, root: Path, bundles_dir: Path, guard: ProcessGuard | None = None) -> None:
+    def __init__(self, binary: str, root: Path, bundles_dir: Path, guard: ProcessGuard | None = None,
+                 gvisor: GvisorSettings | None = None) -> None:
         self.binary = binary
         self.root = root
         self.bundles_dir = bundles_dir
         self.guard: ProcessGuard = guard or NoGuard()
+        self.gvisor = gvisor
         self._containers: dict[str, _Container] = {}
 
     @property
@@ -127,8 +137,10 @@ class OciRunner:
         return Path(self.binary).name
 
     @classmethod
-    def for_state_dir(cls, binary: str, state_dir: Path, guard: ProcessGuard | None = None) -> OciRunner:
-        return cls(binary, state_dir / "runc", bundle_base(state_dir), guard)
+    def for_state_dir(cls, binary: str, state_dir: Path, guard: ProcessGuard | None = None,
+                      gvisor: GvisorSettings | None = None) -> OciRunner:
+        root = state_dir / (RUNSC if gvisor is not None else "runc")
+        return cls(binary, root, bundle_base(state_dir), guard, gvisor)
 
     # -- detection -----------------------------------------------------------------
 
@@ -156,6 +168,25 @@ class OciRunner:
         return None, "; ".join(reasons)
 
     @classmethod
+    async def probe_gvisor(cls, state_dir: Path, guard: ProcessGuard | None = None,
+                           platform: str | None = None) -> tuple[OciRunner | None, str]:
+        """A runsc runner on the first platform that runs the trivial bundle (or ``platform``), with
+        the reason when none does."""
+        binary = shutil.which(RUNSC)
+        if binary is None:
+            return None, f"{RUNSC} is not on PATH"
+        reasons = []
+        for candidate in [platform] if platform else PLATFORMS:
+            runner = cls.for_state_dir(binary, state_dir, guard, GvisorSettings(candidate))
+            key = f"{binary} --platform={candidate}"
+            if key not in _verdicts:
+                _verdicts[key] = await runner._run_trivial()
+            if _verdicts[key] is None:
+                return runner, ""
+            reasons.append(f"--platform={candidate}: {_verdicts[key]}")
+        return None, f"{RUNSC} " + "; ".join(reasons)
+
+    @classmethod
     def find(cls, state_dir: Path) -> OciRunner | None:
         """A runner for cleanup only (no detection): whichever runtime is on PATH."""
         for name in RUNTIMES:
@@ -163,6 +194,15 @@ class OciRunner:
             if binary is not None:
                 return cls.for_state_dir(binary, state_dir)
         return None
+
+    @classmethod
+    def find_all(cls, state_dir: Path) -> list[OciRunner]:
+        """Runners for cleanup only: runc (or crun) and runsc when on PATH, each on its own root."""
+        found = [runner for runner in [cls.find(state_dir)] if runner is not None]
+        runsc = shutil.which(RUNSC)
+        if runsc is not None:
+            found.append(cls.for_state_dir(runsc, state_dir, gvisor=GvisorSettings(PLATFORMS[-1])))
+        return found
 
     async def _run_trivial(self) -> str | None:
         """None when a bundle with every sandbox feature runs and exits 0; otherwise why not."""
@@ -183,31 +223,53 @@ class OciRunner:
             (rootfs / "probe").chmod(0o555)
             spec = ContainerSpec(id=container_id, rootfs=rootfs, args=["/probe"], network=NetworkMode.NONE,
                                  limits=Limits(memory_mib=16, cpus=0.5, pids=8), id_base=ids.base)
-            write_bundle(spec, bundle)
+            self.write_bundle(spec, bundle)
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._make_cgroup(spec)
             # The very flags start() uses, so that a runtime that lacks one fails here.
-            code, output = await self._command("--log", str(bundle / "runc.log"), "--log-format", "json",
-                                               "run", "--keep", "--bundle", str(bundle),
-                                               "--pid-file", str(bundle / "init.pid"), container_id)
+            # gVisor's kvm platform hangs on a nested host: its verdict should not take long.
+            code, output = await self._command(*self._run_args(bundle, container_id), network=spec.network,
+                                               timeout=PROBE_TIMEOUT_S if self.gvisor else COMMAND_TIMEOUT_S)
             if code == 0:
                 return None
             return _runtime_error(bundle / "runc.log") or output.decode(errors="replace").strip() or f"exit {code}"
-        except (OSError, asyncio.TimeoutError) as exc:
+        except asyncio.TimeoutError:
+            took = PROBE_TIMEOUT_S if self.gvisor else COMMAND_TIMEOUT_S
+            return f"a trivial container did not finish within {took:.0f} s"
+        except OSError as exc:
             return str(exc) or type(exc).__name__
         finally:
-            await self._command("delete", "--force", container_id)
+            await self.cleanup(container_id)
             shutil.rmtree(bundle, ignore_errors=True)
             host_ranges().release(ids.slot)
             self.close()
 
     # -- one container -----------------------------------------------------------
 
-    def _argv(self, *args: str) -> list[str]:
-        return [self.binary, "--root", str(self.root), *args]
+    def _argv(self, *args: str, network: NetworkMode | None = None) -> list[str]:
+        flags = self.gvisor.flags(network) if self.gvisor is not None else []
+        return [self.binary, "--root", str(self.root), *flags, *args]
 
-    async def _command(self, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> tuple[int, bytes]:
+    def _run_args(self, bundle: Path, container_id: str) -> list[str]:
+        # runc keeps the ended container for its OOM counter; runsc's cgroup is the node's and stays anyway.
+        keep = ["--keep"] if self.gvisor is None else []
+        return ["--log", str(bundle / "runc.log"), "--log-format", "json", "run", *keep, "--bundle", str(bundle),
+                "--pid-file", str(bundle / "init.pid"), container_id]
+
+    def write_bundle(self, spec: ContainerSpec, bundle: Path) -> Path:
+        """The bundle's config.json for this runtime (gVisor's needs: ``GvisorSettings.bundle_options``)."""
+        options = self.gvisor.bundle_options(spec.network) if self.gvisor is not None else BundleOptions()
+        return write_bundle(spec, bundle, options)
+
+    def _make_cgroup(self, spec: ContainerSpec) -> None:
+        """gVisor: the node makes the cgroup, with headroom for gVisor's own tasks and memory."""
+        if self.gvisor is not None:
+            cgroups.create(spec.cgroups_path, host_limits(spec.limits))
+
+    async def _command(self, *args: str, timeout: float = COMMAND_TIMEOUT_S,
+                       network: NetworkMode | None = None) -> tuple[int, bytes]:
         process = await asyncio.create_subprocess_exec(
-            *self._argv(*args), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            *self._argv(*args, network=network), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT)
         try:
             output, _ = await asyncio.wait_for(process.communicate(), timeout)
@@ -226,14 +288,18 @@ class OciRunner:
         # Listed before it exists: a node killed during the start leaves nothing either.
         self.guard.watch_container(self.binary, str(self.root), spec.id)
         try:
+            self._make_cgroup(spec)
+        except OSError as exc:
+            await self.cleanup(spec.id)
+            raise InternalError(f"cannot make the sandbox's cgroup: {exc}") from None
+        try:
             process = await asyncio.create_subprocess_exec(
-                *self._argv("--log", str(log_file), "--log-format", "json", "run", "--keep",
-                            "--bundle", str(bundle_dir), "--pid-file", str(pid_file), spec.id),
+                *self._argv(*self._run_args(bundle_dir, spec.id), network=spec.network),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, preexec_fn=new_group_dying_with_parent, limit=MAX_LINE,
             )
         except OSError as exc:
-            self.guard.release_container(self.binary, str(self.root), spec.id)
+            await self.cleanup(spec.id)
             raise InternalError(f"cannot run {self.name}: {exc.strerror or exc}") from None
         pumps = [asyncio.create_task(pump_lines(process.stdout, logs, "stdout")),
                  asyncio.create_task(pump_lines(process.stderr, logs, "stderr"))]
@@ -247,8 +313,11 @@ class OciRunner:
             await self._abandon(spec.id, process, pumps)
             raise InternalError(f"the sandbox did not start: {reason}")
         self._containers[spec.id] = _Container(process, pumps, pid, spec.cgroups_path, spec.limits.memory_mib)
-        return {"container_id": spec.id, "runtime": self.binary, "root": str(self.root), "pid": pid,
+        data = {"container_id": spec.id, "runtime": self.binary, "root": str(self.root), "pid": pid,
                 "cgroups_path": spec.cgroups_path, "bundle": str(bundle_dir)}
+        if self.gvisor is not None:
+            data["gvisor_platform"] = self.gvisor.platform
+        return data
 
     async def _abandon(self, container_id: str, process: asyncio.subprocess.Process,
                        pumps: list[asyncio.Task]) -> None:
@@ -304,8 +373,12 @@ class OciRunner:
 
     async def cleanup(self, container_id: str) -> None:
         """Kill and remove a container, running or left by a dead node; harmless when gone."""
-        await self._command("delete", "--force", container_id)
         cgroups_path = f"{CGROUP_PARENT}/{container_id}"
+        if self.gvisor is not None:
+            # runsc's delete --force first asks a live sandbox to stop, and waits 5 s for it:
+            # killed first (every process of its cgroup, its kernel included), it deletes at once.
+            cgroups.kill_all(cgroups_path)
+        await self._command("delete", "--force", container_id)
         if cgroups.exists(cgroups_path):
             # The runtime lost its state but the cgroup stayed: empty and remove it by hand.
             await cgroups.kill_and_remove(cgroups_path)
@@ -357,16 +430,27 @@ async def _wait_for_pid(process: asyncio.subprocess.Process, pid_file: Path) -> 
 
 
 def _runtime_error(log_file: Path) -> str | None:
-    """The last error the runtime logged (runc writes JSON lines with a ``msg``)."""
+    """What the runtime logged as errors: runc writes JSON lines with a ``msg``, runsc the same
+    objects without newlines between them. The first error is the cause (runsc then adds what
+    failed because of it), the last runc's; both are said when they differ."""
     try:
-        lines = log_file.read_text().splitlines()
+        text = log_file.read_text()
     except OSError:
         return None
-    for line in reversed(lines):
+    decoder, errors, at = json.JSONDecoder(), [], 0
+    while at < len(text):
+        while at < len(text) and text[at].isspace():
+            at += 1
         try:
-            entry = json.loads(line)
+            entry, at = decoder.raw_decode(text, at)
         except ValueError:
+            next_line = text.find("\n", at)
+            if next_line < 0:
+                break
+            at = next_line + 1
             continue
-        if entry.get("level") in ("error", "fatal") and entry.get("msg"):
-            return str(entry["msg"])
-    return None
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal") and entry.get("msg"):
+            errors.append(str(entry["msg"]).strip())
+    if not errors:
+        return None
+    return errors[0] if len(errors) == 1 or errors[0] == errors[-1] else f"{errors[0]} (then: {errors[-1]})"

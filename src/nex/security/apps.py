@@ -25,7 +25,8 @@ from nex.api.models import DeployRequest
 __all__ = ["AppDeployCheck", "FLEET_KEY_SIGNS_ONLY_APPS", "SIGNED_FIELDS"]
 
 # The deploy fields a signed template fixes (the env is checked by its names).
-SIGNED_FIELDS = ("name", "type", "lifecycle", "artifact", "argv", "triggers", "limits", "network", "health")
+SIGNED_FIELDS = ("name", "type", "lifecycle", "artifact", "argv", "triggers", "limits", "network", "health",
+                 "isolation")
 FLEET_KEY_SIGNS_ONLY_APPS = "the fleet key signs only replicas of signed apps: this deploy carries no app token"
 
 

@@ -58,10 +58,8 @@ def _held_function(name: str, argtypes: list[Any]) -> Any:
     return function
 
 
-_vallist_new = _held_function("wasmtime_component_vallist_new",
-                              [ctypes.POINTER(ffi.wasmtime_component_vallist_t), ctypes.c_size_t, ctypes.c_void_p])
-_vallist_new_empty = _held_function("wasmtime_component_vallist_new_empty",
-                                    [ctypes.POINTER(ffi.wasmtime_component_vallist_t)])
+_vallist_new_uninit = _held_function("wasmtime_component_vallist_new_uninit",
+                                     [ctypes.POINTER(ffi.wasmtime_component_vallist_t), ctypes.c_size_t])
 _byte_vec_new = _held_function("wasm_byte_vec_new", [ctypes.POINTER(ffi.wasm_byte_vec_t), ctypes.c_size_t,
                                                      ctypes.c_char_p])
 _val_delete = _held_function("wasmtime_component_val_delete", [ctypes.POINTER(_VAL)])
@@ -124,23 +122,29 @@ def _bytes_from_c(self: Any, c: Any) -> Any:
         ffi.wasmtime_component_vallist_delete(ctypes.byref(c.of.list))
 
 
+def _values(address: int | None, count: int) -> memoryview:
+    """The C API's array of ``count`` values at ``address``, as bytes, without a copy."""
+    return memoryview((ctypes.c_char * (count * _VAL_SIZE)).from_address(address or 0)).cast("B")
+
+
 def _bytes_into(value: Any, data: bytes) -> None:
+    # Written in place into the C API's own array: a value is 32 bytes, so a copy of it
+    # here would cost 32 bytes more per byte of payload while the call lasts.
     raw = ffi.wasmtime_component_vallist_t()
+    _vallist_new_uninit(ctypes.byref(raw), len(data))
     if data:
-        values = bytearray(len(data) * _VAL_SIZE)  # zeroed: the rest of each union is padding
-        values[0::_VAL_SIZE] = _KIND_U8 * len(data)
+        values = _values(ctypes.cast(raw.data, ctypes.c_void_p).value, len(data))
+        values[0::_VAL_SIZE] = _KIND_U8 * len(data)  # the rest of each value is padding
         values[_VALUE_AT::_VAL_SIZE] = data
-        _vallist_new(ctypes.byref(raw), len(data), ctypes.addressof((ctypes.c_char * len(values)).from_buffer(values)))
-    else:
-        _vallist_new_empty(ctypes.byref(raw))
     value.kind = ffi.WASMTIME_COMPONENT_LIST
     value.of.list = raw
 
 
 def _bytes_of(value: Any) -> bytes:
     size = value.of.list.size
-    address = ctypes.cast(value.of.list.data, ctypes.c_void_p).value
-    return ctypes.string_at(address, size * _VAL_SIZE)[_VALUE_AT::_VAL_SIZE] if size else b""
+    if not size:
+        return b""
+    return _values(ctypes.cast(value.of.list.data, ctypes.c_void_p).value, size)[_VALUE_AT::_VAL_SIZE].tobytes()
 
 
 class HandleCall:

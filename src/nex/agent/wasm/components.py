@@ -214,8 +214,15 @@ class ComponentSandbox:
     # -- instances --
 
     def _new_instance(self) -> _Instance:
-        instance = _Instance(self._engine, self._linker, self._compiled, self._limits, self._deadline_ticks,
-                             self._env)
+        # The ticker runs meanwhile: a component's start functions are bounded by the call's time limit
+        # too (one that loops forever would otherwise hold the function's thread for good).
+        owed = self._ticker.begin() if self._ticker is not None else 0
+        try:
+            instance = _Instance(self._engine, self._linker, self._compiled, self._limits,
+                                 self._deadline_ticks + owed, self._env)
+        finally:
+            if self._ticker is not None:
+                self._ticker.end()
         self.instantiated += 1
         return instance
 
@@ -278,6 +285,9 @@ class ComponentSandbox:
         message = one_line(exc)
         if isinstance(exc, CompileError):
             return FunctionError(message, ERROR)
+        if message.endswith("wasm trap: interrupt"):
+            return FunctionError(f"cannot instantiate the component: its start-up ran longer than"
+                                 f" {self._timeout_ms} ms", TIMEOUT)
         if "limit" in message:
             return FunctionError(f"cannot instantiate the component: {message} (under the limit of"
                                  f" {self._memory_bytes} bytes it may hold {self._limits.describe()})", OUT_OF_MEMORY)

@@ -193,8 +193,11 @@ function renderNodes(nodes) {
   $("nodes").tBodies[0].replaceChildren(...nodes.map((n) => {
     const r = n.resources || {};
     const used = r.memory_bytes ? r.memory_bytes - r.memory_available_bytes : null;
-    const tags = Object.entries(n.tags || {}).filter(([k]) => !k.startsWith("nex."))
-      .map(([k, v]) => el("span", { class: "tag" }, `${k}=${v}`));
+    const sandbox = (n.tags || {})["nex.sandbox"];  // the older alias, for nodes from before nex.isolation
+    const tier = (n.tags || {})["nex.isolation"] || (sandbox === "runsc" ? "gvisor" : sandbox ? "container" : "process");
+    const tags = [el("span", { class: "tag isolation", title: "isolation tier (nex.isolation)" }, tier),
+      ...Object.entries(n.tags || {}).filter(([k]) => !k.startsWith("nex."))
+        .map(([k, v]) => el("span", { class: "tag" }, `${k}=${v}`))];
     return el("tr", { "data-node-id": n.node_id, "data-state": n.state },
       el("td", { class: "strong" }, n.name),
       el("td", { class: "mono", title: n.node_id }, short(n.node_id)),

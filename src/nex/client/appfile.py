@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Sequence
 from urllib.parse import unquote, urlparse
 
 import nats.errors
@@ -31,15 +31,17 @@ from nex.api.apps import AppSpec, AppWorkload
 from nex.api.errors import AppNotFound, BadRequest, NexError, NotFound, Unavailable
 from nex.api.models import Artifact, Strict, Token, Trigger, WorkloadType, check_env_names, check_unique_names
 from nex.artifacts import parse_nats_uri, sha256_file
-from nex.client import NexClient
-from nex.fleet.store import AppStore
+from nex.client.appstore import AppStore
+from nex.client.artifacts import Artifacts
 from nex.images.reference import SCHEME as OCI_SCHEME, parse_reference
 from nex.images.registry import manifest_digest
 from nex.pyfunc import build_function, is_python_function
 from nex.security.keystore import UserKeys
 from nex.security.xkeys import open_env, seal_env
 
-__all__ = ["AppFileError", "ArtifactSource", "FileWorkload", "ParsedApp", "build_spec", "parse_app_file"]
+__all__ = [
+    "AppFileError", "ArtifactSource", "FileWorkload", "ParsedApp", "build_spec", "check_subjects", "parse_app_file",
+]
 
 MAX_FILE_BYTES = 1 << 20
 _SCHEMES = ("nats://", "file://", OCI_SCHEME)
@@ -86,6 +88,7 @@ class ArtifactSource(Strict):
 
     @property
     def is_local(self) -> bool:
+        """Whether the artifact is a local path (relative to the app file), uploaded by the apply."""
         return "://" not in self.uri
 
 
@@ -176,15 +179,15 @@ def parse_app_file(path: str | Path, namespace: str, namespace_given: bool = Fal
     if app.namespace is not None and namespace_given and app.namespace != namespace:
         raise AppFileError(shown, f"the file says namespace {app.namespace!r}, the command line {namespace!r}",
                            "namespace")
-    _check_subjects(shown, app.namespace or namespace, app)
+    check_subjects(shown, app.namespace or namespace, app.workloads)
     return ParsedApp(path=path, shown=shown, namespace=app.namespace or namespace, app=app)
 
 
-def _check_subjects(shown: str, namespace: str, app: AppFile) -> None:
+def check_subjects(shown: str, namespace: str, workloads: Sequence[AppWorkload]) -> None:
     """The subject rule of workloads (nex.api.subjects), as a node applies it at deploy: no trigger
-    or health check in another namespace's subjects. (A node's namespace_subjects is checked by the
-    node: its refusal shows in the app's status.)"""
-    for index, workload in enumerate(app.workloads):
+    or health check in another namespace's subjects; AppFileError naming ``shown`` otherwise. (A node's namespace_subjects is checked by the
+    node: its refusal shows in the app's status)."""
+    for index, workload in enumerate(workloads):
         for number, trigger in enumerate(workload.triggers):
             problem = subjects.namespace_subject_problem(namespace, trigger.subject)
             if problem is not None:
@@ -261,7 +264,7 @@ class _Resolved:
     upload: Path | None = None  # a local file to put into the artifact bucket
 
 
-async def build_spec(parsed: ParsedApp, client: NexClient, store: AppStore, keys: UserKeys | None,
+async def build_spec(parsed: ParsedApp, client: Artifacts, store: AppStore, keys: UserKeys | None,
                      upload: bool = True) -> AppSpec:
     """The spec to store: every artifact's sha256 found, env sealed, local files uploaded
     (only when everything else succeeded, and not at all without ``upload``)."""

@@ -1,6 +1,6 @@
 """Desired against actual: an app's record and status next to the replicas the nodes report.
 
-Pure: the inputs are what :class:`nex.fleet.store.AppStore` reads (the record, the
+Pure: the inputs are what :class:`nex.client.appstore.AppStore` reads (the record, the
 node registry, the reconciler's status); ``nex app status`` and ``nex app ls`` render
 the result. What runs is read from the nodes' own records, never from the
 reconciler's status, so the view is right even when no reconciler is running.
@@ -16,7 +16,7 @@ from pydantic import Field, computed_field
 from nex.api.apps import AppRecord, AppSpec, AppStatus, AppWorkload, RolloutState
 from nex.api.models import Health, NodeState, Strict, WorkloadState, WorkloadType
 from nex.api.records import NodeRecord
-from nex.fleet.verify import signer_of
+from nex.api.appverify import signer_of
 
 __all__ = [
     "AppChange", "AppView", "ReplicaView", "WorkloadChange", "WorkloadView", "app_change", "app_view", "replicas_of",
@@ -24,6 +24,8 @@ __all__ = [
 
 
 class ReplicaView(Strict):
+    """One replica of an app workload, as its node reports it: node, state, health, revision."""
+
     id: str
     workload: str = Field(description="the app workload's name")
     node_id: str
@@ -38,6 +40,8 @@ class ReplicaView(Strict):
 
 
 class WorkloadView(Strict):
+    """One workload of an app: replicas desired, running, healthy and up to date, and its rollout."""
+
     name: str
     type: WorkloadType
     revision: str
@@ -45,6 +49,8 @@ class WorkloadView(Strict):
     running: int = Field(description="replicas in state running, whatever their revision")
     healthy: int = Field(description="running replicas that pass their health check (or have none)")
     up_to_date: int = Field(description="running replicas of the current revision")
+    ready: int = Field(default=0, description="running replicas of the current revision that pass their health "
+                       "check (or have none)")
     rollout: RolloutState | None = Field(default=None, description="None: the reconciler has not reported yet")
     message: str | None = None
     restarts: int = 0
@@ -54,6 +60,11 @@ class WorkloadView(Strict):
 
 
 class AppView(Strict):
+    """An app, desired against actual: what ``nex app status`` shows and :meth:`NexClient.app_status` returns.
+
+    :attr:`ready` says whether every replica of its current version runs, healthy.
+    """
+
     name: str
     namespace: str
     version: int
@@ -87,6 +98,24 @@ class AppView(Strict):
                 return state.value
         return RolloutState.STABLE.value
 
+    @property
+    def ready(self) -> bool:
+        """Whether the reconciler acted on this version and every replica of it runs, healthy."""
+        return (self.refused is None and self.reconciled_version == self.version
+                and all(w.ready >= w.desired for w in self.workloads))
+
+    def summary(self) -> str:
+        """One line: each workload's replicas of the current version running, and the last failure seen."""
+        parts = []
+        for w in self.workloads:
+            part = f"{w.name} {w.ready}/{w.desired} ready ({w.up_to_date} of the current revision running)"
+            if w.last_failure:
+                part += f" (last failure: {w.last_failure})"
+            parts.append(part)
+        if self.reconciled_version != self.version:
+            parts.append(f"the reconciler has not acted on version {self.version} yet")
+        return "; ".join(parts)
+
 
 def replicas_of(namespace: str, app: str, nodes: Iterable[NodeRecord],
                 revisions: dict[str, str] | None = None) -> list[ReplicaView]:
@@ -107,6 +136,7 @@ def replicas_of(namespace: str, app: str, nodes: Iterable[NodeRecord],
 
 
 def app_view(record: AppRecord, nodes: Iterable[NodeRecord], status: AppStatus | None) -> AppView:
+    """The view of ``record``: its replicas found in the nodes' records, its rollout from the reconciler's ``status``."""
     spec = record.spec
     revisions = {w.name: w.revision() for w in spec.workloads}
     replicas = replicas_of(spec.namespace, spec.name, nodes, revisions)
@@ -122,6 +152,7 @@ def app_view(record: AppRecord, nodes: Iterable[NodeRecord], status: AppStatus |
             desired=workload.replicas, running=len(running),
             healthy=sum(1 for r in running if _healthy(r, workload)),
             up_to_date=sum(1 for r in running if r.current),
+            ready=sum(1 for r in running if r.current and _healthy(r, workload)),
             rollout=rollout.state if rollout else None,
             message=rollout.message if rollout else None,
             restarts=rollout.restarts if rollout else 0,
@@ -150,6 +181,8 @@ def _healthy(replica: ReplicaView, workload: AppWorkload) -> bool:
 
 
 class WorkloadChange(Strict):
+    """What an apply does to one workload: added, removed, replaced, scaled, changed or unchanged."""
+
     name: str
     change: str = Field(description="added, removed, replaced (new revision), scaled, changed (placement, "
                         "restart or update strategy) or unchanged")

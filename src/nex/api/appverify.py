@@ -35,10 +35,12 @@ class Trust:
 
     @classmethod
     def of(cls, trusted: Iterable[str] = (), admins: Iterable[str] = ()) -> Trust:
+        """Trust in these issuers (and admins, who may change any app); none given: dev mode."""
         return cls(frozenset(trusted) | frozenset(admins), frozenset(admins))
 
     @property
     def dev_mode(self) -> bool:
+        """Whether no issuer is trusted: unsigned apps are acted on (signed ones stay their issuer's)."""
         return not self.trusted
 
 
@@ -52,6 +54,8 @@ class RecordRefused(Exception):
 
 @dataclass(frozen=True)
 class Decision:
+    """What the reconciler does with one app's record: act on a record, accept a new one, refuse, forget."""
+
     act_on: AppRecord | None = None  # what the planner reconciles: None, nothing (deleted or never verified)
     accept: AppRecord | None = None  # a newly verified record: the new high-water mark to store
     refused: str | None = None
