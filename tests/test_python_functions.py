@@ -123,6 +123,13 @@ def test_the_component_sees_no_host_file_env_network_or_process(probe):
     assert all("error" in found for found in process.values()), process
 
 
+def test_the_build_runs_the_module_in_a_sandbox_that_sees_nothing_of_this_machine(probe):
+    seen = json.loads(probe.call("build"))  # what the probe's top level found while it was built
+    assert seen["listdir /"]["error"] == "FileNotFoundError"
+    assert seen["/etc/passwd"]["error"] == "FileNotFoundError"
+    assert not {"PATH", "HOME", "NEX_HOME", "NEX_PYTHON_BUILD_CACHE"} & set(seen["env"]), seen["env"]
+
+
 def test_a_failed_host_call_is_a_nex_error_with_its_code(probe):
     assert json.loads(probe.call("denied")) == {"code": "unavailable", "message": "no host services in this test"}
 

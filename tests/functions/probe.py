@@ -95,4 +95,14 @@ def handle(subject, payload):
         return [str(decimal.Decimal("1.1") * 3), hashlib.sha256(b"x").hexdigest()[:8],
                 re.sub(r"\d", "#", "a1b2"), len(zlib.compress(b"x" * 100)) < 100,
                 datetime.date(2026, 12, 5).isoformat()]
+    if what == "build":
+        return AT_BUILD
     return f"unknown probe {what!r}"
+
+
+# The top level runs when componentize-py builds the module: what could it see of the builder's machine?
+AT_BUILD = {
+    "listdir /": attempt(lambda: os.listdir("/")),
+    "/etc/passwd": attempt(lambda: open("/etc/passwd", "rb").read(64)),
+    "env": sorted(os.environ),
+}
