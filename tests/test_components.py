@@ -332,3 +332,19 @@ def test_host_errors_reach_the_component_from_threads_at_once(components: dict[s
 
     assert len(answers) == 800
     assert set(answers) == {b"error unavailable this agent has no host services (it is not connected to NATS)"}
+
+
+async def test_a_component_is_compiled_once_per_digest_through_the_node(
+        node: Node, nc: Client, components: dict[str, Path], caplog: pytest.LogCaptureFixture):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="nex.runtimes.agent_process")
+    sha = hashlib.sha256(components["echo"].read_bytes()).hexdigest()
+    await deploy(nc, node, function_body(components["echo"], "first", "echo.first"))
+    await deploy(nc, node, function_body(components["echo"], "second", "echo.second"))
+    replies = [(await request(nc, subject, b"same code")).data for subject in ("echo.first", "echo.second")]
+    lines = [r.getMessage() for r in caplog.records if r.name == "nex.runtimes.agent_process" and sha in r.getMessage()]
+
+    assert replies == [b"same code", b"same code"]
+    assert sum(f"component {sha} compiled in" in line for line in lines) == 1, lines
+    assert sum(f"component {sha} loaded compiled from the cache" in line for line in lines) == 1, lines

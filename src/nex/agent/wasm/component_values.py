@@ -1,4 +1,4 @@
-"""Three repairs to how wasmtime-py 51 passes values between Python and a component.
+"""How values cross between Python and a component: repairs to wasmtime-py 51, and a fast call of ``handle``.
 
 ``wasmtime.component`` picks the case of an untagged ``result`` or ``option`` that a Python
 value belongs to by the classes each case accepts (``add_classes``), and two things go wrong:
@@ -12,19 +12,16 @@ value belongs to by the classes each case accepts (``add_classes``), and two thi
   from host calls at once, on two threads (``max_concurrency``), test their values against
   each other's classes.
 
-- A ``list<u8>`` (a payload, a reply, a KV value) is converted byte by byte, each byte a
-  value of the C API built or read by Python: a 1 MB payload took 2.7 s each way. Here the
-  values' array is written and read with slices, at memory speed. (wasmtime's C API still
-  makes a value of each byte on its side: about 0.15 µs a byte each way, which no binding
-  can avoid.)
+And a ``list<u8>`` (a payload, a reply, a KV value) is converted byte by byte, each byte a
+value of the C API built or read by Python: a 1 MB payload took 2.7 s each way. Here the
+C API's array of values is written and read in place with strided slices. (wasmtime's C
+API still makes a 32-byte value of each byte on its side, which no binding can avoid.)
 
-And :class:`HandleCall` calls the export ``handle``, whose type the sandbox checked once, without
-asking wasmtime for its type on every call as ``Func.__call__`` does (two thirds of a call's
-time in the library, for a small payload).
-
-:func:`install` replaces the variant methods with ones that accept ``None`` alone for a case
-without a payload and gather classes in a set of their own, and takes the bytes of a
-``list<u8>`` in one step. Everything else is the library's.
+:func:`install` puts those three repairs in place of the library's methods; everything else
+is the library's. :class:`HandleCall` calls the export ``handle``, whose type the sandbox
+checked once, without asking wasmtime for its type on every call as ``Func.__call__`` does
+(two thirds of a small call's time in the library), and keeps the GIL in every C call but
+the one into the component (``_held``).
 """
 
 from __future__ import annotations

@@ -116,8 +116,12 @@ class ModuleCache:
             return None
         head = len(MAGIC) + hashlib.sha256().digest_size
         payload = memoryview(data)[head:]
-        if not (data.startswith(MAGIC) and hmac.compare_digest(data[len(MAGIC):head],
-                                                               self._mac(kind, sha256, payload))):
+        if not data.startswith(MAGIC):
+            self.refused += 1
+            log.warning("compiled %s %s is not in this cache's format (an earlier release's, or foreign):"
+                        " compiling again", kind, path.name)
+            return None
+        if not hmac.compare_digest(data[len(MAGIC):head], self._mac(kind, sha256, payload)):
             self.refused += 1
             log.warning("compiled %s %s was not written by this cache for this artifact (foreign or"
                         " corrupt): compiling again", kind, path.name)
