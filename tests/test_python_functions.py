@@ -130,6 +130,14 @@ def test_the_build_runs_the_module_in_a_sandbox_that_sees_nothing_of_this_machin
     assert not {"PATH", "HOME", "NEX_HOME", "NEX_PYTHON_BUILD_CACHE"} & set(seen["env"]), seen["env"]
 
 
+def test_a_host_file_that_is_not_there_fails_clearly(probe):
+    line = next(n for n, text in enumerate(PROBE.read_text().splitlines(), 1) if 'open(arg, "rb")' in text)
+    assert probe.call("open /etc/passwd") == (
+        "FileNotFoundError: [Errno 44] No such file or directory: '/etc/passwd' (a function sees no file, socket"
+        " or process of the host: use the nex module's host services (nex.kv, nex.objects, nex.publish,"
+        f" nex.request, nex.http)) (line {line})")
+
+
 def test_a_failed_host_call_is_a_nex_error_with_its_code(probe):
     assert json.loads(probe.call("denied")) == {"code": "unavailable", "message": "no host services in this test"}
 
