@@ -35,7 +35,7 @@ from nex.node import identity
 from nex.node.bids import BidBook, BidTicket
 from nex.node.config import NodeConfig
 from nex.node.control import ControlService
-from nex.node.feeds import Feeds
+from nex.node.feeds import AuditRetention, Feeds
 from nex.node.metrics import MetricsServer
 from nex.node.registry import NodeRegistry
 from nex.node.resources import automatic_tags, resources
@@ -140,7 +140,9 @@ class Node:
         self.nc = await connect(options.with_name(f"nex-node {self.name}"))
         await self._decide_replicas()
         self.feeds = Feeds(self.nc, self.node_id, replicas=self.replicas)
-        await self.feeds.ensure_streams(self.config.logs_stream_bytes, self.config.events_stream_bytes)
+        await self.feeds.ensure_streams(self.config.logs_stream_bytes, self.config.events_stream_bytes,
+                                        audit=AuditRetention(self.config.audit_stream_bytes,
+                                                             self.config.audit_max_age_s))
         self.ledger = ClaimLedger(self.nc, self.node_id, replicas=self.replicas)
         await self.ledger.ensure()
         self.credentials = WorkloadCredentials(signer, options.servers) if signer is not None else None
@@ -150,7 +152,11 @@ class Node:
                                      replicas=self.replicas, http_allow_hosts=self.config.http_allow_hosts,
                                      http_allow_methods=self.config.http_allow_methods,
                                      max_hops=self.config.max_hops,
-                                     otel_endpoint=self.config.otel_endpoint),
+                                     otel_endpoint=self.config.otel_endpoint,
+                                     stats_interval_s=self.config.function_stats_interval_s,
+                                     live_call_events=self.config.live_call_events,
+                                     failure_events_per_s=self.config.failure_events_per_s,
+                                     failure_events_burst=self.config.failure_events_burst),
                                  image_budget_bytes=self.config.image_disk_budget_bytes)
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
