@@ -42,7 +42,7 @@ def stats_of(messages: list, workload_id: str) -> list[FunctionStatsData]:
 async def quiet_node(nats_server, tmp_path):
     """A node whose heartbeats (an event each) stay out of a count of a few seconds."""
     async with running_node(nats_server, tmp_path / "node", "calls", heartbeat_s=3600,
-                            function_stats_interval_s=0.3) as node:
+                            function_stats_interval_s=0.3, live_call_events=True) as node:
         yield node
 
 
@@ -84,12 +84,14 @@ async def test_failures_are_kept_one_by_one_up_to_a_rate_and_the_rest_are_counte
         stats = await collect(nc, subjects.events("default", "function_stats"))
         await eventually(lambda: started_kept(nc))
         before = await kept(nc)
+        invoked = await collect(nc, subjects.events("default", "function_invoked"))
         replies = await asyncio.gather(*(request(nc, "calls.broken", b"x") for _ in range(200)))
         assert all(r.headers and r.headers.get("Nats-Service-Error-Code") == "500" for r in replies)
         await eventually(lambda: sum(s.calls for s in stats_of(stats, workload["id"])) == 200, timeout=10)
         after = await kept(nc)
 
     windows = stats_of(stats, workload["id"])
+    assert invoked == []  # live call events are off by default; failures are never "invoked"
     dropped = sum(w.failures_dropped for w in windows)
     assert sum(w.errors for w in windows) == 200
     # The burst, and about one a second after it; every failure is either an event or counted.

@@ -55,7 +55,7 @@ class HostSettings(_Message):
     max_hops: int = Field(default=MAX_HOPS, ge=1, le=MAX_HOPS_LIMIT, description="see nex.api.hops")
     # The events of calls (nex.agent.activity)
     stats_interval_s: float = Field(default=5.0, gt=0, le=3600, description="how often function_stats go out")
-    live_call_events: bool = Field(default=True, description="a function_invoked event per successful call, "
+    live_call_events: bool = Field(default=False, description="a function_invoked event per successful call, "
                                    "on a subject no stream keeps")
     failure_events_per_s: float = Field(default=2.0, ge=0, description="function_failed events per function "
                                         "and second, past the burst")

@@ -11,7 +11,8 @@ by type, so that invocation traffic never evicts the audit trail:
   ``function_stats`` every few seconds, failed calls (rate-limited per function, with a
   count of those dropped), loops, dead letters, heartbeats.
 - :data:`LIVE_EVENTS` are published but kept by no stream: ``function_invoked``, one per
-  successful call, for ``nex events -f`` and tracing; a successful call stores nothing.
+  successful call, for ``nex events -f`` and tracing, on nodes with ``live_call_events``
+  on; a successful call stores nothing.
 """
 
 from __future__ import annotations

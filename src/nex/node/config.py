@@ -125,8 +125,9 @@ class NodeConfig(BaseModel):
     metrics_host: str = Field(default="127.0.0.1", min_length=1, description="address the metrics endpoint binds")
     function_stats_interval_s: float = Field(default=5.0, gt=0, le=3600, description="how often a function "
                                              "with calls sends its function_stats event")
-    live_call_events: bool = Field(default=True, description="a function_invoked event per successful call, on a "
-                                   "subject no stream keeps (nex events -f); false: none")
+    live_call_events: bool = Field(default=False, description="a function_invoked event per successful call, on a "
+                                   "subject no stream keeps (nex events -f, tracing); off by default: it costs "
+                                   "each call a publish (docs/performance.md)")
     failure_events_per_s: float = Field(default=2.0, ge=0, description="function_failed events a function may "
                                         "send per second past the burst; the rest are counted, not sent")
     failure_events_burst: int = Field(default=20, ge=0, description="function_failed events a function may send "
