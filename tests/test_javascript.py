@@ -236,6 +236,7 @@ async def test_console_lines_go_to_the_logs_feed(deploy: Deploy, nc: Client):
 async def test_function_invoked_event(deploy: Deploy, nc: Client):
     handle, subject = await deploy("(subject, payload) => 'x'", name="evented")
     events = await nc.subscribe(subjects.events(NAMESPACE, "function_invoked"))
+    stats = await nc.subscribe(subjects.events(NAMESPACE, "function_stats"))
     await request(nc, subject)
     event = CloudEvent.model_validate_json((await events.next_msg(timeout=5)).data)
 
@@ -244,7 +245,6 @@ async def test_function_invoked_event(deploy: Deploy, nc: Client):
     assert {k: event.data[k] for k in ("workload_id", "name", "subject")} == {
         "workload_id": handle.workload_id, "name": "evented", "subject": subject}
     assert event.data["duration_ms"] >= 0
-    stats = await nc.subscribe(subjects.events(NAMESPACE, "function_stats"))
     await request(nc, subject)
     windows = []
     while not windows or windows[-1].calls_total < 2:  # both calls, in one window or two
