@@ -1,7 +1,7 @@
 """Where a function call's time goes in the agent: py-spy samples of the agent during sequential calls.
 
     .venv/bin/pip install py-spy   # a measuring tool, not a dependency of Nex
-    .venv/bin/python bench/profile_call.py [--wasm] [--seconds 10] [--native]
+    .venv/bin/python bench/profile_call.py [--wasm] [--seconds 10] [--gil] [--echo] [--native]
 
 A `nex node up` (embedded nats-server, JetStream) runs a trivial JavaScript function
 (``--wasm``: tests/wasm/fn.c); this process calls it sequentially while py-spy samples
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from common import build_wasm
-from roundtrip import deploy_function, node_process, processes_of
+from roundtrip import ECHO_SUBJECT, deploy_function, echo_process, echo_ready, node_process, processes_of
 
 from nex.connection import ConnectOptions, connect
 
@@ -49,6 +49,7 @@ def summarize(raw: Path, top: int) -> None:
             inclusive[kind][name] += count
         if names:
             own[kind][names[-1]] += count
+    print(f"{total} samples")
     for kind, count in threads.most_common():
         print(f"\n{kind} thread(s): {count / total:.0%} of {total} samples")
         print("  inclusive:")
@@ -59,7 +60,7 @@ def summarize(raw: Path, top: int) -> None:
             print(f"    {n / count:6.1%}  {name}")
 
 
-async def main(wasm: bool, seconds: float, native: bool, top: int) -> None:
+async def main(wasm: bool, seconds: float, native: bool, top: int, gil: bool, echo: bool) -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise SystemExit("py-spy is missing: .venv/bin/pip install py-spy")
@@ -71,24 +72,31 @@ async def main(wasm: bool, seconds: float, native: bool, top: int) -> None:
             path.write_text(JS_SOURCE)
         async with node_process(Path(tmp) / "node", Path(tmp)) as node:
             nc = await connect(ConnectOptions(servers=[node.url]))
+            echoing = echo_process(node.url)
+            echo_pid = await echoing.__aenter__()
             try:
+                await echo_ready(nc)
                 await deploy_function(nc, node.node_id, kind, path, "bench.profiled", "profiled")
+                subject = ECHO_SUBJECT if echo else "bench.profiled"
                 for _ in range(500):
-                    await nc.request("bench.profiled", b"ping", timeout=5)
-                agent = processes_of(node.pid)[f"{'wasm' if wasm else 'js'} agent"]
+                    await nc.request(subject, b"ping", timeout=5)
+                agent = echo_pid if echo else processes_of(node.pid)[f"{'wasm' if wasm else 'js'} agent"]
                 raw = Path(tmp) / "profile.txt"
                 recorder = subprocess.Popen([spy, "record", "--pid", str(agent), "--duration", str(int(seconds)),
                                              "--rate", "500", "--threads", "--format", "raw",
-                                             "--output", str(raw), *(["--native"] if native else [])],
+                                             "--output", str(raw), *(["--native"] if native else []),
+                                             *(["--gil"] if gil else [])],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 calls, started = 0, time.perf_counter()
                 while recorder.poll() is None:
-                    await nc.request("bench.profiled", b"ping", timeout=5)
+                    await nc.request(subject, b"ping", timeout=5)
                     calls += 1
                 elapsed = time.perf_counter() - started
             finally:
+                await echoing.__aexit__(None, None, None)
                 await nc.close()
-        print(f"{calls} sequential calls in {elapsed:.1f} s: {elapsed / calls * 1e6:.0f} us a call")
+        print(f"{calls} sequential calls in {elapsed:.1f} s: {elapsed / calls * 1e6:.0f} us a call;"
+              f" a sample is {1e6 / 500 / (calls / elapsed):.1f} us of a call")
         summarize(raw, top)
 
 
@@ -98,5 +106,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--gil", action="store_true", help="only samples that hold the GIL (py-spy --gil): "
+                        "the Python work, without waits")
+    parser.add_argument("--echo", action="store_true", help="profile the bare nats-py echo instead, for comparison")
     args = parser.parse_args()
-    asyncio.run(main(args.wasm, args.seconds, args.native, args.top))
+    asyncio.run(main(args.wasm, args.seconds, args.native, args.top, args.gil, args.echo))
