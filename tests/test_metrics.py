@@ -76,6 +76,7 @@ async def test_scrape_counts_invocations_errors_latency_and_usage(nats_server, n
 
         assert value(samples, "nex_function_errors_total", **fn) == len(failing)
         assert value(samples, "nex_function_rejected_total", **fn) == 0
+        assert value(samples, "nex_function_failure_events_dropped_total", **fn) == 0  # 3 failures: within the burst
         assert value(samples, "nex_function_latency_seconds_count", **fn) == calls
         assert value(samples, "nex_function_latency_seconds_bucket", **fn, le="+Inf") == calls
         assert value(samples, "nex_function_latency_seconds_sum", **fn) > 0

@@ -23,14 +23,18 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from nex.agent.engine import OUT_OF_MEMORY, TIMEOUT
 from nex.api import subjects
 from nex.api.events import EventEncoder, EventType
 
-if TYPE_CHECKING:
-    from nex.agent.events import EventFeed
+
+
+class EventSink(Protocol):
+    """Where events go: the agent's :class:`nex.agent.events.EventFeed`."""
+
+    def emit(self, subject: str, encoder: EventEncoder, data: dict[str, Any]) -> None: ...
 
 SAMPLE_CAP = 4096  # durations kept per window; past it a uniform sample (reservoir) of them
 DEFAULT_STATS_INTERVAL_S = 5.0
@@ -129,7 +133,7 @@ class FailureLimit:
 class FunctionActivity:
     """The events of one function copy: counted calls, live successes, limited failures."""
 
-    def __init__(self, events: EventFeed, node_id: str, workload_id: str, name: str, namespace: str,
+    def __init__(self, events: EventSink, node_id: str, workload_id: str, name: str, namespace: str,
                  totals: Callable[[], dict[str, int]], live_calls: bool = False,
                  failure_events_per_s: float = DEFAULT_FAILURE_EVENTS_PER_S,
                  failure_events_burst: int = DEFAULT_FAILURE_EVENTS_BURST) -> None:

@@ -194,14 +194,17 @@ def _functions(functions: list[Workload]) -> Iterator[Metric]:
                                    labels=FUNCTION_LABELS)
     latency = HistogramMetricFamily("nex_function_latency_seconds", "Time a function took to answer a call",
                                     labels=FUNCTION_LABELS)
+    dropped = CounterMetricFamily("nex_function_failure_events_dropped",
+                                  "Failure events the per-function rate limit did not publish", labels=FUNCTION_LABELS)
     for workload in functions:
         stats, labels = workload.stats, _labels(workload, with_type=False)
         invocations.add_metric(labels, stats.get("invocations") or 0)
         errors.add_metric(labels, stats.get("errors") or 0)
         rejected.add_metric(labels, stats.get("rejected") or 0)
+        dropped.add_metric(labels, stats.get("failure_events_dropped") or 0)
         latency.add_metric(labels, histogram_buckets(stats.get("latency_buckets") or []),
                            (stats.get("latency_sum_ms") or 0.0) / 1000)
-    yield from (invocations, errors, rejected, latency)
+    yield from (invocations, errors, rejected, latency, dropped)
 
 
 def histogram_buckets(counts: list[int]) -> list[tuple[str, float]]:
