@@ -14,7 +14,8 @@ import pytest
 from helpers import collect, deploy, eventually, function_body, request, running_node
 from nex.api import subjects
 from nex.api.events import CloudEvent, FunctionStatsData
-from nex.agent.activity import CallWindow, FailureLimit
+from nex.agent.activity import CallWindow
+from nex.ratelimit import TokenBucket
 
 CALLS = 1000
 KEPT_STREAMS = (subjects.LOGS_STREAM, subjects.EVENTS_STREAM, subjects.AUDIT_STREAM)
@@ -134,10 +135,10 @@ def test_past_its_cap_a_window_keeps_a_uniform_sample():
 
 def test_the_failure_limit_lets_a_burst_through_then_a_rate_and_counts_the_rest():
     now = [0.0]
-    limit = FailureLimit(per_s=2, burst=3, clock=lambda: now[0])
+    limit = TokenBucket(per_s=2, burst=3, clock=lambda: now[0])
     assert [limit.allow() for _ in range(5)] == [True, True, True, False, False]
     assert limit.dropped == 2
     now[0] = 0.5  # one token back
     assert limit.allow() and limit.take_dropped() == 2 and not limit.allow()
     with pytest.raises(ValueError):
-        FailureLimit(per_s=-1, burst=1)
+        TokenBucket(per_s=-1, burst=1)

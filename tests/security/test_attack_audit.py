@@ -10,8 +10,9 @@ there, read back as an operator reads it.
 from __future__ import annotations
 
 import asyncio
+import json
 
-from helpers import control, deploy, eventually, function_body, request, running_node
+from helpers import collect, control, deploy, eventually, function_body, request, running_node
 from nex.api import subjects
 from nex.client import NexClient
 
@@ -46,3 +47,28 @@ async def test_calls_in_a_loop_cannot_flush_a_rejection_from_the_audit_trail(nat
         audit = await js.stream_info(subjects.AUDIT_STREAM, subjects_filter=subjects.events("default", "*"))
         assert set(audit.state.subjects) == {subjects.events("default", t) for t in
                                              ("request_rejected", "workload_started")}
+
+
+async def test_a_flood_of_refused_requests_is_recorded_at_a_bounded_rate_with_a_count(nats_server, nc, tmp_path):
+    async with running_node(nats_server, tmp_path / "node", "flooded", heartbeat_s=3600,
+                            rejection_events_per_s=1, rejection_events_burst=10) as node:
+        rejected = await collect(nc, subjects.events("default", "request_rejected"))
+        replies = await asyncio.gather(*(control(nc, "DEPLOY", node.node_id, body={"name": f"evil{i}"})
+                                         for i in range(300)))
+        assert {code for code, _ in replies} == {400}  # every request is still answered
+        sent = len(replies)
+
+        async def recorded_with_its_count() -> bool:  # once a token is back, a refusal says how many were left out
+            nonlocal sent
+            code, _ = await control(nc, "DEPLOY", node.node_id, body={"name": "evil-again"})
+            sent += 1
+            assert code == 400
+            await nc.flush()
+            return any("dropped_before" in json.loads(m.data)["data"] for m in rejected)
+        await eventually(recorded_with_its_count, timeout=10, interval=0.1)
+        await eventually(lambda: len(rejected) + sum(json.loads(m.data)["data"].get("dropped_before", 0)
+                                                     for m in rejected) >= sent - 1)
+    records = [json.loads(m.data)["data"] for m in rejected]
+    assert 11 <= len(records) <= 15, len(records)  # the burst, and about one a second after it
+    # Every refusal is a record or counted in one, but the last ones, left out after the last record.
+    assert sent - 1 <= len(records) + sum(r.get("dropped_before", 0) for r in records) <= sent

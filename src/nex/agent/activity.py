@@ -8,7 +8,7 @@ still go out, on a subject no stream keeps, when the node is told to (``live_cal
 it costs each call a publish, about a tenth of a trivial call's time).
 
 A failed call (an error, a time-out, memory exhausted, a 429, a loop past the hop limit)
-is reported on its own, so that it can be read back, but through a :class:`FailureLimit`
+is reported on its own, so that it can be read back, but through a :class:`~nex.ratelimit.TokenBucket`
 per function: whoever may call a function could otherwise make one event per call and
 fill the activity stream at the rate of its calls. What the limit drops is counted: in
 the next failure event that goes out (``dropped_before``) and in the window's
@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from nex.agent.engine import OUT_OF_MEMORY, TIMEOUT
 from nex.api import subjects
 from nex.api.events import EventEncoder, EventType
+from nex.ratelimit import TokenBucket
 
 
 
@@ -102,34 +103,6 @@ class CallWindow:
         return figures
 
 
-class FailureLimit:
-    """A token bucket: ``burst`` failure events at once, then ``per_s`` a second; counts the rest."""
-
-    def __init__(self, per_s: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        if per_s < 0 or burst < 0:
-            raise ValueError("a failure event limit cannot be negative")
-        self._per_s = per_s
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._clock = clock
-        self._last = clock()
-        self.dropped = 0  # since the last event let through
-
-    def allow(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._per_s)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        self.dropped += 1
-        return False
-
-    def take_dropped(self) -> int:
-        dropped, self.dropped = self.dropped, 0
-        return dropped
-
-
 class FunctionActivity:
     """The events of one function copy: counted calls, live successes, limited failures."""
 
@@ -138,7 +111,7 @@ class FunctionActivity:
                  failure_events_per_s: float = DEFAULT_FAILURE_EVENTS_PER_S,
                  failure_events_burst: int = DEFAULT_FAILURE_EVENTS_BURST) -> None:
         self.window = CallWindow()
-        self.limit = FailureLimit(failure_events_per_s, failure_events_burst)
+        self.limit = TokenBucket(failure_events_per_s, failure_events_burst)
         self._events = events
         self._totals = totals
         self._live_calls = live_calls

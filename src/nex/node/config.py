@@ -64,6 +64,9 @@ class NodeConfig(BaseModel):
                                     "events; the oldest go first past this size")
     audit_max_age_s: float = Field(default=90 * 86400, ge=0, description="NEX_AUDIT keeps an event this long; "
                                    "0: until audit_stream_bytes pushes it out")
+    rejection_events_per_s: float = Field(default=20.0, ge=0, description="request_rejected events the node "
+                                          "records a second past the burst; the rest are counted in the next")
+    rejection_events_burst: int = Field(default=200, ge=0, description="request_rejected events recorded at once")
     sandbox: SandboxMode = Field(default=SandboxMode.AUTO, description="how native workloads are isolated")
     warm_agents: bool = Field(default=True, description="start the function agents (JavaScript, Wasm) with "
                               "the node, so that no deploy waits for one; false: each starts with its first "

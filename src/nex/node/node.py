@@ -36,6 +36,7 @@ from nex.node.bids import BidBook, BidTicket
 from nex.node.config import NodeConfig
 from nex.node.control import ControlService
 from nex.node.feeds import AuditRetention, Feeds
+from nex.ratelimit import TokenBucket
 from nex.node.metrics import MetricsServer
 from nex.node.registry import NodeRegistry
 from nex.node.resources import automatic_tags, resources
@@ -86,6 +87,7 @@ class Node:
             self.state_lock.release()
             raise
         self.node_id = identity.node_id(self.keys)
+        self._rejections = TokenBucket(config.rejection_events_per_s, config.rejection_events_burst)
         self.claims = ClaimPolicy(config.trusted_issuers, config.admin_issuers)
         self.ledger: ClaimLedger | None = None  # the fleet's used claim ids (NEX_CLAIMS)
         self.app_checks = AppDeployCheck(config.trusted_issuers, config.admin_issuers)
@@ -476,6 +478,16 @@ class Node:
                           workloads=self.supervisor.app_records(), seq=seq)
 
     def _request_rejected(self, namespace: str, record: dict) -> None:
+        # Whoever may publish on $NEX.SVC.> can have every request refused: bounded, so that a flood of
+        # refusals cannot push the rest of the audit trail out at the rate it is sent (nex.ratelimit).
+        if not self._rejections.allow():
+            if self._rejections.dropped == 1:  # once a flood: the record that follows it says how many
+                log.warning("refused control requests come faster than %g a second: the audit trail records "
+                            "the next one with the count of those it left out", self.config.rejection_events_per_s)
+            return
+        dropped = self._rejections.take_dropped()
+        if dropped:
+            record = {**record, "dropped_before": dropped}
         self.feeds.event(namespace, EventType.REQUEST_REJECTED, record)
 
     def _workload_removed(self, workload: Workload) -> None:
