@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from nats.js.api import DeliverPolicy, StreamConfig
 
 from nex.api import subjects
 from nex.api.events import ACTIVITY_EVENTS, AUDIT_EVENTS, LIVE_EVENTS, CloudEvent, EventType, kept_subjects, make_event
 from nex.client import NexClient
+from nex.node.feeds import StreamConflict
 from nex.node.node import Node
 
 from helpers import ARTIFACT_ROOTS, control, eventually, file_artifact, running_node
@@ -101,3 +104,15 @@ async def test_events_are_cloudevents_and_heartbeats_flow(nats_server, nc, tmp_p
     assert received[0].subject == subjects.events("system", "node_started")
     assert first.specversion == "1.0" and first.type == "io.nats.nex.v1.node_started"
     assert first.source == f"nex/node/{node.node_id}" and first.data["node_id"] == node.node_id
+
+
+async def test_a_stream_of_the_operators_that_takes_the_audit_subjects_is_a_clear_error(nats_server, nc, tmp_path):
+    await nc.jetstream().add_stream(StreamConfig(name="OPS_REJECTIONS",
+                                                 subjects=[subjects.events("*", "request_rejected")]))
+    with pytest.raises(StreamConflict) as raised:
+        async with running_node(nats_server, tmp_path / "node", "conflicted"):
+            pass
+    assert raised.value.name == subjects.AUDIT_STREAM
+    assert "nats stream edit" in str(raised.value) and "NEX_AUDIT" in str(raised.value)
+    assert (await nc.jetstream().stream_info("OPS_REJECTIONS")).config.subjects == [
+        subjects.events("*", "request_rejected")]  # the operator's, left as it is

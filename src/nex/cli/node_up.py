@@ -79,6 +79,7 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
     With no --server (and no NATS_URL) the node starts an embedded nats-server
     with JetStream on 127.0.0.1 and says where.
     """
+    from nex.node.feeds import StreamConflict
     from nex.node.metrics import MetricsEndpointError
     from nex.gctune import tune_for_service
     from nex.node.node import Node
@@ -108,7 +109,7 @@ def node_up(opts: GlobalOptions, config_path: Path | None, tags: str | None, log
     except PortTaken as exc:
         print_error(str(exc), port_taken_hint(exc))
         sys.exit(1)
-    except (ConfigError, NatsServerError, SandboxUnavailable, MetricsEndpointError, OSError,
+    except (ConfigError, NatsServerError, SandboxUnavailable, MetricsEndpointError, StreamConflict, OSError,
             asyncio.TimeoutError) as exc:
         print_error(describe_error(exc) or str(exc) or type(exc).__name__)
         sys.exit(1)

@@ -32,6 +32,18 @@ SYSTEM_NAMESPACE = "system"
 EARLIER_EVENTS_SUBJECTS = [subjects.events_filter("*")]
 
 
+class StreamConflict(Exception):
+    """A stream Nex needs cannot be made: JetStream refused it (most often, another stream
+    captures its subjects)."""
+
+    def __init__(self, name: str, subjects_: list[str], reason: str) -> None:
+        super().__init__(f"cannot create the JetStream stream {name} for {', '.join(subjects_[:3])}"
+                         f"{' ...' if len(subjects_) > 3 else ''}: {reason}. If another stream captures "
+                         f"those subjects (a NEX_EVENTS changed by hand keeps every event type), narrow it "
+                         f"with nats stream edit, or remove it")
+        self.name = name
+
+
 @dataclass(frozen=True)
 class AuditRetention:
     """How long and how much NEX_AUDIT keeps: the operator's (NodeConfig audit_stream_bytes,
@@ -58,9 +70,13 @@ async def ensure_stream(nc: Client, name: str, subject: str | list[str], max_byt
     )
     try:
         await js.add_stream(config)
-    except BadRequestError:
-        # Another node created it between our look and our create.
-        await js.stream_info(name)
+    except BadRequestError as refused:
+        # Another node created it between our look and our create; or a stream of the operator's
+        # already captures its subjects (JetStream's error 10065), which is theirs to change.
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            raise StreamConflict(name, config.subjects or [], refused.description or str(refused)) from None
 
 
 async def narrow_earlier_events_stream(nc: Client) -> bool:
