@@ -116,6 +116,7 @@ class FunctionActivity:
         self._totals = totals
         self._live_calls = live_calls
         self.failures_dropped_total = 0
+        self.last_report: dict[str, Any] = {}  # the figures of the last function_stats sent
         self._last_report = time.monotonic()
         static = {"workload_id": workload_id, "name": name, "namespace": namespace}
 
@@ -167,6 +168,7 @@ class FunctionActivity:
                 "calls_total": totals.get("calls", 0), "errors_total": totals.get("errors", 0),
                 "rejected_total": totals.get("rejected", 0)}
         self._last_report = now
+        self.last_report = data
         self._events.emit(*self._stats, data)
         return True
 

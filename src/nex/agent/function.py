@@ -169,6 +169,14 @@ class LoadedFunction:
             return
         self._memory_read_after = read_after
 
+    def _recent(self) -> dict[str, float] | None:
+        last = self.activity.last_report
+        if not last:
+            return None
+        recent = {"calls_per_s": round(last["calls"] / max(last["interval_s"], 1e-3), 3)}
+        recent.update({k: last[k] for k in ("p50_ms", "p90_ms", "p99_ms") if last.get(k) is not None})
+        return recent
+
     def _totals(self) -> dict[str, int]:
         return {"calls": self.invocations, "errors": self.errors,
                 "rejected": self._limit.rejected if self._limit is not None else 0}
@@ -179,6 +187,7 @@ class LoadedFunction:
                                       errors=self.errors, memory_bytes=self._memory_bytes,
                                       rejected=self._limit.rejected if self._limit is not None else 0,
                                       failure_events_dropped=self.failure_events_dropped,
+                                      recent=self._recent(),
                                       latency_buckets=list(self.latency_buckets), latency_sum_ms=self.latency_sum_ms)
 
     async def unload(self, grace: float) -> None:

@@ -123,6 +123,8 @@ class FunctionStats(_Message):
     latency_sum_ms: float = 0.0
     failure_events_dropped: int = Field(default=0, description="failure events the per-function rate limit "
                                         "did not publish")
+    recent: dict[str, float] | None = Field(default=None, description="of the last function_stats sent: "
+                                            "calls_per_s, p50_ms, p90_ms, p99_ms")
 
 
 class Reply(_Message):

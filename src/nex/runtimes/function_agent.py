@@ -182,6 +182,7 @@ class AgentRuntime(ABC):
             "latency_buckets": stats.latency_buckets if stats else [],
             "latency_sum_ms": stats.latency_sum_ms if stats else 0.0,
             "failure_events_dropped": stats.failure_events_dropped if stats else 0,
+            "recent": stats.recent if stats else None,  # the last function_stats: rate and percentiles
         }
 
     async def stats(self) -> dict[str, protocol.FunctionStats]:
