@@ -142,3 +142,12 @@ def test_the_failure_limit_lets_a_burst_through_then_a_rate_and_counts_the_rest(
     assert limit.allow() and limit.take_dropped() == 2 and not limit.allow()
     with pytest.raises(ValueError):
         TokenBucket(per_s=-1, burst=1)
+
+
+def test_a_call_that_did_not_run_counts_but_not_in_the_percentiles():
+    window = CallWindow()
+    window.record(2.0)
+    window.record(None, "loop")
+    figures = window.take()
+    assert (figures["calls"], figures["errors"]) == (2, 1)
+    assert figures["p50_ms"] == figures["max_ms"] == 2.0

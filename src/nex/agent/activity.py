@@ -58,8 +58,9 @@ class CallWindow:
         self._seen = 0
         self._max = 0.0
 
-    def record(self, duration_ms: float, error_kind: str | None = None) -> None:
-        """One answered call; ``error_kind`` is the FunctionError.kind of a failed one."""
+    def record(self, duration_ms: float | None, error_kind: str | None = None) -> None:
+        """One answered call; ``error_kind`` is the FunctionError.kind of a failed one. A call that
+        did not run (None: a loop past the hop limit) counts, but not in the percentiles."""
         self.calls += 1
         if error_kind is not None:
             self.errors += 1
@@ -67,6 +68,8 @@ class CallWindow:
                 self.timeouts += 1
             elif error_kind == OUT_OF_MEMORY:
                 self.out_of_memory += 1
+        if duration_ms is None:
+            return
         if duration_ms > self._max:
             self._max = duration_ms
         self._seen += 1
@@ -143,7 +146,7 @@ class FunctionActivity:
 
     def looped(self, subject: str, hop: int, limit: int) -> None:
         """A message past the hop limit: a failed call that did not run."""
-        self.window.record(0.0, "loop")
+        self.window.record(None, "loop")
         self._limited(self._loop, {"subject": subject, "hop": hop, "limit": limit})
 
     def _limited(self, feed: tuple[str, EventEncoder], data: dict[str, Any]) -> None:
@@ -161,6 +164,8 @@ class FunctionActivity:
         now = time.monotonic()
         figures = self.window.take()
         if figures is None:
+            if self.last_report:  # went idle: its recent rate is none, not its last busy one
+                self.last_report = {"calls": 0, "interval_s": round(now - self._last_report, 3)}
             self._last_report = now
             return False
         totals = self._totals()
