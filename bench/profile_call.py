@@ -60,7 +60,7 @@ def summarize(raw: Path, top: int) -> None:
             print(f"    {n / count:6.1%}  {name}")
 
 
-async def main(wasm: bool, seconds: float, native: bool, top: int, gil: bool, echo: bool) -> None:
+async def main(wasm: bool, seconds: float, native: bool, top: int, gil: bool, echo: bool, parallel: int) -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise SystemExit("py-spy is missing: .venv/bin/pip install py-spy")
@@ -88,14 +88,18 @@ async def main(wasm: bool, seconds: float, native: bool, top: int, gil: bool, ec
                                              *(["--gil"] if gil else [])],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 calls, started = 0, time.perf_counter()
-                while recorder.poll() is None:
-                    await nc.request(subject, b"ping", timeout=5)
-                    calls += 1
+
+                async def caller() -> None:
+                    nonlocal calls
+                    while recorder.poll() is None:
+                        await nc.request(subject, b"ping", timeout=5)
+                        calls += 1
+                await asyncio.gather(*(caller() for _ in range(parallel)))
                 elapsed = time.perf_counter() - started
             finally:
                 await echoing.__aexit__(None, None, None)
                 await nc.close()
-        print(f"{calls} sequential calls in {elapsed:.1f} s: {elapsed / calls * 1e6:.0f} us a call;"
+        print(f"{calls} calls ({parallel} in flight) in {elapsed:.1f} s: {elapsed / calls * 1e6:.0f} us a call;"
               f" a sample is {1e6 / 500 / (calls / elapsed):.1f} us of a call")
         summarize(raw, top)
 
@@ -109,5 +113,6 @@ if __name__ == "__main__":
     parser.add_argument("--gil", action="store_true", help="only samples that hold the GIL (py-spy --gil): "
                         "the Python work, without waits")
     parser.add_argument("--echo", action="store_true", help="profile the bare nats-py echo instead, for comparison")
+    parser.add_argument("--parallel", type=int, default=1, help="requests in flight (1: sequential)")
     args = parser.parse_args()
-    asyncio.run(main(args.wasm, args.seconds, args.native, args.top, args.gil, args.echo))
+    asyncio.run(main(args.wasm, args.seconds, args.native, args.top, args.gil, args.echo, args.parallel))
