@@ -6,7 +6,8 @@ there, while the asyncio loop awaits results. A runaway function blocks only its
 own thread.
 
 Threads are daemons: a call stuck in JavaScript (up to its time limit) must not
-hold the agent's exit.
+hold the agent's exit. On Linux they run SCHED_BATCH, so that the loop handing them
+a call is not preempted by the thread it woke (see :func:`_no_wakeup_preemption`).
 """
 
 from __future__ import annotations
