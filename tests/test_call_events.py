@@ -14,6 +14,7 @@ import pytest
 from helpers import collect, deploy, eventually, function_body, request, running_node
 from nex.api import subjects
 from nex.api.events import CloudEvent, FunctionStatsData
+from nex.client import NexClient
 from nex.agent.activity import CallWindow
 from nex.ratelimit import TokenBucket
 
@@ -151,3 +152,21 @@ def test_a_call_that_did_not_run_counts_but_not_in_the_percentiles():
     figures = window.take()
     assert (figures["calls"], figures["errors"]) == (2, 1)
     assert figures["p50_ms"] == figures["max_ms"] == 2.0
+
+
+async def test_following_events_gives_the_kept_ones_then_live_calls_once_each(quiet_node, nc, tmp_path):
+    script = tmp_path / "hello.js"
+    script.write_text("(subject, payload) => 'hello'\n")
+    workload = await deploy(nc, quiet_node, function_body(script, "followed", "calls.followed"))
+    await eventually(lambda: started_kept(nc))
+    async with NexClient(nc, "default") as client:
+        events = client.events(follow=True)
+        first = await asyncio.wait_for(anext(events), 10)  # from NEX_AUDIT
+        assert (first.event_type, first.subject) == ("workload_started", workload["id"])
+        await request(nc, "calls.followed", b"x")
+        seen = []
+        while not {"function_invoked", "function_stats"} <= {e.event_type for e in seen}:
+            seen.append(await asyncio.wait_for(anext(events), 10))
+        await events.aclose()
+    assert [e.event_type for e in seen].count("function_invoked") == 1  # live, kept by no stream
+    assert all(e.subject == workload["id"] for e in seen)
