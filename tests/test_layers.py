@@ -24,7 +24,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "nex.procutil": ("nex.types",),
     # the function agent: a process of its own, which talks to the node only over NATS
     # and its protocol; it knows nothing of the node's packages, nor of its keys
-    "nex.agent": ("nex.api", "nex.connection", "nex.gctune"),
+    "nex.agent": ("nex.api", "nex.connection", "nex.gctune", "nex.ratelimit"),
 }
 
 # What each layer must not import (prefixes).
