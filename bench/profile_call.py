@@ -40,7 +40,6 @@ def summarize(raw: Path, top: int) -> None:
         stack, _, count_text = line.rpartition(" ")
         count = int(count_text)
         frames = stack.split(";")
-        thread = frames[0].split(" ")[0] if frames else "?"
         kind = "function" if "_bootstrap" in stack else "loop"
         threads[kind] += count
         total += count
