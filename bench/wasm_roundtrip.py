@@ -1,14 +1,18 @@
 """Request round trip: a trivial WebAssembly function vs a bare nats-py echo responder; and cold start.
 
-    .venv/bin/python bench/wasm_roundtrip.py [--sequential 5000] [--concurrent 20000] [--parallel 64] [--starts 20]
+    .venv/bin/python bench/wasm_roundtrip.py [--mode node|runtime] [--runs 3] [--sequential 5000]
+                                             [--concurrent 20000] [--parallel 64] [--starts 20]
 
-Both responders run in their own process on one nats-server started here: the
-function in the wasm agent (through WasmRuntime), the echo in a small nats-py
-script. The function is tests/wasm/fn.c built with clang for wasm32-wasi: it
-upper-cases its payload (stdin to stdout), a fresh wasmtime instance per call.
-Prints p50/p99 of sequential requests, the throughput of a concurrent phase and
-the ratios function/echo; then the cold start, start() to the first reply, with
-the agent running: compiling the module, and loading it compiled from the cache.
+The function is tests/wasm/fn.c built with clang for wasm32-wasi: it upper-cases
+its payload (stdin to stdout), a fresh wasmtime instance per call (WASI preview 1).
+
+``--mode node`` (the default) measures what users get: a `nex node up` process with its
+embedded nats-server and JetStream, the function deployed through the control API, the
+echo in a process of its own, both measured in alternating blocks of each of ``--runs``
+runs (as bench/js_roundtrip.py). ``--mode runtime``: both responders in their own
+process on one nats-server started here without JetStream, the function in the wasm
+agent through WasmRuntime; then the cold start, start() to the first reply, with the
+agent running: compiling the module, and loading it compiled from the cache.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import uuid
 from pathlib import Path
 
 from common import build_wasm
-from roundtrip import ECHO_SUBJECT, echo_process, measure, print_comparison
+from roundtrip import (ECHO_SUBJECT, cpu_per_call, deploy_function, echo_process, echo_ready, interleaved,
+                       kept_messages, measure, node_process, print_comparison, print_cpu, print_runs,
+                       processes_of)
 
 from nats.aio.client import Client
 
@@ -58,7 +64,31 @@ async def cold_start_ms(runtime: WasmRuntime, nc: Client, module: Path, compile_
     return statistics.median(samples)
 
 
-async def main(sequential: int, concurrent: int, parallel: int, starts: int) -> None:
+async def through_node(runs: int, sequential: int, concurrent: int, parallel: int, node_args: list[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
+        module = build_wasm(SOURCE, Path(tmp))
+        async with node_process(Path(tmp) / "node", Path(tmp), node_args) as node:
+            nc = await connect(ConnectOptions(servers=[node.url]))
+            try:
+                async with echo_process(node.url) as echo_pid:
+                    await echo_ready(nc)
+                    await deploy_function(nc, node.node_id, "wasm", module, "bench.upper", "upper")
+                    stored = await kept_messages(nc)
+                    results = [await interleaved(nc, "bench.upper", sequential, concurrent, parallel)
+                               for _ in range(runs)]
+                    await asyncio.sleep(6)  # the last function_stats (every 5 s) is part of the cost
+                    stored = await kept_messages(nc) - stored
+                    pids = {"node": node.pid, **processes_of(node.pid), "echo": echo_pid}
+                    cpu_echo = await cpu_per_call(nc, ECHO_SUBJECT, sequential, pids)
+                    cpu_function = await cpu_per_call(nc, "bench.upper", sequential, pids)
+            finally:
+                await nc.close()
+    calls = runs * (sequential + concurrent + 200)
+    print_runs("wasm", results, stored / calls * 1000, sequential, concurrent, parallel)
+    print_cpu("wasm", cpu_echo, cpu_function)
+
+
+async def runtime_alone(sequential: int, concurrent: int, parallel: int, starts: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         module = build_wasm(SOURCE, Path(tmp))
         module_bytes = module.stat().st_size
@@ -79,6 +109,7 @@ async def main(sequential: int, concurrent: int, parallel: int, starts: int) -> 
             await nc.close()
             await runtime.close()
             await server.stop()
+    print("the runtime alone, on a nats-server without JetStream:")
     print_comparison("wasm", bare, function, sequential, concurrent, parallel)
     print(f"cold start, start() to first reply (median of {starts}, agent running):")
     print(f"  compiling the module ({module_bytes} bytes)  {compiling:7.1f} ms")
@@ -88,9 +119,16 @@ async def main(sequential: int, concurrent: int, parallel: int, starts: int) -> 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["node", "runtime"], default="node")
+    parser.add_argument("--runs", type=int, default=3, help="node mode: runs, each interleaved")
+    parser.add_argument("--node-arg", action="append", default=[], metavar="ARG",
+                        help="node mode: an argument for `nex node up` (repeat it)")
     parser.add_argument("--sequential", type=int, default=5000)
     parser.add_argument("--concurrent", type=int, default=20000)
     parser.add_argument("--parallel", type=int, default=64)
-    parser.add_argument("--starts", type=int, default=20)
+    parser.add_argument("--starts", type=int, default=20, help="runtime mode: cold starts")
     args = parser.parse_args()
-    asyncio.run(main(args.sequential, args.concurrent, args.parallel, args.starts))
+    if args.mode == "node":
+        asyncio.run(through_node(args.runs, args.sequential, args.concurrent, args.parallel, args.node_arg))
+    else:
+        asyncio.run(runtime_alone(args.sequential, args.concurrent, args.parallel, args.starts))

@@ -147,7 +147,8 @@ async def node(nats_server: NatsServer, tmp_path: Path, request, artifact_roots)
             pytest.skip(f"this host cannot sandbox with {sandbox}: {reason}")
     config = NodeConfig(server=nats_server.url, state_dir=tmp_path / "node", name="test-node",
                         tags={"zone": "a"}, stop_grace_s=2.0, lameduck_s=0.2, sandbox=sandbox, reconciler=False,
-                        artifact_roots=artifact_roots)
+                        artifact_roots=artifact_roots, function_stats_interval_s=0.5,
+                        live_call_events=True)
     started = Node(config)
     await started.start()
     yield started

@@ -65,7 +65,7 @@ async def test_nodes_on_three_servers_are_one_fleet(nats_cluster, node_processes
         lines = await ticked(client, workload.id, 3)
         assert lines[:4] == ["started - with 0 args", "tick 0", "tick 1", "tick 2"]
 
-        for stream in (subjects.LOGS_STREAM, subjects.EVENTS_STREAM):
+        for stream in (subjects.LOGS_STREAM, subjects.EVENTS_STREAM, subjects.AUDIT_STREAM):
             info = await eventually(lambda: _all_current(client, stream), timeout=10, interval=0.2)
             assert info.config.num_replicas == 3 and replicas(info) == 3, stream
     finally:

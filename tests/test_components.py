@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
-from helpers import (ARTIFACT_ROOTS, assemble, build_component, collect, control, deploy, eventually, file_artifact,
+from helpers import (ARTIFACT_ROOTS, assemble, build_component, collect, control, deploy, eventually,
                      function_body, function_error, request)
 from nex.connection import flush_subscriptions
 from nex.natsserver import NatsServer

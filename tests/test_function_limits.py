@@ -75,7 +75,7 @@ def test_modules_whose_objects_would_live_beside_the_limit_do_not_load(tmp_path,
 
 
 async def test_an_operator_sets_the_hop_limit_of_a_node(nats_server, nc, tmp_path):
-    async with running_node(nats_server, tmp_path / "node", "hops", max_hops=2) as node:
+    async with running_node(nats_server, tmp_path / "node", "hops", max_hops=2, live_call_events=True) as node:
         source = b"async (subject, payload) => { await nex.publish(subject, payload); return 'again'; }"
         code, summary = await control(nc, "DEPLOY", node.node_id, body={
             "name": "looper", "type": "javascript", "artifact": await _uploaded(nc, tmp_path, source),

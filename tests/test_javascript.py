@@ -19,10 +19,10 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
 from helpers import function_error, request
 from nex.agent import protocol
-from nex.agent.protocol import ENV_CONNECT, ENV_NODE_ID
+from nex.agent.protocol import ENV_CONNECT, ENV_NODE_ID, HostSettings
 from nex.api import subjects
 from nex.api.errors import ERROR_CODE_HEADER, BadArtifact
-from nex.api.events import CloudEvent
+from nex.api.events import CloudEvent, FunctionStatsData
 from nex.api.models import Lifecycle, Limits, Trigger, WorkloadType
 from nex.connection import ConnectOptions
 from nex.runtimes.agent_process import AgentProcess
@@ -33,11 +33,14 @@ NAMESPACE = "default"
 
 Deploy = Callable[..., Awaitable[tuple[Handle, str]]]
 
+# Live call events on, function_stats every 0.3 s: what these tests look at comes soon.
+EVENTS_SOON = HostSettings(live_call_events=True, stats_interval_s=0.3)
+
 
 @pytest.fixture
 async def runtime(connect_options: ConnectOptions, tmp_path: Path):
     rt = JavaScriptRuntime(RuntimeContext(node_id="NTEST", state_dir=tmp_path / "state",
-                                          connect_options=connect_options))
+                                          connect_options=connect_options, host_settings=EVENTS_SOON))
     yield rt
     await rt.close()
 
@@ -233,6 +236,7 @@ async def test_console_lines_go_to_the_logs_feed(deploy: Deploy, nc: Client):
 async def test_function_invoked_event(deploy: Deploy, nc: Client):
     handle, subject = await deploy("(subject, payload) => 'x'", name="evented")
     events = await nc.subscribe(subjects.events(NAMESPACE, "function_invoked"))
+    stats = await nc.subscribe(subjects.events(NAMESPACE, "function_stats"))
     await request(nc, subject)
     event = CloudEvent.model_validate_json((await events.next_msg(timeout=5)).data)
 
@@ -241,6 +245,13 @@ async def test_function_invoked_event(deploy: Deploy, nc: Client):
     assert {k: event.data[k] for k in ("workload_id", "name", "subject")} == {
         "workload_id": handle.workload_id, "name": "evented", "subject": subject}
     assert event.data["duration_ms"] >= 0
+    await request(nc, subject)
+    windows = []
+    while not windows or windows[-1].calls_total < 2:  # both calls, in one window or two
+        windows.append(FunctionStatsData.model_validate(
+            CloudEvent.model_validate_json((await stats.next_msg(timeout=5)).data).data))
+    assert {w.workload_id for w in windows} == {handle.workload_id}
+    assert sum(w.calls for w in windows) == 2 and windows[-1].errors_total == 0
 
 
 async def test_syntax_error_is_a_bad_artifact_with_the_engines_message(runtime: JavaScriptRuntime,

@@ -24,7 +24,7 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "nex.procutil": ("nex.types",),
     # the function agent: a process of its own, which talks to the node only over NATS
     # and its protocol; it knows nothing of the node's packages, nor of its keys
-    "nex.agent": ("nex.api", "nex.connection", "nex.gctune"),
+    "nex.agent": ("nex.api", "nex.connection", "nex.gctune", "nex.ratelimit"),
     # Python functions are built on the user's side, from the wire contract's errors alone;
     # its guest modules go into the component and import nothing of nex at all
     "nex.pyfunc": ("nex.api",),

@@ -49,7 +49,8 @@ def test_histogram_buckets_are_cumulative_and_end_with_inf():
 async def test_scrape_counts_invocations_errors_latency_and_usage(nats_server, nc, tmp_path, programs):
     script = tmp_path / "moody.js"
     script.write_text(MOODY_JS)
-    async with running_node(nats_server, tmp_path / "node", "scraped", reconciler=False, metrics_port=0) as node:
+    async with running_node(nats_server, tmp_path / "node", "scraped", reconciler=False, metrics_port=0,
+                            function_stats_interval_s=0.2) as node:
         url = node.metrics.url
         assert url.startswith("http://127.0.0.1:")
         code, function = await control(nc, "DEPLOY", node.node_id, body={
@@ -76,6 +77,15 @@ async def test_scrape_counts_invocations_errors_latency_and_usage(nats_server, n
 
         assert value(samples, "nex_function_errors_total", **fn) == len(failing)
         assert value(samples, "nex_function_rejected_total", **fn) == 0
+        assert value(samples, "nex_function_failure_events_dropped_total", **fn) == 0  # 3 failures: within the burst
+
+        async def rated():  # the last function_stats of the calls: their rate and latency
+            samples = await scrape(url)
+            return samples if value(samples, "nex_function_calls_per_second", **fn) is not None else None
+        samples = await eventually(rated, timeout=10, interval=0.2)
+        assert value(samples, "nex_function_calls_per_second", **fn) > 0
+        assert 0 <= value(samples, "nex_function_recent_latency_seconds", **fn, quantile="0.5") \
+            <= value(samples, "nex_function_recent_latency_seconds", **fn, quantile="0.99")
         assert value(samples, "nex_function_latency_seconds_count", **fn) == calls
         assert value(samples, "nex_function_latency_seconds_bucket", **fn, le="+Inf") == calls
         assert value(samples, "nex_function_latency_seconds_sum", **fn) > 0

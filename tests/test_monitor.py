@@ -61,6 +61,25 @@ async def test_once_as_json(nats_server, node, hello):
     assert "workload_started" in types and "heartbeat" not in types
 
 
+async def test_the_rate_of_a_busy_function_comes_from_its_function_stats(nats_server, node, hello):
+    async with await NexClient.connect(ConnectOptions(servers=[nats_server.url])) as client:
+        async def calls() -> None:
+            while True:
+                await client.invoke("monitor.hello", b"again")
+                await asyncio.sleep(0.02)
+        calling = asyncio.create_task(calls())
+        try:
+            code, out, err = await nex("--json", "monitor", "--once", "--events", "50", "--server", nats_server.url)
+        finally:
+            calling.cancel()
+    assert code == 0, err
+    view = json.loads(out)
+    assert view["call_rates"][hello.id]["calls_per_s"] > 0, view["call_rates"]
+    assert view["call_rates"][hello.id]["p50_ms"] >= 0
+    listed = {e["type"].rsplit(".", 1)[-1] for e in view["events"]}
+    assert not listed & {"function_stats", "function_invoked"}  # counted, not listed
+
+
 async def test_once_without_a_node_says_so(nats_server):
     code, out, err = await nex("monitor", "--once", "--server", nats_server.url)
     assert code == 0, err

@@ -22,7 +22,7 @@ from nex.natsserver import NatsServer
 
 # What a node makes at start: its feeds, the claim ledger, its registry entry and the lease
 # it stands for. (NEX_APPS comes with the first app: test_the_app_store_outlives_one_server_of_three.)
-NODE_STREAMS = (subjects.LOGS_STREAM, subjects.EVENTS_STREAM, f"KV_{subjects.NODES_BUCKET}",
+NODE_STREAMS = (subjects.LOGS_STREAM, subjects.EVENTS_STREAM, subjects.AUDIT_STREAM, f"KV_{subjects.NODES_BUCKET}",
                 f"KV_{subjects.CLAIMS_BUCKET}", f"KV_{subjects.LEASES_BUCKET}",
                 f"KV_{subjects.FLEET_BUCKET}")  # a reconciling node in dev mode shares the fleet keys there
 

@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import nats.errors
 import pytest
 from aiohttp import web
 from croniter import croniter
@@ -176,9 +177,14 @@ async def test_a_lost_connection_suggests_starting_a_node(nats_server, tmp_path)
     async with running_node(nats_server, tmp_path / "node", "events-node") as node:
         follower = asyncio.create_task(nex("events", "-f", "-s", nats_server.url, timeout=30))
 
-        async def following() -> bool:  # its consumer of the events stream: it reads the history, then follows
-            info = await node.nc.jetstream().stream_info(subjects.EVENTS_STREAM)
-            return info.state.consumer_count >= 1
+        async def following() -> bool:  # its live subscription: a request there finds a responder that never answers
+            try:
+                await node.nc.request(subjects.events("default", "probe"), b"", timeout=0.2)
+            except nats.errors.NoRespondersError:
+                return False
+            except nats.errors.TimeoutError:
+                return True
+            return True
         await eventually(following, timeout=20, interval=0.1)
     await nats_server.stop()
     code, _, err = await follower

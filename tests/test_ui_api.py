@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 
+from nex.api import subjects
 from nex.client import NexClient
 from nex.connection import ConnectOptions
 from nex.ui import Dashboard
@@ -333,13 +334,15 @@ async def test_nex_ui_says_when_the_port_is_taken(nats_server):
 
 def test_rate_window_counts_calls_and_errors_and_forgets_old_ones():
     window = RateWindow(window_s=10)
-    for t in (100.0, 100.5, 101.2):
-        window.record("w1", "f", failed=False, now=t)
-    window.record("w1", "f", failed=True, now=105.0)
-    window.record("w2", "g", failed=False, now=105.0)
+    window.record("w1", "f", calls=2, errors=0, now=100.0)
+    window.record("w1", "f", calls=1, errors=0, now=101.2, p50_ms=0.2, p99_ms=1.5)
+    window.record("w1", "f", calls=1, errors=1, now=105.0)
+    window.record("w2", "g", calls=1, errors=0, now=105.0)
+    window.record("w3", "h", calls=0, errors=0, now=105.0)  # an interval with only refusals: no rate
     [first, second] = window.rates(now=105.5)
     assert (first.workload_id, first.calls, first.errors) == ("w1", 4, 1)
     assert first.calls_per_s == 0.4 and first.error_ratio == 0.25
+    assert (first.p50_ms, first.p99_ms) == (0.2, 1.5) and first.to_dict()["p99_ms"] == 1.5
     assert second.workload_id == "w2"
     left = window.rates(now=111.0)  # the calls of seconds 100 and 101 are out of the window
     assert [(r.workload_id, r.calls, r.errors) for r in left] == [("w1", 1, 1), ("w2", 1, 0)]
@@ -376,7 +379,9 @@ async def test_a_dashboard_started_late_shows_the_recent_events_and_rates(nats_s
         async with aiohttp.ClientSession() as http:
             status, summary = await deploy_form(http, url, greeter, trigger="ui.late")
             assert status == 201, summary
+    stats = await nc.subscribe(subjects.events("default", "function_stats"))
     await nc.request("ui.late", b"x", timeout=5)
+    await stats.next_msg(timeout=10)  # the call's function_stats, which the stream keeps
     async with dashboard_on(nats_server.url) as (url, _):  # a second dashboard, after the fact
         async with aiohttp.ClientSession() as http:
             snapshot = await fleet(http, url)

@@ -25,7 +25,7 @@ from nats.errors import NoRespondersError
 
 from helpers import build_wasm, control, file_artifact, function_error, request
 from nex.agent import protocol
-from nex.agent.protocol import ENV_CACHE_DIR, ENV_CONNECT, ENV_NODE_ID
+from nex.agent.protocol import ENV_CACHE_DIR, ENV_CONNECT, ENV_NODE_ID, HostSettings
 from nex.api import subjects
 from nex.api.errors import BadArtifact
 from nex.api.events import CloudEvent
@@ -61,7 +61,8 @@ def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def make_runtime(connect_options: ConnectOptions, state_dir: Path) -> WasmRuntime:
-    return WasmRuntime(RuntimeContext(node_id="NTEST", state_dir=state_dir, connect_options=connect_options))
+    return WasmRuntime(RuntimeContext(node_id="NTEST", state_dir=state_dir, connect_options=connect_options,
+                                      host_settings=HostSettings(live_call_events=True)))
 
 
 @pytest.fixture

@@ -25,18 +25,18 @@ from nex.connection import ConnectOptions, connect, flush_subscriptions
 from nex.node.config import NodeConfig
 from nex.node.node import Node
 
-PURGE_EVENTS = f"$JS.API.STREAM.PURGE.{subjects.EVENTS_STREAM}"
+PURGE_EVENTS = f"$JS.API.STREAM.PURGE.{subjects.AUDIT_STREAM}"
 VICTIM, EVIL = "victim", "evil"
 
 
 async def events_kept(nc: Client) -> int:
     """How many messages the audit stream holds."""
-    return (await nc.jetstream().stream_info(subjects.EVENTS_STREAM)).state.messages
+    return (await nc.jetstream().stream_info(subjects.AUDIT_STREAM)).state.messages
 
 
 async def first_event(nc: Client) -> int:
     """The sequence of the audit stream's first message: a purge moves it past every message."""
-    return (await nc.jetstream().stream_info(subjects.EVENTS_STREAM)).state.first_seq
+    return (await nc.jetstream().stream_info(subjects.AUDIT_STREAM)).state.first_seq
 
 
 async def uploaded(nc: Client, path: Path, namespace: str = "default") -> dict[str, str]:

@@ -56,7 +56,7 @@ class Agent:
         self._settings = settings or protocol.HostSettings()
         self._node_id = node_id
         self._engine = engine
-        self._events = EventFeed(nc)
+        self._events = EventFeed(nc, self._settings.stats_interval_s)
         self._functions: dict[str, asyncio.Task[LoadedFunction]] = {}
         self._quiet_freeze = FreezeWhenQuiet()
 

@@ -37,6 +37,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from nex.agent import hops, protocol
+from nex.agent.activity import FunctionActivity
 from nex.agent.admission import OVERLOADED, ConcurrencyLimit
 from nex.agent.durable.runner import DurableRunner
 from nex.agent.events import EventFeed
@@ -101,15 +102,15 @@ class LoadedFunction:
         self._in_flight: asyncio.Queue[tuple[Msg, asyncio.Future[Outcome]] | tuple[None, asyncio.Future[None]] | None]
         self._in_flight = asyncio.Queue()
         self._answering = asyncio.create_task(self._answer(), name=f"answer {spec.workload_id}")
-        static = {"workload_id": spec.workload_id, "name": spec.name, "namespace": spec.namespace}
-        self._invoked = (subjects.events(spec.namespace, EventType.FUNCTION_INVOKED.value),
-                         EventEncoder(EventType.FUNCTION_INVOKED, node_id, spec.workload_id, static))
-        self._failed = (subjects.events(spec.namespace, EventType.FUNCTION_FAILED.value),
-                        EventEncoder(EventType.FUNCTION_FAILED, node_id, spec.workload_id, static))
-        self._loop = (subjects.events(spec.namespace, EventType.INVOCATION_LOOP.value),
-                      EventEncoder(EventType.INVOCATION_LOOP, node_id, spec.workload_id, static))
         self._settings = settings or protocol.HostSettings()
         self._max_hops = self._settings.max_hops
+        # What a call leaves behind: counted, not stored; failures one by one, limited (nex.agent.activity).
+        self.activity = FunctionActivity(
+            events, node_id, spec.workload_id, spec.name, spec.namespace, self._totals,
+            live_calls=self._settings.live_call_events,
+            failure_events_per_s=self._settings.failure_events_per_s,
+            failure_events_burst=self._settings.failure_events_burst)
+        events.reporter.add(self.activity)
         self._log_subjects = {stream: subjects.logs(spec.namespace, spec.workload_id, stream)
                               for stream in subjects.LOG_STREAMS}
 
@@ -149,6 +150,11 @@ class LoadedFunction:
         return self.snapshot()
 
     @property
+    def failure_events_dropped(self) -> int:
+        """Failure events the rate limit did not publish, since the function loaded."""
+        return self.activity.failures_dropped_total
+
+    @property
     def memory_stale(self) -> bool:
         """Called since its memory was last read. Only calls change the memory a function holds:
         a stats request need not wake (or make a task for) each of 1,000 idle functions."""
@@ -163,11 +169,25 @@ class LoadedFunction:
             return
         self._memory_read_after = read_after
 
+    def _recent(self) -> dict[str, float] | None:
+        last = self.activity.last_report
+        if not last:
+            return None
+        recent = {"calls_per_s": round(last["calls"] / max(last["interval_s"], 1e-3), 3)}
+        recent.update({k: last[k] for k in ("p50_ms", "p90_ms", "p99_ms") if last.get(k) is not None})
+        return recent
+
+    def _totals(self) -> dict[str, int]:
+        return {"calls": self.invocations, "errors": self.errors,
+                "rejected": self._limit.rejected if self._limit is not None else 0}
+
     def snapshot(self) -> protocol.FunctionStats:
         """The counters as they are, with the memory last read."""
         return protocol.FunctionStats(workload_id=self.spec.workload_id, invocations=self.invocations,
                                       errors=self.errors, memory_bytes=self._memory_bytes,
                                       rejected=self._limit.rejected if self._limit is not None else 0,
+                                      failure_events_dropped=self.failure_events_dropped,
+                                      recent=self._recent(),
                                       latency_buckets=list(self.latency_buckets), latency_sum_ms=self.latency_sum_ms)
 
     async def unload(self, grace: float) -> None:
@@ -190,6 +210,7 @@ class LoadedFunction:
             self._thread.call(self._parallel.shutdown)  # waits for the calls still running on them
         self._thread.call(self._sandbox.close)
         self._thread.stop()
+        self._events.reporter.remove(self.activity)
 
     async def _start_async(self, node_id: str) -> None:
         """The durable consumer of the async triggers and the schedules (nex.agent.durable, .schedule)."""
@@ -315,7 +336,7 @@ class LoadedFunction:
         """A message past the hop limit (nex.api.hops): not run, counted as a failed call, reported."""
         self.invocations += 1
         self.errors += 1
-        self._events.emit(*self._loop, {"subject": subject, "hop": hop, "limit": self._max_hops})
+        self.activity.looped(subject, hop, self._max_hops)
         return loop_error(hop, self._max_hops)
 
     async def _refuse(self, msg: Msg) -> None:
@@ -323,8 +344,7 @@ class LoadedFunction:
         assert self._limit is not None
         error = self._limit.refusal()
         await self._send_refusal(msg, error)
-        self._events.emit(*self._failed, {"subject": msg.subject, "duration_ms": 0.0, "error": error.message,
-                                          "kind": OVERLOADED})
+        self.activity.refused(msg.subject, error.message, OVERLOADED)
 
     def _invoke(self, subject: str, payload: bytes, traceparent: str | None = None, hop: int = 0) -> Outcome:
         # On the function's thread: the host calls of the invocation see its span and hop there.
@@ -379,7 +399,6 @@ class LoadedFunction:
         self.invocations += 1
         self.latency_buckets[bisect.bisect_left(protocol.LATENCY_BOUNDS_MS, outcome.duration_ms)] += 1
         self.latency_sum_ms += outcome.duration_ms
-        data = {"subject": msg.subject, "duration_ms": outcome.duration_ms}
         if outcome.error is None and msg.reply and len(outcome.data) > self._nc.max_payload:
             # Sent as it is, the publish fails here and the caller waits for its time-out.
             outcome = dataclasses.replace(outcome, data=b"", error=FunctionError(
@@ -388,14 +407,13 @@ class LoadedFunction:
         if outcome.error is None:
             if msg.reply:
                 await self._nc.publish(msg.reply, outcome.data)
-            self._events.emit(*self._invoked, data)
+            self.activity.succeeded(msg.subject, outcome.duration_ms)
             return
         self.errors += 1
         if msg.reply:
             payload, headers = outcome.error.encode()
             await self._nc.publish(msg.reply, payload, headers=headers)
-        data.update(error=outcome.error.message, kind=outcome.error.kind)
-        self._events.emit(*self._failed, data)
+        self.activity.failed(msg.subject, outcome.duration_ms, outcome.error.message, outcome.error.kind)
 
     async def _publish_logs(self, logs: list[tuple[str, str]]) -> None:
         for stream, line in logs:

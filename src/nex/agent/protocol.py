@@ -53,6 +53,13 @@ class HostSettings(_Message):
     http_allow_methods: list[str] = Field(default_factory=lambda: list(HTTP_METHODS))
     otel_endpoint: str | None = Field(default=None, description="OTLP/HTTP base URL: spans of invocations go there")
     max_hops: int = Field(default=MAX_HOPS, ge=1, le=MAX_HOPS_LIMIT, description="see nex.api.hops")
+    # The events of calls (nex.agent.activity)
+    stats_interval_s: float = Field(default=5.0, gt=0, le=3600, description="how often function_stats go out")
+    live_call_events: bool = Field(default=False, description="a function_invoked event per successful call, "
+                                   "on a subject no stream keeps")
+    failure_events_per_s: float = Field(default=2.0, ge=0, description="function_failed events per function "
+                                        "and second, past the burst")
+    failure_events_burst: int = Field(default=20, ge=0, description="function_failed events per function at once")
 
 
 class RetrySettings(_Message):
@@ -114,6 +121,10 @@ class FunctionStats(_Message):
     latency_buckets: list[int] = Field(
         default_factory=list, description="calls per LATENCY_BOUNDS_MS bucket, then the slower ones; not cumulative")
     latency_sum_ms: float = 0.0
+    failure_events_dropped: int = Field(default=0, description="failure events the per-function rate limit "
+                                        "did not publish")
+    recent: dict[str, float] | None = Field(default=None, description="of the last function_stats sent: "
+                                            "calls_per_s, p50_ms, p90_ms, p99_ms")
 
 
 class Reply(_Message):

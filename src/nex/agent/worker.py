@@ -6,12 +6,14 @@ there, while the asyncio loop awaits results. A runaway function blocks only its
 own thread.
 
 Threads are daemons: a call stuck in JavaScript (up to its time limit) must not
-hold the agent's exit.
+hold the agent's exit. On Linux they run SCHED_BATCH, so that the loop handing them
+a call is not preempted by the thread it woke (see :func:`_no_wakeup_preemption`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 from typing import Any, Callable, TypeVar
@@ -52,6 +54,7 @@ class ContextThread:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        _no_wakeup_preemption()
         # Jobs that queued while one ran are run back to back and their results handed
         # to the loop in one wake-up: under load that saves most of the cross-thread cost.
         while (job := self._jobs.get()) is not None:
@@ -81,6 +84,20 @@ class ContextThread:
             self._loop.call_soon_threadsafe(_settle_all, done)
         except RuntimeError:
             pass  # the loop is closed: the agent is exiting and nobody waits
+
+
+def _no_wakeup_preemption() -> None:
+    """This thread, woken by the loop's job, does not preempt the loop (Linux SCHED_BATCH).
+
+    Preempting it gains nothing: the loop holds the GIL, which the woken thread needs
+    first; on a busy machine it cost a context switch there and back on every call.
+    Measured through a node (bench/js_roundtrip.py, 2 pairs): p50 1.65× and 1.69× the
+    echo against 1.80× and 1.74×, the agent's CPU a call 253–273 µs against 293–303 µs.
+    The thread's share of the CPU is otherwise the same (SCHED_BATCH keeps nice 0)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: the default policy, a little slower
 
 
 def _detached(exc: Exception) -> Exception:

@@ -80,7 +80,8 @@ def events_filter(namespace: str = "*") -> str:
 
 # JetStream names. The streams keep history for `nex logs` and `nex events`.
 LOGS_STREAM = "NEX_LOGS"
-EVENTS_STREAM = "NEX_EVENTS"
+EVENTS_STREAM = "NEX_EVENTS"  # activity: function_stats, failed calls, heartbeats (nex.api.events)
+AUDIT_STREAM = "NEX_AUDIT"  # security and lifecycle events, out of invocation traffic's reach
 ARTIFACT_BUCKET = "NEXCLIFILES"
 FEED_STREAM_PREFIX = "NEXFEED"  # + _<ns>: feed_stream
 

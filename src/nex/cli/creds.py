@@ -122,20 +122,33 @@ async def make_namespace_buckets(options: ConnectOptions, namespace: str, timeou
         await nc.close()
 
 
+FEED_SOURCES = (subjects.LOGS_STREAM, subjects.EVENTS_STREAM, subjects.AUDIT_STREAM)
+
+
+async def _add_missing_sources(js: JetStreamContext, existing: StreamConfig, wanted: list[StreamSource]) -> None:
+    have = {source.name for source in existing.sources or []}
+    missing = [source for source in wanted if source.name not in have]
+    if not missing or not have:
+        return  # complete, or not a copy of ours
+    existing.sources = [*(existing.sources or []), *missing]
+    await js.update_stream(existing)
+
+
 async def ensure_feed_stream(js: JetStreamContext, namespace: str, replicas: int = 1) -> None:
     """The namespace's copy of its kept feeds (:func:`nex.api.subjects.feed_stream`), sourced from
-    NEX_LOGS and NEX_EVENTS, bounded like them, and of its dead letters
-    (:func:`nex.api.subjects.dead_letter_stream`), sourced from NEX_DLQ; existing ones are left."""
+    NEX_LOGS, NEX_EVENTS and NEX_AUDIT, bounded like them, and of its dead letters
+    (:func:`nex.api.subjects.dead_letter_stream`), sourced from NEX_DLQ; existing ones are left,
+    but for a feed copy made before NEX_AUDIT, which gains it as a source."""
     feed = f"{subjects.FEED_PREFIX}.{namespace}.>"
     bound = 0
-    for source in (subjects.LOGS_STREAM, subjects.EVENTS_STREAM):
+    for source in FEED_SOURCES:
         try:
             bound += max(0, (await js.stream_info(source)).config.max_bytes or 0)
         except nats.js.errors.NotFoundError:
             pass  # no node has made it yet: the copy starts when it appears
     await _ensure_copy(js, StreamConfig(
         name=subjects.feed_stream(namespace),
-        sources=[StreamSource(name=s, filter_subject=feed) for s in (subjects.LOGS_STREAM, subjects.EVENTS_STREAM)],
+        sources=[StreamSource(name=s, filter_subject=feed) for s in FEED_SOURCES],
         max_bytes=bound or DEFAULT_FEED_BYTES, discard=DiscardPolicy.OLD, storage=StorageType.FILE,
         allow_direct=True, num_replicas=replicas, description=f"nex: the kept feeds of namespace {namespace}"))
     await _ensure_copy(js, StreamConfig(
@@ -147,10 +160,12 @@ async def ensure_feed_stream(js: JetStreamContext, namespace: str, replicas: int
 
 async def _ensure_copy(js: JetStreamContext, config: StreamConfig) -> None:
     try:
-        await js.stream_info(config.name)
-        return
+        info = await js.stream_info(config.name)
     except nats.js.errors.NotFoundError:
         pass
+    else:
+        await _add_missing_sources(js, info.config, config.sources or [])
+        return
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:

@@ -50,7 +50,13 @@ def logs(opts: GlobalOptions, workload_id: str, follow: bool) -> None:
               help="only events of this type, e.g. workload_started (repeatable)")
 @with_global_options
 def events(opts: GlobalOptions, follow: bool, types: tuple[str, ...]) -> None:
-    """Print the events of the namespace (CloudEvents)."""
+    """Print the events of the namespace (CloudEvents): the audit trail and the activity
+    streams merged by time, then, with -f, new ones.
+
+    A call is not an event of its own: each function with calls sends a
+    function_stats every few seconds. Nodes with live_call_events on also publish
+    a function_invoked per successful call, which -f shows and no stream keeps.
+    """
 
     async def action(client: NexClient) -> None:
         stream = client.events(follow=follow, types=types or None)

@@ -3,8 +3,10 @@
 Made for a plain terminal over SSH: no mouse, no alternate screen (the last frame
 stays when it exits), rows that fit 80 columns, ``q`` or Ctrl-C to quit. Everything
 comes through :class:`nex.client.NexClient`: PING to find the nodes, INFO for each
-node's resources and workloads; events from the events stream's recent history,
-then live from ``$NEX.FEED.*.events.*``.
+node's resources and workloads; events from the event streams' recent history,
+then live from ``$NEX.FEED.*.events.*``. A function's calls per second and p50 come
+from its latest ``function_stats`` event (sent every few seconds while it has calls);
+those and the live ``function_invoked`` events are not listed among the events.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from rich.text import Text
 
 from nex.api import subjects
 from nex.api.errors import NexError, NodeNotFound
-from nex.api.events import CloudEvent, EventType
+from nex.api.events import CloudEvent, EventType, FunctionStatsData
 from nex.api.models import NodeInfo, WorkloadSummary
 from nex.cli import output
 from nex.cli.options import GlobalOptions, NexCommand, positive, with_global_options
@@ -43,6 +45,9 @@ from nex.client import NexClient
 SYSTEM_NAMESPACE = "system"
 HISTORY_SCAN = 500  # how far back in the events stream the first frame looks
 QUIT_KEYS = (b"q", b"Q")
+# Counted, not listed: the stats feed the RATE column; a live function_invoked comes per call.
+_NOT_LISTED = frozenset({EventType.FUNCTION_STATS.value, EventType.FUNCTION_INVOKED.value})
+STATS_FRESH_INTERVALS = 2.5  # a function_stats older than this many of its intervals: the function went idle
 ID_WIDTH = 8
 _TYPES = {"javascript": "js"}  # the one type name that would crowd an 80-column row
 
@@ -57,6 +62,7 @@ class FleetView:
     events: list[CloudEvent] = field(default_factory=list)
     problem: str | None = None
     cpu_percent: dict[str, float] = field(default_factory=dict)  # workload id -> since the last frame
+    call_rates: dict[str, CallRate] = field(default_factory=dict)  # workload id -> from its last function_stats
 
     @property
     def workloads(self) -> list[tuple[NodeInfo, WorkloadSummary]]:
@@ -68,7 +74,26 @@ class FleetView:
             "nodes": [n.model_dump(mode="json", exclude={"workloads"}) for n in self.nodes],
             "workloads": [w.model_dump(mode="json") for _, w in self.workloads],
             "events": [e.model_dump(mode="json") for e in self.events],
+            "call_rates": {k: v.to_dict() for k, v in self.call_rates.items()},
         }
+
+
+@dataclass(frozen=True)
+class CallRate:
+    """A function's calls per second and latency over the interval of its last function_stats."""
+
+    calls_per_s: float
+    errors_per_s: float
+    p50_ms: float | None
+
+    @classmethod
+    def of(cls, stats: FunctionStatsData) -> CallRate:
+        interval = max(stats.interval_s, 1e-3)
+        return cls(stats.calls / interval, stats.errors / interval, stats.p50_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"calls_per_s": round(self.calls_per_s, 3), "errors_per_s": round(self.errors_per_s, 3),
+                "p50_ms": self.p50_ms}
 
 
 class EventFeed:
@@ -78,6 +103,7 @@ class EventFeed:
         self.namespace = namespace
         self._events: deque[CloudEvent] = deque(maxlen=limit)
         self._seen: deque[str] = deque(maxlen=4 * limit + 16)
+        self._stats: dict[str, tuple[datetime, FunctionStatsData]] = {}
 
     @property
     def events(self) -> list[CloudEvent]:
@@ -92,13 +118,26 @@ class EventFeed:
             return event_type != EventType.HEARTBEAT.value
         return namespace == self.namespace
 
+    def call_rates(self, now: datetime) -> dict[str, CallRate]:
+        """Per workload, the rates of its last function_stats, while fresh (idle functions send none)."""
+        return {workload_id: CallRate.of(stats) for workload_id, (at, stats) in self._stats.items()
+                if (now - at).total_seconds() <= STATS_FRESH_INTERVALS * stats.interval_s + 1}
+
     def add(self, subject: str, data: bytes) -> None:
-        if self._events.maxlen == 0 or not self.wanted(subject):
+        if not self.wanted(subject):
+            return
+        event_type = subject.rsplit(".", 1)[-1]
+        if event_type == EventType.FUNCTION_INVOKED.value:
+            return  # before parsing: one comes per call
+        if event_type != EventType.FUNCTION_STATS.value and self._events.maxlen == 0:
             return
         try:
             event = CloudEvent.model_validate_json(data)
         except ValidationError:
             return  # not ours to judge here: `nex events` reports malformed events
+        if event_type in _NOT_LISTED:
+            self._take_stats(event)
+            return
         if event.id in self._seen:
             return  # seen live and in the history both
         self._seen.append(event.id)
@@ -107,6 +146,15 @@ class EventFeed:
             ordered = sorted(self._events, key=lambda e: e.time)
             self._events.clear()
             self._events.extend(ordered)
+
+    def _take_stats(self, event: CloudEvent) -> None:
+        try:
+            stats = FunctionStatsData.model_validate(event.data)
+        except ValidationError:
+            return
+        last = self._stats.get(stats.workload_id)
+        if last is None or last[0] <= event.time:
+            self._stats[stats.workload_id] = (event.time, stats)
 
     async def follow(self, client: NexClient) -> None:
         """Live events from now on (subscribed before the history is read: nothing falls between)."""
@@ -117,9 +165,7 @@ class EventFeed:
         await client.nc.subscribe(subjects.events_filter("*"), cb=on_msg)
 
     async def load_history(self, client: NexClient) -> None:
-        """The recent events kept in the events stream, oldest first."""
-        if self._events.maxlen == 0:
-            return
+        """The recent events kept in the event streams, oldest first."""
         async with aclosing(client.recent_event_messages(HISTORY_SCAN)) as history:
             async for msg in history:
                 self.add(msg.subject, msg.data)
@@ -138,6 +184,7 @@ async def take_view(client: NexClient, feed: EventFeed) -> FleetView:
         view.nodes.append(info)
     view.nodes.sort(key=lambda n: (n.name, n.node_id))
     view.events = feed.events
+    view.call_rates = feed.call_rates(view.taken_at)
     return view
 
 
@@ -177,6 +224,16 @@ def _mib(value: int | None) -> str:
     return f"{value / 1024:.0f}K"
 
 
+def _per_s(rate: CallRate | None) -> str:
+    """Calls a second, short: 0.4/s, 37/s, 1.2k/s; '-' for a function without recent calls."""
+    if rate is None:
+        return "-"
+    value = rate.calls_per_s
+    if value >= 1000:
+        return f"{value / 1000:.1f}k/s"
+    return f"{value:.0f}/s" if value >= 10 else f"{value:.1f}/s"
+
+
 def _count(n: int, what: str) -> str:
     return f"{n} {what}" + ("" if n == 1 else "s")
 
@@ -212,7 +269,7 @@ def render(view: FleetView, live: bool = False) -> RenderableType:
     workloads = _table("WORKLOADS", [
         ("NS", {"max_width": 10}), ("NAME", {"max_width": 16}), ("ID", {}), ("TYPE", {}),
         ("STATE", {}), ("NODE", {"max_width": 10}), ("HEALTH", {}), ("CALLS/ERR", {"justify": "right"}),
-        ("CPU", {"justify": "right"}), ("MEM", {"justify": "right"})])
+        ("RATE", {"justify": "right"}), ("CPU", {"justify": "right"}), ("MEM", {"justify": "right"})])
     for n, w in view.workloads:
         state_style = {"running": "green", "failed": "red", "stopped": "dim"}.get(w.state.value, "yellow")
         calls = f"{w.invocations or 0}/{w.errors or 0}" if w.lifecycle.value == "function" else "-"
@@ -221,9 +278,10 @@ def render(view: FleetView, live: bool = False) -> RenderableType:
             cpu = f"{view.cpu_percent[w.id]:.0f}%"
         elif w.usage and w.usage.cpu_seconds is not None:
             cpu = f"{w.usage.cpu_seconds:.1f}s"
+        rate = view.call_rates.get(w.id)
         workloads.add_row(w.namespace, w.name, w.id[:ID_WIDTH], _TYPES.get(w.type.value, w.type.value),
                           Text(w.state.value, style=state_style),
-                          n.name, w.health.value if w.health else "-", calls, cpu,
+                          n.name, w.health.value if w.health else "-", calls, _per_s(rate), cpu,
                           _mib(w.usage.memory_bytes if w.usage else None))
     parts.append(workloads if view.workloads else Text("no workload", style="dim"))
 

@@ -3,10 +3,11 @@ client confined to a namespace, through direct gets of its namespace's copy."""
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 import nats.errors
@@ -49,6 +50,39 @@ class FeedMessage:
     time: datetime
 
 
+# The streams that keep events (nex.node.feeds): the audit trail, then what traffic and time make.
+EVENT_STREAMS = (subjects.AUDIT_STREAM, subjects.EVENTS_STREAM)
+LIVE_OVERLAP = timedelta(seconds=2)  # a kept event this close to the live subscription may come twice
+
+
+def _event_id(data: bytes) -> str:
+    try:
+        found = json.loads(data).get("id")
+    except (ValueError, AttributeError):
+        return ""
+    return found if isinstance(found, str) else ""
+
+
+async def merged_by_time(sources: list[AsyncIterator[FeedMessage]]) -> AsyncIterator[FeedMessage]:
+    """Messages of several time-ordered sources, in one time order (a source is read as needed)."""
+    heads: list[tuple[FeedMessage, int]] = []
+    for index, source in enumerate(sources):
+        first = await anext(source, None)
+        if first is not None:
+            heads.append((first, index))
+    try:
+        while heads:
+            heads.sort(key=lambda head: head[0].time)
+            msg, index = heads.pop(0)
+            yield msg
+            following = await anext(sources[index], None)
+            if following is not None:
+                heads.append((following, index))
+    finally:
+        for source in sources:
+            await source.aclose()  # type: ignore[attr-defined]
+
+
 class Feeds(Workloads):
     """Logs and events, kept and live."""
 
@@ -87,9 +121,10 @@ class Feeds(Workloads):
     async def events(
         self, follow: bool = False, types: Iterable[str] | None = None
     ) -> AsyncIterator[CloudEvent]:
-        """The events kept in the events stream, then new ones when ``follow``.
+        """The events kept in the audit and events streams, oldest first, then new ones when ``follow``.
 
-        ``types`` are event type tokens (``workload_started``) or full CloudEvents types.
+        ``types`` are event type tokens (``workload_started``) or full CloudEvents types. Live-only
+        events (``function_invoked``, kept by no stream) come only when following.
 
         Raises:
             NotFound: the namespace has no events stream (no node has started yet).
@@ -101,7 +136,10 @@ class Feeds(Workloads):
             filter_subject = subjects.events(self.namespace, target_token(next(iter(wanted)), "event type"))
         else:
             filter_subject = subjects.events_filter(self.namespace)
-        messages = self._stream(subjects.EVENTS_STREAM, filter_subject, follow, "events")
+        if self.confined:
+            messages = self._namespace_feed(filter_subject, follow, "events")
+        else:
+            messages = self._kept_events(filter_subject, follow)
         async with aclosing(messages):
             async for msg in messages:
                 if wanted and msg.subject.rsplit(".", 1)[-1] not in wanted:
@@ -114,20 +152,71 @@ class Feeds(Workloads):
                     continue
                 yield event
 
-    async def recent_event_messages(self, count: int) -> AsyncIterator[Msg]:
-        """The last ``count`` messages of the events stream, of every namespace, oldest first (raw:
-        a watcher parses them as it parses live ones). None when no node has made the stream yet,
-        or without JetStream."""
+    async def _kept_events(self, filter_subject: str, follow: bool) -> AsyncIterator[FeedMessage]:
+        """The events of both streams under a filter, merged by time; then, when ``follow``, the live
+        subject (subscribed before the history is read: nothing falls between, and an event
+        read in both is given once)."""
         js = self.nc.jetstream(timeout=self.timeout)
+        live = await self.nc.subscribe(filter_subject) if follow else None
+        subscribed = datetime.now().astimezone()
         try:
-            info = await js.stream_info(subjects.EVENTS_STREAM)
+            histories = []
+            for stream in EVENT_STREAMS:
+                try:
+                    info = await js.stream_info(stream, subjects_filter=filter_subject)
+                except nats.js.errors.NotFoundError:
+                    continue  # made by a later node; an earlier NEX_EVENTS may still keep every type
+                except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+                    raise Unavailable("JetStream is not enabled on this NATS server") from None
+                histories.append(self._history(js, stream, filter_subject, bool(info.state.messages)))
+            if not histories:
+                raise NotFound(f"there is no events stream ({' or '.join(EVENT_STREAMS)}) yet: no Nex node has"
+                               " started on this NATS")
+            recent: set[str] = set()
+            async with aclosing(merged_by_time(histories)) as history:
+                async for msg in history:
+                    if live is not None and msg.time >= subscribed - LIVE_OVERLAP:
+                        recent.add(_event_id(msg.data))
+                    yield msg
+            while live is not None:
+                msg = await live.next_msg(timeout=None)
+                if recent and _event_id(msg.data) in recent:
+                    continue
+                yield FeedMessage(msg.subject, msg.data, datetime.now().astimezone())
+        finally:
+            if live is not None and not self.nc.is_closed:
+                await live.unsubscribe()
+
+    async def _history(self, js, stream: str, filter_subject: str, any_kept: bool) -> AsyncIterator[FeedMessage]:
+        """What one stream keeps under a filter, oldest first."""
+        if not any_kept:
+            return
+        async with aclosing(self._stream(stream, filter_subject, False, "events")) as messages:
+            async for msg in messages:
+                yield msg
+
+    async def recent_event_messages(self, count: int) -> AsyncIterator[Msg]:
+        """The last ``count`` events kept in the audit and events streams, of every namespace, oldest
+        first (raw: a watcher parses them as it parses live ones). None when no node has made the
+        streams yet, or without JetStream."""
+        js = self.nc.jetstream(timeout=self.timeout)
+        found: list[Msg] = []
+        for stream in EVENT_STREAMS:
+            found += [msg async for msg in self._last_messages(js, stream, count)]
+        found.sort(key=lambda m: m.metadata.timestamp)
+        for msg in found[-count:] if count > 0 else []:
+            yield msg
+
+    async def _last_messages(self, js, stream: str, count: int) -> AsyncIterator[Msg]:
+        try:
+            info = await js.stream_info(stream)
         except (nats.js.errors.NotFoundError, nats.errors.NoRespondersError,
                 nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
             return
-        if not info.state.messages:
+        if not info.state.messages or count <= 0:
             return
         start = max(info.state.first_seq, info.state.last_seq - count + 1)
-        sub = await js.subscribe(subjects.events_filter("*"), stream=subjects.EVENTS_STREAM, ordered_consumer=True,
+        sub = await js.subscribe(subjects.events_filter("*"), stream=stream, ordered_consumer=True,
                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                                        opt_start_seq=start))
         try:

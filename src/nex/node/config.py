@@ -59,7 +59,15 @@ class NodeConfig(BaseModel):
     lameduck_s: float = Field(default=10.0, ge=0, le=3600, description="lame duck period before exit")
     heartbeat_s: float = Field(default=10.0, gt=0, le=3600)
     logs_stream_bytes: int = Field(default=128 << 20, gt=0)
-    events_stream_bytes: int = Field(default=64 << 20, gt=0)
+    events_stream_bytes: int = Field(default=64 << 20, gt=0, description="NEX_EVENTS: function_stats, failed "
+                                     "calls, heartbeats (what traffic and time make)")
+    audit_stream_bytes: int = Field(default=256 << 20, gt=0, description="NEX_AUDIT: security and lifecycle "
+                                    "events; the oldest go first past this size")
+    audit_max_age_s: float = Field(default=90 * 86400, ge=0, description="NEX_AUDIT keeps an event this long; "
+                                   "0: until audit_stream_bytes pushes it out")
+    rejection_events_per_s: float = Field(default=20.0, ge=0, description="request_rejected events the node "
+                                          "records a second past the burst; the rest are counted in the next")
+    rejection_events_burst: int = Field(default=200, ge=0, description="request_rejected events recorded at once")
     sandbox: SandboxMode = Field(default=SandboxMode.AUTO, description="how native workloads and containers "
                                  "are isolated: auto (runc when it works, else plain processes), oci, gvisor, none")
     gvisor_platform: Literal["systrap", "ptrace", "kvm"] | None = Field(
@@ -123,6 +131,15 @@ class NodeConfig(BaseModel):
     metrics_port: int | None = Field(default=None, ge=0, le=65535,
                                      description="serve Prometheus metrics on /metrics at this port; none: off")
     metrics_host: str = Field(default="127.0.0.1", min_length=1, description="address the metrics endpoint binds")
+    function_stats_interval_s: float = Field(default=5.0, gt=0, le=3600, description="how often a function "
+                                             "with calls sends its function_stats event")
+    live_call_events: bool = Field(default=False, description="a function_invoked event per successful call, on a "
+                                   "subject no stream keeps (nex events -f, tracing); off by default: it costs "
+                                   "each call a publish (docs/performance.md)")
+    failure_events_per_s: float = Field(default=2.0, ge=0, description="function_failed events a function may "
+                                        "send per second past the burst; the rest are counted, not sent")
+    failure_events_burst: int = Field(default=20, ge=0, description="function_failed events a function may send "
+                                      "at once")
     otel_endpoint: str | None = Field(
         default_factory=lambda: os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
         description="OTLP/HTTP endpoint the function agents export invocation spans to; "

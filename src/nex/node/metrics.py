@@ -194,14 +194,29 @@ def _functions(functions: list[Workload]) -> Iterator[Metric]:
                                    labels=FUNCTION_LABELS)
     latency = HistogramMetricFamily("nex_function_latency_seconds", "Time a function took to answer a call",
                                     labels=FUNCTION_LABELS)
+    dropped = CounterMetricFamily("nex_function_failure_events_dropped",
+                                  "Failure events the per-function rate limit did not publish", labels=FUNCTION_LABELS)
+    rate = GaugeMetricFamily("nex_function_calls_per_second",
+                             "Calls a second over the interval of the function's last function_stats",
+                             labels=FUNCTION_LABELS)
+    recent = GaugeMetricFamily("nex_function_recent_latency_seconds",
+                               "Latency percentiles of the calls of the function's last function_stats",
+                               labels=(*FUNCTION_LABELS, "quantile"))
     for workload in functions:
         stats, labels = workload.stats, _labels(workload, with_type=False)
         invocations.add_metric(labels, stats.get("invocations") or 0)
         errors.add_metric(labels, stats.get("errors") or 0)
         rejected.add_metric(labels, stats.get("rejected") or 0)
+        dropped.add_metric(labels, stats.get("failure_events_dropped") or 0)
+        last = stats.get("recent")
+        if isinstance(last, dict):
+            rate.add_metric(labels, last.get("calls_per_s") or 0.0)
+            for quantile, key in (("0.5", "p50_ms"), ("0.9", "p90_ms"), ("0.99", "p99_ms")):
+                if last.get(key) is not None:
+                    recent.add_metric((*labels, quantile), last[key] / 1000)
         latency.add_metric(labels, histogram_buckets(stats.get("latency_buckets") or []),
                            (stats.get("latency_sum_ms") or 0.0) / 1000)
-    yield from (invocations, errors, rejected, latency)
+    yield from (invocations, errors, rejected, latency, dropped, rate, recent)
 
 
 def histogram_buckets(counts: list[int]) -> list[tuple[str, float]]:

@@ -36,7 +36,8 @@ from nex.node import identity
 from nex.node.bids import BidBook, BidTicket
 from nex.node.config import NodeConfig
 from nex.node.control import ControlService
-from nex.node.feeds import Feeds
+from nex.node.feeds import AuditRetention, Feeds
+from nex.ratelimit import TokenBucket
 from nex.node.metrics import MetricsServer
 from nex.node.registry import NodeRegistry
 from nex.node.resources import automatic_tags, resources
@@ -87,6 +88,7 @@ class Node:
             self.state_lock.release()
             raise
         self.node_id = identity.node_id(self.keys)
+        self._rejections = TokenBucket(config.rejection_events_per_s, config.rejection_events_burst)
         self.claims = ClaimPolicy(config.trusted_issuers, config.admin_issuers)
         self.ledger: ClaimLedger | None = None  # the fleet's used claim ids (NEX_CLAIMS)
         self.app_checks = AppDeployCheck(config.trusted_issuers, config.admin_issuers)
@@ -145,7 +147,9 @@ class Node:
         self.nc = await connect(options.with_name(f"nex-node {self.name}"))
         await self._decide_replicas()
         self.feeds = Feeds(self.nc, self.node_id, replicas=self.replicas)
-        await self.feeds.ensure_streams(self.config.logs_stream_bytes, self.config.events_stream_bytes)
+        await self.feeds.ensure_streams(self.config.logs_stream_bytes, self.config.events_stream_bytes,
+                                        audit=AuditRetention(self.config.audit_stream_bytes,
+                                                             self.config.audit_max_age_s))
         self.ledger = ClaimLedger(self.nc, self.node_id, replicas=self.replicas)
         await self.ledger.ensure()
         self.credentials = WorkloadCredentials(signer, options.servers) if signer is not None else None
@@ -155,7 +159,11 @@ class Node:
                                      replicas=self.replicas, http_allow_hosts=self.config.http_allow_hosts,
                                      http_allow_methods=self.config.http_allow_methods,
                                      max_hops=self.config.max_hops,
-                                     otel_endpoint=self.config.otel_endpoint),
+                                     otel_endpoint=self.config.otel_endpoint,
+                                     stats_interval_s=self.config.function_stats_interval_s,
+                                     live_call_events=self.config.live_call_events,
+                                     failure_events_per_s=self.config.failure_events_per_s,
+                                     failure_events_burst=self.config.failure_events_burst),
                                  image_budget_bytes=self.config.image_disk_budget_bytes)
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
@@ -476,6 +484,16 @@ class Node:
                           workloads=self.supervisor.app_records(), seq=seq)
 
     def _request_rejected(self, namespace: str, record: dict) -> None:
+        # Whoever may publish on $NEX.SVC.> can have every request refused: bounded, so that a flood of
+        # refusals cannot push the rest of the audit trail out at the rate it is sent (nex.ratelimit).
+        if not self._rejections.allow():
+            if self._rejections.dropped == 1:  # once a flood: the record that follows it says how many
+                log.warning("refused control requests come faster than %g a second: the audit trail records "
+                            "the next one with the count of those it left out", self.config.rejection_events_per_s)
+            return
+        dropped = self._rejections.take_dropped()
+        if dropped:
+            record = {**record, "dropped_before": dropped}
         self.feeds.event(namespace, EventType.REQUEST_REJECTED, record)
 
     def _workload_removed(self, workload: Workload) -> None:

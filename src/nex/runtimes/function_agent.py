@@ -4,7 +4,7 @@
 :mod:`nex.agent.agent`) on the first ``start()``. The agent has its own NATS
 connection: it subscribes each function to its triggers (queue group
 ``trigger.queue`` or ``nex.<namespace>.<name>``), answers requests, and publishes
-log lines and ``function_invoked``/``function_failed`` events itself; the ``logs``
+log lines and function events (``function_stats``, ``function_failed``; nex.agent.activity) itself; the ``logs``
 sink given to ``start()`` only receives the runtime's own notices about the function.
 
 If the agent dies, the runtime starts a new one and loads every function again:
@@ -181,6 +181,8 @@ class AgentRuntime(ABC):
             # the latency histogram, for nex.node.metrics
             "latency_buckets": stats.latency_buckets if stats else [],
             "latency_sum_ms": stats.latency_sum_ms if stats else 0.0,
+            "failure_events_dropped": stats.failure_events_dropped if stats else 0,
+            "recent": stats.recent if stats else None,  # the last function_stats: rate and percentiles
         }
 
     async def stats(self) -> dict[str, protocol.FunctionStats]:

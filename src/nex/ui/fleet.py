@@ -42,8 +42,10 @@ _CHANGES = frozenset({
     EventType.NODE_STARTED, EventType.NODE_STOPPED, EventType.NODE_LAMEDUCK, EventType.WORKLOAD_STARTED,
     EventType.WORKLOAD_STOPPED, EventType.WORKLOAD_FAILED, EventType.WORKLOAD_HEALTH,
 })
-# Events counted into the rates, and not sent one by one (a busy function makes thousands a second).
-_CALLS = {EventType.FUNCTION_INVOKED.value: False, EventType.FUNCTION_FAILED.value: True}
+# Counted into the rates, and not listed: one per function with calls every few seconds.
+_STATS = EventType.FUNCTION_STATS.value
+# Not listed, not counted (function_stats counts those calls): one per successful call, on a live feed.
+_SKIPPED = frozenset({EventType.FUNCTION_INVOKED.value})
 
 
 class FleetWatcher:
@@ -241,12 +243,14 @@ class FleetWatcher:
         data = event.get("data")
         if not isinstance(data, dict):
             data = {}
-        if event_type in _CALLS:
-            self.rates.record(str(data.get("workload_id") or event.get("subject")),
-                              str(data.get("name") or ""), _CALLS[event_type],
-                              time.time() if live else _timestamp(event.get("time")))
-            if not _CALLS[event_type]:
-                return  # a failure is also shown in the stream; a success only counted
+        if event_type in _SKIPPED:
+            return
+        if event_type == _STATS:
+            self.rates.record(str(data.get("workload_id") or event.get("subject")), str(data.get("name") or ""),
+                              _count(data.get("calls")), _count(data.get("errors")),
+                              time.time() if live else _timestamp(event.get("time")),
+                              _ms(data.get("p50_ms")), _ms(data.get("p99_ms")))
+            return
         view = {"type": event_type, "namespace": subjects.namespace_of(msg.subject), "time": event.get("time"),
                 "source": str(event.get("source", "")).removeprefix("nex/node/"), "subject": event.get("subject"),
                 "data": data, "id": event.get("id")}
@@ -274,6 +278,14 @@ def _event_id(msg: Msg) -> Any:
         return json.loads(msg.data).get("id")
     except (ValueError, AttributeError):
         return None
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _ms(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _timestamp(text: Any) -> float:

@@ -1,9 +1,10 @@
 """Invocation and error rates per function over a sliding window: pure, no I/O.
 
-The dashboard counts the ``function_invoked`` and ``function_failed`` events it sees
-on the event feed, so a rate moves the second a call is answered, without waiting
-for the next poll of the nodes' counters. Counts go into one-second buckets, so a
-burst of thousands of calls costs a dictionary update each and memory stays bounded.
+The dashboard adds up the ``function_stats`` events it sees on the event feed (one per
+function with calls every few seconds, :class:`nex.api.events.FunctionStatsData`):
+a rate moves at each of them, and a busy function costs the dashboard one event per
+interval, not one per call. Counts go into one-second buckets, so memory stays bounded;
+the latest latency percentiles of each function are shown beside its rates.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from collections import deque
 from dataclasses import dataclass
 
 DEFAULT_WINDOW_S = 60
+
+
+@dataclass
+class _Latency:
+    p50_ms: float | None = None
+    p99_ms: float | None = None
 
 
 @dataclass
@@ -30,6 +37,8 @@ class FunctionRate:
     calls: int
     errors: int
     window_s: int
+    p50_ms: float | None = None
+    p99_ms: float | None = None
 
     @property
     def calls_per_s(self) -> float:
@@ -48,6 +57,7 @@ class FunctionRate:
             "workload_id": self.workload_id, "name": self.name, "calls": self.calls, "errors": self.errors,
             "window_s": self.window_s, "calls_per_s": round(self.calls_per_s, 3),
             "errors_per_s": round(self.errors_per_s, 3), "error_ratio": round(self.error_ratio, 4),
+            "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
         }
 
 
@@ -64,8 +74,13 @@ class RateWindow:
         self.window_s = window_s
         self._buckets: dict[str, deque[_Bucket]] = {}
         self._names: dict[str, str] = {}
+        self._latency: dict[str, _Latency] = {}
 
-    def record(self, workload_id: str, name: str, failed: bool, now: float) -> None:
+    def record(self, workload_id: str, name: str, calls: int, errors: int, now: float,
+               p50_ms: float | None = None, p99_ms: float | None = None) -> None:
+        """``calls`` (``errors`` of them failed) of one function, counted at ``now``."""
+        if calls <= 0 and errors <= 0:
+            return
         second = int(now)
         buckets = self._buckets.setdefault(workload_id, deque())
         self._names[workload_id] = name
@@ -73,9 +88,10 @@ class RateWindow:
             buckets.append(_Bucket(second))
         # An event a little late (clocks, delivery order) lands in the newest bucket.
         bucket = buckets[-1]
-        bucket.calls += 1
-        if failed:
-            bucket.errors += 1
+        bucket.calls += max(0, calls)
+        bucket.errors += max(0, errors)
+        if p50_ms is not None or p99_ms is not None:
+            self._latency[workload_id] = _Latency(p50_ms, p99_ms)
         self._expire(workload_id, second)
 
     def rates(self, now: float) -> list[FunctionRate]:
@@ -86,9 +102,10 @@ class RateWindow:
             buckets = self._expire(workload_id, second)
             if buckets is None:
                 continue
+            latency = self._latency.get(workload_id, _Latency())
             result.append(FunctionRate(
                 workload_id, self._names[workload_id], sum(b.calls for b in buckets),
-                sum(b.errors for b in buckets), self.window_s))
+                sum(b.errors for b in buckets), self.window_s, latency.p50_ms, latency.p99_ms))
         result.sort(key=lambda r: (-r.calls, r.name, r.workload_id))
         return result
 
@@ -99,5 +116,6 @@ class RateWindow:
         if not buckets:
             del self._buckets[workload_id]
             del self._names[workload_id]
+            self._latency.pop(workload_id, None)
             return None
         return buckets

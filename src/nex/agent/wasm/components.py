@@ -37,7 +37,7 @@ import re
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Callable
 
 import wasmtime
 from wasmtime import component

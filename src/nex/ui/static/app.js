@@ -289,7 +289,12 @@ function renderRates(rates) {
     el("td", { class: "num calls" }, r.calls),
     el("td", { class: "num" }, r.calls_per_s.toFixed(2)),
     el("td", { class: "num" }, r.errors_per_s.toFixed(2)),
-    el("td", { class: `num ${r.error_ratio > 0 ? "bad" : ""}` }, `${(r.error_ratio * 100).toFixed(1)}%`))));
+    el("td", { class: `num ${r.error_ratio > 0 ? "bad" : ""}` }, `${(r.error_ratio * 100).toFixed(1)}%`),
+    el("td", { class: "num" }, r.p50_ms == null ? "–" : `${ms(r.p50_ms)} / ${ms(r.p99_ms)}`))));
+}
+
+function ms(value) {
+  return value == null ? "–" : value < 10 ? value.toFixed(2) : value.toFixed(0);
 }
 
 function eventItem(e) {
