@@ -47,7 +47,7 @@ def handle(subject, payload):
         found["write /tmp"] = attempt(lambda: open("/tmp/nex-probe", "w").write("x"))
         return found
     if what == "env":
-        return dict(os.environ)
+        return json.dumps(dict(os.environ))
     if what == "network":
         host, port = arg.split(":")
         return {

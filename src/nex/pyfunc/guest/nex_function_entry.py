@@ -11,15 +11,17 @@ after importing it): what the user's module imports, at its top or inside its fu
 is imported here, because the finished component has no files to import from.
 """
 
-import encodings.idna  # noqa: F401 (socket and http use it lazily: a connection attempt then fails as it should)
+import encodings.idna  # socket and http use it lazily: a connection attempt then fails as it should
 import json
 
 import wit_world
 from componentize_py_types import Err
 
-import nex_function_imports  # noqa: F401 (the modules the user's module imports anywhere; generated)
+import nex_function_imports  # the modules the user's module imports anywhere (generated)
 import nex_user_function
 
+# Imported for what they leave loaded in the snapshot, not for a name: kept in the component.
+_PRELOADED = (encodings.idna, nex_function_imports)
 USER_FILE = nex_user_function.__file__
 _handle = getattr(nex_user_function, "handle", None)
 if not callable(_handle):
