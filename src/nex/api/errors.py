@@ -270,6 +270,12 @@ class NatsUnavailable(Unavailable):
         self.servers, self.problem = servers, problem
 
 
+class NatsConnectionLost(Unavailable):
+    """The connection to NATS closed, or every server went away, while the client was using it."""
+
+    hint = START_NODE_HINT
+
+
 class NatsRefused(NatsUnavailable):
     """A NATS server answered and refused the client's credentials."""
 

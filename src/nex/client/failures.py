@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 import nats.errors
 import nats.js.errors
 
-from nex.api.errors import BadRequest, Forbidden, InternalError, NexError, NotFound, Unavailable
+from nex.api.errors import BadRequest, Forbidden, InternalError, NatsConnectionLost, NexError, NotFound, Unavailable
 
 __all__ = ["as_nex_error", "guard_public_methods", "typed_failures"]
 
@@ -32,6 +32,10 @@ def as_nex_error(exc: nats.errors.Error) -> NexError:
     """The NexError that says what ``exc``, a nats-py failure, means to a user of the client."""
     if isinstance(exc, nats.errors.TimeoutError):
         return Unavailable("no answer from NATS in time")
+    if isinstance(exc, (nats.errors.ConnectionClosedError, nats.errors.UnexpectedEOF)):
+        return NatsConnectionLost("the connection to NATS was closed")
+    if isinstance(exc, nats.errors.NoServersError):
+        return NatsConnectionLost("no NATS server answers any more")
     if isinstance(exc, _CONNECTION):
         return Unavailable(f"the connection to NATS is unusable: {type(exc).__name__.removesuffix('Error').lower()}")
     if isinstance(exc, nats.errors.NoRespondersError):
