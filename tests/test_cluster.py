@@ -16,7 +16,7 @@ from helpers import alive, eventually, native_body, process_group, ticker_reques
 from fleet_fixtures import NodeProcess
 from nex.api import subjects
 from nex.api.models import DeployRequest, WorkloadState
-from nex.api.errors import NexError
+from nex.api.errors import NexError, Unavailable
 from nex.client import NexClient
 from nex.connection import ConnectOptions
 from nex.natsserver import NatsServer, NatsServerError, PortTaken
@@ -167,7 +167,7 @@ async def _all_current(client: NexClient, stream: str) -> StreamInfo | None:
 async def _more_lines(client: NexClient, workload_id: str, count: int) -> bool:
     try:
         return len(await log_lines(client, workload_id)) >= count
-    except NatsError:
+    except (NatsError, Unavailable):  # the client says Unavailable where nats-py timed out
         # After a SIGKILL the stream's replicas elect a new leader first: seconds without one.
         return False
 
