@@ -14,6 +14,12 @@ change between the check and the load. An entry that fails the check (foreign, c
 truncated, another artifact's renamed) or that wasmtime refuses (another engine
 configuration) is compiled again and replaced. A directory or key that another user
 could write is not used at all: the functions are compiled every time, and the log says why.
+
+In memory, one compiled module or component per artifact serves every function of the agent
+that runs it: copies of one function share its code (an 18 MB Python component is about
+33 MiB compiled), and a second load while the first compiles waits for it instead of
+compiling too. It is kept while a function holds it (a weak reference), so the last unload
+frees it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import secrets
 import stat
 import threading
 import time
+import weakref
 from importlib.metadata import version
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -54,6 +61,11 @@ class ModuleCache:
         self.compiled = 0
         self.loaded = 0
         self.refused = 0  # entries that failed the check
+        self.shared = 0  # loads served by what another function of the agent holds
+        self._live: weakref.WeakValueDictionary[tuple[str, str], wasmtime.Module | component.Component]
+        self._live = weakref.WeakValueDictionary()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
+        self._loading_guard = threading.Lock()
         self._key: bytes | None = None
         if directory is not None:
             self._key = _open_key(directory)
@@ -78,6 +90,27 @@ class ModuleCache:
     def _compiled(self, kind: str, artifact: Path, sha256: str | None,
                   deserialize: Callable[[wasmtime.Engine, bytes], Compiled],
                   compile_: Callable[[], Compiled]) -> Compiled:
+        if sha256 is None:
+            return self._load_or_compile(kind, artifact, None, deserialize, compile_)
+        key = (kind, sha256)
+        with self._loading_guard:
+            lock = self._loading.setdefault(key, threading.Lock())
+        with lock:  # one load per artifact at a time: the others wait for it and share it
+            live = self._live.get(key)
+            if live is not None:
+                self.shared += 1
+                log.info("%s %s shared with the other functions that run it", kind, sha256)
+                return live  # type: ignore[return-value]
+            compiled = self._load_or_compile(kind, artifact, sha256, deserialize, compile_)
+            self._live[key] = compiled
+        with self._loading_guard:
+            if not lock.locked():
+                self._loading.pop(key, None)
+        return compiled
+
+    def _load_or_compile(self, kind: str, artifact: Path, sha256: str | None,
+                         deserialize: Callable[[wasmtime.Engine, bytes], Compiled],
+                         compile_: Callable[[], Compiled]) -> Compiled:
         cached = self.path_for(sha256) if sha256 else None
         if cached is not None and sha256 is not None:
             payload = self._read(cached, kind, sha256)
