@@ -22,9 +22,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from roundtrip import (ECHO_SUBJECT, cpu_per_call, deploy_function, echo_process, echo_ready, interleaved,
-                       kept_messages, measure, node_process, print_comparison, print_cpu, print_runs,
-                       processes_of)
+from roundtrip import ECHO_SUBJECT, echo_process, function_through_node, measure, print_comparison
 
 from nex.api.models import Lifecycle, Trigger, WorkloadType
 from nex.connection import ConnectOptions, connect
@@ -35,29 +33,10 @@ from nex.runtimes.javascript import JavaScriptRuntime
 SOURCE = "(subject, payload) => 'hello ' + subject"
 
 
-async def through_node(runs: int, sequential: int, concurrent: int, parallel: int, node_args: list[str]) -> None:
-    with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
-        script = Path(tmp) / "hello.js"
-        script.write_text(SOURCE)
-        async with node_process(Path(tmp) / "node", Path(tmp), node_args) as node:
-            nc = await connect(ConnectOptions(servers=[node.url]))
-            try:
-                async with echo_process(node.url) as echo_pid:
-                    await echo_ready(nc)
-                    await deploy_function(nc, node.node_id, "javascript", script, "bench.hello", "hello")
-                    stored = await kept_messages(nc)
-                    results = [await interleaved(nc, "bench.hello", sequential, concurrent, parallel)
-                               for _ in range(runs)]
-                    await asyncio.sleep(6)  # the last function_stats (every 5 s) is part of the cost
-                    stored = await kept_messages(nc) - stored
-                    pids = {"node": node.pid, **processes_of(node.pid), "echo": echo_pid}
-                    cpu_echo = await cpu_per_call(nc, ECHO_SUBJECT, sequential, pids)
-                    cpu_function = await cpu_per_call(nc, "bench.hello", sequential, pids)
-            finally:
-                await nc.close()
-    calls = runs * (sequential + concurrent + 200)
-    print_runs("js", results, stored / calls * 1000, sequential, concurrent, parallel)
-    print_cpu("js", cpu_echo, cpu_function)
+def write_script(directory: Path) -> Path:
+    script = directory / "hello.js"
+    script.write_text(SOURCE)
+    return script
 
 
 async def runtime_alone(sequential: int, concurrent: int, parallel: int) -> None:
@@ -97,6 +76,7 @@ if __name__ == "__main__":
                         help="node mode: an argument for `nex node up` (repeat it)")
     args = parser.parse_args()
     if args.mode == "node":
-        asyncio.run(through_node(args.runs, args.sequential, args.concurrent, args.parallel, args.node_arg))
+        asyncio.run(function_through_node("javascript", write_script, args.runs, args.sequential, args.concurrent,
+                                          args.parallel, args.node_arg))
     else:
         asyncio.run(runtime_alone(args.sequential, args.concurrent, args.parallel))

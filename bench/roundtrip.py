@@ -22,7 +22,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -290,3 +290,35 @@ def print_cpu(name: str, echo: dict[str, float], function: dict[str, float]) -> 
     print(f"CPU us per sequential call, by process (echo calls, then {name} calls):")
     for process in function:
         print(f"  {process:<14}{echo.get(process, 0.0):>8.0f}{function[process]:>8.0f}")
+
+
+async def function_through_node(kind: str, artifact: Callable[[Path], Path], runs: int, sequential: int,
+                                concurrent: int, parallel: int, node_args: list[str]) -> None:
+    """The round trip of one function through a `nex node up`, against the echo, and what it costs:
+    ``artifact`` writes the function's file into a directory and returns its path."""
+    import tempfile
+
+    from nex.connection import ConnectOptions, connect
+
+    subject = f"bench.{kind}"
+    with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
+        path = artifact(Path(tmp))
+        async with node_process(Path(tmp) / "node", Path(tmp), node_args) as node:
+            nc = await connect(ConnectOptions(servers=[node.url]))
+            try:
+                async with echo_process(node.url) as echo_pid:
+                    await echo_ready(nc)
+                    await deploy_function(nc, node.node_id, kind, path, subject, kind)
+                    stored = await kept_messages(nc)
+                    results = [await interleaved(nc, subject, sequential, concurrent, parallel) for _ in range(runs)]
+                    await asyncio.sleep(6)  # the last function_stats (every 5 s) is part of the cost
+                    stored = await kept_messages(nc) - stored
+                    pids = {"node": node.pid, **processes_of(node.pid), "echo": echo_pid}
+                    cpu_echo = await cpu_per_call(nc, ECHO_SUBJECT, sequential, pids)
+                    cpu_function = await cpu_per_call(nc, subject, sequential, pids)
+            finally:
+                await nc.close()
+    calls = runs * (sequential + concurrent + 200)
+    label = {"javascript": "js"}.get(kind, kind)
+    print_runs(label, results, stored / calls * 1000, sequential, concurrent, parallel)
+    print_cpu(label, cpu_echo, cpu_function)

@@ -26,9 +26,7 @@ import uuid
 from pathlib import Path
 
 from common import build_wasm
-from roundtrip import (ECHO_SUBJECT, cpu_per_call, deploy_function, echo_process, echo_ready, interleaved,
-                       kept_messages, measure, node_process, print_comparison, print_cpu, print_runs,
-                       processes_of)
+from roundtrip import ECHO_SUBJECT, echo_process, function_through_node, measure, print_comparison
 
 from nats.aio.client import Client
 
@@ -64,28 +62,8 @@ async def cold_start_ms(runtime: WasmRuntime, nc: Client, module: Path, compile_
     return statistics.median(samples)
 
 
-async def through_node(runs: int, sequential: int, concurrent: int, parallel: int, node_args: list[str]) -> None:
-    with tempfile.TemporaryDirectory(prefix="nex-bench-") as tmp:
-        module = build_wasm(SOURCE, Path(tmp))
-        async with node_process(Path(tmp) / "node", Path(tmp), node_args) as node:
-            nc = await connect(ConnectOptions(servers=[node.url]))
-            try:
-                async with echo_process(node.url) as echo_pid:
-                    await echo_ready(nc)
-                    await deploy_function(nc, node.node_id, "wasm", module, "bench.upper", "upper")
-                    stored = await kept_messages(nc)
-                    results = [await interleaved(nc, "bench.upper", sequential, concurrent, parallel)
-                               for _ in range(runs)]
-                    await asyncio.sleep(6)  # the last function_stats (every 5 s) is part of the cost
-                    stored = await kept_messages(nc) - stored
-                    pids = {"node": node.pid, **processes_of(node.pid), "echo": echo_pid}
-                    cpu_echo = await cpu_per_call(nc, ECHO_SUBJECT, sequential, pids)
-                    cpu_function = await cpu_per_call(nc, "bench.upper", sequential, pids)
-            finally:
-                await nc.close()
-    calls = runs * (sequential + concurrent + 200)
-    print_runs("wasm", results, stored / calls * 1000, sequential, concurrent, parallel)
-    print_cpu("wasm", cpu_echo, cpu_function)
+def write_module(directory: Path) -> Path:
+    return build_wasm(SOURCE, directory)
 
 
 async def runtime_alone(sequential: int, concurrent: int, parallel: int, starts: int) -> None:
@@ -129,6 +107,7 @@ if __name__ == "__main__":
     parser.add_argument("--starts", type=int, default=20, help="runtime mode: cold starts")
     args = parser.parse_args()
     if args.mode == "node":
-        asyncio.run(through_node(args.runs, args.sequential, args.concurrent, args.parallel, args.node_arg))
+        asyncio.run(function_through_node("wasm", write_module, args.runs, args.sequential, args.concurrent,
+                                          args.parallel, args.node_arg))
     else:
         asyncio.run(runtime_alone(args.sequential, args.concurrent, args.parallel, args.starts))

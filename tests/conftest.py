@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,36 @@ async def node(nats_server: NatsServer, tmp_path: Path, request, artifact_roots)
     await started.start()
     yield started
     await started.shutdown()
+
+
+# -- a local HTTP server, for the host services' HTTP calls --
+
+class _HttpHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self._answer(200, b"hello from http")
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._answer(201, b"got " + body)
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_url():
+    """A local HTTP server: GET answers 'hello from http', POST echoes its body."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HttpHandler)
+    # A short poll: shutdown() waits for the serving loop to notice, 0.5 s at the default.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

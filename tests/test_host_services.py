@@ -9,9 +9,7 @@ request, named in the payload.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -46,37 +44,6 @@ async def node(nats_server: NatsServer, tmp_path: Path):
     await started.start()
     yield started
     await started.shutdown()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self._answer(200, b"hello from http")
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self._answer(201, b"got " + body)
-
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def http_url():
-    """A local HTTP server: GET answers 'hello from http', POST echoes its body."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    # A short poll: shutdown() waits for the serving loop to notice, 0.5 s at the default.
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="session")
