@@ -36,26 +36,11 @@ from pathlib import Path
 from nats.errors import Error as NatsError
 
 from common import build_wasm, children_of, nats_and_node, report, rss_bytes
-from roundtrip import ECHO_SUBJECT, echo_process
+from roundtrip import ECHO_SUBJECT, echo_process, echo_ready
 
 JS_SOURCE = "(subject, payload) => 'hello ' + subject\n"
 TARGET_RATIO = 1.2
 BLOCKS = 10
-
-
-async def echo_ready(nc, timeout: float = 10.0) -> None:
-    """Wait until the echo process's subscription reaches the server: its single flush can
-    overtake the SUB in nats-py, so its "ready" does not prove it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await nc.request(ECHO_SUBJECT, b"", timeout=1)
-            return
-        except NatsError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
-
 
 
 def artifact(path: Path) -> dict:
