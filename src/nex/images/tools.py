@@ -4,6 +4,7 @@ disk what they write may take."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import shutil
 import time
@@ -40,8 +41,10 @@ async def run_tool(tool: str, *args: str, timeout: float,
     )
     if max_file_bytes is not None:
         # Set from outside, right after the spawn (a preexec hook would fork the whole node):
-        # the tool reads its input for far longer than this takes before it writes.
-        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+        # the tool reads its input for far longer than this takes before it writes. A tool that
+        # is already gone (a zombie until waited for, so its pid is not reused) wrote what it wrote.
+        with contextlib.suppress(ProcessLookupError):
+            resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
     finally:
