@@ -134,3 +134,41 @@ def report(title: str, rows: dict) -> None:
     print(f"\n## {title}")
     for key, value in rows.items():
         print(f"  {key:<40} {value:.2f}" if isinstance(value, float) else f"  {key:<40} {value}")
+
+
+async def bare_runs(runtime: str, flags: list[str], binary: Path, tmp: Path, count: int) -> list[float]:
+    """The baseline of a sandboxed start: `<runtime> run` (runc, runsc) of a bundle of ``binary``
+    until its pid file appears, then KILL and delete; seconds each."""
+    from nex.sandbox.bundle import HOST_ID_BASE, ContainerSpec, write_bundle
+    from nex.sandbox.runner import make_bundle_dir
+
+    root = tmp / f"root-{Path(runtime).name}"
+    root.mkdir(parents=True)
+    bundle = make_bundle_dir(tmp / "bundles" / Path(runtime).name, HOST_ID_BASE)
+    rootfs = bundle / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copyfile(binary, rootfs / "bin" / "ticker")
+    (rootfs / "bin" / "ticker").chmod(0o555)
+    write_bundle(ContainerSpec(id="nex-bench", rootfs=rootfs, args=["/bin/ticker"]), bundle)
+    samples = []
+    for i in range(count):
+        cid, pid_file = f"nex-bench-{i}", bundle / "pid"
+        pid_file.unlink(missing_ok=True)
+        start = time.perf_counter()
+        process = await asyncio.create_subprocess_exec(
+            runtime, "--root", str(root), *flags, "run", "--bundle", str(bundle), "--pid-file", str(pid_file), cid,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            if process.returncode is not None:
+                raise RuntimeError(f"{runtime} run exited with {process.returncode} before the container ran"
+                                   f" (is {tmp} open to the container's uids? mode 0711)")
+            await asyncio.sleep(0.001)
+        samples.append(time.perf_counter() - start)
+        kill = await asyncio.create_subprocess_exec(runtime, "--root", str(root), *flags, "kill", cid, "KILL")
+        await kill.wait()
+        await process.wait()
+        delete = await asyncio.create_subprocess_exec(runtime, "--root", str(root), "delete", "--force", cid,
+                                                      stderr=asyncio.subprocess.DEVNULL)
+        await delete.wait()
+    shutil.rmtree(bundle, ignore_errors=True)
+    return samples

@@ -25,46 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import build_static, nats_and_node, report
+from common import bare_runs, build_static, nats_and_node, report
 from deploy_latency import artifact, deploy, native_deploys, undeploy
 
-from nex.sandbox.bundle import HOST_ID_BASE, ContainerSpec, write_bundle
 from nex.sandbox.gvisor import GvisorSettings
-from nex.sandbox.runner import OciRunner, make_bundle_dir
+from nex.sandbox.runner import OciRunner
 
 TIERS = {"process": "none", "container": "oci", "gvisor": "gvisor"}
 IDLE = 5
-
-
-async def bare_runs(runtime: str, flags: list[str], binary: Path, tmp: Path, count: int) -> list[float]:
-    """`<runtime> run` of one bundle until its pid file appears, then KILL; seconds each."""
-    root = tmp / f"root-{Path(runtime).name}"
-    root.mkdir(parents=True)
-    bundle = make_bundle_dir(tmp / "bundles" / Path(runtime).name, HOST_ID_BASE)
-    rootfs = bundle / "rootfs"
-    (rootfs / "bin").mkdir(parents=True)
-    shutil.copyfile(binary, rootfs / "bin" / "ticker")
-    (rootfs / "bin" / "ticker").chmod(0o555)
-    write_bundle(ContainerSpec(id="nex-bench", rootfs=rootfs, args=["/bin/ticker"]), bundle)
-    samples = []
-    for i in range(count):
-        cid, pid_file = f"nex-bench-{i}", bundle / "pid"
-        pid_file.unlink(missing_ok=True)
-        start = time.perf_counter()
-        process = await asyncio.create_subprocess_exec(
-            runtime, "--root", str(root), *flags, "run", "--bundle", str(bundle), "--pid-file", str(pid_file), cid,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        while not (pid_file.exists() and pid_file.read_text().strip()):
-            await asyncio.sleep(0.001)
-        samples.append(time.perf_counter() - start)
-        kill = await asyncio.create_subprocess_exec(runtime, "--root", str(root), *flags, "kill", cid, "KILL")
-        await kill.wait()
-        await process.wait()
-        delete = await asyncio.create_subprocess_exec(runtime, "--root", str(root), "delete", "--force", cid,
-                                                      stderr=asyncio.subprocess.DEVNULL)
-        await delete.wait()
-    shutil.rmtree(bundle, ignore_errors=True)
-    return samples
 
 
 def free_port() -> int:
