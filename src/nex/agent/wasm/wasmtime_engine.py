@@ -169,30 +169,22 @@ class WasmEngine:
                 header = f.read(8)
         except OSError as exc:
             raise CompileError(f"cannot read the module {load.artifact_path}: {exc.strerror}") from None
-        if is_component(header):
-            return self._build_component(path, load)
+        kind = "component" if is_component(header) else "module"
         try:
-            module = self.modules.module(path, load.artifact_sha256)
+            compiled = (self.modules.component if kind == "component" else self.modules.module)(
+                path, load.artifact_sha256)
         except wasmtime.WasmtimeError as exc:
-            raise CompileError(f"the module does not compile: {_one_line(exc)}") from None
+            raise CompileError(f"the {kind} does not compile: {_one_line(exc)}") from None
         except OSError as exc:
-            raise CompileError(f"cannot read the module {load.artifact_path}: {exc.strerror}") from None
+            raise CompileError(f"cannot read the {kind} {load.artifact_path}: {exc.strerror}") from None
         host = self._host_services.scope(load) if self._host_services is not None else None
-        sandbox = WasmSandbox(self._engine, module, load, host, self._warmer, self._warm_instances, self._ticker)
+        if kind == "component":
+            # A WASI 0.2 component (nex.agent.wasm.components): compiled once, its instances kept.
+            return ComponentSandbox(self._engine, compiled, load, host, self._ticker,
+                                    self._warmer.submit if self._warmer is not None else None)
+        sandbox = WasmSandbox(self._engine, compiled, load, host, self._warmer, self._warm_instances, self._ticker)
         sandbox.want_refill()  # the first call is warm too
         return sandbox
-
-    def _build_component(self, path: Path, load: protocol.Load) -> ComponentSandbox:
-        """A WASI 0.2 component (:mod:`nex.agent.wasm.components`): compiled once, its instances kept."""
-        try:
-            compiled = self.modules.component(path, load.artifact_sha256)
-        except wasmtime.WasmtimeError as exc:
-            raise CompileError(f"the component does not compile: {_one_line(exc)}") from None
-        except OSError as exc:
-            raise CompileError(f"cannot read the component {load.artifact_path}: {exc.strerror}") from None
-        host = self._host_services.scope(load) if self._host_services is not None else None
-        return ComponentSandbox(self._engine, compiled, load, host, self._ticker,
-                                self._warmer.submit if self._warmer is not None else None)
 
     def close(self) -> None:
         if self._warmer is not None:
