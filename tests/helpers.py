@@ -216,6 +216,22 @@ async def wait_for_node(nc, name: str, timeout: float = 15.0) -> dict:
     return await eventually(found, timeout=timeout, interval=0.1)
 
 
+def agent_pids(module: str) -> set[int]:
+    """The processes started by this test process (an in-process node's agents) running ``module``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and module.encode() in argv:
+            found.add(int(entry))
+    return found
+
+
 def alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
     try:

@@ -9,27 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import eventually, running_node
+from helpers import agent_pids, eventually, running_node
 from nex.agent.protocol import ENV_CONNECT
 from nex.api.models import DeployRequest, Trigger
 from nex.client import NexClient
 from nex.connection import ConnectOptions
-
-
-def agent_pids(module: str) -> set[int]:
-    """The processes started by this test process (an in-process node's agents) running ``module``."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat[1]) == os.getpid() and module.encode() in argv:
-            found.add(int(entry))
-    return found
 
 
 async def deploy_function(nats_server, node_id: str, tmp_path: Path) -> None:

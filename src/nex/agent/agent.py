@@ -24,14 +24,16 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Callable
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
-from nex.agent import protocol
+from nex.agent import cpus, protocol
 from nex.agent.hostservices import HostServices
 from nex.agent.protocol import ENV_CONNECT, ENV_HOST_SERVICES, ENV_NODE_ID
+from nex.agent.startup import keep_reads_off_mmap
 from nex.agent.engine import CompileError, Engine
 from nex.agent.events import EventFeed
 from nex.agent.function import LoadedFunction
@@ -144,6 +146,7 @@ async def serve(options: ConnectOptions, node_id: str, name: str, make_engine: E
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), requests)
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, replies)
     agent = Agent(nc, node_id, engine, tracing, host_settings)
+    rebalancer = _colocate(loop) if host_settings.colocate_calls else None
     transport.write(protocol.encode(protocol.Ready()))
     reading = asyncio.create_task(_read_requests(reader, agent, transport.write))
     try:
@@ -152,6 +155,9 @@ async def serve(options: ConnectOptions, node_id: str, name: str, make_engine: E
         reading.cancel()
         stop.cancel()
         await agent.close(EXIT_GRACE_S)
+        if rebalancer is not None:
+            await rebalancer.stop()
+            cpus.spread()
         try:
             await nc.flush(timeout=1)
         except (NatsError, asyncio.TimeoutError) as exc:
@@ -160,6 +166,18 @@ async def serve(options: ConnectOptions, node_id: str, name: str, make_engine: E
         transport.close()
         tracing.close()
     return engine
+
+
+def _colocate(loop: asyncio.AbstractEventLoop) -> cpus.Rebalancer | None:
+    """Pin the loop to its CPU, for the threads of quick calls to join it (nex.agent.cpus)."""
+    # Threads the loop starts from now on inherit its pin: the executor of host calls runs anywhere.
+    loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="host calls",
+                                                 initializer=cpus.spread_this_thread))
+    cpu = cpus.colocate()
+    if cpu is None:
+        return None
+    log.debug("event loop on CPU %d, with the threads of quick calls", cpu)
+    return cpus.Rebalancer().start()
 
 
 async def _read_requests(reader: asyncio.StreamReader, agent: Agent, write: Callable[[bytes], None]) -> None:
@@ -220,6 +238,7 @@ def run(name: str, make_engine: EngineMaker, thread_stack_bytes: int) -> int:
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     tune_for_service()
+    keep_reads_off_mmap()
     try:
         engine = asyncio.run(serve(options, node_id, name, make_engine, sys.stdin.buffer, replies, host_settings))
     except (OSError, NatsError) as exc:

@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-from nex.agent import hops, protocol
+from nex.agent import cpus, hops, protocol
 from nex.agent.activity import FunctionActivity
 from nex.agent.admission import OVERLOADED, ConcurrencyLimit
 from nex.agent.durable.runner import DurableRunner
@@ -59,10 +59,18 @@ UNSUBSCRIBE_CONFIRM_S = 5.0
 MAX_IN_FLIGHT = 64
 MAX_CALL_THREADS = 64  # threads of one function that runs calls in parallel (wasm, max_concurrency)
 STATS_WAIT_S = 0.5
+# The loop blocks for a call (nex.agent.worker) when the function's last call took at most
+# QUICK_CALL_MS and nothing else is in flight; past QUICK_WAIT_S it goes on without it.
+QUICK_CALL_MS = 1.0
+QUICK_WAIT_S = 0.002
 
 
 class LoadedFunction:
     """Subscribed to its triggers until :meth:`unload`."""
+
+    # Sync calls handed to a sandbox and not yet answered, across the agent's functions (the
+    # process's one loop): the loop blocks for a quick call only when this is 0 (_quick_wait).
+    calls_in_flight = 0
 
     def __init__(self, nc: Client, events: EventFeed, spec: protocol.Load, thread: ContextThread,
                  engine: Engine, sandbox: Sandbox, node_id: str, tracing: Tracing | None = None,
@@ -91,6 +99,8 @@ class LoadedFunction:
         self._durable: DurableRunner | None = None  # async triggers (nex.agent.durable)
         self._schedules: list[Schedule] = []
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._last_call_ms = 0.0
+        self._calls_in_flight = 0  # of this function, in LoadedFunction.calls_in_flight
         # With max_concurrency, the limit replaces MAX_IN_FLIGHT: past it a call is refused, not queued.
         self._limit = ConcurrencyLimit(spec.name, spec.max_concurrency) if spec.max_concurrency else None
         # Sandboxes that may be called from several threads (wasm) run up to max_concurrency calls at
@@ -98,7 +108,8 @@ class LoadedFunction:
         self._parallel: ThreadPoolExecutor | None = None
         if engine.parallel_calls and spec.max_concurrency and spec.max_concurrency > 1:
             self._parallel = ThreadPoolExecutor(min(spec.max_concurrency, MAX_CALL_THREADS),
-                                                f"{engine.name} calls of {spec.name}")
+                                                f"{engine.name} calls of {spec.name}",
+                                                initializer=cpus.spread_this_thread)  # in parallel: anywhere
         self._in_flight: asyncio.Queue[tuple[Msg, asyncio.Future[Outcome]] | tuple[None, asyncio.Future[None]] | None]
         self._in_flight = asyncio.Queue()
         self._answering = asyncio.create_task(self._answer(), name=f"answer {spec.workload_id}")
@@ -205,6 +216,7 @@ class LoadedFunction:
             self._answering.cancel()
             self._cancel_parallel_calls()
         self._unloaded = True
+        self._call_ended(self._calls_in_flight)  # calls left unanswered no longer count
         self._slots.release()  # a message may wait for a slot that no answer frees any more
         if self._parallel is not None:
             self._thread.call(self._parallel.shutdown)  # waits for the calls still running on them
@@ -240,15 +252,18 @@ class LoadedFunction:
         reported the same way; the durable runner acks it and publishes any reply."""
         if past_limit(hop, self._max_hops):
             return Outcome(error=self._refuse_loop(subject, hop))
-        if self._parallel is not None:
-            pending = asyncio.wrap_future(self._parallel.submit(self._invoke, subject, payload, traceparent, hop))
-        else:
-            pending = self._thread.call(self._invoke, subject, payload, traceparent, hop)
+        self._call_started()
         try:
+            if self._parallel is not None:
+                pending = asyncio.wrap_future(self._parallel.submit(self._invoke, subject, payload, traceparent, hop))
+            else:
+                pending = self._thread.call(self._invoke, subject, payload, traceparent, hop)
             outcome = await pending
         except Exception as exc:  # a bug of the agent: a failed attempt, retried
             log.exception("function %s: async call failed in the agent", self.spec.workload_id)
             outcome = Outcome(error=FunctionError(f"internal error of the {self._engine.name} agent: {exc}"))
+        finally:
+            self._call_ended()
         await self._respond(Msg(self._nc, subject=subject), outcome)  # no reply subject: nothing is sent
         return outcome
 
@@ -318,10 +333,36 @@ class LoadedFunction:
         traceparent = msg.headers.get(TRACEPARENT) if msg.headers else None
         if self._parallel is not None:
             # Answered by its own task as soon as it ends; _answer only waits for it (see unload).
+            self._call_started()
             pending = asyncio.wrap_future(self._parallel.submit(self._invoke, msg.subject, msg.data, traceparent, hop))
             self._in_flight.put_nowait((None, asyncio.ensure_future(self._complete(msg, pending))))
             return
-        self._in_flight.put_nowait((msg, self._thread.call(self._invoke, msg.subject, msg.data, traceparent, hop)))
+        wait_s = self._quick_wait()
+        self._call_started()
+        pending = self._thread.call(self._invoke, msg.subject, msg.data, traceparent, hop, wait_s=wait_s)
+        if pending.done():  # it ended while the loop waited: answered now, no task switch
+            await self._complete(msg, pending)
+            return
+        self._in_flight.put_nowait((msg, pending))
+
+    def _call_started(self) -> None:
+        self._calls_in_flight += 1
+        LoadedFunction.calls_in_flight += 1
+
+    def _call_ended(self, calls: int = 1) -> None:
+        calls = min(calls, self._calls_in_flight)  # after unload let go of them, a cancelled call ends again
+        self._calls_in_flight -= calls
+        LoadedFunction.calls_in_flight -= calls
+
+    def _quick_wait(self) -> float:
+        """How long the loop may block for this call: only when it is likely quick and the loop
+        has nothing else to do (no other call in flight in the agent, no message queued for the
+        function); otherwise the loop pipelines (reads, hands over, answers) while calls run."""
+        if LoadedFunction.calls_in_flight or self._last_call_ms > QUICK_CALL_MS:
+            return 0.0
+        if any(subscription.pending_msgs for subscription in self._subscriptions):
+            return 0.0
+        return QUICK_WAIT_S
 
     async def _send_refusal(self, msg: Msg, error: NexError) -> None:
         if not msg.reply:
@@ -377,11 +418,13 @@ class LoadedFunction:
             except Exception as exc:  # a bug of the agent: answer, log and keep serving
                 log.exception("function %s: call failed in the agent", self.spec.workload_id)
                 outcome = Outcome(error=FunctionError(f"internal error of the {self._engine.name} agent: {exc}"))
+            self._last_call_ms = outcome.duration_ms
             try:
                 await self._respond(msg, outcome)
             except NatsError as exc:
                 log.warning("function %s: could not answer on %s: %s", self.spec.workload_id, msg.subject, exc)
         finally:
+            self._call_ended()
             if self._limit is not None:
                 self._limit.leave()
             else:

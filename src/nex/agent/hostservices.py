@@ -46,6 +46,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, N
 
 from nex.agent import hops, protocol
 from nex.agent.tracing import Propagation, Tracing
+from nex.agent.worker import release_loop
 from nex.api.errors import NexError
 from nex.api import subjects
 from nex.api.subjects import WorkloadScope
@@ -358,6 +359,7 @@ class FunctionHost:
             # A little past the budget: an operation that bounds itself (request, HTTP) says why it ended.
             return await asyncio.wait_for(operation(budget), budget + _GRACE_S)
 
+        release_loop()  # the loop may be blocked waiting for this very call (nex.agent.worker)
         future = asyncio.run_coroutine_threadsafe(bounded(), loop)
         try:
             return future.result(budget + 2 * _GRACE_S)  # the loop's own wait_for ends it first

@@ -46,7 +46,8 @@ HTTP_METHODS = ("GET", "POST", "PUT", "DELETE")
 
 
 class HostSettings(_Message):
-    """The node's settings for the host services of functions (nex.agent.hostservices)."""
+    """The node's settings for its agents: the host services of functions (nex.agent.hostservices),
+    the events of calls (nex.agent.activity) and where the agent's threads run (nex.agent.cpus)."""
 
     replicas: int = Field(default=1, ge=1, le=5, description="of the buckets created on first use")
     http_allow_hosts: list[str] = Field(default_factory=list, description="exact host or *.domain; none: no HTTP")
@@ -60,6 +61,8 @@ class HostSettings(_Message):
     failure_events_per_s: float = Field(default=2.0, ge=0, description="function_failed events per function "
                                         "and second, past the burst")
     failure_events_burst: int = Field(default=20, ge=0, description="function_failed events per function at once")
+    # Where the agent's threads run (nex.agent.cpus)
+    colocate_calls: bool = Field(default=True, description="the loop and the threads of quick calls share one CPU")
 
 
 class RetrySettings(_Message):

@@ -8,6 +8,8 @@ so the agent's start is paid on the placement's path.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import sys
@@ -15,6 +17,10 @@ import sys
 from nex.agent.protocol import ENV_CONNECT
 
 WEBSOCKET_SCHEMES = ("ws://", "wss://")
+# glibc's mallopt() parameters, and what the agent sets them to (keep_reads_off_mmap)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024
 
 
 def leave_out_websockets() -> None:
@@ -30,3 +36,20 @@ def leave_out_websockets() -> None:
     if any(str(server).startswith(WEBSOCKET_SCHEMES) for server in servers):
         return
     sys.modules.setdefault("aiohttp", None)  # `import aiohttp` now raises ImportError, which nats-py expects
+
+
+def keep_reads_off_mmap() -> bool:
+    """Serve the event loop's 256 KiB socket reads from the heap, not from a fresh mapping each.
+
+    asyncio reads a socket into a new 256 KiB buffer (``max_size`` of its transports) and shrinks
+    it to what came. That is over glibc's default mmap threshold (128 KiB), which this pattern never
+    raises, so every message the agent received cost an ``mmap``, an ``mremap`` and a ``munmap``:
+    three system calls, about 30 µs of a call's path on a virtual machine (docs/performance.md).
+    Fixed thresholds keep such buffers in the heap. Costs up to TRIM_THRESHOLD_BYTES of free
+    heap kept instead of given back. False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))

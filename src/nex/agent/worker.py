@@ -5,9 +5,19 @@ function gets one :class:`ContextThread`: the context is built, called and freed
 there, while the asyncio loop awaits results. A runaway function blocks only its
 own thread.
 
+A job's result comes back to the loop one of two ways. Usually the thread hands
+the results of the jobs it ran back to back to the loop in one wake-up
+(``call_soon_threadsafe``). For a call that is likely quick, the loop may instead
+block for it, the GIL released, for up to ``wait_s`` (``call(..., wait_s=)``): the
+result is then handed straight over and the loop goes on with it at once, without a
+byte on its self-pipe, an ``epoll`` round and a task switch (about 40 µs of the
+agent's CPU a call, docs/performance.md). A job that needs the loop while the loop
+waits for it (a host call) first lets it go (:func:`release_loop`).
+
 Threads are daemons: a call stuck in JavaScript (up to its time limit) must not
 hold the agent's exit. On Linux they run SCHED_BATCH, so that the loop handing them
-a call is not preempted by the thread it woke (see :func:`_no_wakeup_preemption`).
+a call is not preempted by the thread it woke (see :func:`_no_wakeup_preemption`),
+and they share the loop's CPU while their jobs are quick (:mod:`nex.agent.cpus`).
 """
 
 from __future__ import annotations
@@ -16,7 +26,10 @@ import asyncio
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable, TypeVar
+
+from nex.agent import cpus
 
 T = TypeVar("T")
 
@@ -33,15 +46,25 @@ class ContextThread:
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.name = name
         self._loop = loop or asyncio.get_running_loop()
-        self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], _Handoff | None] | None]
         self._jobs = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Run ``fn(*args)`` on the thread; the future completes on the loop."""
+    def call(self, fn: Callable[..., T], *args: Any, wait_s: float = 0.0) -> asyncio.Future[T]:
+        """Run ``fn(*args)`` on the thread; the future completes on the loop.
+
+        With ``wait_s``, the loop's thread blocks up to that long for the job to end (the GIL
+        released) and, if it did, returns the future already done: a quick call costs no
+        wake-up of the loop and no turn of it. Past ``wait_s``, or as soon as the job needs
+        the loop (:func:`release_loop`), the future completes on the loop as without it."""
         future: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put((future, fn, args))
+        if wait_s <= 0:
+            self._jobs.put((future, fn, args, None))
+            return future
+        handoff = _Handoff()
+        self._jobs.put((future, fn, args, handoff))
+        handoff.wait(wait_s, future)
         return future
 
     def stop(self) -> None:
@@ -55,17 +78,24 @@ class ContextThread:
 
     def _run(self) -> None:
         _no_wakeup_preemption()
+        placement = cpus.Follower()  # beside the loop while its jobs are quick (nex.agent.cpus)
         # Jobs that queued while one ran are run back to back and their results handed
         # to the loop in one wake-up: under load that saves most of the cross-thread cost.
         while (job := self._jobs.get()) is not None:
             done: list[tuple[Callable[..., None], asyncio.Future[Any], Any]] = []
             stopping = False
             while True:
-                future, fn, args = job
+                future, fn, args, handoff = job
+                _running.handoff = handoff
+                started = time.perf_counter()
                 try:
-                    done.append((_set_result, future, fn(*args)))
+                    settle: tuple[Callable[..., None], Any] = (_set_result, fn(*args))
                 except Exception as exc:  # handed to the awaiting coroutine
-                    done.append((_set_exception, future, _detached(exc)))
+                    settle = (_set_exception, _detached(exc))
+                _running.handoff = None
+                if handoff is None or not handoff.hand(*settle):
+                    done.append((settle[0], future, settle[1]))
+                placement.after(time.perf_counter() - started)
                 if len(done) >= MAX_BATCH:
                     break
                 try:
@@ -75,7 +105,8 @@ class ContextThread:
                 if job is None:
                     stopping = True
                     break
-            self._deliver(done)
+            if done:
+                self._deliver(done)
             if stopping:
                 return
 
@@ -84,6 +115,58 @@ class ContextThread:
             self._loop.call_soon_threadsafe(_settle_all, done)
         except RuntimeError:
             pass  # the loop is closed: the agent is exiting and nobody waits
+
+
+class _Handoff:
+    """A job's result handed straight to the loop's thread while it blocks for it (``call(wait_s=)``)."""
+
+    __slots__ = ("_ready", "_mutex", "_waiting", "_settle")
+
+    def __init__(self) -> None:
+        self._ready = threading.Lock()
+        self._ready.acquire()
+        self._mutex = threading.Lock()
+        self._waiting = True
+        self._settle: tuple[Callable[..., None], Any] | None = None
+
+    def wait(self, timeout: float, future: asyncio.Future[Any]) -> None:
+        """On the loop: block up to ``timeout``; settle ``future`` if the job ended by then."""
+        self._ready.acquire(timeout=timeout)
+        with self._mutex:
+            self._waiting = False
+            settle = self._settle
+        if settle is not None:
+            settle[0](future, settle[1])
+
+    def hand(self, setter: Callable[..., None], value: Any) -> bool:
+        """On the thread: give the result to the waiting loop; False if it no longer waits."""
+        with self._mutex:
+            if not self._waiting:
+                return False
+            self._waiting = False
+            self._settle = (setter, value)
+        self._ready.release()
+        return True
+
+    def release(self) -> None:
+        """On the thread: the loop stops waiting; the result will come the usual way."""
+        with self._mutex:
+            if not self._waiting:
+                return
+            self._waiting = False
+        self._ready.release()
+
+
+_running = threading.local()  # the handoff of the job this thread runs, if the loop waits for it
+
+
+def release_loop() -> None:
+    """Before a job blocks on the loop (a host call): stop the loop from waiting for the job.
+
+    Otherwise the loop would sit out its ``wait_s`` before serving the host call."""
+    handoff = getattr(_running, "handoff", None)
+    if handoff is not None:
+        handoff.release()
 
 
 def _no_wakeup_preemption() -> None:

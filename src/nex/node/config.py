@@ -140,6 +140,10 @@ class NodeConfig(BaseModel):
                                         "send per second past the burst; the rest are counted, not sent")
     failure_events_burst: int = Field(default=20, ge=0, description="function_failed events a function may send "
                                       "at once")
+    colocate_calls: bool = Field(default=True, description="a function agent's event loop and the threads of "
+                                 "its quick calls share one CPU, moved off a CPU other processes keep busy: a call's "
+                                 "hand-over then wakes no other CPU (docs/performance.md); false: the kernel places "
+                                 "every thread")
     otel_endpoint: str | None = Field(
         default_factory=lambda: os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
         description="OTLP/HTTP endpoint the function agents export invocation spans to; "

@@ -163,7 +163,8 @@ class Node:
                                      stats_interval_s=self.config.function_stats_interval_s,
                                      live_call_events=self.config.live_call_events,
                                      failure_events_per_s=self.config.failure_events_per_s,
-                                     failure_events_burst=self.config.failure_events_burst),
+                                     failure_events_burst=self.config.failure_events_burst,
+                                     colocate_calls=self.config.colocate_calls),
                                  image_budget_bytes=self.config.image_disk_budget_bytes)
         self.supervisor = Supervisor(
             self.node_id, self.state_dir, available_runtimes(context),
