@@ -225,3 +225,42 @@ async def test_with_colocate_calls_off_no_thread_is_pinned(nats_server, nc, tmp_
             assert (await request(nc, "spread.hello")).data == b"hello"
         [agent] = agent_pids("nex.agent.js")
         assert set(map(frozenset, _thread_cpus(agent).values())) == {frozenset(allowed)}
+
+
+def test_the_loop_waits_only_for_a_likely_quick_call_and_only_about_as_long_as_it_ran():
+    from nex.agent.function import MAX_QUICK_WAIT_S, MIN_QUICK_WAIT_S, QUICK_CALL_MS, STREAM_GAP_S, quick_wait_s
+
+    idle = 1.0
+    assert quick_wait_s(0.02, waiting=0, idle_s=idle) == MIN_QUICK_WAIT_S
+    assert quick_wait_s(0.3, waiting=0, idle_s=idle) == pytest.approx(0.0012)
+    assert quick_wait_s(QUICK_CALL_MS, waiting=0, idle_s=idle) == MAX_QUICK_WAIT_S
+    # Last call slow: the loop does not block for this one.
+    assert quick_wait_s(QUICK_CALL_MS + 0.1, waiting=0, idle_s=idle) == 0
+    # Other calls in flight, or messages queued: the loop keeps pipelining.
+    assert quick_wait_s(0.02, waiting=1, idle_s=idle) == 0
+    # Calls streaming in back to back: their next messages are likely unread in the socket.
+    assert quick_wait_s(0.02, waiting=0, idle_s=STREAM_GAP_S / 2) == 0
+
+
+async def test_a_function_that_turns_slow_does_not_hold_another_functions_calls(nats_server, nc, tmp_path):
+    """Attack: a tenant makes quick calls, so that the loop waits for its next one, which then runs
+    for seconds. The loop stops waiting within MAX_QUICK_WAIT_S: another tenant's call, sent while
+    the slow one runs, is answered long before it ends."""
+    from nex.agent.function import MAX_QUICK_WAIT_S
+
+    slow = tmp_path / "slow.js"
+    slow.write_text("(subject, payload) => { if (payload.length === 4) {"
+                    " const end = Date.now() + 3000; while (Date.now() < end) {} } return 'done' }\n")
+    quick = tmp_path / "quick.js"
+    quick.write_text("(subject, payload) => 'quick'\n")
+    async with running_node(nats_server, tmp_path / "node", "neighbours") as node:
+        await deploy(nc, node, function_body(slow, "noisy", "neighbours.noisy", limits={"timeout_ms": 10_000}))
+        await deploy(nc, node, function_body(quick, "victim", "neighbours.victim"))
+        for _ in range(3 * cpus.QUICK_STREAK):
+            assert (await request(nc, "neighbours.noisy", b"quick!")).data == b"done"
+        noisy = asyncio.create_task(request(nc, "neighbours.noisy", b"slow", timeout=30))
+        await asyncio.sleep(10 * MAX_QUICK_WAIT_S)  # the slow call has reached the agent
+        victim = await request(nc, "neighbours.victim", timeout=30)
+        assert victim.data == b"quick"
+        assert not noisy.done(), "the victim's call was answered only after the noisy one ended"
+        assert (await noisy).data == b"done"

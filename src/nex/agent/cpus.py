@@ -99,11 +99,12 @@ class Follower:
         self._pinned_to: tuple[int, int] | None = None  # (cpu, generation) while pinned
         spread_this_thread()
 
-    def after(self, seconds: float) -> None:
+    def after(self, seconds: float, queued: bool = False) -> None:
+        """After a job of ``seconds``; ``queued``: more jobs wait (the calls are pipelined)."""
         shared = _shared
         if shared is None:
             return
-        if seconds >= SLOW_JOB_S:
+        if seconds >= SLOW_JOB_S or queued:
             self._streak = 0
             if self._pinned_to is not None:
                 self._pinned_to = None

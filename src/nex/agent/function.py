@@ -29,6 +29,7 @@ import asyncio
 import bisect
 import dataclasses
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from nats.aio.client import Client
@@ -60,9 +61,29 @@ MAX_IN_FLIGHT = 64
 MAX_CALL_THREADS = 64  # threads of one function that runs calls in parallel (wasm, max_concurrency)
 STATS_WAIT_S = 0.5
 # The loop blocks for a call (nex.agent.worker) when the function's last call took at most
-# QUICK_CALL_MS and nothing else is in flight; past QUICK_WAIT_S it goes on without it.
+# QUICK_CALL_MS and nothing else is in flight (see quick_wait_s).
 QUICK_CALL_MS = 1.0
-QUICK_WAIT_S = 0.002
+QUICK_WAIT_FACTOR = 4
+MIN_QUICK_WAIT_S = 0.0005
+MAX_QUICK_WAIT_S = 0.002
+STREAM_GAP_S = 0.0001
+
+
+def quick_wait_s(last_call_ms: float, waiting: int, idle_s: float) -> float:
+    """How long the loop may block for a call (0: not at all), given its function's last call, the
+    calls and messages ``waiting`` besides it in the agent, and how long the agent had no call.
+
+    Only when the loop has nothing else to do: otherwise it pipelines (reads, hands over, answers)
+    while calls run. Calls that come within STREAM_GAP_S of the last one's end are a stream, whose
+    next messages are likely in the socket already, unread: they are pipelined too. Only for a
+    function whose last call was quick (QUICK_CALL_MS), for QUICK_WAIT_FACTOR times that call,
+    within [MIN_QUICK_WAIT_S, MAX_QUICK_WAIT_S]: the loop never waits longer than the call runs,
+    and a function that turns slow holds it once, for MIN_QUICK_WAIT_S, before the loop stops
+    waiting for it. So a message for another function that comes while the loop waits is read at
+    most MAX_QUICK_WAIT_S late (tests/test_call_handover.py)."""
+    if waiting or idle_s < STREAM_GAP_S or last_call_ms > QUICK_CALL_MS:
+        return 0.0
+    return min(MAX_QUICK_WAIT_S, max(MIN_QUICK_WAIT_S, QUICK_WAIT_FACTOR * last_call_ms / 1000))
 
 
 class LoadedFunction:
@@ -71,6 +92,7 @@ class LoadedFunction:
     # Sync calls handed to a sandbox and not yet answered, across the agent's functions (the
     # process's one loop): the loop blocks for a quick call only when this is 0 (_quick_wait).
     calls_in_flight = 0
+    last_call_ended = 0.0  # time.perf_counter() when the last of them was answered
 
     def __init__(self, nc: Client, events: EventFeed, spec: protocol.Load, thread: ContextThread,
                  engine: Engine, sandbox: Sandbox, node_id: str, tracing: Tracing | None = None,
@@ -337,7 +359,7 @@ class LoadedFunction:
             pending = asyncio.wrap_future(self._parallel.submit(self._invoke, msg.subject, msg.data, traceparent, hop))
             self._in_flight.put_nowait((None, asyncio.ensure_future(self._complete(msg, pending))))
             return
-        wait_s = self._quick_wait()
+        wait_s = 0.0 if LoadedFunction.calls_in_flight else self._quick_wait()  # busy: checked first, cheaply
         self._call_started()
         pending = self._thread.call(self._invoke, msg.subject, msg.data, traceparent, hop, wait_s=wait_s)
         if pending.done():  # it ended while the loop waited: answered now, no task switch
@@ -353,16 +375,12 @@ class LoadedFunction:
         calls = min(calls, self._calls_in_flight)  # after unload let go of them, a cancelled call ends again
         self._calls_in_flight -= calls
         LoadedFunction.calls_in_flight -= calls
+        LoadedFunction.last_call_ended = time.perf_counter()
 
     def _quick_wait(self) -> float:
-        """How long the loop may block for this call: only when it is likely quick and the loop
-        has nothing else to do (no other call in flight in the agent, no message queued for the
-        function); otherwise the loop pipelines (reads, hands over, answers) while calls run."""
-        if LoadedFunction.calls_in_flight or self._last_call_ms > QUICK_CALL_MS:
-            return 0.0
-        if any(subscription.pending_msgs for subscription in self._subscriptions):
-            return 0.0
-        return QUICK_WAIT_S
+        queued = any(subscription.pending_msgs for subscription in self._subscriptions)
+        return quick_wait_s(self._last_call_ms, LoadedFunction.calls_in_flight + queued,
+                            time.perf_counter() - LoadedFunction.last_call_ended)
 
     async def _send_refusal(self, msg: Msg, error: NexError) -> None:
         if not msg.reply:

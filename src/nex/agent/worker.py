@@ -79,6 +79,7 @@ class ContextThread:
     def _run(self) -> None:
         _no_wakeup_preemption()
         placement = cpus.Follower()  # beside the loop while its jobs are quick (nex.agent.cpus)
+        follow = cpus.loop_cpu() is not None  # the loop is pinned for as long as the agent runs
         # Jobs that queued while one ran are run back to back and their results handed
         # to the loop in one wake-up: under load that saves most of the cross-thread cost.
         while (job := self._jobs.get()) is not None:
@@ -86,16 +87,21 @@ class ContextThread:
             stopping = False
             while True:
                 future, fn, args, handoff = job
-                _running.handoff = handoff
+                if handoff is not None:
+                    _running.handoff = handoff
                 started = time.perf_counter()
                 try:
                     settle: tuple[Callable[..., None], Any] = (_set_result, fn(*args))
                 except Exception as exc:  # handed to the awaiting coroutine
                     settle = (_set_exception, _detached(exc))
-                _running.handoff = None
-                if handoff is None or not handoff.hand(*settle):
+                if handoff is None:
                     done.append((settle[0], future, settle[1]))
-                placement.after(time.perf_counter() - started)
+                else:
+                    _running.handoff = None
+                    if not handoff.hand(*settle):
+                        done.append((settle[0], future, settle[1]))
+                if follow:
+                    placement.after(time.perf_counter() - started, queued=not self._jobs.empty())
                 if len(done) >= MAX_BATCH:
                     break
                 try:
