@@ -104,11 +104,21 @@ def test_cpu_times_read_from_this_machine():
 
 def _in_thread(fn):
     """Run ``fn`` on a thread of its own (pinning the test's own thread would outlive the test)."""
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(fn()))
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = fn()
+        except BaseException as exc:  # raised again on the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
     thread.start()
-    thread.join(30)
-    return result[0]
+    thread.join(60)
+    assert not thread.is_alive(), "the scenario did not end"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 @TWO_CPUS
@@ -264,3 +274,47 @@ async def test_a_function_that_turns_slow_does_not_hold_another_functions_calls(
         assert victim.data == b"quick"
         assert not noisy.done(), "the victim's call was answered only after the noisy one ended"
         assert (await noisy).data == b"done"
+
+
+@TWO_CPUS
+def test_beside_the_loop_a_quick_result_still_comes_straight_and_a_slow_or_host_call_lets_go():
+    """Once the thread shares the loop's CPU, the loop yields the CPU to it rather than sleeping."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        thread = ContextThread("beside")
+        try:
+            for i in range(3 * cpus.QUICK_STREAK):
+                quick = thread.call(lambda i=i: i, wait_s=5.0)
+                assert quick.done() and quick.result() == i
+            assert os.sched_getaffinity(thread._thread.native_id) == {cpus.loop_cpu()}
+
+            slow = thread.call(lambda: (time.sleep(0.2), "late")[1], wait_s=0.001)
+            assert not slow.done()
+            assert await asyncio.wait_for(slow, 5) == "late"
+
+            async def on_the_loop() -> str:
+                return "from the loop"
+
+            def host_call() -> str:
+                release_loop()
+                return asyncio.run_coroutine_threadsafe(on_the_loop(), loop).result(30)
+
+            for _ in range(cpus.QUICK_STREAK):  # back beside the loop after the slow job
+                await thread.call(lambda: None, wait_s=5.0)
+            started = time.monotonic()
+            pending = thread.call(host_call, wait_s=30.0)
+            assert time.monotonic() - started < 10, "the loop sat out its wait while the job needed it"
+            assert await asyncio.wait_for(pending, 10) == "from the loop"
+        finally:
+            thread.stop()
+
+    def on_a_pinned_loop() -> bool:
+        assert cpus.colocate() is not None
+        try:
+            asyncio.run(scenario())
+        finally:
+            cpus.spread()
+        return True
+
+    assert _in_thread(on_a_pinned_loop)

@@ -48,6 +48,7 @@ class ContextThread:
         self._loop = loop or asyncio.get_running_loop()
         self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], _Handoff | None] | None]
         self._jobs = queue.SimpleQueue()
+        self._beside = False  # the thread is pinned to the loop's CPU (nex.agent.cpus)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -64,7 +65,7 @@ class ContextThread:
             return future
         handoff = _Handoff()
         self._jobs.put((future, fn, args, handoff))
-        handoff.wait(wait_s, future)
+        handoff.wait(wait_s, future, self._beside)
         return future
 
     def stop(self) -> None:
@@ -102,6 +103,7 @@ class ContextThread:
                         done.append((settle[0], future, settle[1]))
                 if follow:
                     placement.after(time.perf_counter() - started, queued=not self._jobs.empty())
+                    self._beside = placement.pinned
                 if len(done) >= MAX_BATCH:
                     break
                 try:
@@ -135,9 +137,21 @@ class _Handoff:
         self._waiting = True
         self._settle: tuple[Callable[..., None], Any] | None = None
 
-    def wait(self, timeout: float, future: asyncio.Future[Any]) -> None:
-        """On the loop: block up to ``timeout``; settle ``future`` if the job ended by then."""
-        self._ready.acquire(timeout=timeout)
+    def wait(self, timeout: float, future: asyncio.Future[Any], beside: bool = False) -> None:
+        """On the loop: block up to ``timeout``; settle ``future`` if the job ended by then.
+
+        ``beside``: the thread shares the loop's CPU (nex.agent.cpus). The loop then gives the
+        CPU to it (``sched_yield``, the GIL released) until the result is there, instead of
+        sleeping on a lock the thread must wake it from: on one CPU, the thread runs as soon as
+        the loop yields, and the loop runs again once the thread waits for its next job,
+        without a wake-up either way (measured: p50 1.17× and 1.17× the echo against 1.31× and
+        1.29×, the agent's CPU a call 190 µs against 212 µs, docs/performance.md)."""
+        if beside:
+            deadline = time.perf_counter() + timeout
+            while self._settle is None and self._waiting and time.perf_counter() < deadline:
+                os.sched_yield()
+        else:
+            self._ready.acquire(timeout=timeout)
         with self._mutex:
             self._waiting = False
             settle = self._settle
