@@ -122,11 +122,15 @@ def _in_thread(fn):
 
 
 @TWO_CPUS
-def test_a_thread_joins_the_loop_after_quick_jobs_and_leaves_after_a_slow_one():
+def test_a_thread_joins_the_loop_after_quick_waited_jobs_and_leaves_after_a_slow_or_pipelined_one():
     allowed = set(os.sched_getaffinity(0))
 
     def scenario() -> list[set[int]]:
-        cpu = cpus.colocate()
+        assert cpus.colocate()
+        assert os.sched_getaffinity(0) == allowed, "not pinned before it waits for calls"
+        for _ in range(cpus.QUICK_STREAK):
+            cpus.loop_waits(True)
+        cpu = cpus.loop_cpu()
         assert cpu is not None and os.sched_getaffinity(0) == {cpu}
         try:
             seen = []
@@ -135,13 +139,17 @@ def test_a_thread_joins_the_loop_after_quick_jobs_and_leaves_after_a_slow_one():
                 follower = cpus.Follower()
                 seen.append(set(os.sched_getaffinity(0)))  # starts anywhere, not with the loop's pin
                 for _ in range(cpus.QUICK_STREAK):
-                    follower.after(0.00001)
+                    follower.after(0.00001, waited=True)
                 seen.append(set(os.sched_getaffinity(0)))
-                follower.after(cpus.SLOW_JOB_S * 5)
+                follower.after(cpus.SLOW_JOB_S * 5, waited=True)
                 seen.append(set(os.sched_getaffinity(0)))
                 for _ in range(cpus.QUICK_STREAK - 1):
-                    follower.after(0.00001)
+                    follower.after(0.00001, waited=True)
                 seen.append(set(os.sched_getaffinity(0)))  # not back yet: a streak is needed
+                follower.after(0.00001, waited=True)
+                seen.append(set(os.sched_getaffinity(0)))  # back
+                follower.after(0.00001, waited=False)  # pipelined: the loop did not wait for it
+                seen.append(set(os.sched_getaffinity(0)))
 
             worker = threading.Thread(target=follower_thread)
             worker.start()
@@ -151,11 +159,13 @@ def test_a_thread_joins_the_loop_after_quick_jobs_and_leaves_after_a_slow_one():
             cpus.spread()
             assert os.sched_getaffinity(0) == allowed
 
-    loop_cpu, at_start, after_quick, after_slow, after_few = _in_thread(scenario)
+    loop_cpu, at_start, after_quick, after_slow, after_few, after_streak, after_pipelined = _in_thread(scenario)
     assert at_start == allowed
     assert after_quick == loop_cpu
     assert after_slow == allowed
     assert after_few == allowed
+    assert after_streak == loop_cpu
+    assert after_pipelined == allowed
 
 
 @TWO_CPUS
@@ -163,7 +173,10 @@ def test_the_rebalancer_moves_the_loop_and_the_quick_threads_follow():
     allowed = set(os.sched_getaffinity(0))
 
     def scenario() -> tuple[int, int, set[int]]:
-        cpu = cpus.colocate()
+        assert cpus.colocate()
+        for _ in range(cpus.QUICK_STREAK):
+            cpus.loop_waits(True)
+        cpu = cpus.loop_cpu()
         assert cpu is not None
         try:
             other = min(allowed - {cpu})
@@ -175,7 +188,7 @@ def test_the_rebalancer_moves_the_loop_and_the_quick_threads_follow():
             moved_to = next(iter(os.sched_getaffinity(0)))
             follower = cpus.Follower()
             for _ in range(cpus.QUICK_STREAK):
-                follower.after(0.00001)
+                follower.after(0.00001, waited=True)
             return cpu, moved_to, set(os.sched_getaffinity(0))
         finally:
             cpus.spread()
@@ -213,7 +226,7 @@ async def test_a_node_agent_runs_its_loop_and_a_quick_function_on_one_cpu(nats_s
     script.write_text("(subject, payload) => 'hello ' + subject\n")
     async with running_node(nats_server, tmp_path / "node", "colocated") as node:
         await deploy(nc, node, function_body(script, "hello", "colocated.hello"))
-        for _ in range(3 * cpus.QUICK_STREAK):
+        for _ in range(5 * cpus.QUICK_STREAK):  # the agent waits, the loop pins, the thread joins: 8 calls each
             assert (await request(nc, "colocated.hello")).data == b"hello colocated.hello"
         [agent] = agent_pids("nex.agent.js")
         threads = _thread_cpus(agent)
@@ -231,25 +244,23 @@ async def test_with_colocate_calls_off_no_thread_is_pinned(nats_server, nc, tmp_
     script.write_text("(subject, payload) => 'hello'\n")
     async with running_node(nats_server, tmp_path / "node", "spread", colocate_calls=False) as node:
         await deploy(nc, node, function_body(script, "hello", "spread.hello"))
-        for _ in range(3 * cpus.QUICK_STREAK):
+        for _ in range(5 * cpus.QUICK_STREAK):
             assert (await request(nc, "spread.hello")).data == b"hello"
         [agent] = agent_pids("nex.agent.js")
         assert set(map(frozenset, _thread_cpus(agent).values())) == {frozenset(allowed)}
 
 
 def test_the_loop_waits_only_for_a_likely_quick_call_and_only_about_as_long_as_it_ran():
-    from nex.agent.function import MAX_QUICK_WAIT_S, MIN_QUICK_WAIT_S, QUICK_CALL_MS, STREAM_GAP_S, quick_wait_s
+    from nex.agent.function import LONE_STREAK, MAX_QUICK_WAIT_S, MIN_QUICK_WAIT_S, QUICK_CALL_MS, quick_wait_s
 
-    idle = 1.0
-    assert quick_wait_s(0.02, waiting=0, idle_s=idle) == MIN_QUICK_WAIT_S
-    assert quick_wait_s(0.3, waiting=0, idle_s=idle) == pytest.approx(0.0012)
-    assert quick_wait_s(QUICK_CALL_MS, waiting=0, idle_s=idle) == MAX_QUICK_WAIT_S
+    assert quick_wait_s(0.02, lone_calls=LONE_STREAK) == MIN_QUICK_WAIT_S
+    assert quick_wait_s(0.3, lone_calls=LONE_STREAK) == pytest.approx(0.0012)
+    assert quick_wait_s(QUICK_CALL_MS, lone_calls=100) == MAX_QUICK_WAIT_S
     # Last call slow: the loop does not block for this one.
-    assert quick_wait_s(QUICK_CALL_MS + 0.1, waiting=0, idle_s=idle) == 0
-    # Other calls in flight, or messages queued: the loop keeps pipelining.
-    assert quick_wait_s(0.02, waiting=1, idle_s=idle) == 0
-    # Calls streaming in back to back: their next messages are likely unread in the socket.
-    assert quick_wait_s(0.02, waiting=0, idle_s=STREAM_GAP_S / 2) == 0
+    assert quick_wait_s(QUICK_CALL_MS + 0.1, lone_calls=100) == 0
+    # Calls overlapped lately (clients with requests in flight): the loop keeps pipelining.
+    assert quick_wait_s(0.02, lone_calls=LONE_STREAK - 1) == 0
+    assert quick_wait_s(0.02, lone_calls=0) == 0
 
 
 async def test_a_function_that_turns_slow_does_not_hold_another_functions_calls(nats_server, nc, tmp_path):
@@ -266,7 +277,7 @@ async def test_a_function_that_turns_slow_does_not_hold_another_functions_calls(
     async with running_node(nats_server, tmp_path / "node", "neighbours") as node:
         await deploy(nc, node, function_body(slow, "noisy", "neighbours.noisy", limits={"timeout_ms": 10_000}))
         await deploy(nc, node, function_body(quick, "victim", "neighbours.victim"))
-        for _ in range(3 * cpus.QUICK_STREAK):
+        for _ in range(5 * cpus.QUICK_STREAK):
             assert (await request(nc, "neighbours.noisy", b"quick!")).data == b"done"
         noisy = asyncio.create_task(request(nc, "neighbours.noisy", b"slow", timeout=30))
         await asyncio.sleep(10 * MAX_QUICK_WAIT_S)  # the slow call has reached the agent
@@ -285,6 +296,7 @@ def test_beside_the_loop_a_quick_result_still_comes_straight_and_a_slow_or_host_
         thread = ContextThread("beside")
         try:
             for i in range(3 * cpus.QUICK_STREAK):
+                cpus.loop_waits(True)  # as LoadedFunction does for each call it waits for
                 quick = thread.call(lambda i=i: i, wait_s=5.0)
                 assert quick.done() and quick.result() == i
             assert os.sched_getaffinity(thread._thread.native_id) == {cpus.loop_cpu()}
@@ -310,7 +322,7 @@ def test_beside_the_loop_a_quick_result_still_comes_straight_and_a_slow_or_host_
             thread.stop()
 
     def on_a_pinned_loop() -> bool:
-        assert cpus.colocate() is not None
+        assert cpus.colocate()
         try:
             asyncio.run(scenario())
         finally:
@@ -318,3 +330,29 @@ def test_beside_the_loop_a_quick_result_still_comes_straight_and_a_slow_or_host_
         return True
 
     assert _in_thread(on_a_pinned_loop)
+
+
+@TWO_CPUS
+def test_the_loop_lets_go_of_its_cpu_as_soon_as_calls_overlap():
+    allowed = set(os.sched_getaffinity(0))
+
+    def scenario() -> tuple[set[int], set[int], set[int], set[int]]:
+        assert cpus.colocate()
+        try:
+            for _ in range(cpus.QUICK_STREAK - 1):
+                cpus.loop_waits(True)
+            before_streak = set(os.sched_getaffinity(0))
+            cpus.loop_waits(True)
+            pinned = set(os.sched_getaffinity(0))
+            cpus.loop_waits(False)  # a call it did not wait for: calls overlap
+            let_go = set(os.sched_getaffinity(0))
+            cpus.loop_waits(True)
+            return before_streak, pinned, let_go, set(os.sched_getaffinity(0))
+        finally:
+            cpus.spread()
+
+    before_streak, pinned, let_go, one_more = _in_thread(scenario)
+    assert before_streak == allowed
+    assert len(pinned) == 1 and pinned <= allowed
+    assert let_go == allowed
+    assert one_more == allowed, "a new streak is needed"

@@ -169,14 +169,13 @@ async def serve(options: ConnectOptions, node_id: str, name: str, make_engine: E
 
 
 def _colocate(loop: asyncio.AbstractEventLoop) -> cpus.Rebalancer | None:
-    """Pin the loop to its CPU, for the threads of quick calls to join it (nex.agent.cpus)."""
+    """Let the loop pin itself to its CPU while it waits for quick calls, for their threads to join it
+    (nex.agent.cpus)."""
     # Threads the loop starts from now on inherit its pin: the executor of host calls runs anywhere.
     loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="host calls",
                                                  initializer=cpus.spread_this_thread))
-    cpu = cpus.colocate()
-    if cpu is None:
+    if not cpus.colocate():
         return None
-    log.debug("event loop on CPU %d, with the threads of quick calls", cpu)
     return cpus.Rebalancer().start()
 
 

@@ -4,17 +4,20 @@ A call goes from the event loop to its function's thread and back: two wake-ups 
 sleeping thread. When the two threads sit on different CPUs, each wake-up is an
 interrupt to the other CPU, and on a virtual machine an exit to the hypervisor:
 measured on the project's 2-vCPU test machine, a round trip between two Python
-threads took 66 µs across CPUs and 5.4 µs on one (``bench/thread_handover.py``).
-The GIL lets only one of the two threads run Python at a time anyway, so the agent
-pins its loop's thread to one CPU (:func:`colocate`) and a function's thread joins
-it while its calls are quick (:class:`Follower`): the hand-over is then two context
-switches on one CPU.
+threads took 66–76 µs across CPUs and 5.3 µs on one (``bench/thread_handover.py``);
+left to itself, the kernel puts them on different CPUs. The GIL lets only one of the
+two run Python at a time anyway. So while the loop waits for its calls one at a time
+(nex.agent.function.quick_wait_s: they are quick and do not overlap), it pins itself
+to the CPU it is on (:func:`loop_waits`) and a function's thread joins it there
+(:class:`Follower`): the hand-over is then two context switches on one CPU.
 
-A function whose calls run long (JavaScript and wasm run with the GIL released) gains
-from running beside the loop rather than taking turns with it: after a call of
-``SLOW_JOB_S`` or more its thread may run on any CPU again, and it comes back only
-after ``QUICK_STREAK`` quick calls in a row. Pools of parallel calls and the agent's
-other threads run anywhere (:func:`spread_this_thread`).
+Once calls overlap (the loop pipelines them instead of waiting), the loop lets go of
+its CPU, for the kernel to balance it against the other processes again, and a
+function's thread leaves after a call the loop did not wait for or a call of
+``SLOW_JOB_S`` or more (JavaScript and wasm run with the GIL released, so a long call
+runs better beside the loop than taking turns with it). Each comes back only after
+``QUICK_STREAK`` waited-for quick calls in a row. Pools of parallel calls and the
+agent's other threads run anywhere (:func:`spread_this_thread`).
 
 A pinned loop cannot be moved by the kernel, so :class:`Rebalancer` does it: every
 ``REBALANCE_S`` it reads ``/proc/stat`` and moves the loop to the idlest allowed CPU
@@ -29,6 +32,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,37 +47,52 @@ REBALANCE_MARGIN = 0.3
 @dataclass
 class _Shared:
     allowed: frozenset[int]
-    cpu: int
-    generation: int = 0  # bumped when the loop moves
+    cpu: int | None = None  # the loop's CPU while it is pinned
+    generation: int = 0  # bumped when the loop is pinned, moved or let go
+    streak: int = 0  # calls in a row the loop waited for
 
 
 _shared: _Shared | None = None  # set by colocate(): affinity is a property of the process's threads
 
 
-def colocate() -> int | None:
-    """On the loop's thread: pin it to the CPU it runs on; returns that CPU, or None when
-    there is nothing to gain (one allowed CPU) or pinning is not allowed here."""
+def colocate() -> bool:
+    """On the loop's thread, at start: the loop may now be pinned (:func:`loop_waits`). False
+    when there is nothing to gain: one allowed CPU."""
     global _shared
     allowed = frozenset(os.sched_getaffinity(0))
     if len(allowed) < 2:
-        return None
-    cpu = current_cpu()
-    if cpu not in allowed:
-        cpu = min(allowed)
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError as exc:
-        log.warning("not pinning the agent's loop to CPU %d: %s", cpu, exc)
-        return None
-    _shared = _Shared(allowed, cpu)
-    return cpu
+        return False
+    _shared = _Shared(allowed)
+    return True
+
+
+def loop_waits(waited: bool) -> None:
+    """On the loop's thread, for each call: whether the loop blocks for it.
+
+    After ``QUICK_STREAK`` waited-for calls in a row the loop is pinned to the CPU it is
+    on (the kernel's latest choice); the first call it does not wait for (calls overlap, or
+    a function runs long) lets it go, so that under load the kernel balances it again."""
+    shared = _shared
+    if shared is None:
+        return
+    if waited:
+        if shared.cpu is None:
+            shared.streak += 1
+            if shared.streak >= QUICK_STREAK:
+                cpu = current_cpu()
+                _move_loop(shared, cpu if cpu in shared.allowed else min(shared.allowed))
+        return
+    shared.streak = 0
+    if shared.cpu is not None and _set(shared.allowed):
+        shared.cpu = None
+        shared.generation += 1
 
 
 def spread() -> None:
-    """On the loop's thread, at exit or when turned off: it may run anywhere again."""
+    """On the loop's thread, at exit: it may run anywhere again, and nothing follows it."""
     global _shared
     shared, _shared = _shared, None
-    if shared is not None:
+    if shared is not None and shared.cpu is not None:
         _set(shared.allowed)
 
 
@@ -83,9 +102,22 @@ def spread_this_thread() -> None:
         _set(_shared.allowed)
 
 
+def active() -> bool:
+    """Colocation is on in this process (:func:`colocate`)."""
+    return _shared is not None
+
+
 def loop_cpu() -> int | None:
     """The CPU the loop is pinned to, or None."""
     return _shared.cpu if _shared is not None else None
+
+
+def _move_loop(shared: _Shared, cpu: int) -> bool:
+    if not _set({cpu}):
+        return False
+    shared.cpu = cpu
+    shared.generation += 1
+    return True
 
 
 class Follower:
@@ -99,12 +131,16 @@ class Follower:
         self._pinned_to: tuple[int, int] | None = None  # (cpu, generation) while pinned
         spread_this_thread()
 
-    def after(self, seconds: float, queued: bool = False) -> None:
-        """After a job of ``seconds``; ``queued``: more jobs wait (the calls are pipelined)."""
+    def after(self, seconds: float, waited: bool) -> None:
+        """After a job of ``seconds``; ``waited``: the loop blocked for it (nex.agent.worker).
+
+        Only the calls the loop waits for gain from sharing its CPU: a job it did not wait
+        for (calls pipelined under load, a build, a stats read) leaves the thread free to
+        run beside the loop on another CPU."""
         shared = _shared
         if shared is None:
             return
-        if seconds >= SLOW_JOB_S or queued:
+        if seconds >= SLOW_JOB_S or not waited or shared.cpu is None:
             self._streak = 0
             if self._pinned_to is not None:
                 self._pinned_to = None
@@ -118,8 +154,10 @@ class Follower:
             self._pinned_to = where
 
     @property
-    def pinned(self) -> bool:
-        return self._pinned_to is not None
+    def beside_loop(self) -> bool:
+        """Pinned to the loop's CPU as it is now (not to one the loop has since left)."""
+        shared = _shared
+        return shared is not None and self._pinned_to == (shared.cpu, shared.generation)
 
 
 @dataclass(frozen=True)
@@ -140,12 +178,6 @@ def read_cpu_times(stat: Path = Path("/proc/stat")) -> dict[int, CpuTimes]:
         total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
         times[int(name[3:])] = CpuTimes(total - idle, total)
     return times
-
-
-def own_cpu_seconds() -> float:
-    """CPU time of this process, all threads."""
-    t = os.times()
-    return t.user + t.system
 
 
 def choose_cpu(busy: dict[int, float], own: float, current: int, margin: float = REBALANCE_MARGIN) -> int:
@@ -179,30 +211,28 @@ class Rebalancer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        before, own_before, at = read_cpu_times(), own_cpu_seconds(), loop.time()
+        before, own_before, at = read_cpu_times(), time.thread_time(), loop.time()
         while _shared is not None:
             await asyncio.sleep(self._interval_s)
-            now, own_now, now_at = read_cpu_times(), own_cpu_seconds(), loop.time()
+            now, own_now, now_at = read_cpu_times(), time.thread_time(), loop.time()
             self.rebalance(before, now, (own_now - own_before) / max(now_at - at, 1e-3))
             before, own_before, at = now, own_now, now_at
 
     def rebalance(self, before: dict[int, CpuTimes], now: dict[int, CpuTimes], own: float) -> None:
-        """On the loop's thread: move it if :func:`choose_cpu` says so."""
+        """On the loop's thread: move it if :func:`choose_cpu` says so; ``own``: the loop's share of a CPU."""
         shared = _shared
-        if shared is None:
+        if shared is None or shared.cpu is None:
             return
         busy = {cpu: (now[cpu].busy - before[cpu].busy) / max(now[cpu].total - before[cpu].total, 1)
                 for cpu in shared.allowed if cpu in now and cpu in before}
         target = choose_cpu(busy, own, shared.cpu)
         if target == shared.cpu:
             return
-        if not _set({target}):
-            return
-        log.info("agent loop moved from CPU %d (%.0f %% busy) to CPU %d (%.0f %%)", shared.cpu,
-                 100 * busy[shared.cpu], target, 100 * busy[target])
-        shared.cpu = target
-        shared.generation += 1
-        self.moves += 1
+        was = shared.cpu
+        if _move_loop(shared, target):
+            log.info("agent loop moved from CPU %d (%.0f %% busy) to CPU %d (%.0f %%)", was, 100 * busy[was], target,
+                     100 * busy[target])
+            self.moves += 1
 
 
 def current_cpu() -> int:

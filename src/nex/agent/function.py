@@ -29,7 +29,6 @@ import asyncio
 import bisect
 import dataclasses
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from nats.aio.client import Client
@@ -66,22 +65,24 @@ QUICK_CALL_MS = 1.0
 QUICK_WAIT_FACTOR = 4
 MIN_QUICK_WAIT_S = 0.0005
 MAX_QUICK_WAIT_S = 0.002
-STREAM_GAP_S = 0.0001
+LONE_STREAK = 8
 
 
-def quick_wait_s(last_call_ms: float, waiting: int, idle_s: float) -> float:
-    """How long the loop may block for a call (0: not at all), given its function's last call, the
-    calls and messages ``waiting`` besides it in the agent, and how long the agent had no call.
+def quick_wait_s(last_call_ms: float, lone_calls: int) -> float:
+    """How long the loop may block for a call (0: not at all), given its function's last call and
+    how many calls in a row (this one included) found nothing else in flight in the agent.
 
-    Only when the loop has nothing else to do: otherwise it pipelines (reads, hands over, answers)
-    while calls run. Calls that come within STREAM_GAP_S of the last one's end are a stream, whose
-    next messages are likely in the socket already, unread: they are pipelined too. Only for a
-    function whose last call was quick (QUICK_CALL_MS), for QUICK_WAIT_FACTOR times that call,
-    within [MIN_QUICK_WAIT_S, MAX_QUICK_WAIT_S]: the loop never waits longer than the call runs,
-    and a function that turns slow holds it once, for MIN_QUICK_WAIT_S, before the loop stops
-    waiting for it. So a message for another function that comes while the loop waits is read at
-    most MAX_QUICK_WAIT_S late (tests/test_call_handover.py)."""
-    if waiting or idle_s < STREAM_GAP_S or last_call_ms > QUICK_CALL_MS:
+    Only when calls come one at a time: otherwise the loop pipelines them (reads the next,
+    hands it over, answers the last) while one runs. One call that finds another in flight
+    is enough to stop waiting, and it takes LONE_STREAK lone calls in a row to start again:
+    clients with many requests in flight leave gaps between bursts, where a call may find the
+    agent idle while the next ones are already in its socket, unread. Only for a function whose
+    last call was quick (QUICK_CALL_MS), for QUICK_WAIT_FACTOR times that call, within
+    [MIN_QUICK_WAIT_S, MAX_QUICK_WAIT_S]: the loop never waits longer than the call runs,
+    and a function that turns slow holds it once, for at most MAX_QUICK_WAIT_S, before the
+    loop stops waiting for it. So a message for another function that comes while the loop
+    waits is read at most MAX_QUICK_WAIT_S late (tests/test_call_handover.py)."""
+    if lone_calls < LONE_STREAK or last_call_ms > QUICK_CALL_MS:
         return 0.0
     return min(MAX_QUICK_WAIT_S, max(MIN_QUICK_WAIT_S, QUICK_WAIT_FACTOR * last_call_ms / 1000))
 
@@ -92,7 +93,7 @@ class LoadedFunction:
     # Sync calls handed to a sandbox and not yet answered, across the agent's functions (the
     # process's one loop): the loop blocks for a quick call only when this is 0 (_quick_wait).
     calls_in_flight = 0
-    last_call_ended = 0.0  # time.perf_counter() when the last of them was answered
+    lone_calls = 0  # calls in a row that found none of them in flight (quick_wait_s)
 
     def __init__(self, nc: Client, events: EventFeed, spec: protocol.Load, thread: ContextThread,
                  engine: Engine, sandbox: Sandbox, node_id: str, tracing: Tracing | None = None,
@@ -355,11 +356,13 @@ class LoadedFunction:
         traceparent = msg.headers.get(TRACEPARENT) if msg.headers else None
         if self._parallel is not None:
             # Answered by its own task as soon as it ends; _answer only waits for it (see unload).
+            cpus.loop_waits(False)
             self._call_started()
             pending = asyncio.wrap_future(self._parallel.submit(self._invoke, msg.subject, msg.data, traceparent, hop))
             self._in_flight.put_nowait((None, asyncio.ensure_future(self._complete(msg, pending))))
             return
-        wait_s = 0.0 if LoadedFunction.calls_in_flight else self._quick_wait()  # busy: checked first, cheaply
+        wait_s = self._quick_wait()
+        cpus.loop_waits(wait_s > 0)
         self._call_started()
         pending = self._thread.call(self._invoke, msg.subject, msg.data, traceparent, hop, wait_s=wait_s)
         if pending.done():  # it ended while the loop waited: answered now, no task switch
@@ -375,12 +378,13 @@ class LoadedFunction:
         calls = min(calls, self._calls_in_flight)  # after unload let go of them, a cancelled call ends again
         self._calls_in_flight -= calls
         LoadedFunction.calls_in_flight -= calls
-        LoadedFunction.last_call_ended = time.perf_counter()
 
     def _quick_wait(self) -> float:
-        queued = any(subscription.pending_msgs for subscription in self._subscriptions)
-        return quick_wait_s(self._last_call_ms, LoadedFunction.calls_in_flight + queued,
-                            time.perf_counter() - LoadedFunction.last_call_ended)
+        if LoadedFunction.calls_in_flight or any(subscription.pending_msgs for subscription in self._subscriptions):
+            LoadedFunction.lone_calls = 0
+            return 0.0
+        LoadedFunction.lone_calls += 1
+        return quick_wait_s(self._last_call_ms, LoadedFunction.lone_calls)
 
     async def _send_refusal(self, msg: Msg, error: NexError) -> None:
         if not msg.reply:

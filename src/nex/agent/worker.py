@@ -80,7 +80,7 @@ class ContextThread:
     def _run(self) -> None:
         _no_wakeup_preemption()
         placement = cpus.Follower()  # beside the loop while its jobs are quick (nex.agent.cpus)
-        follow = cpus.loop_cpu() is not None  # the loop is pinned for as long as the agent runs
+        follow = cpus.active()  # set before the agent loads any function
         # Jobs that queued while one ran are run back to back and their results handed
         # to the loop in one wake-up: under load that saves most of the cross-thread cost.
         while (job := self._jobs.get()) is not None:
@@ -102,8 +102,8 @@ class ContextThread:
                     if not handoff.hand(*settle):
                         done.append((settle[0], future, settle[1]))
                 if follow:
-                    placement.after(time.perf_counter() - started, queued=not self._jobs.empty())
-                    self._beside = placement.pinned
+                    placement.after(time.perf_counter() - started, waited=handoff is not None)
+                    self._beside = placement.beside_loop
                 if len(done) >= MAX_BATCH:
                     break
                 try:
