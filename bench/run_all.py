@@ -10,7 +10,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 BENCHMARKS = ["js_roundtrip.py", "wasm_roundtrip.py", "deploy_latency.py", "node_memory.py", "js_memory.py", "sandbox_start.py", "oci_start.py",
               "metrics_overhead.py", "async_throughput.py", "host_kv.py", "cold_start.py", "wasm_pool.py",
-              "component_roundtrip.py"]
+              "component_roundtrip.py", "thread_handover.py"]
 # The isolation tiers side by side (issue 18): runc and runsc, about 1.5 minutes.
 BENCHMARKS.append("gvisor_tier.py")
 # The fleet benches, with their arguments; each takes 1 to 1.5 minutes (fleet_scale.py, 20 node

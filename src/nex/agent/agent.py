@@ -146,7 +146,7 @@ async def serve(options: ConnectOptions, node_id: str, name: str, make_engine: E
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), requests)
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, replies)
     agent = Agent(nc, node_id, engine, tracing, host_settings)
-    rebalancer = _colocate(loop) if host_settings.colocate_calls else None
+    rebalancing = _colocate(loop) if host_settings.colocate_calls else None
     transport.write(protocol.encode(protocol.Ready()))
     reading = asyncio.create_task(_read_requests(reader, agent, transport.write))
     try:
@@ -155,8 +155,8 @@ async def serve(options: ConnectOptions, node_id: str, name: str, make_engine: E
         reading.cancel()
         stop.cancel()
         await agent.close(EXIT_GRACE_S)
-        if rebalancer is not None:
-            await rebalancer.stop()
+        if rebalancing is not None:
+            rebalancing.cancel()
             cpus.spread()
         try:
             await nc.flush(timeout=1)
@@ -168,7 +168,7 @@ async def serve(options: ConnectOptions, node_id: str, name: str, make_engine: E
     return engine
 
 
-def _colocate(loop: asyncio.AbstractEventLoop) -> cpus.Rebalancer | None:
+def _colocate(loop: asyncio.AbstractEventLoop) -> asyncio.Task[None] | None:
     """Let the loop pin itself to its CPU while it waits for quick calls, for their threads to join it
     (nex.agent.cpus)."""
     # Threads the loop starts from now on inherit its pin: the executor of host calls runs anywhere.
@@ -176,7 +176,7 @@ def _colocate(loop: asyncio.AbstractEventLoop) -> cpus.Rebalancer | None:
                                                  initializer=cpus.spread_this_thread))
     if not cpus.colocate():
         return None
-    return cpus.Rebalancer().start()
+    return asyncio.create_task(cpus.Rebalancer().run(), name="cpu rebalancer")
 
 
 async def _read_requests(reader: asyncio.StreamReader, agent: Agent, write: Callable[[bytes], None]) -> None:

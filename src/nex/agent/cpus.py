@@ -197,24 +197,25 @@ class Rebalancer:
 
     def __init__(self, interval_s: float = REBALANCE_S) -> None:
         self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
         self.moves = 0
 
-    def start(self) -> Rebalancer:
-        self._task = asyncio.create_task(self._run(), name="cpu rebalancer")
-        return self
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """On the loop, until cancelled or until colocation ends (:func:`spread`). Without a
+        readable /proc/stat (a sandbox that hides it) the loop stays where it is pinned."""
         loop = asyncio.get_running_loop()
-        before, own_before, at = read_cpu_times(), time.thread_time(), loop.time()
+        try:
+            before, own_before, at = read_cpu_times(), time.thread_time(), loop.time()
+        except (OSError, ValueError) as exc:
+            log.warning("not rebalancing the agent's loop: /proc/stat: %s", exc)
+            return
         while _shared is not None:
             await asyncio.sleep(self._interval_s)
-            now, own_now, now_at = read_cpu_times(), time.thread_time(), loop.time()
+            try:
+                now = read_cpu_times()
+            except (OSError, ValueError) as exc:
+                log.warning("not rebalancing the agent's loop any more: /proc/stat: %s", exc)
+                return
+            own_now, now_at = time.thread_time(), loop.time()
             self.rebalance(before, now, (own_now - own_before) / max(now_at - at, 1e-3))
             before, own_before, at = now, own_now, now_at
 
