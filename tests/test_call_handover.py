@@ -297,13 +297,17 @@ def test_beside_the_loop_a_quick_result_still_comes_straight_and_a_slow_or_host_
         try:
             for i in range(3 * cpus.QUICK_STREAK):
                 cpus.loop_waits(True)  # as LoadedFunction does for each call it waits for
-                quick = thread.call(lambda i=i: i, wait_s=5.0)
+                quick = thread.call(lambda i=i: i, wait_s=5.0, a_call=True)
                 assert quick.done() and quick.result() == i
             assert os.sched_getaffinity(thread._thread.native_id) == {cpus.loop_cpu()}
+            # A job that is not a call (a stats read) leaves the thread where it is.
+            assert await thread.call(lambda: "stats") == "stats"
+            assert os.sched_getaffinity(thread._thread.native_id) == {cpus.loop_cpu()}
 
-            slow = thread.call(lambda: (time.sleep(0.2), "late")[1], wait_s=0.001)
+            slow = thread.call(lambda: (time.sleep(0.2), "late")[1], wait_s=0.001, a_call=True)
             assert not slow.done()
             assert await asyncio.wait_for(slow, 5) == "late"
+            assert len(os.sched_getaffinity(thread._thread.native_id)) > 1, "a slow call lets the thread go"
 
             async def on_the_loop() -> str:
                 return "from the loop"
@@ -313,7 +317,7 @@ def test_beside_the_loop_a_quick_result_still_comes_straight_and_a_slow_or_host_
                 return asyncio.run_coroutine_threadsafe(on_the_loop(), loop).result(30)
 
             for _ in range(cpus.QUICK_STREAK):  # back beside the loop after the slow job
-                await thread.call(lambda: None, wait_s=5.0)
+                await thread.call(lambda: None, wait_s=5.0, a_call=True)
             started = time.monotonic()
             pending = thread.call(host_call, wait_s=30.0)
             assert time.monotonic() - started < 10, "the loop sat out its wait while the job needed it"

@@ -280,7 +280,7 @@ class LoadedFunction:
             if self._parallel is not None:
                 pending = asyncio.wrap_future(self._parallel.submit(self._invoke, subject, payload, traceparent, hop))
             else:
-                pending = self._thread.call(self._invoke, subject, payload, traceparent, hop)
+                pending = self._thread.call(self._invoke, subject, payload, traceparent, hop, a_call=True)
             outcome = await pending
         except Exception as exc:  # a bug of the agent: a failed attempt, retried
             log.exception("function %s: async call failed in the agent", self.spec.workload_id)
@@ -364,7 +364,7 @@ class LoadedFunction:
         wait_s = self._quick_wait()
         cpus.loop_waits(wait_s > 0)
         self._call_started()
-        pending = self._thread.call(self._invoke, msg.subject, msg.data, traceparent, hop, wait_s=wait_s)
+        pending = self._thread.call(self._invoke, msg.subject, msg.data, traceparent, hop, wait_s=wait_s, a_call=True)
         if pending.done():  # it ended while the loop waited: answered now, no task switch
             await self._complete(msg, pending)
             return

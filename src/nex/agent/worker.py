@@ -46,25 +46,27 @@ class ContextThread:
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.name = name
         self._loop = loop or asyncio.get_running_loop()
-        self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], _Handoff | None] | None]
+        self._jobs: queue.SimpleQueue[_Job | None]
         self._jobs = queue.SimpleQueue()
         self._beside = False  # the thread is pinned to the loop's CPU (nex.agent.cpus)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def call(self, fn: Callable[..., T], *args: Any, wait_s: float = 0.0) -> asyncio.Future[T]:
+    def call(self, fn: Callable[..., T], *args: Any, wait_s: float = 0.0, a_call: bool = False) -> asyncio.Future[T]:
         """Run ``fn(*args)`` on the thread; the future completes on the loop.
 
         With ``wait_s``, the loop's thread blocks up to that long for the job to end (the GIL
         released) and, if it did, returns the future already done: a quick call costs no
         wake-up of the loop and no turn of it. Past ``wait_s``, or as soon as the job needs
-        the loop (:func:`release_loop`), the future completes on the loop as without it."""
+        the loop (:func:`release_loop`), the future completes on the loop as without it.
+        ``a_call``: the job is a function's call, whose time and waiting decide where the
+        thread runs (:class:`nex.agent.cpus.Follower`); other jobs (a build, a stats read) do not."""
         future: asyncio.Future[T] = self._loop.create_future()
         if wait_s <= 0:
-            self._jobs.put((future, fn, args, None))
+            self._jobs.put((future, fn, args, None, a_call))
             return future
         handoff = _Handoff()
-        self._jobs.put((future, fn, args, handoff))
+        self._jobs.put((future, fn, args, handoff, a_call))
         handoff.wait(wait_s, future, self._beside)
         return future
 
@@ -87,7 +89,7 @@ class ContextThread:
             done: list[tuple[Callable[..., None], asyncio.Future[Any], Any]] = []
             stopping = False
             while True:
-                future, fn, args, handoff = job
+                future, fn, args, handoff, a_call = job
                 if handoff is not None:
                     _running.handoff = handoff
                 started = time.perf_counter()
@@ -101,7 +103,7 @@ class ContextThread:
                     _running.handoff = None
                     if not handoff.hand(*settle):
                         done.append((settle[0], future, settle[1]))
-                if follow:
+                if follow and a_call:
                     placement.after(time.perf_counter() - started, waited=handoff is not None)
                     self._beside = placement.beside_loop
                 if len(done) >= MAX_BATCH:
@@ -177,6 +179,9 @@ class _Handoff:
         self._ready.release()
 
 
+# A job: its future, the function and its arguments, the handoff when the loop waits for it,
+# and whether it is a function's call (ContextThread.call).
+_Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], "_Handoff | None", bool]
 _running = threading.local()  # the handoff of the job this thread runs, if the loop waits for it
 
 
