@@ -65,7 +65,12 @@ async def measure(nc: Client, subject: str, sequential: int, concurrent: int, pa
         latencies.append((time.perf_counter() - started) * 1e6)
     quantiles = statistics.quantiles(latencies, n=100)
 
-    remaining = concurrent
+    return Figures(quantiles[49], quantiles[98], concurrent / await in_flight(nc, subject, payload, concurrent, parallel))
+
+
+async def in_flight(nc: Client, subject: str, payload: bytes, count: int, parallel: int) -> float:
+    """Seconds that ``count`` requests took, ``parallel`` of them in flight at a time."""
+    remaining = count
 
     async def requester() -> None:
         nonlocal remaining
@@ -75,7 +80,7 @@ async def measure(nc: Client, subject: str, sequential: int, concurrent: int, pa
 
     started = time.perf_counter()
     await asyncio.gather(*(requester() for _ in range(parallel)))
-    return Figures(quantiles[49], quantiles[98], concurrent / (time.perf_counter() - started))
+    return time.perf_counter() - started
 
 
 @asynccontextmanager
@@ -212,16 +217,7 @@ async def interleaved(nc: Client, subject: str, sequential: int, concurrent: int
     concurrent_block = max(parallel, concurrent // blocks)
     for _ in range(blocks):
         for target in (ECHO_SUBJECT, subject):
-            remaining = concurrent_block
-
-            async def requester() -> None:
-                nonlocal remaining
-                while remaining > 0:
-                    remaining -= 1
-                    await nc.request(target, payload, timeout=30)
-            started = time.perf_counter()
-            await asyncio.gather(*(requester() for _ in range(parallel)))
-            spent[target] += time.perf_counter() - started
+            spent[target] += await in_flight(nc, target, payload, concurrent_block, parallel)
 
     def figures(target: str) -> Figures:
         quantiles = statistics.quantiles(latencies[target], n=100)

@@ -197,7 +197,6 @@ class Rebalancer:
 
     def __init__(self, interval_s: float = REBALANCE_S) -> None:
         self._interval_s = interval_s
-        self.moves = 0
 
     async def run(self) -> None:
         """On the loop, until cancelled or until colocation ends (:func:`spread`). Without a
@@ -233,7 +232,6 @@ class Rebalancer:
         if _move_loop(shared, target):
             log.info("agent loop moved from CPU %d (%.0f %% busy) to CPU %d (%.0f %%)", was, 100 * busy[was], target,
                      100 * busy[target])
-            self.moves += 1
 
 
 def current_cpu() -> int:
